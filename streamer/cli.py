@@ -1,0 +1,127 @@
+"""Command line: `streamer replay | run | demo | check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from streamer import logs, output
+from streamer.aggregate.state import FlowState
+from streamer.decode.objects import ObjectReader
+from streamer.export.http import build_app, serve
+from streamer.export.metrics import FlowCollector
+from streamer.replay import COLUMNS, InputError, expand, replay_counts, replay_records
+from streamer.schema import UnknownFieldError, parse_log_format
+
+log = logging.getLogger("streamer")
+
+
+class Progress:
+    """A one-line progress bar on stderr, only for people and long inputs."""
+
+    MIN_BYTES = 64 << 20
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.last = 0.0
+        self.enabled = sys.stderr.isatty() and total >= self.MIN_BYTES
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and now - self.last > 0.2:
+            self.last = now
+            pct = min(100.0, 100.0 * self.done / self.total)
+            bar = "#" * int(pct / 4)
+            sys.stderr.write(f"\r[{bar:<25}] {pct:5.1f}% {self.done >> 20} / {self.total >> 20} MiB")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+
+
+def _fail(message: str) -> int:
+    print(f"streamer: error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    try:
+        log_format = parse_log_format(args.log_format) if args.log_format else None
+    except (UnknownFieldError, ValueError) as exc:
+        return _fail(f"--log-format: {exc}")
+    try:
+        inputs = expand(args.paths)
+    except InputError as exc:
+        return _fail(str(exc))
+    workers = args.workers or min(4, os.cpu_count() or 2)
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        if args.output == "records":
+            reader = ObjectReader(log_format=log_format)
+            state = replay_records(inputs, reader, pool, lambda t: output.write_records(t, sys.stdout.buffer))
+            sys.stdout.flush()
+        else:
+            progress = Progress(sum(i.size for i in inputs))
+            reader = ObjectReader(log_format=log_format, columns=COLUMNS)
+            state = replay_counts(inputs, reader, pool, progress)
+            progress.close()
+            doc = output.summary(state)
+            if args.output == "json":
+                sys.stdout.buffer.write(orjson.dumps(doc) + b"\n")
+            else:
+                sys.stdout.write(output.render_table(doc))
+            sys.stdout.flush()
+    if args.metrics_port is not None:
+        asyncio.run(_serve_forever(state, args.metrics_address, args.metrics_port))
+    return 0
+
+
+async def _serve_forever(state: FlowState, host: str, port: int) -> None:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(FlowCollector(lambda: state))
+    runner, bound = await serve(build_app(registry), host, port)
+    print(f"serving /metrics on http://{host}:{bound}/metrics (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamer", description="VPC Flow Logs to per-ENI metrics and reject-spike alerts.")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rp = sub.add_parser("replay", help="decode and count local flow-log files")
+    rp.add_argument("paths", nargs="+", metavar="PATH", help="file, directory (recursed) or - for stdin")
+    rp.add_argument("--log-format", help="AWS LogFormat for headerless input, e.g. '${version} ${interface-id} ...'")
+    rp.add_argument("--output", choices=["table", "json", "records"], default="table")
+    rp.add_argument("--metrics-port", type=int, help="after processing, serve /metrics on this port until interrupted")
+    rp.add_argument("--metrics-address", default="127.0.0.1")
+    rp.add_argument("--workers", type=int, default=0, help="decode threads (default: CPUs, at most 4)")
+    rp.set_defaults(func=cmd_replay)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_level, args.log_json)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

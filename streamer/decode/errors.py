@@ -1,0 +1,69 @@
+"""Why input could not be decoded, and how often.
+
+    DecodeError                 an object (file, S3 object, payload) is unusable
+    ├── CorruptGzipError        gzip stream is not valid deflate
+    ├── TruncatedError          gzip stream ends before its trailer
+    ├── UnknownFormatError      neither text, gzip, Parquet nor a CloudWatch payload
+    └── UnknownFieldError       (schema) a header/LogFormat names an unknown field
+
+Line-level problems never raise: they are counted in an ErrorCounts by a
+bounded set of reasons (REASONS) and the rest of the object still counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+#: Line-level reasons: the label values of streamer_decode_errors_total.
+WRONG_FIELD_COUNT = "wrong_field_count"
+INVALID_NUMBER = "invalid_number"
+INVALID_UTF8 = "invalid_utf8"
+INVALID_JSON = "invalid_json"
+REASONS = (WRONG_FIELD_COUNT, INVALID_NUMBER, INVALID_UTF8, INVALID_JSON)
+
+
+class DecodeError(Exception):
+    """An object as a whole cannot be decoded; `reason` is a bounded label."""
+
+    reason = "decode_error"
+
+
+class CorruptGzipError(DecodeError):
+    reason = "corrupt_gzip"
+
+
+class TruncatedError(DecodeError):
+    reason = "truncated"
+
+
+class UnknownFormatError(DecodeError):
+    reason = "unknown_format"
+
+
+@dataclasses.dataclass
+class ErrorCounts:
+    """Skipped lines by reason, plus the first example of each for the log."""
+
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    examples: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def add(self, reason: str, count: int = 1, example: str | None = None) -> None:
+        if count <= 0:
+            return
+        self.counts[reason] = self.counts.get(reason, 0) + count
+        if example is not None and reason not in self.examples:
+            self.examples[reason] = example[:200]
+
+    def merge(self, other: ErrorCounts) -> None:
+        for reason, count in other.counts.items():
+            self.add(reason, count, other.examples.get(reason))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class UnknownFieldInInputError(DecodeError):
+    """A header line names a field the catalogue does not know."""
+
+    reason = "unknown_field"

@@ -1,0 +1,171 @@
+"""One object's bytes -> units of decoding work.
+
+An object is a file, an S3 object or a payload. Its format is sniffed from
+its first bytes (gzip, Parquet, JSON, else text); text takes its field order
+from a header line when it has one, else from the configured LogFormat,
+else the v2 default. The object is split into chunks of whole lines so that
+memory stays bounded whatever the object's size; each chunk becomes a
+*unit*: a callable that decodes it, safe to run on a worker thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable, Collection, Iterable, Iterator
+from itertools import chain
+
+import pyarrow as pa
+
+from streamer.decode.cloudwatch import json_lines
+from streamer.decode.errors import ErrorCounts, UnknownFieldInInputError, UnknownFormatError
+from streamer.decode.gzip import GZIP_MAGIC, gunzip_stream
+from streamer.decode.parquet import PARQUET_MAGIC, iter_parquet, parquet_fields
+from streamer.decode.text import TextDecoder
+from streamer.schema import DEFAULT_FIELDS, UnknownFieldError, header_fields
+
+#: Target size of one chunk of text handed to the parser.
+CHUNK_BYTES = 4 << 20
+#: A "line" longer than this without a newline is cut (it is garbage anyway).
+MAX_LINE_BYTES = 1 << 20
+#: JSON payloads are parsed whole; larger ones are refused.
+MAX_JSON_BYTES = 64 << 20
+
+Unit = Callable[[ErrorCounts], pa.Table]
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectReader:
+    """How to read objects: the LogFormat for headerless text, the columns wanted."""
+
+    log_format: tuple[str, ...] | None = None
+    columns: Collection[str] | None = None
+    chunk_bytes: int = CHUNK_BYTES
+    use_threads: bool = False  # parallelism comes from the ingest pool; nesting it oversubscribes
+
+    def units(self, raw: Iterable[bytes]) -> Iterator[Unit]:
+        """Decoding units for an object given as raw (maybe compressed) chunks.
+
+        Raises a DecodeError subclass when the object as a whole is unusable;
+        units already yielded stay valid (callers discard them on error).
+        """
+        stream = iter(raw)
+        first = _first_nonempty(stream)
+        if first is None:
+            return
+        if first.startswith(PARQUET_MAGIC):
+            yield from self._parquet_units(chain([first], stream))
+            return
+        pieces: Iterator[bytes] = chain([first], stream)
+        if first.startswith(GZIP_MAGIC):
+            pieces = gunzip_stream(pieces)
+        yield from self._text_units(pieces)
+
+    def _text_units(self, pieces: Iterator[bytes]) -> Iterator[Unit]:
+        chunks = line_chunks(pieces, self.chunk_bytes)
+        head = _first_nonempty(chunks)
+        if head is None:
+            return
+        stripped = head.lstrip()
+        if stripped.startswith(b"{"):
+            yield from self._json_units(chain([head], chunks))
+            return
+        if b"\x00" in head[:4096]:
+            raise UnknownFormatError("binary data that is neither gzip nor Parquet")
+        first_line = stripped.split(b"\n", 1)[0]
+        decoder = self._decoder_for(first_line)
+        for chunk in chain([head], chunks):
+            yield _text_unit(decoder, chunk)
+
+    def _decoder_for(self, first_line: bytes) -> TextDecoder:
+        try:
+            fields = header_fields(first_line.decode("utf-8", "replace"))
+        except UnknownFieldError as exc:
+            raise UnknownFieldInInputError(str(exc)) from exc
+        if fields is not None:
+            return TextDecoder(fields, self.columns, header_line=first_line, use_threads=self.use_threads)
+        fields = self.log_format or DEFAULT_FIELDS
+        return TextDecoder(fields, self.columns, header_line=" ".join(fields).encode(), use_threads=self.use_threads)
+
+    def decoder(self, fields: tuple[str, ...] | None = None) -> TextDecoder:
+        """A text decoder for headerless lines (CloudWatch events)."""
+        return TextDecoder(fields or self.log_format or DEFAULT_FIELDS, self.columns, use_threads=self.use_threads)
+
+    def _json_units(self, chunks: Iterator[bytes]) -> Iterator[Unit]:
+        parts: list[bytes] = []
+        size = 0
+        for chunk in chunks:
+            parts.append(chunk)
+            size += len(chunk)
+            if size > MAX_JSON_BYTES:
+                raise UnknownFormatError(f"JSON input larger than {MAX_JSON_BYTES} bytes")
+        data = b"".join(parts)
+        decoder = self.decoder()
+
+        def unit(errors: ErrorCounts) -> pa.Table:
+            lines = json_lines(data, errors)
+            return decoder.decode(("\n".join(lines) + "\n").encode() if lines else b"", errors)
+
+        yield unit
+
+    def _parquet_units(self, raw: Iterator[bytes]) -> Iterator[Unit]:
+        with tempfile.SpooledTemporaryFile(max_size=32 << 20) as spool:
+            for piece in raw:
+                spool.write(piece)
+            spool.seek(0)
+            pfile, fields = parquet_fields(spool)  # type: ignore[arg-type]
+            if not fields:
+                raise UnknownFormatError("Parquet file has no flow-log columns")
+            errors = ErrorCounts()
+            for table in iter_parquet(pfile, fields, self.columns, errors):
+                yield _ready_unit(table, errors)
+                errors = ErrorCounts()
+
+
+def _text_unit(decoder: TextDecoder, chunk: bytes) -> Unit:
+    return lambda errors: decoder.decode(chunk, errors)
+
+
+def _ready_unit(table: pa.Table, found: ErrorCounts) -> Unit:
+    def unit(errors: ErrorCounts) -> pa.Table:
+        errors.merge(found)
+        return table
+
+    return unit
+
+
+def _first_nonempty(stream: Iterator[bytes]) -> bytes | None:
+    for piece in stream:
+        if piece:
+            return piece
+    return None
+
+
+def line_chunks(pieces: Iterable[bytes], size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """Re-cut a byte stream into chunks of at least `size` bytes ending at a newline.
+
+    Each byte is copied at most once (a piece that already ends in a newline
+    is passed through as is): this runs on the thread that also inflates.
+    """
+    buf: list[bytes] = []
+    held = 0
+    for piece in pieces:
+        buf.append(piece)
+        held += len(piece)
+        if held < size:
+            continue
+        cut = piece.rfind(b"\n") + 1
+        if cut == 0 and held < size + MAX_LINE_BYTES:
+            continue  # the last line is still open
+        if cut == 0:  # far too long without a newline: hand it on, it fails as a line
+            cut = len(piece)
+        if len(buf) == 1 and cut == len(piece):
+            yield piece
+        else:
+            yield b"".join([*buf[:-1], memoryview(piece)[:cut]])
+        rest = piece[cut:]
+        buf = [rest] if rest else []
+        held = len(rest)
+    tail = b"".join(buf)
+    if tail.strip():
+        yield tail if tail.endswith(b"\n") else tail + b"\n"

@@ -1,0 +1,68 @@
+"""Parquet flow-log objects -> Arrow tables with the catalogue's types.
+
+AWS writes underscore column names and typed columns; files written by other
+tools (pandas) may carry ports as strings, 'None' for missing values or an
+int64 account id, so every column is coerced to the catalogue type, with
+unconvertible values dropped and counted like bad text lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from typing import BinaryIO
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from streamer.decode.errors import INVALID_NUMBER, ErrorCounts, UnknownFormatError
+from streamer.schema import BY_PARQUET_NAME, FIELDS, arrow_schema
+
+PARQUET_MAGIC = b"PAR1"
+_MISSING = ["-", "", "None", "null"]
+_NUMBER = r"^[0-9]{1,18}$"
+
+
+def parquet_fields(source: BinaryIO) -> tuple[pq.ParquetFile, tuple[str, ...]]:
+    """Open a Parquet object and map its known columns to AWS field names."""
+    try:
+        pfile = pq.ParquetFile(source)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UnknownFormatError(f"unreadable Parquet: {exc}") from exc
+    names = tuple(BY_PARQUET_NAME[c].name for c in pfile.schema_arrow.names if c in BY_PARQUET_NAME)
+    return pfile, names
+
+
+def iter_parquet(
+    pfile: pq.ParquetFile, fields: tuple[str, ...], columns: Collection[str] | None, errors: ErrorCounts
+) -> Iterator[pa.Table]:
+    """Batches of the wanted columns, renamed and coerced to catalogue types."""
+    wanted = [f for f in fields if columns is None or f in columns]
+    schema = arrow_schema(tuple(wanted))
+    try:
+        batches = pfile.iter_batches(batch_size=131_072, columns=[FIELDS[f].parquet_name for f in wanted])
+        for batch in batches:
+            yield _coerce(pa.Table.from_batches([batch]), wanted, schema, errors)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UnknownFormatError(f"unreadable Parquet data: {exc}") from exc
+
+
+def _coerce(table: pa.Table, wanted: list[str], schema: pa.Schema, errors: ErrorCounts) -> pa.Table:
+    ok = None
+    cols: dict[str, pa.ChunkedArray] = {}
+    for name in wanted:
+        col = table.column(FIELDS[name].parquet_name)
+        target = FIELDS[name].type
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            col = pc.if_else(pc.is_in(col, pa.array(_MISSING)), pa.scalar(None, col.type), col)
+            if pa.types.is_integer(target):
+                valid = pc.or_kleene(pc.is_null(col), pc.match_substring_regex(col, _NUMBER))
+                ok = valid if ok is None else pc.and_(ok, valid)
+        cols[name] = col
+    if ok is not None and table.num_rows:
+        bad = table.num_rows - (pc.sum(ok).as_py() or 0)
+        if bad:
+            errors.add(INVALID_NUMBER, bad, "non-numeric value in a numeric Parquet column")
+            cols = {k: v.filter(ok) for k, v in cols.items()}
+    out = pa.table(cols)
+    return out.cast(schema) if out.num_rows else schema.empty_table()

@@ -1,0 +1,74 @@
+"""Prometheus exposition of the flow state, built fresh on every scrape.
+
+A custom collector (client_python's pattern for exporters) reads the state
+and emits families, so nothing is kept twice and keys that vanish stop being
+exported. Per-interface series are capped: interfaces beyond
+`max_interfaces` (ranked by records) are folded into `interface_id="other"`,
+so sums over the label still add up while cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streamer.aggregate.counters import combine
+from streamer.aggregate.state import FlowState
+
+OTHER_INTERFACE = "other"
+DEFAULT_MAX_INTERFACES = 5000
+
+
+class FlowCollector(Collector):
+    """vpcflow_* counters and streamer_decode_errors_total from a FlowState."""
+
+    def __init__(self, state: Callable[[], FlowState], max_interfaces: int = DEFAULT_MAX_INTERFACES) -> None:
+        self._state = state
+        self.max_interfaces = max_interfaces
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._state()
+        table = cap_interfaces(state.counters.table(), self.max_interfaces)
+        records = CounterMetricFamily(
+            "vpcflow_records", "Flow-log records by interface and action.", labels=["interface_id", "action"]
+        )
+        packets = CounterMetricFamily(
+            "vpcflow_packets", "Packets in flow-log records by interface and action.", labels=["interface_id", "action"]
+        )
+        nbytes = CounterMetricFamily(
+            "vpcflow_bytes", "Bytes in flow-log records by interface and action.", labels=["interface_id", "action"]
+        )
+        status = CounterMetricFamily("vpcflow_log_status", "Flow-log records by log-status.", labels=["log_status"])
+        if table.num_rows:
+            by_key = table.group_by(["interface_id", "action"], use_threads=False).aggregate(
+                [("records", "sum"), ("packets", "sum"), ("bytes", "sum")]
+            )
+            for row in by_key.to_pylist():  # one row per series
+                labels = [row["interface_id"], row["action"]]
+                records.add_metric(labels, row["records_sum"])
+                packets.add_metric(labels, row["packets_sum"])
+                nbytes.add_metric(labels, row["bytes_sum"])
+            by_status = table.group_by(["log_status"], use_threads=False).aggregate([("records", "sum")])
+            for row in by_status.to_pylist():
+                status.add_metric([row["log_status"]], row["records_sum"])
+        errors = CounterMetricFamily("streamer_decode_errors", "Input lines or objects skipped, by reason.", labels=["reason"])
+        for reason, count in sorted(state.decode_errors.items()):
+            errors.add_metric([reason], count)
+        yield from (records, packets, nbytes, status, errors)
+
+
+def cap_interfaces(table: pa.Table, limit: int) -> pa.Table:
+    """Fold all but the `limit` busiest interfaces into OTHER_INTERFACE."""
+    if not table.num_rows:
+        return table
+    totals = table.group_by(["interface_id"], use_threads=False).aggregate([("records", "sum")])
+    if totals.num_rows <= limit:
+        return table
+    keep = totals.sort_by([("records_sum", "descending"), ("interface_id", "ascending")]).slice(0, limit)
+    kept = pc.is_in(table.column("interface_id"), keep.column("interface_id"))
+    relabeled = pc.if_else(kept, table.column("interface_id"), pa.scalar(OTHER_INTERFACE))
+    return combine([table.set_column(0, "interface_id", relabeled)])
