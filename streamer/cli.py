@@ -11,13 +11,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
-from prometheus_client import CollectorRegistry
 
 from streamer import logs, output
 from streamer.aggregate.state import FlowState
 from streamer.decode.objects import ObjectReader
-from streamer.export.http import build_app, serve
-from streamer.export.metrics import FlowCollector
 from streamer.replay import COLUMNS, InputError, expand, replay_counts, replay_records
 from streamer.schema import UnknownFieldError, parse_log_format
 
@@ -87,6 +84,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 async def _serve_forever(state: FlowState, host: str, port: int) -> None:
+    # Imported here: a plain replay should not pay for the HTTP stack at start-up.
+    from prometheus_client import CollectorRegistry
+
+    from streamer.export.http import build_app, serve
+    from streamer.export.metrics import FlowCollector
+
     registry = CollectorRegistry(auto_describe=True)
     registry.register(FlowCollector(lambda: state))
     runner, bound = await serve(build_app(registry), host, port)
@@ -95,6 +98,28 @@ async def _serve_forever(state: FlowState, host: str, port: int) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate a realistic sample object and replay it: streamer with no AWS at all."""
+    import tempfile
+    from pathlib import Path
+
+    from streamer.synth import TrafficProfile, write_log_gz
+
+    with tempfile.TemporaryDirectory(prefix="streamer-demo-") as tmp:
+        path = Path(tmp) / "123456789012_vpcflowlogs_us-east-1_fl-0demo_20251124T1600Z_demo.log.gz"
+        write_log_gz(path, TrafficProfile(records=args.records, enis=50))
+        print(f"generated {args.records:,} sample records in {path.name}", file=sys.stderr)
+        replay_args = argparse.Namespace(
+            paths=[str(path)],
+            log_format=None,
+            output=args.output,
+            metrics_port=args.metrics_port,
+            metrics_address="127.0.0.1",
+            workers=0,
+        )
+        return cmd_replay(replay_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--metrics-address", default="127.0.0.1")
     rp.add_argument("--workers", type=int, default=0, help="decode threads (default: CPUs, at most 4)")
     rp.set_defaults(func=cmd_replay)
+
+    dp = sub.add_parser("demo", help="run on a generated sample (no AWS needed)")
+    dp.add_argument("--records", type=int, default=200_000)
+    dp.add_argument("--output", choices=["table", "json"], default="table")
+    dp.add_argument("--metrics-port", type=int, help="after processing, serve /metrics on this port until interrupted")
+    dp.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 The calling thread inflates gzip and cuts line chunks (ISA-L releases the
 GIL); workers parse each chunk with Arrow and reduce it to small partial
-tables. At most `workers + 1` chunks are in flight, which bounds memory, and
+tables. At most `2 * workers + 2` chunks are in flight, which bounds memory, and
 results are merged in order on the calling thread. Both replay and the live
 service go through here, so they count identically.
 """
@@ -41,7 +41,8 @@ class Ingestor(Generic[R]):
         self.reader = reader
         self.reduce = reduce
         self.pool = pool
-        self.depth = max(2, (pool._max_workers or 1) + 1)
+        # Enough chunks in flight that inflating never waits on one slow parse; still bounded.
+        self.depth = 2 * (pool._max_workers or 1) + 2
 
     def run(self, raw: Iterable[bytes], sink: Callable[[R], None] | None = None) -> ObjectResult[R]:
         """Decode an object. With `sink`, each result is handed over in order, not kept.

@@ -119,6 +119,31 @@ DEFAULT_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS.values() if f.ver
 #: All v2-v5 fields in the AWS table order (the 29-field "everything" format).
 V5_ALL_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS.values() if f.version <= 5)
 
+#: Low-cardinality string fields decoded dictionary-encoded: cheaper to parse
+#: and to group by than plain strings. Addresses and per-flow ids are not.
+DICTIONARY_FIELDS = frozenset(
+    {
+        "account-id",
+        "interface-id",
+        "action",
+        "log-status",
+        "vpc-id",
+        "subnet-id",
+        "instance-id",
+        "type",
+        "region",
+        "az-id",
+        "sublocation-type",
+        "sublocation-id",
+        "pkt-src-aws-service",
+        "pkt-dst-aws-service",
+        "flow-direction",
+        "resource-type",
+        "reject-reason",
+        "interface-type",
+    }
+)
+
 #: Timestamps above this are epoch milliseconds (year 5138 in seconds).
 MILLISECONDS_THRESHOLD = 100_000_000_000
 

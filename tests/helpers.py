@@ -16,10 +16,12 @@ from streamer.schema import FIELDS, parse_log_format
 
 
 def decode_bytes(
-    data: bytes | list[bytes], log_format: str | None = None, columns: Any = None
+    data: bytes | list[bytes], log_format: str | None = None, columns: Any = None, chunk_bytes: int = 1 << 16
 ) -> tuple[list[dict[str, Any]], ErrorCounts, Any]:
     """Rows (AWS names), line errors and the object-level failure for one object."""
-    reader = ObjectReader(log_format=parse_log_format(log_format) if log_format else None, columns=columns, chunk_bytes=1 << 16)
+    reader = ObjectReader(
+        log_format=parse_log_format(log_format) if log_format else None, columns=columns, chunk_bytes=chunk_bytes
+    )
     tables: list[pa.Table] = []
     with ThreadPoolExecutor(2) as pool:
         result = Ingestor(reader, lambda t: t, pool).run([data] if isinstance(data, bytes) else data, tables.append)

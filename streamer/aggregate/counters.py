@@ -42,17 +42,23 @@ def count_batch(table: pa.Table) -> pa.Table:
             "bytes": column("bytes", pa.int64()),
         }
     )
+    if any(pa.types.is_dictionary(c.type) and c.num_chunks > 1 for c in keyed.columns):
+        keyed = keyed.unify_dictionaries()
     grouped = keyed.group_by(list(KEYS), use_threads=False).aggregate([("packets", "sum"), ("bytes", "sum"), ([], "count_all")])
     return _canonical(grouped, "count_all", "packets_sum", "bytes_sum")
 
 
 def _canonical(grouped: pa.Table, records: str, packets: str, nbytes: str) -> pa.Table:
     dash = pa.scalar("-")
+
+    def key(name: str) -> pa.ChunkedArray:
+        return pc.fill_null(pc.cast(grouped.column(name), pa.string()), dash)
+
     return pa.table(
         {
-            "interface_id": pc.fill_null(grouped.column("interface_id"), dash),
-            "action": pc.fill_null(grouped.column("action"), dash),
-            "log_status": pc.fill_null(grouped.column("log_status"), dash),
+            "interface_id": key("interface_id"),
+            "action": key("action"),
+            "log_status": key("log_status"),
             "records": pc.cast(grouped.column(records), pa.int64()),
             "packets": pc.fill_null(pc.cast(grouped.column(packets), pa.int64()), 0),
             "bytes": pc.fill_null(pc.cast(grouped.column(nbytes), pa.int64()), 0),

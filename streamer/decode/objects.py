@@ -31,6 +31,9 @@ MAX_LINE_BYTES = 1 << 20
 #: JSON payloads are parsed whole; larger ones are refused.
 MAX_JSON_BYTES = 64 << 20
 
+#: Enough leading bytes to tell gzip and Parquet magic numbers apart.
+_SNIFF_BYTES = 4
+
 Unit = Callable[[ErrorCounts], pa.Table]
 
 
@@ -50,8 +53,8 @@ class ObjectReader:
         units already yielded stay valid (callers discard them on error).
         """
         stream = iter(raw)
-        first = _first_nonempty(stream)
-        if first is None:
+        first = _head(stream, _SNIFF_BYTES)
+        if not first:
             return
         if first.startswith(PARQUET_MAGIC):
             yield from self._parquet_units(chain([first], stream))
@@ -70,7 +73,7 @@ class ObjectReader:
         if stripped.startswith(b"{"):
             yield from self._json_units(chain([head], chunks))
             return
-        if b"\x00" in head[:4096]:
+        if _looks_binary(head[:4096]):
             raise UnknownFormatError("binary data that is neither gzip nor Parquet")
         first_line = stripped.split(b"\n", 1)[0]
         decoder = self._decoder_for(first_line)
@@ -132,6 +135,27 @@ def _ready_unit(table: pa.Table, found: ErrorCounts) -> Unit:
         return table
 
     return unit
+
+
+_CONTROL_BYTES = [bytes([c]) for c in (*range(0, 9), *range(14, 32))]
+
+
+def _looks_binary(sample: bytes) -> bool:
+    """More than 5% control bytes: not text (a stray one is just a bad line)."""
+    controls = sum(sample.count(c) for c in _CONTROL_BYTES)
+    return controls * 20 > len(sample)
+
+
+def _head(stream: Iterator[bytes], size: int) -> bytes:
+    """At least `size` bytes from the start of the stream (less only at its end)."""
+    parts: list[bytes] = []
+    held = 0
+    for piece in stream:
+        parts.append(piece)
+        held += len(piece)
+        if held >= size:
+            break
+    return b"".join(parts)
 
 
 def _first_nonempty(stream: Iterator[bytes]) -> bytes | None:

@@ -23,8 +23,12 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from streamer.decode.errors import INVALID_NUMBER, INVALID_UTF8, WRONG_FIELD_COUNT, ErrorCounts
-from streamer.schema import FIELDS, MILLISECONDS_THRESHOLD, arrow_schema
+from streamer.schema import DICTIONARY_FIELDS, FIELDS, MILLISECONDS_THRESHOLD, arrow_schema
 
+#: One CSV block per chunk keeps each dictionary column in one piece, so
+#: group-bys need no dictionary unification.
+_BLOCK_BYTES = 32 << 20
+_DICT = pa.dictionary(pa.int32(), pa.string())
 _NUMBER = r"^[0-9]{1,18}$"  # int64-safe; flow-log numbers are never negative
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
@@ -44,10 +48,10 @@ class TextDecoder:
         self.columns = tuple(f for f in fields if f in wanted)
         self.schema = arrow_schema(self.columns)
         self._header = header_line.rstrip(b"\r\n") if header_line else None
-        self._read = pcsv.ReadOptions(column_names=list(fields), use_threads=use_threads, block_size=1 << 20)
+        self._read = pcsv.ReadOptions(column_names=list(fields), use_threads=use_threads, block_size=_BLOCK_BYTES)
         self._typed = pcsv.ConvertOptions(
             include_columns=list(self.columns),
-            column_types={f: FIELDS[f].type for f in self.columns},
+            column_types={f: _DICT if f in DICTIONARY_FIELDS else FIELDS[f].type for f in self.columns},
             null_values=["-"],
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
@@ -60,7 +64,11 @@ class TextDecoder:
         )
 
     def decode(self, chunk: bytes, errors: ErrorCounts) -> pa.Table:
-        """Records of `chunk` (whole lines); bad lines are counted in `errors`."""
+        """Records of `chunk` (whole lines); bad lines are counted in `errors`.
+
+        Low-cardinality string columns may come back dictionary-encoded; their
+        values are the catalogue's strings either way.
+        """
         if self._header is not None and self._header in chunk:
             chunk = _drop_lines(chunk, self._header)
         if not chunk.isascii():
@@ -74,7 +82,7 @@ class TextDecoder:
         if bad_rows:
             repaired = self._repair(bad_rows, errors)
             if repaired is not None:
-                table = pa.concat_tables([table, repaired])
+                table = pa.concat_tables([table.cast(self.schema), repaired])
         return _normalize_times(table)
 
     def empty(self) -> pa.Table:

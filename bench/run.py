@@ -1,0 +1,215 @@
+"""Throughput and memory benchmark: streamer vs. a plain-Python loop, same run.
+
+    python bench/run.py                 # 2 M v2, 1 M v5, 6 M v2 (whole process)
+    python bench/run.py --big           # also a 10 M-record file, for peak RSS
+
+Files are generated once into bench/data/ (realistic: ~2,000 ENIs with a
+skewed distribution, ~5% REJECT, some IPv6 and NODATA rows, zlib level 6 like
+AWS objects). Every measurement runs in its own child process so peak RSS
+(ru_maxrss from wait4) belongs to that measurement alone. Nothing here
+asserts: it prints records/s, peak RSS and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+ROOT = HERE.parent
+
+
+# --- children: each prints one JSON line {"records", "seconds"} --------------------------------
+
+
+def child_inproc(path: str) -> dict[str, float]:
+    """Decompress + parse + aggregate in-process, imports excluded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamer.aggregate.counters import COLUMNS, Counters, count_batch
+    from streamer.decode.objects import ObjectReader
+    from streamer.ingest import Ingestor
+    from streamer.replay import read_chunks
+
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        start = time.perf_counter()
+        counters = Counters()
+        with open(path, "rb") as handle:
+            result = Ingestor(ObjectReader(columns=COLUMNS), count_batch, pool).run(read_chunks(handle), counters.add)
+        counters.table()
+        seconds = time.perf_counter() - start
+    return {"records": result.rows, "seconds": seconds}
+
+
+def child_baseline(path: str) -> dict[str, float]:
+    """What people write today: ISA-L gunzip, str.split, dict sums per record."""
+    from isal import igzip
+
+    start = time.perf_counter()
+    totals: dict[tuple[bytes, bytes], list[int]] = {}
+    records = 0
+    with igzip.open(path, "rb") as handle:
+        header = handle.readline().split()
+        iface, action, packets, nbytes = (header.index(n) for n in (b"interface-id", b"action", b"packets", b"bytes"))
+        width = len(header)
+        for line in handle:
+            parts = line.split()
+            if len(parts) != width or parts[0] == header[0]:
+                continue
+            records += 1
+            key = (parts[iface], parts[action])
+            acc = totals.get(key)
+            if acc is None:
+                acc = totals[key] = [0, 0, 0]
+            acc[0] += 1
+            if parts[packets] != b"-":
+                acc[1] += int(parts[packets])
+                acc[2] += int(parts[nbytes])
+    return {"records": records, "seconds": time.perf_counter() - start}
+
+
+def child_decompress(path: str) -> dict[str, float]:
+    """ISA-L decompression alone (streamed): the ceiling for any decoder."""
+    from streamer.decode.gzip import gunzip_stream
+    from streamer.replay import read_chunks
+
+    start = time.perf_counter()
+    size = 0
+    with open(path, "rb") as handle:
+        for piece in gunzip_stream(read_chunks(handle)):
+            size += len(piece)
+    seconds = time.perf_counter() - start
+    records = int(Path(path).name.split("-")[1].split(".")[0])  # v2-2000000.log.gz: counting lines would cost time
+    return {"records": records, "seconds": seconds, "bytes": size}
+
+
+# --- parent ---------------------------------------------------------------------------------------
+
+
+def child_generate(spec: str) -> dict[str, float]:
+    """Write one benchmark file: spec is PATH:RECORDS:v2|v5."""
+    from streamer.schema import DEFAULT_FIELDS, V5_ALL_FIELDS
+    from streamer.synth import TrafficProfile, write_log_gz
+
+    name, records, fields = spec.rsplit(":", 2)
+    path = Path(name)
+    tmp = path.with_suffix(".tmp")
+    start = time.perf_counter()
+    write_log_gz(tmp, TrafficProfile(records=int(records), fields=DEFAULT_FIELDS if fields == "v2" else V5_ALL_FIELDS))
+    tmp.rename(path)
+    return {"records": int(records), "seconds": time.perf_counter() - start}
+
+
+def ensure_file(name: str, records: int, fields: str) -> Path:
+    """Generate in a child so this parent stays small (children inherit its RSS peak)."""
+    DATA.mkdir(exist_ok=True)
+    path = DATA / name
+    if not path.exists():
+        print(f"generating {path.name} ({records:,} records) ...", file=sys.stderr, flush=True)
+        measure([sys.executable, str(Path(__file__)), "--child", "generate", f"{path}:{records}:{fields}"])
+    return path
+
+
+def measure(argv: list[str], expect_json: bool = True) -> dict[str, float]:
+    """Run a child; wall time, peak RSS (MiB) and its reported records/seconds."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(argv)} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
+    doc = json.loads(out) if expect_json else {}
+    return {"wall": wall, "rss_mib": usage.ru_maxrss / 1024, **doc}
+
+
+REPEAT = 3
+
+
+def best(runs: list[dict[str, float]], key: str) -> dict[str, float]:
+    """Fastest of several runs (least disturbed by the machine), with the highest RSS seen."""
+    fastest = min(runs, key=lambda r: r[key])
+    return {**fastest, "rss_mib": max(r["rss_mib"] for r in runs)}
+
+
+def run_child(kind: str, path: Path) -> dict[str, float]:
+    return best([measure([sys.executable, str(Path(__file__)), "--child", kind, str(path)]) for _ in range(REPEAT)], "seconds")
+
+
+def run_replay(path: Path) -> dict[str, float]:
+    argv = [sys.executable, "-m", "streamer", "replay", "--output", "json", str(path)]
+    return best([measure(argv, expect_json=False) for _ in range(REPEAT)], "wall")
+
+
+CHILDREN = {"inproc": child_inproc, "baseline": child_baseline, "decompress": child_decompress, "generate": child_generate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", choices=sorted(CHILDREN))
+    parser.add_argument("path", nargs="?")
+    parser.add_argument("--big", action="store_true", help="also measure a 10 M-record file")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply record counts (quick runs: 0.1)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the fastest is reported")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](args.path)))
+        return
+
+    global REPEAT
+    REPEAT = args.repeat
+
+    def n(x: int) -> int:
+        return int(x * args.scale)
+
+    v2 = ensure_file(f"v2-{n(2_000_000)}.log.gz", n(2_000_000), "v2")
+    v5 = ensure_file(f"v5-{n(1_000_000)}.log.gz", n(1_000_000), "v5")
+    v2_6m = ensure_file(f"v2-{n(6_000_000)}.log.gz", n(6_000_000), "v2")
+    rows: list[tuple[str, float, float, float]] = []
+
+    def add(label: str, records: float, seconds: float, rss: float) -> float:
+        rate = records / seconds
+        rows.append((label, rate, seconds, rss))
+        return rate
+
+    for name, path in (("v2 2M", v2), ("v5 1M", v5)):
+        inproc = run_child("inproc", path)
+        base = run_child("baseline", path)
+        dec = run_child("decompress", path)
+        r_in = add(f"{name}: streamer decode+aggregate (in-process)", inproc["records"], inproc["seconds"], inproc["rss_mib"])
+        r_base = add(f"{name}: plain Python split+dict (in-process)", base["records"], base["seconds"], base["rss_mib"])
+        r_dec = add(f"{name}: ISA-L decompression alone", dec["records"], dec["seconds"], dec["rss_mib"])
+        rows.append((f"{name}: ratio streamer/plain = {r_in / r_base:.1f}x, streamer/decompress = {r_in / r_dec:.2f}", 0, 0, 0))
+
+    records_6m = n(6_000_000)
+    whole = run_replay(v2_6m)
+    base6 = best(
+        [measure([sys.executable, str(Path(__file__)), "--child", "baseline", str(v2_6m)]) for _ in range(REPEAT)], "wall"
+    )
+    r_whole = add("v2 6M: `streamer replay --output json` (whole process)", records_6m, whole["wall"], whole["rss_mib"])
+    r_base6 = add("v2 6M: plain Python loop (whole process)", base6["records"], base6["wall"], base6["rss_mib"])
+    rows.append((f"v2 6M: ratio whole process streamer/plain = {r_whole / r_base6:.1f}x", 0, 0, 0))
+    if args.big:
+        big = ensure_file(f"v2-{n(10_000_000)}.log.gz", n(10_000_000), "v2")
+        whole_big = run_replay(big)
+        add("v2 10M: `streamer replay --output json` (whole process)", n(10_000_000), whole_big["wall"], whole_big["rss_mib"])
+
+    print(f"\n{'measurement':<62} {'records/s':>12} {'seconds':>8} {'peak RSS':>10}")
+    for label, rate, seconds, rss in rows:
+        if rate:
+            print(f"{label:<62} {rate / 1e6:>10.2f} M {seconds:>8.2f} {rss:>7.0f} MiB")
+        else:
+            print(f"  {label}")
+    print(f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+
+
+if __name__ == "__main__":
+    main()

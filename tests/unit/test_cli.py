@@ -1,0 +1,139 @@
+"""`streamer replay` as a user runs it: a real subprocess."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from streamer.schema import DEFAULT_FIELDS
+
+LINES = [
+    "2 123456789010 eni-a 10.0.0.1 10.0.0.2 443 49152 6 10 840 1439387263 1439387264 ACCEPT OK",
+    "2 123456789010 eni-a 10.0.0.9 10.0.0.2 443 22 6 3 120 1439387263 1439387264 REJECT OK",
+    "2 123456789010 eni-b 10.0.0.3 10.0.0.4 443 49152 6 1 40 1439387263 1439387264 ACCEPT OK",
+    "2 123456789010 eni-b - - - - - - - 1439387263 1439387264 - NODATA",
+    "this line is garbage",
+]
+
+
+def streamer(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "streamer", *args], input=stdin, capture_output=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Path:
+    path = tmp_path / "logs" / "a.log.gz"
+    path.parent.mkdir()
+    path.write_bytes(gzip.compress((" ".join(DEFAULT_FIELDS) + "\n" + "\n".join(LINES) + "\n").encode()))
+    return path
+
+
+def test_json_output_is_one_object(sample: Path) -> None:
+    proc = streamer("replay", "--output", "json", str(sample.parent))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc == {
+        "records": 3,
+        "interfaces": {
+            "eni-a": {
+                "ACCEPT": {"records": 1, "packets": 10, "bytes": 840},
+                "REJECT": {"records": 1, "packets": 3, "bytes": 120},
+            },
+            "eni-b": {"ACCEPT": {"records": 1, "packets": 1, "bytes": 40}},
+        },
+        "log_status": {"NODATA": 1, "OK": 3},
+        "errors": {"wrong_field_count": 1},
+    }
+    assert b"wrong_field_count" in proc.stderr
+    assert b"a.log.gz" in proc.stderr
+
+
+def test_records_output_is_ndjson_with_aws_names(sample: Path) -> None:
+    proc = streamer("replay", "--output", "records", str(sample))
+    assert proc.returncode == 0
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == 4
+    assert rows[3]["log-status"] == "NODATA"
+    assert rows[3]["packets"] is None
+    assert rows[0]["interface-id"] == "eni-a"
+    assert rows[0]["bytes"] == 840
+
+
+def test_stdin_and_log_format() -> None:
+    proc = streamer(
+        "replay", "--output", "json", "--log-format", "${interface-id} ${action} ${bytes}", "-", stdin=b"eni-z REJECT 5\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["interfaces"] == {"eni-z": {"REJECT": {"records": 1, "packets": 0, "bytes": 5}}}
+
+
+def test_table_output(sample: Path) -> None:
+    proc = streamer("replay", str(sample))
+    assert proc.returncode == 0
+    out = proc.stdout.decode()
+    assert "eni-a" in out
+    assert "records (ACCEPT+REJECT): 3" in out
+
+
+def test_unreadable_path_fails_with_one_line(tmp_path: Path) -> None:
+    proc = streamer("replay", str(tmp_path / "nope.log"))
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip().count("\n") == 0
+    assert "nope.log" in proc.stderr.decode()
+
+
+def test_bad_log_format_fails_with_one_line() -> None:
+    proc = streamer("replay", "--log-format", "${version} ${bogus-field}", "-", stdin=b"")
+    assert proc.returncode == 2
+    assert "bogus-field" in proc.stderr.decode()
+    assert proc.stderr.decode().strip().count("\n") == 0
+
+
+def test_corrupt_object_is_reported_and_others_still_count(tmp_path: Path, sample: Path) -> None:
+    (sample.parent / "b.log.gz").write_bytes(gzip.compress(b"x" * 1000)[:20])
+    proc = streamer("replay", "--output", "json", str(sample.parent))
+    assert proc.returncode == 0
+    doc = json.loads(proc.stdout)
+    assert doc["records"] == 3
+    assert doc["errors"]["truncated"] == 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_port_keeps_serving_until_interrupted(sample: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamer", "replay", "--output", "json", "--metrics-port", str(port), str(sample)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        body = ""
+        for _ in range(100):
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert 'vpcflow_records_total{action="REJECT",interface_id="eni-a"} 1.0' in body
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) in (0, 130)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
