@@ -14,6 +14,7 @@ import orjson
 
 from streamer import logs, output
 from streamer.aggregate.state import FlowState
+from streamer.config import Config, ConfigError, load_config
 from streamer.decode.objects import ObjectReader
 from streamer.replay import COLUMNS, InputError, expand, replay_counts, replay_records
 from streamer.schema import UnknownFieldError, parse_log_format
@@ -122,6 +123,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return cmd_replay(replay_args)
 
 
+def _load(path: str) -> Config:
+    from pathlib import Path
+
+    return load_config(Path(path))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _fail(f"config: {exc}")
+    names = ", ".join(f"{config.source_name(i)} ({s.type})" for i, s in enumerate(config.sources))
+    print(f"{args.config}: ok; sources: {names}; checkpoint: {config.checkpoint.path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _fail(f"config: {exc}")
+    logs.setup(config.logging.level if args.log_level == "info" else args.log_level, config.logging.json_lines or args.log_json)
+    from streamer.checkpoint import CheckpointError
+    from streamer.service import run_until_signalled
+
+    try:
+        asyncio.run(run_until_signalled(config))
+    except CheckpointError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot start: {exc}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamer", description="VPC Flow Logs to per-ENI metrics and reject-spike alerts.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -142,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--output", choices=["table", "json"], default="table")
     dp.add_argument("--metrics-port", type=int, help="after processing, serve /metrics on this port until interrupted")
     dp.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="run the service from a config file")
+    run.add_argument("--config", "-c", required=True, help="YAML config (environment STREAMER__A__B overrides)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", "-c", required=True)
+    check.set_defaults(func=cmd_check_config)
     return parser
 
 

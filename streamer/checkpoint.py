@@ -1,0 +1,160 @@
+"""The checkpoint store: one SQLite transaction per finished input.
+
+"These positions are done" is committed together with the state they
+produced (counter deltas, window snapshots), and only then is the input
+acknowledged upstream. A kill -9 at any moment therefore loses nothing and
+counts nothing twice: either the transaction landed (positions are done,
+counters include the object) or it did not (the object is read again).
+
+Positions come in two kinds:
+- done keys: set membership, e.g. `s3://bucket/key#etag`, pruned after a retention;
+- cursors: a value per (source, partition), e.g. a Kinesis shard's sequence number.
+
+All calls are blocking; the service runs them on one dedicated thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+
+from streamer.aggregate.counters import SCHEMA, Counters
+from streamer.aggregate.state import FlowState
+
+_SCHEMA_VERSION = "1"
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (
+    interface_id TEXT NOT NULL, action TEXT NOT NULL, log_status TEXT NOT NULL,
+    records INTEGER NOT NULL, packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    PRIMARY KEY (interface_id, action, log_status)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS decode_errors (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS done (
+    namespace TEXT NOT NULL, key TEXT NOT NULL, outcome TEXT NOT NULL, done_at REAL NOT NULL,
+    PRIMARY KEY (namespace, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS done_at ON done (done_at);
+CREATE TABLE IF NOT EXISTS cursors (
+    source TEXT NOT NULL, partition TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (source, partition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+
+
+class CheckpointError(RuntimeError):
+    """The store cannot be opened or written (disk full, wrong file, newer schema)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Done:
+    """An input finished with `outcome` ("ok" or the reason it was given up)."""
+
+    namespace: str
+    key: str
+    outcome: str = "ok"
+
+
+@dataclasses.dataclass
+class Commit:
+    """Everything one finished input changes, applied atomically."""
+
+    delta: FlowState = dataclasses.field(default_factory=FlowState)
+    done: list[Done] = dataclasses.field(default_factory=list)
+    cursors: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    snapshots: dict[str, bytes] = dataclasses.field(default_factory=dict)
+
+
+class CheckpointStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_DDL)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+            elif row[0] != _SCHEMA_VERSION:
+                raise CheckpointError(f"{path}: checkpoint schema {row[0]} is not {_SCHEMA_VERSION}")
+        except (sqlite3.Error, OSError) as exc:
+            raise CheckpointError(f"{path}: cannot open checkpoint store: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def load_state(self) -> FlowState:
+        rows = self._db.execute("SELECT interface_id, action, log_status, records, packets, bytes FROM counters").fetchall()
+        columns: list[tuple[object, ...]] = list(zip(*rows, strict=True)) if rows else [() for _ in SCHEMA.names]
+        table = pa.table({name: pa.array(col, SCHEMA.field(name).type) for name, col in zip(SCHEMA.names, columns, strict=True)})
+        errors = dict(self._db.execute("SELECT reason, count FROM decode_errors").fetchall())
+        return FlowState(Counters(table.cast(SCHEMA)), errors)
+
+    def commit(self, change: Commit) -> None:
+        """Apply one input's change in a single transaction (all or nothing)."""
+        counters = change.delta.counters.table().to_pylist()
+        now = time.time()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO counters VALUES (:interface_id, :action, :log_status, :records, :packets, :bytes) "
+                    "ON CONFLICT DO UPDATE SET records = records + excluded.records, "
+                    "packets = packets + excluded.packets, bytes = bytes + excluded.bytes",
+                    counters,
+                )
+                self._db.executemany(
+                    "INSERT INTO decode_errors VALUES (?, ?) ON CONFLICT DO UPDATE SET count = count + excluded.count",
+                    list(change.delta.decode_errors.items()),
+                )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)",
+                    [(d.namespace, d.key, d.outcome, now) for d in change.done],
+                )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)",
+                    [(s, p, v) for (s, p), v in change.cursors.items()],
+                )
+                self._db.executemany("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", list(change.snapshots.items()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"{self.path}: commit failed: {exc}") from exc
+
+    def done_among(self, namespace: str, keys: Iterable[str]) -> set[str]:
+        """Which of `keys` are already done."""
+        found: set[str] = set()
+        batch: list[str] = []
+        for key in keys:
+            batch.append(key)
+            if len(batch) == 500:
+                found |= self._done_batch(namespace, batch)
+                batch = []
+        if batch:
+            found |= self._done_batch(namespace, batch)
+        return found
+
+    def _done_batch(self, namespace: str, keys: list[str]) -> set[str]:
+        marks = ",".join("?" * len(keys))
+        rows = self._db.execute(f"SELECT key FROM done WHERE namespace = ? AND key IN ({marks})", (namespace, *keys))
+        return {r[0] for r in rows}
+
+    def cursors(self, source: str) -> dict[str, str]:
+        return dict(self._db.execute("SELECT partition, value FROM cursors WHERE source = ?", (source,)).fetchall())
+
+    def snapshot(self, name: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM snapshots WHERE name = ?", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def prune(self, older_than_seconds: float) -> int:
+        """Forget done keys older than the retention; returns how many."""
+        cutoff = time.time() - older_than_seconds
+        cur = self._db.execute("DELETE FROM done WHERE done_at < ?", (cutoff,))
+        return int(cur.rowcount)

@@ -1,0 +1,141 @@
+"""Builds the running service from a Config and runs it until told to stop.
+
+Startup and a later reload would share this one path: config -> AWS
+clients -> checkpoint store (state restored) -> sources -> pipeline ->
+HTTP. Sources run in one TaskGroup; SIGTERM/SIGINT set a stop event, the
+group is cancelled, in-flight deliveries are abandoned uncommitted (they are
+read again on the next start) and the store is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from prometheus_client import CollectorRegistry
+
+from streamer.aws import AwsClients
+from streamer.checkpoint import CheckpointStore
+from streamer.config import Config, S3SourceConfig, S3SqsSourceConfig
+from streamer.export.http import build_app, serve
+from streamer.export.metrics import FlowCollector
+from streamer.export.telemetry import Telemetry
+from streamer.pipeline import Pipeline, Store
+from streamer.sources.base import S3_NAMESPACE, Source
+from streamer.sources.s3_poll import S3PollSource
+from streamer.sources.s3_sqs import S3SqsSource
+
+log = logging.getLogger(__name__)
+
+PRUNE_INTERVAL_SECONDS = 3600
+
+
+class _Stop(Exception):
+    pass
+
+
+class Service:
+    def __init__(self, config: Config, clients: AwsClients) -> None:
+        self.config = config
+        self.clients = clients
+        self.sources: list[Source] = []
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.telemetry = Telemetry(self.registry)
+        self.port: int | None = None
+        self.started = asyncio.Event()
+
+    def ready(self) -> bool:
+        return bool(self.sources) and all(s.ready for s in self.sources)
+
+    async def _build_sources(self, store: Store) -> list[Source]:
+        sources: list[Source] = []
+        for index, cfg in enumerate(self.config.sources):
+            name = self.config.source_name(index)
+            if isinstance(cfg, S3SourceConfig):
+                s3 = await self.clients.get("s3", cfg.region, cfg.endpoint_url)
+
+                async def done_among(keys: list[str]) -> set[str]:
+                    return await store.call(store.store.done_among, S3_NAMESPACE, keys)
+
+                sources.append(S3PollSource(name, cfg, s3, done_among))
+            elif isinstance(cfg, S3SqsSourceConfig):
+                sqs = await self.clients.get("sqs", cfg.region, cfg.endpoint_url)
+                s3 = await self.clients.get("s3", cfg.region, cfg.endpoint_url)
+                sources.append(S3SqsSource(name, cfg, sqs, s3))
+            else:
+                raise NotImplementedError(f"source type {cfg.type!r} is not available in this build")
+        return sources
+
+    async def run(self, stop: asyncio.Event) -> None:
+        store = Store(CheckpointStore(self.config.checkpoint.path))
+        workers = self.config.decode_workers or min(4, os.cpu_count() or 2)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        runner = None
+        try:
+            state = await store.call(store.store.load_state)
+            self.registry.register(FlowCollector(lambda: state, self.config.metrics.max_interfaces))
+            pipeline = Pipeline(state, store, self.telemetry, pool)
+            self.sources = await self._build_sources(store)
+            runner, self.port = await serve(build_app(self.registry, self.ready), self.config.http.host, self.config.http.port)
+            log.info(
+                "serving on %s:%d; %d source(s); restored %d counter rows",
+                self.config.http.host,
+                self.port,
+                len(self.sources),
+                state.counters.table().num_rows,
+            )
+            self.started.set()
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for source in self.sources:
+                        group.create_task(self._run_source(source, pipeline))
+                    group.create_task(self._prune(store))
+                    group.create_task(self._ready_gauge())
+                    await stop.wait()
+                    raise _Stop  # cancels every task in the group
+            except* _Stop:
+                pass
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            pool.shutdown(wait=False, cancel_futures=True)
+            store.close()
+            await self.clients.close()
+            log.info("stopped")
+
+    async def _run_source(self, source: Source, pipeline: Pipeline) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                await source.run(pipeline)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in one source must not stop the others: log, back off, restart it
+                log.exception("source %s failed; restarting in %.0f s", source.name, backoff)
+                self.telemetry.source_error(source.name, "crashed")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 300.0)
+
+    async def _prune(self, store: Store) -> None:
+        while True:
+            removed = await store.call(store.store.prune, self.config.checkpoint.retention_seconds)
+            if removed:
+                log.info("forgot %d done keys older than the retention", removed)
+            await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+
+    async def _ready_gauge(self) -> None:
+        while True:
+            for source in self.sources:
+                self.telemetry.ready.labels(source.name).set(1 if source.ready else 0)
+            await asyncio.sleep(1)
+
+
+async def run_until_signalled(config: Config) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Service(config, AwsClients()).run(stop)

@@ -1,0 +1,73 @@
+"""What every source hands the pipeline, and what it gets back.
+
+A source finds input and says where it is; it never decides that something
+is done. It calls `Sink.process` with a Delivery; the pipeline decodes it,
+commits the positions together with the state they produced, and returns.
+Only then does the source acknowledge upstream (delete the SQS message,
+advance its own in-memory cursor).
+
+    SourceError                 reading from the source failed (try again later)
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
+
+from streamer.checkpoint import Done
+
+#: Namespace of done keys for S3 objects, shared by the polling and SQS sources
+#: so that both reading one bucket never count an object twice.
+S3_NAMESPACE = "s3"
+
+
+class SourceError(Exception):
+    """Reading input failed in a way that may pass (network, throttling, 5xx)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclasses.dataclass
+class Delivery:
+    """One unit of input: its bytes, and the positions that mark it done."""
+
+    location: str
+    body: Callable[[], AsyncIterator[bytes]]
+    done: list[Done] = dataclasses.field(default_factory=list)
+    cursors: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    #: when the input reached the source (S3 LastModified), for delivery delay
+    arrived_at: float | None = None
+    log_format: tuple[str, ...] | None = None
+    #: called periodically while the delivery is processed (SQS visibility)
+    keepalive: Callable[[], Awaitable[None]] | None = None
+
+
+class Sink(Protocol):
+    async def process(self, source: str, delivery: Delivery) -> str:
+        """Decode, commit and apply; returns the outcome ("ok" or a reason).
+
+        Raises SourceError when the body could not be read (nothing committed).
+        """
+        ...
+
+    async def give_up(self, source: str, delivery: Delivery, reason: str) -> None:
+        """Mark a delivery done without reading it (it failed too often)."""
+        ...
+
+    def source_error(self, source: str, reason: str, message: str) -> None:
+        """Count and log a source-side failure."""
+        ...
+
+
+class Source(abc.ABC):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ready = False
+
+    @abc.abstractmethod
+    async def run(self, sink: Sink) -> None:
+        """Read forever (until cancelled), handing deliveries to `sink`."""

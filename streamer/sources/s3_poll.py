@@ -1,0 +1,180 @@
+"""Poll an S3 bucket for flow-log objects, including late ones.
+
+Every poll walks `AWSLogs/` down to the account/region folders (both key
+layouts, every account and region present), then lists only the day and
+hour partitions that overlap the lookback window. Objects not yet done
+(by key + ETag, in the checkpoint store) are handed to the pipeline, up to
+`max_concurrent_objects` at a time. An object that keeps failing to read
+is given up after a few attempts, counted, and never blocks the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from streamer.checkpoint import Done
+from streamer.config import S3SourceConfig
+from streamer.schema import parse_log_format
+from streamer.sources import s3_layout
+from streamer.sources.base import S3_NAMESPACE, Delivery, Sink, Source, SourceError
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+BODY_CHUNK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Object:
+    bucket: str
+    key: str
+    etag: str
+    last_modified: float
+    size: int
+
+    @property
+    def done_key(self) -> str:
+        return f"{self.bucket}/{self.key}#{self.etag}"
+
+
+def s3_error_reason(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "client_error"))
+    return type(exc).__name__
+
+
+async def stream_object(s3: Any, obj: S3Object) -> AsyncIterator[bytes]:
+    """The object's bytes in chunks; raises SourceError if it cannot be read."""
+    try:
+        resp = await s3.get_object(Bucket=obj.bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
+        async with resp["Body"] as body:
+            async for chunk in body.iter_chunks(BODY_CHUNK):
+                yield chunk
+    except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
+        raise SourceError(s3_error_reason(exc), f"s3://{obj.bucket}/{obj.key}: {exc}") from exc
+
+
+def object_delivery(
+    s3: Any, obj: S3Object, log_format: tuple[str, ...] | None, keepalive: Callable[[], Awaitable[None]] | None = None
+) -> Delivery:
+    return Delivery(
+        location=f"s3://{obj.bucket}/{obj.key}",
+        body=lambda: stream_object(s3, obj),
+        done=[Done(S3_NAMESPACE, obj.done_key)],
+        arrived_at=obj.last_modified,
+        log_format=log_format,
+        keepalive=keepalive,
+    )
+
+
+class S3PollSource(Source):
+    def __init__(
+        self,
+        name: str,
+        config: S3SourceConfig,
+        s3: Any,
+        done_among: Callable[[list[str]], Awaitable[set[str]]],
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        super().__init__(name)
+        self.config = config
+        self.s3 = s3
+        self._done_among = done_among
+        self._clock = clock
+        self._attempts: dict[str, int] = {}
+        self.log_format = parse_log_format(config.log_format) if config.log_format else None
+
+    async def run(self, sink: Sink) -> None:
+        while True:
+            await self.poll_once(sink)
+            await asyncio.sleep(self.config.poll_interval_seconds)
+
+    async def poll_once(self, sink: Sink) -> int:
+        """One listing and everything it found; returns how many objects were processed."""
+        try:
+            objects = await self.list_window()
+        except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
+            sink.source_error(self.name, s3_error_reason(exc), f"listing s3://{self.config.bucket}/{self.config.prefix}: {exc}")
+            return 0
+        self.ready = True
+        done = await self._done_among([o.done_key for o in objects])
+        todo = sorted((o for o in objects if o.done_key not in done), key=lambda o: (o.last_modified, o.key))
+        gate = asyncio.Semaphore(self.config.max_concurrent_objects)
+
+        async def one(obj: S3Object) -> None:
+            async with gate:
+                await self._process(sink, obj)
+
+        async with asyncio.TaskGroup() as group:
+            for obj in todo:
+                group.create_task(one(obj))
+        return len(todo)
+
+    async def _process(self, sink: Sink, obj: S3Object) -> None:
+        delivery = object_delivery(self.s3, obj, self.log_format)
+        try:
+            await sink.process(self.name, delivery)
+            self._attempts.pop(obj.done_key, None)
+        except SourceError as exc:
+            attempts = self._attempts.get(obj.done_key, 0) + 1
+            self._attempts[obj.done_key] = attempts
+            sink.source_error(self.name, exc.reason, f"{exc} (attempt {attempts} of {MAX_ATTEMPTS})")
+            if attempts >= MAX_ATTEMPTS:
+                await sink.give_up(self.name, delivery, "read_error")
+                self._attempts.pop(obj.done_key, None)
+
+    async def list_window(self) -> list[S3Object]:
+        """Objects in the partitions that overlap the lookback window."""
+        now = self._clock()
+        root = s3_layout.root(self.config.prefix)
+        found: list[S3Object] = []
+        for account_dir in await self._folders(root):
+            for service_dir in await self._folders(account_dir):
+                hive = s3_layout.SERVICE_DIRS.get(service_dir.removeprefix(account_dir))
+                if hive is None:
+                    continue
+                layout = s3_layout.Layout(hive)
+                for region_dir in await self._folders(service_dir):
+                    for day in s3_layout.days_in_window(now, self.config.lookback_seconds):
+                        found.extend(await self._list_day(region_dir + layout.day(day), layout, day, now))
+        return found
+
+    async def _list_day(self, day_prefix: str, layout: s3_layout.Layout, day: dt.date, now: dt.datetime) -> list[S3Object]:
+        objects, folders = await self._list(day_prefix, delimiter=True)
+        for folder in folders:
+            hour = layout.hour_of(folder)
+            if hour is not None and s3_layout.hour_in_window(day, hour, now, self.config.lookback_seconds):
+                objects.extend((await self._list(folder, delimiter=False))[0])
+        return objects
+
+    async def _folders(self, prefix: str) -> list[str]:
+        return (await self._list(prefix, delimiter=True))[1]
+
+    async def _list(self, prefix: str, delimiter: bool) -> tuple[list[S3Object], list[str]]:
+        paginator = self.s3.get_paginator("list_objects_v2")
+        kwargs: dict[str, Any] = {"Bucket": self.config.bucket, "Prefix": prefix}
+        if delimiter:
+            kwargs["Delimiter"] = "/"
+        objects: list[S3Object] = []
+        folders: list[str] = []
+        async for page in paginator.paginate(**kwargs):
+            folders.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
+            for item in page.get("Contents", []):
+                if s3_layout.is_flow_log_object(item["Key"]):
+                    objects.append(
+                        S3Object(
+                            bucket=self.config.bucket,
+                            key=item["Key"],
+                            etag=str(item.get("ETag", "")).strip('"'),
+                            last_modified=item["LastModified"].timestamp(),
+                            size=int(item.get("Size", 0)),
+                        )
+                    )
+        return objects, folders

@@ -1,0 +1,140 @@
+"""Consume S3 event notifications from SQS (also SNS-wrapped), competing-consumer safe.
+
+A message is deleted only after every object it names has been committed;
+while a large object is processed the message's visibility is extended, so
+another replica does not pick it up meanwhile. Keys in events are
+URL-encoded (`unquote_plus`). `s3:TestEvent` and non-create events are
+deleted without work; a message that cannot be parsed, or that was received
+more than `max_receive_count` times, is counted, logged and deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import unquote_plus
+
+import orjson
+from botocore.exceptions import BotoCoreError, ClientError
+
+from streamer.config import S3SqsSourceConfig
+from streamer.schema import parse_log_format
+from streamer.sources.base import Sink, Source, SourceError
+from streamer.sources.s3_poll import S3Object, object_delivery, s3_error_reason
+
+log = logging.getLogger(__name__)
+
+
+class BadMessage(ValueError):
+    pass
+
+
+def objects_in_message(body: str) -> list[S3Object]:
+    """The created objects an S3 (or SNS-wrapped S3) notification names."""
+    try:
+        doc = orjson.loads(body)
+        if isinstance(doc, dict) and doc.get("Type") == "Notification" and isinstance(doc.get("Message"), str):
+            doc = orjson.loads(doc["Message"])
+    except orjson.JSONDecodeError as exc:
+        raise BadMessage(f"not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise BadMessage("not a JSON object")
+    if doc.get("Event") == "s3:TestEvent":
+        return []
+    records = doc.get("Records")
+    if not isinstance(records, list):
+        raise BadMessage("no Records")
+    out: list[S3Object] = []
+    for rec in records:
+        if not str(rec.get("eventName", "")).startswith("ObjectCreated"):
+            continue
+        try:
+            s3 = rec["s3"]
+            obj = s3["object"]
+            out.append(
+                S3Object(
+                    bucket=s3["bucket"]["name"],
+                    key=unquote_plus(obj["key"]),
+                    etag=str(obj.get("eTag", "")).strip('"'),
+                    last_modified=_event_time(rec.get("eventTime")),
+                    size=int(obj.get("size", 0)),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadMessage(f"malformed record: {exc!r}") from exc
+    return out
+
+
+def _event_time(value: Any) -> float:
+    import datetime as dt
+
+    if not isinstance(value, str):
+        return 0.0
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+class S3SqsSource(Source):
+    def __init__(self, name: str, config: S3SqsSourceConfig, sqs: Any, s3: Any) -> None:
+        super().__init__(name)
+        self.config = config
+        self.sqs = sqs
+        self.s3 = s3
+        self.log_format = parse_log_format(config.log_format) if config.log_format else None
+
+    async def run(self, sink: Sink) -> None:
+        while True:
+            await self.receive_once(sink)
+
+    async def receive_once(self, sink: Sink) -> int:
+        """One ReceiveMessage and the messages it returned; returns how many."""
+        try:
+            resp = await self.sqs.receive_message(
+                QueueUrl=self.config.queue_url,
+                MaxNumberOfMessages=self.config.max_messages,
+                WaitTimeSeconds=self.config.wait_time_seconds,
+                VisibilityTimeout=self.config.visibility_timeout_seconds,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            )
+        except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
+            sink.source_error(self.name, s3_error_reason(exc), f"receiving from {self.config.queue_url}: {exc}")
+            await asyncio.sleep(min(5.0, self.config.wait_time_seconds or 1.0))
+            return 0
+        self.ready = True
+        messages = resp.get("Messages", [])
+        for message in messages:
+            await self._handle(sink, message)
+        return len(messages)
+
+    async def _handle(self, sink: Sink, message: dict[str, Any]) -> None:
+        receipt = message["ReceiptHandle"]
+        received = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+        try:
+            objects = objects_in_message(message.get("Body", ""))
+        except BadMessage as exc:
+            sink.source_error(self.name, "bad_message", f"{self.config.queue_url}: message {message.get('MessageId')}: {exc}")
+            await self._delete(sink, receipt)
+            return
+
+        async def keepalive() -> None:
+            await self.sqs.change_message_visibility(
+                QueueUrl=self.config.queue_url, ReceiptHandle=receipt, VisibilityTimeout=self.config.visibility_timeout_seconds
+            )
+
+        for obj in objects:
+            delivery = object_delivery(self.s3, obj, self.log_format, keepalive)
+            try:
+                await sink.process(self.name, delivery)
+            except SourceError as exc:
+                sink.source_error(self.name, exc.reason, f"{exc} (receive {received} of {self.config.max_receive_count})")
+                if received < self.config.max_receive_count:
+                    return  # not deleted: SQS redelivers after the visibility timeout
+                await sink.give_up(self.name, delivery, "read_error")
+        await self._delete(sink, receipt)
+
+    async def _delete(self, sink: Sink, receipt: str) -> None:
+        try:
+            await self.sqs.delete_message(QueueUrl=self.config.queue_url, ReceiptHandle=receipt)
+        except (ClientError, BotoCoreError, OSError) as exc:
+            # Redelivery is harmless: the objects are done in the checkpoint and are skipped.
+            sink.source_error(self.name, s3_error_reason(exc), f"deleting message: {exc}")

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamer.config import ConfigError, apply_env, load_config, parse_config
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+BASE = {"sources": [{"type": "s3", "bucket": "my-flow-logs"}]}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_shipped_examples_are_valid(name: str) -> None:
+    load_config(EXAMPLES / name, {})
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (
+            {"sources": [{"type": "s3", "bucket": "abc", "poll_intervl_seconds": 3}]},
+            "sources.0.poll_intervl_seconds: unknown key",
+        ),
+        ({"sources": [{"type": "s3", "bucket": "abc", "poll_interval_seconds": 0}]}, "sources.0.poll_interval_seconds: "),
+        ({"sources": [{"type": "s3", "bucket": "abc", "log_format": "${version} ${nope}"}]}, "'nope'"),
+        ({"sources": []}, "sources:"),
+        ({"sources": [{"type": "s3", "bucket": "abc"}], "htp": {}}, "htp: unknown key"),
+        ({"http": {"listen_address": "nowhere"}, **BASE}, "http.listen_address"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(doc: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc, {})
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_environment_overrides() -> None:
+    config = parse_config(
+        BASE,
+        {
+            "STREAMER__SOURCES__0__BUCKET": "other-bucket",
+            "STREAMER__SOURCES__0__POLL_INTERVAL_SECONDS": "5",
+            "STREAMER__HTTP__LISTEN_ADDRESS": "127.0.0.1:9999",
+            "STREAMER__LOGGING__JSON_LINES": "true",
+            "UNRELATED": "x",
+        },
+    )
+    assert config.sources[0].bucket == "other-bucket"  # type: ignore[union-attr]
+    assert config.sources[0].poll_interval_seconds == 5  # type: ignore[union-attr]
+    assert config.http.port == 9999
+    assert config.logging.json_lines is True
+
+
+def test_environment_can_add_a_whole_source() -> None:
+    doc = apply_env({}, {"STREAMER__SOURCES__0__TYPE": "s3_sqs", "STREAMER__SOURCES__0__QUEUE_URL": "https://q"})
+    assert parse_config(doc, {}).sources[0].type == "s3_sqs"
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources:\n  - type: s3\n    bucket: abc\n    secret_key: hunter2\n")
+    proc = subprocess.run([sys.executable, "-m", "streamer", "check-config", "-c", str(bad)], capture_output=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == "streamer: error: config: sources.0.secret_key: unknown key"
+    assert b"hunter2" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "streamer", "run", "-c", str(bad)], capture_output=True, check=False, timeout=60)
+    assert proc.returncode == 2
+    good = tmp_path / "good.yaml"
+    good.write_text("sources:\n  - type: s3\n    bucket: abc\n")
+    proc = subprocess.run([sys.executable, "-m", "streamer", "check-config", "-c", str(good)], capture_output=True, check=False)
+    assert proc.returncode == 0
+    assert b"s3-0 (s3)" in proc.stdout
