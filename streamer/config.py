@@ -114,6 +114,8 @@ class KinesisSourceConfig(_AwsSource):
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     #: how often to look for new shards (resharding)
     shard_refresh_seconds: float = Field(default=60, gt=0)
+    #: Kinesis records per GetRecords call (one checkpoint commit each)
+    batch_records: int = Field(default=10_000, ge=1, le=10_000)
 
 
 class CloudWatchSourceConfig(_AwsSource):

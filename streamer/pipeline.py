@@ -76,7 +76,11 @@ class Pipeline:
         if result.failure is not None:
             log.error("%s: %s: %s", delivery.location, outcome, result.failure)
             delta.decode_errors[outcome] = delta.decode_errors.get(outcome, 0) + 1
-        change = Commit(delta, [Done(d.namespace, d.key, outcome) for d in delivery.done], dict(delivery.cursors))
+        for reason, count in delivery.errors.items():
+            delta.decode_errors[reason] = delta.decode_errors.get(reason, 0) + count
+        change = Commit(
+            delta, [Done(d.namespace, d.key, outcome) for d in delivery.done], dict(delivery.cursors), dict(delivery.snapshots)
+        )
         await self.store.call(self.store.store.commit, change)
         self.state.apply(delta)
         delay = None if delivery.arrived_at is None or max_end is None else delivery.arrived_at - max_end
@@ -85,7 +89,12 @@ class Pipeline:
 
     async def give_up(self, source: str, delivery: Delivery, reason: str) -> None:
         log.error("%s: giving up: %s", delivery.location, reason)
-        change = Commit(FlowState(), [Done(d.namespace, d.key, reason) for d in delivery.done], dict(delivery.cursors))
+        change = Commit(
+            FlowState(),
+            [Done(d.namespace, d.key, reason) for d in delivery.done],
+            dict(delivery.cursors),
+            dict(delivery.snapshots),
+        )
         await self.store.call(self.store.store.commit, change)
         self.telemetry.finished(source, reason, 0, None)
 
@@ -115,7 +124,7 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         body = delivery.body()
         stop = threading.Event()
-        reader = ObjectReader(log_format=delivery.log_format, columns=COLUMNS)
+        reader = ObjectReader(log_format=delivery.log_format, columns=COLUMNS, headerless=delivery.headerless)
         ingest: Ingestor[BatchResult] = Ingestor(reader, reduce_batch, self.pool)
 
         def work() -> tuple[ObjectResult[BatchResult], FlowState, int | None]:

@@ -13,18 +13,21 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import CollectorRegistry
 
 from streamer.aws import AwsClients
 from streamer.checkpoint import CheckpointStore
-from streamer.config import Config, S3SourceConfig, S3SqsSourceConfig
+from streamer.config import CloudWatchSourceConfig, Config, KinesisSourceConfig, S3SourceConfig, S3SqsSourceConfig
 from streamer.export.http import build_app, serve
 from streamer.export.metrics import FlowCollector
 from streamer.export.telemetry import Telemetry
 from streamer.pipeline import Pipeline, Store
 from streamer.sources.base import S3_NAMESPACE, Source
+from streamer.sources.cloudwatch import CloudWatchSource
+from streamer.sources.kinesis import KinesisSource
 from streamer.sources.s3_poll import S3PollSource
 from streamer.sources.s3_sqs import S3SqsSource
 
@@ -65,9 +68,25 @@ class Service:
                 sqs = await self.clients.get("sqs", cfg.region, cfg.endpoint_url)
                 s3 = await self.clients.get("s3", cfg.region, cfg.endpoint_url)
                 sources.append(S3SqsSource(name, cfg, sqs, s3))
-            else:
-                raise NotImplementedError(f"source type {cfg.type!r} is not available in this build")
+            elif isinstance(cfg, KinesisSourceConfig):
+                kinesis = await self.clients.get("kinesis", cfg.region, cfg.endpoint_url)
+                sources.append(KinesisSource(name, cfg, kinesis, self._cursors(store, name)))
+            elif isinstance(cfg, CloudWatchSourceConfig):
+                logs = await self.clients.get("logs", cfg.region, cfg.endpoint_url)
+                ec2 = await self.clients.get("ec2", cfg.region, cfg.endpoint_url) if cfg.flow_log_id else None
+
+                async def snapshot(key: str) -> bytes | None:
+                    return await store.call(store.store.snapshot, key)
+
+                sources.append(CloudWatchSource(name, cfg, logs, self._cursors(store, name), snapshot, ec2))
         return sources
+
+    @staticmethod
+    def _cursors(store: Store, name: str) -> Callable[[], Awaitable[dict[str, str]]]:
+        async def load() -> dict[str, str]:
+            return await store.call(store.store.cursors, name)
+
+        return load
 
     async def run(self, stop: asyncio.Event) -> None:
         store = Store(CheckpointStore(self.config.checkpoint.path))

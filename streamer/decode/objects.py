@@ -45,6 +45,8 @@ class ObjectReader:
     columns: Collection[str] | None = None
     chunk_bytes: int = CHUNK_BYTES
     use_threads: bool = False  # parallelism comes from the ingest pool; nesting it oversubscribes
+    #: input never has a header line (CloudWatch events): use log_format as is
+    headerless: bool = False
 
     def units(self, raw: Iterable[bytes]) -> Iterator[Unit]:
         """Decoding units for an object given as raw (maybe compressed) chunks.
@@ -81,6 +83,8 @@ class ObjectReader:
             yield _text_unit(decoder, chunk)
 
     def _decoder_for(self, first_line: bytes) -> TextDecoder:
+        if self.headerless:
+            return self.decoder()
         try:
             fields = header_fields(first_line.decode("utf-8", "replace"))
         except UnknownFieldError as exc:

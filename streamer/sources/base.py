@@ -42,6 +42,12 @@ class Delivery:
     #: when the input reached the source (S3 LastModified), for delivery delay
     arrived_at: float | None = None
     log_format: tuple[str, ...] | None = None
+    #: lines with no header by construction (CloudWatch events): never sniff one
+    headerless: bool = False
+    #: problems the source already found (e.g. a Kinesis record that is not a payload)
+    errors: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: source state committed with this delivery (e.g. recently seen event ids)
+    snapshots: dict[str, bytes] = dataclasses.field(default_factory=dict)
     #: called periodically while the delivery is processed (SQS visibility)
     keepalive: Callable[[], Awaitable[None]] | None = None
 

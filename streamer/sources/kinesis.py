@@ -1,0 +1,197 @@
+"""Consume the Kinesis Data Stream a CloudWatch Logs subscription filter writes to.
+
+Each Kinesis record is a gzip'd CloudWatch Logs document; DATA_MESSAGE
+events become lines for the vectorized decoder, CONTROL_MESSAGE documents
+are skipped. One GetRecords batch is one delivery: its lines plus the
+shard's new sequence number, committed in the same transaction as the state
+they produced. On restart every shard resumes AFTER its committed sequence
+number, so nothing is lost or counted twice.
+
+Resharding: a child shard is read only once its parent(s) are drained
+(GetRecords returned no next iterator, or the parent's ending sequence
+number has been read); a drained shard is committed as SHARD_END.
+`start_position` applies to the very first start only; shards discovered
+later always start at TRIM_HORIZON so that no record is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from streamer.config import KinesisSourceConfig
+from streamer.decode.cloudwatch import parse_payload
+from streamer.decode.errors import DecodeError
+from streamer.schema import parse_log_format
+from streamer.sources.base import Delivery, Sink, Source
+from streamer.sources.s3_poll import s3_error_reason
+
+log = logging.getLogger(__name__)
+
+SHARD_END = "SHARD_END"
+#: AWS allows 5 GetRecords per second per shard.
+MIN_POLL_SECONDS = 0.2
+INVALID_PAYLOAD = "invalid_payload"
+
+
+def payload_lines(records: list[dict[str, Any]]) -> tuple[list[str], int]:
+    """Flow-log lines of a GetRecords batch, and how many records were not payloads."""
+    lines: list[str] = []
+    bad = 0
+    for record in records:
+        data = record["Data"]
+        try:
+            document = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+            lines.extend(parse_payload(document).lines)
+        except (OSError, EOFError, zlib.error, DecodeError):
+            bad += 1
+    return lines, bad
+
+
+async def _single(body: bytes) -> AsyncIterator[bytes]:
+    if body:
+        yield body
+
+
+class KinesisSource(Source):
+    def __init__(
+        self, name: str, config: KinesisSourceConfig, kinesis: Any, cursors: Callable[[], Awaitable[dict[str, str]]]
+    ) -> None:
+        super().__init__(name)
+        self.config = config
+        self.kinesis = kinesis
+        self._load_cursors = cursors
+        self.log_format = parse_log_format(config.log_format) if config.log_format else None
+        self.positions: dict[str, str] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._first_start = True
+        self._waiting = False
+
+    async def run(self, sink: Sink) -> None:
+        self.positions = await self._load_cursors()
+        self._first_start = not self.positions
+        try:
+            async with asyncio.TaskGroup() as group:
+                while True:
+                    try:
+                        await self._schedule(sink, group)
+                    except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
+                        sink.source_error(self.name, s3_error_reason(exc), f"listing shards of {self.config.stream_name}: {exc}")
+                    await asyncio.sleep(self._refresh_seconds())
+        finally:
+            self._running.clear()
+
+    @property
+    def reading(self) -> set[str]:
+        """Shards currently being read."""
+        return {shard for shard, task in self._running.items() if not task.done()}
+
+    def _refresh_seconds(self) -> float:
+        # Look again soon while children wait for a parent to drain, else at the configured pace.
+        return 1.0 if self._waiting else self.config.shard_refresh_seconds
+
+    async def list_shards(self) -> list[dict[str, Any]]:
+        shards: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"StreamName": self.config.stream_name}
+        while True:
+            page = await self.kinesis.list_shards(**kwargs)
+            shards.extend(page.get("Shards", []))
+            token = page.get("NextToken")
+            if not token:
+                return shards
+            kwargs = {"NextToken": token}
+
+    async def _schedule(self, sink: Sink, group: asyncio.TaskGroup) -> None:
+        shards = await self.list_shards()
+        known = {s["ShardId"] for s in shards}
+        for shard_id, task in list(self._running.items()):
+            if task.done():
+                del self._running[shard_id]
+        self._waiting = False
+        for shard in shards:
+            shard_id = shard["ShardId"]
+            if shard_id in self._running or self.positions.get(shard_id) == SHARD_END:
+                continue
+            parents = [p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p and p in known]
+            if any(self.positions.get(p) != SHARD_END for p in parents):
+                self._waiting = True
+                continue  # a parent still has records: children wait
+            self._running[shard_id] = group.create_task(self._read_shard(sink, shard))
+        self.ready = True
+
+    async def _iterator(self, shard_id: str) -> str:
+        position = self.positions.get(shard_id)
+        kwargs: dict[str, Any] = {"StreamName": self.config.stream_name, "ShardId": shard_id}
+        if position is not None:
+            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=position)
+        elif self._first_start and self.config.start_position == "latest":
+            kwargs["ShardIteratorType"] = "LATEST"
+        else:
+            kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+        return str((await self.kinesis.get_shard_iterator(**kwargs))["ShardIterator"])
+
+    async def _read_shard(self, sink: Sink, shard: dict[str, Any]) -> None:
+        shard_id = shard["ShardId"]
+        ending = shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
+        iterator: str | None = None
+        while True:
+            try:
+                if iterator is None:
+                    iterator = await self._iterator(shard_id)
+                resp = await self.kinesis.get_records(ShardIterator=iterator, Limit=self.config.batch_records)
+            except ClientError as exc:
+                code = s3_error_reason(exc)
+                if code == "ExpiredIteratorException":
+                    iterator = None
+                    continue
+                sink.source_error(self.name, code, f"{self.config.stream_name}/{shard_id}: {exc}")
+                await asyncio.sleep(1.0 if code == "ProvisionedThroughputExceededException" else 5.0)
+                continue
+            except (TimeoutError, BotoCoreError, OSError) as exc:
+                sink.source_error(self.name, type(exc).__name__, f"{self.config.stream_name}/{shard_id}: {exc}")
+                await asyncio.sleep(5.0)
+                continue
+            records = resp.get("Records", [])
+            next_iterator = resp.get("NextShardIterator")
+            last = records[-1]["SequenceNumber"] if records else self.positions.get(shard_id)
+            drained = next_iterator is None or (
+                not records and ending is not None and last is not None and int(last) >= int(ending)
+            )
+            if records or drained:
+                cursor = SHARD_END if drained else str(last)
+                await self._deliver(sink, shard_id, records, cursor)
+            if drained:
+                log.info("%s: shard %s drained", self.name, shard_id)
+                return
+            iterator = next_iterator
+            if not records:
+                await asyncio.sleep(max(MIN_POLL_SECONDS, self.config.poll_interval_seconds))
+
+    async def _deliver(self, sink: Sink, shard_id: str, records: list[dict[str, Any]], cursor: str) -> None:
+        lines, bad = await asyncio.to_thread(payload_lines, records)
+        if bad:
+            where = f"{self.config.stream_name}/{shard_id}"
+            sink.source_error(self.name, INVALID_PAYLOAD, f"{where}: {bad} record(s) are not CloudWatch payloads")
+        body = ("\n".join(lines) + "\n").encode() if lines else b""
+        delivery = Delivery(
+            location=f"kinesis://{self.config.stream_name}/{shard_id}",
+            body=lambda: _single(body),
+            cursors={(self.name, shard_id): cursor},
+            log_format=self.log_format,
+            headerless=True,
+            errors={INVALID_PAYLOAD: bad} if bad else {},
+        )
+        while True:
+            try:
+                await sink.process(self.name, delivery)
+                break
+            except Exception as exc:  # the batch is in memory; retry the commit rather than skip it
+                sink.source_error(self.name, "commit_failed", f"{delivery.location}: {exc}")
+                await asyncio.sleep(5.0)
+        self.positions[shard_id] = cursor

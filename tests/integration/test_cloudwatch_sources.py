@@ -1,0 +1,191 @@
+"""CloudWatch Logs sources against moto in server mode: subscription filter ->
+Kinesis -> streamer, and FilterLogEvents polling with allowed lateness."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamer.checkpoint import CheckpointStore
+from streamer.sources.kinesis import KinesisSource
+from streamer.synth import TrafficProfile, generate_table, to_lines
+from tests.integration.conftest import (
+    Metrics,
+    Truth,
+    ascrape,
+    boto,
+    exported_totals,
+    running,
+    service_config,
+    wait_metrics,
+)
+
+pytestmark = pytest.mark.integration
+
+GROUP = "/vpc/flowlogs"
+
+
+def records_for(truth: Truth | None, n: int, seed: int, enis: int = 5) -> list[str]:
+    """Flow-log lines (default v2 format) of a generated batch, added to `truth`."""
+    table = generate_table(TrafficProfile(records=n, enis=enis, seed=seed, start_epoch=int(time.time()) - 1800, span_seconds=600))
+    if truth is not None:
+        truth.add_rows(table.to_pylist())
+    return [str(x) for x in to_lines(table).to_pylist()]
+
+
+def put_events(logs: Any, stream: str, lines: list[str], timestamp_ms: int) -> None:
+    for i in range(0, len(lines), 500):
+        batch = lines[i : i + 500]
+        logs.put_log_events(
+            logGroupName=GROUP,
+            logStreamName=stream,
+            logEvents=[{"timestamp": timestamp_ms + j, "message": m} for j, m in enumerate(batch)],
+        )
+
+
+def log_group(aws: str, streams: list[str]) -> Any:
+    logs = boto("logs", aws)
+    logs.create_log_group(logGroupName=GROUP)
+    for stream in streams:
+        logs.create_log_stream(logGroupName=GROUP, logStreamName=stream)
+    return logs
+
+
+def subscribe_to_kinesis(aws: str, logs: Any, shards: int = 1) -> str:
+    kinesis = boto("kinesis", aws)
+    kinesis.create_stream(StreamName="flowlogs", ShardCount=shards)
+    arn = kinesis.describe_stream(StreamName="flowlogs")["StreamDescription"]["StreamARN"]
+    logs.put_subscription_filter(
+        logGroupName=GROUP,
+        filterName="to-kinesis",
+        filterPattern="",
+        destinationArn=arn,
+        roleArn="arn:aws:iam::123456789012:role/cwl",
+    )
+    return str(arn)
+
+
+def records_total(metrics: Metrics) -> int:
+    return int(sum(v[0] for v in exported_totals(metrics).values()))
+
+
+def kinesis_source(aws: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "kinesis",
+        "name": "kinesis",
+        "stream_name": "flowlogs",
+        "endpoint_url": aws,
+        "poll_interval_seconds": 0.2,
+        **extra,
+    }
+
+
+async def test_subscription_filter_to_kinesis_counts_exactly_and_skips_bad_records(aws: str, tmp_path: Path) -> None:
+    logs = log_group(aws, ["eni-a-all", "eni-b-all"])
+    subscribe_to_kinesis(aws, logs, shards=2)
+    truth = Truth()
+    now_ms = int(time.time() * 1000)
+    put_events(logs, "eni-a-all", records_for(truth, 1200, 1), now_ms - 60_000)
+    put_events(logs, "eni-b-all", records_for(truth, 800, 2) + ["this event is not a flow log"], now_ms - 30_000)
+    kinesis = boto("kinesis", aws)
+    control = {
+        "messageType": "CONTROL_MESSAGE",
+        "logGroup": "",
+        "logStream": "",
+        "logEvents": [{"id": "1", "timestamp": 1, "message": "x"}],
+    }
+    kinesis.put_record(StreamName="flowlogs", Data=gzip.compress(json.dumps(control).encode()), PartitionKey="c")
+    kinesis.put_record(StreamName="flowlogs", Data=b"\x00not gzip, not json", PartitionKey="d")
+
+    async with running(service_config(tmp_path, [kinesis_source(aws)])) as service:
+        metrics = await wait_metrics(service.port, lambda m: records_total(m) >= 2000, what="2000 records")
+        await asyncio.sleep(1)
+        metrics = await ascrape(service.port)
+        assert exported_totals(metrics) == truth.totals
+        errors = {dict(k)["reason"]: v for k, v in metrics["streamer_decode_errors_total"].items()}
+        assert errors == {"wrong_field_count": 1, "invalid_payload": 1}
+        assert metrics["streamer_source_ready"][(("source", "kinesis"),)] == 1
+
+
+async def test_kinesis_resumes_from_checkpoint_and_drains_parents_before_children(aws: str, tmp_path: Path) -> None:
+    logs = log_group(aws, ["eni-a-all"])
+    subscribe_to_kinesis(aws, logs, shards=1)
+    truth = Truth()
+    now_ms = int(time.time() * 1000)
+    put_events(logs, "eni-a-all", records_for(truth, 600, 1), now_ms - 60_000)
+    config = service_config(tmp_path, [kinesis_source(aws, start_position="latest", shard_refresh_seconds=0.5)])
+    async with running(config) as service:
+        # start_position=latest on a first start: what was there before is skipped.
+        await wait_metrics(
+            service.port, lambda m: m.get("streamer_source_ready", {}).get((("source", "kinesis"),)) == 1, what="ready"
+        )
+        await asyncio.sleep(0.5)
+        assert records_total(await ascrape(service.port)) == 0
+        truth = Truth()
+        put_events(logs, "eni-a-all", records_for(truth, 400, 2), now_ms - 50_000)
+        await wait_metrics(service.port, lambda m: records_total(m) >= 400, what="records after start")
+    # While stopped: more records, then a reshard. Restart resumes after the checkpoint (not "latest").
+    put_events(logs, "eni-a-all", records_for(truth, 300, 3), now_ms - 40_000)
+    kinesis = boto("kinesis", aws)
+    kinesis.update_shard_count(StreamName="flowlogs", TargetShardCount=2, ScalingType="UNIFORM_SCALING")
+    async with running(config) as service:
+        metrics = await wait_metrics(service.port, lambda m: records_total(m) >= 700, what="resumed records")
+        await asyncio.sleep(2)  # parents drain, children start
+        metrics = await ascrape(service.port)
+        assert exported_totals(metrics) == truth.totals
+        source = service.sources[0]
+        assert isinstance(source, KinesisSource)
+        assert source.reading == {"shardId-000000000001", "shardId-000000000002"}
+    store = CheckpointStore(tmp_path / "state.db")
+    assert store.cursors("kinesis")["shardId-000000000000"] == "SHARD_END"
+    store.close()
+
+
+def cloudwatch_source(aws: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "cloudwatch", "name": "cwl", "log_group": GROUP, "endpoint_url": aws, "poll_interval_seconds": 0.3, **extra}
+
+
+async def test_filter_log_events_counts_late_events_once(aws: str, tmp_path: Path) -> None:
+    logs = log_group(aws, ["eni-a-all", "eni-b-all"])
+    truth = Truth()
+    now_ms = int(time.time() * 1000)
+    put_events(logs, "eni-a-all", records_for(truth, 500, 1), now_ms - 120_000)
+    config = service_config(tmp_path, [cloudwatch_source(aws, lateness_seconds=600, log_stream_prefix="eni-")])
+    async with running(config) as service:
+        await wait_metrics(service.port, lambda m: records_total(m) >= 500, what="first events")
+        # Late events: timestamped before the last poll's end, ingested now (inside the lateness).
+        put_events(logs, "eni-b-all", records_for(truth, 300, 2) + ["garbage event"], now_ms - 300_000)
+        await wait_metrics(service.port, lambda m: records_total(m) >= 800, what="late events")
+        await asyncio.sleep(1.5)  # more polls over the same window: nothing twice
+        metrics = await ascrape(service.port)
+        assert exported_totals(metrics) == truth.totals
+        errors = {dict(k)["reason"]: v for k, v in metrics["streamer_decode_errors_total"].items()}
+        assert errors == {"wrong_field_count": 1}
+    # A restart keeps the seen-ids window: still nothing twice.
+    async with running(config) as service:
+        await asyncio.sleep(1.5)
+        assert exported_totals(await ascrape(service.port)) == truth.totals
+
+
+async def test_log_format_discovered_from_describe_flow_logs(aws: str, tmp_path: Path) -> None:
+    logs = log_group(aws, ["eni-x-all"])
+    ec2 = boto("ec2", aws)
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    flow_log = ec2.create_flow_logs(
+        ResourceIds=[vpc],
+        ResourceType="VPC",
+        TrafficType="ALL",
+        LogGroupName=GROUP,
+        DeliverLogsPermissionArn="arn:aws:iam::123456789012:role/x",
+        LogFormat="${interface-id} ${action} ${packets} ${bytes}",
+    )["FlowLogIds"][0]
+    put_events(logs, "eni-x-all", ["eni-x REJECT 3 120", "eni-x ACCEPT 1 40"], int(time.time() * 1000) - 10_000)
+    async with running(service_config(tmp_path, [cloudwatch_source(aws, flow_log_id=flow_log)])) as service:
+        metrics = await wait_metrics(service.port, lambda m: records_total(m) >= 2, what="custom-format events")
+        assert exported_totals(metrics) == {("eni-x", "REJECT"): [1, 3, 120], ("eni-x", "ACCEPT"): [1, 1, 40]}
