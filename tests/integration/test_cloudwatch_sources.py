@@ -92,7 +92,7 @@ async def test_subscription_filter_to_kinesis_counts_exactly_and_skips_bad_recor
     truth = Truth()
     now_ms = int(time.time() * 1000)
     put_events(logs, "eni-a-all", records_for(truth, 1200, 1), now_ms - 60_000)
-    put_events(logs, "eni-b-all", records_for(truth, 800, 2) + ["this event is not a flow log"], now_ms - 30_000)
+    put_events(logs, "eni-b-all", [*records_for(truth, 800, 2), "this event is not a flow log"], now_ms - 30_000)
     kinesis = boto("kinesis", aws)
     control = {
         "messageType": "CONTROL_MESSAGE",
@@ -160,7 +160,7 @@ async def test_filter_log_events_counts_late_events_once(aws: str, tmp_path: Pat
     async with running(config) as service:
         await wait_metrics(service.port, lambda m: records_total(m) >= 500, what="first events")
         # Late events: timestamped before the last poll's end, ingested now (inside the lateness).
-        put_events(logs, "eni-b-all", records_for(truth, 300, 2) + ["garbage event"], now_ms - 300_000)
+        put_events(logs, "eni-b-all", [*records_for(truth, 300, 2), "garbage event"], now_ms - 300_000)
         await wait_metrics(service.port, lambda m: records_total(m) >= 800, what="late events")
         await asyncio.sleep(1.5)  # more polls over the same window: nothing twice
         metrics = await ascrape(service.port)
