@@ -13,10 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 
 from streamer import logs, output
+from streamer.aggregate.anomaly import Settings
+from streamer.aggregate.detection import Detection
 from streamer.aggregate.state import FlowState
-from streamer.config import Config, ConfigError, load_config
+from streamer.config import AnomalyConfig, Config, ConfigError, load_config
 from streamer.decode.objects import ObjectReader
-from streamer.replay import COLUMNS, InputError, expand, replay_counts, replay_records
+from streamer.replay import COLUMNS, COLUMNS_WITH_WINDOWS, InputError, expand, replay_counts, replay_records
 from streamer.schema import UnknownFieldError, parse_log_format
 
 log = logging.getLogger("streamer")
@@ -70,14 +72,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         else:
             progress = Progress(sum(i.size for i in inputs))
-            reader = ObjectReader(log_format=log_format, columns=COLUMNS)
-            state = replay_counts(inputs, reader, pool, progress)
+            detection = _detection(args) if args.alerts else None
+            reader = ObjectReader(log_format=log_format, columns=COLUMNS_WITH_WINDOWS if detection else COLUMNS)
+            state, anomalies = replay_counts(inputs, reader, pool, progress, detection)
             progress.close()
             doc = output.summary(state)
+            if detection is not None:
+                doc["alerts"] = [a.to_json() for a in anomalies]
             if args.output == "json":
                 sys.stdout.buffer.write(orjson.dumps(doc) + b"\n")
             else:
                 sys.stdout.write(output.render_table(doc))
+                if detection is not None:
+                    sys.stdout.write(output.render_alerts(anomalies))
             sys.stdout.flush()
     if args.metrics_port is not None:
         asyncio.run(_serve_forever(state, args.metrics_address, args.metrics_port))
@@ -99,6 +106,11 @@ async def _serve_forever(state: FlowState, host: str, port: int) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+def _detection(args: argparse.Namespace) -> Detection:
+    settings = Settings(args.window_seconds, args.score_threshold, args.min_rejected_records, args.warmup_windows, 0.1)
+    return Detection.create(settings, args.lateness_seconds)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -170,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--metrics-port", type=int, help="after processing, serve /metrics on this port until interrupted")
     rp.add_argument("--metrics-address", default="127.0.0.1")
     rp.add_argument("--workers", type=int, default=0, help="decode threads (default: CPUs, at most 4)")
+    defaults = AnomalyConfig()
+    rp.add_argument("--alerts", action="store_true", help="report rejected-traffic spikes the input contains")
+    rp.add_argument("--window-seconds", type=int, default=defaults.window_seconds)
+    rp.add_argument("--lateness-seconds", type=int, default=defaults.lateness_seconds)
+    rp.add_argument("--score-threshold", type=float, default=defaults.score_threshold)
+    rp.add_argument("--min-rejected-records", type=int, default=defaults.min_rejected_records)
+    rp.add_argument("--warmup-windows", type=int, default=defaults.warmup_windows)
     rp.set_defaults(func=cmd_replay)
 
     dp = sub.add_parser("demo", help="run on a generated sample (no AWS needed)")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, BinaryIO
 
 import orjson
 import pyarrow as pa
 
+from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.state import FlowState
 
 ACTIONS = ("ACCEPT", "REJECT")
@@ -60,3 +62,20 @@ def render_table(doc: dict[str, Any], limit: int = 50) -> str:
 def write_records(table: pa.Table, out: BinaryIO) -> None:
     """Decoded records as NDJSON keyed by AWS field name, `-` as null (inspection only)."""
     out.write(b"".join(orjson.dumps(row) + b"\n" for row in table.to_pylist()))
+
+
+def render_alerts(anomalies: list[Anomaly]) -> str:
+    """Anomalies for people: one paragraph each, oldest first."""
+    if not anomalies:
+        return "\nno rejected-traffic spikes found\n"
+    lines = [f"\n{len(anomalies)} rejected-traffic spike(s):"]
+    for a in anomalies:
+        start = dt.datetime.fromtimestamp(a.window_start, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        where = " ".join(x for x in (a.vpc_id, a.subnet_id) if x)
+        lines.append(
+            f"  {start}Z +{a.window_end - a.window_start}s  {a.interface_id} {where}".rstrip()
+            + f"\n      {a.rejected_records:,} rejected records vs baseline {a.baseline:.1f} (score {a.score:.1f})"
+            + f"\n      top sources: {', '.join(f'{x} ({n})' for x, n in a.top_sources) or '-'}"
+            + f"\n      top ports:   {', '.join(f'{x} ({n})' for x, n in a.top_ports) or '-'}"
+        )
+    return "\n".join(lines) + "\n"

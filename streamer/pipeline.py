@@ -17,9 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
-from streamer.aggregate.batch import COLUMNS, BatchResult, reduce_batch
+from streamer.aggregate.anomaly import Anomaly
+from streamer.aggregate.batch import COLUMNS, COLUMNS_WITH_WINDOWS, BatchResult, reducer
 from streamer.aggregate.counters import Counters, combine
+from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
 from streamer.aggregate.state import FlowState
+from streamer.aggregate.windows import WindowBatch
 from streamer.checkpoint import CheckpointStore, Commit, Done
 from streamer.decode.objects import ObjectReader
 from streamer.export.telemetry import Telemetry
@@ -54,11 +57,25 @@ class Store:
 class Pipeline:
     """The Sink every source hands its deliveries to."""
 
-    def __init__(self, state: FlowState, store: Store, telemetry: Telemetry, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        state: FlowState,
+        store: Store,
+        telemetry: Telemetry,
+        pool: ThreadPoolExecutor,
+        detection: Detection | None = None,
+        on_anomalies: Callable[[list[Anomaly]], None] | None = None,
+    ) -> None:
         self.state = state
         self.store = store
         self.telemetry = telemetry
         self.pool = pool
+        self.detection = detection
+        self.on_anomalies = on_anomalies
+        self.columns = COLUMNS_WITH_WINDOWS if detection is not None else COLUMNS
+        self.reduce = reducer(detection.windows.window_seconds if detection is not None else None)
+        # Decoding runs concurrently; advancing the shared window state and committing it do not.
+        self._commit_lock = asyncio.Lock()
 
     async def process(self, source: str, delivery: Delivery) -> str:
         if delivery.done and await self._already_done(delivery.done):
@@ -66,7 +83,7 @@ class Pipeline:
             return "duplicate"
         keepalive = asyncio.create_task(self._keepalive(delivery)) if delivery.keepalive else None
         try:
-            result, delta, max_end = await self._decode(delivery)
+            result, delta, max_end, window_parts = await self._decode(delivery)
         finally:
             if keepalive is not None:
                 keepalive.cancel()
@@ -81,8 +98,18 @@ class Pipeline:
         change = Commit(
             delta, [Done(d.namespace, d.key, outcome) for d in delivery.done], dict(delivery.cursors), dict(delivery.snapshots)
         )
-        await self.store.call(self.store.store.commit, change)
-        self.state.apply(delta)
+        anomalies: list[Anomaly] = []
+        async with self._commit_lock:
+            after = None
+            if self.detection is not None:
+                after, anomalies = self.detection.advance(window_parts)
+                change.snapshots[SNAPSHOT_NAME] = after.snapshot()
+            await self.store.call(self.store.store.commit, change)
+            if after is not None:
+                self.detection = after
+            self.state.apply(delta)
+        if anomalies and self.on_anomalies is not None:
+            self.on_anomalies(anomalies)
         delay = None if delivery.arrived_at is None or max_end is None else delivery.arrived_at - max_end
         self.telemetry.finished(source, outcome, result.rows, delay)
         return outcome
@@ -120,20 +147,21 @@ class Pipeline:
             except Exception as exc:  # a failed extension only risks a redelivery, which is deduplicated
                 log.warning("%s: keepalive failed: %s", delivery.location, exc)
 
-    async def _decode(self, delivery: Delivery) -> tuple[ObjectResult[BatchResult], FlowState, int | None]:
+    async def _decode(self, delivery: Delivery) -> tuple[ObjectResult[BatchResult], FlowState, int | None, list[WindowBatch]]:
         loop = asyncio.get_running_loop()
         body = delivery.body()
         stop = threading.Event()
-        reader = ObjectReader(log_format=delivery.log_format, columns=COLUMNS, headerless=delivery.headerless)
-        ingest: Ingestor[BatchResult] = Ingestor(reader, reduce_batch, self.pool)
+        reader = ObjectReader(log_format=delivery.log_format, columns=self.columns, headerless=delivery.headerless)
+        ingest: Ingestor[BatchResult] = Ingestor(reader, self.reduce, self.pool)
 
-        def work() -> tuple[ObjectResult[BatchResult], FlowState, int | None]:
+        def work() -> tuple[ObjectResult[BatchResult], FlowState, int | None, list[WindowBatch]]:
             parts: list[BatchResult] = []
             result = ingest.run(_pull(body, loop, stop), parts.append)
             delta = FlowState(Counters(combine(p.counters for p in parts)))
             delta.add_errors(result.errors)
             ends = [p.max_end for p in parts if p.max_end is not None]
-            return result, delta, max(ends) if ends else None
+            windows = [p.windows for p in parts if p.windows is not None]
+            return result, delta, max(ends) if ends else None, windows
 
         try:
             return await asyncio.to_thread(work)

@@ -17,8 +17,12 @@ from typing import BinaryIO
 
 import pyarrow as pa
 
-from streamer.aggregate.counters import COLUMNS, Counters, count_batch
+from streamer.aggregate.anomaly import Anomaly
+from streamer.aggregate.batch import COLUMNS, COLUMNS_WITH_WINDOWS, BatchResult, reducer
+from streamer.aggregate.counters import Counters
+from streamer.aggregate.detection import Detection
 from streamer.aggregate.state import FlowState
+from streamer.aggregate.windows import WindowBatch
 from streamer.decode.objects import ObjectReader
 from streamer.ingest import Ingestor
 
@@ -75,15 +79,32 @@ def replay_counts(
     reader: ObjectReader,
     pool: ThreadPoolExecutor,
     progress: Callable[[int], None] | None = None,
-    extra: Callable[[pa.Table], None] | None = None,
-) -> FlowState:
-    """Counters over all inputs. Bad objects are logged once and counted by reason."""
+    detection: Detection | None = None,
+) -> tuple[FlowState, list[Anomaly]]:
+    """Counters over all inputs, and with `detection` the anomalies they contain.
+
+    Bad objects are logged once and counted by reason. Inputs are taken in
+    order, so event time advances as it did live; at the end every window is
+    closed so that a spike in the last minutes is reported too.
+    """
     state = FlowState()
-    ingest: Ingestor[pa.Table] = Ingestor(reader, count_batch, pool)
+    anomalies: list[Anomaly] = []
+    reduce = reducer(detection.windows.window_seconds if detection is not None else None)
+    ingest: Ingestor[BatchResult] = Ingestor(reader, reduce, pool)
     for item in inputs:
         delta = FlowState(Counters())
+        windows: list[WindowBatch] = []
+
+        def sink(part: BatchResult, delta: FlowState = delta, windows: list[WindowBatch] = windows) -> None:
+            delta.counters.add(part.counters)
+            if part.windows is not None:
+                windows.append(part.windows)
+
         with open_input(item) as handle:
-            result = ingest.run(read_chunks(handle, progress), delta.counters.add)
+            result = ingest.run(read_chunks(handle, progress), sink)
+        if detection is not None:
+            detection, found = detection.advance(windows)
+            anomalies.extend(found)
         delta.add_errors(result.errors)
         for reason, example in result.errors.examples.items():
             log.warning("%s: skipped %d line(s): %s, e.g. %r", item.name, result.errors.counts[reason], reason, example)
@@ -91,7 +112,10 @@ def replay_counts(
             delta.decode_errors[result.failure.reason] = delta.decode_errors.get(result.failure.reason, 0) + 1
             log.error("%s: %s: %s", item.name, result.failure.reason, result.failure)
         state.apply(delta)
-    return state
+    if detection is not None:
+        detection, found = detection.flush()
+        anomalies.extend(found)
+    return state, sorted(anomalies, key=lambda a: (a.window_start, a.interface_id))
 
 
 def replay_records(
@@ -110,4 +134,4 @@ def replay_records(
     return state
 
 
-__all__ = ["COLUMNS", "Input", "InputError", "expand", "replay_counts", "replay_records"]
+__all__ = ["COLUMNS", "COLUMNS_WITH_WINDOWS", "Input", "InputError", "expand", "replay_counts", "replay_records"]

@@ -18,11 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import CollectorRegistry
 
+from streamer.aggregate.anomaly import Settings
+from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
 from streamer.aws import AwsClients
 from streamer.checkpoint import CheckpointStore
 from streamer.config import CloudWatchSourceConfig, Config, KinesisSourceConfig, S3SourceConfig, S3SqsSourceConfig
+from streamer.export.alerts import Alerter
 from streamer.export.http import build_app, serve
-from streamer.export.metrics import FlowCollector
+from streamer.export.metrics import DetectionCollector, FlowCollector
 from streamer.export.telemetry import Telemetry
 from streamer.pipeline import Pipeline, Store
 from streamer.sources.base import S3_NAMESPACE, Source
@@ -48,6 +51,8 @@ class Service:
         self.registry = CollectorRegistry(auto_describe=True)
         self.telemetry = Telemetry(self.registry)
         self.port: int | None = None
+        self.pipeline: Pipeline | None = None
+        self.alerter: Alerter | None = None
         self.started = asyncio.Event()
 
     def ready(self) -> bool:
@@ -95,8 +100,13 @@ class Service:
         runner = None
         try:
             state = await store.call(store.store.load_state)
+            detection = await self._restore_detection(store)
+            alerter = Alerter(self.config.alerts, self.registry)
+            pipeline = Pipeline(state, store, self.telemetry, pool, detection, alerter.notify)
+            self.pipeline = pipeline
+            self.alerter = alerter
             self.registry.register(FlowCollector(lambda: state, self.config.metrics.max_interfaces))
-            pipeline = Pipeline(state, store, self.telemetry, pool)
+            self.registry.register(DetectionCollector(lambda: pipeline.detection))
             self.sources = await self._build_sources(store)
             runner, self.port = await serve(build_app(self.registry, self.ready), self.config.http.host, self.config.http.port)
             log.info(
@@ -112,6 +122,8 @@ class Service:
                     for source in self.sources:
                         group.create_task(self._run_source(source, pipeline))
                     group.create_task(self._prune(store))
+                    if alerter.targets:
+                        group.create_task(alerter.run())
                     group.create_task(self._ready_gauge())
                     await stop.wait()
                     raise _Stop  # cancels every task in the group
@@ -124,6 +136,20 @@ class Service:
             store.close()
             await self.clients.close()
             log.info("stopped")
+
+    async def _restore_detection(self, store: Store) -> Detection:
+        cfg = self.config.anomaly
+        settings = Settings(
+            cfg.window_seconds, cfg.score_threshold, cfg.min_rejected_records, cfg.warmup_windows, cfg.baseline_alpha
+        )
+        blob = await store.call(store.store.snapshot, SNAPSHOT_NAME)
+        if blob is None:
+            return Detection.create(settings, cfg.lateness_seconds)
+        detection = Detection.restore(blob, settings, cfg.lateness_seconds)
+        log.info(
+            "restored %d ENI baselines and %d open windows", len(detection.detector.baselines), detection.windows.stats.num_rows
+        )
+        return detection
 
     async def _run_source(self, source: Source, pipeline: Pipeline) -> None:
         backoff = 1.0

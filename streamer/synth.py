@@ -162,4 +162,58 @@ def write_log_gz(path: Path, profile: TrafficProfile, header: bool = True) -> Pa
     return path
 
 
-__all__ = ["V5_ALL_FIELDS", "TrafficProfile", "eni_ids", "generate_table", "iter_text_chunks", "to_lines", "write_log_gz"]
+@dataclasses.dataclass(frozen=True)
+class Spike:
+    """A burst of rejected traffic on one ENI: a scan or a misconfigured client."""
+
+    interface_id: str
+    start_epoch: int
+    duration_seconds: int = 60
+    records: int = 600
+    sources: tuple[str, ...] = ("198.51.100.7", "198.51.100.8", "203.0.113.99")
+    ports: tuple[int, ...] = (22, 3389, 445, 23, 5900, 1433)
+    seed: int = 11
+
+
+def spike_table(spike: Spike, fields: Sequence[str] = DEFAULT_FIELDS) -> pa.Table:
+    """REJECT records of a spike, as strings in `fields` order (mergeable with generate_table)."""
+    rng = np.random.default_rng(spike.seed)
+    n = spike.records
+    # Skewed: the first source and port dominate, as in a real scan.
+    src_w = 1.0 / np.arange(1, len(spike.sources) + 1) ** 2
+    port_w = 1.0 / np.arange(1, len(spike.ports) + 1) ** 1.5
+    src = pa.array(spike.sources).take(pa.array(rng.choice(len(spike.sources), n, p=src_w / src_w.sum())))
+    ports = np.array(spike.ports)[rng.choice(len(spike.ports), n, p=port_w / port_w.sum())]
+    start = spike.start_epoch + np.sort(rng.integers(0, max(1, spike.duration_seconds - 5), n))
+    columns: dict[str, pa.Array] = {
+        "version": pa.array(np.full(n, "2")),
+        "account-id": pa.array(np.full(n, ACCOUNT)),
+        "interface-id": pa.array(np.full(n, spike.interface_id)),
+        "srcaddr": src,
+        "dstaddr": pa.array(np.full(n, "10.0.1.10")),
+        "srcport": _as_text(rng.integers(1024, 65535, n)),
+        "dstport": _as_text(ports),
+        "protocol": pa.array(np.full(n, "6")),
+        "packets": pa.array(np.full(n, "1")),
+        "bytes": pa.array(np.full(n, "44")),
+        "start": _as_text(start),
+        "end": _as_text(start + 4),
+        "action": pa.array(np.full(n, "REJECT")),
+        "log-status": pa.array(np.full(n, "OK")),
+    }
+    missing = [f for f in fields if f not in columns]
+    if missing:
+        raise ValueError(f"spike_table cannot generate fields {missing}")
+    return pa.table({f: columns[f] for f in fields})
+
+
+__all__ = [
+    "V5_ALL_FIELDS",
+    "Spike",
+    "TrafficProfile",
+    "eni_ids",
+    "generate_table",
+    "iter_text_chunks",
+    "to_lines",
+    "write_log_gz",
+]

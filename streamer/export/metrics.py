@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from streamer.aggregate.counters import combine
+from streamer.aggregate.detection import Detection
 from streamer.aggregate.state import FlowState
 
 OTHER_INTERFACE = "other"
@@ -72,3 +73,51 @@ def cap_interfaces(table: pa.Table, limit: int) -> pa.Table:
     kept = pc.is_in(table.column("interface_id"), keep.column("interface_id"))
     relabeled = pc.if_else(kept, table.column("interface_id"), pa.scalar(OTHER_INTERFACE))
     return combine([table.set_column(0, "interface_id", relabeled)])
+
+
+class DetectionCollector(Collector):
+    """Anomaly scores, VPC/subnet reject views and window progress from the detection state."""
+
+    def __init__(self, detection: Callable[[], Detection | None]) -> None:
+        self._detection = detection
+
+    def collect(self) -> Iterator[Metric]:
+        det = self._detection()
+        if det is None:
+            return
+        score = GaugeMetricFamily(
+            "vpcflow_reject_anomaly_score",
+            "Rejected-records score of the last closed window per ENI (standard deviations above its baseline).",
+            labels=["interface_id"],
+        )
+        for eni, (value, _) in sorted(det.detector.scores.items()):
+            score.add_metric([eni], value)
+        subnet_records = CounterMetricFamily(
+            "vpcflow_subnet_rejected_records", "Rejected records per VPC and subnet.", labels=["vpc_id", "subnet_id"]
+        )
+        subnet_bytes = CounterMetricFamily(
+            "vpcflow_subnet_rejected_bytes", "Rejected bytes per VPC and subnet.", labels=["vpc_id", "subnet_id"]
+        )
+        vpc_records = CounterMetricFamily("vpcflow_vpc_rejected_records", "Rejected records per VPC.", labels=["vpc_id"])
+        subnets = det.windows.subnets
+        if subnets.num_rows:
+            for row in subnets.to_pylist():
+                labels = [row["vpc_id"], row["subnet_id"] or "-"]
+                subnet_records.add_metric(labels, row["rejected_records"])
+                subnet_bytes.add_metric(labels, row["rejected_bytes"])
+            by_vpc = subnets.group_by(["vpc_id"], use_threads=False).aggregate([("rejected_records", "sum")])
+            for row in by_vpc.to_pylist():
+                vpc_records.add_metric([row["vpc_id"]], row["rejected_records_sum"])
+        late = CounterMetricFamily(
+            "streamer_late_records",
+            "Records that arrived after their window closed (still in the totals).",
+            value=det.windows.late_records,
+        )
+        yield from (score, subnet_records, subnet_bytes, vpc_records, late)
+        if det.windows.watermark is not None:
+            yield GaugeMetricFamily(
+                "streamer_watermark_timestamp_seconds",
+                "Event-time watermark: windows ending before it are closed.",
+                value=det.windows.watermark,
+            )
+        yield GaugeMetricFamily("streamer_open_windows", "Open (ENI, window) pairs.", value=det.windows.stats.num_rows)

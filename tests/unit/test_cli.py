@@ -137,3 +137,29 @@ def test_metrics_port_keeps_serving_until_interrupted(sample: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_replay_alerts_reports_the_spike_in_json_and_table(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from streamer.synth import Spike, TrafficProfile, eni_ids, generate_table, spike_table, to_lines
+
+    base = 1_764_000_000
+    profile = TrafficProfile(records=60_000, enis=10, span_seconds=3600, start_epoch=base, seed=3)
+    victim = eni_ids(10)[4]
+    table = pa.concat_tables([generate_table(profile), spike_table(Spike(victim, base + 2400, records=500))])
+    table = table.sort_by([("start", "ascending")])
+    path = tmp_path / "spike.log.gz"
+    path.write_bytes(gzip.compress((" ".join(profile.fields) + "\n" + "\n".join(to_lines(table).to_pylist()) + "\n").encode()))
+    proc = streamer("replay", "--alerts", "--output", "json", str(path))
+    assert proc.returncode == 0, proc.stderr
+    alerts = json.loads(proc.stdout)["alerts"]
+    assert len(alerts) == 1
+    assert alerts[0]["interface_id"] == victim
+    assert alerts[0]["window_start"] == base + 2400
+    assert alerts[0]["window_end"] == base + 2460
+    assert alerts[0]["rejected_records"] >= 500
+    assert alerts[0]["baseline"] < 20
+    proc = streamer("replay", "--alerts", str(path))
+    assert "1 rejected-traffic spike(s)" in proc.stdout.decode()
+    assert victim in proc.stdout.decode()

@@ -1,0 +1,186 @@
+"""Rejected-traffic spike alerts to Alertmanager (v2 API) and/or a JSON webhook.
+
+Flow logs arrive 5-15 minutes late, so a short spike is usually over when it
+is seen. An alert therefore stays firing for `hold_seconds` of wall-clock
+time after its last anomalous window was detected, then resolves. While
+active it is re-sent every `resend_interval_seconds` with
+`endsAt = last detection + hold`, so Alertmanager resolves it on time even if
+streamer dies. Sending runs in its own task and only reads the alert table:
+a slow or failing receiver is retried with backoff and never blocks ingestion.
+
+One alert per ENI (`alertname=VPCFlowRejectSpike`, labels `interface_id`,
+`vpc_id`/`subnet_id` when known, `severity`); annotations carry observed vs
+baseline, the window, and the top rejected sources and destination ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from streamer.aggregate.anomaly import Anomaly
+from streamer.config import AlertsConfig
+
+log = logging.getLogger(__name__)
+
+ALERT_NAME = "VPCFlowRejectSpike"
+RETRIES = 3
+
+
+def rfc3339(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclasses.dataclass
+class ActiveAlert:
+    anomaly: Anomaly
+    starts_at: float
+    last_detected: float
+    windows: int = 1
+
+
+class Alerter:
+    def __init__(self, config: AlertsConfig, registry: CollectorRegistry, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.active: dict[str, ActiveAlert] = {}
+        self.resolved: list[ActiveAlert] = []
+        self._wake = asyncio.Event()
+        self.sent = Counter(
+            "streamer_alert_notifications_total",
+            "Alert notifications sent, by target and result.",
+            ["target", "result"],
+            registry=registry,
+        )
+        self.active_gauge = Gauge("streamer_alerts_active", "Rejected-traffic spike alerts currently firing.", registry=registry)
+        self.detected = Counter("streamer_anomalies_total", "Anomalous (ENI, window) pairs detected.", registry=registry)
+
+    @property
+    def targets(self) -> list[str]:
+        return [t for t in (self.config.alertmanager_url, self.config.webhook_url) if t]
+
+    def notify(self, anomalies: list[Anomaly]) -> None:
+        """Record detections (called after their state is committed)."""
+        now = self.clock()
+        for anomaly in anomalies:
+            self.detected.inc()
+            log.warning(
+                "reject spike on %s: %d rejected records in [%s, %s), baseline %.1f (score %.1f); top sources %s",
+                anomaly.interface_id,
+                anomaly.rejected_records,
+                rfc3339(anomaly.window_start),
+                rfc3339(anomaly.window_end),
+                anomaly.baseline,
+                anomaly.score,
+                ", ".join(f"{a} ({n})" for a, n in anomaly.top_sources) or "-",
+            )
+            current = self.active.get(anomaly.interface_id)
+            if current is None:
+                self.active[anomaly.interface_id] = ActiveAlert(anomaly, now, now)
+            else:
+                keep = anomaly if anomaly.window_start >= current.anomaly.window_start else current.anomaly
+                self.active[anomaly.interface_id] = ActiveAlert(keep, current.starts_at, now, current.windows + 1)
+        if anomalies:
+            self._wake.set()
+        self.active_gauge.set(len(self.active))
+
+    def expire(self) -> None:
+        now = self.clock()
+        for eni, alert in list(self.active.items()):
+            if now >= alert.last_detected + self.config.hold_seconds:
+                self.resolved.append(self.active.pop(eni))
+        self.active_gauge.set(len(self.active))
+
+    def alertmanager_payload(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        out = [self._alert(a, a.last_detected + self.config.hold_seconds) for a in self.active.values()]
+        out += [self._alert(a, now) for a in self.resolved]
+        return out
+
+    def webhook_payload(self) -> dict[str, Any]:
+        return {
+            "receiver": "streamer",
+            "alerts": [
+                {**self._alert(a, a.last_detected + self.config.hold_seconds), "status": "firing", "anomaly": a.anomaly.to_json()}
+                for a in self.active.values()
+            ]
+            + [{**self._alert(a, self.clock()), "status": "resolved", "anomaly": a.anomaly.to_json()} for a in self.resolved],
+        }
+
+    def _alert(self, alert: ActiveAlert, ends_at: float) -> dict[str, Any]:
+        a = alert.anomaly
+        labels = {"alertname": ALERT_NAME, "interface_id": a.interface_id, "severity": self.config.severity}
+        if a.vpc_id:
+            labels["vpc_id"] = a.vpc_id
+        if a.subnet_id:
+            labels["subnet_id"] = a.subnet_id
+        sources = ", ".join(f"{addr} ({n})" for addr, n in a.top_sources) or "-"
+        ports = ", ".join(f"{port} ({n})" for port, n in a.top_ports) or "-"
+        annotations = {
+            "summary": (
+                f"Rejected traffic spike on {a.interface_id}: {a.rejected_records} rejected records "
+                f"in {a.window_end - a.window_start} s (baseline {a.baseline:.1f})"
+            ),
+            "description": (
+                f"{a.interface_id} rejected {a.rejected_records} records "
+                f"({a.rejected_packets} packets, {a.rejected_bytes} bytes) "
+                f"in the window {rfc3339(a.window_start)} to {rfc3339(a.window_end)}; its baseline is {a.baseline:.1f} "
+                f"± {a.baseline_spread:.1f} per window (score {a.score:.1f}). Anomalous windows so far: {alert.windows}. "
+                f"Top rejected sources: {sources}. Top destination ports: {ports}."
+            ),
+            "observed_rejected_records": str(a.rejected_records),
+            "baseline_rejected_records": f"{a.baseline:.1f}",
+            "score": f"{a.score:.1f}",
+            "window_start": rfc3339(a.window_start),
+            "window_end": rfc3339(a.window_end),
+            "top_sources": sources,
+            "top_destination_ports": ports,
+        }
+        return {"labels": labels, "annotations": annotations, "startsAt": rfc3339(alert.starts_at), "endsAt": rfc3339(ends_at)}
+
+    async def run(self) -> None:
+        """Send on every new detection and every resend interval, until cancelled."""
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.config.resend_interval_seconds)
+                self._wake.clear()
+                self.expire()
+                if not self.active and not self.resolved:
+                    continue
+                ok = True
+                if self.config.alertmanager_url:
+                    url = self.config.alertmanager_url.rstrip("/") + "/api/v2/alerts"
+                    ok &= await self._post(http, "alertmanager", url, self.alertmanager_payload())
+                if self.config.webhook_url:
+                    ok &= await self._post(http, "webhook", self.config.webhook_url, self.webhook_payload())
+                if ok:
+                    self.resolved.clear()  # resolutions delivered; firing alerts are re-sent anyway
+
+    async def _post(self, http: aiohttp.ClientSession, target: str, url: str, payload: Any) -> bool:
+        delay = 1.0
+        for attempt in range(1, RETRIES + 1):
+            try:
+                async with http.post(url, json=payload) as resp:
+                    if resp.status < 300:
+                        self.sent.labels(target, "ok").inc()
+                        return True
+                    problem = f"HTTP {resp.status}: {(await resp.text())[:200]}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                problem = str(exc) or type(exc).__name__
+            self.sent.labels(target, "error").inc()
+            log.warning("sending alerts to %s failed (attempt %d of %d): %s", target, attempt, RETRIES, problem)
+            if attempt < RETRIES:
+                await asyncio.sleep(delay)
+                delay *= 2
+        return False

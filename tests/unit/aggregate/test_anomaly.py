@@ -1,0 +1,81 @@
+"""The detector: warm-up, spikes with context, steady ENIs quiet, baselines survive restarts."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from streamer.aggregate.anomaly import Detector, Settings
+from streamer.aggregate.detection import Detection
+from streamer.aggregate.windows import window_batch
+
+SETTINGS = Settings(window_seconds=60, score_threshold=4, min_rejected_records=50, warmup_windows=5, alpha=0.2)
+
+
+def traffic(eni: str, window_start: int, rejects: int, accepts: int = 20, source: str = "192.0.2.1"):  # type: ignore[no-untyped-def]
+    n = rejects + accepts
+    table = pa.table(
+        {
+            "interface-id": [eni] * n,
+            "action": ["REJECT"] * rejects + ["ACCEPT"] * accepts,
+            "end": pa.array([window_start + 5] * n, pa.int64()),
+            "packets": pa.array([1] * n, pa.int64()),
+            "bytes": pa.array([40] * n, pa.int64()),
+            "srcaddr": [source] * rejects + ["10.0.0.5"] * accepts,
+            "dstport": pa.array([22] * rejects + [443] * accepts, pa.int32()),
+        }
+    )
+    return window_batch(table, 60)
+
+
+def run(det: Detection, windows: list[list[tuple[str, int]]], start: int = 0):  # type: ignore[no-untyped-def]
+    found = []
+    for i, per_eni in enumerate(windows):
+        det, anomalies = det.advance([traffic(eni, start + i * 60, rejects) for eni, rejects in per_eni])
+        found.extend(anomalies)
+    det, anomalies = det.flush()
+    return det, found + anomalies
+
+
+def test_spike_on_one_eni_fires_once_with_context_and_steady_enis_stay_quiet() -> None:
+    det = Detection.create(SETTINGS, lateness_seconds=0)
+    steady = [[("eni-a", 10 + i % 3), ("eni-b", 30 + i % 5)] for i in range(20)]
+    steady[15] = [("eni-a", 400), ("eni-b", 31)]
+    det, anomalies = run(det, steady)
+    assert [(a.interface_id, a.window_start, a.window_end) for a in anomalies] == [("eni-a", 900, 960)]
+    a = anomalies[0]
+    assert a.rejected_records == 400
+    assert 9 < a.baseline < 13
+    assert a.top_sources == [("192.0.2.1", 400)]
+    assert a.top_ports == [("22", 400)]
+    assert "eni-a" in det.detector.scores
+
+
+def test_no_alert_during_warm_up_or_below_the_floor() -> None:
+    det = Detection.create(SETTINGS, lateness_seconds=0)
+    _, anomalies = run(det, [[("eni-a", 1)], [("eni-a", 1)], [("eni-a", 500)]])  # not warmed up
+    assert anomalies == []
+    quiet = [[("eni-q", 0)] for _ in range(10)] + [[("eni-q", 40)]]  # huge score, under min_rejected_records
+    _, anomalies = run(Detection.create(SETTINGS, 0), quiet)
+    assert anomalies == []
+
+
+def test_quiet_windows_count_as_zero_so_baselines_decay() -> None:
+    det = Detection.create(SETTINGS, lateness_seconds=0)
+    det, _ = run(det, [[("eni-a", 100)] for _ in range(10)])
+    before = det.detector.baselines["eni-a"].mean
+    det, _ = run(det, [[("eni-a", 0)]], start=60 * 30)  # 19 empty windows in between
+    assert det.detector.baselines["eni-a"].mean < before * 0.05
+
+
+def test_a_restart_keeps_the_baselines() -> None:
+    windows = [[("eni-a", 10 + i % 3)] for i in range(12)]
+    det, _ = run(Detection.create(SETTINGS, lateness_seconds=0), windows)
+    restored = Detection.restore(det.snapshot(), SETTINGS, 0)
+    assert restored.detector.baselines == det.detector.baselines
+    _, anomalies = run(restored, [[("eni-a", 500)]], start=12 * 60)
+    assert [a.interface_id for a in anomalies] == ["eni-a"]
+
+
+def test_detector_snapshot_round_trip() -> None:
+    det = Detector(SETTINGS)
+    assert Detector.restore(det.snapshot(), SETTINGS) == det

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from streamer.aggregate.anomaly import Anomaly
+from streamer.config import AlertsConfig
+from streamer.export.alerts import Alerter
+
+
+def anomaly(eni: str = "eni-a", start: int = 1_764_000_000) -> Anomaly:
+    return Anomaly(
+        eni, "vpc-1", None, start, start + 60, 400, 400, 16000, 3, 10.0, 3.2, 121.9, [("192.0.2.1", 390)], [("22", 400)]
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_alert_holds_for_the_hold_time_then_resolves() -> None:
+    clock = Clock()
+    alerter = Alerter(AlertsConfig(alertmanager_url="http://127.0.0.1:1", hold_seconds=900), CollectorRegistry(), clock)
+    alerter.notify([anomaly()])
+    [alert] = alerter.alertmanager_payload()
+    assert alert["labels"] == {
+        "alertname": "VPCFlowRejectSpike",
+        "interface_id": "eni-a",
+        "severity": "warning",
+        "vpc_id": "vpc-1",
+    }
+    assert alert["endsAt"] == "2027-01-15T08:15:00Z"  # detection + 900 s
+    assert "192.0.2.1 (390)" in alert["annotations"]["top_sources"]
+    assert alert["annotations"]["window_start"] == "2025-11-24T16:00:00Z"
+    clock.now += 600
+    alerter.notify([anomaly(start=1_764_000_060)])  # a second anomalous window extends the hold
+    clock.now += 600
+    alerter.expire()
+    assert list(alerter.active) == ["eni-a"]
+    clock.now += 301
+    alerter.expire()
+    assert alerter.active == {}
+    [resolved] = alerter.alertmanager_payload()
+    assert resolved["endsAt"] == "2027-01-15T08:25:01Z"
+    assert resolved["startsAt"] == "2027-01-15T08:00:00Z"
+
+
+def test_webhook_payload_carries_status_and_the_anomaly() -> None:
+    alerter = Alerter(AlertsConfig(webhook_url="http://127.0.0.1:1"), CollectorRegistry(), Clock())
+    alerter.notify([anomaly()])
+    doc = alerter.webhook_payload()
+    assert doc["alerts"][0]["status"] == "firing"
+    assert doc["alerts"][0]["anomaly"]["top_ports"] == [{"port": 22, "records": 400}]
