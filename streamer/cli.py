@@ -114,25 +114,21 @@ def _detection(args: argparse.Namespace) -> Detection:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Generate a realistic sample object and replay it: streamer with no AWS at all."""
-    import tempfile
-    from pathlib import Path
+    """The real service against an embedded S3 with generated traffic and a spike."""
+    from streamer.demo import DemoOptions, run_demo
 
-    from streamer.synth import TrafficProfile, write_log_gz
-
-    with tempfile.TemporaryDirectory(prefix="streamer-demo-") as tmp:
-        path = Path(tmp) / "123456789012_vpcflowlogs_us-east-1_fl-0demo_20251124T1600Z_demo.log.gz"
-        write_log_gz(path, TrafficProfile(records=args.records, enis=50))
-        print(f"generated {args.records:,} sample records in {path.name}", file=sys.stderr)
-        replay_args = argparse.Namespace(
-            paths=[str(path)],
-            log_format=None,
-            output=args.output,
-            metrics_port=args.metrics_port,
-            metrics_address="127.0.0.1",
-            workers=0,
-        )
-        return cmd_replay(replay_args)
+    options = DemoOptions(
+        listen=args.listen,
+        duration_seconds=args.duration,
+        spike_after_seconds=args.spike_after,
+        speed=args.speed,
+        alertmanager_url=args.alertmanager_url,
+        webhook_url=args.webhook_url,
+    )
+    try:
+        return asyncio.run(run_demo(options))
+    except OSError as exc:
+        return _fail(f"demo: {exc}")
 
 
 def _load(path: str) -> Config:
@@ -191,10 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--warmup-windows", type=int, default=defaults.warmup_windows)
     rp.set_defaults(func=cmd_replay)
 
-    dp = sub.add_parser("demo", help="run on a generated sample (no AWS needed)")
-    dp.add_argument("--records", type=int, default=200_000)
-    dp.add_argument("--output", choices=["table", "json"], default="table")
-    dp.add_argument("--metrics-port", type=int, help="after processing, serve /metrics on this port until interrupted")
+    dp = sub.add_parser("demo", help="the live service against an embedded S3 with generated traffic (no AWS needed)")
+    dp.add_argument("--listen", default="127.0.0.1:9108", help="address for /metrics, /healthz, /readyz")
+    dp.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    dp.add_argument("--spike-after", type=float, default=60.0, help="seconds until one ENI gets scanned")
+    dp.add_argument("--speed", type=float, default=20.0, help="event time runs this many times faster than the clock")
+    dp.add_argument("--alertmanager-url", help="also send the alert to this Alertmanager")
+    dp.add_argument("--webhook-url", help="also send the alert to this webhook")
     dp.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="run the service from a config file")

@@ -35,5 +35,5 @@ def setup(level: str = "info", json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("botocore", "aiobotocore", "aiohttp.access", "urllib3"):
+    for noisy in ("botocore", "aiobotocore", "aiohttp.access", "urllib3", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

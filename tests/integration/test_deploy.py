@@ -1,0 +1,233 @@
+"""deploy/: the dashboard's PromQL is valid (promtool) and uses only metrics streamer exports;
+the compose stack, Prometheus and Alertmanager configs, Kubernetes manifests, Dockerfile and
+IAM policies hold together."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamer.aggregate.anomaly import Settings
+from streamer.aggregate.detection import Detection
+from streamer.aggregate.state import FlowState
+from streamer.aggregate.windows import window_batch
+from streamer.config import AlertsConfig, parse_config
+from streamer.export.alerts import Alerter
+from streamer.export.metrics import DetectionCollector, FlowCollector
+from streamer.export.telemetry import Telemetry
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "streamer.json"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed (scripts/test.sh installs Debian's prometheus and prometheus-alertmanager)")
+    return path
+
+
+def exported_names() -> set[str]:
+    """Every sample name streamer's registry can expose (built from the real collectors)."""
+    registry = CollectorRegistry()
+    Telemetry(registry)
+    Alerter(AlertsConfig(), registry)
+    registry.register(FlowCollector(FlowState))
+    batch = window_batch(
+        pa.table(
+            {
+                "interface-id": ["eni-a"],
+                "action": ["REJECT"],
+                "end": pa.array([100], pa.int64()),
+                "vpc-id": ["vpc-1"],
+                "subnet-id": ["s-1"],
+            }
+        ),
+        60,
+    )
+    detection, _ = Detection.create(Settings(), 900).advance([batch])
+    registry.register(DetectionCollector(lambda: detection))
+    names: set[str] = set()
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}.get(family.type, [""])
+        names.update(family.name + s for s in suffixes)
+    return names
+
+
+METRIC = re.compile(r"(?<![:\w])((?:vpcflow|streamer)_[a-z0-9_]+)\b")
+
+
+def dashboard_exprs() -> list[str]:
+    doc = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
+
+
+def test_dashboard_is_well_formed_with_unique_panel_ids() -> None:
+    doc = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in doc["panels"]]
+    assert len(ids) == len(set(ids))
+    assert doc["uid"]
+    assert doc["title"]
+    titles = " ".join(p["title"].lower() for p in doc["panels"])
+    for topic in ("rejected", "accepted", "top 10", "bytes", "anomaly score", "delivery delay", "errors", "lag", "inputs"):
+        assert topic in titles, topic
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    exprs = dashboard_exprs()
+    assert len(exprs) >= 12
+    rules = {"groups": [{"name": "dashboard", "rules": []}]}
+    for i, expr in enumerate(exprs):
+        concrete = expr.replace("$__rate_interval", "5m").replace("$__range", "1h").replace("$interface", ".*")
+        rules["groups"][0]["rules"].append({"record": f"dashboard:expr_{i}", "expr": concrete})
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    proc = subprocess.run(
+        [tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dashboard_and_rules_use_only_metrics_streamer_exports() -> None:
+    exported = exported_names()
+    texts = [*dashboard_exprs(), *(p.read_text() for p in (DEPLOY / "prometheus" / "rules").glob("*.yml"))]
+    used = {m for text in texts for m in METRIC.findall(text)}
+    assert used
+    unknown = {m for m in used - exported if not m.startswith(("vpcflow:", "interface_id:"))}
+    assert unknown == set()
+
+
+def test_compose_stack_parses_and_mounts_files_that_exist() -> None:
+    doc = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = doc["services"]
+    assert {"streamer", "prometheus", "alertmanager", "grafana"} <= set(services)
+    assert "demo" in services["streamer"]["command"]
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", volume).split(":")[0]  # ${VAR:-default} -> default
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name}: {source}"
+
+
+def test_prometheus_config_is_valid(tmp_path: Path) -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config["rule_files"] = [str(DEPLOY / "prometheus" / "rules" / "*.yml")]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [tool("promtool"), "check", "config", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert any(job["job_name"] == "streamer" for job in config["scrape_configs"])
+
+
+def test_alertmanager_config_is_valid() -> None:
+    proc = subprocess.run(
+        [tool("amtool"), "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_grafana_provisioning_points_at_the_dashboard() -> None:
+    ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    uid = ds["datasources"][0]["uid"]
+    doc = json.loads(DASHBOARD.read_text())
+    assert all(p["datasource"]["uid"] == uid for p in doc["panels"])
+    provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "streamer.yml").read_text())
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    mounts = compose["services"]["grafana"]["volumes"]
+    assert any(m.endswith(":" + provider["providers"][0]["options"]["path"] + ":ro") for m in mounts)
+
+
+def k8s_docs() -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "k8s" / "streamer.yaml").read_text()) if d}
+
+
+def test_kubernetes_manifests_hold_together() -> None:
+    docs = k8s_docs()
+    assert {"ServiceAccount", "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service"} <= set(docs)
+    config = parse_config(yaml.safe_load(docs["ConfigMap"]["data"]["streamer.yaml"]), {})
+    pod = docs["Deployment"]["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(config.http.port)
+    container = pod["spec"]["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["state"] == str(config.checkpoint.path.parent)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["state"]["persistentVolumeClaim"]["claimName"] == docs["PersistentVolumeClaim"]["metadata"]["name"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", text, re.M)) >= 2
+    user = re.findall(r"^USER (\S+)", text, re.M)
+    assert user
+    assert user[-1].split(":")[0] not in ("root", "0")
+    assert "HEALTHCHECK" in text
+    assert "/healthz" in text
+    for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):
+        for src in line.split()[:-1]:
+            assert (ROOT / src).exists(), src
+
+
+#: What each source's code calls, as IAM actions.
+API_TO_ACTION = {"list_objects_v2": "s3:ListBucket", "get_object": "s3:GetObject"}
+CALL = re.compile(r"\b(s3|sqs|kinesis|logs|ec2)\.(?!get_paginator)(\w+)\(|get_paginator\(\"(\w+)\"\)")
+SERVICE_OF_PAGINATOR = {"list_objects_v2": "s3", "filter_log_events": "logs"}
+POLICY_FOR_SOURCE = {
+    "s3_poll.py": "s3.json",
+    "s3_sqs.py": "s3_sqs.json",
+    "kinesis.py": "kinesis.json",
+    "cloudwatch.py": "cloudwatch.json",
+}
+
+
+def action(service: str, api: str) -> str:
+    if api in API_TO_ACTION:
+        return API_TO_ACTION[api]
+    return f"{service}:{''.join(part.capitalize() for part in api.split('_'))}"
+
+
+@pytest.mark.parametrize(("module", "policy"), sorted(POLICY_FOR_SOURCE.items()))
+def test_iam_policies_grant_exactly_what_each_source_calls(module: str, policy: str) -> None:
+    doc = json.loads((DEPLOY / "iam" / policy).read_text())
+    assert doc["Version"] == "2012-10-17"
+    granted = {a for s in doc["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    sources = ROOT / "streamer" / "sources"
+    code = (sources / module).read_text()
+    if module == "s3_sqs.py":
+        code += (sources / "s3_poll.py").read_text().split("class S3PollSource")[0]  # shares stream_object
+    needed = set()
+    for m in CALL.finditer(code):
+        if m.group(1):
+            needed.add(action(m.group(1), m.group(2)))
+        else:
+            needed.add(action(SERVICE_OF_PAGINATOR[m.group(3)], m.group(3)))
+    needed = {a for a in needed if not a.endswith(":GetPaginator")}
+    assert needed == granted, (sorted(needed), sorted(granted))
+
+
+def test_every_iam_document_is_valid_json_with_alphanumeric_sids() -> None:
+    for path in (DEPLOY / "iam").glob("*.json"):
+        doc = json.loads(path.read_text())
+        assert doc["Version"] == "2012-10-17", path.name
+        for statement in doc["Statement"]:
+            assert re.fullmatch(r"[A-Za-z0-9]*", statement.get("Sid", "")), path.name
