@@ -72,70 +72,79 @@ def _col(table: pa.Table, name: str, typ: pa.DataType) -> pa.ChunkedArray | pa.A
 
 
 def window_batch(table: pa.Table, window_seconds: int) -> WindowBatch:
-    """Vectorized per-(interface, window) partial of one decoded batch."""
-    n = table.num_rows
-    times = pc.coalesce(_col(table, "end", pa.int64()), _col(table, "start", pa.int64()))
-    iface = _col(table, "interface-id", pa.string())
-    valid = pc.and_(pc.is_valid(times), pc.is_valid(iface)) if n else pa.array([], pa.bool_())
-    t = pa.table(
-        {
-            "interface_id": iface,
-            "time": times,
-            "vpc_id": _col(table, "vpc-id", pa.string()),
-            "subnet_id": _col(table, "subnet-id", pa.string()),
-            "action": _col(table, "action", pa.string()),
-            "packets": pc.fill_null(_col(table, "packets", pa.int64()), 0),
-            "bytes": pc.fill_null(_col(table, "bytes", pa.int64()), 0),
-            "srcaddr": _col(table, "srcaddr", pa.string()),
-            "dstport": _col(table, "dstport", pa.int32()),
-        }
-    ).filter(valid)
-    if not t.num_rows:
+    """Vectorized per-(interface, window) partial of one decoded batch.
+
+    Rows without an interface or a time are grouped like the rest and their
+    (null-keyed) groups dropped afterwards: cheaper than filtering every
+    column of the batch first.
+    """
+    if not table.num_rows:
         return WindowBatch(STATS.empty_table(), SOURCES.empty_table(), PORTS.empty_table(), None)
-    start = pc.multiply(pc.divide(t.column("time"), window_seconds), window_seconds)
-    reject = pc.fill_null(pc.equal(t.column("action"), "REJECT"), False)
-    accept = pc.fill_null(pc.equal(t.column("action"), "ACCEPT"), False)
+    times = pc.coalesce(_col(table, "end", pa.int64()), _col(table, "start", pa.int64()))
+    start = pc.multiply(pc.divide(times, window_seconds), window_seconds)
+    action = _col(table, "action", pa.string())
+    reject = pc.fill_null(pc.equal(action, "REJECT"), False)
     zero = pa.scalar(0, pa.int64())
-    t = t.append_column("window_start", start)
-    t = t.append_column("rej", pc.cast(reject, pa.int64()))
-    t = t.append_column("acc", pc.cast(accept, pa.int64()))
-    t = t.append_column("rej_packets", pc.if_else(reject, t.column("packets"), zero))
-    t = t.append_column("rej_bytes", pc.if_else(reject, t.column("bytes"), zero))
-    g = t.group_by(["interface_id", "window_start"], use_threads=False).aggregate(
-        [
-            ("vpc_id", "max"),
-            ("subnet_id", "max"),
-            ([], "count_all"),
-            ("rej", "sum"),
-            ("rej_packets", "sum"),
-            ("rej_bytes", "sum"),
-            ("acc", "sum"),
-        ]
-    )
+    columns = {
+        "interface_id": _col(table, "interface-id", pa.string()),
+        "window_start": start,
+        "rej": pc.cast(reject, pa.int64()),
+        "acc": pc.cast(pc.fill_null(pc.equal(action, "ACCEPT"), False), pa.int64()),
+        "rej_packets": pc.if_else(reject, pc.fill_null(_col(table, "packets", pa.int64()), 0), zero),
+        "rej_bytes": pc.if_else(reject, pc.fill_null(_col(table, "bytes", pa.int64()), 0), zero),
+    }
+    aggs: list[tuple[object, str]] = [
+        ([], "count_all"),
+        ("rej", "sum"),
+        ("rej_packets", "sum"),
+        ("rej_bytes", "sum"),
+        ("acc", "sum"),
+    ]
+    places = [n for n in ("vpc-id", "subnet-id") if n in table.column_names]
+    for name in places:  # an ENI lives in one VPC and subnet: any value of the group will do
+        columns[name] = _col(table, name, pa.string())
+        aggs.append((name, "max"))
+    g = pa.table(columns).group_by(["interface_id", "window_start"], use_threads=False).aggregate(aggs)
+    g = g.filter(pc.and_(pc.is_valid(g.column("interface_id")), pc.is_valid(g.column("window_start"))))
+    n = g.num_rows
     stats = pa.table(
         {
             "interface_id": g.column("interface_id"),
             "window_start": g.column("window_start"),
-            "vpc_id": g.column("vpc_id_max"),
-            "subnet_id": g.column("subnet_id_max"),
+            "vpc_id": g.column("vpc-id_max") if "vpc-id" in places else pa.nulls(n, pa.string()),
+            "subnet_id": g.column("subnet-id_max") if "subnet-id" in places else pa.nulls(n, pa.string()),
             "records": g.column("count_all"),
             "rejected_records": g.column("rej_sum"),
             "rejected_packets": g.column("rej_packets_sum"),
             "rejected_bytes": g.column("rej_bytes_sum"),
             "accepted_records": g.column("acc_sum"),
         },
-        schema=STATS,
-    )
-    rejected = t.filter(reject)
+    ).cast(STATS)
+    rejected = pa.table(
+        {
+            "interface_id": columns["interface_id"],
+            "window_start": start,
+            "srcaddr": _col(table, "srcaddr", pa.string()),
+            "dstport": _col(table, "dstport", pa.int32()),
+        }
+    ).filter(reject)
     sources = _count_by(rejected, "srcaddr", SOURCES)
     ports = _count_by(rejected, "dstport", PORTS)
-    return WindowBatch(stats, sources, ports, pc.max(t.column("time")).as_py())
+    return WindowBatch(stats, sources, ports, pc.max(times).as_py())
 
 
 def _count_by(table: pa.Table, column: str, schema: pa.Schema) -> pa.Table:
     if not table.num_rows:
         return schema.empty_table()
-    g = table.filter(pc.is_valid(table.column(column))).group_by(["interface_id", "window_start", column], use_threads=False)
+    valid = pc.and_(
+        pc.and_(pc.is_valid(table.column(column)), pc.is_valid(table.column("interface_id"))),
+        pc.is_valid(table.column("window_start")),
+    )
+    g = (
+        table.select(["interface_id", "window_start", column])
+        .filter(valid)
+        .group_by(["interface_id", "window_start", column], use_threads=False)
+    )
     out = g.aggregate([([], "count_all")]).rename_columns(["interface_id", "window_start", column, "count"])
     return out.select(schema.names).cast(schema)
 
