@@ -21,14 +21,13 @@ at once (a join plus numpy), so replaying a day of 2,000 ENIs takes seconds.
 from __future__ import annotations
 
 import dataclasses
-import io
 import struct
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamer.aggregate.windows import Closed
+from streamer.aggregate.windows import Closed, to_ipc
 
 IDLE_SECONDS = 86400
 MAX_GAP_WINDOWS = 500
@@ -196,7 +195,7 @@ class Detector:
         )
 
     def snapshot(self) -> bytes:
-        parts = [_ipc(self.baseline_table), _ipc(self.score_table)]
+        parts = [to_ipc(self.baseline_table), to_ipc(self.score_table)]
         return struct.pack(">Q", len(parts[0])) + parts[0] + parts[1]
 
     @classmethod
@@ -205,10 +204,3 @@ class Detector:
         base = pa.ipc.open_stream(blob[8 : 8 + size]).read_all().cast(BASELINES)
         scores = pa.ipc.open_stream(blob[8 + size :]).read_all().cast(SCORES)
         return cls(settings, base, scores)
-
-
-def _ipc(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue()

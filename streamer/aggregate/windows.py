@@ -270,7 +270,7 @@ class Windows:
     # --- snapshot -------------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        parts = [_ipc(t) for t in (self.stats, self.sources, self.ports, self.subnets)]
+        parts = [to_ipc(t) for t in (self.stats, self.sources, self.ports, self.subnets)]
         meta = {"max_time": self.max_time, "late_records": self.late_records, "sizes": [len(p) for p in parts]}
         return orjson.dumps(meta) + b"\n" + b"".join(parts)
 
@@ -300,7 +300,8 @@ def _on_time(table: pa.Table, window_seconds: int, watermark: int) -> pa.Table:
     return table.filter(pc.greater(pc.add(table.column("window_start"), window_seconds), watermark))
 
 
-def _ipc(table: pa.Table) -> bytes:
+def to_ipc(table: pa.Table) -> bytes:
+    """A table as Arrow IPC stream bytes (snapshots)."""
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)

@@ -23,6 +23,18 @@ from streamer.checkpoint import Done
 S3_NAMESPACE = "s3"
 
 
+def aws_error_reason(exc: BaseException) -> str:
+    """A bounded label for an AWS failure: the error code, else the exception type."""
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+    return str(code) if code else type(exc).__name__
+
+
+async def single_chunk(body: bytes) -> AsyncIterator[bytes]:
+    """A delivery body that is already in memory (Kinesis batches, CloudWatch sweeps)."""
+    if body:
+        yield body
+
+
 class SourceError(Exception):
     """Reading input failed in a way that may pass (network, throttling, 5xx)."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -25,17 +25,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from streamer.config import CloudWatchSourceConfig
 from streamer.schema import DEFAULT_FIELDS, parse_log_format
-from streamer.sources.base import Delivery, Sink, Source
-from streamer.sources.s3_poll import s3_error_reason
+from streamer.sources.base import Delivery, Sink, Source, aws_error_reason, single_chunk
 
 log = logging.getLogger(__name__)
 
 END = "end_ms"
-
-
-async def _single(body: bytes) -> AsyncIterator[bytes]:
-    if body:
-        yield body
 
 
 async def discover_log_format(ec2: Any, flow_log_id: str) -> tuple[str, ...]:
@@ -94,7 +88,7 @@ class CloudWatchSource(Source):
                 await self._restore()
                 break
             except (ClientError, BotoCoreError, OSError, ValueError) as exc:
-                sink.source_error(self.name, s3_error_reason(exc), f"starting: {exc}")
+                sink.source_error(self.name, aws_error_reason(exc), f"starting: {exc}")
                 await asyncio.sleep(self.config.poll_interval_seconds)
         while True:
             await self.poll_once(sink)
@@ -111,7 +105,7 @@ class CloudWatchSource(Source):
         try:
             events = await self._filter(start_ms, now_ms)
         except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
-            sink.source_error(self.name, s3_error_reason(exc), f"FilterLogEvents on {self.config.log_group}: {exc}")
+            sink.source_error(self.name, aws_error_reason(exc), f"FilterLogEvents on {self.config.log_group}: {exc}")
             return 0
         self.ready = True
         fresh = [e for e in events if _event_key(e) not in self.seen]
@@ -120,7 +114,7 @@ class CloudWatchSource(Source):
         body = ("\n".join(e["message"] for e in fresh) + "\n").encode() if fresh else b""
         delivery = Delivery(
             location=f"cloudwatch://{self.config.log_group}",
-            body=lambda: _single(body),
+            body=lambda: single_chunk(body),
             cursors={(self.name, END): str(now_ms)},
             snapshots={self.snapshot_name: orjson.dumps(seen)},
             log_format=self.log_format,

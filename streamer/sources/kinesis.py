@@ -20,7 +20,7 @@ import asyncio
 import gzip
 import logging
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -29,8 +29,7 @@ from streamer.config import KinesisSourceConfig
 from streamer.decode.cloudwatch import parse_payload
 from streamer.decode.errors import DecodeError
 from streamer.schema import parse_log_format
-from streamer.sources.base import Delivery, Sink, Source
-from streamer.sources.s3_poll import s3_error_reason
+from streamer.sources.base import Delivery, Sink, Source, aws_error_reason, single_chunk
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +51,6 @@ def payload_lines(records: list[dict[str, Any]]) -> tuple[list[str], int]:
         except (OSError, EOFError, zlib.error, DecodeError):
             bad += 1
     return lines, bad
-
-
-async def _single(body: bytes) -> AsyncIterator[bytes]:
-    if body:
-        yield body
 
 
 class KinesisSource(Source):
@@ -82,7 +76,7 @@ class KinesisSource(Source):
                     try:
                         await self._schedule(sink, group)
                     except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
-                        sink.source_error(self.name, s3_error_reason(exc), f"listing shards of {self.config.stream_name}: {exc}")
+                        sink.source_error(self.name, aws_error_reason(exc), f"listing shards of {self.config.stream_name}: {exc}")
                     await asyncio.sleep(self._refresh_seconds())
         finally:
             self._running.clear()
@@ -146,7 +140,7 @@ class KinesisSource(Source):
                     iterator = await self._iterator(shard_id)
                 resp = await self.kinesis.get_records(ShardIterator=iterator, Limit=self.config.batch_records)
             except ClientError as exc:
-                code = s3_error_reason(exc)
+                code = aws_error_reason(exc)
                 if code == "ExpiredIteratorException":
                     iterator = None
                     continue
@@ -181,7 +175,7 @@ class KinesisSource(Source):
         body = ("\n".join(lines) + "\n").encode() if lines else b""
         delivery = Delivery(
             location=f"kinesis://{self.config.stream_name}/{shard_id}",
-            body=lambda: _single(body),
+            body=lambda: single_chunk(body),
             cursors={(self.name, shard_id): cursor},
             log_format=self.log_format,
             headerless=True,

@@ -23,7 +23,7 @@ from streamer.checkpoint import Done
 from streamer.config import S3SourceConfig
 from streamer.schema import parse_log_format
 from streamer.sources import s3_layout
-from streamer.sources.base import S3_NAMESPACE, Delivery, Sink, Source, SourceError
+from streamer.sources.base import S3_NAMESPACE, Delivery, Sink, Source, SourceError, aws_error_reason
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,6 @@ class S3Object:
         return f"{self.bucket}/{self.key}#{self.etag}"
 
 
-def s3_error_reason(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", "client_error"))
-    return type(exc).__name__
-
-
 async def stream_object(s3: Any, obj: S3Object) -> AsyncIterator[bytes]:
     """The object's bytes in chunks; raises SourceError if it cannot be read."""
     try:
@@ -58,7 +52,7 @@ async def stream_object(s3: Any, obj: S3Object) -> AsyncIterator[bytes]:
             async for chunk in body.iter_chunks(BODY_CHUNK):
                 yield chunk
     except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
-        raise SourceError(s3_error_reason(exc), f"s3://{obj.bucket}/{obj.key}: {exc}") from exc
+        raise SourceError(aws_error_reason(exc), f"s3://{obj.bucket}/{obj.key}: {exc}") from exc
 
 
 def object_delivery(
@@ -101,7 +95,7 @@ class S3PollSource(Source):
         try:
             objects = await self.list_window()
         except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
-            sink.source_error(self.name, s3_error_reason(exc), f"listing s3://{self.config.bucket}/{self.config.prefix}: {exc}")
+            sink.source_error(self.name, aws_error_reason(exc), f"listing s3://{self.config.bucket}/{self.config.prefix}: {exc}")
             return 0
         self.ready = True
         done = await self._done_among([o.done_key for o in objects])

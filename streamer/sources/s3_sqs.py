@@ -20,8 +20,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from streamer.config import S3SqsSourceConfig
 from streamer.schema import parse_log_format
-from streamer.sources.base import Sink, Source, SourceError
-from streamer.sources.s3_poll import S3Object, object_delivery, s3_error_reason
+from streamer.sources.base import Sink, Source, SourceError, aws_error_reason
+from streamer.sources.s3_poll import S3Object, object_delivery
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class S3SqsSource(Source):
                 MessageSystemAttributeNames=["ApproximateReceiveCount"],
             )
         except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
-            sink.source_error(self.name, s3_error_reason(exc), f"receiving from {self.config.queue_url}: {exc}")
+            sink.source_error(self.name, aws_error_reason(exc), f"receiving from {self.config.queue_url}: {exc}")
             await asyncio.sleep(min(5.0, self.config.wait_time_seconds or 1.0))
             return 0
         self.ready = True
@@ -137,4 +137,4 @@ class S3SqsSource(Source):
             await self.sqs.delete_message(QueueUrl=self.config.queue_url, ReceiptHandle=receipt)
         except (ClientError, BotoCoreError, OSError) as exc:
             # Redelivery is harmless: the objects are done in the checkpoint and are skipped.
-            sink.source_error(self.name, s3_error_reason(exc), f"deleting message: {exc}")
+            sink.source_error(self.name, aws_error_reason(exc), f"deleting message: {exc}")

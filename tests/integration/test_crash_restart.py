@@ -1,9 +1,11 @@
 """kill -9 at any moment, restart: counters end exactly equal to the truth.
 
-The service runs as a real process (`streamer run --config`) against moto;
-it is killed with SIGKILL in the middle of the backlog several times (once
-a given number of objects is committed, so the kills land mid-way), then
-restarted until the backlog is done. SIGTERM must stop it cleanly and fast.
+The service runs as a real process (`streamer run --config`) against moto. It
+is killed with SIGKILL in the middle of its backlog several times (once a
+given share of the work is committed, so the kills land mid-way), then
+restarted until the backlog is done; /metrics must then equal the truth.
+SIGTERM must stop it cleanly and fast. Covered for S3 polling, Kinesis and
+FilterLogEvents sources.
 """
 
 from __future__ import annotations
@@ -15,39 +17,39 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from streamer.synth import TrafficProfile, generate_table, to_lines
 from tests.integration.conftest import Truth, aws_key, boto, exported_totals, flow_object, free_port, scrape
 
 pytestmark = pytest.mark.integration
 
-N_OBJECTS = 40
 
-
-def done_count(db: Path) -> int:
+def query(db: Path, sql: str) -> int:
+    """One number from the checkpoint, read-only (WAL lets us read while the service writes)."""
     if not db.exists():
         return 0
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            return int(conn.execute("SELECT count(*) FROM done").fetchone()[0])
+            return int(conn.execute(sql).fetchone()[0])
     except sqlite3.OperationalError:
         return 0
 
 
-def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "streamer", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-        env=env,
-    )
+def done_objects(db: Path) -> int:
+    return query(db, "SELECT count(*) FROM done")
 
 
-def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def committed_records(db: Path) -> int:
+    return query(db, "SELECT coalesce(sum(records), 0) FROM counters")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -55,127 +57,95 @@ def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no
         time.sleep(0.02)
 
 
-def test_sigkill_at_any_moment_then_restart_counts_exactly(aws: str, tmp_path: Path) -> None:
+class Harness:
+    """One service config, started and killed as a real process."""
+
+    def __init__(self, tmp_path: Path, source: dict[str, Any]) -> None:
+        self.port = free_port()
+        self.db = tmp_path / "state" / "state.db"
+        self.config = tmp_path / "streamer.yaml"
+        self.log = tmp_path / "streamer.log"
+        doc = {"http": {"listen_address": f"127.0.0.1:{self.port}"}, "checkpoint": {"path": str(self.db)}, "sources": [source]}
+        self.config.write_text(yaml.safe_dump(doc))
+
+    def start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streamer", "run", "--config", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("ab"),
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def kill_when(self, reached: Callable[[], bool], what: str) -> None:
+        """Start the service, SIGKILL it as soon as `reached()` holds."""
+        proc = self.start()
+        try:
+            wait_until(lambda: reached() or proc.poll() is not None, 60, what)
+            assert proc.poll() is None, self.log.read_text()[-2000:]
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def finish_and_compare(self, truth: Truth) -> None:
+        """Run until /metrics shows exactly the truth, then SIGTERM: clean exit within 5 s."""
+        proc = self.start()
+        try:
+
+            def exact() -> bool:
+                try:
+                    return exported_totals(scrape(self.port)) == truth.totals
+                except OSError:
+                    return False
+
+            wait_until(exact, 120, "exact totals on /metrics")
+            time.sleep(1.0)  # and they stay exact
+            assert exported_totals(scrape(self.port)) == truth.totals
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+            assert time.monotonic() - started < 5
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert "Traceback" not in self.log.read_text()
+
+
+def test_sigkill_s3_polling_then_restart_counts_exactly(aws: str, tmp_path: Path) -> None:
+    n_objects = 40
     s3 = boto("s3", aws)
     s3.create_bucket(Bucket="flow-logs")
     truth = Truth()
     now = dt.datetime.now(dt.UTC)
-    for i in range(N_OBJECTS):
+    for i in range(n_objects):
         when = now - dt.timedelta(minutes=i)
         layout = ("daily", "hourly", "hive")[i % 3]
         s3.put_object(
             Bucket="flow-logs", Key=aws_key(when, layout, n=i), Body=flow_object(truth, 8000, i, int(when.timestamp()) - 900)
         )
-    port = free_port()
-    db = tmp_path / "state" / "state.db"
-    config = tmp_path / "streamer.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "http": {"listen_address": f"127.0.0.1:{port}"},
-                "checkpoint": {"path": str(db)},
-                "sources": [
-                    {
-                        "type": "s3",
-                        "bucket": "flow-logs",
-                        "endpoint_url": aws,
-                        "poll_interval_seconds": 0.2,
-                        "max_concurrent_objects": 2,
-                    }
-                ],
-            }
-        )
+    h = Harness(
+        tmp_path,
+        {"type": "s3", "bucket": "flow-logs", "endpoint_url": aws, "poll_interval_seconds": 0.2, "max_concurrent_objects": 2},
     )
-    log = tmp_path / "streamer.log"
     kills = []
     for threshold in (1, 9, 17, 26, 33):
-        proc = start(config, log)
-        try:
-            wait_until(lambda t=threshold, p=proc: done_count(db) >= t or p.poll() is not None, 60, f"{threshold} objects")
-            assert proc.poll() is None, log.read_text()[-2000:]
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-            kills.append(done_count(db))
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert any(0 < k < N_OBJECTS for k in kills), kills
-
-    proc = start(config, log)
-    try:
-        wait_until(lambda: done_count(db) >= N_OBJECTS, 120, "the whole backlog")
-
-        def ready() -> bool:
-            try:
-                return exported_totals(scrape(port)) == truth.totals
-            except OSError:
-                return False
-
-        wait_until(ready, 30, "exact totals on /metrics")
-        assert exported_totals(scrape(port)) == truth.totals
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-        assert time.monotonic() - started < 5
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert "Traceback" not in log.read_text()
+        h.kill_when(lambda t=threshold: done_objects(h.db) >= t, f"{threshold} objects")
+        kills.append(done_objects(h.db))
+    assert any(0 < k < n_objects for k in kills), kills
+    h.finish_and_compare(truth)
 
 
-def committed_records(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            return int(conn.execute("SELECT coalesce(sum(records), 0) FROM counters").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-
-
-def write_config(tmp_path: Path, port: int, source: dict[str, object]) -> tuple[Path, Path]:
-    db = tmp_path / "state" / "state.db"
-    config = tmp_path / "streamer.yaml"
-    config.write_text(
-        yaml.safe_dump({"http": {"listen_address": f"127.0.0.1:{port}"}, "checkpoint": {"path": str(db)}, "sources": [source]})
-    )
-    return config, db
-
-
-def finish_and_compare(config: Path, log: Path, port: int, truth: Truth) -> None:
-    proc = start(config, log)
-    try:
-
-        def exact() -> bool:
-            try:
-                return exported_totals(scrape(port)) == truth.totals
-            except OSError:
-                return False
-
-        wait_until(exact, 90, "exact totals on /metrics")
-        time.sleep(1.0)  # and they stay exact
-        assert exported_totals(scrape(port)) == truth.totals
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert "Traceback" not in log.read_text()
-
-
-def cloudwatch_group(aws: str) -> object:
+def cloudwatch_group(aws: str) -> Any:
     logs = boto("logs", aws)
     logs.create_log_group(logGroupName="/vpc/flowlogs")
     logs.create_log_stream(logGroupName="/vpc/flowlogs", logStreamName="eni-all")
     return logs
 
 
-def put_lines(logs, truth: Truth, n: int, seed: int, timestamp_ms: int) -> None:  # type: ignore[no-untyped-def]
-    from streamer.synth import TrafficProfile, generate_table, to_lines
-
+def put_lines(logs: Any, truth: Truth, n: int, seed: int, timestamp_ms: int) -> None:
     table = generate_table(TrafficProfile(records=n, enis=8, seed=seed, start_epoch=timestamp_ms // 1000 - 600))
     truth.add_rows(table.to_pylist())
     lines = to_lines(table).to_pylist()
@@ -189,7 +159,7 @@ def test_sigkill_kinesis_then_restart_counts_exactly(aws: str, tmp_path: Path) -
     kinesis = boto("kinesis", aws)
     kinesis.create_stream(StreamName="flowlogs", ShardCount=2)
     arn = kinesis.describe_stream(StreamName="flowlogs")["StreamDescription"]["StreamARN"]
-    logs.put_subscription_filter(  # type: ignore[attr-defined]
+    logs.put_subscription_filter(
         logGroupName="/vpc/flowlogs",
         filterName="k",
         filterPattern="",
@@ -199,57 +169,36 @@ def test_sigkill_kinesis_then_restart_counts_exactly(aws: str, tmp_path: Path) -
     truth = Truth()
     put_lines(logs, truth, 30_000, 1, int(time.time() * 1000) - 120_000)  # 150 Kinesis records
     total = sum(v[0] for v in truth.totals.values())
-    port = free_port()
-    source = {"type": "kinesis", "stream_name": "flowlogs", "endpoint_url": aws, "poll_interval_seconds": 0.2, "batch_records": 3}
-    config, db = write_config(tmp_path, port, source)
-    log = tmp_path / "streamer.log"
+    h = Harness(
+        tmp_path,
+        {"type": "kinesis", "stream_name": "flowlogs", "endpoint_url": aws, "poll_interval_seconds": 0.2, "batch_records": 3},
+    )
     kills = []
-    for fraction in (0.1, 0.35, 0.6, 0.85):
-        proc = start(config, log)
-        try:
-            wait_until(
-                lambda f=fraction, p=proc: committed_records(db) >= f * total or p.poll() is not None, 60, f"{fraction:.0%}"
-            )
-            assert proc.poll() is None, log.read_text()[-2000:]
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-            kills.append(committed_records(db))
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    for share in (0.1, 0.35, 0.6, 0.85):
+        h.kill_when(lambda s=share: committed_records(h.db) >= s * total, f"{share:.0%} of the records")
+        kills.append(committed_records(h.db))
     assert any(0 < k < total for k in kills), kills
-    finish_and_compare(config, log, port, truth)
+    h.finish_and_compare(truth)
 
 
 def test_sigkill_filter_log_events_then_restart_counts_exactly(aws: str, tmp_path: Path) -> None:
     logs = cloudwatch_group(aws)
     truth = Truth()
     now_ms = int(time.time() * 1000)
-    port = free_port()
-    source = {
-        "type": "cloudwatch",
-        "log_group": "/vpc/flowlogs",
-        "endpoint_url": aws,
-        "poll_interval_seconds": 0.2,
-        "lateness_seconds": 900,
-    }
-    config, db = write_config(tmp_path, port, source)
-    log = tmp_path / "streamer.log"
+    h = Harness(
+        tmp_path,
+        {
+            "type": "cloudwatch",
+            "log_group": "/vpc/flowlogs",
+            "endpoint_url": aws,
+            "poll_interval_seconds": 0.2,
+            "lateness_seconds": 900,
+        },
+    )
     for round_ in range(4):
-        # Each round lands later than the last poll but inside the lateness window.
+        # Each round lands after the last poll but inside the lateness window.
         put_lines(logs, truth, 2000, round_, now_ms - 600_000 + round_ * 1000)
         expected = sum(v[0] for v in truth.totals.values())
-        proc = start(config, log)
-        try:
-            wait_until(lambda e=expected, p=proc: committed_records(db) >= e or p.poll() is not None, 60, f"round {round_}")
-            assert proc.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.1 * round_)  # kill at different moments relative to the next polls
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert committed_records(db) == expected
-    finish_and_compare(config, log, port, truth)
+        h.kill_when(lambda e=expected: committed_records(h.db) >= e, f"round {round_}")
+        assert committed_records(h.db) == expected
+    h.finish_and_compare(truth)
