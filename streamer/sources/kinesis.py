@@ -66,6 +66,7 @@ class KinesisSource(Source):
         self._running: dict[str, asyncio.Task[None]] = {}
         self._first_start = True
         self._waiting = False
+        self._iterating: set[str] = set()  # shards whose first iterator was obtained
 
     async def run(self, sink: Sink) -> None:
         self.positions = await self._load_cursors()
@@ -117,7 +118,11 @@ class KinesisSource(Source):
                 self._waiting = True
                 continue  # a parent still has records: children wait
             self._running[shard_id] = group.create_task(self._read_shard(sink, shard))
-        self.ready = True
+        self._update_ready()
+
+    def _update_ready(self) -> None:
+        """Ready once every shard being read has its iterator (or there is nothing to read)."""
+        self.ready = self.reading <= self._iterating
 
     async def _iterator(self, shard_id: str) -> str:
         position = self.positions.get(shard_id)
@@ -138,6 +143,8 @@ class KinesisSource(Source):
             try:
                 if iterator is None:
                     iterator = await self._iterator(shard_id)
+                    self._iterating.add(shard_id)
+                    self._update_ready()
                 resp = await self.kinesis.get_records(ShardIterator=iterator, Limit=self.config.batch_records)
             except ClientError as exc:
                 code = aws_error_reason(exc)

@@ -242,3 +242,64 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """Start a real Prometheus (Debian package) on 127.0.0.1 with a given scrape target."""
+    import shutil
+    import subprocess
+    import time
+
+    import yaml
+
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(target: str) -> str:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            pytest.fail("prometheus is not installed (scripts/test.sh installs it)")
+        port = free_port()
+        rules = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules"
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(rules / "*.yml")],
+                    "scrape_configs": [{"job_name": "streamer", "static_configs": [{"targets": [target]}]}],
+                }
+            )
+        )
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'prom-data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "prometheus.log").open("wb"),
+        )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/-/ready", timeout=2).read()
+                return url
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError((tmp_path / "prometheus.log").read_text()[-2000:]) from None
+                time.sleep(0.2)
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
