@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
-
-_FILE_TIME = re.compile(r"_(\d{8}T\d{4}Z)_[^_/]*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,12 +19,6 @@ class Layout:
     """How partition folder names are spelled under one account/region."""
 
     hive: bool
-
-    def account_dir(self, name: str) -> str | None:
-        """The account id of an `AWSLogs/<name>/` folder, if it is one."""
-        if name.startswith("aws-account-id="):
-            return name.removeprefix("aws-account-id=")
-        return name if name.isdigit() else None
 
     def day(self, day: dt.date) -> str:
         if self.hive:
@@ -48,10 +39,6 @@ def root(prefix: str) -> str:
     return f"{prefix}/AWSLogs/" if prefix else "AWSLogs/"
 
 
-def region_of(folder: str) -> str:
-    return folder.rstrip("/").rsplit("/", 1)[-1].removeprefix("aws-region=")
-
-
 def days_in_window(now: dt.datetime, lookback_seconds: int) -> list[dt.date]:
     """UTC dates whose partitions can hold objects from the lookback window."""
     start = (now - dt.timedelta(seconds=lookback_seconds)).date()
@@ -61,14 +48,6 @@ def days_in_window(now: dt.datetime, lookback_seconds: int) -> list[dt.date]:
 def hour_in_window(day: dt.date, hour: int, now: dt.datetime, lookback_seconds: int) -> bool:
     begin = dt.datetime.combine(day, dt.time(hour), tzinfo=dt.UTC)
     return begin + dt.timedelta(hours=1) > now - dt.timedelta(seconds=lookback_seconds) and begin <= now
-
-
-def file_time(key: str) -> float | None:
-    """The `YYYYMMDDTHHmmZ` stamp in an AWS flow-log file name, as epoch seconds."""
-    match = _FILE_TIME.search(key.split(".", 1)[0] if "/" not in key else key.rsplit("/", 1)[-1].split(".", 1)[0])
-    if match is None:
-        return None
-    return dt.datetime.strptime(match.group(1), "%Y%m%dT%H%MZ").replace(tzinfo=dt.UTC).timestamp()
 
 
 def is_flow_log_object(key: str) -> bool:

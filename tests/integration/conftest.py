@@ -196,34 +196,16 @@ def service_config(tmp_path: Path, sources: list[dict[str, Any]], **extra: Any) 
     return parse_config(doc, {})
 
 
-# --- Alertmanager (Debian prometheus-alertmanager) ------------------------------------------
+# --- Debian prometheus / prometheus-alertmanager -------------------------------------------
 
 
-@pytest.fixture
-def alertmanager(tmp_path: Path) -> Iterator[str]:
-    """A real Alertmanager on 127.0.0.1 with clustering off; stopped after the test."""
-    import shutil
+@contextlib.contextmanager
+def server_process(argv: list[str], url: str, log: Path) -> Iterator[str]:
+    """Run a server binary until the test ends; yields once its /-/ready answers."""
     import subprocess
     import time
 
-    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if binary is None:
-        pytest.fail("prometheus-alertmanager is not installed (scripts/test.sh installs it)")
-    port = free_port()
-    config = tmp_path / "alertmanager.yml"
-    config.write_text("route:\n  receiver: blackhole\n  group_wait: 1s\nreceivers:\n  - name: blackhole\n")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "alertmanager.log").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -232,7 +214,7 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((tmp_path / "alertmanager.log").read_text()[-2000:]) from None
+                    raise AssertionError(log.read_text()[-2000:]) from None
                 time.sleep(0.1)
         yield url
     finally:
@@ -244,62 +226,59 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
             proc.wait()
 
 
+def binary(*names: str) -> str:
+    import shutil
+
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    pytest.fail(f"{names[0]} is not installed (scripts/test.sh installs Debian's prometheus and prometheus-alertmanager)")
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    """A real Alertmanager on 127.0.0.1 with clustering off; stopped after the test."""
+    port = free_port()
+    config = tmp_path / "alertmanager.yml"
+    config.write_text("route:\n  receiver: blackhole\n  group_wait: 1s\nreceivers:\n  - name: blackhole\n")
+    argv = [
+        binary("prometheus-alertmanager", "alertmanager"),
+        f"--config.file={config}",
+        f"--storage.path={tmp_path / 'am-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    with server_process(argv, f"http://127.0.0.1:{port}", tmp_path / "alertmanager.log") as url:
+        yield url
+
+
 @pytest.fixture
 def prometheus_factory(tmp_path: Path) -> Iterator[Callable[[str], str]]:
-    """Start a real Prometheus (Debian package) on 127.0.0.1 with a given scrape target."""
-    import shutil
-    import subprocess
-    import time
-
+    """Start a real Prometheus on 127.0.0.1 scraping a given target, with deploy/'s rules loaded."""
     import yaml
 
-    procs: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as stack:
 
-    def start(target: str) -> str:
-        binary = shutil.which("prometheus")
-        if binary is None:
-            pytest.fail("prometheus is not installed (scripts/test.sh installs it)")
-        port = free_port()
-        rules = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules"
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                    "rule_files": [str(rules / "*.yml")],
-                    "scrape_configs": [{"job_name": "streamer", "static_configs": [{"targets": [target]}]}],
-                }
+        def start(target: str) -> str:
+            port = free_port()
+            rules = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules"
+            config = tmp_path / "prometheus.yml"
+            config.write_text(
+                yaml.safe_dump(
+                    {
+                        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                        "rule_files": [str(rules / "*.yml")],
+                        "scrape_configs": [{"job_name": "streamer", "static_configs": [{"targets": [target]}]}],
+                    }
+                )
             )
-        )
-        proc = subprocess.Popen(
-            [
-                binary,
+            argv = [
+                binary("prometheus"),
                 f"--config.file={config}",
                 f"--storage.tsdb.path={tmp_path / 'prom-data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp_path / "prometheus.log").open("wb"),
-        )
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/-/ready", timeout=2).read()
-                return url
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((tmp_path / "prometheus.log").read_text()[-2000:]) from None
-                time.sleep(0.2)
+            ]
+            return stack.enter_context(server_process(argv, f"http://127.0.0.1:{port}", tmp_path / "prometheus.log"))
 
-    try:
         yield start
-    finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
