@@ -36,8 +36,12 @@ def build_app(registry: CollectorRegistry, ready: Callable[[], bool] = lambda: T
 
 
 async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start serving; returns the runner (to clean up) and the bound port."""
-    runner = web.AppRunner(app, access_log=None)
+    """Start serving; returns the runner (to clean up) and the bound port.
+
+    Shutdown waits at most a couple of seconds for open scrapes: aiohttp's
+    default of 60 s would stall SIGTERM/Ctrl-C behind a slow client.
+    """
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
