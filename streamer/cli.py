@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -100,10 +101,15 @@ async def _serve_forever(state: FlowState, host: str, port: int) -> None:
 
     registry = CollectorRegistry(auto_describe=True)
     registry.register(FlowCollector(lambda: state))
+    # Explicit handlers, like `run` and `demo`: they work even where SIGINT was inherited as ignored.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     runner, bound = await serve(build_app(registry), host, port)
     print(f"serving /metrics on http://{host}:{bound}/metrics (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await runner.cleanup()
 
