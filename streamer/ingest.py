@@ -10,6 +10,7 @@ service go through here, so they count identically.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,10 +18,12 @@ from typing import Generic, TypeVar
 
 import pyarrow as pa
 
+from streamer.aggregate.state import FlowState
 from streamer.decode.errors import DecodeError, ErrorCounts
 from streamer.decode.objects import ObjectReader, Unit
 
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -83,3 +86,18 @@ class Ingestor(Generic[R]):
         errors = ErrorCounts()
         table = unit(errors)
         return self.reduce(table), table.num_rows, errors
+
+
+def account(result: ObjectResult[R], state: FlowState, location: str) -> str:
+    """Count an object's skipped lines and its failure in `state`, log each reason once; returns the outcome.
+
+    Replay and the live pipeline both go through here, so they report bad input alike.
+    """
+    state.add_errors(result.errors)
+    for reason, example in result.errors.examples.items():
+        log.warning("%s: skipped %d line(s): %s, e.g. %r", location, result.errors.counts[reason], reason, example)
+    if result.failure is None:
+        return "ok"
+    state.count(result.failure.reason)
+    log.error("%s: %s: %s", location, result.failure.reason, result.failure)
+    return result.failure.reason

@@ -26,7 +26,7 @@ from streamer.aggregate.windows import WindowBatch
 from streamer.checkpoint import CheckpointStore, Commit, Done
 from streamer.decode.objects import ObjectReader
 from streamer.export.telemetry import Telemetry
-from streamer.ingest import Ingestor, ObjectResult
+from streamer.ingest import Ingestor, ObjectResult, account
 from streamer.sources.base import Delivery, SourceError
 
 log = logging.getLogger(__name__)
@@ -87,14 +87,9 @@ class Pipeline:
         finally:
             if keepalive is not None:
                 keepalive.cancel()
-        outcome = "ok" if result.failure is None else result.failure.reason
-        for reason, example in result.errors.examples.items():
-            log.warning("%s: skipped %d line(s): %s, e.g. %r", delivery.location, result.errors.counts[reason], reason, example)
-        if result.failure is not None:
-            log.error("%s: %s: %s", delivery.location, outcome, result.failure)
-            delta.decode_errors[outcome] = delta.decode_errors.get(outcome, 0) + 1
+        outcome = account(result, delta, delivery.location)
         for reason, count in delivery.errors.items():
-            delta.decode_errors[reason] = delta.decode_errors.get(reason, 0) + count
+            delta.count(reason, count)
         change = Commit(
             delta, [Done(d.namespace, d.key, outcome) for d in delivery.done], dict(delivery.cursors), dict(delivery.snapshots)
         )
@@ -158,7 +153,6 @@ class Pipeline:
             parts: list[BatchResult] = []
             result = ingest.run(_pull(body, loop, stop), parts.append)
             delta = FlowState(Counters(combine(p.counters for p in parts)))
-            delta.add_errors(result.errors)
             ends = [p.max_end for p in parts if p.max_end is not None]
             windows = [p.windows for p in parts if p.windows is not None]
             return result, delta, max(ends) if ends else None, windows

@@ -7,7 +7,6 @@ against other tools. Inputs are files, directories (recursed) or `-`.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -24,9 +23,7 @@ from streamer.aggregate.detection import Detection
 from streamer.aggregate.state import FlowState
 from streamer.aggregate.windows import WindowBatch
 from streamer.decode.objects import ObjectReader
-from streamer.ingest import Ingestor
-
-log = logging.getLogger(__name__)
+from streamer.ingest import Ingestor, account
 
 SUFFIXES = (".log", ".log.gz", ".parquet")
 READ_BYTES = 1 << 20
@@ -105,12 +102,7 @@ def replay_counts(
         if detection is not None:
             detection, found = detection.advance(windows)
             anomalies.extend(found)
-        delta.add_errors(result.errors)
-        for reason, example in result.errors.examples.items():
-            log.warning("%s: skipped %d line(s): %s, e.g. %r", item.name, result.errors.counts[reason], reason, example)
-        if result.failure is not None:
-            delta.decode_errors[result.failure.reason] = delta.decode_errors.get(result.failure.reason, 0) + 1
-            log.error("%s: %s: %s", item.name, result.failure.reason, result.failure)
+        account(result, delta, item.name)
         state.apply(delta)
     if detection is not None:
         detection, found = detection.flush()
@@ -127,10 +119,7 @@ def replay_records(
     for item in inputs:
         with open_input(item) as handle:
             result = ingest.run(read_chunks(handle), sink)
-        state.add_errors(result.errors)
-        if result.failure is not None:
-            state.decode_errors[result.failure.reason] = state.decode_errors.get(result.failure.reason, 0) + 1
-            log.error("%s: %s: %s", item.name, result.failure.reason, result.failure)
+        account(result, state, item.name)
     return state
 
 

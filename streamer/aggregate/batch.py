@@ -38,6 +38,3 @@ def reducer(window_seconds: int | None) -> Callable[[pa.Table], BatchResult]:
         return BatchResult(counters.count_batch(table), max_end, part)
 
     return reduce
-
-
-reduce_batch = reducer(None)

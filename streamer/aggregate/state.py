@@ -19,8 +19,12 @@ class FlowState:
         """Add the effect of one object (a delta built the same way)."""
         self.counters.merge(delta.counters)
         for reason, count in delta.decode_errors.items():
-            self.decode_errors[reason] = self.decode_errors.get(reason, 0) + count
+            self.count(reason, count)
 
     def add_errors(self, errors: ErrorCounts) -> None:
         for reason, count in errors.counts.items():
-            self.decode_errors[reason] = self.decode_errors.get(reason, 0) + count
+            self.count(reason, count)
+
+    def count(self, reason: str, n: int = 1) -> None:
+        """Count `n` skipped lines or objects under `reason`."""
+        self.decode_errors[reason] = self.decode_errors.get(reason, 0) + n
