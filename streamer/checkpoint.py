@@ -10,6 +10,10 @@ Positions come in two kinds:
 - done keys: set membership, e.g. `s3://bucket/key#etag`, pruned after a retention;
 - cursors: a value per (source, partition), e.g. a Kinesis shard's sequence number.
 
+The done-key check is part of the transaction: a commit whose key is already
+done (another source on the same bucket got there first) is rolled back and
+reported as a duplicate, so an object is never counted twice.
+
 All calls are blocking; the service runs them on one dedicated thread.
 """
 
@@ -26,7 +30,7 @@ import pyarrow as pa
 from streamer.aggregate.counters import SCHEMA, Counters
 from streamer.aggregate.state import FlowState
 
-_SCHEMA_VERSION = "1"
+_SCHEMA_VERSION = 2
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (
@@ -42,7 +46,10 @@ CREATE TABLE IF NOT EXISTS cursors (
     source TEXT NOT NULL, partition TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (source, partition)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshots (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS interfaces (interface_id TEXT PRIMARY KEY, last_seen REAL NOT NULL) WITHOUT ROWID;
 """
+#: schema 1 had no interface membership: every interface already counted becomes a member, seen now
+_MIGRATE_1_TO_2 = "INSERT OR IGNORE INTO interfaces SELECT DISTINCT interface_id, ? FROM counters WHERE interface_id != 'other'"
 
 
 class CheckpointError(RuntimeError):
@@ -66,6 +73,8 @@ class Commit:
     done: list[Done] = dataclasses.field(default_factory=list)
     cursors: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
     snapshots: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    #: idle interfaces whose counters and membership are dropped
+    forget: list[str] = dataclasses.field(default_factory=list)
 
 
 class CheckpointStore:
@@ -76,14 +85,21 @@ class CheckpointStore:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() if self._has_meta() else None
+            version = None if row is None else int(row[0])
+            if version is not None and version > _SCHEMA_VERSION:
+                raise CheckpointError(
+                    f"{path}: checkpoint schema {version} is newer than this streamer's {_SCHEMA_VERSION}: upgrade streamer"
+                )
             self._db.executescript(_DDL)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
-            elif row[0] != _SCHEMA_VERSION:
-                raise CheckpointError(f"{path}: checkpoint schema {row[0]} is not {_SCHEMA_VERSION}")
+            if version == 1:
+                self._db.execute(_MIGRATE_1_TO_2, (time.time(),))
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(_SCHEMA_VERSION),))
         except (sqlite3.Error, OSError) as exc:
             raise CheckpointError(f"{path}: cannot open checkpoint store: {exc}") from exc
+
+    def _has_meta(self) -> bool:
+        return self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is not None
 
     def close(self) -> None:
         self._db.close()
@@ -93,15 +109,32 @@ class CheckpointStore:
         columns: list[tuple[object, ...]] = list(zip(*rows, strict=True)) if rows else [() for _ in SCHEMA.names]
         table = pa.table({name: pa.array(col, SCHEMA.field(name).type) for name, col in zip(SCHEMA.names, columns, strict=True)})
         errors = dict(self._db.execute("SELECT reason, count FROM decode_errors").fetchall())
-        return FlowState(Counters(table.cast(SCHEMA)), errors)
+        seen = {str(k): float(v) for k, v in self._db.execute("SELECT interface_id, last_seen FROM interfaces").fetchall()}
+        return FlowState(Counters(table.cast(SCHEMA)), errors, seen)
 
-    def commit(self, change: Commit) -> None:
-        """Apply one input's change in a single transaction (all or nothing)."""
+    def commit(self, change: Commit) -> bool:
+        """Apply one input's change in a single transaction (all or nothing).
+
+        Returns False, changing nothing, when one of its done keys is already
+        done: the input was counted before (by this or another source).
+        """
         counters = change.delta.counters.table().to_pylist()
         now = time.time()
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                for namespace, keys in _by_namespace(change.done).items():
+                    if self._done_batch(namespace, keys):
+                        self._db.execute("ROLLBACK")
+                        return False
+                self._db.executemany(
+                    "DELETE FROM counters WHERE interface_id = ?", [(eni,) for eni in change.forget]
+                )
+                self._db.executemany("DELETE FROM interfaces WHERE interface_id = ?", [(eni,) for eni in change.forget])
+                self._db.executemany(
+                    "INSERT INTO interfaces VALUES (?, ?) ON CONFLICT DO UPDATE SET last_seen = excluded.last_seen",
+                    list(change.delta.seen.items()),
+                )
                 self._db.executemany(
                     "INSERT INTO counters VALUES (:interface_id, :action, :log_status, :records, :packets, :bytes) "
                     "ON CONFLICT DO UPDATE SET records = records + excluded.records, "
@@ -127,6 +160,7 @@ class CheckpointStore:
                 raise
         except sqlite3.Error as exc:
             raise CheckpointError(f"{self.path}: commit failed: {exc}") from exc
+        return True
 
     def done_among(self, namespace: str, keys: Iterable[str]) -> set[str]:
         """Which of `keys` are already done."""
@@ -142,6 +176,8 @@ class CheckpointStore:
         return found
 
     def _done_batch(self, namespace: str, keys: list[str]) -> set[str]:
+        if not keys:
+            return set()
         marks = ",".join("?" * len(keys))
         rows = self._db.execute(f"SELECT key FROM done WHERE namespace = ? AND key IN ({marks})", (namespace, *keys))
         return {r[0] for r in rows}
@@ -158,3 +194,10 @@ class CheckpointStore:
         cutoff = time.time() - older_than_seconds
         cur = self._db.execute("DELETE FROM done WHERE done_at < ?", (cutoff,))
         return int(cur.rowcount)
+
+
+def _by_namespace(done: list[Done]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for d in done:
+        out.setdefault(d.namespace, []).append(d.key)
+    return out

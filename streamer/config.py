@@ -6,7 +6,8 @@ line naming the key (`sources.0.poll_interval_seconds: ...`), so bad config
 fails fast instead of at 3 a.m.
 
 Environment overrides use `STREAMER__` and double underscores for nesting,
-list items by index, values parsed as YAML scalars:
+list items by index. Values stay strings (pydantic converts them where the
+key is a number or a flag), so an account-id prefix is not turned into an int:
     STREAMER__HTTP__LISTEN_ADDRESS=0.0.0.0:9108
     STREAMER__SOURCES__0__BUCKET=my-flow-logs
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from streamer.schema import UnknownFieldError, parse_log_format
 
@@ -105,6 +106,21 @@ class S3SqsSourceConfig(_AwsSource):
     max_messages: int = Field(default=10, ge=1, le=10)
     #: a message received more often than this is given up (logged, counted, deleted)
     max_receive_count: int = Field(default=5, ge=1)
+    #: how often a held message's visibility is extended (default: a third of the timeout)
+    visibility_keepalive_seconds: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _keepalive_in_time(self) -> S3SqsSourceConfig:
+        if self.visibility_keepalive_seconds is not None and self.visibility_keepalive_seconds >= self.visibility_timeout_seconds:
+            raise ValueError(
+                f"visibility_keepalive_seconds ({self.visibility_keepalive_seconds:g}) must be shorter than "
+                f"visibility_timeout_seconds ({self.visibility_timeout_seconds}), or messages reappear while held"
+            )
+        return self
+
+    @property
+    def keepalive_seconds(self) -> float:
+        return self.visibility_keepalive_seconds or self.visibility_timeout_seconds / 3
 
 
 class KinesisSourceConfig(_AwsSource):
@@ -139,7 +155,12 @@ SourceConfig = Annotated[
 
 class AnomalyConfig(_Model):
     window_seconds: int = Field(default=60, gt=0)
+    #: how far behind the slowest active source's newest record a window stays open
     lateness_seconds: int = Field(default=900, ge=0)
+    #: a record this far ahead of the wall clock counts in totals but never moves event time
+    max_future_skew_seconds: int = Field(default=300, ge=0)
+    #: a source with nothing new this long stops holding event time back; all idle: it follows the wall clock
+    idle_timeout_seconds: float = Field(default=600, gt=0)
     score_threshold: float = Field(default=4.0, gt=0)
     min_rejected_records: int = Field(default=50, ge=0)
     #: closed windows before an ENI's baseline is trusted
@@ -164,8 +185,10 @@ class LoggingConfig(_Model):
 
 
 class MetricsConfig(_Model):
-    #: per-ENI series beyond this many are summed into interface_id="other"
+    #: interfaces beyond this many are counted under interface_id="other" (membership is sticky)
     max_interfaces: int = Field(default=5000, ge=1)
+    #: an interface with nothing new this long is forgotten: its series go, its slot frees
+    interface_idle_seconds: float = Field(default=86400, gt=0)
 
 
 class Config(_Model):
@@ -178,6 +201,16 @@ class Config(_Model):
     metrics: MetricsConfig = MetricsConfig()
     #: threads decoding chunks (0: number of CPUs, at most 4)
     decode_workers: int = Field(default=0, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _retention_covers_lookback(self) -> Config:
+        for src in self.sources:
+            if isinstance(src, S3SourceConfig) and self.checkpoint.retention_seconds < src.lookback_seconds + 86400:
+                raise ValueError(
+                    f"checkpoint.retention_seconds ({self.checkpoint.retention_seconds}) must be at least a source's "
+                    f"lookback_seconds ({src.lookback_seconds}) plus a day, or objects are counted twice"
+                )
+        return self
 
     def source_name(self, index: int) -> str:
         src = self.sources[index]
@@ -200,7 +233,7 @@ def apply_env(doc: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]
                 while len(node) <= key:
                     node.append({})
             if last:
-                node[key] = yaml.safe_load(raw) if raw != "" else None
+                node[key] = raw
             else:
                 if isinstance(node, dict) and not isinstance(node.get(key), dict | list):
                     node[key] = [] if path[i + 1].isdigit() else {}
@@ -211,11 +244,11 @@ def apply_env(doc: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]
 def _one_line(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("s3", "s3_sqs", "kinesis", "cloudwatch")))
-    msg = err["msg"]
+    msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{loc or 'config'}: {msg}{more}"
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
 
 
 def parse_config(doc: Any, environ: Mapping[str, str] | None = None) -> Config:

@@ -5,14 +5,22 @@ Ingestor as `replay`, pulling chunks back from the loop. When the input is
 decoded, its delta and positions are committed in one SQLite transaction
 (on the store's own thread), and only then applied to the live state that
 /metrics reads. The source acknowledges upstream after `process` returns.
+
+Commit-and-apply is one shielded step: a cancellation (SIGTERM) arriving
+while the transaction runs waits for it and for the apply, so live state
+never lags the checkpoint (a stale state's next snapshot would overwrite
+the committed one). `tick` lets event time follow the wall clock when
+sources go quiet, through the same lock and the same commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -33,6 +41,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 KEEPALIVE_SECONDS = 30.0
+#: outcome of an input another source (or an earlier run) already counted
+DUPLICATE = "duplicate"
 
 
 class _Stopped(Exception):
@@ -65,6 +75,10 @@ class Pipeline:
         pool: ThreadPoolExecutor,
         detection: Detection | None = None,
         on_anomalies: Callable[[list[Anomaly]], None] | None = None,
+        max_future_skew_seconds: int = 300,
+        max_interfaces: int | None = None,
+        interface_idle_seconds: float = 86400,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.state = state
         self.store = store
@@ -72,15 +86,21 @@ class Pipeline:
         self.pool = pool
         self.detection = detection
         self.on_anomalies = on_anomalies
+        self.max_future_skew_seconds = max_future_skew_seconds
+        self.max_interfaces = max_interfaces
+        self.interface_idle_seconds = interface_idle_seconds
+        self.clock = clock
         self.columns = COLUMNS_WITH_WINDOWS if detection is not None else COLUMNS
-        self.reduce = reducer(detection.windows.window_seconds if detection is not None else None)
+        self.window_seconds = detection.windows.window_seconds if detection is not None else None
+        #: commits that landed (tests and readiness wait on this, not on sleeps)
+        self.commits = 0
         # Decoding runs concurrently; advancing the shared window state and committing it do not.
         self._commit_lock = asyncio.Lock()
 
     async def process(self, source: str, delivery: Delivery) -> str:
         if delivery.done and await self._already_done(delivery.done):
-            self.telemetry.finished(source, "duplicate", 0, None)
-            return "duplicate"
+            self.telemetry.finished(source, DUPLICATE, 0, None)
+            return DUPLICATE
         keepalive = asyncio.create_task(self._keepalive(delivery)) if delivery.keepalive else None
         try:
             result, delta, max_end, window_parts = await self._decode(delivery)
@@ -90,24 +110,89 @@ class Pipeline:
         outcome = account(result, delta, delivery.location)
         for reason, count in delivery.errors.items():
             delta.count(reason, count)
+        future = sum(p.future for p in window_parts)
+        if future:
+            example = next(p.future_example for p in window_parts if p.future_example)
+            log.warning(
+                "%s: %d record(s) more than %d s ahead of the wall clock: counted, but they move no event time, e.g. %s",
+                delivery.location,
+                future,
+                self.max_future_skew_seconds,
+                example,
+            )
         change = Commit(
             delta, [Done(d.namespace, d.key, outcome) for d in delivery.done], dict(delivery.cursors), dict(delivery.snapshots)
         )
-        anomalies: list[Anomaly] = []
-        async with self._commit_lock:
-            after = None
-            if self.detection is not None:
-                after, anomalies = self.detection.advance(window_parts)
-                change.snapshots[SNAPSHOT_NAME] = after.snapshot()
-            await self.store.call(self.store.store.commit, change)
-            if after is not None:
-                self.detection = after
-            self.state.apply(delta)
+        committed, anomalies = await self._shielded(self._commit_and_apply(source, change, window_parts))
+        if not committed:
+            self.telemetry.finished(source, DUPLICATE, 0, None)
+            return DUPLICATE
+        if future:
+            self.telemetry.future_records.labels(source).inc(future)
         if anomalies and self.on_anomalies is not None:
             self.on_anomalies(anomalies)
         delay = None if delivery.arrived_at is None or max_end is None else delivery.arrived_at - max_end
         self.telemetry.finished(source, outcome, result.rows, delay)
         return outcome
+
+    async def tick(self) -> int:
+        """Move event time with the wall clock (idle sources, quiet periods); returns windows closed."""
+        if self.detection is None:
+            return 0
+        closed, anomalies = await self._shielded(self._tick())
+        if anomalies and self.on_anomalies is not None:
+            self.on_anomalies(anomalies)
+        return closed
+
+    async def _tick(self) -> tuple[int, list[Anomaly]]:
+        async with self._commit_lock:
+            assert self.detection is not None
+            before = self.detection
+            after, anomalies = before.tick(self.clock())
+            if after is before:
+                return 0, []
+            closed = before.windows.stats.num_rows - after.windows.stats.num_rows
+            if closed:  # a moved watermark alone rides along with the next input's commit
+                await self.store.call(self.store.store.commit, Commit(snapshots={SNAPSHOT_NAME: after.snapshot()}))
+                self.commits += 1
+            self.detection = after
+            return closed, anomalies
+
+    async def _commit_and_apply(
+        self, source: str, change: Commit, window_parts: list[WindowBatch]
+    ) -> tuple[bool, list[Anomaly]]:
+        """Under the lock: advance windows, commit, then apply to live state. Runs shielded."""
+        async with self._commit_lock:
+            now = self.clock()
+            after: Detection | None = None
+            anomalies: list[Anomaly] = []
+            if self.max_interfaces is not None:
+                change.delta, change.forget = self.state.capped(
+                    change.delta, self.max_interfaces, self.interface_idle_seconds, now
+                )
+            if self.detection is not None:
+                after, anomalies = self.detection.advance(window_parts, source, now)
+                change.snapshots[SNAPSHOT_NAME] = after.snapshot()
+            if not await self.store.call(self.store.store.commit, change):
+                return False, []  # counted before: nothing changes
+            self.commits += 1
+            if after is not None:
+                self.detection = after
+            self.state.forget(change.forget)
+            self.state.apply(change.delta)
+            return True, anomalies
+
+    @staticmethod
+    async def _shielded(step: Awaitable[T]) -> T:
+        """Run `step` to the end even if the caller is cancelled meanwhile; then let the cancellation through."""
+        task = asyncio.ensure_future(step)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            while not task.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(task)
+            raise
 
     async def give_up(self, source: str, delivery: Delivery, reason: str) -> None:
         log.error("%s: giving up: %s", delivery.location, reason)
@@ -117,8 +202,11 @@ class Pipeline:
             dict(delivery.cursors),
             dict(delivery.snapshots),
         )
-        await self.store.call(self.store.store.commit, change)
+        await self._shielded(self.store.call(self.store.store.commit, change))
         self.telemetry.finished(source, reason, 0, None)
+
+    def polled(self, source: str) -> None:
+        self.telemetry.polls.labels(source).inc()
 
     def source_error(self, source: str, reason: str, message: str) -> None:
         log.warning("%s: %s: %s", source, reason, message)
@@ -136,7 +224,7 @@ class Pipeline:
     async def _keepalive(self, delivery: Delivery) -> None:
         assert delivery.keepalive is not None
         while True:
-            await asyncio.sleep(KEEPALIVE_SECONDS)
+            await asyncio.sleep(delivery.keepalive_seconds or KEEPALIVE_SECONDS)
             try:
                 await delivery.keepalive()
             except Exception as exc:  # a failed extension only risks a redelivery, which is deduplicated
@@ -144,16 +232,17 @@ class Pipeline:
 
     async def _decode(self, delivery: Delivery) -> tuple[ObjectResult[BatchResult], FlowState, int | None, list[WindowBatch]]:
         loop = asyncio.get_running_loop()
-        body = delivery.body()
+        body = _Body(delivery.body())
         stop = threading.Event()
         reader = ObjectReader(log_format=delivery.log_format, columns=self.columns, headerless=delivery.headerless)
-        ingest: Ingestor[BatchResult] = Ingestor(reader, self.reduce, self.pool)
+        max_time = int(self.clock()) + self.max_future_skew_seconds
+        ingest: Ingestor[BatchResult] = Ingestor(reader, reducer(self.window_seconds, max_time), self.pool)
 
         def work() -> tuple[ObjectResult[BatchResult], FlowState, int | None, list[WindowBatch]]:
             parts: list[BatchResult] = []
             result = ingest.run(_pull(body, loop, stop), parts.append)
             delta = FlowState(Counters(combine(p.counters for p in parts)))
-            ends = [p.max_end for p in parts if p.max_end is not None]
+            ends = [p.max_end for p in parts if p.max_end is not None and p.max_end <= max_time]
             windows = [p.windows for p in parts if p.windows is not None]
             return result, delta, max(ends) if ends else None, windows
 
@@ -161,19 +250,59 @@ class Pipeline:
             return await asyncio.to_thread(work)
         except _Stopped as exc:
             raise asyncio.CancelledError from exc
-        except asyncio.CancelledError:
-            stop.set()
-            raise
         finally:
             stop.set()
-            if isinstance(body, AsyncGenerator):
-                await body.aclose()
+            await body.close()
 
 
-def _pull(body: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop, stop: threading.Event) -> Iterator[bytes]:
+class _Body:
+    """An async body read from a worker thread, one `anext` at a time, that closes cleanly mid-read.
+
+    Closing while a read is pending (SIGTERM in the middle of a download) must
+    first cancel and await that read: `aclose()` on a generator that is still
+    running raises "asynchronous generator is already running", which would
+    turn a clean stop into a source crash and a restart.
+    """
+
+    def __init__(self, body: AsyncIterator[bytes]) -> None:
+        self.body = body
+        self.reading: asyncio.Task[bytes | None] | None = None
+        self.closed = False
+
+    async def next(self) -> bytes | None:
+        if self.closed:
+            return None
+        self.reading = asyncio.ensure_future(self._next())
+        try:
+            return await self.reading
+        finally:
+            self.reading = None
+
+    async def _next(self) -> bytes | None:
+        try:
+            return await anext(self.body)
+        except StopAsyncIteration:
+            return None
+        except SourceError:
+            raise
+        except Exception as exc:  # anything else from the network is a read failure too
+            raise SourceError(type(exc).__name__, str(exc)) from exc
+
+    async def close(self) -> None:
+        self.closed = True
+        reading = self.reading
+        if reading is not None and not reading.done():
+            reading.cancel()
+            await asyncio.wait([reading])
+        if isinstance(self.body, AsyncGenerator):
+            with contextlib.suppress(RuntimeError):  # belt and braces: never turn a stop into a crash
+                await self.body.aclose()
+
+
+def _pull(body: _Body, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> Iterator[bytes]:
     """Chunks of an async body, fetched from a worker thread."""
     while True:
-        future = asyncio.run_coroutine_threadsafe(_next(body), loop)
+        future = asyncio.run_coroutine_threadsafe(body.next(), loop)
         while True:
             try:
                 chunk = future.result(timeout=0.5)
@@ -185,14 +314,3 @@ def _pull(body: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop, stop: thr
         if chunk is None:
             return
         yield chunk
-
-
-async def _next(body: AsyncIterator[bytes]) -> bytes | None:
-    try:
-        return await anext(body)
-    except StopAsyncIteration:
-        return None
-    except SourceError:
-        raise
-    except Exception as exc:  # anything else from the network is a read failure too
-        raise SourceError(type(exc).__name__, str(exc)) from exc

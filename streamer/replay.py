@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -77,16 +78,20 @@ def replay_counts(
     pool: ThreadPoolExecutor,
     progress: Callable[[int], None] | None = None,
     detection: Detection | None = None,
+    max_future_skew_seconds: int = 300,
 ) -> tuple[FlowState, list[Anomaly]]:
     """Counters over all inputs, and with `detection` the anomalies they contain.
 
     Bad objects are logged once and counted by reason. Inputs are taken in
-    order, so event time advances as it did live; at the end every window is
-    closed so that a spike in the last minutes is reported too.
+    order, so event time advances as it did live (records only: hours-old data
+    is never late); at the end every window is closed so that a spike in the
+    last minutes is reported too. A record ahead of the wall clock by more than
+    `max_future_skew_seconds` counts, but moves no event time.
     """
     state = FlowState()
     anomalies: list[Anomaly] = []
-    reduce = reducer(detection.windows.window_seconds if detection is not None else None)
+    cutoff = int(time.time()) + max_future_skew_seconds
+    reduce = reducer(detection.windows.window_seconds if detection is not None else None, cutoff)
     ingest: Ingestor[BatchResult] = Ingestor(reader, reduce, pool)
     for item in inputs:
         delta = FlowState(Counters())

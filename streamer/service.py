@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.aggregate.anomaly import Settings
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
+from streamer.aggregate.eventtime import EventClock
 from streamer.aws import AwsClients
 from streamer.checkpoint import CheckpointStore
 from streamer.config import CloudWatchSourceConfig, Config, KinesisSourceConfig, S3SourceConfig, S3SqsSourceConfig
@@ -37,6 +39,8 @@ from streamer.sources.s3_sqs import S3SqsSource
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_SECONDS = 3600
+#: how often event time is checked against the wall clock (idle sources, quiet periods)
+TICK_SECONDS = 1.0
 
 
 class _Stop(Exception):
@@ -54,6 +58,7 @@ class Service:
         self.pipeline: Pipeline | None = None
         self.alerter: Alerter | None = None
         self.started = asyncio.Event()
+        self.stopping = False
 
     def ready(self) -> bool:
         return bool(self.sources) and all(s.ready for s in self.sources)
@@ -102,12 +107,25 @@ class Service:
             state = await store.call(store.store.load_state)
             detection = await self._restore_detection(store)
             alerter = Alerter(self.config.alerts, self.registry)
-            pipeline = Pipeline(state, store, self.telemetry, pool, detection, alerter.notify)
+            pipeline = Pipeline(
+                state,
+                store,
+                self.telemetry,
+                pool,
+                detection,
+                alerter.notify,
+                max_future_skew_seconds=self.config.anomaly.max_future_skew_seconds,
+                max_interfaces=self.config.metrics.max_interfaces,
+                interface_idle_seconds=self.config.metrics.interface_idle_seconds,
+            )
             self.pipeline = pipeline
             self.alerter = alerter
-            self.registry.register(FlowCollector(lambda: state, self.config.metrics.max_interfaces))
-            self.registry.register(DetectionCollector(lambda: pipeline.detection))
+            self.registry.register(FlowCollector(lambda: pipeline.state, self.config.metrics.max_interfaces))
+            members = lambda: pipeline.state.seen.keys()  # noqa: E731
+            self.registry.register(DetectionCollector(lambda: pipeline.detection, members, self.config.metrics.max_interfaces))
             self.sources = await self._build_sources(store)
+            for source in self.sources:  # read at scrape time, never stale
+                self.telemetry.ready.labels(source.name).set_function(_readiness(source))
             runner, self.port = await serve(build_app(self.registry, self.ready), self.config.http.host, self.config.http.port)
             log.info(
                 "serving on %s:%d; %d source(s); restored %d counter rows",
@@ -122,10 +140,11 @@ class Service:
                     for source in self.sources:
                         group.create_task(self._run_source(source, pipeline))
                     group.create_task(self._prune(store))
+                    group.create_task(self._tick(pipeline))
                     if alerter.targets:
                         group.create_task(alerter.run())
-                    group.create_task(self._ready_gauge())
                     await stop.wait()
+                    self.stopping = True
                     raise _Stop  # cancels every task in the group
             except* _Stop:
                 pass
@@ -137,6 +156,12 @@ class Service:
             await self.clients.close()
             log.info("stopped")
 
+    def event_clock(self) -> EventClock:
+        """Live event time over the configured sources (see aggregate/eventtime.py)."""
+        cfg = self.config.anomaly
+        names = frozenset(self.config.source_name(i) for i in range(len(self.config.sources)))
+        return EventClock(cfg.lateness_seconds, cfg.idle_timeout_seconds, True, names, started_at=time.time())
+
     async def _restore_detection(self, store: Store) -> Detection:
         cfg = self.config.anomaly
         settings = Settings(
@@ -144,8 +169,8 @@ class Service:
         )
         blob = await store.call(store.store.snapshot, SNAPSHOT_NAME)
         if blob is None:
-            return Detection.create(settings, cfg.lateness_seconds)
-        detection = Detection.restore(blob, settings, cfg.lateness_seconds)
+            return Detection.create(settings, cfg.lateness_seconds, self.event_clock())
+        detection = Detection.restore(blob, settings, cfg.lateness_seconds, self.event_clock())
         log.info(
             "restored %d ENI baselines and %d open windows", len(detection.detector.baselines), detection.windows.stats.num_rows
         )
@@ -159,6 +184,9 @@ class Service:
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in one source must not stop the others: log, back off, restart it
+                if self.stopping:
+                    log.exception("source %s failed while stopping", source.name)
+                    return
                 log.exception("source %s failed; restarting in %.0f s", source.name, backoff)
                 self.telemetry.source_error(source.name, "crashed")
                 await asyncio.sleep(backoff)
@@ -171,11 +199,17 @@ class Service:
                 log.info("forgot %d done keys older than the retention", removed)
             await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
 
-    async def _ready_gauge(self) -> None:
+    async def _tick(self, pipeline: Pipeline) -> None:
         while True:
-            for source in self.sources:
-                self.telemetry.ready.labels(source.name).set(1 if source.ready else 0)
-            await asyncio.sleep(1)
+            await asyncio.sleep(TICK_SECONDS)
+            try:
+                await pipeline.tick()
+            except Exception:  # a failed commit here is retried on the next tick
+                log.exception("advancing event time failed")
+
+
+def _readiness(source: Source) -> Callable[[], float]:
+    return lambda: 1.0 if source.ready else 0.0
 
 
 async def run_until_signalled(config: Config) -> None:

@@ -27,14 +27,18 @@ class BatchResult:
     windows: windows.WindowBatch | None = None
 
 
-def reducer(window_seconds: int | None) -> Callable[[pa.Table], BatchResult]:
-    """The per-batch reduce: counters always, windows when `window_seconds` is set."""
+def reducer(window_seconds: int | None, max_time: int | None = None) -> Callable[[pa.Table], BatchResult]:
+    """The per-batch reduce: counters always, windows when `window_seconds` is set.
+
+    `max_time` is the newest event time windows trust (wall clock plus the
+    allowed skew); later records still count, but in no window.
+    """
 
     def reduce(table: pa.Table) -> BatchResult:
         max_end = None
         if "end" in table.column_names and table.num_rows:
             max_end = pc.max(table.column("end")).as_py()
-        part = windows.window_batch(table, window_seconds) if window_seconds else None
+        part = windows.window_batch(table, window_seconds, max_time) if window_seconds else None
         return BatchResult(counters.count_batch(table), max_end, part)
 
     return reduce

@@ -1,11 +1,27 @@
-"""Everything the pipeline has counted: what checkpoints save and export reads."""
+"""Everything the pipeline has counted: what checkpoints save and export reads.
+
+The live service bounds per-ENI series with a *sticky* cap: an interface that
+has its own counters keeps them, and once `max_interfaces` interfaces are
+held, newcomers are counted under `interface_id="other"` (`admit`). So no
+exported counter ever goes down: "other" only grows, and nobody is re-ranked
+in or out of it between scrapes. Interfaces with nothing new for
+`interface_idle_seconds` (wall clock) are forgotten (`idle`), freeing their
+slot; their series disappear rather than decrease. Membership and last-seen
+times are committed with the counters, so a restart keeps them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
-from streamer.aggregate.counters import Counters
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from streamer.aggregate.counters import Counters, combine
 from streamer.decode.errors import ErrorCounts
+
+OTHER_INTERFACE = "other"
 
 
 @dataclasses.dataclass
@@ -14,12 +30,15 @@ class FlowState:
 
     counters: Counters = dataclasses.field(default_factory=Counters)
     decode_errors: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: interface -> wall time it was last counted (the cap's members; empty when uncapped)
+    seen: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def apply(self, delta: FlowState) -> None:
         """Add the effect of one object (a delta built the same way)."""
         self.counters.merge(delta.counters)
         for reason, count in delta.decode_errors.items():
             self.count(reason, count)
+        self.seen.update(delta.seen)
 
     def add_errors(self, errors: ErrorCounts) -> None:
         for reason, count in errors.counts.items():
@@ -28,3 +47,51 @@ class FlowState:
     def count(self, reason: str, n: int = 1) -> None:
         """Count `n` skipped lines or objects under `reason`."""
         self.decode_errors[reason] = self.decode_errors.get(reason, 0) + n
+
+    # --- the sticky per-interface cap ------------------------------------------------------------
+
+    def admit(self, delta: FlowState, limit: int, now: float) -> FlowState:
+        """`delta` with interfaces beyond the cap relabelled "other", and its members stamped `now`.
+
+        Members stay members; newcomers take free slots, busiest first. Works on
+        the delta's few rows per interface, never per record.
+        """
+        table = delta.counters.table()
+        if not table.num_rows:
+            return delta
+        totals = table.group_by(["interface_id"], use_threads=False).aggregate([("records", "sum")])
+        ranked = totals.sort_by([("records_sum", "descending"), ("interface_id", "ascending")]).column("interface_id")
+        free = max(0, limit - len(self.seen))
+        keep: list[str] = []
+        for eni in ranked.to_pylist():  # distinct interfaces of one input
+            if eni == OTHER_INTERFACE:
+                continue
+            if eni in self.seen:
+                keep.append(eni)
+            elif free > 0:
+                keep.append(eni)
+                free -= 1
+        if len(keep) < len(ranked):
+            kept = pc.is_in(table.column("interface_id"), pa.array(keep, pa.string()))
+            relabeled = pc.if_else(kept, table.column("interface_id"), pa.scalar(OTHER_INTERFACE))
+            table = combine([table.set_column(0, "interface_id", relabeled)])
+        return FlowState(Counters(table), dict(delta.decode_errors), dict.fromkeys(keep, now))
+
+    def capped(self, delta: FlowState, limit: int, idle_seconds: float, now: float) -> tuple[FlowState, list[str]]:
+        """`delta` admitted under the cap, and the idle members to forget with it (none it touches)."""
+        admitted = self.admit(delta, limit, now)
+        return admitted, [eni for eni in self.idle(now, idle_seconds) if eni not in admitted.seen]
+
+    def idle(self, now: float, idle_seconds: float) -> list[str]:
+        """Members with nothing new for `idle_seconds`: to be forgotten."""
+        return sorted(eni for eni, at in self.seen.items() if now - at >= idle_seconds)
+
+    def forget(self, interfaces: Iterable[str]) -> None:
+        """Drop interfaces' counters and membership (their series disappear)."""
+        gone = list(interfaces)
+        if not gone:
+            return
+        for eni in gone:
+            self.seen.pop(eni, None)
+        table = self.counters.table()
+        self.counters = Counters(table.filter(pc.invert(pc.is_in(table.column("interface_id"), pa.array(gone, pa.string())))))

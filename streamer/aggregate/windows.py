@@ -6,7 +6,11 @@ per (interface, window) counts, plus per-window counts of rejected source
 addresses and destination ports for alert context. The event loop folds
 partials into `Windows`:
 
-- watermark = newest event time seen - lateness;
+- the watermark comes from the `EventClock` (per-source marks, idleness,
+  wall clock when everything is quiet; see eventtime.py);
+- a record more than the future skew ahead of the wall clock is *future*:
+  kept out of every window and out of event time (the totals elsewhere
+  still include it), so one broken clock cannot close every window;
 - a partial row whose window already closed is *late*: counted in
   `late_records` (the totals elsewhere still include it) and not applied;
 - windows whose end is at or before the watermark close and are handed to
@@ -21,10 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import time
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from streamer.aggregate.eventtime import EventClock
 
 KEY = ("interface_id", "window_start")
 STATS = pa.schema(
@@ -62,6 +69,9 @@ class WindowBatch:
     sources: pa.Table
     ports: pa.Table
     max_time: int | None
+    #: records ahead of the wall clock by more than the allowed skew (kept out of windows)
+    future: int = 0
+    future_example: str | None = None
 
 
 def _col(table: pa.Table, name: str, typ: pa.DataType) -> pa.ChunkedArray | pa.Array:
@@ -71,16 +81,24 @@ def _col(table: pa.Table, name: str, typ: pa.DataType) -> pa.ChunkedArray | pa.A
     return pa.nulls(table.num_rows, typ)
 
 
-def window_batch(table: pa.Table, window_seconds: int) -> WindowBatch:
+def window_batch(table: pa.Table, window_seconds: int, max_time: int | None = None) -> WindowBatch:
     """Vectorized per-(interface, window) partial of one decoded batch.
 
     Rows without an interface or a time are grouped like the rest and their
     (null-keyed) groups dropped afterwards: cheaper than filtering every
-    column of the batch first.
+    column of the batch first. Rows later than `max_time` (the wall clock
+    plus the allowed skew) are counted as future and left out.
     """
     if not table.num_rows:
         return WindowBatch(STATS.empty_table(), SOURCES.empty_table(), PORTS.empty_table(), None)
     times = pc.coalesce(_col(table, "end", pa.int64()), _col(table, "start", pa.int64()))
+    future, example = 0, None
+    if max_time is not None:
+        ahead = pc.fill_null(pc.greater(times, max_time), False)
+        future = int(pc.sum(ahead).as_py() or 0)
+        if future:
+            example = _example(table, ahead)
+            times = pc.if_else(ahead, pa.scalar(None, pa.int64()), times)
     start = pc.multiply(pc.divide(times, window_seconds), window_seconds)
     action = _col(table, "action", pa.string())
     reject = pc.fill_null(pc.equal(action, "REJECT"), False)
@@ -130,7 +148,13 @@ def window_batch(table: pa.Table, window_seconds: int) -> WindowBatch:
     ).filter(reject)
     sources = _count_by(rejected, "srcaddr", SOURCES)
     ports = _count_by(rejected, "dstport", PORTS)
-    return WindowBatch(stats, sources, ports, pc.max(times).as_py())
+    return WindowBatch(stats, sources, ports, pc.max(times).as_py(), future, example)
+
+
+def _example(table: pa.Table, mask: pa.ChunkedArray | pa.Array) -> str:
+    """One future record, for the warning line: its interface and times."""
+    row = table.filter(mask).slice(0, 1).to_pylist()[0]
+    return " ".join(f"{k}={row[k]}" for k in ("interface-id", "start", "end") if k in row)
 
 
 def _count_by(table: pa.Table, column: str, schema: pa.Schema) -> pa.Table:
@@ -189,25 +213,43 @@ class Closed:
         return [(str(r[column]), int(r["count"])) for r in rows]
 
 
+#: the source name replay uses (one source, event time only)
+REPLAY_SOURCE = "replay"
+
+
 @dataclasses.dataclass(frozen=True)
 class Windows:
-    """Open windows plus the watermark; immutable, advanced by `advance`."""
+    """Open windows plus the event clock; immutable, advanced by `advance` and `tick`."""
 
     window_seconds: int
-    lateness_seconds: int
+    clock: EventClock
     stats: pa.Table = dataclasses.field(default_factory=STATS.empty_table)
     sources: pa.Table = dataclasses.field(default_factory=SOURCES.empty_table)
     ports: pa.Table = dataclasses.field(default_factory=PORTS.empty_table)
     subnets: pa.Table = dataclasses.field(default_factory=SUBNETS.empty_table)
-    max_time: int | None = None
     late_records: int = 0
+    future_records: int = 0
+
+    @property
+    def lateness_seconds(self) -> int:
+        return self.clock.lateness_seconds
 
     @property
     def watermark(self) -> int | None:
-        return None if self.max_time is None else self.max_time - self.lateness_seconds
+        return self.clock.watermark
 
-    def advance(self, batches: list[WindowBatch]) -> tuple[Windows, Closed]:
-        """Fold one input's partials in; returns the next state and what closed."""
+    def tick(self, now: float | None = None) -> tuple[Windows, Closed]:
+        """Let the wall clock move event time (idle sources, quiet periods) and close what that ends."""
+        clock = self.clock.advance(time.time() if now is None else now)
+        if clock is self.clock:
+            return self, _nothing()
+        return dataclasses.replace(self, clock=clock).close(clock.watermark)
+
+    def advance(
+        self, batches: list[WindowBatch], source: str = REPLAY_SOURCE, now: float | None = None
+    ) -> tuple[Windows, Closed]:
+        """Fold one input's partials from `source` in; returns the next state and what closed."""
+        now = time.time() if now is None else now
         stats = fold_stats([b.stats for b in batches])
         sources = fold_context([b.sources for b in batches], "srcaddr", SOURCES)
         ports = fold_context([b.ports for b in batches], "dstport", PORTS)
@@ -221,22 +263,23 @@ class Windows:
             sources = _on_time(sources, self.window_seconds, wm)
             ports = _on_time(ports, self.window_seconds, wm)
         times = [b.max_time for b in batches if b.max_time is not None]
-        max_time = max([*times, *([self.max_time] if self.max_time is not None else [])], default=None)
+        clock = self.clock.observe(source, max(times) if times else None, now).advance(now)
         nxt = dataclasses.replace(
             self,
             stats=fold_stats([self.stats, stats]),
             sources=fold_context([self.sources, sources], "srcaddr", SOURCES),
             ports=fold_context([self.ports, ports], "dstport", PORTS),
             subnets=subnets,
-            max_time=max_time,
+            clock=clock,
             late_records=self.late_records + late,
+            future_records=self.future_records + sum(b.future for b in batches),
         )
-        return nxt.close(None if max_time is None else max_time - self.lateness_seconds)
+        return nxt.close(clock.watermark)
 
     def close(self, watermark: int | None) -> tuple[Windows, Closed]:
         """Split off every window that ends at or before `watermark` (None: nothing; flush: a big number)."""
         if watermark is None or not self.stats.num_rows:
-            return self, Closed(STATS.empty_table(), SOURCES.empty_table(), PORTS.empty_table())
+            return self, _nothing()
 
         def split(table: pa.Table) -> tuple[pa.Table, pa.Table]:
             done = pc.less_equal(pc.add(table.column("window_start"), self.window_seconds), watermark)
@@ -271,13 +314,24 @@ class Windows:
 
     def snapshot(self) -> bytes:
         parts = [to_ipc(t) for t in (self.stats, self.sources, self.ports, self.subnets)]
-        meta = {"max_time": self.max_time, "late_records": self.late_records, "sizes": [len(p) for p in parts]}
+        meta = {
+            "clock": self.clock.snapshot(),
+            "late_records": self.late_records,
+            "future_records": self.future_records,
+            "sizes": [len(p) for p in parts],
+        }
         return orjson.dumps(meta) + b"\n" + b"".join(parts)
 
     @classmethod
-    def restore(cls, blob: bytes, window_seconds: int, lateness_seconds: int) -> Windows:
+    def restore(cls, blob: bytes, window_seconds: int, clock: EventClock, now: float | None = None) -> Windows:
+        """Windows from a snapshot; `clock` gives the settings, the snapshot its marks and watermark."""
         head, _, rest = blob.partition(b"\n")
         meta = orjson.loads(head)
+        if "clock" in meta:
+            doc = meta["clock"]
+        else:  # snapshots before per-source event time kept only the newest time seen
+            old = meta.get("max_time")
+            doc = {"marks": {}, "watermark": None if old is None else old - clock.lateness_seconds}
         tables = []
         pos = 0
         for size in meta["sizes"]:
@@ -286,14 +340,18 @@ class Windows:
         stats, sources, ports, subnets = tables
         return cls(
             window_seconds,
-            lateness_seconds,
+            clock.restored(doc, time.time() if now is None else now),
             stats=stats,
             sources=sources,
             ports=ports,
             subnets=subnets,
-            max_time=meta["max_time"],
             late_records=meta["late_records"],
+            future_records=meta.get("future_records", 0),
         )
+
+
+def _nothing() -> Closed:
+    return Closed(STATS.empty_table(), SOURCES.empty_table(), PORTS.empty_table())
 
 
 def _on_time(table: pa.Table, window_seconds: int, watermark: int) -> pa.Table:

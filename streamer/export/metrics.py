@@ -2,14 +2,16 @@
 
 A custom collector (client_python's pattern for exporters) reads the state
 and emits families, so nothing is kept twice and keys that vanish stop being
-exported. Per-interface series are capped: interfaces beyond
-`max_interfaces` (ranked by records) are folded into `interface_id="other"`,
-so sums over the label still add up while cardinality stays bounded.
+exported. Per-interface series are bounded: the live service caps them where
+they are counted, with sticky membership (aggregate/state.py), so no counter
+ever goes down; a state that was never capped (replay) is folded here, all
+but the `max_interfaces` busiest into `interface_id="other"`. Anomaly scores
+are exported only for interfaces that have their own counter series.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,9 +20,9 @@ from prometheus_client.registry import Collector
 
 from streamer.aggregate.counters import combine
 from streamer.aggregate.detection import Detection
-from streamer.aggregate.state import FlowState
+from streamer.aggregate.eventtime import ALL_SOURCES
+from streamer.aggregate.state import OTHER_INTERFACE, FlowState
 
-OTHER_INTERFACE = "other"
 DEFAULT_MAX_INTERFACES = 5000
 
 
@@ -67,8 +69,9 @@ def cap_interfaces(table: pa.Table, limit: int) -> pa.Table:
     if not table.num_rows:
         return table
     totals = table.group_by(["interface_id"], use_threads=False).aggregate([("records", "sum")])
+    totals = totals.filter(pc.not_equal(totals.column("interface_id"), OTHER_INTERFACE))
     if totals.num_rows <= limit:
-        return table
+        return table  # already within the cap (the live service caps where it counts)
     keep = totals.sort_by([("records_sum", "descending"), ("interface_id", "ascending")]).slice(0, limit)
     kept = pc.is_in(table.column("interface_id"), keep.column("interface_id"))
     relabeled = pc.if_else(kept, table.column("interface_id"), pa.scalar(OTHER_INTERFACE))
@@ -78,8 +81,15 @@ def cap_interfaces(table: pa.Table, limit: int) -> pa.Table:
 class DetectionCollector(Collector):
     """Anomaly scores, VPC/subnet reject views and window progress from the detection state."""
 
-    def __init__(self, detection: Callable[[], Detection | None]) -> None:
+    def __init__(
+        self,
+        detection: Callable[[], Detection | None],
+        members: Callable[[], Collection[str]] | None = None,
+        max_interfaces: int = DEFAULT_MAX_INTERFACES,
+    ) -> None:
         self._detection = detection
+        self._members = members
+        self.max_interfaces = max_interfaces
 
     def collect(self) -> Iterator[Metric]:
         det = self._detection()
@@ -90,7 +100,11 @@ class DetectionCollector(Collector):
             "Rejected-records score of the last closed window per ENI (standard deviations above its baseline).",
             labels=["interface_id"],
         )
-        for eni, (value, _) in sorted(det.detector.scores.items()):
+        scores = det.detector.scores
+        if self._members is not None:
+            members = self._members()
+            scores = {eni: v for eni, v in scores.items() if eni in members}
+        for eni, (value, _) in sorted(scores.items())[: self.max_interfaces]:
             score.add_metric([eni], value)
         subnet_records = CounterMetricFamily(
             "vpcflow_subnet_rejected_records", "Rejected records per VPC and subnet.", labels=["vpc_id", "subnet_id"]
@@ -114,10 +128,15 @@ class DetectionCollector(Collector):
             value=det.windows.late_records,
         )
         yield from (score, subnet_records, subnet_bytes, vpc_records, late)
-        if det.windows.watermark is not None:
-            yield GaugeMetricFamily(
-                "streamer_watermark_timestamp_seconds",
-                "Event-time watermark: windows ending before it are closed.",
-                value=det.windows.watermark,
-            )
+        watermark = GaugeMetricFamily(
+            "streamer_watermark_timestamp_seconds",
+            'Event-time watermark per source (its newest record minus the lateness); source="all" closes windows.',
+            labels=["source"],
+        )
+        clock = det.windows.clock
+        for name, value in clock.source_watermarks().items():
+            watermark.add_metric([name], value)
+        if clock.watermark is not None:
+            watermark.add_metric([ALL_SOURCES], clock.watermark)
+        yield watermark
         yield GaugeMetricFamily("streamer_open_windows", "Open (ENI, window) pairs.", value=det.windows.stats.num_rows)

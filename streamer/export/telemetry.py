@@ -37,6 +37,18 @@ class Telemetry:
         self.source_errors = Counter(
             "streamer_source_errors_total", "Failures reading from a source, by reason.", ["source", "reason"], registry=registry
         )
+        self.polls = Counter(
+            "streamer_source_polls",
+            "Completed look-ups for input (S3 listings, SQS receives, GetRecords, FilterLogEvents sweeps), by source.",
+            ["source"],
+            registry=registry,
+        )
+        self.future_records = Counter(
+            "streamer_future_records",
+            "Records more than anomaly.max_future_skew_seconds ahead of the wall clock: counted, but in no window.",
+            ["source"],
+            registry=registry,
+        )
         self.ready = Gauge("streamer_source_ready", "1 once a source has started reading.", ["source"], registry=registry)
 
     def finished(self, source: str, outcome: str, records: int, delay_seconds: float | None) -> None:

@@ -62,6 +62,8 @@ class Delivery:
     snapshots: dict[str, bytes] = dataclasses.field(default_factory=dict)
     #: called periodically while the delivery is processed (SQS visibility)
     keepalive: Callable[[], Awaitable[None]] | None = None
+    #: how often to call `keepalive` (shorter than the SQS visibility timeout)
+    keepalive_seconds: float | None = None
 
 
 class Sink(Protocol):
@@ -78,6 +80,10 @@ class Sink(Protocol):
 
     def source_error(self, source: str, reason: str, message: str) -> None:
         """Count and log a source-side failure."""
+        ...
+
+    def polled(self, source: str) -> None:
+        """Count one completed look-up for input (a listing, a receive, a sweep)."""
         ...
 
 

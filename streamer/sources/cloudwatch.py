@@ -123,6 +123,7 @@ class CloudWatchSource(Source):
         await sink.process(self.name, delivery)
         self.end_ms = now_ms
         self.seen = seen
+        sink.polled(self.name)
         return len(fresh)
 
     async def _filter(self, start_ms: int, end_ms: int) -> list[dict[str, Any]]:

@@ -167,6 +167,7 @@ class KinesisSource(Source):
             if records or drained:
                 cursor = SHARD_END if drained else str(last)
                 await self._deliver(sink, shard_id, records, cursor)
+            sink.polled(self.name)
             if drained:
                 log.info("%s: shard %s drained", self.name, shard_id)
                 return

@@ -56,7 +56,11 @@ async def stream_object(s3: Any, obj: S3Object) -> AsyncIterator[bytes]:
 
 
 def object_delivery(
-    s3: Any, obj: S3Object, log_format: tuple[str, ...] | None, keepalive: Callable[[], Awaitable[None]] | None = None
+    s3: Any,
+    obj: S3Object,
+    log_format: tuple[str, ...] | None,
+    keepalive: Callable[[], Awaitable[None]] | None = None,
+    keepalive_seconds: float | None = None,
 ) -> Delivery:
     return Delivery(
         location=f"s3://{obj.bucket}/{obj.key}",
@@ -65,6 +69,7 @@ def object_delivery(
         arrived_at=obj.last_modified,
         log_format=log_format,
         keepalive=keepalive,
+        keepalive_seconds=keepalive_seconds,
     )
 
 
@@ -109,6 +114,7 @@ class S3PollSource(Source):
         async with asyncio.TaskGroup() as group:
             for obj in todo:
                 group.create_task(one(obj))
+        sink.polled(self.name)
         return len(todo)
 
     async def _process(self, sink: Sink, obj: S3Object) -> None:

@@ -104,6 +104,7 @@ class S3SqsSource(Source):
         messages = resp.get("Messages", [])
         for message in messages:
             await self._handle(sink, message)
+        sink.polled(self.name)
         return len(messages)
 
     async def _handle(self, sink: Sink, message: dict[str, Any]) -> None:
@@ -122,7 +123,7 @@ class S3SqsSource(Source):
             )
 
         for obj in objects:
-            delivery = object_delivery(self.s3, obj, self.log_format, keepalive)
+            delivery = object_delivery(self.s3, obj, self.log_format, keepalive, self.config.keepalive_seconds)
             try:
                 await sink.process(self.name, delivery)
             except SourceError as exc:

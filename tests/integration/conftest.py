@@ -171,6 +171,22 @@ async def wait_metrics(
         await asyncio.sleep(0.1)
 
 
+def polls(metrics: Metrics, source: str | None = None) -> int:
+    """Completed look-ups for input (listings, receives, sweeps) of one source, or of all."""
+    found = metrics.get("streamer_source_polls_total", {})
+    return int(sum(v for k, v in found.items() if source is None or dict(k)["source"] == source))
+
+
+async def more_polls(port: int | None, n: int = 3, source: str | None = None) -> Metrics:
+    """Wait until every source has looked for input `n` more times; returns that scrape.
+
+    For "nothing more happens" checks: instead of sleeping a guess, wait until
+    the service has demonstrably looked again (and found nothing new).
+    """
+    before = polls(await ascrape(port), source)
+    return await wait_metrics(port, lambda m: polls(m, source) >= before + n, what=f"{n} more polls")
+
+
 @contextlib.asynccontextmanager
 async def running(config: Config) -> AsyncIterator[Service]:
     """The real service in this event loop, stopped and cleaned up on exit."""
@@ -194,6 +210,12 @@ def service_config(tmp_path: Path, sources: list[dict[str, Any]], **extra: Any) 
         **extra,
     }
     return parse_config(doc, {})
+
+
+async def am_alerts(url: str, name: str = "VPCFlowRejectSpike") -> list[dict[str, Any]]:
+    """Alerts of one name that a real Alertmanager holds."""
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/api/v2/alerts", params={"filter": f'alertname="{name}"'}) as r:
+        return list(await r.json())
 
 
 # --- Debian prometheus / prometheus-alertmanager -------------------------------------------

@@ -9,13 +9,22 @@ import gzip
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pyarrow as pa
 import pytest
 from aiohttp import web
 
 from streamer.synth import Spike, TrafficProfile, eni_ids, generate_table, spike_table, to_lines
-from tests.integration.conftest import aws_key, boto, running, service_config
+from tests.integration.conftest import (
+    Metrics,
+    am_alerts,
+    ascrape,
+    aws_key,
+    boto,
+    objects_by_outcome,
+    running,
+    service_config,
+    wait_metrics,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +48,6 @@ def objects() -> list[bytes]:
         text = " ".join(profile.fields) + "\n" + "\n".join(to_lines(part).to_pylist()) + "\n"
         out.append(gzip.compress(text.encode()))
     return out
-
-
-async def am_alerts(url: str) -> list[dict[str, Any]]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{url}/api/v2/alerts", params={"filter": 'alertname="VPCFlowRejectSpike"'}) as r,
-    ):
-        return list(await r.json())
 
 
 async def test_spike_fires_exactly_one_alert_in_alertmanager_and_webhook(aws: str, alertmanager: str, tmp_path: Path) -> None:
@@ -95,7 +96,16 @@ async def test_spike_fires_exactly_one_alert_in_alertmanager_and_webhook(aws: st
                 assert asyncio.get_running_loop().time() < deadline, "no alert reached Alertmanager"
                 await asyncio.sleep(0.3)
                 alerts = await am_alerts(alertmanager)
-            await asyncio.sleep(2)  # re-sends and the rest of the backlog: still one alert
+            # The rest of the backlog, and several re-sends: still one alert.
+            def sent(m: Metrics) -> float:
+                return sum(v for k, v in m.get("streamer_alert_notifications_total", {}).items() if dict(k)["result"] == "ok")
+
+            first = sent(await ascrape(service.port))
+            await wait_metrics(
+                service.port,
+                lambda m: objects_by_outcome(m).get("ok") == 6 and sent(m) >= first + 4,
+                what="every object and more re-sends",
+            )
             alerts = await am_alerts(alertmanager)
             assert len(alerts) == 1, alerts
             alert = alerts[0]

@@ -18,9 +18,9 @@ from streamer.synth import TrafficProfile, generate_table, to_lines
 from tests.integration.conftest import (
     Metrics,
     Truth,
-    ascrape,
     boto,
     exported_totals,
+    more_polls,
     running,
     service_config,
     wait_metrics,
@@ -104,9 +104,8 @@ async def test_subscription_filter_to_kinesis_counts_exactly_and_skips_bad_recor
     kinesis.put_record(StreamName="flowlogs", Data=b"\x00not gzip, not json", PartitionKey="d")
 
     async with running(service_config(tmp_path, [kinesis_source(aws)])) as service:
-        metrics = await wait_metrics(service.port, lambda m: records_total(m) >= 2000, what="2000 records")
-        await asyncio.sleep(1)
-        metrics = await ascrape(service.port)
+        await wait_metrics(service.port, lambda m: records_total(m) >= 2000, what="2000 records")
+        metrics = await more_polls(service.port, 6)
         assert exported_totals(metrics) == truth.totals
         errors = {dict(k)["reason"]: v for k, v in metrics["streamer_decode_errors_total"].items()}
         assert errors == {"wrong_field_count": 1, "invalid_payload": 1}
@@ -125,8 +124,7 @@ async def test_kinesis_resumes_from_checkpoint_and_drains_parents_before_childre
         await wait_metrics(
             service.port, lambda m: m.get("streamer_source_ready", {}).get((("source", "kinesis"),)) == 1, what="ready"
         )
-        await asyncio.sleep(0.5)
-        assert records_total(await ascrape(service.port)) == 0
+        assert records_total(await more_polls(service.port, 3)) == 0
         truth = Truth()
         put_events(logs, "eni-a-all", records_for(truth, 400, 2), now_ms - 50_000)
         await wait_metrics(service.port, lambda m: records_total(m) >= 400, what="records after start")
@@ -135,13 +133,16 @@ async def test_kinesis_resumes_from_checkpoint_and_drains_parents_before_childre
     kinesis = boto("kinesis", aws)
     kinesis.update_shard_count(StreamName="flowlogs", TargetShardCount=2, ScalingType="UNIFORM_SCALING")
     async with running(config) as service:
-        metrics = await wait_metrics(service.port, lambda m: records_total(m) >= 700, what="resumed records")
-        await asyncio.sleep(2)  # parents drain, children start
-        metrics = await ascrape(service.port)
-        assert exported_totals(metrics) == truth.totals
+        await wait_metrics(service.port, lambda m: records_total(m) >= 700, what="resumed records")
         source = service.sources[0]
         assert isinstance(source, KinesisSource)
-        assert source.reading == {"shardId-000000000001", "shardId-000000000002"}
+        children = {"shardId-000000000001", "shardId-000000000002"}
+        deadline = asyncio.get_running_loop().time() + 30
+        while source.reading != children:  # the parent drains, then the children start
+            assert asyncio.get_running_loop().time() < deadline, source.reading
+            await asyncio.sleep(0.1)
+        metrics = await more_polls(service.port, 4)
+        assert exported_totals(metrics) == truth.totals
     store = CheckpointStore(tmp_path / "state.db")
     assert store.cursors("kinesis")["shardId-000000000000"] == "SHARD_END"
     store.close()
@@ -162,15 +163,13 @@ async def test_filter_log_events_counts_late_events_once(aws: str, tmp_path: Pat
         # Late events: timestamped before the last poll's end, ingested now (inside the lateness).
         put_events(logs, "eni-b-all", [*records_for(truth, 300, 2), "garbage event"], now_ms - 300_000)
         await wait_metrics(service.port, lambda m: records_total(m) >= 800, what="late events")
-        await asyncio.sleep(1.5)  # more polls over the same window: nothing twice
-        metrics = await ascrape(service.port)
+        metrics = await more_polls(service.port)  # more polls over the same window: nothing twice
         assert exported_totals(metrics) == truth.totals
         errors = {dict(k)["reason"]: v for k, v in metrics["streamer_decode_errors_total"].items()}
         assert errors == {"wrong_field_count": 1}
     # A restart keeps the seen-ids window: still nothing twice.
     async with running(config) as service:
-        await asyncio.sleep(1.5)
-        assert exported_totals(await ascrape(service.port)) == truth.totals
+        assert exported_totals(await more_polls(service.port)) == truth.totals
 
 
 async def test_log_format_discovered_from_describe_flow_logs(aws: str, tmp_path: Path) -> None:

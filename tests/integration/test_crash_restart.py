@@ -4,8 +4,8 @@ The service runs as a real process (`streamer run --config`) against moto. It
 is killed with SIGKILL in the middle of its backlog several times (once a
 given share of the work is committed, so the kills land mid-way), then
 restarted until the backlog is done; /metrics must then equal the truth.
-SIGTERM must stop it cleanly and fast. Covered for S3 polling, Kinesis and
-FilterLogEvents sources.
+SIGTERM must stop it cleanly and fast, also in the middle of a slow
+download. Covered for S3 polling, Kinesis and FilterLogEvents sources.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from streamer.synth import TrafficProfile, generate_table, to_lines
-from tests.integration.conftest import Truth, aws_key, boto, exported_totals, flow_object, free_port, scrape
+from tests.integration.conftest import Truth, aws_key, boto, exported_totals, flow_object, free_port, polls, scrape
+from tests.integration.slowproxy import SlowProxy
 
 pytestmark = pytest.mark.integration
 
@@ -101,8 +102,9 @@ class Harness:
                     return False
 
             wait_until(exact, 120, "exact totals on /metrics")
-            time.sleep(1.0)  # and they stay exact
-            assert exported_totals(scrape(self.port)) == truth.totals
+            before = polls(scrape(self.port))
+            wait_until(lambda: polls(scrape(self.port)) >= before + 3, 60, "3 more polls")
+            assert exported_totals(scrape(self.port)) == truth.totals  # and they stay exact
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=10) == 0
@@ -202,3 +204,38 @@ def test_sigkill_filter_log_events_then_restart_counts_exactly(aws: str, tmp_pat
         h.kill_when(lambda e=expected: committed_records(h.db) >= e, f"round {round_}")
         assert committed_records(h.db) == expected
     h.finish_and_compare(truth)
+
+
+def test_sigterm_in_the_middle_of_a_large_download_exits_within_5_s(aws: str, tmp_path: Path) -> None:
+    """The object trickles in through a slow proxy; SIGTERM lands while a chunk read is pending."""
+    s3 = boto("s3", aws)
+    s3.create_bucket(Bucket="flow-logs")
+    now = dt.datetime.now(dt.UTC)
+    key = aws_key(now, "daily", n=1)
+    body = flow_object(None, 120_000, 3, int(now.timestamp()) - 900)
+    s3.put_object(Bucket="flow-logs", Key=key, Body=body)
+    rate = 256 * 1024
+    assert len(body) > 4 * rate  # the download takes several seconds
+    with SlowProxy(int(aws.rsplit(":", 1)[1]), rate, key.encode()).running() as proxy:
+        h = Harness(
+            tmp_path,
+            {"type": "s3", "bucket": "flow-logs", "endpoint_url": f"http://127.0.0.1:{proxy.port}", "poll_interval_seconds": 0.2},
+        )
+        proc = h.start()
+        try:
+            wait_until(lambda: proxy.watched_bytes >= rate or proc.poll() is not None, 60, "the download to be under way")
+            assert proc.poll() is None, h.log.read_text()[-2000:]
+            assert proxy.watched_bytes < len(body)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+            assert time.monotonic() - started < 5
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    log = h.log.read_text()
+    assert "Traceback" not in log
+    assert "already running" not in log
+    assert "restarting" not in log
+    assert done_objects(h.db) == 0  # abandoned uncommitted: read again on the next start

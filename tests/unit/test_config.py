@@ -29,6 +29,25 @@ def test_shipped_examples_are_valid(name: str) -> None:
         ({"sources": []}, "sources:"),
         ({"sources": [{"type": "s3", "bucket": "abc"}], "htp": {}}, "htp: unknown key"),
         ({"http": {"listen_address": "nowhere"}, **BASE}, "http.listen_address"),
+        (
+            {"sources": [{"type": "s3", "bucket": "abc", "lookback_seconds": 7 * 86400}]},
+            "checkpoint.retention_seconds (604800) must be at least a source's lookback_seconds (604800) plus a day",
+        ),
+        (
+            {
+                "sources": [
+                    {
+                        "type": "s3_sqs",
+                        "queue_url": "https://q",
+                        "visibility_timeout_seconds": 30,
+                        "visibility_keepalive_seconds": 30,
+                    }
+                ]
+            },
+            "sources.0: visibility_keepalive_seconds (30) must be shorter than visibility_timeout_seconds (30)",
+        ),
+        ({"anomaly": {"idle_timeout_seconds": 0}, **BASE}, "anomaly.idle_timeout_seconds"),
+        ({"anomaly": {"max_future_skew_seconds": -1}, **BASE}, "anomaly.max_future_skew_seconds"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(doc: dict[str, object], message: str) -> None:
@@ -53,6 +72,18 @@ def test_environment_overrides() -> None:
     assert config.sources[0].poll_interval_seconds == 5  # type: ignore[union-attr]
     assert config.http.port == 9999
     assert config.logging.json_lines is True
+
+
+def test_environment_values_stay_strings_where_the_key_is_a_string() -> None:
+    """An account id as a prefix must not become the integer 123456789012 (YAML would make it one)."""
+    config = parse_config(BASE, {"STREAMER__SOURCES__0__PREFIX": "123456789012", "STREAMER__SOURCES__0__NAME": "0755"})
+    assert config.sources[0].prefix == "123456789012"  # type: ignore[union-attr]
+    assert config.sources[0].name == "0755"
+
+
+def test_keepalive_defaults_to_a_third_of_the_visibility_timeout() -> None:
+    config = parse_config({"sources": [{"type": "s3_sqs", "queue_url": "https://q", "visibility_timeout_seconds": 60}]}, {})
+    assert config.sources[0].keepalive_seconds == 20  # type: ignore[union-attr]
 
 
 def test_environment_can_add_a_whole_source() -> None:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from streamer.aggregate.eventtime import EventClock
 from streamer.aggregate.windows import Windows, window_batch
 
 
-def batch(rows: list[tuple[str, str, int]], window: int = 60):  # type: ignore[no-untyped-def]
+def replay_windows(window: int, lateness: int) -> Windows:
+    """Windows on event time only, as replay runs them."""
+    return Windows(window, EventClock(lateness, follow_wall_clock=False))
+
+
+def batch(rows: list[tuple[str, str, int]], window: int = 60, max_time: int | None = None):  # type: ignore[no-untyped-def]
     eni, action, end = zip(*rows, strict=True)
     table = pa.table(
         {
@@ -22,11 +28,11 @@ def batch(rows: list[tuple[str, str, int]], window: int = 60):  # type: ignore[n
             "subnet-id": ["subnet-1"] * len(rows),
         }
     )
-    return window_batch(table, window)
+    return window_batch(table, window, max_time)
 
 
 def test_records_go_to_the_window_of_their_own_time_not_arrival() -> None:
-    w = Windows(60, lateness_seconds=300)
+    w = replay_windows(60, 300)
     w, closed = w.advance([batch([("eni-a", "REJECT", 1000), ("eni-a", "REJECT", 1010), ("eni-a", "ACCEPT", 1075)])])
     assert closed.stats.num_rows == 0  # watermark 775: nothing closed yet
     rows = {r["window_start"]: r for r in w.stats.to_pylist()}
@@ -35,7 +41,7 @@ def test_records_go_to_the_window_of_their_own_time_not_arrival() -> None:
 
 
 def test_late_within_lateness_updates_its_window_later_ones_are_counted_late() -> None:
-    w = Windows(60, lateness_seconds=300)
+    w = replay_windows(60, 300)
     w, _ = w.advance([batch([("eni-a", "REJECT", 2000)])])  # watermark 1700
     w, _ = w.advance([batch([("eni-a", "REJECT", 1750)])])  # window [1740,1800) still open: applied
     assert {r["window_start"]: r["rejected_records"] for r in w.stats.to_pylist()} == {1740: 1, 1980: 1}
@@ -45,7 +51,7 @@ def test_late_within_lateness_updates_its_window_later_ones_are_counted_late() -
 
 
 def test_windows_close_when_the_watermark_passes_them_in_order() -> None:
-    w = Windows(60, lateness_seconds=120)
+    w = replay_windows(60, 120)
     w, _ = w.advance([batch([("eni-a", "REJECT", 1000), ("eni-b", "REJECT", 1070)])])
     w, closed = w.advance([batch([("eni-a", "ACCEPT", 1300)])])  # watermark 1180
     assert [(r["interface_id"], r["window_start"]) for r in closed.stats.to_pylist()] == [("eni-a", 960), ("eni-b", 1020)]
@@ -54,21 +60,68 @@ def test_windows_close_when_the_watermark_passes_them_in_order() -> None:
 
 
 def test_subnet_view_counts_every_rejected_record_including_late_ones() -> None:
-    w = Windows(60, lateness_seconds=0)
+    w = replay_windows(60, 0)
     w, _ = w.advance([batch([("eni-a", "REJECT", 5000)])])
     w, _ = w.advance([batch([("eni-a", "REJECT", 10)])])  # late
     assert w.subnets.to_pylist() == [{"vpc_id": "vpc-1", "subnet_id": "subnet-1", "rejected_records": 2, "rejected_bytes": 80}]
 
 
 def test_snapshot_round_trip() -> None:
-    w = Windows(60, lateness_seconds=300)
+    w = replay_windows(60, 300)
     w, _ = w.advance([batch([("eni-a", "REJECT", 1000), ("eni-b", "ACCEPT", 1100)])])
-    again = Windows.restore(w.snapshot(), 60, 300)
+    again = Windows.restore(w.snapshot(), 60, EventClock(300, follow_wall_clock=False))
     assert again.stats.equals(w.stats)
     assert again.sources.equals(w.sources)
-    assert (again.max_time, again.late_records) == (w.max_time, w.late_records)
+    assert (again.watermark, again.late_records, dict(again.clock.marks)) == (w.watermark, w.late_records, {"replay": 1100})
 
 
 def test_rows_without_time_or_interface_are_ignored() -> None:
     table = pa.table({"interface-id": [None, "eni-a"], "action": ["REJECT", "REJECT"], "end": pa.array([100, None], pa.int64())})
     assert window_batch(table, 60).stats.num_rows == 0
+
+
+def test_a_record_from_a_broken_clock_counts_in_no_window_and_moves_no_event_time() -> None:
+    now = 1_000_000
+    w = replay_windows(60, 120)
+    part = batch([("eni-a", "REJECT", now - 30), ("eni-b", "REJECT", now + 30 * 86400)], max_time=now + 300)
+    assert (part.future, part.max_time) == (1, now - 30)
+    assert part.future_example is not None
+    assert "eni-b" in part.future_example
+    w, _ = w.advance([part])
+    assert w.watermark == now - 30 - 120  # not 30 days ahead
+    assert w.future_records == 1
+    assert {r["interface_id"] for r in w.stats.to_pylist()} == {"eni-a"}
+    # The next records are on time, not late.
+    w, _ = w.advance([batch([("eni-a", "REJECT", now + 10)], max_time=now + 300)])
+    assert w.late_records == 0
+
+
+def test_a_lagging_source_keeps_its_records_on_time() -> None:
+    """S3 ten minutes behind Kinesis, lateness two minutes: none of S3's records are late."""
+    base = 100_000
+    clock = EventClock(120, idle_timeout_seconds=600, sources=frozenset({"kinesis", "s3"}), started_at=base)
+    w = Windows(60, clock)
+    for minute in range(20):
+        now = float(base + minute * 60)
+        w, _ = w.advance([batch([("eni-k", "REJECT", base + minute * 60)])], "kinesis", now)
+        w, _ = w.advance([batch([("eni-s", "REJECT", base + minute * 60 - 600)])], "s3", now)
+    assert w.late_records == 0
+    assert w.watermark == base + 19 * 60 - 600 - 120  # held by the lagging source
+    # Kinesis alone (S3 idle) would have made every S3 record late: the old, global rule.
+    alone = Windows(60, EventClock(120, follow_wall_clock=False))
+    for minute in range(20):
+        alone, _ = alone.advance([batch([("eni-k", "REJECT", base + minute * 60)])], "kinesis", 0)
+        alone, _ = alone.advance([batch([("eni-s", "REJECT", base + minute * 60 - 600)])], "kinesis", 0)
+    assert alone.late_records > 0
+
+
+def test_quiet_period_closes_the_newest_windows_by_the_wall_clock() -> None:
+    clock = EventClock(120, idle_timeout_seconds=600, sources=frozenset({"s3"}), started_at=0)
+    w = Windows(60, clock)
+    w, closed = w.advance([batch([("eni-a", "REJECT", 10_000)])], "s3", 10_100.0)
+    assert closed.stats.num_rows == 0
+    w, closed = w.tick(10_100.0 + 599)  # not idle yet
+    assert closed.stats.num_rows == 0
+    w, closed = w.tick(10_100.0 + 600)  # idle: event time = wall clock
+    assert [r["window_start"] for r in closed.stats.to_pylist()] == [9960]
+    assert w.watermark == 10_700 - 120

@@ -1,0 +1,82 @@
+"""A TCP proxy on 127.0.0.1 that slows responses down: a slow S3 download, for real.
+
+It sits between the service and moto, forwards requests as they are and
+trickles responses at `bytes_per_second`, and tells the test how much of a
+response whose request line contains `watch` has gone through, so a signal
+can land in the middle of a download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+
+
+class SlowProxy:
+    def __init__(self, target_port: int, bytes_per_second: int, watch: bytes) -> None:
+        self.target_port = target_port
+        self.bytes_per_second = bytes_per_second
+        self.watch = watch
+        self.watched_bytes = 0
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slow-proxy", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+        self._loop.run_until_complete(server.wait_closed())
+        for task in asyncio.all_tasks(self._loop):
+            task.cancel()
+        self._loop.run_until_complete(asyncio.sleep(0))
+        self._loop.close()
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        watched = {"on": False}
+        try:
+            target_r, target_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            client_w.close()
+            return
+
+        async def upstream() -> None:
+            while data := await client_r.read(65536):
+                if self.watch in data:
+                    watched["on"] = True
+                target_w.write(data)
+                await target_w.drain()
+
+        async def downstream() -> None:
+            step = max(1, self.bytes_per_second // 20)
+            while data := await target_r.read(step):
+                client_w.write(data)
+                await client_w.drain()
+                if watched["on"]:
+                    self.watched_bytes += len(data)
+                    await asyncio.sleep(len(data) / self.bytes_per_second)
+
+        try:
+            await asyncio.gather(upstream(), downstream())
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            for w in (client_w, target_w):
+                with contextlib.suppress(Exception):
+                    w.close()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[SlowProxy]:
+        self._thread.start()
+        self._ready.wait(10)
+        try:
+            yield self
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)

@@ -1,0 +1,89 @@
+"""The sticky per-interface cap: members keep their series, "other" only grows, idle members go."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamer.aggregate.counters import Counters, count_batch
+from streamer.aggregate.state import OTHER_INTERFACE, FlowState
+from streamer.checkpoint import CheckpointStore, Commit
+from streamer.export.metrics import FlowCollector
+
+
+def delta(counts: dict[str, int]) -> FlowState:
+    enis = [eni for eni, n in counts.items() for _ in range(n)]
+    table = pa.table(
+        {
+            "interface-id": enis,
+            "action": ["REJECT"] * len(enis),
+            "log-status": ["OK"] * len(enis),
+            "packets": [1] * len(enis),
+            "bytes": [40] * len(enis),
+        }
+    )
+    return FlowState(Counters(count_batch(table)))
+
+
+def records(registry: CollectorRegistry) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for s in family.samples:
+            if s.name == "vpcflow_records_total":
+                out[s.labels["interface_id"]] = s.value
+    return out
+
+
+def test_no_exported_counter_ever_decreases_while_traffic_shifts() -> None:
+    """Under the old per-scrape re-ranking, "other" fell whenever a tail ENI overtook a member."""
+    state = FlowState()
+    registry = CollectorRegistry()
+    registry.register(FlowCollector(lambda: state, max_interfaces=3))
+    seen: dict[str, float] = {}
+    rounds = [
+        {"eni-a": 5, "eni-b": 4, "eni-c": 3, "eni-d": 1, "eni-e": 1},
+        {"eni-d": 50, "eni-e": 40},  # the tail becomes the busiest: no re-ranking
+        {"eni-f": 100, "eni-a": 1},
+        {"eni-d": 7, "eni-b": 1},
+    ]
+    for i, counts in enumerate(rounds):
+        state.apply(state.admit(delta(counts), 3, now=float(i)))
+        now = records(registry)
+        for eni, value in seen.items():
+            assert now.get(eni, value) >= value, (eni, seen, now)
+        seen.update(now)
+    assert set(now) == {"eni-a", "eni-b", "eni-c", OTHER_INTERFACE}
+    assert now[OTHER_INTERFACE] == 1 + 1 + 50 + 40 + 100 + 7
+    assert sum(now.values()) == sum(sum(r.values()) for r in rounds)
+
+
+def test_idle_members_are_forgotten_and_free_their_slot() -> None:
+    state = FlowState()
+    state.apply(state.admit(delta({"eni-a": 2, "eni-b": 1}), 2, now=0.0))
+    state.apply(state.admit(delta({"eni-b": 1}), 2, now=50.0))
+    assert state.idle(now=100.0, idle_seconds=60) == ["eni-a"]
+    state.forget(state.idle(now=100.0, idle_seconds=60))
+    state.apply(state.admit(delta({"eni-c": 3}), 2, now=100.0))
+    assert set(state.counters.by_interface()) == {"eni-b", "eni-c"}
+    assert set(state.seen) == {"eni-b", "eni-c"}
+
+
+def test_membership_and_last_seen_survive_a_restart(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "state.db")
+    live = FlowState()
+    first = live.admit(delta({"eni-a": 2, "eni-b": 1, "eni-c": 1}), 2, now=10.0)
+    assert store.commit(Commit(first))
+    live.apply(first)
+    second, forget = live.capped(delta({"eni-b": 1}), 2, idle_seconds=5, now=20.0)
+    assert forget == ["eni-a"]  # idle, while eni-b is idle too but counted again now
+    assert store.commit(Commit(second, forget=forget))
+    live.forget(forget)
+    live.apply(second)
+    store.close()
+    again = CheckpointStore(tmp_path / "state.db").load_state()
+    assert again.seen == {"eni-b": 20.0}
+    assert again.counters.table().sort_by("interface_id").equals(live.counters.table().sort_by("interface_id"))
+    assert set(again.counters.by_interface()) == {"eni-b", OTHER_INTERFACE}
