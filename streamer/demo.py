@@ -4,8 +4,8 @@ An in-process moto S3 server stands in for AWS. A producer writes flow-log
 objects in the AWS key layout: a dozen ENIs of steady traffic, one object
 per minute of event time, delivered late and out of order. Event time runs
 `speed` times faster than the wall clock (default 20x: a minute of traffic
-every 3 s), with the first minutes back-filled so that baselines warm up in
-seconds. About a minute in, one ENI is scanned. The real service (S3
+every 3 s) until it catches up with the wall clock, then in real time, with
+the first minutes back-filled so that baselines warm up in seconds. About a minute in, one ENI is scanned. The real service (S3
 polling, checkpoint, windows, detector, alerts, /metrics) runs against it
 and a live summary shows counters and the alert when it fires.
 """
@@ -146,7 +146,13 @@ class Producer:
                     self._pending.remove(item)
                     await self._put(item[1], item[2])
             minute += 1
-            await asyncio.sleep(tick)
+            await asyncio.sleep(self.pause(minute, time.time()))
+
+    def pause(self, next_minute: int, now: float) -> float:
+        """Seconds to wait before writing `next_minute`: `speed` times faster than real time until event
+        time catches up with the wall clock (less a minute of delivery), then real time. Flow logs never
+        come from the future, and streamer would rightly keep such records out of every window."""
+        return max(60.0 / self.options.speed, self.event_start + (next_minute + 2) * 60 - now)
 
     async def _put(self, minute: int, body: bytes) -> None:
         await self.s3.put_object(Bucket=BUCKET, Key=self.key(minute), Body=body)
