@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -17,10 +18,13 @@ from streamer import logs, output
 from streamer.aggregate.anomaly import Settings
 from streamer.aggregate.detection import Detection
 from streamer.aggregate.state import FlowState
-from streamer.config import AnomalyConfig, Config, ConfigError, load_config
 from streamer.decode.objects import ObjectReader
 from streamer.replay import COLUMNS, COLUMNS_WITH_WINDOWS, InputError, expand, replay_counts, replay_records
 from streamer.schema import UnknownFieldError, parse_log_format
+from streamer.settings import AnomalyConfig, ConfigError
+
+if TYPE_CHECKING:
+    from streamer.config import Config
 
 log = logging.getLogger("streamer")
 
@@ -139,6 +143,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _load(path: str) -> Config:
     from pathlib import Path
+
+    from streamer.config import load_config  # the sources' modules: only for commands that run them
 
     return load_config(Path(path))
 

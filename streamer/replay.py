@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +27,9 @@ from streamer.aggregate.windows import WindowBatch
 from streamer.decode.objects import ObjectReader
 from streamer.ingest import Ingestor, account
 
-SUFFIXES = (".log", ".log.gz", ".parquet")
+SUFFIXES = (".log", ".log.gz", ".parquet", ".gz")
+#: what a Firehose stream names its S3 objects (no fixed suffix): <stream>-<n>-YYYY-MM-DD-HH-MM-SS-<uuid>
+FIREHOSE_NAME = re.compile(r".+-\d+-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-[0-9a-fA-F-]{36}(\.gz)?")
 READ_BYTES = 1 << 20
 
 
@@ -50,13 +53,17 @@ def expand(paths: list[str]) -> list[Input]:
             continue
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_input(p.name))
             out.extend(Input(str(p), p, p.stat().st_size) for p in found)
         elif path.is_file() and os.access(path, os.R_OK):
             out.append(Input(str(path), path, path.stat().st_size))
         else:
             raise InputError(f"cannot read {raw}: {'no such file or directory' if not path.exists() else 'permission denied'}")
     return out
+
+
+def _is_input(name: str) -> bool:
+    return name.endswith(SUFFIXES) or FIREHOSE_NAME.fullmatch(name) is not None
 
 
 def read_chunks(handle: BinaryIO, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:

@@ -24,17 +24,13 @@ from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
 from streamer.aggregate.eventtime import EventClock
 from streamer.aws import AwsClients
 from streamer.checkpoint import CheckpointStore
-from streamer.config import CloudWatchSourceConfig, Config, KinesisSourceConfig, S3SourceConfig, S3SqsSourceConfig
+from streamer.config import Config
 from streamer.export.alerts import Alerter
 from streamer.export.http import build_app, serve
 from streamer.export.metrics import DetectionCollector, FlowCollector
 from streamer.export.telemetry import Telemetry
 from streamer.pipeline import Pipeline, Store
-from streamer.sources.base import S3_NAMESPACE, Source
-from streamer.sources.cloudwatch import CloudWatchSource
-from streamer.sources.kinesis import KinesisSource
-from streamer.sources.s3_poll import S3PollSource
-from streamer.sources.s3_sqs import S3SqsSource
+from streamer.sources.base import BuildContext, Source
 
 log = logging.getLogger(__name__)
 
@@ -64,31 +60,19 @@ class Service:
         return bool(self.sources) and all(s.ready for s in self.sources)
 
     async def _build_sources(self, store: Store) -> list[Source]:
+        """Each source's config builds it (see sources/registry.py): no list of kinds here."""
+
+        async def done_among(namespace: str, keys: list[str]) -> set[str]:
+            return await store.call(store.store.done_among, namespace, keys)
+
+        async def snapshot(key: str) -> bytes | None:
+            return await store.call(store.store.snapshot, key)
+
         sources: list[Source] = []
         for index, cfg in enumerate(self.config.sources):
             name = self.config.source_name(index)
-            if isinstance(cfg, S3SourceConfig):
-                s3 = await self.clients.get("s3", cfg.region, cfg.endpoint_url)
-
-                async def done_among(keys: list[str]) -> set[str]:
-                    return await store.call(store.store.done_among, S3_NAMESPACE, keys)
-
-                sources.append(S3PollSource(name, cfg, s3, done_among))
-            elif isinstance(cfg, S3SqsSourceConfig):
-                sqs = await self.clients.get("sqs", cfg.region, cfg.endpoint_url)
-                s3 = await self.clients.get("s3", cfg.region, cfg.endpoint_url)
-                sources.append(S3SqsSource(name, cfg, sqs, s3))
-            elif isinstance(cfg, KinesisSourceConfig):
-                kinesis = await self.clients.get("kinesis", cfg.region, cfg.endpoint_url)
-                sources.append(KinesisSource(name, cfg, kinesis, self._cursors(store, name)))
-            elif isinstance(cfg, CloudWatchSourceConfig):
-                logs = await self.clients.get("logs", cfg.region, cfg.endpoint_url)
-                ec2 = await self.clients.get("ec2", cfg.region, cfg.endpoint_url) if cfg.flow_log_id else None
-
-                async def snapshot(key: str) -> bytes | None:
-                    return await store.call(store.store.snapshot, key)
-
-                sources.append(CloudWatchSource(name, cfg, logs, self._cursors(store, name), snapshot, ec2))
+            ctx = BuildContext(name, self.clients, done_among, self._cursors(store, name), snapshot)
+            sources.append(await cfg.build(ctx))
         return sources
 
     @staticmethod

@@ -5,15 +5,24 @@ A subscription filter delivers gzip-compressed JSON
 Firehose/Lambda hand the same document around decoded, and some shippers
 wrap each record as `{"message": "..."}` per line. All become plain lines
 for the text decoder; JSON parsing is orjson's, one document at a time.
+
+Firehose writes such documents to S3 back to back: `{...}{...}` with no
+separator, one per line, or (once gunzipped) one gzip member each.
+`Documents` splits that stream: candidate boundaries (`}` then optional
+whitespace then `{`) are found by a regex, and a candidate that does not
+parse (a `}{` inside a string) is joined to the next one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+import zlib
 
 import orjson
 
-from streamer.decode.errors import INVALID_JSON, ErrorCounts, UnknownFormatError
+from streamer.decode.errors import INVALID_JSON, DecodeError, ErrorCounts, UnknownFormatError
+from streamer.decode.gzip import GZIP_MAGIC, gunzip_stream
 
 
 @dataclasses.dataclass
@@ -53,23 +62,69 @@ def parse_payload(document: bytes) -> Payload:
     )
 
 
-def json_lines(data: bytes, errors: ErrorCounts) -> list[str]:
-    """Flow-log lines from a JSON object or NDJSON of `{"message": ...}` objects."""
-    try:
-        return parse_payload(data).lines
-    except UnknownFormatError:
-        pass
+def payload_lines(records: list[bytes]) -> tuple[list[str], int]:
+    """Flow-log lines of subscription records (each a gzip'd, or plain, CloudWatch Logs document),
+    and how many records were not such documents. CONTROL_MESSAGEs give no lines."""
     lines: list[str] = []
-    for raw in data.splitlines():  # rare wrapper format, not the main path
-        if not raw.strip():
-            continue
+    bad = 0
+    for data in records:
         try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            errors.add(INVALID_JSON, 1, raw.decode("utf-8", "replace"))
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("message"), str):
-            lines.append(obj["message"])
+            document = b"".join(gunzip_stream([data])) if data[:2] == GZIP_MAGIC else data
+            lines.extend(parse_payload(document).lines)
+        except (OSError, EOFError, zlib.error, DecodeError):
+            bad += 1
+    return lines, bad
+
+
+_BOUNDARY = re.compile(rb"\}\s*(?=\{)")
+
+
+class Documents:
+    """Splits a stream of concatenated JSON documents into whole ones, a buffer at a time."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, data: bytes, final: bool = False) -> tuple[list[object], bytes]:
+        """Whole documents parsed so far, and (when `final`) bytes that never formed one."""
+        buf = self._rest + data
+        cuts = [m.end() for m in _BOUNDARY.finditer(buf)]
+        pieces, start = [], 0
+        for cut in cuts:
+            pieces.append(buf[start:cut])
+            start = cut
+        tail = buf[start:]
+        if final:
+            pieces.append(tail)
+            tail = b""
+        docs: list[object] = []
+        pending = b""
+        for piece in pieces:
+            pending += piece
+            try:
+                docs.append(orjson.loads(pending))
+                pending = b""
+            except orjson.JSONDecodeError:
+                continue  # a boundary inside a string, or an incomplete document: join the next piece
+        self._rest = pending + tail
+        if final:
+            rest, self._rest = self._rest, b""
+            return docs, rest
+        return docs, b""
+
+
+def document_lines(docs: list[object], errors: ErrorCounts) -> list[str]:
+    """Flow-log lines of parsed documents: DATA_MESSAGE payloads' events, or `{"message": ...}` wrappers.
+
+    CONTROL_MESSAGE payloads give nothing; anything else is counted as invalid JSON.
+    """
+    lines: list[str] = []
+    for doc in docs:  # one per payload (a batch of events), not per record
+        if isinstance(doc, dict) and "logEvents" in doc:
+            if doc.get("messageType", "DATA_MESSAGE") == "DATA_MESSAGE":
+                lines.extend(str(e.get("message", "")) for e in doc.get("logEvents") or [] if isinstance(e, dict))
+        elif isinstance(doc, dict) and isinstance(doc.get("message"), str):
+            lines.append(doc["message"])
         else:
-            errors.add(INVALID_JSON, 1, raw.decode("utf-8", "replace"))
+            errors.add(INVALID_JSON, 1, orjson.dumps(doc).decode()[:200])
     return lines

@@ -17,8 +17,8 @@ from itertools import chain
 
 import pyarrow as pa
 
-from streamer.decode.cloudwatch import json_lines
-from streamer.decode.errors import ErrorCounts, UnknownFieldInInputError, UnknownFormatError
+from streamer.decode.cloudwatch import Documents, document_lines
+from streamer.decode.errors import INVALID_JSON, ErrorCounts, UnknownFieldInInputError, UnknownFormatError
 from streamer.decode.gzip import GZIP_MAGIC, gunzip_stream
 from streamer.decode.parquet import PARQUET_MAGIC, iter_parquet, parquet_fields
 from streamer.decode.text import TextDecoder
@@ -28,7 +28,7 @@ from streamer.schema import DEFAULT_FIELDS, UnknownFieldError, header_fields
 CHUNK_BYTES = 4 << 20
 #: A "line" longer than this without a newline is cut (it is garbage anyway).
 MAX_LINE_BYTES = 1 << 20
-#: JSON payloads are parsed whole; larger ones are refused.
+#: One JSON document (a CloudWatch Logs payload) larger than this is refused.
 MAX_JSON_BYTES = 64 << 20
 
 #: Enough leading bytes to tell gzip and Parquet magic numbers apart.
@@ -64,6 +64,10 @@ class ObjectReader:
         pieces: Iterator[bytes] = chain([first], stream)
         if first.startswith(GZIP_MAGIC):
             pieces = gunzip_stream(pieces)
+            inner = _head(pieces, _SNIFF_BYTES)
+            pieces = chain([inner], pieces)
+            if inner.startswith(GZIP_MAGIC):  # Firehose compression over CloudWatch's own gzip: twice
+                pieces = gunzip_stream(pieces)
         yield from self._text_units(pieces)
 
     def _text_units(self, pieces: Iterator[bytes]) -> Iterator[Unit]:
@@ -99,21 +103,24 @@ class ObjectReader:
         return TextDecoder(fields or self.log_format or DEFAULT_FIELDS, self.columns, use_threads=self.use_threads)
 
     def _json_units(self, chunks: Iterator[bytes]) -> Iterator[Unit]:
+        """CloudWatch Logs payloads: one, or many back to back (Firehose), a unit per few MB of documents."""
+        decoder = self.decoder()
+        documents = Documents()
+        held = 0
         parts: list[bytes] = []
-        size = 0
         for chunk in chunks:
             parts.append(chunk)
-            size += len(chunk)
-            if size > MAX_JSON_BYTES:
-                raise UnknownFormatError(f"JSON input larger than {MAX_JSON_BYTES} bytes")
-        data = b"".join(parts)
-        decoder = self.decoder()
-
-        def unit(errors: ErrorCounts) -> pa.Table:
-            lines = json_lines(data, errors)
-            return decoder.decode(("\n".join(lines) + "\n").encode() if lines else b"", errors)
-
-        yield unit
+            held += len(chunk)
+            if held < self.chunk_bytes:
+                continue
+            docs, _ = documents.feed(b"".join(parts))
+            parts, held = [], 0
+            if docs:
+                yield _json_unit(decoder, docs)
+            elif len(documents._rest) > MAX_JSON_BYTES:
+                raise UnknownFormatError(f"JSON document larger than {MAX_JSON_BYTES} bytes")
+        docs, rest = documents.feed(b"".join(parts), final=True)
+        yield _json_unit(decoder, docs, rest)
 
     def _parquet_units(self, raw: Iterator[bytes]) -> Iterator[Unit]:
         with tempfile.SpooledTemporaryFile(max_size=32 << 20) as spool:
@@ -127,6 +134,29 @@ class ObjectReader:
             for table in iter_parquet(pfile, fields, self.columns, errors):
                 yield _ready_unit(table, errors)
                 errors = ErrorCounts()
+
+
+def _json_unit(decoder: TextDecoder, docs: list[object], rest: bytes = b"") -> Unit:
+    def unit(errors: ErrorCounts) -> pa.Table:
+        lines = document_lines(docs, errors)
+        if rest.strip():
+            lines.extend(_salvage(rest, errors))
+        return decoder.decode(("\n".join(lines) + "\n").encode() if lines else b"", errors)
+
+    return unit
+
+
+def _salvage(rest: bytes, errors: ErrorCounts) -> list[str]:
+    """Bytes that never parsed as a whole: line by line, what parses still counts; each bad line is one error."""
+    lines: list[str] = []
+    for raw in rest.splitlines():
+        if not raw.strip():
+            continue
+        found, bad = Documents().feed(raw, final=True)
+        lines.extend(document_lines(found, errors))
+        if bad.strip():
+            errors.add(INVALID_JSON, 1, bad.decode("utf-8", "replace")[:200])
+    return lines
 
 
 def _text_unit(decoder: TextDecoder, chunk: bytes) -> Unit:

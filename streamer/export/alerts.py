@@ -28,7 +28,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from streamer.aggregate.anomaly import Anomaly
-from streamer.config import AlertsConfig
+from streamer.settings import AlertsConfig
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,12 @@ A source finds input and says where it is; it never decides that something
 is done. It calls `Sink.process` with a Delivery; the pipeline decodes it,
 commits the positions together with the state they produced, and returns.
 Only then does the source acknowledge upstream (delete the SQS message,
-advance its own in-memory cursor).
+advance its own in-memory cursor, answer the HTTP request).
+
+A source is a plug-in: one module holding its config model and its runner,
+listed once in `registry.py`. The config *builds* the running source from a
+`BuildContext` (Vector's `SourceConfig::build`), so the service never needs
+to know which kinds exist.
 
     SourceError                 reading from the source failed (try again later)
 """
@@ -16,6 +21,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
+from streamer.aws import AwsClients
 from streamer.checkpoint import Done
 
 #: Namespace of done keys for S3 objects, shared by the polling and SQS sources
@@ -95,3 +101,17 @@ class Source(abc.ABC):
     @abc.abstractmethod
     async def run(self, sink: Sink) -> None:
         """Read forever (until cancelled), handing deliveries to `sink`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+    """What building a source may use: the AWS clients (made in one place) and read access to the checkpoint."""
+
+    name: str
+    clients: AwsClients
+    #: which of these keys (in a namespace) are done already
+    done_among: Callable[[str, list[str]], Awaitable[set[str]]]
+    #: this source's committed cursors
+    cursors: Callable[[], Awaitable[dict[str, str]]]
+    #: a committed snapshot by name
+    snapshot: Callable[[str], Awaitable[bytes | None]]

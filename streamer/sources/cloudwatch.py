@@ -18,18 +18,37 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import Field
 
-from streamer.config import CloudWatchSourceConfig
 from streamer.schema import DEFAULT_FIELDS, parse_log_format
-from streamer.sources.base import Delivery, Sink, Source, aws_error_reason, single_chunk
+from streamer.settings import AwsSourceSettings
+from streamer.sources.base import BuildContext, Delivery, Sink, Source, aws_error_reason, single_chunk
 
 log = logging.getLogger(__name__)
 
 END = "end_ms"
+
+
+class CloudWatchSourceConfig(AwsSourceSettings):
+    type: Literal["cloudwatch"]
+    log_group: str
+    log_stream_prefix: str | None = None
+    poll_interval_seconds: float = Field(default=30, gt=0)
+    #: events whose ingestion lags this much are still counted once
+    lateness_seconds: int = Field(default=900, ge=0)
+    #: on a first start, how far back to read
+    start_lookback_seconds: int = Field(default=3600, ge=0)
+    #: discover log_format from ec2:DescribeFlowLogs
+    flow_log_id: str | None = None
+
+    async def build(self, ctx: BuildContext) -> CloudWatchSource:
+        logs = await ctx.clients.get("logs", self.region, self.endpoint_url)
+        ec2 = await ctx.clients.get("ec2", self.region, self.endpoint_url) if self.flow_log_id else None
+        return CloudWatchSource(ctx.name, self, logs, ctx.cursors, ctx.snapshot, ec2)
 
 
 async def discover_log_format(ec2: Any, flow_log_id: str) -> tuple[str, ...]:

@@ -17,19 +17,17 @@ later always start at TRIM_HORIZON so that no record is skipped.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import logging
-import zlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import Field
 
-from streamer.config import KinesisSourceConfig
-from streamer.decode.cloudwatch import parse_payload
-from streamer.decode.errors import DecodeError
+from streamer.decode.cloudwatch import payload_lines
 from streamer.schema import parse_log_format
-from streamer.sources.base import Delivery, Sink, Source, aws_error_reason, single_chunk
+from streamer.settings import AwsSourceSettings
+from streamer.sources.base import BuildContext, Delivery, Sink, Source, aws_error_reason, single_chunk
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +37,19 @@ MIN_POLL_SECONDS = 0.2
 INVALID_PAYLOAD = "invalid_payload"
 
 
-def payload_lines(records: list[dict[str, Any]]) -> tuple[list[str], int]:
-    """Flow-log lines of a GetRecords batch, and how many records were not payloads."""
-    lines: list[str] = []
-    bad = 0
-    for record in records:
-        data = record["Data"]
-        try:
-            document = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-            lines.extend(parse_payload(document).lines)
-        except (OSError, EOFError, zlib.error, DecodeError):
-            bad += 1
-    return lines, bad
+class KinesisSourceConfig(AwsSourceSettings):
+    type: Literal["kinesis"]
+    stream_name: str
+    start_position: Literal["trim_horizon", "latest"] = "trim_horizon"
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    #: how often to look for new shards (resharding)
+    shard_refresh_seconds: float = Field(default=60, gt=0)
+    #: Kinesis records per GetRecords call (one checkpoint commit each)
+    batch_records: int = Field(default=10_000, ge=1, le=10_000)
+
+    async def build(self, ctx: BuildContext) -> KinesisSource:
+        kinesis = await ctx.clients.get("kinesis", self.region, self.endpoint_url)
+        return KinesisSource(ctx.name, self, kinesis, ctx.cursors)
 
 
 class KinesisSource(Source):
@@ -176,7 +175,7 @@ class KinesisSource(Source):
                 await asyncio.sleep(max(MIN_POLL_SECONDS, self.config.poll_interval_seconds))
 
     async def _deliver(self, sink: Sink, shard_id: str, records: list[dict[str, Any]], cursor: str) -> None:
-        lines, bad = await asyncio.to_thread(payload_lines, records)
+        lines, bad = await asyncio.to_thread(payload_lines, [r["Data"] for r in records])
         if bad:
             where = f"{self.config.stream_name}/{shard_id}"
             sink.source_error(self.name, INVALID_PAYLOAD, f"{where}: {bad} record(s) are not CloudWatch payloads")

@@ -4,8 +4,13 @@
     [prefix/]AWSLogs/aws-account-id={acct}/aws-service=vpcflowlogs/aws-region={region}/year=YYYY/month=MM/day=DD/[hour=HH/]{file}
 
 (the Transit Gateway guide spells the Hive service part `service=`, so both
-are accepted). Listing stays bounded: only the day, and where present hour,
-partitions that overlap the lookback window are listed, never the bucket.
+are accepted). A Firehose stream's S3 destination instead writes
+
+    [prefix]YYYY/MM/DD/HH/{stream}-{n}-YYYY-MM-DD-HH-MM-SS-{uuid}[.gz]
+
+with the hour of arrival (UTC). Listing stays bounded: only the day, and
+where present hour, partitions that overlap the lookback window are listed,
+never the bucket.
 """
 
 from __future__ import annotations
@@ -53,3 +58,24 @@ def hour_in_window(day: dt.date, hour: int, now: dt.datetime, lookback_seconds: 
 def is_flow_log_object(key: str) -> bool:
     name = key.rsplit("/", 1)[-1]
     return name.endswith((".log.gz", ".log", ".parquet", ".gz")) and not name.startswith(".")
+
+
+def is_object_name(key: str) -> bool:
+    """Any object, not a folder marker or a hidden file (Firehose names carry no fixed suffix)."""
+    name = key.rsplit("/", 1)[-1]
+    return bool(name) and not name.startswith(".")
+
+
+def hours_in_window(now: dt.datetime, lookback_seconds: int) -> list[dt.datetime]:
+    """Starts of the UTC hours that overlap [now - lookback, now]."""
+    first = (now - dt.timedelta(seconds=lookback_seconds)).replace(minute=0, second=0, microsecond=0)
+    hours = []
+    while first <= now:
+        hours.append(first)
+        first += dt.timedelta(hours=1)
+    return hours
+
+
+def firehose_hour(prefix: str, hour: dt.datetime) -> str:
+    """The folder Firehose writes an hour's objects to."""
+    return f"{prefix}{hour:%Y/%m/%d/%H}/"

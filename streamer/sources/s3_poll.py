@@ -11,66 +11,46 @@ is given up after a few attempts, counted, and never blocks the rest.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import Field
 
-from streamer.checkpoint import Done
-from streamer.config import S3SourceConfig
 from streamer.schema import parse_log_format
+from streamer.settings import AwsSourceSettings
 from streamer.sources import s3_layout
-from streamer.sources.base import S3_NAMESPACE, Delivery, Sink, Source, SourceError, aws_error_reason
+from streamer.sources.base import S3_NAMESPACE, BuildContext, Sink, Source, SourceError, aws_error_reason
+from streamer.sources.s3_objects import S3Object, object_delivery
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-BODY_CHUNK = 1 << 20
 
 
-@dataclasses.dataclass(frozen=True)
-class S3Object:
-    bucket: str
-    key: str
-    etag: str
-    last_modified: float
-    size: int
+class S3SourceConfig(AwsSourceSettings):
+    type: Literal["s3"]
+    bucket: str = Field(min_length=3, max_length=63)
+    #: `aws`: flow logs delivered to S3 (AWSLogs/..., daily, hourly or Hive); `firehose`: a Firehose stream's
+    #: S3 destination (<prefix>YYYY/MM/DD/HH/<stream>-...)
+    layout: Literal["aws", "firehose"] = "aws"
+    #: anything before AWSLogs/ (aws), or before YYYY/MM/DD/HH/ (firehose)
+    prefix: str = ""
+    poll_interval_seconds: float = Field(default=60, gt=0)
+    #: how far back to look for late objects
+    lookback_seconds: int = Field(default=21600, gt=0)
+    #: objects processed at once
+    max_concurrent_objects: int = Field(default=2, ge=1, le=32)
 
-    @property
-    def done_key(self) -> str:
-        return f"{self.bucket}/{self.key}#{self.etag}"
+    async def build(self, ctx: BuildContext) -> S3PollSource:
+        s3 = await ctx.clients.get("s3", self.region, self.endpoint_url)
 
+        async def done_among(keys: list[str]) -> set[str]:
+            return await ctx.done_among(S3_NAMESPACE, keys)
 
-async def stream_object(s3: Any, obj: S3Object) -> AsyncIterator[bytes]:
-    """The object's bytes in chunks; raises SourceError if it cannot be read."""
-    try:
-        resp = await s3.get_object(Bucket=obj.bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
-        async with resp["Body"] as body:
-            async for chunk in body.iter_chunks(BODY_CHUNK):
-                yield chunk
-    except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
-        raise SourceError(aws_error_reason(exc), f"s3://{obj.bucket}/{obj.key}: {exc}") from exc
-
-
-def object_delivery(
-    s3: Any,
-    obj: S3Object,
-    log_format: tuple[str, ...] | None,
-    keepalive: Callable[[], Awaitable[None]] | None = None,
-    keepalive_seconds: float | None = None,
-) -> Delivery:
-    return Delivery(
-        location=f"s3://{obj.bucket}/{obj.key}",
-        body=lambda: stream_object(s3, obj),
-        done=[Done(S3_NAMESPACE, obj.done_key)],
-        arrived_at=obj.last_modified,
-        log_format=log_format,
-        keepalive=keepalive,
-        keepalive_seconds=keepalive_seconds,
-    )
+        return S3PollSource(ctx.name, self, s3, done_among)
 
 
 class S3PollSource(Source):
@@ -133,6 +113,8 @@ class S3PollSource(Source):
     async def list_window(self) -> list[S3Object]:
         """Objects in the partitions that overlap the lookback window."""
         now = self._clock()
+        if self.config.layout == "firehose":
+            return await self._list_firehose_hours(now)
         root = s3_layout.root(self.config.prefix)
         found: list[S3Object] = []
         for account_dir in await self._folders(root):
@@ -146,6 +128,14 @@ class S3PollSource(Source):
                         found.extend(await self._list_day(region_dir + layout.day(day), layout, day, now))
         return found
 
+    async def _list_firehose_hours(self, now: dt.datetime) -> list[S3Object]:
+        """Firehose writes `<prefix>YYYY/MM/DD/HH/` (UTC, by arrival): list each hour in the lookback."""
+        found: list[S3Object] = []
+        for hour in s3_layout.hours_in_window(now, self.config.lookback_seconds):
+            objects, _ = await self._list(s3_layout.firehose_hour(self.config.prefix, hour), delimiter=False, any_name=True)
+            found.extend(objects)
+        return found
+
     async def _list_day(self, day_prefix: str, layout: s3_layout.Layout, day: dt.date, now: dt.datetime) -> list[S3Object]:
         objects, folders = await self._list(day_prefix, delimiter=True)
         for folder in folders:
@@ -157,7 +147,7 @@ class S3PollSource(Source):
     async def _folders(self, prefix: str) -> list[str]:
         return (await self._list(prefix, delimiter=True))[1]
 
-    async def _list(self, prefix: str, delimiter: bool) -> tuple[list[S3Object], list[str]]:
+    async def _list(self, prefix: str, delimiter: bool, any_name: bool = False) -> tuple[list[S3Object], list[str]]:
         paginator = self.s3.get_paginator("list_objects_v2")
         kwargs: dict[str, Any] = {"Bucket": self.config.bucket, "Prefix": prefix}
         if delimiter:
@@ -167,7 +157,7 @@ class S3PollSource(Source):
         async for page in paginator.paginate(**kwargs):
             folders.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
             for item in page.get("Contents", []):
-                if s3_layout.is_flow_log_object(item["Key"]):
+                if s3_layout.is_flow_log_object(item["Key"]) or (any_name and s3_layout.is_object_name(item["Key"])):
                     objects.append(
                         S3Object(
                             bucket=self.config.bucket,

@@ -12,18 +12,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote_plus
 
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import Field, model_validator
 
-from streamer.config import S3SqsSourceConfig
 from streamer.schema import parse_log_format
-from streamer.sources.base import Sink, Source, SourceError, aws_error_reason
-from streamer.sources.s3_poll import S3Object, object_delivery
+from streamer.settings import AwsSourceSettings
+from streamer.sources.base import BuildContext, Sink, Source, SourceError, aws_error_reason
+from streamer.sources.s3_objects import S3Object, object_delivery
 
 log = logging.getLogger(__name__)
+
+
+class S3SqsSourceConfig(AwsSourceSettings):
+    type: Literal["s3_sqs"]
+    queue_url: str
+    #: long-poll wait per ReceiveMessage
+    wait_time_seconds: int = Field(default=20, ge=0, le=20)
+    #: visibility timeout; extended while a large object is processed
+    visibility_timeout_seconds: int = Field(default=300, ge=10, le=43200)
+    max_messages: int = Field(default=10, ge=1, le=10)
+    #: a message received more often than this is given up (logged, counted, deleted)
+    max_receive_count: int = Field(default=5, ge=1)
+    #: how often a held message's visibility is extended (default: a third of the timeout)
+    visibility_keepalive_seconds: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _keepalive_in_time(self) -> S3SqsSourceConfig:
+        if self.visibility_keepalive_seconds is not None and self.visibility_keepalive_seconds >= self.visibility_timeout_seconds:
+            raise ValueError(
+                f"visibility_keepalive_seconds ({self.visibility_keepalive_seconds:g}) must be shorter than "
+                f"visibility_timeout_seconds ({self.visibility_timeout_seconds}), or messages reappear while held"
+            )
+        return self
+
+    @property
+    def keepalive_seconds(self) -> float:
+        return self.visibility_keepalive_seconds or self.visibility_timeout_seconds / 3
+
+    async def build(self, ctx: BuildContext) -> S3SqsSource:
+        sqs = await ctx.clients.get("sqs", self.region, self.endpoint_url)
+        s3 = await ctx.clients.get("s3", self.region, self.endpoint_url)
+        return S3SqsSource(ctx.name, self, sqs, s3)
 
 
 class BadMessage(ValueError):

@@ -197,6 +197,16 @@ POLICY_FOR_SOURCE = {
     "s3_sqs.py": "s3_sqs.json",
     "kinesis.py": "kinesis.json",
     "cloudwatch.py": "cloudwatch.json",
+    "s3_poll.py (layout: firehose)": "s3-firehose.json",
+}
+#: What AWS documents a Firehose delivery role needs to write objects to a bucket.
+FIREHOSE_S3_ACTIONS = {
+    "s3:AbortMultipartUpload",
+    "s3:GetBucketLocation",
+    "s3:GetObject",
+    "s3:ListBucket",
+    "s3:ListBucketMultipartUploads",
+    "s3:PutObject",
 }
 
 
@@ -212,9 +222,9 @@ def test_iam_policies_grant_exactly_what_each_source_calls(module: str, policy: 
     assert doc["Version"] == "2012-10-17"
     granted = {a for s in doc["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
     sources = ROOT / "streamer" / "sources"
-    code = (sources / module).read_text()
-    if module == "s3_sqs.py":
-        code += (sources / "s3_poll.py").read_text().split("class S3PollSource")[0]  # shares stream_object
+    code = (sources / module.split()[0]).read_text()
+    if module.split()[0] in ("s3_poll.py", "s3_sqs.py"):
+        code += (sources / "s3_objects.py").read_text()  # both read objects through stream_object
     needed = set()
     for m in CALL.finditer(code):
         if m.group(1):
@@ -223,6 +233,27 @@ def test_iam_policies_grant_exactly_what_each_source_calls(module: str, policy: 
             needed.add(action(SERVICE_OF_PAGINATOR[m.group(3)], m.group(3)))
     needed = {a for a in needed if not a.endswith(":GetPaginator")}
     assert needed == granted, (sorted(needed), sorted(granted))
+
+
+def test_firehose_source_calls_no_aws_api() -> None:
+    """firehose_http only listens: it needs no policy of its own (Firehose's role needs one, below)."""
+    code = (ROOT / "streamer" / "sources" / "firehose_http.py").read_text()
+    assert not CALL.search(code)
+    assert "clients.get" not in code
+
+
+@pytest.mark.parametrize(
+    ("policy", "bucket"),
+    [("firehose-to-s3.json", "my-firehose-destination"), ("firehose-http-endpoint.json", "my-firehose-failed-deliveries")],
+)
+def test_firehose_delivery_roles_write_exactly_their_bucket(policy: str, bucket: str) -> None:
+    """The S3 destination, and the HTTP endpoint's bucket for failed records: AWS's documented actions, one bucket."""
+    doc = json.loads((DEPLOY / "iam" / policy).read_text())
+    (statement,) = doc["Statement"]
+    assert set(statement["Action"]) == FIREHOSE_S3_ACTIONS
+    assert statement["Resource"] == [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
+    trust = json.loads((DEPLOY / "iam" / "firehose-role-trust.json").read_text())
+    assert trust["Statement"][0]["Principal"] == {"Service": "firehose.amazonaws.com"}
 
 
 def test_every_iam_document_is_valid_json_with_alphanumeric_sids() -> None:

@@ -169,3 +169,23 @@ def test_replay_alerts_reports_the_spike_in_json_and_table(tmp_path: Path) -> No
     proc = streamer("replay", "--alerts", str(path))
     assert "1 rejected-traffic spike(s)" in proc.stdout.decode()
     assert victim in proc.stdout.decode()
+
+
+def test_replay_reads_firehose_objects_without_flags(tmp_path: Path) -> None:
+    """A Firehose S3 folder: CloudWatch payloads one gzip member each, and headerless flow-log lines, sniffed."""
+    folder = tmp_path / "2026" / "11" / "26" / "13"
+    folder.mkdir(parents=True)
+    payload = {"messageType": "DATA_MESSAGE", "logGroup": "/vpc", "logStream": "eni-a", "logEvents": []}
+    control = {"messageType": "CONTROL_MESSAGE", "logGroup": "", "logStream": "", "logEvents": [{"message": "health"}]}
+    members = [json.dumps({**payload, "logEvents": [{"id": str(i), "message": m}]}).encode() for i, m in enumerate(LINES[:2])]
+    members.insert(1, json.dumps(control).encode())
+    name = "flowlogs-1-2026-11-26-13-05-00-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    (folder / f"{name}.gz").write_bytes(b"".join(gzip.compress(m) for m in members))
+    (folder / name.replace("-1-", "-2-")).write_bytes(("\n".join(LINES[2:4]) + "\n").encode())
+    proc = streamer("replay", "--output", "json", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["records"] == 3
+    assert doc["interfaces"]["eni-a"]["REJECT"]["records"] == 1
+    assert doc["log_status"] == {"NODATA": 1, "OK": 3}
+    assert doc["errors"] == {}

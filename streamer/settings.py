@@ -1,0 +1,125 @@
+"""Config sections every layer may read, validated at start.
+
+The pieces the root `Config` (config.py) is assembled from: HTTP, checkpoint,
+anomaly, alerts, logging and metrics sections, and the base every source's
+own config model extends (each source keeps its model beside its runner in
+`streamer/sources/`). Unknown keys are rejected and units are in the names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from streamer.schema import UnknownFieldError, parse_log_format
+
+
+class ConfigError(ValueError):
+    """Configuration cannot be used; the message is one line naming the key."""
+
+
+class Model(BaseModel):
+    """Plain, frozen data; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpConfig(Model):
+    #: host:port for /metrics, /healthz, /readyz
+    listen_address: str = "0.0.0.0:9108"
+
+    @field_validator("listen_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        _, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be host:port, e.g. 0.0.0.0:9108")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen_address.rpartition(":")[0] or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int(self.listen_address.rpartition(":")[2])
+
+
+class CheckpointConfig(Model):
+    #: SQLite file holding counters, windows and positions (directory is created)
+    path: Path = Path("/var/lib/streamer/state.db")
+    #: how long to remember finished S3 objects (must exceed any lookback)
+    retention_seconds: int = Field(default=7 * 86400, gt=0)
+
+
+
+
+def check_log_format(value: str | None) -> str | None:
+    """Validate an AWS LogFormat string (`${version} ${interface-id} ...`)."""
+    if value is not None:
+        try:
+            parse_log_format(value)
+        except (UnknownFieldError, ValueError) as exc:
+            raise ValueError(str(exc)) from exc
+    return value
+
+
+class SourceSettings(Model):
+    """What every source's config has: a name for metrics and logs."""
+
+    #: label used in metrics and logs; defaults to the type plus its index
+    name: str | None = None
+
+
+class AwsSourceSettings(SourceSettings):
+    """What every source that talks to AWS has."""
+
+    region: str = "us-east-1"
+    #: S3-compatible stores, VPC endpoints and tests
+    endpoint_url: str | None = None
+    #: LogFormat for headerless records (AWS `${field}` syntax); default v2
+    log_format: str | None = None
+
+    _log_format = field_validator("log_format")(check_log_format)
+
+
+class AnomalyConfig(Model):
+    window_seconds: int = Field(default=60, gt=0)
+    #: how far behind the slowest active source's newest record a window stays open
+    lateness_seconds: int = Field(default=900, ge=0)
+    #: a record this far ahead of the wall clock counts in totals but never moves event time
+    max_future_skew_seconds: int = Field(default=300, ge=0)
+    #: a source with nothing new this long stops holding event time back; all idle: it follows the wall clock
+    idle_timeout_seconds: float = Field(default=600, gt=0)
+    score_threshold: float = Field(default=4.0, gt=0)
+    min_rejected_records: int = Field(default=50, ge=0)
+    #: closed windows before an ENI's baseline is trusted
+    warmup_windows: int = Field(default=10, ge=1)
+    #: EWMA smoothing factor for the baseline mean and variance
+    baseline_alpha: float = Field(default=0.1, gt=0, le=1)
+
+
+class AlertsConfig(Model):
+    alertmanager_url: str | None = None
+    webhook_url: str | None = None
+    #: an alert keeps firing this long after its last anomalous window was seen
+    hold_seconds: int = Field(default=900, ge=0)
+    #: active alerts are re-sent this often
+    resend_interval_seconds: float = Field(default=60, gt=0)
+    severity: str = "warning"
+
+
+class LoggingConfig(Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json_lines: bool = False
+
+
+class MetricsConfig(Model):
+    #: interfaces beyond this many are counted under interface_id="other" (membership is sticky)
+    max_interfaces: int = Field(default=5000, ge=1)
+    #: an interface with nothing new this long is forgotten: its series go, its slot frees
+    interface_idle_seconds: float = Field(default=86400, gt=0)
+
+

@@ -1,0 +1,332 @@
+"""Receive Amazon Data Firehose HTTP endpoint deliveries, exactly once.
+
+Firehose POSTs `{"requestId", "timestamp", "records": [{"data": base64}]}`
+(optionally `Content-Encoding: gzip`) with the access key in the
+`X-Amz-Firehose-Access-Key` header, and retries a request that did not get a
+200 with the same `requestId`. So the `requestId` is the input's done key:
+it is committed in the same transaction as the counts it produced, and only
+then is 200 sent. A retry of a committed request is answered 200 and counts
+nothing; a kill -9 between the commit and the response is exactly that case.
+
+Responses: 200 `{requestId, timestamp}` after the commit; 401 for a missing
+or wrong key (compared in constant time, never logged); 400 for malformed
+JSON or base64, with nothing counted; 413 above `max_request_bytes`
+*decompressed* (the body is inflated by us, in bounded steps, so a gzip bomb
+costs at most the limit); 503 while shutting down (nothing committed:
+Firehose retries); 500 if the commit failed. Shutdown drains: requests being
+committed finish (up to `DRAIN_SECONDS`) while new ones get 503.
+
+A record is a CloudWatch Logs payload (gzip'd JSON, from a subscription
+filter) or flow-log text (a flow log publishing straight to Firehose, in
+`log_format`). Both become headerless lines for the vectorized decoder.
+
+Firehose only talks HTTPS: terminate TLS in front (an ALB, an ingress) or
+give `tls_cert_file` and `tls_key_file`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import logging
+import os
+import ssl
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from streamer.checkpoint import Done
+from streamer.decode.cloudwatch import Documents, document_lines
+from streamer.decode.errors import INVALID_JSON, ErrorCounts
+from streamer.decode.gzip import GZIP_MAGIC
+from streamer.schema import parse_log_format
+from streamer.settings import SourceSettings, check_log_format
+from streamer.sources.base import BuildContext, Delivery, Sink, Source, single_chunk
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "firehose"
+INVALID_PAYLOAD = "invalid_payload"
+ACCESS_KEY_HEADER = "X-Amz-Firehose-Access-Key"
+#: read and inflate the body in steps this big: memory stays near the limit whatever the compression ratio
+STEP_BYTES = 1 << 20
+#: on shutdown, how long requests already being committed may take to finish
+DRAIN_SECONDS = 5.0
+#: fault-injection seam for the crash test: seconds to wait between the commit and the response
+_RESPONSE_DELAY_ENV = "STREAMER_TEST_FIREHOSE_RESPONSE_DELAY_SECONDS"
+
+
+class FirehoseHttpSourceConfig(SourceSettings):
+    type: Literal["firehose_http"]
+    #: host:port this source listens on (its own port, not the /metrics one)
+    listen_address: str = "0.0.0.0:9109"
+    #: the URL path Firehose POSTs to
+    path: str = "/"
+    #: the access key configured on the Firehose stream (or `access_key_file`)
+    access_key: SecretStr | None = None
+    #: a file holding the access key (a mounted Secret)
+    access_key_file: Path | None = None
+    #: largest request body accepted, after decompression (caps gzip bombs too)
+    max_request_bytes: int = Field(default=64 << 20, ge=1024)
+    #: LogFormat of flow-log text records (flow logs published straight to Firehose); default v2
+    log_format: str | None = None
+    #: serve HTTPS directly (else terminate TLS in front: an ALB or an ingress)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    _log_format = field_validator("log_format")(check_log_format)
+
+    @field_validator("listen_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        _, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be host:port, e.g. 0.0.0.0:9109")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with /")
+        return value
+
+    @model_validator(mode="after")
+    def _key_and_tls(self) -> FirehoseHttpSourceConfig:
+        if (self.access_key is None) == (self.access_key_file is None):
+            raise ValueError("give exactly one of access_key and access_key_file (Firehose sends it with every request)")
+        if self.access_key_file is not None and not self.key_from_file():
+            raise ValueError(f"access_key_file {self.access_key_file}: cannot read a key from it")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
+
+    def key_from_file(self) -> str:
+        assert self.access_key_file is not None
+        try:
+            return self.access_key_file.read_text().strip()
+        except OSError:
+            return ""
+
+    def key(self) -> str:
+        return self.access_key.get_secret_value() if self.access_key is not None else self.key_from_file()
+
+    async def build(self, ctx: BuildContext) -> FirehoseHttpSource:
+        return FirehoseHttpSource(ctx.name, self)
+
+
+class BadRequest(Exception):
+    """400: the body is not a Firehose delivery (nothing is counted)."""
+
+
+class TooLarge(Exception):
+    """413: the body is larger than `max_request_bytes` once inflated."""
+
+
+class FirehoseHttpSource(Source):
+    def __init__(self, name: str, config: FirehoseHttpSourceConfig, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(name)
+        self.config = config
+        self.log_format = parse_log_format(config.log_format) if config.log_format else None
+        self._key = config.key().encode()
+        self._clock = clock
+        self._stopping = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        #: set once the port is bound (`port` is then known)
+        self.listening = asyncio.Event()
+        self._response_delay = float(os.environ.get(_RESPONSE_DELAY_ENV, "0") or 0)
+        self.port: int | None = None
+
+    @property
+    def host(self) -> str:
+        return self.config.listen_address.rpartition(":")[0] or "0.0.0.0"
+
+    async def run(self, sink: Sink) -> None:
+        app = web.Application(client_max_size=self.config.max_request_bytes + STEP_BYTES)
+
+        async def handle(request: web.Request) -> web.Response:
+            return await self._handle(sink, request)
+
+        app.router.add_post(self.config.path, handle)
+        # We inflate the body ourselves, in bounded steps (aiohttp's own inflater has no output limit).
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, auto_decompress=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, int(self.config.listen_address.rpartition(":")[2]), ssl_context=self._tls())
+            await site.start()
+            sockets = getattr(site._server, "sockets", None) or []
+            self.port = int(sockets[0].getsockname()[1]) if sockets else None
+            self.ready = True
+            self.listening.set()
+            log.info("%s: accepting Firehose deliveries on %s:%s%s", self.name, self.host, self.port, self.config.path)
+            await asyncio.Event().wait()
+        finally:
+            self._stopping = True
+            self.ready = False
+            with contextlib.suppress(TimeoutError):  # new requests get 503 meanwhile
+                await asyncio.wait_for(self._idle.wait(), DRAIN_SECONDS)
+            await runner.cleanup()
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if self.config.tls_cert_file is None or self.config.tls_key_file is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
+        return context
+
+    async def _handle(self, sink: Sink, request: web.Request) -> web.Response:
+        request_id = request.headers.get("X-Amz-Firehose-Request-Id", "")
+        if self._stopping:
+            return self._reply(503, request_id, "shutting down")
+        given = request.headers.get(ACCESS_KEY_HEADER, "").encode()
+        if not hmac.compare_digest(given, self._key):
+            where = f"request {request_id or '?'} from {request.remote}"
+            sink.source_error(self.name, "unauthorized", f"{where}: missing or wrong access key")
+            return self._reply(401, request_id, "missing or wrong access key")
+        try:
+            body = await self._read_body(request)
+            request_id, data = await asyncio.to_thread(self._parse, body)
+        except TooLarge as exc:
+            sink.source_error(self.name, "too_large", f"request {request_id or '?'}: {exc}")
+            return self._reply(413, request_id, str(exc))
+        except BadRequest as exc:
+            sink.source_error(self.name, "bad_request", f"request {request_id or '?'}: {exc}")
+            return self._reply(400, request_id, str(exc))
+        if self._stopping:  # stopping while the body came in: commit nothing, Firehose retries
+            return self._reply(503, request_id, "shutting down")
+        if data.errors:
+            sink.source_error(self.name, "bad_records", f"request {request_id}: skipped records: {data.errors}")
+        delivery = Delivery(
+            location=f"firehose://{self.name}/{request_id}",
+            body=lambda: single_chunk(data.body),
+            done=[Done(NAMESPACE, request_id)],
+            arrived_at=self._clock(),
+            log_format=self.log_format,
+            headerless=True,
+            errors=data.errors,
+        )
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            await sink.process(self.name, delivery)
+        except Exception as exc:  # not committed: Firehose retries the same requestId
+            sink.source_error(self.name, "commit_failed", f"{delivery.location}: {exc}")
+            return self._reply(500, request_id, "not stored, retry")
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+        if self._response_delay:
+            await asyncio.sleep(self._response_delay)
+        sink.polled(self.name)
+        return self._reply(200, request_id)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body, inflated when gzip'd, refusing anything past `max_request_bytes` without holding more."""
+        limit = self.config.max_request_bytes
+        if request.content_length is not None and request.content_length > limit and not _gzipped(request):
+            raise TooLarge(f"body of {request.content_length} bytes is over max_request_bytes ({limit})")
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if _gzipped(request) else None
+        parts: list[bytes] = []
+        held = 0
+        while chunk := await request.content.read(STEP_BYTES):
+            pending = chunk
+            while pending:
+                if inflater is None:
+                    out, pending = pending, b""
+                else:
+                    try:
+                        out = inflater.decompress(pending, limit - held + 1)
+                    except zlib.error as exc:
+                        raise BadRequest(f"invalid gzip body: {exc}") from exc
+                    pending = inflater.unconsumed_tail
+                    if inflater.eof and inflater.unused_data:
+                        raise BadRequest("trailing bytes after the gzip body")
+                held += len(out)
+                if held > limit:
+                    raise TooLarge(f"body is over max_request_bytes ({limit}) once decompressed")
+                parts.append(out)
+                if inflater is not None and not out and pending:
+                    break  # no progress: wait for more input
+        if inflater is not None and not inflater.eof:
+            raise BadRequest("gzip body ended early")
+        return b"".join(parts)
+
+    def _parse(self, body: bytes) -> tuple[str, _Records]:
+        """requestId and the records' lines (a worker thread: base64 and gunzip are not free)."""
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"not JSON: {exc}") from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("requestId"), str) or not doc["requestId"]:
+            raise BadRequest("no requestId")
+        records = doc.get("records")
+        if not isinstance(records, list):
+            raise BadRequest("no records list")
+        raw: list[bytes] = []
+        for i, record in enumerate(records):  # Firehose records (batches), not flow-log records
+            try:
+                raw.append(base64.b64decode(record["data"], validate=True))
+            except (KeyError, TypeError, binascii.Error) as exc:
+                raise BadRequest(f"record {i}: data is not base64") from exc
+        return doc["requestId"], records_lines(raw, self.config.max_request_bytes)
+
+    def _reply(self, status: int, request_id: str, error: str | None = None) -> web.Response:
+        doc: dict[str, Any] = {"requestId": request_id, "timestamp": int(self._clock() * 1000)}
+        if error is not None:
+            doc["errorMessage"] = error
+        return web.Response(status=status, body=orjson.dumps(doc), content_type="application/json")
+
+
+def _gzipped(request: web.Request) -> bool:
+    return request.headers.get("Content-Encoding", "").strip().lower() == "gzip"
+
+
+class _Records:
+    """The lines of one request's records, and what could not be read."""
+
+    def __init__(self, body: bytes, errors: dict[str, int]) -> None:
+        self.body = body
+        self.errors = errors
+
+
+def records_lines(records: list[bytes], limit: int) -> _Records:
+    """Flow-log lines of Firehose records: CloudWatch Logs payloads (gzip'd JSON) or flow-log text.
+
+    A gzip'd record is inflated to at most `limit` bytes; one that would be
+    larger, or is not gzip after all, is counted as an invalid payload.
+    """
+    errors = ErrorCounts()
+    text: list[bytes] = []
+    for data in records:
+        if data[:2] == GZIP_MAGIC:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                inflated = inflater.decompress(data, limit)
+            except zlib.error:
+                inflated = b""
+            if not inflater.eof or inflater.unconsumed_tail:
+                errors.add(INVALID_PAYLOAD, 1, repr(data[:40]))
+                continue
+            data = inflated
+        if data.lstrip()[:1] == b"{":
+            docs, rest = Documents().feed(data, final=True)
+            lines = document_lines(docs, errors)
+            if rest.strip():
+                errors.add(INVALID_JSON, 1, rest[:200].decode("utf-8", "replace"))
+            text.append("\n".join(lines).encode())
+        else:
+            text.append(data.rstrip(b"\n"))
+    body = b"\n".join(t for t in text if t)
+    return _Records(body + b"\n" if body else b"", dict(errors.counts))
