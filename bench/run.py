@@ -47,12 +47,12 @@ def child_inproc(path: str) -> dict[str, float]:
     return {"records": result.rows, "seconds": seconds}
 
 
-def child_inproc_windows(path: str) -> dict[str, float]:
-    """The live service's path: counters plus event-time windows (more columns decoded)."""
+def child_inproc_windows(path: str, with_insights: bool = False) -> dict[str, float]:
+    """The live service's path: counters plus event-time windows (more columns decoded), and the insights."""
     from concurrent.futures import ThreadPoolExecutor
 
     from streamer.aggregate.anomaly import Settings
-    from streamer.aggregate.batch import COLUMNS_WITH_WINDOWS, BatchResult, reducer
+    from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
     from streamer.aggregate.counters import Counters
     from streamer.aggregate.detection import Detection
     from streamer.decode.objects import ObjectReader
@@ -64,16 +64,23 @@ def child_inproc_windows(path: str) -> dict[str, float]:
         counters = Counters()
         parts: list[BatchResult] = []
         with open(path, "rb") as handle:
-            result = Ingestor(ObjectReader(columns=COLUMNS_WITH_WINDOWS), reducer(60), pool).run(
+            reader = ObjectReader(columns=columns(True, with_insights))
+            result = Ingestor(reader, reducer(60, None, 60 if with_insights else None), pool).run(
                 read_chunks(handle), parts.append
             )
         for part in parts:
             counters.add(part.counters)
+        if with_insights:
+            delta_of(parts)
         detection, _ = Detection.create(Settings(), 900).advance([p.windows for p in parts if p.windows is not None])
         detection.flush()
         counters.table()
         seconds = time.perf_counter() - start
     return {"records": result.rows, "seconds": seconds}
+
+
+def child_inproc_insights(path: str) -> dict[str, float]:
+    return child_inproc_windows(path, with_insights=True)
 
 
 def child_baseline(path: str) -> dict[str, float]:
@@ -181,6 +188,7 @@ def run_replay(path: Path) -> dict[str, float]:
 CHILDREN = {
     "inproc": child_inproc,
     "inproc_windows": child_inproc_windows,
+    "inproc_insights": child_inproc_insights,
     "baseline": child_baseline,
     "decompress": child_decompress,
     "generate": child_generate,
@@ -194,6 +202,7 @@ def main() -> None:
     parser.add_argument("--big", action="store_true", help="also measure a 10 M-record file")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply record counts (quick runs: 0.1)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the fastest is reported")
+    parser.add_argument("--insights", action="store_true", help="only the cost of the network insights, on v5")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(CHILDREN[args.child](args.path)))
@@ -205,8 +214,15 @@ def main() -> None:
     def n(x: int) -> int:
         return int(x * args.scale)
 
-    v2 = ensure_file(f"v2-{n(2_000_000)}.log.gz", n(2_000_000), "v2")
     v5 = ensure_file(f"v5-{n(1_000_000)}.log.gz", n(1_000_000), "v5")
+    if args.insights:
+        off, on = run_child("inproc_windows", v5), run_child("inproc_insights", v5)
+        r_off, r_on = off["records"] / off["seconds"], on["records"] / on["seconds"]
+        print(f"v5 1M, live path, insights off: {r_off / 1e6:.2f} M/s ({off['rss_mib']:.0f} MiB)")
+        print(f"v5 1M, live path, insights on:  {r_on / 1e6:.2f} M/s ({on['rss_mib']:.0f} MiB)")
+        print(f"insights cost: {100 * (1 - r_on / r_off):.0f}% slower")
+        return
+    v2 = ensure_file(f"v2-{n(2_000_000)}.log.gz", n(2_000_000), "v2")
     v2_6m = ensure_file(f"v2-{n(6_000_000)}.log.gz", n(6_000_000), "v2")
     rows: list[tuple[str, float, float, float]] = []
 
@@ -218,10 +234,13 @@ def main() -> None:
     for name, path in (("v2 2M", v2), ("v5 1M", v5)):
         inproc = run_child("inproc", path)
         windows = run_child("inproc_windows", path)
+        with_insights = run_child("inproc_insights", path)
         base = run_child("baseline", path)
         dec = run_child("decompress", path)
         r_in = add(f"{name}: streamer decode+aggregate (in-process)", inproc["records"], inproc["seconds"], inproc["rss_mib"])
-        add(f"{name}: + event-time windows (live service path)", windows["records"], windows["seconds"], windows["rss_mib"])
+        r_w = add(f"{name}: + event-time windows (live service path)", windows["records"], windows["seconds"], windows["rss_mib"])
+        r_i = add(f"{name}: + network insights", with_insights["records"], with_insights["seconds"], with_insights["rss_mib"])
+        rows.append((f"{name}: insights cost {100 * (1 - r_i / r_w):.0f}% of the live path's rate", 0, 0, 0))
         r_base = add(f"{name}: plain Python split+dict (in-process)", base["records"], base["seconds"], base["rss_mib"])
         r_dec = add(f"{name}: ISA-L decompression alone", dec["records"], dec["seconds"], dec["rss_mib"])
         rows.append((f"{name}: ratio streamer/plain = {r_in / r_base:.1f}x, streamer/decompress = {r_in / r_dec:.2f}", 0, 0, 0))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import SCHEMA, Counters
 from streamer.aggregate.state import FlowState
 
@@ -47,6 +48,9 @@ CREATE TABLE IF NOT EXISTS cursors (
     PRIMARY KEY (source, partition)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshots (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS interfaces (interface_id TEXT PRIMARY KEY, last_seen REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS insights (
+    kind TEXT NOT NULL, key1 TEXT NOT NULL, key2 TEXT NOT NULL, records INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    PRIMARY KEY (kind, key1, key2)) WITHOUT ROWID;
 """
 #: schema 1 had no interface membership: every interface already counted becomes a member, seen now
 _MIGRATE_1_TO_2 = "INSERT OR IGNORE INTO interfaces SELECT DISTINCT interface_id, ? FROM counters WHERE interface_id != 'other'"
@@ -110,7 +114,9 @@ class CheckpointStore:
         table = pa.table({name: pa.array(col, SCHEMA.field(name).type) for name, col in zip(SCHEMA.names, columns, strict=True)})
         errors = dict(self._db.execute("SELECT reason, count FROM decode_errors").fetchall())
         seen = {str(k): float(v) for k, v in self._db.execute("SELECT interface_id, last_seen FROM interfaces").fetchall()}
-        return FlowState(Counters(table.cast(SCHEMA)), errors, seen)
+        rows = self._db.execute("SELECT kind, key1, key2, records, bytes FROM insights").fetchall()
+        insights = pa.Table.from_pylist([dict(zip(ins.SCHEMA.names, r, strict=True)) for r in rows], ins.SCHEMA)
+        return FlowState(Counters(table.cast(SCHEMA)), errors, seen, insights)
 
     def commit(self, change: Commit) -> bool:
         """Apply one input's change in a single transaction (all or nothing).
@@ -131,6 +137,15 @@ class CheckpointStore:
                     "DELETE FROM counters WHERE interface_id = ?", [(eni,) for eni in change.forget]
                 )
                 self._db.executemany("DELETE FROM interfaces WHERE interface_id = ?", [(eni,) for eni in change.forget])
+                self._db.executemany(
+                    f"DELETE FROM insights WHERE key1 = ? AND kind IN ({','.join('?' * len(ins.ENI_KINDS))})",
+                    [(eni, *ins.ENI_KINDS) for eni in change.forget],
+                )
+                self._db.executemany(
+                    "INSERT INTO insights VALUES (:kind, :key1, :key2, :records, :bytes) "
+                    "ON CONFLICT DO UPDATE SET records = records + excluded.records, bytes = bytes + excluded.bytes",
+                    change.delta.insights.to_pylist(),
+                )
                 self._db.executemany(
                     "INSERT INTO interfaces VALUES (?, ?) ON CONFLICT DO UPDATE SET last_seen = excluded.last_seen",
                     list(change.delta.seen.items()),

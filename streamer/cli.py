@@ -16,12 +16,14 @@ import orjson
 
 from streamer import logs, output
 from streamer.aggregate.anomaly import Settings
+from streamer.aggregate.batch import columns
 from streamer.aggregate.detection import Detection
+from streamer.aggregate.insights import report
 from streamer.aggregate.state import FlowState
 from streamer.decode.objects import ObjectReader
-from streamer.replay import COLUMNS, COLUMNS_WITH_WINDOWS, InputError, expand, replay_counts, replay_records
+from streamer.replay import InputError, expand, replay_counts, replay_records
 from streamer.schema import UnknownFieldError, parse_log_format
-from streamer.settings import AnomalyConfig, ConfigError
+from streamer.settings import AnomalyConfig, ConfigError, InsightsConfig
 
 if TYPE_CHECKING:
     from streamer.config import Config
@@ -78,10 +80,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         else:
             progress = Progress(sum(i.size for i in inputs))
             detection = _detection(args) if args.alerts else None
-            reader = ObjectReader(log_format=log_format, columns=COLUMNS_WITH_WINDOWS if detection else COLUMNS)
-            state, anomalies = replay_counts(inputs, reader, pool, progress, detection)
+            insights_window = None if args.no_insights else args.window_seconds
+            wanted = columns(detection is not None, insights_window is not None)
+            reader = ObjectReader(log_format=log_format, columns=wanted)
+            state, anomalies = replay_counts(inputs, reader, pool, progress, detection, insights_window_seconds=insights_window)
             progress.close()
             doc = output.summary(state)
+            if insights_window is not None:
+                doc["insights"] = report(state.insights, state.insight_examples, args.nat_gateway_price_per_gb)
             if detection is not None:
                 doc["alerts"] = [a.to_json() for a in anomalies]
             if args.output == "json":
@@ -92,19 +98,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     sys.stdout.write(output.render_alerts(anomalies))
             sys.stdout.flush()
     if args.metrics_port is not None:
-        asyncio.run(_serve_forever(state, args.metrics_address, args.metrics_port))
+        asyncio.run(_serve_forever(state, args.metrics_address, args.metrics_port, args.nat_gateway_price_per_gb))
     return 0
 
 
-async def _serve_forever(state: FlowState, host: str, port: int) -> None:
+async def _serve_forever(state: FlowState, host: str, port: int, price: float) -> None:
     # Imported here: a plain replay should not pay for the HTTP stack at start-up.
     from prometheus_client import CollectorRegistry
 
     from streamer.export.http import build_app, serve
-    from streamer.export.metrics import FlowCollector
+    from streamer.export.metrics import FlowCollector, InsightsCollector
 
     registry = CollectorRegistry(auto_describe=True)
     registry.register(FlowCollector(lambda: state))
+    registry.register(InsightsCollector(lambda: state, price))
     # Explicit handlers, like `run` and `demo`: they work even where SIGINT was inherited as ignored.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -197,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--score-threshold", type=float, default=defaults.score_threshold)
     rp.add_argument("--min-rejected-records", type=int, default=defaults.min_rejected_records)
     rp.add_argument("--warmup-windows", type=int, default=defaults.warmup_windows)
+    insight_defaults = InsightsConfig()
+    rp.add_argument("--no-insights", action="store_true", help="skip the network insights (NACL, NAT, IPv6, paths)")
+    rp.add_argument("--nat-gateway-price-per-gb", type=float, default=insight_defaults.nat_gateway_price_per_gb)
     rp.set_defaults(func=cmd_replay)
 
     dp = sub.add_parser("demo", help="the live service against an embedded S3 with generated traffic (no AWS needed)")

@@ -30,6 +30,7 @@ from streamer.settings import (
     CheckpointConfig,
     ConfigError,
     HttpConfig,
+    InsightsConfig,
     LoggingConfig,
     MetricsConfig,
     Model,
@@ -51,6 +52,7 @@ class Config(Model):
     checkpoint: CheckpointConfig = CheckpointConfig()
     sources: list[SourceConfig] = Field(min_length=1)
     anomaly: AnomalyConfig = AnomalyConfig()
+    insights: InsightsConfig = InsightsConfig()
     alerts: AlertsConfig = AlertsConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -142,6 +144,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "HttpConfig",
+    "InsightsConfig",
     "KinesisSourceConfig",
     "LoggingConfig",
     "MetricsConfig",

@@ -33,8 +33,9 @@ import pyarrow as pa
 from streamer.aws import AwsClients
 from streamer.config import Config, parse_config
 from streamer.export.alerts import rfc3339
+from streamer.schema import V5_ALL_FIELDS
 from streamer.service import Service
-from streamer.synth import Spike, TrafficProfile, eni_ids, generate_table, spike_table, to_lines
+from streamer.synth import Spike, TrafficProfile, eni_ids, generate_table, insight_cases, insight_table, spike_table, to_lines
 
 BUCKET = "demo-flow-logs"
 ACCOUNT = "123456789012"
@@ -112,11 +113,13 @@ class Producer:
             span_seconds=60,
             start_epoch=start,
             seed=self.options.seed * 1000 + minute,
+            fields=V5_ALL_FIELDS,
         )
-        table = generate_table(profile)
+        # Every minute also carries one case of each network insight, so each dashboard panel lights up.
+        parts = [generate_table(profile), insight_table(insight_cases(start)[0])]
         if spike:
-            burst = spike_table(Spike(self.victim, start, duration_seconds=60, records=900, seed=minute))
-            table = pa.concat_tables([table, burst]).sort_by([("start", "ascending")])
+            parts.append(spike_table(Spike(self.victim, start, duration_seconds=60, records=900, seed=minute), V5_ALL_FIELDS))
+        table = pa.concat_tables(parts).sort_by([("start", "ascending")])
         text = " ".join(profile.fields) + "\n" + "\n".join(to_lines(table).to_pylist()) + "\n"
         return gzip.compress(text.encode(), 6)
 

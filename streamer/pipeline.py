@@ -26,8 +26,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
 from streamer.aggregate.anomaly import Anomaly
-from streamer.aggregate.batch import COLUMNS, COLUMNS_WITH_WINDOWS, BatchResult, reducer
-from streamer.aggregate.counters import Counters, combine
+from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
 from streamer.aggregate.state import FlowState
 from streamer.aggregate.windows import WindowBatch
@@ -79,6 +78,7 @@ class Pipeline:
         max_interfaces: int | None = None,
         interface_idle_seconds: float = 86400,
         clock: Callable[[], float] = time.time,
+        insights_window_seconds: int | None = None,
     ) -> None:
         self.state = state
         self.store = store
@@ -90,8 +90,9 @@ class Pipeline:
         self.max_interfaces = max_interfaces
         self.interface_idle_seconds = interface_idle_seconds
         self.clock = clock
-        self.columns = COLUMNS_WITH_WINDOWS if detection is not None else COLUMNS
+        self.columns = columns(detection is not None, insights_window_seconds is not None)
         self.window_seconds = detection.windows.window_seconds if detection is not None else None
+        self.insights_window_seconds = insights_window_seconds
         #: commits that landed (tests and readiness wait on this, not on sleeps)
         self.commits = 0
         # Decoding runs concurrently; advancing the shared window state and committing it do not.
@@ -236,12 +237,13 @@ class Pipeline:
         stop = threading.Event()
         reader = ObjectReader(log_format=delivery.log_format, columns=self.columns, headerless=delivery.headerless)
         max_time = int(self.clock()) + self.max_future_skew_seconds
-        ingest: Ingestor[BatchResult] = Ingestor(reader, reducer(self.window_seconds, max_time), self.pool)
+        reduce = reducer(self.window_seconds, max_time, self.insights_window_seconds)
+        ingest: Ingestor[BatchResult] = Ingestor(reader, reduce, self.pool)
 
         def work() -> tuple[ObjectResult[BatchResult], FlowState, int | None, list[WindowBatch]]:
             parts: list[BatchResult] = []
             result = ingest.run(_pull(body, loop, stop), parts.append)
-            delta = FlowState(Counters(combine(p.counters for p in parts)))
+            delta = delta_of(parts)
             ends = [p.max_end for p in parts if p.max_end is not None and p.max_end <= max_time]
             windows = [p.windows for p in parts if p.windows is not None]
             return result, delta, max(ends) if ends else None, windows

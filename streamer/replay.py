@@ -19,11 +19,9 @@ from typing import BinaryIO
 import pyarrow as pa
 
 from streamer.aggregate.anomaly import Anomaly
-from streamer.aggregate.batch import COLUMNS, COLUMNS_WITH_WINDOWS, BatchResult, reducer
-from streamer.aggregate.counters import Counters
+from streamer.aggregate.batch import COLUMNS, COLUMNS_WITH_WINDOWS, BatchResult, delta_of, reducer
 from streamer.aggregate.detection import Detection
 from streamer.aggregate.state import FlowState
-from streamer.aggregate.windows import WindowBatch
 from streamer.decode.objects import ObjectReader
 from streamer.ingest import Ingestor, account
 
@@ -86,6 +84,7 @@ def replay_counts(
     progress: Callable[[int], None] | None = None,
     detection: Detection | None = None,
     max_future_skew_seconds: int = 300,
+    insights_window_seconds: int | None = None,
 ) -> tuple[FlowState, list[Anomaly]]:
     """Counters over all inputs, and with `detection` the anomalies they contain.
 
@@ -98,19 +97,14 @@ def replay_counts(
     state = FlowState()
     anomalies: list[Anomaly] = []
     cutoff = int(time.time()) + max_future_skew_seconds
-    reduce = reducer(detection.windows.window_seconds if detection is not None else None, cutoff)
+    reduce = reducer(detection.windows.window_seconds if detection is not None else None, cutoff, insights_window_seconds)
     ingest: Ingestor[BatchResult] = Ingestor(reader, reduce, pool)
     for item in inputs:
-        delta = FlowState(Counters())
-        windows: list[WindowBatch] = []
-
-        def sink(part: BatchResult, delta: FlowState = delta, windows: list[WindowBatch] = windows) -> None:
-            delta.counters.add(part.counters)
-            if part.windows is not None:
-                windows.append(part.windows)
-
+        parts: list[BatchResult] = []
         with open_input(item) as handle:
-            result = ingest.run(read_chunks(handle, progress), sink)
+            result = ingest.run(read_chunks(handle, progress), parts.append)
+        delta = delta_of(parts)
+        windows = [p.windows for p in parts if p.windows is not None]
         if detection is not None:
             detection, found = detection.advance(windows)
             anomalies.extend(found)

@@ -27,7 +27,7 @@ from streamer.checkpoint import CheckpointStore
 from streamer.config import Config
 from streamer.export.alerts import Alerter
 from streamer.export.http import build_app, serve
-from streamer.export.metrics import DetectionCollector, FlowCollector
+from streamer.export.metrics import DetectionCollector, FlowCollector, InsightsCollector
 from streamer.export.telemetry import Telemetry
 from streamer.pipeline import Pipeline, Store
 from streamer.sources.base import BuildContext, Source
@@ -101,10 +101,14 @@ class Service:
                 max_future_skew_seconds=self.config.anomaly.max_future_skew_seconds,
                 max_interfaces=self.config.metrics.max_interfaces,
                 interface_idle_seconds=self.config.metrics.interface_idle_seconds,
+                insights_window_seconds=self.config.anomaly.window_seconds if self.config.insights.enabled else None,
             )
             self.pipeline = pipeline
             self.alerter = alerter
             self.registry.register(FlowCollector(lambda: pipeline.state, self.config.metrics.max_interfaces))
+            if self.config.insights.enabled:
+                price = self.config.insights.nat_gateway_price_per_gb
+                self.registry.register(InsightsCollector(lambda: pipeline.state, price))
             members = lambda: pipeline.state.seen.keys()  # noqa: E731
             self.registry.register(DetectionCollector(lambda: pipeline.detection, members, self.config.metrics.max_interfaces))
             self.sources = await self._build_sources(store)

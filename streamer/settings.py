@@ -101,6 +101,14 @@ class AnomalyConfig(Model):
     baseline_alpha: float = Field(default=0.1, gt=0, le=1)
 
 
+class InsightsConfig(Model):
+    """Network insights (NACL return rejects, gateway-endpoint candidates, internet-reachable IPv6, traffic paths)."""
+
+    enabled: bool = True
+    #: NAT gateway data processing price, USD per GB (AWS bills GiB-like "GB"), for the cost estimate
+    nat_gateway_price_per_gb: float = Field(default=0.045, ge=0)
+
+
 class AlertsConfig(Model):
     alertmanager_url: str | None = None
     webhook_url: str | None = None

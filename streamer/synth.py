@@ -200,6 +200,21 @@ def spike_table(spike: Spike, fields: Sequence[str] = DEFAULT_FIELDS) -> pa.Tabl
         "end": _as_text(start + 4),
         "action": pa.array(np.full(n, "REJECT")),
         "log-status": pa.array(np.full(n, "OK")),
+        "vpc-id": pa.array(np.full(n, "vpc-0a1b2c3d4e5f67890")),
+        "subnet-id": pa.array(np.full(n, f"subnet-{0:017x}")),
+        "instance-id": pa.array(np.full(n, f"i-{0:017x}")),
+        "tcp-flags": pa.array(np.full(n, "2")),
+        "type": pa.array(np.full(n, "IPv4")),
+        "pkt-srcaddr": src,
+        "pkt-dstaddr": pa.array(np.full(n, "10.0.1.10")),
+        "region": pa.array(np.full(n, "us-east-1")),
+        "az-id": pa.array(np.full(n, "use1-az1")),
+        "sublocation-type": pa.array(np.full(n, "-")),
+        "sublocation-id": pa.array(np.full(n, "-")),
+        "pkt-src-aws-service": pa.array(np.full(n, "-")),
+        "pkt-dst-aws-service": pa.array(np.full(n, "-")),
+        "flow-direction": pa.array(np.full(n, "ingress")),
+        "traffic-path": pa.array(np.full(n, "-")),
     }
     missing = [f for f in fields if f not in columns]
     if missing:
@@ -207,12 +222,130 @@ def spike_table(spike: Spike, fields: Sequence[str] = DEFAULT_FIELDS) -> pa.Tabl
     return pa.table({f: columns[f] for f in fields})
 
 
+@dataclasses.dataclass(frozen=True)
+class InsightCase:
+    """One flow-log record of an insight case (v5 fields; the rest filled in)."""
+
+    eni: str
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    action: str
+    start: int
+    protocol: int = 6
+    bytes: int = 1000
+    flags: int = 0
+    direction: str = "ingress"
+    path: str = "-"
+    dst_service: str = "-"
+    vpc: str = "vpc-0insight000000001"
+
+
+def insight_cases(start: int) -> tuple[list[InsightCase], dict[str, object]]:
+    """Records with a known answer for each network insight, near misses included, and that answer
+    (the `"insights"` JSON of `replay`). Used by the tests and by `streamer demo`."""
+    nacl, other, v6, gw = "eni-0nacl000000000001", "eni-0nacl000000000002", "eni-0ipv6000000000001", "eni-0natgw00000000001"
+    vpc = "vpc-0insight000000001"
+    w = start - start % 60
+    cases = [
+        # NACL: a request accepted out, its reply rejected in (twice), and one in the next window.
+        InsightCase(nacl, "10.0.1.5", "52.94.1.10", 50001, 443, "ACCEPT", w + 5, direction="egress"),
+        InsightCase(nacl, "52.94.1.10", "10.0.1.5", 443, 50001, "REJECT", w + 6),
+        InsightCase(nacl, "52.94.1.10", "10.0.1.5", 443, 50001, "REJECT", w + 61),
+        InsightCase(nacl, "10.0.1.5", "52.94.1.11", 50002, 443, "ACCEPT", w + 7, direction="egress"),
+        InsightCase(nacl, "52.94.1.11", "10.0.1.5", 443, 50002, "REJECT", w + 8),
+        # near misses: a reject with no accepted request; a reply two windows after its request; another ENI's accept
+        InsightCase(nacl, "198.51.100.9", "10.0.1.5", 443, 50003, "REJECT", w + 9),
+        InsightCase(nacl, "10.0.1.5", "52.94.1.12", 50004, 443, "ACCEPT", w + 10, direction="egress"),
+        InsightCase(nacl, "52.94.1.12", "10.0.1.5", 443, 50004, "REJECT", w + 130),
+        InsightCase(other, "10.0.2.5", "52.94.1.13", 50005, 443, "ACCEPT", w + 11, direction="egress"),
+        InsightCase(nacl, "52.94.1.13", "10.0.2.5", 443, 50005, "REJECT", w + 12),
+        # Gateway endpoint: S3 via the NAT gateway (1) and the internet gateway (8), DynamoDB via NAT.
+        InsightCase(
+            gw, "10.0.3.5", "52.216.8.1", 50010, 443, "ACCEPT", w + 5,
+            bytes=3 * 2**30, direction="egress", path="1", dst_service="S3",
+        ),
+        InsightCase(
+            gw, "10.0.3.5", "52.216.8.2", 50011, 443, "ACCEPT", w + 6,
+            bytes=2**30, direction="egress", path="8", dst_service="S3",
+        ),
+        InsightCase(
+            gw, "10.0.3.5", "52.94.0.9", 50012, 443, "ACCEPT", w + 7,
+            bytes=5000, direction="egress", path="1", dst_service="DYNAMODB",
+        ),
+        # near misses: S3 already through a gateway endpoint (7); S3's replies coming in
+        InsightCase(
+            gw, "10.0.3.5", "52.216.8.3", 50013, 443, "ACCEPT", w + 8,
+            bytes=7000, direction="egress", path="7", dst_service="S3",
+        ),
+        InsightCase(gw, "52.216.8.1", "10.0.3.5", 443, 50010, "ACCEPT", w + 9, bytes=9000, direction="ingress", dst_service="-"),
+        # IPv6 from the internet starting connections (SYN), accepted and rejected.
+        InsightCase(v6, "2600:1f18:aaaa::1", "2600:1f18:bbbb::5", 51000, 22, "ACCEPT", w + 5, flags=2),
+        InsightCase(v6, "2a05:d018:cccc::7", "2600:1f18:bbbb::5", 51001, 3389, "REJECT", w + 6, flags=2),
+        InsightCase(v6, "2a05:d018:cccc::8", "2600:1f18:bbbb::5", 51002, 3389, "REJECT", w + 7, flags=2),
+        # near misses: a response to an outbound connection (SYN-ACK); IPv4 inbound; a ULA source; outbound
+        InsightCase(v6, "2600:1f18:aaaa::2", "2600:1f18:bbbb::5", 443, 51003, "ACCEPT", w + 8, flags=18),
+        InsightCase(v6, "203.0.113.5", "10.0.4.5", 51004, 22, "REJECT", w + 9, flags=2),
+        InsightCase(v6, "fd00::1", "2600:1f18:bbbb::5", 51005, 22, "ACCEPT", w + 10, flags=2),
+        InsightCase(v6, "2600:1f18:bbbb::5", "2600:1f18:aaaa::3", 51006, 443, "ACCEPT", w + 11, flags=2, direction="egress"),
+    ]
+    gib = 2**30
+    expected: dict[str, object] = {
+        "nacl_return_rejects": {nacl: 3},
+        "gateway_endpoint_candidates": {vpc: {"S3": {"records": 2, "bytes": 4 * gib}, "DYNAMODB": {"records": 1, "bytes": 5000}}},
+        "ipv6_internet_inbound": {v6: {"ACCEPT": 1, "REJECT": 2}},
+        "traffic_path_bytes": {vpc: {"same_vpc": 3 * gib + 5000, "internet_gateway": gib, "gateway_endpoint": 7000}},
+    }
+    return cases, expected
+
+
+def insight_table(cases: Sequence[InsightCase], fields: Sequence[str] = V5_ALL_FIELDS) -> pa.Table:
+    """The cases as flow-log records (strings, in `fields` order; mergeable with generate_table)."""
+    ipv6 = [":" in c.src for c in cases]
+    values: dict[str, list[str]] = {
+        "version": ["5"] * len(cases),
+        "account-id": [ACCOUNT] * len(cases),
+        "interface-id": [c.eni for c in cases],
+        "srcaddr": [c.src for c in cases],
+        "dstaddr": [c.dst for c in cases],
+        "srcport": [str(c.sport) for c in cases],
+        "dstport": [str(c.dport) for c in cases],
+        "protocol": [str(c.protocol) for c in cases],
+        "packets": ["10"] * len(cases),
+        "bytes": [str(c.bytes) for c in cases],
+        "start": [str(c.start) for c in cases],
+        "end": [str(c.start + 4) for c in cases],
+        "action": [c.action for c in cases],
+        "log-status": ["OK"] * len(cases),
+        "vpc-id": [c.vpc for c in cases],
+        "subnet-id": ["subnet-0insight00000001"] * len(cases),
+        "instance-id": ["i-0insight0000000001"] * len(cases),
+        "tcp-flags": [str(c.flags) for c in cases],
+        "type": ["IPv6" if v else "IPv4" for v in ipv6],
+        "pkt-srcaddr": [c.src for c in cases],
+        "pkt-dstaddr": [c.dst for c in cases],
+        "region": ["us-east-1"] * len(cases),
+        "az-id": ["use1-az1"] * len(cases),
+        "sublocation-type": ["-"] * len(cases),
+        "sublocation-id": ["-"] * len(cases),
+        "pkt-src-aws-service": ["-"] * len(cases),
+        "pkt-dst-aws-service": [c.dst_service for c in cases],
+        "flow-direction": [c.direction for c in cases],
+        "traffic-path": [c.path for c in cases],
+    }
+    return pa.table({f: pa.array(values[f], pa.string()) for f in fields})
+
+
 __all__ = [
     "V5_ALL_FIELDS",
+    "InsightCase",
     "Spike",
     "TrafficProfile",
     "eni_ids",
     "generate_table",
+    "insight_cases",
+    "insight_table",
     "iter_text_chunks",
     "to_lines",
     "write_log_gz",

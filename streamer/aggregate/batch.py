@@ -1,8 +1,9 @@
 """Everything computed from one decoded batch, on a worker thread.
 
 The reduce step of the ingest pool: per-ENI counter partials, the window
-partial for anomaly detection (when enabled), and the newest record end
-(for delivery delay). Results are small and are merged on the event loop.
+partial for anomaly detection (when enabled), the network insights (when
+enabled), and the newest record end (for delivery delay). Results are small
+and are merged on the event loop.
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ from collections.abc import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamer.aggregate import counters, windows
+from streamer.aggregate import counters, insights, windows
+from streamer.aggregate.state import FlowState
 
 #: Columns the live pipeline needs decoded, without and with windows.
 COLUMNS = (*counters.COLUMNS, "end")
 COLUMNS_WITH_WINDOWS = tuple(dict.fromkeys((*COLUMNS, *windows.COLUMNS)))
+
+
+def columns(windows: bool, with_insights: bool) -> tuple[str, ...]:
+    """What to decode for counters, plus windows and/or insights."""
+    base = COLUMNS_WITH_WINDOWS if windows else COLUMNS
+    return tuple(dict.fromkeys((*base, *insights.COLUMNS))) if with_insights else base
 
 
 @dataclasses.dataclass
@@ -25,10 +33,14 @@ class BatchResult:
     counters: pa.Table
     max_end: int | None
     windows: windows.WindowBatch | None = None
+    insights: insights.InsightBatch | None = None
 
 
-def reducer(window_seconds: int | None, max_time: int | None = None) -> Callable[[pa.Table], BatchResult]:
-    """The per-batch reduce: counters always, windows when `window_seconds` is set.
+def reducer(
+    window_seconds: int | None, max_time: int | None = None, insights_window_seconds: int | None = None
+) -> Callable[[pa.Table], BatchResult]:
+    """The per-batch reduce: counters always, windows when `window_seconds` is set,
+    insights when `insights_window_seconds` is.
 
     `max_time` is the newest event time windows trust (wall clock plus the
     allowed skew); later records still count, but in no window.
@@ -39,6 +51,18 @@ def reducer(window_seconds: int | None, max_time: int | None = None) -> Callable
         if "end" in table.column_names and table.num_rows:
             max_end = pc.max(table.column("end")).as_py()
         part = windows.window_batch(table, window_seconds, max_time) if window_seconds else None
-        return BatchResult(counters.count_batch(table), max_end, part)
+        found = insights.insight_batch(table, insights_window_seconds) if insights_window_seconds else None
+        return BatchResult(counters.count_batch(table), max_end, part, found)
 
     return reduce
+
+
+def delta_of(parts: list[BatchResult]) -> FlowState:
+    """One input's counters and insights, from its batches' results."""
+    delta = FlowState(counters.Counters(counters.combine(p.counters for p in parts)))
+    found = [p.insights for p in parts if p.insights is not None]
+    if found:
+        delta.insights = insights.fold(f.sums for f in found)
+        for f in found:
+            insights.merge_examples(delta.insight_examples, f.examples)
+    return delta

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import Counters, combine
 from streamer.decode.errors import ErrorCounts
 
@@ -32,6 +33,9 @@ class FlowState:
     decode_errors: dict[str, int] = dataclasses.field(default_factory=dict)
     #: interface -> wall time it was last counted (the cap's members; empty when uncapped)
     seen: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: network insight sums (aggregate/insights.py), and an example record per ENI for reports
+    insights: pa.Table = dataclasses.field(default_factory=ins.SCHEMA.empty_table)
+    insight_examples: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def apply(self, delta: FlowState) -> None:
         """Add the effect of one object (a delta built the same way)."""
@@ -39,6 +43,9 @@ class FlowState:
         for reason, count in delta.decode_errors.items():
             self.count(reason, count)
         self.seen.update(delta.seen)
+        if delta.insights.num_rows:
+            self.insights = ins.fold([self.insights, delta.insights])
+        ins.merge_examples(self.insight_examples, delta.insight_examples)
 
     def add_errors(self, errors: ErrorCounts) -> None:
         for reason, count in errors.counts.items():
@@ -71,11 +78,14 @@ class FlowState:
             elif free > 0:
                 keep.append(eni)
                 free -= 1
+        insights = delta.insights
         if len(keep) < len(ranked):
             kept = pc.is_in(table.column("interface_id"), pa.array(keep, pa.string()))
             relabeled = pc.if_else(kept, table.column("interface_id"), pa.scalar(OTHER_INTERFACE))
             table = combine([table.set_column(0, "interface_id", relabeled)])
-        return FlowState(Counters(table), dict(delta.decode_errors), dict.fromkeys(keep, now))
+            insights = _relabel_insights(insights, keep)
+        examples = {eni: text for eni, text in delta.insight_examples.items() if eni in keep}
+        return FlowState(Counters(table), dict(delta.decode_errors), dict.fromkeys(keep, now), insights, examples)
 
     def capped(self, delta: FlowState, limit: int, idle_seconds: float, now: float) -> tuple[FlowState, list[str]]:
         """`delta` admitted under the cap, and the idle members to forget with it (none it touches)."""
@@ -95,3 +105,22 @@ class FlowState:
             self.seen.pop(eni, None)
         table = self.counters.table()
         self.counters = Counters(table.filter(pc.invert(pc.is_in(table.column("interface_id"), pa.array(gone, pa.string())))))
+        eni_rows = pc.and_(
+            pc.is_in(self.insights.column("kind"), pa.array(ins.ENI_KINDS)),
+            pc.is_in(self.insights.column("key1"), pa.array(gone, pa.string())),
+        )
+        self.insights = self.insights.filter(pc.invert(eni_rows))
+        for eni in gone:
+            self.insight_examples.pop(eni, None)
+
+
+def _relabel_insights(table: pa.Table, keep: list[str]) -> pa.Table:
+    """Per-ENI insight rows of interfaces beyond the cap go to "other", like their counters."""
+    if not table.num_rows:
+        return table
+    folded = pc.and_(
+        pc.is_in(table.column("kind"), pa.array(ins.ENI_KINDS)),
+        pc.invert(pc.is_in(table.column("key1"), pa.array(keep, pa.string()))),
+    )
+    relabeled = pc.if_else(folded, pa.scalar(OTHER_INTERFACE), table.column("key1"))
+    return ins.fold([table.set_column(1, "key1", relabeled)])

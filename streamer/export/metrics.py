@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import combine
 from streamer.aggregate.detection import Detection
 from streamer.aggregate.eventtime import ALL_SOURCES
@@ -140,3 +141,53 @@ class DetectionCollector(Collector):
             watermark.add_metric([ALL_SOURCES], clock.watermark)
         yield watermark
         yield GaugeMetricFamily("streamer_open_windows", "Open (ENI, window) pairs.", value=det.windows.stats.num_rows)
+
+
+class InsightsCollector(Collector):
+    """Network insight counters (aggregate/insights.py) from the flow state; per-ENI ones share the counters' cap."""
+
+    def __init__(self, state: Callable[[], FlowState], nat_price_per_gb: float) -> None:
+        self._state = state
+        self.nat_price_per_gb = nat_price_per_gb
+
+    def collect(self) -> Iterator[Metric]:
+        nacl = CounterMetricFamily(
+            "vpcflow_nacl_return_rejects",
+            "Rejected replies to accepted flows (same ENI, same or adjacent window): a stateless NACL dropping return traffic.",
+            labels=["interface_id"],
+        )
+        gw_bytes = CounterMetricFamily(
+            "vpcflow_gateway_endpoint_candidate_bytes",
+            "Egress bytes to S3/DynamoDB through a NAT or internet gateway: a gateway endpoint would carry them free.",
+            labels=["vpc_id", "service"],
+        )
+        gw_records = CounterMetricFamily(
+            "vpcflow_gateway_endpoint_candidate_records",
+            "Egress records to S3/DynamoDB through a NAT or internet gateway.",
+            labels=["vpc_id", "service"],
+        )
+        ipv6 = CounterMetricFamily(
+            "vpcflow_ipv6_internet_inbound_records",
+            "Connections started from global IPv6 addresses on the internet, by ENI and action: reachable over IPv6.",
+            labels=["interface_id", "action"],
+        )
+        paths = CounterMetricFamily(
+            "vpcflow_traffic_path_bytes", "Egress bytes by traffic-path (v5 field), per VPC.", labels=["vpc_id", "path"]
+        )
+        for row in self._state().insights.to_pylist():  # one row per series
+            kind, k1, k2 = row["kind"], row["key1"], row["key2"]
+            if kind == ins.NACL:
+                nacl.add_metric([k1], row["records"])
+            elif kind == ins.GATEWAY:
+                gw_bytes.add_metric([k1, k2], row["bytes"])
+                gw_records.add_metric([k1, k2], row["records"])
+            elif kind == ins.IPV6:
+                ipv6.add_metric([k1, k2], row["records"])
+            elif kind == ins.PATHS:
+                paths.add_metric([k1, k2], row["bytes"])
+        price = GaugeMetricFamily(
+            "streamer_nat_gateway_price_usd_per_gb",
+            "insights.nat_gateway_price_per_gb: the NAT gateway processing price the cost estimates use.",
+            value=self.nat_price_per_gb,
+        )
+        yield from (nacl, gw_bytes, gw_records, ipv6, paths, price)

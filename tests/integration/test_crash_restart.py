@@ -11,6 +11,7 @@ download. Covered for S3 polling, Kinesis and FilterLogEvents sources.
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import os
 import signal
 import sqlite3
@@ -239,3 +240,40 @@ def test_sigterm_in_the_middle_of_a_large_download_exits_within_5_s(aws: str, tm
     assert "already running" not in log
     assert "restarting" not in log
     assert done_objects(h.db) == 0  # abandoned uncommitted: read again on the next start
+
+
+def test_sigkill_then_restart_keeps_network_insights_exact(aws: str, tmp_path: Path) -> None:
+    """Objects of insight cases with known answers; killed mid-backlog: the insight counters end exact."""
+    from streamer.schema import V5_ALL_FIELDS
+    from streamer.synth import insight_cases, insight_table
+
+    s3 = boto("s3", aws)
+    s3.create_bucket(Bucket="flow-logs")
+    now = dt.datetime.now(dt.UTC)
+    n_objects = 30
+    for i in range(n_objects):
+        cases, expected = insight_cases(int(now.timestamp()) - 3600 + i * 120)
+        text = " ".join(V5_ALL_FIELDS) + "\n" + "\n".join(to_lines(insight_table(cases)).to_pylist()) + "\n"
+        s3.put_object(Bucket="flow-logs", Key=aws_key(now, "daily", n=i), Body=gzip.compress(text.encode()))
+    h = Harness(tmp_path, {"type": "s3", "bucket": "flow-logs", "endpoint_url": aws, "poll_interval_seconds": 0.2})
+    for threshold in (3, 11, 19):
+        h.kill_when(lambda t=threshold: done_objects(h.db) >= t, f"{threshold} objects")
+    proc = h.start()
+    try:
+        wait_until(lambda: done_objects(h.db) == n_objects, 60, "every object")
+        before = polls(scrape(h.port))
+        wait_until(lambda: polls(scrape(h.port)) >= before + 2, 60, "2 more polls")
+        metrics = scrape(h.port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    nacl = {dict(k)["interface_id"]: v for k, v in metrics["vpcflow_nacl_return_rejects_total"].items()}
+    assert nacl == {eni: n * n_objects for eni, n in expected["nacl_return_rejects"].items()}  # type: ignore[union-attr]
+    ipv6 = {tuple(dict(k).values()): v for k, v in metrics["vpcflow_ipv6_internet_inbound_records_total"].items()}
+    assert ipv6 == {("REJECT", "eni-0ipv6000000000001"): 2 * n_objects, ("ACCEPT", "eni-0ipv6000000000001"): n_objects}
+    gateway = {dict(k)["service"]: v for k, v in metrics["vpcflow_gateway_endpoint_candidate_bytes_total"].items()}
+    assert gateway == {"S3": 4 * 2**30 * n_objects, "DYNAMODB": 5000 * n_objects}
+    paths = {dict(k)["path"]: v for k, v in metrics["vpcflow_traffic_path_bytes_total"].items()}
+    gib = 2**30
+    per_object = {"same_vpc": 3 * gib + 5000, "internet_gateway": gib, "gateway_endpoint": 7000}
+    assert paths == {path: b * n_objects for path, b in per_object.items()}

@@ -23,7 +23,7 @@ from streamer.aggregate.state import FlowState
 from streamer.aggregate.windows import window_batch
 from streamer.config import AlertsConfig, parse_config
 from streamer.export.alerts import Alerter
-from streamer.export.metrics import DetectionCollector, FlowCollector
+from streamer.export.metrics import DetectionCollector, FlowCollector, InsightsCollector
 from streamer.export.telemetry import Telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +44,7 @@ def exported_names() -> set[str]:
     Telemetry(registry)
     Alerter(AlertsConfig(), registry)
     registry.register(FlowCollector(FlowState))
+    registry.register(InsightsCollector(FlowState, 0.045))
     batch = window_batch(
         pa.table(
             {
@@ -147,7 +148,7 @@ def test_grafana_provisioning_points_at_the_dashboard() -> None:
     ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     uid = ds["datasources"][0]["uid"]
     doc = json.loads(DASHBOARD.read_text())
-    assert all(p["datasource"]["uid"] == uid for p in doc["panels"])
+    assert all(p["datasource"]["uid"] == uid for p in doc["panels"] if p["type"] != "row")
     provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "streamer.yml").read_text())
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     mounts = compose["services"]["grafana"]["volumes"]

@@ -33,6 +33,10 @@ MUST_HAVE_DATA = {
     "Inputs finished per source and outcome",
     "Delivery delay (p50 / p90)",
     "Lag: since last input / behind event time",
+    "NACL return rejects/s per ENI",
+    "S3/DynamoDB via NAT: bytes/s and est. monthly NAT cost",
+    "ENIs reachable from the internet over IPv6 (dashboard range)",
+    "Egress bytes/s by traffic path",
 }
 
 

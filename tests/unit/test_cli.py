@@ -53,6 +53,12 @@ def test_json_output_is_one_object(sample: Path) -> None:
         },
         "log_status": {"NODATA": 1, "OK": 3},
         "errors": {"wrong_field_count": 1},
+        "insights": {
+            "nacl_return_rejects": {},
+            "gateway_endpoint_candidates": {},
+            "ipv6_internet_inbound": {},
+            "traffic_path_bytes": {},
+        },
     }
     assert b"wrong_field_count" in proc.stderr
     assert b"a.log.gz" in proc.stderr
@@ -189,3 +195,21 @@ def test_replay_reads_firehose_objects_without_flags(tmp_path: Path) -> None:
     assert doc["interfaces"]["eni-a"]["REJECT"]["records"] == 1
     assert doc["log_status"] == {"NODATA": 1, "OK": 3}
     assert doc["errors"] == {}
+
+
+def test_replay_json_reports_network_insights(tmp_path: Path) -> None:
+    from streamer.schema import V5_ALL_FIELDS
+    from streamer.synth import insight_cases, insight_table, to_lines
+
+    cases, expected = insight_cases(1_764_000_000)
+    text = " ".join(V5_ALL_FIELDS) + "\n" + "\n".join(to_lines(insight_table(cases)).to_pylist()) + "\n"
+    path = tmp_path / "v5.log.gz"
+    path.write_bytes(gzip.compress(text.encode()))
+    doc = json.loads(streamer("replay", "--output", "json", "--nat-gateway-price-per-gb", "0.05", str(path)).stdout)
+    insights = doc["insights"]
+    assert {k: v["records"] for k, v in insights["nacl_return_rejects"].items()} == expected["nacl_return_rejects"]
+    assert insights["ipv6_internet_inbound"] == expected["ipv6_internet_inbound"]
+    assert insights["traffic_path_bytes"] == expected["traffic_path_bytes"]
+    s3 = insights["gateway_endpoint_candidates"]["vpc-0insight000000001"]["S3"]
+    assert (s3["records"], s3["bytes"], s3["estimated_nat_cost_usd"]) == (2, 4 * 2**30, 0.2)
+    assert "insights" not in json.loads(streamer("replay", "--output", "json", "--no-insights", str(path)).stdout)
