@@ -135,22 +135,40 @@ def _times(table: pa.Table) -> pa.ChunkedArray | pa.Array:
     return pc.coalesce(*cols) if len(cols) > 1 else cols[0]
 
 
-def _nacl(table: pa.Table, window_seconds: int) -> tuple[pa.Table, dict[str, str]]:
-    action = _str(table, "action")
-    flows = pa.table({n: (_str(table, n) if n == "interface-id" else table.column(n)) for n in _FLOW})
-    window = pc.multiply(pc.divide(pc.cast(_times(table), pa.int64()), window_seconds), window_seconds)
-    flows = flows.append_column("window", window)
+def _flows(table: pa.Table, mask: pa.ChunkedArray | pa.Array, window_seconds: int) -> pa.Table:
+    """The flow key columns and window of the rows in `mask` (few: filtered before anything is converted)."""
+    picked = table.select([*_FLOW, *[n for n in ("end", "start") if n in table.column_names]]).filter(mask)
+    window = pc.multiply(pc.divide(pc.cast(_times(picked), pa.int64()), window_seconds), window_seconds)
+    flows = pa.table({n: (_str(picked, n) if n == "interface-id" else picked.column(n)) for n in _FLOW}).append_column(
+        "window", window
+    )
     valid = pc.is_valid(flows.column("window"))
     for name in _FLOW:
         valid = pc.and_(valid, pc.is_valid(flows.column(name)))
-    rejects = flows.filter(pc.and_(pc.fill_null(pc.equal(action, "REJECT"), False), valid))
+    return flows.filter(valid)
+
+
+def _nacl(table: pa.Table, window_seconds: int) -> tuple[pa.Table, dict[str, str]]:
+    action = table.column("action")
+    is_reject = pc.fill_null(pc.equal(action, "REJECT"), False)
+    if not pc.any(is_reject).as_py():
+        return SCHEMA.empty_table(), {}
+    rejects = _flows(table, is_reject, window_seconds)
     if not rejects.num_rows:
         return SCHEMA.empty_table(), {}
-    accepts = flows.filter(pc.and_(pc.fill_null(pc.equal(action, "ACCEPT"), False), valid))
-    # Cheap semi-join first: only accepts sent to an address that a reject came from can be its request.
-    accepts = accepts.filter(pc.is_in(accepts.column("dstaddr"), value_set=pc.unique(rejects.column("srcaddr"))))
-    if not accepts.num_rows:
+    # Cheap semi-joins first: a request leaves from the port its rejected reply went to (an ephemeral
+    # port: very selective, and an integer), toward the address the reply came from.
+    candidate = pc.and_(
+        pc.fill_null(pc.equal(action, "ACCEPT"), False),
+        pc.fill_null(pc.is_in(table.column("srcport"), value_set=pc.unique(rejects.column("dstport"))), False),
+    )
+    if not pc.any(candidate).as_py():
         return SCHEMA.empty_table(), {}
+    near = table.select([*_FLOW, *[n for n in ("end", "start") if n in table.column_names]]).filter(candidate)
+    to_them = pc.fill_null(pc.is_in(near.column("dstaddr"), value_set=pc.unique(rejects.column("srcaddr"))), False)
+    if not pc.any(to_them).as_py():
+        return SCHEMA.empty_table(), {}
+    accepts = _flows(near, to_them, window_seconds)
     rejects = rejects.append_column("row", pa.array(range(rejects.num_rows), pa.int64()))
     reversed_ = rejects.rename_columns([_REVERSED.get(n, n) for n in rejects.column_names])
     reversed_ = reversed_.rename_columns(["reject_window" if n == "window" else n for n in reversed_.column_names])
@@ -172,28 +190,25 @@ def _nacl(table: pa.Table, window_seconds: int) -> tuple[pa.Table, dict[str, str
 
 
 def _gateway(table: pa.Table) -> pa.Table:
-    service = _str(table, "pkt-dst-aws-service")
+    path = table.column("traffic-path")
     mask = pc.and_(
         pc.and_(
-            pc.fill_null(pc.equal(_str(table, "flow-direction"), "egress"), False),
-            pc.is_in(service, value_set=pa.array(GATEWAY_SERVICES)),
+            pc.fill_null(pc.equal(table.column("flow-direction"), "egress"), False),
+            pc.fill_null(pc.is_in(table.column("pkt-dst-aws-service"), value_set=pa.array(GATEWAY_SERVICES)), False),
         ),
-        pc.is_in(table.column("traffic-path"), value_set=pa.array(GATEWAY_PATHS, table.column("traffic-path").type)),
+        pc.fill_null(pc.is_in(path, value_set=pa.array(GATEWAY_PATHS, path.type)), False),
     )
     if not pc.any(mask).as_py():
         return SCHEMA.empty_table()
-    picked = pa.table({"vpc": _vpc(table), "service": service, "bytes": _bytes(table)}).filter(mask)
+    table = table.filter(mask)
+    picked = pa.table({"vpc": _vpc(table), "service": _str(table, "pkt-dst-aws-service"), "bytes": _bytes(table)})
     g = picked.group_by(["vpc", "service"], use_threads=False).aggregate([([], "count_all"), ("bytes", "sum")])
     return _rows(GATEWAY, g.column("vpc"), g.column("service"), g.column("count_all"), g.column("bytes_sum"))
 
 
 def _ipv6(table: pa.Table) -> pa.Table:
     have = set(table.column_names)
-    src = _str(table, "srcaddr")
-    inbound = pc.and_(
-        pc.fill_null(pc.equal(_str(table, "flow-direction"), "ingress"), False),
-        pc.fill_null(pc.match_substring_regex(src, _GLOBAL_IPV6), False),
-    )
+    inbound = pc.fill_null(pc.equal(table.column("flow-direction"), "ingress"), False)
     if "tcp-flags" in have:
         starts = pc.equal(pc.bit_wise_and(table.column("tcp-flags"), pa.scalar(18, table.column("tcp-flags").type)), 2)
     else:
@@ -205,7 +220,11 @@ def _ipv6(table: pa.Table) -> pa.Table:
     mask = pc.and_(inbound, pc.fill_null(starts, False))
     if not pc.any(mask).as_py():
         return SCHEMA.empty_table()
-    picked = pa.table({"eni": _str(table, "interface-id"), "action": _str(table, "action")}).filter(mask)
+    table = table.select(["interface-id", "action", "srcaddr"]).filter(mask)  # the regex runs on connection starts only
+    table = table.filter(pc.fill_null(pc.match_substring_regex(table.column("srcaddr"), _GLOBAL_IPV6), False))
+    if not table.num_rows:
+        return SCHEMA.empty_table()
+    picked = pa.table({"eni": _str(table, "interface-id"), "action": _str(table, "action")})
     picked = picked.filter(pc.and_(pc.is_valid(picked.column("eni")), pc.is_valid(picked.column("action"))))
     g = picked.group_by(["eni", "action"], use_threads=False).aggregate([([], "count_all")])
     return _rows(IPV6, g.column("eni"), g.column("action"), g.column("count_all"), None)
@@ -214,13 +233,15 @@ def _ipv6(table: pa.Table) -> pa.Table:
 def _paths(table: pa.Table) -> pa.Table:
     path = table.column("traffic-path")
     names = pa.array([None, *[PATH_NAMES[i] for i in range(1, 9)]], pa.string())
-    known = pc.and_(pc.greater_equal(path, 1), pc.less_equal(path, 8))
-    picked = pa.table({"vpc": _vpc(table), "path": path, "bytes": _bytes(table)}).filter(pc.fill_null(known, False))
-    if not picked.num_rows:
+    known = pc.fill_null(pc.and_(pc.greater_equal(path, 1), pc.less_equal(path, 8)), False)
+    if not pc.any(known).as_py():
         return SCHEMA.empty_table()
+    vpc = table.column("vpc-id") if "vpc-id" in table.column_names else pa.nulls(table.num_rows, pa.string())
+    picked = pa.table({"vpc": vpc, "path": path, "bytes": _bytes(table)}).filter(known)
     g = picked.group_by(["vpc", "path"], use_threads=False).aggregate([([], "count_all"), ("bytes", "sum")])
     labels = pc.take(names, pc.cast(g.column("path"), pa.int64()))
-    return _rows(PATHS, g.column("vpc"), labels, g.column("count_all"), g.column("bytes_sum"))
+    vpcs = pc.fill_null(pc.cast(g.column("vpc"), pa.string()), "-")  # a few groups: cheap to convert now
+    return _rows(PATHS, vpcs, labels, g.column("count_all"), g.column("bytes_sum"))
 
 
 def _bytes(table: pa.Table) -> pa.ChunkedArray | pa.Array:
