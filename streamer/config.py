@@ -29,6 +29,7 @@ from streamer.settings import (
     AnomalyConfig,
     CheckpointConfig,
     ConfigError,
+    FleetConfig,
     HttpConfig,
     InsightsConfig,
     LoggingConfig,
@@ -53,6 +54,7 @@ class Config(Model):
     sources: list[SourceConfig] = Field(min_length=1)
     anomaly: AnomalyConfig = AnomalyConfig()
     insights: InsightsConfig = InsightsConfig()
+    fleet: FleetConfig = FleetConfig()
     alerts: AlertsConfig = AlertsConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -143,6 +145,7 @@ __all__ = [
     "CloudWatchSourceConfig",
     "Config",
     "ConfigError",
+    "FleetConfig",
     "HttpConfig",
     "InsightsConfig",
     "KinesisSourceConfig",

@@ -29,12 +29,12 @@ from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
 from streamer.aggregate.state import FlowState
-from streamer.aggregate.windows import WindowBatch
-from streamer.checkpoint import CheckpointStore, Commit, Done
+from streamer.aggregate.windows import WindowBatch, encode_partial
+from streamer.checkpoint import Commit, Done, LeaseLost, StateStore
 from streamer.decode.objects import ObjectReader
 from streamer.export.telemetry import Telemetry
 from streamer.ingest import Ingestor, ObjectResult, account
-from streamer.sources.base import Delivery, SourceError
+from streamer.sources.base import LEASE_LOST, Delivery, SourceError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,16 +44,17 @@ KEEPALIVE_SECONDS = 30.0
 DUPLICATE = "duplicate"
 
 
+
 class _Stopped(Exception):
     """The service is shutting down; abandon the delivery uncommitted."""
 
 
 class Store:
-    """The checkpoint store behind one dedicated thread (SQLite is blocking)."""
+    """The checkpoint store behind dedicated threads (its calls block): one for SQLite, a few for PostgreSQL."""
 
-    def __init__(self, store: CheckpointStore) -> None:
+    def __init__(self, store: StateStore, threads: int = 1) -> None:
         self.store = store
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self._thread = ThreadPoolExecutor(threads, thread_name_prefix="checkpoint")
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -79,6 +80,7 @@ class Pipeline:
         interface_idle_seconds: float = 86400,
         clock: Callable[[], float] = time.time,
         insights_window_seconds: int | None = None,
+        partials_window_seconds: int | None = None,
     ) -> None:
         self.state = state
         self.store = store
@@ -90,8 +92,11 @@ class Pipeline:
         self.max_interfaces = max_interfaces
         self.interface_idle_seconds = interface_idle_seconds
         self.clock = clock
-        self.columns = columns(detection is not None, insights_window_seconds is not None)
-        self.window_seconds = detection.windows.window_seconds if detection is not None else None
+        #: fleet replicas: no local detection; each input's window partial is committed for the leader
+        self.partials_window_seconds = partials_window_seconds
+        windowed = detection is not None or partials_window_seconds is not None
+        self.columns = columns(windowed, insights_window_seconds is not None)
+        self.window_seconds = detection.windows.window_seconds if detection is not None else partials_window_seconds
         self.insights_window_seconds = insights_window_seconds
         #: commits that landed (tests and readiness wait on this, not on sleeps)
         self.commits = 0
@@ -122,9 +127,20 @@ class Pipeline:
                 example,
             )
         change = Commit(
-            delta, [Done(d.namespace, d.key, outcome) for d in delivery.done], dict(delivery.cursors), dict(delivery.snapshots)
+            delta,
+            [Done(d.namespace, d.key, outcome) for d in delivery.done],
+            dict(delivery.cursors),
+            dict(delivery.snapshots),
+            lease=delivery.lease,
         )
-        committed, anomalies = await self._shielded(self._commit_and_apply(source, change, window_parts))
+        if self.partials_window_seconds is not None and window_parts:
+            change.partials.append((source, encode_partial(window_parts)))
+        try:
+            committed, anomalies = await self._shielded(self._commit_and_apply(source, change, window_parts))
+        except LeaseLost as exc:  # another replica reads this partition now and counts it
+            log.warning("%s: not counted here: %s", delivery.location, exc)
+            self.telemetry.finished(source, LEASE_LOST, 0, None)
+            return LEASE_LOST
         if not committed:
             self.telemetry.finished(source, DUPLICATE, 0, None)
             return DUPLICATE

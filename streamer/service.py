@@ -29,8 +29,9 @@ from streamer.export.alerts import Alerter
 from streamer.export.http import build_app, serve
 from streamer.export.metrics import DetectionCollector, FlowCollector, InsightsCollector
 from streamer.export.telemetry import Telemetry
+from streamer.fleet import Coordinator, LeaderDetector, LeaseCollector
 from streamer.pipeline import Pipeline, Store
-from streamer.sources.base import BuildContext, Source
+from streamer.sources.base import BuildContext, OwnsEverything, Source
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class Service:
         self.alerter: Alerter | None = None
         self.started = asyncio.Event()
         self.stopping = False
+        self.coordinator: Coordinator | None = None
+        self.leader: LeaderDetector | None = None
 
     def ready(self) -> bool:
         return bool(self.sources) and all(s.ready for s in self.sources)
@@ -71,7 +74,9 @@ class Service:
         sources: list[Source] = []
         for index, cfg in enumerate(self.config.sources):
             name = self.config.source_name(index)
-            ctx = BuildContext(name, self.clients, done_among, self._cursors(store, name), snapshot)
+            coordinator = self.coordinator if self.coordinator is not None else OwnsEverything()
+            partitions = self.config.fleet.s3_partitions if self.coordinator is not None else 1
+            ctx = BuildContext(name, self.clients, done_among, self._cursors(store, name), snapshot, coordinator, partitions)
             sources.append(await cfg.build(ctx))
         return sources
 
@@ -82,15 +87,31 @@ class Service:
 
         return load
 
+    async def _open_store(self) -> Store:
+        cp = self.config.checkpoint
+        if cp.url is None:
+            return Store(CheckpointStore(cp.path))
+        from streamer.checkpoint_pg import PostgresStore  # only fleets need the driver
+
+        url, replica = cp.url.get_secret_value(), self.config.fleet.replica_id
+        pg = await asyncio.to_thread(PostgresStore, url, replica, cp.password_file, cp.pool_size)
+        return Store(pg, threads=cp.pool_size)
+
     async def run(self, stop: asyncio.Event) -> None:
-        store = Store(CheckpointStore(self.config.checkpoint.path))
+        store = await self._open_store()
         workers = self.config.decode_workers or min(4, os.cpu_count() or 2)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
         runner = None
+        fleet = self.config.checkpoint.url is not None
         try:
             state = await store.call(store.store.load_state)
-            detection = await self._restore_detection(store)
             alerter = Alerter(self.config.alerts, self.registry)
+            leader = None
+            if fleet:
+                self.coordinator, leader = await self._join_fleet(store, alerter)
+                detection = None
+            else:
+                detection = await self._restore_detection(store)
             pipeline = Pipeline(
                 state,
                 store,
@@ -102,15 +123,18 @@ class Service:
                 max_interfaces=self.config.metrics.max_interfaces,
                 interface_idle_seconds=self.config.metrics.interface_idle_seconds,
                 insights_window_seconds=self.config.anomaly.window_seconds if self.config.insights.enabled else None,
+                partials_window_seconds=self.config.anomaly.window_seconds if fleet else None,
             )
             self.pipeline = pipeline
             self.alerter = alerter
+            self.leader = leader
             self.registry.register(FlowCollector(lambda: pipeline.state, self.config.metrics.max_interfaces))
             if self.config.insights.enabled:
                 price = self.config.insights.nat_gateway_price_per_gb
                 self.registry.register(InsightsCollector(lambda: pipeline.state, price))
             members = lambda: pipeline.state.seen.keys()  # noqa: E731
-            self.registry.register(DetectionCollector(lambda: pipeline.detection, members, self.config.metrics.max_interfaces))
+            current = (lambda: leader.detection) if leader is not None else (lambda: pipeline.detection)
+            self.registry.register(DetectionCollector(current, members, self.config.metrics.max_interfaces))
             self.sources = await self._build_sources(store)
             for source in self.sources:  # read at scrape time, never stale
                 self.telemetry.ready.labels(source.name).set_function(_readiness(source))
@@ -128,7 +152,11 @@ class Service:
                     for source in self.sources:
                         group.create_task(self._run_source(source, pipeline))
                     group.create_task(self._prune(store))
-                    group.create_task(self._tick(pipeline))
+                    if leader is not None and self.coordinator is not None:
+                        group.create_task(self.coordinator.run())
+                        group.create_task(leader.run())
+                    else:
+                        group.create_task(self._tick(pipeline))
                     if alerter.targets:
                         group.create_task(alerter.run())
                     await stop.wait()
@@ -144,6 +172,30 @@ class Service:
             await self.clients.close()
             log.info("stopped")
 
+    async def _join_fleet(self, store: Store, alerter: Alerter) -> tuple[Coordinator, LeaderDetector]:
+        """Leases and the leader's detector over the shared database (see fleet.py)."""
+        from streamer.checkpoint_pg import PostgresStore
+
+        assert isinstance(store.store, PostgresStore)
+        coordinator = Coordinator(store.store, self.config.fleet.lease_seconds, store.call)
+        await coordinator.heartbeat()
+        cfg = self.config.anomaly
+        settings = self._settings()
+        leader = LeaderDetector(
+            coordinator,
+            lambda: Detection.create(settings, cfg.lateness_seconds, self.event_clock()),
+            lambda blob: Detection.restore(blob, settings, cfg.lateness_seconds, self.event_clock()),
+            alerter,
+            store.call,
+        )
+        self.registry.register(LeaseCollector(coordinator))
+        log.info("replica %s joined a fleet of %d", coordinator.replica_id, len(coordinator.live))
+        return coordinator, leader
+
+    def _settings(self) -> Settings:
+        cfg = self.config.anomaly
+        return Settings(cfg.window_seconds, cfg.score_threshold, cfg.min_rejected_records, cfg.warmup_windows, cfg.baseline_alpha)
+
     def event_clock(self) -> EventClock:
         """Live event time over the configured sources (see aggregate/eventtime.py)."""
         cfg = self.config.anomaly
@@ -152,9 +204,7 @@ class Service:
 
     async def _restore_detection(self, store: Store) -> Detection:
         cfg = self.config.anomaly
-        settings = Settings(
-            cfg.window_seconds, cfg.score_threshold, cfg.min_rejected_records, cfg.warmup_windows, cfg.baseline_alpha
-        )
+        settings = self._settings()
         blob = await store.call(store.store.snapshot, SNAPSHOT_NAME)
         if blob is None:
             return Detection.create(settings, cfg.lateness_seconds, self.event_clock())

@@ -8,10 +8,11 @@ own config model extends (each source keeps its model beside its runner in
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from streamer.schema import UnknownFieldError, parse_log_format
 
@@ -50,8 +51,32 @@ class HttpConfig(Model):
 class CheckpointConfig(Model):
     #: SQLite file holding counters, windows and positions (directory is created)
     path: Path = Path("/var/lib/streamer/state.db")
+    #: a fleet's shared PostgreSQL instead: postgresql://user@host:5432/db (the password may be in it, never logged)
+    url: SecretStr | None = None
+    #: a file holding the database password (a mounted Secret); else the URL's, or the standard PG* variables
+    password_file: Path | None = None
+    #: database connections per process
+    pool_size: int = Field(default=4, ge=2, le=32)
     #: how long to remember finished S3 objects (must exceed any lookback)
     retention_seconds: int = Field(default=7 * 86400, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+
+class FleetConfig(Model):
+    """Several replicas over one PostgreSQL (checkpoint.url): work split by leases, one leader detects."""
+
+    #: this replica's name: its counters are kept under it and resume after a restart (default: the hostname)
+    replica_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    #: a lease not renewed for this long is taken over by another replica (renewed every third of it)
+    lease_seconds: float = Field(default=30, ge=2)
+    #: S3 polling is split into this many key-hash partitions, leased among the replicas
+    s3_partitions: int = Field(default=8, ge=1, le=256)
 
 
 

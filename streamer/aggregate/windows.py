@@ -364,3 +364,25 @@ def to_ipc(table: pa.Table) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue()
+
+
+def encode_partial(batches: list[WindowBatch]) -> bytes:
+    """One input's window partials, folded, as bytes: what a fleet replica commits for the leader."""
+    stats = fold_stats([b.stats for b in batches])
+    sources = fold_context([b.sources for b in batches], "srcaddr", SOURCES)
+    ports = fold_context([b.ports for b in batches], "dstport", PORTS)
+    times = [b.max_time for b in batches if b.max_time is not None]
+    parts = [to_ipc(t) for t in (stats, sources, ports)]
+    meta = {"max_time": max(times) if times else None, "future": sum(b.future for b in batches), "sizes": [len(p) for p in parts]}
+    return orjson.dumps(meta) + b"\n" + b"".join(parts)
+
+
+def decode_partial(blob: bytes) -> WindowBatch:
+    head, _, rest = blob.partition(b"\n")
+    meta = orjson.loads(head)
+    tables, pos = [], 0
+    for size in meta["sizes"]:
+        tables.append(pa.ipc.open_stream(rest[pos : pos + size]).read_all())
+        pos += size
+    stats, sources, ports = tables
+    return WindowBatch(stats.cast(STATS), sources.cast(SOURCES), ports.cast(PORTS), meta["max_time"], meta["future"])

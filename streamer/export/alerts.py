@@ -68,6 +68,21 @@ class Alerter:
     def targets(self) -> list[str]:
         return [t for t in (self.config.alertmanager_url, self.config.webhook_url) if t]
 
+    def preview(self, anomalies: list[Anomaly]) -> dict[str, ActiveAlert]:
+        """The active alerts `notify` would leave, without changing anything (a fleet's leader commits them first)."""
+        return self._merged(anomalies, self.clock())
+
+    def _merged(self, anomalies: list[Anomaly], now: float) -> dict[str, ActiveAlert]:
+        active = dict(self.active)
+        for anomaly in anomalies:
+            current = active.get(anomaly.interface_id)
+            if current is None:
+                active[anomaly.interface_id] = ActiveAlert(anomaly, now, now)
+            else:
+                keep = anomaly if anomaly.window_start >= current.anomaly.window_start else current.anomaly
+                active[anomaly.interface_id] = ActiveAlert(keep, current.starts_at, now, current.windows + 1)
+        return active
+
     def notify(self, anomalies: list[Anomaly]) -> None:
         """Record detections (called after their state is committed)."""
         now = self.clock()
@@ -83,12 +98,7 @@ class Alerter:
                 anomaly.score,
                 ", ".join(f"{a} ({n})" for a, n in anomaly.top_sources) or "-",
             )
-            current = self.active.get(anomaly.interface_id)
-            if current is None:
-                self.active[anomaly.interface_id] = ActiveAlert(anomaly, now, now)
-            else:
-                keep = anomaly if anomaly.window_start >= current.anomaly.window_start else current.anomaly
-                self.active[anomaly.interface_id] = ActiveAlert(keep, current.starts_at, now, current.windows + 1)
+        self.active = self._merged(anomalies, now)
         if anomalies:
             self._wake.set()
         self.active_gauge.set(len(self.active))

@@ -27,6 +27,8 @@ from streamer.checkpoint import Done
 #: Namespace of done keys for S3 objects, shared by the polling and SQS sources
 #: so that both reading one bucket never count an object twice.
 S3_NAMESPACE = "s3"
+#: what `Sink.process` returns for an input read under a lease that another replica holds now
+LEASE_LOST = "lease_lost"
 
 
 def aws_error_reason(exc: BaseException) -> str:
@@ -70,6 +72,33 @@ class Delivery:
     keepalive: Callable[[], Awaitable[None]] | None = None
     #: how often to call `keepalive` (shorter than the SQS visibility timeout)
     keepalive_seconds: float | None = None
+    #: fleet: the lease (kind, name) this input was read under; it commits only while the lease is held
+    lease: tuple[str, str] | None = None
+
+
+class Coordinator(Protocol):
+    """Who reads what, when several replicas share the work (leases in the fleet's database).
+
+    A single process owns everything. In a fleet, `claim` returns this
+    replica's fair share of `names` (taking free or expired leases, giving
+    back extras when replicas join), and `owns` says whether a lease is still
+    held: a source stops reading a partition it no longer owns, and a commit
+    under a lost lease counts nothing.
+    """
+
+    async def claim(self, kind: str, names: list[str]) -> set[str]: ...
+
+    def owns(self, kind: str, name: str) -> bool: ...
+
+
+class OwnsEverything:
+    """The single process's coordinator."""
+
+    async def claim(self, kind: str, names: list[str]) -> set[str]:
+        return set(names)
+
+    def owns(self, kind: str, name: str) -> bool:
+        return True
 
 
 class Sink(Protocol):
@@ -115,3 +144,7 @@ class BuildContext:
     cursors: Callable[[], Awaitable[dict[str, str]]]
     #: a committed snapshot by name
     snapshot: Callable[[str], Awaitable[bytes | None]]
+    #: who reads which partition (a fleet's leases; a single process owns everything)
+    coordinator: Coordinator = dataclasses.field(default_factory=OwnsEverything)
+    #: S3 polling is split into this many key-hash partitions (leased, in a fleet)
+    s3_partitions: int = 1

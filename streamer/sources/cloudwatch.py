@@ -26,11 +26,22 @@ from pydantic import Field
 
 from streamer.schema import DEFAULT_FIELDS, parse_log_format
 from streamer.settings import AwsSourceSettings
-from streamer.sources.base import BuildContext, Delivery, Sink, Source, aws_error_reason, single_chunk
+from streamer.sources.base import (
+    BuildContext,
+    Coordinator,
+    Delivery,
+    OwnsEverything,
+    Sink,
+    Source,
+    aws_error_reason,
+    single_chunk,
+)
 
 log = logging.getLogger(__name__)
 
 END = "end_ms"
+#: lease kind of the CloudWatch poller (fleet)
+LEASE = "cloudwatch"
 
 
 class CloudWatchSourceConfig(AwsSourceSettings):
@@ -48,7 +59,7 @@ class CloudWatchSourceConfig(AwsSourceSettings):
     async def build(self, ctx: BuildContext) -> CloudWatchSource:
         logs = await ctx.clients.get("logs", self.region, self.endpoint_url)
         ec2 = await ctx.clients.get("ec2", self.region, self.endpoint_url) if self.flow_log_id else None
-        return CloudWatchSource(ctx.name, self, logs, ctx.cursors, ctx.snapshot, ec2)
+        return CloudWatchSource(ctx.name, self, logs, ctx.cursors, ctx.snapshot, ec2, coordinator=ctx.coordinator)
 
 
 async def discover_log_format(ec2: Any, flow_log_id: str) -> tuple[str, ...]:
@@ -76,8 +87,12 @@ class CloudWatchSource(Source):
         snapshot: Callable[[str], Awaitable[bytes | None]],
         ec2: Any = None,
         clock: Callable[[], float] = time.time,
+        coordinator: Coordinator | None = None,
     ) -> None:
         super().__init__(name)
+        #: one poller at a time in a fleet (a lease); it resumes from the shared cursor when it takes over
+        self.coordinator = coordinator or OwnsEverything()
+        self._owned = False
         self.config = config
         self.logs = logs
         self.ec2 = ec2
@@ -115,6 +130,13 @@ class CloudWatchSource(Source):
 
     async def poll_once(self, sink: Sink) -> int:
         """One FilterLogEvents sweep; returns how many new events were delivered."""
+        if not await self.coordinator.claim(LEASE, [self.name]):
+            self._owned = False
+            self.ready = True  # another replica polls: this one is ready, and idle
+            return 0
+        if not self._owned:
+            await self._restore()  # the previous owner's window end and seen ids
+            self._owned = True
         now_ms = int(self._clock() * 1000)
         lateness_ms = self.config.lateness_seconds * 1000
         if self.end_ms is None:
@@ -138,6 +160,7 @@ class CloudWatchSource(Source):
             snapshots={self.snapshot_name: orjson.dumps(seen)},
             log_format=self.log_format,
             headerless=True,
+            lease=(LEASE, self.name),
         )
         await sink.process(self.name, delivery)
         self.end_ms = now_ms

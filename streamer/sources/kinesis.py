@@ -27,11 +27,24 @@ from pydantic import Field
 from streamer.decode.cloudwatch import payload_lines
 from streamer.schema import parse_log_format
 from streamer.settings import AwsSourceSettings
-from streamer.sources.base import BuildContext, Delivery, Sink, Source, aws_error_reason, single_chunk
+from streamer.sources.base import (
+    LEASE_LOST,
+    BuildContext,
+    Coordinator,
+    Delivery,
+    OwnsEverything,
+    Sink,
+    Source,
+    aws_error_reason,
+    single_chunk,
+)
 
 log = logging.getLogger(__name__)
 
 SHARD_END = "SHARD_END"
+#: lease kind of Kinesis shards (fleet)
+SHARD_LEASE = "kinesis_shard"
+
 #: AWS allows 5 GetRecords per second per shard.
 MIN_POLL_SECONDS = 0.2
 INVALID_PAYLOAD = "invalid_payload"
@@ -49,14 +62,22 @@ class KinesisSourceConfig(AwsSourceSettings):
 
     async def build(self, ctx: BuildContext) -> KinesisSource:
         kinesis = await ctx.clients.get("kinesis", self.region, self.endpoint_url)
-        return KinesisSource(ctx.name, self, kinesis, ctx.cursors)
+        return KinesisSource(ctx.name, self, kinesis, ctx.cursors, coordinator=ctx.coordinator)
 
 
 class KinesisSource(Source):
     def __init__(
-        self, name: str, config: KinesisSourceConfig, kinesis: Any, cursors: Callable[[], Awaitable[dict[str, str]]]
+        self,
+        name: str,
+        config: KinesisSourceConfig,
+        kinesis: Any,
+        cursors: Callable[[], Awaitable[dict[str, str]]],
+        coordinator: Coordinator | None = None,
     ) -> None:
         super().__init__(name)
+        #: in a fleet, each replica reads the shards it holds a lease on (its fair share)
+        self.coordinator = coordinator or OwnsEverything()
+        self._contended = False
         self.config = config
         self.kinesis = kinesis
         self._load_cursors = cursors
@@ -87,8 +108,14 @@ class KinesisSource(Source):
         return {shard for shard, task in self._running.items() if not task.done()}
 
     def _refresh_seconds(self) -> float:
-        # Look again soon while children wait for a parent to drain, else at the configured pace.
-        return 1.0 if self._waiting else self.config.shard_refresh_seconds
+        # Look again soon while children wait for a parent to drain, or while other replicas hold shards
+        # (one may die: its leases expire and are taken over), else at the configured pace.
+        if self._waiting:
+            return 1.0
+        return min(2.0, self.config.shard_refresh_seconds) if self._contended else self.config.shard_refresh_seconds
+
+    def lease_name(self, shard_id: str) -> str:
+        return f"{self.name}/{shard_id}"
 
     async def list_shards(self) -> list[dict[str, Any]]:
         shards: list[dict[str, Any]] = []
@@ -107,16 +134,24 @@ class KinesisSource(Source):
         for shard_id, task in list(self._running.items()):
             if task.done():
                 del self._running[shard_id]
+        self.positions = {**self.positions, **(await self._load_cursors())}  # other replicas' progress too
         self._waiting = False
+        ready: dict[str, dict[str, Any]] = {}
         for shard in shards:
             shard_id = shard["ShardId"]
-            if shard_id in self._running or self.positions.get(shard_id) == SHARD_END:
+            if self.positions.get(shard_id) == SHARD_END:
                 continue
             parents = [p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p and p in known]
             if any(self.positions.get(p) != SHARD_END for p in parents):
                 self._waiting = True
                 continue  # a parent still has records: children wait
-            self._running[shard_id] = group.create_task(self._read_shard(sink, shard))
+            ready[self.lease_name(shard_id)] = shard
+        owned = await self.coordinator.claim(SHARD_LEASE, sorted(ready))
+        self._contended = len(owned) < len(ready)
+        for name in sorted(owned):
+            shard = ready[name]
+            if shard["ShardId"] not in self._running:
+                self._running[shard["ShardId"]] = group.create_task(self._read_shard(sink, shard))
         self._update_ready()
 
     def _update_ready(self) -> None:
@@ -136,9 +171,14 @@ class KinesisSource(Source):
 
     async def _read_shard(self, sink: Sink, shard: dict[str, Any]) -> None:
         shard_id = shard["ShardId"]
+        lease = self.lease_name(shard_id)
         ending = shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
         iterator: str | None = None
         while True:
+            if not self.coordinator.owns(SHARD_LEASE, lease):
+                log.info("%s: shard %s is read by another replica now", self.name, shard_id)
+                self._iterating.discard(shard_id)
+                return
             try:
                 if iterator is None:
                     iterator = await self._iterator(shard_id)
@@ -165,7 +205,9 @@ class KinesisSource(Source):
             )
             if records or drained:
                 cursor = SHARD_END if drained else str(last)
-                await self._deliver(sink, shard_id, records, cursor)
+                if not await self._deliver(sink, shard_id, records, cursor):
+                    self._iterating.discard(shard_id)
+                    return  # the lease moved on: the new owner resumes from the committed cursor
             sink.polled(self.name)
             if drained:
                 log.info("%s: shard %s drained", self.name, shard_id)
@@ -174,7 +216,8 @@ class KinesisSource(Source):
             if not records:
                 await asyncio.sleep(max(MIN_POLL_SECONDS, self.config.poll_interval_seconds))
 
-    async def _deliver(self, sink: Sink, shard_id: str, records: list[dict[str, Any]], cursor: str) -> None:
+    async def _deliver(self, sink: Sink, shard_id: str, records: list[dict[str, Any]], cursor: str) -> bool:
+        """Commit one batch with the shard's new cursor; False when the shard's lease was lost meanwhile."""
         lines, bad = await asyncio.to_thread(payload_lines, [r["Data"] for r in records])
         if bad:
             where = f"{self.config.stream_name}/{shard_id}"
@@ -187,12 +230,16 @@ class KinesisSource(Source):
             log_format=self.log_format,
             headerless=True,
             errors={INVALID_PAYLOAD: bad} if bad else {},
+            lease=(SHARD_LEASE, self.lease_name(shard_id)),
         )
         while True:
             try:
-                await sink.process(self.name, delivery)
+                outcome = await sink.process(self.name, delivery)
                 break
             except Exception as exc:  # the batch is in memory; retry the commit rather than skip it
                 sink.source_error(self.name, "commit_failed", f"{delivery.location}: {exc}")
                 await asyncio.sleep(5.0)
+        if outcome == LEASE_LOST:
+            return False
         self.positions[shard_id] = cursor
+        return True

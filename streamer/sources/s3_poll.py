@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -22,12 +23,23 @@ from pydantic import Field
 from streamer.schema import parse_log_format
 from streamer.settings import AwsSourceSettings
 from streamer.sources import s3_layout
-from streamer.sources.base import S3_NAMESPACE, BuildContext, Sink, Source, SourceError, aws_error_reason
+from streamer.sources.base import (
+    S3_NAMESPACE,
+    BuildContext,
+    Coordinator,
+    OwnsEverything,
+    Sink,
+    Source,
+    SourceError,
+    aws_error_reason,
+)
 from streamer.sources.s3_objects import S3Object, object_delivery
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+#: lease kind of S3 polling partitions (fleet)
+PARTITION_LEASE = "s3_partition"
 
 
 class S3SourceConfig(AwsSourceSettings):
@@ -50,7 +62,7 @@ class S3SourceConfig(AwsSourceSettings):
         async def done_among(keys: list[str]) -> set[str]:
             return await ctx.done_among(S3_NAMESPACE, keys)
 
-        return S3PollSource(ctx.name, self, s3, done_among)
+        return S3PollSource(ctx.name, self, s3, done_among, coordinator=ctx.coordinator, partitions=ctx.s3_partitions)
 
 
 class S3PollSource(Source):
@@ -61,8 +73,12 @@ class S3PollSource(Source):
         s3: Any,
         done_among: Callable[[list[str]], Awaitable[set[str]]],
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        coordinator: Coordinator | None = None,
+        partitions: int = 1,
     ) -> None:
         super().__init__(name)
+        self.coordinator = coordinator or OwnsEverything()
+        self.partitions = partitions
         self.config = config
         self.s3 = s3
         self._done_among = done_among
@@ -83,6 +99,9 @@ class S3PollSource(Source):
             sink.source_error(self.name, aws_error_reason(exc), f"listing s3://{self.config.bucket}/{self.config.prefix}: {exc}")
             return 0
         self.ready = True
+        # In a fleet, each replica reads the objects of the key-hash partitions it holds a lease on.
+        owned = await self.coordinator.claim(PARTITION_LEASE, [self.partition_name(i) for i in range(self.partitions)])
+        objects = [o for o in objects if self.partition_of(o.key) in owned]
         done = await self._done_among([o.done_key for o in objects])
         todo = sorted((o for o in objects if o.done_key not in done), key=lambda o: (o.last_modified, o.key))
         gate = asyncio.Semaphore(self.config.max_concurrent_objects)
@@ -97,8 +116,16 @@ class S3PollSource(Source):
         sink.polled(self.name)
         return len(todo)
 
+    def partition_name(self, index: int) -> str:
+        return f"{self.name}/{index}"
+
+    def partition_of(self, key: str) -> str:
+        """The lease an object is read under: a stable hash of its key."""
+        return self.partition_name(zlib.crc32(key.encode()) % self.partitions)
+
     async def _process(self, sink: Sink, obj: S3Object) -> None:
         delivery = object_delivery(self.s3, obj, self.log_format)
+        delivery.lease = (PARTITION_LEASE, self.partition_of(obj.key))
         try:
             await sink.process(self.name, delivery)
             self._attempts.pop(obj.done_key, None)

@@ -114,6 +114,8 @@ class S3SqsSource(Source):
         self.sqs = sqs
         self.s3 = s3
         self.log_format = parse_log_format(config.log_format) if config.log_format else None
+        #: visibility extensions made (every message held is kept invisible while the batch is worked)
+        self.extended = 0
 
     async def run(self, sink: Sink) -> None:
         while True:
@@ -135,10 +137,32 @@ class S3SqsSource(Source):
             return 0
         self.ready = True
         messages = resp.get("Messages", [])
-        for message in messages:
-            await self._handle(sink, message)
+        # Every message held, not only the one being decoded, stays invisible to other replicas until done.
+        held = {m["ReceiptHandle"] for m in messages}
+        keeper = asyncio.create_task(self._keep_invisible(sink, held)) if messages else None
+        try:
+            for message in messages:
+                await self._handle(sink, message)
+                held.discard(message["ReceiptHandle"])
+        finally:
+            if keeper is not None:
+                keeper.cancel()
         sink.polled(self.name)
         return len(messages)
+
+    async def _keep_invisible(self, sink: Sink, held: set[str]) -> None:
+        while True:
+            await asyncio.sleep(self.config.keepalive_seconds)
+            for receipt in list(held):
+                try:
+                    await self.sqs.change_message_visibility(
+                        QueueUrl=self.config.queue_url,
+                        ReceiptHandle=receipt,
+                        VisibilityTimeout=self.config.visibility_timeout_seconds,
+                    )
+                    self.extended += 1
+                except (ClientError, BotoCoreError, OSError) as exc:  # only risks a redelivery, which is deduplicated
+                    sink.source_error(self.name, aws_error_reason(exc), f"extending visibility: {exc}")
 
     async def _handle(self, sink: Sink, message: dict[str, Any]) -> None:
         receipt = message["ReceiptHandle"]
@@ -150,13 +174,8 @@ class S3SqsSource(Source):
             await self._delete(sink, receipt)
             return
 
-        async def keepalive() -> None:
-            await self.sqs.change_message_visibility(
-                QueueUrl=self.config.queue_url, ReceiptHandle=receipt, VisibilityTimeout=self.config.visibility_timeout_seconds
-            )
-
         for obj in objects:
-            delivery = object_delivery(self.s3, obj, self.log_format, keepalive, self.config.keepalive_seconds)
+            delivery = object_delivery(self.s3, obj, self.log_format)
             try:
                 await sink.process(self.name, delivery)
             except SourceError as exc:

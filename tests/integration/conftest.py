@@ -38,6 +38,21 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One real PostgreSQL for the session (see postgres.py)."""
+    from tests.integration.postgres import running_postgres
+
+    with running_postgres(free_port()) as pg:
+        yield pg
+
+
+@pytest.fixture
+def pg_url(postgres_server: Any) -> str:
+    """A fresh, empty database on the session's PostgreSQL."""
+    return str(postgres_server.url(postgres_server.database()))
+
+
+@pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 

@@ -1,0 +1,361 @@
+"""The fleet's checkpoint: one PostgreSQL shared by every replica, behind the SQLite store's interface.
+
+Each input commits in one transaction, exactly as with SQLite: its claim (the
+done key, or the cursor under a lease), the counter deltas, and its window
+partial for the leader. What is per replica and what is shared:
+
+- per replica (`replica_id`): counters, skipped-line counts, insight sums and
+  interface membership. Each replica exports what it committed; a replica
+  restarted under the same id resumes its own; `sum()` over the fleet is exact;
+- shared: done keys (a claim that already exists means "already counted":
+  roll back, count nothing), cursors, snapshots, leases, the window-partials
+  queue the leader drains, and the leader's detection state.
+
+Leases fence commits: an input read under a lease (a Kinesis shard, an S3
+partition, the CloudWatch poller) commits only while this replica still holds
+it, so a replica that lost its lease cannot count what the new owner counts.
+
+Migrations are numbered; a replica that finds a newer schema than it knows
+refuses to start. Calls are blocking (psycopg 3 on a small pool): the service
+runs them on threads. The password never appears in a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+from psycopg_pool import ConnectionPool
+
+from streamer.aggregate import insights as ins
+from streamer.aggregate.counters import SCHEMA, Counters
+from streamer.aggregate.state import FlowState
+from streamer.checkpoint import CheckpointError, Commit, LeaseLost
+
+#: numbered migrations; each runs once, in order, in its own transaction
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE counters (
+        replica_id TEXT NOT NULL, interface_id TEXT NOT NULL, action TEXT NOT NULL, log_status TEXT NOT NULL,
+        records BIGINT NOT NULL, packets BIGINT NOT NULL, bytes BIGINT NOT NULL,
+        PRIMARY KEY (replica_id, interface_id, action, log_status));
+    CREATE TABLE decode_errors (replica_id TEXT NOT NULL, reason TEXT NOT NULL, count BIGINT NOT NULL,
+        PRIMARY KEY (replica_id, reason));
+    CREATE TABLE interfaces (replica_id TEXT NOT NULL, interface_id TEXT NOT NULL, last_seen DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (replica_id, interface_id));
+    CREATE TABLE insights (replica_id TEXT NOT NULL, kind TEXT NOT NULL, key1 TEXT NOT NULL, key2 TEXT NOT NULL,
+        records BIGINT NOT NULL, bytes BIGINT NOT NULL, PRIMARY KEY (replica_id, kind, key1, key2));
+    CREATE TABLE done (namespace TEXT NOT NULL, key TEXT NOT NULL, outcome TEXT NOT NULL,
+        done_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (namespace, key));
+    CREATE INDEX done_at ON done (done_at);
+    CREATE TABLE cursors (source TEXT NOT NULL, partition TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (source, partition));
+    CREATE TABLE snapshots (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
+    CREATE TABLE leases (kind TEXT NOT NULL, name TEXT NOT NULL, owner TEXT, expires_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (kind, name));
+    CREATE TABLE replicas (replica_id TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL);
+    CREATE TABLE window_partials (id BIGSERIAL PRIMARY KEY, source TEXT NOT NULL, body BYTEA NOT NULL);
+    """,
+]
+
+
+def connection_info(url: str, password_file: Path | None) -> dict[str, Any]:
+    """libpq connection parameters: the URL, a password from a file if given (else the URL's or PGPASSWORD)."""
+    params: dict[str, Any] = {"conninfo": url, "application_name": "streamer"}
+    if password_file is not None:
+        try:
+            params["password"] = password_file.read_text().strip()
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint.password_file {password_file}: cannot read: {exc.strerror}") from None
+    return params
+
+
+class PostgresStore:
+    """CheckpointStore's interface over PostgreSQL, for one replica of a fleet."""
+
+    def __init__(
+        self, url: str, replica_id: str, password_file: Path | None = None, pool_size: int = 4, connect_timeout: float = 30
+    ) -> None:
+        self.replica_id = replica_id
+        info = connection_info(url, password_file)
+        conninfo = info.pop("conninfo")
+        self._where = _redacted(conninfo)
+        try:
+            self._pool = ConnectionPool(
+                conninfo, min_size=1, max_size=pool_size, kwargs={**info, "autocommit": False}, open=False, name="streamer"
+            )
+            self._pool.open(wait=True, timeout=connect_timeout)
+            self._migrate()
+        except (psycopg.Error, TimeoutError, OSError) as exc:
+            self._close_quietly()
+            raise CheckpointError(f"{self._where}: cannot open the checkpoint database: {_message(exc)}") from None
+        except CheckpointError:
+            self._close_quietly()
+            raise
+
+    def _close_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # closing after a failed start: nothing more to report
+            self._pool.close()
+
+    def _migrate(self) -> None:
+        with self._pool.connection() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS streamer_schema (version INTEGER NOT NULL)")
+            conn.execute("LOCK TABLE streamer_schema IN EXCLUSIVE MODE")  # replicas starting together migrate once
+            row = conn.execute("SELECT max(version) FROM streamer_schema").fetchone()
+            version = int(row[0]) if row and row[0] is not None else 0
+            if version > len(MIGRATIONS):
+                raise CheckpointError(
+                    f"{self._where}: the database schema is version {version}, newer than this streamer's "
+                    f"{len(MIGRATIONS)}: upgrade streamer before starting it against this database"
+                )
+            for number in range(version + 1, len(MIGRATIONS) + 1):
+                conn.execute(MIGRATIONS[number - 1])
+                conn.execute("INSERT INTO streamer_schema VALUES (%s)", (number,))
+            conn.commit()
+
+    @property
+    def schema_version(self) -> int:
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT max(version) FROM streamer_schema").fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # --- the CheckpointStore interface -----------------------------------------------------------
+
+    def load_state(self) -> FlowState:
+        """This replica's counters, errors, membership and insights."""
+        with self._pool.connection() as conn:
+            me = (self.replica_id,)
+            rows = conn.execute(
+                "SELECT interface_id, action, log_status, records, packets, bytes FROM counters WHERE replica_id = %s", me
+            ).fetchall()
+            errors: dict[str, int] = dict(
+                conn.execute("SELECT reason, count FROM decode_errors WHERE replica_id = %s", me).fetchall()
+            )
+            seen: dict[str, float] = dict(
+                conn.execute("SELECT interface_id, last_seen FROM interfaces WHERE replica_id = %s", me).fetchall()
+            )
+            found = conn.execute(
+                "SELECT kind, key1, key2, records, bytes FROM insights WHERE replica_id = %s", me
+            ).fetchall()
+        table = pa.Table.from_pylist([dict(zip(SCHEMA.names, r, strict=True)) for r in rows], SCHEMA)
+        insights = pa.Table.from_pylist([dict(zip(ins.SCHEMA.names, r, strict=True)) for r in found], ins.SCHEMA)
+        errors = {str(k): int(v) for k, v in errors.items()}
+        return FlowState(Counters(table), errors, {str(k): float(v) for k, v in seen.items()}, insights)
+
+    def commit(self, change: Commit) -> bool:
+        """One input in one transaction. False (nothing changed) when a claim exists already;
+        LeaseLost when the input's lease is no longer this replica's."""
+        me = self.replica_id
+        now = time.time()
+        try:
+            with self._pool.connection() as conn, conn.cursor() as cur:
+                try:
+                    if change.lease is not None and not self._holds(cur, *change.lease, now, me):
+                        conn.rollback()
+                        raise LeaseLost(f"lease {change.lease[0]}/{change.lease[1]} is no longer {me}'s")
+                    for d in change.done:
+                        cur.execute(
+                            "INSERT INTO done VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                            (d.namespace, d.key, d.outcome, now),
+                        )
+                        if cur.rowcount == 0:
+                            conn.rollback()
+                            return False  # counted before, here or by another replica
+                    self._write(cur, change, me)
+                    conn.commit()
+                except BaseException:
+                    conn.rollback()
+                    raise
+        except psycopg.Error as exc:
+            raise CheckpointError(f"{self._where}: commit failed: {_message(exc)}") from exc
+        return True
+
+    def _write(self, cur: psycopg.Cursor[Any], change: Commit, me: str) -> None:
+        for eni in change.forget:
+            cur.execute("DELETE FROM counters WHERE replica_id = %s AND interface_id = %s", (me, eni))
+            cur.execute("DELETE FROM interfaces WHERE replica_id = %s AND interface_id = %s", (me, eni))
+            cur.execute(
+                "DELETE FROM insights WHERE replica_id = %s AND key1 = %s AND kind = ANY(%s)", (me, eni, list(ins.ENI_KINDS))
+            )
+        counters = change.delta.counters.table().to_pylist()
+        if counters:
+            cur.executemany(
+                "INSERT INTO counters VALUES (%(r)s, %(interface_id)s, %(action)s, %(log_status)s, "
+                "%(records)s, %(packets)s, %(bytes)s) ON CONFLICT (replica_id, interface_id, action, log_status) "
+                "DO UPDATE SET records = counters.records + excluded.records, "
+                "packets = counters.packets + excluded.packets, bytes = counters.bytes + excluded.bytes",
+                [{**row, "r": me} for row in counters],
+            )
+        if change.delta.decode_errors:
+            cur.executemany(
+                "INSERT INTO decode_errors VALUES (%s, %s, %s) ON CONFLICT (replica_id, reason) "
+                "DO UPDATE SET count = decode_errors.count + excluded.count",
+                [(me, reason, n) for reason, n in change.delta.decode_errors.items()],
+            )
+        if change.delta.seen:
+            cur.executemany(
+                "INSERT INTO interfaces VALUES (%s, %s, %s) ON CONFLICT (replica_id, interface_id) "
+                "DO UPDATE SET last_seen = excluded.last_seen",
+                [(me, eni, at) for eni, at in change.delta.seen.items()],
+            )
+        found = change.delta.insights.to_pylist()
+        if found:
+            cur.executemany(
+                "INSERT INTO insights VALUES (%(r)s, %(kind)s, %(key1)s, %(key2)s, %(records)s, %(bytes)s) "
+                "ON CONFLICT (replica_id, kind, key1, key2) DO UPDATE SET records = insights.records + excluded.records, "
+                "bytes = insights.bytes + excluded.bytes",
+                [{**row, "r": me} for row in found],
+            )
+        if change.cursors:
+            cur.executemany(
+                "INSERT INTO cursors VALUES (%s, %s, %s) ON CONFLICT (source, partition) DO UPDATE SET value = excluded.value",
+                [(s, p, v) for (s, p), v in change.cursors.items()],
+            )
+        if change.snapshots:
+            cur.executemany(
+                "INSERT INTO snapshots VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                list(change.snapshots.items()),
+            )
+        if change.partials:
+            cur.executemany("INSERT INTO window_partials (source, body) VALUES (%s, %s)", change.partials)
+
+    def done_among(self, namespace: str, keys: Iterable[str]) -> set[str]:
+        wanted = list(keys)
+        if not wanted:
+            return set()
+        with self._pool.connection() as conn:
+            rows = conn.execute("SELECT key FROM done WHERE namespace = %s AND key = ANY(%s)", (namespace, wanted)).fetchall()
+            conn.rollback()
+        return {r[0] for r in rows}
+
+    def cursors(self, source: str) -> dict[str, str]:
+        with self._pool.connection() as conn:
+            rows = conn.execute("SELECT partition, value FROM cursors WHERE source = %s", (source,)).fetchall()
+            conn.rollback()
+        return {str(p): str(v) for p, v in rows}
+
+    def snapshot(self, name: str) -> bytes | None:
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT value FROM snapshots WHERE name = %s", (name,)).fetchone()
+            conn.rollback()
+        return None if row is None else bytes(row[0])
+
+    def prune(self, older_than_seconds: float) -> int:
+        with self._pool.connection() as conn:
+            cur = conn.execute("DELETE FROM done WHERE done_at < %s", (time.time() - older_than_seconds,))
+            conn.commit()
+            return int(cur.rowcount)
+
+    # --- leases ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _holds(cur: psycopg.Cursor[Any], kind: str, name: str, now: float, owner: str) -> bool:
+        """Whether `owner` holds the lease; the row stays locked until the transaction ends (no takeover meanwhile)."""
+        cur.execute("SELECT owner, expires_at FROM leases WHERE kind = %s AND name = %s FOR SHARE", (kind, name))
+        row = cur.fetchone()
+        return row is not None and row[0] == owner and float(row[1]) > now
+
+    def heartbeat(self, held: list[tuple[str, str]], lease_seconds: float) -> tuple[set[tuple[str, str]], list[str]]:
+        """Renew this replica's presence and its leases; returns the leases still held and the live replicas."""
+        now = time.time()
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO replicas VALUES (%s, %s) ON CONFLICT (replica_id) DO UPDATE SET seen_at = excluded.seen_at",
+                (self.replica_id, now),
+            )
+            kept: set[tuple[str, str]] = set()
+            for kind, name in held:
+                cur.execute(
+                    "UPDATE leases SET expires_at = %s WHERE kind = %s AND name = %s AND owner = %s AND expires_at > %s",
+                    (now + lease_seconds, kind, name, self.replica_id, now),
+                )
+                if cur.rowcount:
+                    kept.add((kind, name))
+            cur.execute("SELECT replica_id FROM replicas WHERE seen_at > %s ORDER BY replica_id", (now - lease_seconds,))
+            live = [r[0] for r in cur.fetchall()]
+            conn.commit()
+        return kept, live
+
+    def acquire(self, kind: str, name: str, lease_seconds: float) -> bool:
+        """Take a lease that is free, expired or already ours."""
+        now = time.time()
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO leases VALUES (%s, %s, %s, %s) ON CONFLICT (kind, name) DO UPDATE "
+                "SET owner = excluded.owner, expires_at = excluded.expires_at "
+                "WHERE leases.owner IS NULL OR leases.owner = excluded.owner OR leases.expires_at <= %s",
+                (kind, name, self.replica_id, now + lease_seconds, now),
+            )
+            got = cur.rowcount > 0
+            conn.commit()
+        return got
+
+    def release(self, kind: str, name: str) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(
+                "UPDATE leases SET owner = NULL, expires_at = 0 WHERE kind = %s AND name = %s AND owner = %s",
+                (kind, name, self.replica_id),
+            )
+            conn.commit()
+
+    def lease_owners(self, kind: str) -> dict[str, str | None]:
+        """name -> current owner (None when free or expired)."""
+        now = time.time()
+        with self._pool.connection() as conn:
+            rows = conn.execute("SELECT name, owner, expires_at FROM leases WHERE kind = %s", (kind,)).fetchall()
+            conn.rollback()
+        return {str(n): (str(o) if o is not None and float(e) > now else None) for n, o, e in rows}
+
+    # --- the leader's queue of window partials ---------------------------------------------------
+
+    def take_partials(self, limit: int = 1000) -> list[tuple[int, str, bytes]]:
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT id, source, body FROM window_partials ORDER BY id LIMIT %s", (limit,)
+            ).fetchall()
+            conn.rollback()
+        return [(int(i), str(s), bytes(b)) for i, s, b in rows]
+
+    def commit_detection(self, lease: tuple[str, str], consumed: list[int], snapshots: dict[str, bytes]) -> None:
+        """The leader's step, fenced by its lease: consumed partials go, the new detection state stays."""
+        now = time.time()
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            try:
+                if not self._holds(cur, *lease, now, self.replica_id):
+                    raise LeaseLost(f"lease {lease[0]}/{lease[1]} is no longer {self.replica_id}'s")
+                if consumed:
+                    cur.execute("DELETE FROM window_partials WHERE id = ANY(%s)", (consumed,))
+                cur.executemany(
+                    "INSERT INTO snapshots VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    list(snapshots.items()),
+                )
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+
+
+def _redacted(conninfo: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        parts = conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return "postgresql://?"
+    host = parts.get("host") or os.environ.get("PGHOST", "localhost")
+    port = parts.get("port") or os.environ.get("PGPORT", "5432")
+    return f"postgresql://{parts.get('user') or os.environ.get('PGUSER', '')}@{host}:{port}/{parts.get('dbname', '')}"
+
+
+def _message(exc: BaseException) -> str:
+    """One line, no password (libpq never echoes it)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
