@@ -4,8 +4,8 @@ Work is split by leases kept in the database (the Kinesis Client Library's
 lease-table pattern): each lease has an owner and an expiry, renewed every
 third of `fleet.lease_seconds`; a replica that dies stops renewing, and its
 leases are taken over once they expire. Each replica claims its fair share
-(ceil(n / live replicas)) of a kind's leases and gives back extras when
-replicas join, so the work rebalances by itself.
+of a kind's leases (an even split over the live replicas) and gives back
+extras when replicas join, so the work rebalances by itself.
 
 One replica holds the `leader` lease. It drains the window partials every
 replica commits with its inputs, advances the one Detection (windows on the
@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -62,10 +61,20 @@ class Coordinator:
     def owns(self, kind: str, name: str) -> bool:
         return (kind, name) in self.held
 
+    def share(self, count: int) -> int:
+        """How many of `count` leases are this replica's: an even split over the live replicas, the
+        remainder going to the first ones by id (so the shares add up to exactly `count`)."""
+        live = sorted(set(self.live) | {self.replica_id})
+        base, extra = divmod(count, len(live))
+        return base + (1 if live.index(self.replica_id) < extra else 0)
+
     async def claim(self, kind: str, names: list[str]) -> set[str]:
-        """This replica's fair share of `names`: keep what it holds, take free or expired ones, give back extras."""
+        """This replica's fair share of `names`: keep what it holds, take free or expired ones, give back extras.
+
+        The leader lease is not shared out: whoever holds it keeps it, and anyone takes it once it expires.
+        """
         async with self._lock:
-            share = math.ceil(len(names) / max(1, len(self.live)))
+            share = 1 if kind == LEADER[0] else self.share(len(names))
             mine = sorted(n for n in names if (kind, n) in self.held)
             for name in mine[share:]:  # a replica joined: give back what is over the share
                 await self._call(self.store.release, kind, name)

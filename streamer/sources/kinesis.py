@@ -77,7 +77,6 @@ class KinesisSource(Source):
         super().__init__(name)
         #: in a fleet, each replica reads the shards it holds a lease on (its fair share)
         self.coordinator = coordinator or OwnsEverything()
-        self._contended = False
         self.config = config
         self.kinesis = kinesis
         self._load_cursors = cursors
@@ -108,11 +107,12 @@ class KinesisSource(Source):
         return {shard for shard, task in self._running.items() if not task.done()}
 
     def _refresh_seconds(self) -> float:
-        # Look again soon while children wait for a parent to drain, or while other replicas hold shards
-        # (one may die: its leases expire and are taken over), else at the configured pace.
+        # Look again soon while children wait for a parent to drain, and often in a fleet (replicas join,
+        # leave and die: shares change, expired leases are taken over), else at the configured pace.
         if self._waiting:
             return 1.0
-        return min(2.0, self.config.shard_refresh_seconds) if self._contended else self.config.shard_refresh_seconds
+        fleet = not isinstance(self.coordinator, OwnsEverything)
+        return min(2.0, self.config.shard_refresh_seconds) if fleet else self.config.shard_refresh_seconds
 
     def lease_name(self, shard_id: str) -> str:
         return f"{self.name}/{shard_id}"
@@ -147,7 +147,6 @@ class KinesisSource(Source):
                 continue  # a parent still has records: children wait
             ready[self.lease_name(shard_id)] = shard
         owned = await self.coordinator.claim(SHARD_LEASE, sorted(ready))
-        self._contended = len(owned) < len(ready)
         for name in sorted(owned):
             shard = ready[name]
             if shard["ShardId"] not in self._running:

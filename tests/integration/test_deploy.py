@@ -176,6 +176,47 @@ def test_kubernetes_manifests_hold_together() -> None:
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
+def test_kubernetes_fleet_variant_is_three_stateless_replicas_over_the_secret_database() -> None:
+    docs = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "k8s" / "streamer-fleet.yaml").read_text()) if d}
+    assert "PersistentVolumeClaim" not in docs
+    deployment = docs["Deployment"]
+    assert deployment["spec"]["replicas"] == 3
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    secret = env["STREAMER__CHECKPOINT__URL"]["valueFrom"]["secretKeyRef"]
+    assert secret["name"] == docs["Secret"]["metadata"]["name"]
+    assert secret["key"] in docs["Secret"]["stringData"]
+    assert env["STREAMER__FLEET__REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert all("persistentVolumeClaim" not in v for v in pod["spec"]["volumes"])
+    pdb = docs["PodDisruptionBudget"]
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    raw = yaml.safe_load(docs["ConfigMap"]["data"]["streamer.yaml"])
+    environ = {"STREAMER__CHECKPOINT__URL": docs["Secret"]["stringData"]["url"], "STREAMER__FLEET__REPLICA_ID": "pod-a"}
+    config = parse_config(raw, environ)
+    assert config.checkpoint.url is not None
+    assert config.fleet.replica_id == "pod-a"
+    assert "change-me" not in repr(config)  # the URL's password never shows
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(config.http.port)
+
+
+def test_compose_fleet_profile_is_postgres_and_three_replicas_scraped_by_prometheus() -> None:
+    doc = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = doc["services"]
+    fleet = {name for name, s in services.items() if "fleet" in s.get("profiles", [])}
+    assert fleet == {"postgres", "streamer-1", "streamer-2", "streamer-3"}
+    replicas = [services[f"streamer-{i}"] for i in (1, 2, 3)]
+    ids = [r["environment"]["STREAMER__FLEET__REPLICA_ID"] for r in replicas]
+    assert ids == ["streamer-1", "streamer-2", "streamer-3"]
+    urls = {r["environment"]["STREAMER__CHECKPOINT__URL"] for r in replicas}
+    assert len(urls) == 1
+    assert "@postgres:5432/" in urls.pop()
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus-fleet.yml").read_text())
+    targets = next(j for j in scrape["scrape_configs"] if j["job_name"] == "streamer")["static_configs"][0]["targets"]
+    assert targets == [f"streamer-{i}:9108" for i in (1, 2, 3)]
+
+
 def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert len(re.findall(r"^FROM ", text, re.M)) >= 2

@@ -248,3 +248,52 @@ async def test_polling_and_notifications_on_one_bucket_count_each_object_once(aw
         metrics = await more_polls(service.port, 6)  # both sources have looked again, several times
         assert objects_by_outcome(metrics)["ok"] == n_objects  # the other source's tries were duplicates, or skipped
         assert exported_totals(metrics) == truth.totals
+
+
+async def test_every_message_held_stays_invisible_while_a_slow_batch_is_worked(aws: str, tmp_path: Path) -> None:
+    """Two consumers, each with its own checkpoint (so a message seen twice would count twice). Objects
+    trickle in through a slow proxy, so a batch takes longer than the visibility timeout: messages still
+    waiting their turn must be kept invisible too, or the other consumer would take them."""
+    from tests.integration.slowproxy import SlowProxy
+
+    url = make_queue_with_notifications(aws, "flow-logs")
+    s3 = boto("s3", aws)
+    truth = Truth()
+    for i in range(14):
+        s3.put_object(Bucket="flow-logs", Key=aws_key(NOW, "daily", n=i), Body=flow_object(truth, 3000, i, EPOCH))
+    size = len(flow_object(None, 3000, 0, EPOCH))
+    rate = size // 2  # about two seconds per object: a batch of 10 takes twice the visibility timeout
+    with SlowProxy(int(aws.rsplit(":", 1)[1]), rate, b"GET /flow-logs/").running() as proxy:
+        endpoint = f"http://127.0.0.1:{proxy.port}"
+
+        def source(name: str) -> dict[str, object]:
+            return {
+                "type": "s3_sqs",
+                "name": name,
+                "queue_url": url,
+                "endpoint_url": endpoint,
+                "wait_time_seconds": 1,
+                "max_messages": 10,
+                "visibility_timeout_seconds": 10,
+                "visibility_keepalive_seconds": 2,
+            }
+
+        async with (
+            running(service_config(tmp_path / "a", [source("sqs-a")])) as a,
+            running(service_config(tmp_path / "b", [source("sqs-b")])) as b,
+        ):
+            ports = [a.port, b.port]
+            deadline = asyncio.get_running_loop().time() + 120
+            while sum([objects_by_outcome(await ascrape(p)).get("ok", 0) for p in ports]) < 14:
+                assert asyncio.get_running_loop().time() < deadline, "timed out"
+                await asyncio.sleep(0.5)
+            scrapes = [await more_polls(p, 2) for p in ports]
+            merged: dict[tuple[str, str], list[int]] = {}
+            for metrics in scrapes:
+                for key, value in exported_totals(metrics).items():
+                    acc = merged.setdefault(key, [0, 0, 0])
+                    for i in range(3):
+                        acc[i] += value[i]
+            assert merged == truth.totals  # nothing counted twice
+            extended = sum(s.extended for svc in (a, b) for s in svc.sources)  # type: ignore[attr-defined]
+            assert extended > 0
