@@ -185,14 +185,15 @@ class PostgresStore:
             cur.execute(
                 "DELETE FROM insights WHERE replica_id = %s AND key1 = %s AND kind = ANY(%s)", (me, eni, list(ins.ENI_KINDS))
             )
-        counters = change.delta.counters.table().to_pylist()
-        if counters:
-            cur.executemany(
-                "INSERT INTO counters VALUES (%(r)s, %(interface_id)s, %(action)s, %(log_status)s, "
-                "%(records)s, %(packets)s, %(bytes)s) ON CONFLICT (replica_id, interface_id, action, log_status) "
+        counters = change.delta.counters.table()
+        if counters.num_rows:  # thousands of interfaces per object: COPY, then one upsert
+            _copy(cur, "counters", counters, ("interface_id", "action", "log_status", "records", "packets", "bytes"))
+            cur.execute(
+                "INSERT INTO counters SELECT %s, * FROM staged_counters "
+                "ON CONFLICT (replica_id, interface_id, action, log_status) "
                 "DO UPDATE SET records = counters.records + excluded.records, "
                 "packets = counters.packets + excluded.packets, bytes = counters.bytes + excluded.bytes",
-                [{**row, "r": me} for row in counters],
+                (me,),
             )
         if change.delta.decode_errors:
             cur.executemany(
@@ -201,18 +202,19 @@ class PostgresStore:
                 [(me, reason, n) for reason, n in change.delta.decode_errors.items()],
             )
         if change.delta.seen:
-            cur.executemany(
-                "INSERT INTO interfaces VALUES (%s, %s, %s) ON CONFLICT (replica_id, interface_id) "
+            seen = pa.table({"interface_id": list(change.delta.seen), "last_seen": list(change.delta.seen.values())})
+            _copy(cur, "interfaces", seen, ("interface_id", "last_seen"))
+            cur.execute(
+                "INSERT INTO interfaces SELECT %s, * FROM staged_interfaces ON CONFLICT (replica_id, interface_id) "
                 "DO UPDATE SET last_seen = excluded.last_seen",
-                [(me, eni, at) for eni, at in change.delta.seen.items()],
+                (me,),
             )
-        found = change.delta.insights.to_pylist()
-        if found:
-            cur.executemany(
-                "INSERT INTO insights VALUES (%(r)s, %(kind)s, %(key1)s, %(key2)s, %(records)s, %(bytes)s) "
-                "ON CONFLICT (replica_id, kind, key1, key2) DO UPDATE SET records = insights.records + excluded.records, "
-                "bytes = insights.bytes + excluded.bytes",
-                [{**row, "r": me} for row in found],
+        if change.delta.insights.num_rows:
+            _copy(cur, "insights", change.delta.insights, ("kind", "key1", "key2", "records", "bytes"))
+            cur.execute(
+                "INSERT INTO insights SELECT %s, * FROM staged_insights ON CONFLICT (replica_id, kind, key1, key2) "
+                "DO UPDATE SET records = insights.records + excluded.records, bytes = insights.bytes + excluded.bytes",
+                (me,),
             )
         if change.cursors:
             cur.executemany(
@@ -341,6 +343,23 @@ class PostgresStore:
             except BaseException:
                 conn.rollback()
                 raise
+
+
+#: per-connection staging tables for COPY (emptied at each commit)
+_STAGING = {
+    "counters": "interface_id TEXT, action TEXT, log_status TEXT, records BIGINT, packets BIGINT, bytes BIGINT",
+    "interfaces": "interface_id TEXT, last_seen DOUBLE PRECISION",
+    "insights": "kind TEXT, key1 TEXT, key2 TEXT, records BIGINT, bytes BIGINT",
+}
+
+
+def _copy(cur: psycopg.Cursor[Any], name: str, table: pa.Table, columns: tuple[str, ...]) -> None:
+    """Stage a small Arrow table (one row per key, never per record) with COPY: far cheaper than row upserts."""
+    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS staged_{name} ({_STAGING[name]}) ON COMMIT DELETE ROWS")
+    rows = zip(*(table.column(c).to_pylist() for c in columns), strict=True)
+    with cur.copy(f"COPY staged_{name} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def _redacted(conninfo: str) -> str:

@@ -162,7 +162,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(f"config: {exc}")
     names = ", ".join(f"{config.source_name(i)} ({s.type})" for i, s in enumerate(config.sources))
-    print(f"{args.config}: ok; sources: {names}; checkpoint: {config.checkpoint.path}")
+    if config.checkpoint.url is not None:
+        where = f"PostgreSQL (fleet replica {config.fleet.replica_id})"  # never the URL: it may hold the password
+    else:
+        where = str(config.checkpoint.path)
+    print(f"{args.config}: ok; sources: {names}; checkpoint: {where}")
     return 0
 
 

@@ -190,7 +190,10 @@ class Pipeline:
             if self.detection is not None:
                 after, anomalies = self.detection.advance(window_parts, source, now)
                 change.snapshots[SNAPSHOT_NAME] = after.snapshot()
-            if not await self.store.call(self.store.store.commit, change):
+            started = time.perf_counter()
+            committed = await self.store.call(self.store.store.commit, change)
+            self.telemetry.commit_seconds.observe(time.perf_counter() - started)
+            if not committed:
                 return False, []  # counted before: nothing changes
             self.commits += 1
             if after is not None:

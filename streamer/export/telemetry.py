@@ -37,6 +37,12 @@ class Telemetry:
         self.source_errors = Counter(
             "streamer_source_errors_total", "Failures reading from a source, by reason.", ["source", "reason"], registry=registry
         )
+        self.commit_seconds = Histogram(
+            "streamer_commit_seconds",
+            "Time to commit one input's state and positions to the checkpoint.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=registry,
+        )
         self.polls = Counter(
             "streamer_source_polls",
             "Completed look-ups for input (S3 listings, SQS receives, GetRecords, FilterLogEvents sweeps), by source.",

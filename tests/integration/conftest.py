@@ -164,6 +164,17 @@ def exported_totals(metrics: Metrics) -> dict[tuple[str, str], list[int]]:
     return totals
 
 
+def summed_totals(scrapes: list[Metrics]) -> dict[tuple[str, str], list[int]]:
+    """What `sum()` over several replicas' /metrics gives, per (interface, action)."""
+    merged: dict[tuple[str, str], list[int]] = {}
+    for metrics in scrapes:
+        for key, values in exported_totals(metrics).items():
+            acc = merged.setdefault(key, [0, 0, 0])
+            for i in range(3):
+                acc[i] += values[i]
+    return merged
+
+
 def objects_by_outcome(metrics: Metrics) -> dict[str, int]:
     out: dict[str, int] = {}
     for labels, value in metrics.get("streamer_objects_total", {}).items():

@@ -60,15 +60,36 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 
 class Harness:
-    """One service config, started and killed as a real process."""
+    """One service config, started and killed as a real process; SQLite, or a fleet's PostgreSQL alone."""
 
-    def __init__(self, tmp_path: Path, source: dict[str, Any]) -> None:
+    def __init__(self, tmp_path: Path, source: dict[str, Any], postgres: Any = None) -> None:
         self.port = free_port()
         self.db = tmp_path / "state" / "state.db"
         self.config = tmp_path / "streamer.yaml"
         self.log = tmp_path / "streamer.log"
-        doc = {"http": {"listen_address": f"127.0.0.1:{self.port}"}, "checkpoint": {"path": str(self.db)}, "sources": [source]}
+        self.postgres = postgres
+        checkpoint: dict[str, Any] = {"path": str(self.db)}
+        if postgres is not None:
+            self.database = postgres.database()
+            checkpoint = {"url": postgres.url(self.database)}
+        doc = {"http": {"listen_address": f"127.0.0.1:{self.port}"}, "checkpoint": checkpoint, "sources": [source]}
+        if postgres is not None:
+            doc["fleet"] = {"replica_id": "alone", "lease_seconds": 3}
         self.config.write_text(yaml.safe_dump(doc))
+
+    def query(self, sql: str) -> int:
+        if self.postgres is None:
+            return query(self.db, sql)
+        try:
+            return int(self.postgres.psql(sql, self.database) or 0)
+        except AssertionError:
+            return 0  # tables not created yet
+
+    def done_objects(self) -> int:
+        return self.query("SELECT count(*) FROM done")
+
+    def committed_records(self) -> int:
+        return self.query("SELECT coalesce(sum(records), 0) FROM counters")
 
     def start(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -117,7 +138,13 @@ class Harness:
         assert "Traceback" not in self.log.read_text()
 
 
-def test_sigkill_s3_polling_then_restart_counts_exactly(aws: str, tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> Any:
+    """The embedded SQLite checkpoint, or a fleet's PostgreSQL with one replica alone on it."""
+    return None if request.param == "sqlite" else request.getfixturevalue("postgres_server")
+
+
+def test_sigkill_s3_polling_then_restart_counts_exactly(aws: str, tmp_path: Path, store: Any) -> None:
     n_objects = 40
     s3 = boto("s3", aws)
     s3.create_bucket(Bucket="flow-logs")
@@ -132,11 +159,12 @@ def test_sigkill_s3_polling_then_restart_counts_exactly(aws: str, tmp_path: Path
     h = Harness(
         tmp_path,
         {"type": "s3", "bucket": "flow-logs", "endpoint_url": aws, "poll_interval_seconds": 0.2, "max_concurrent_objects": 2},
+        store,
     )
     kills = []
     for threshold in (1, 9, 17, 26, 33):
-        h.kill_when(lambda t=threshold: done_objects(h.db) >= t, f"{threshold} objects")
-        kills.append(done_objects(h.db))
+        h.kill_when(lambda t=threshold: h.done_objects() >= t, f"{threshold} objects")
+        kills.append(h.done_objects())
     assert any(0 < k < n_objects for k in kills), kills
     h.finish_and_compare(truth)
 
@@ -157,7 +185,7 @@ def put_lines(logs: Any, truth: Truth, n: int, seed: int, timestamp_ms: int) -> 
         logs.put_log_events(logGroupName="/vpc/flowlogs", logStreamName="eni-all", logEvents=events)
 
 
-def test_sigkill_kinesis_then_restart_counts_exactly(aws: str, tmp_path: Path) -> None:
+def test_sigkill_kinesis_then_restart_counts_exactly(aws: str, tmp_path: Path, store: Any) -> None:
     logs = cloudwatch_group(aws)
     kinesis = boto("kinesis", aws)
     kinesis.create_stream(StreamName="flowlogs", ShardCount=2)
@@ -175,11 +203,12 @@ def test_sigkill_kinesis_then_restart_counts_exactly(aws: str, tmp_path: Path) -
     h = Harness(
         tmp_path,
         {"type": "kinesis", "stream_name": "flowlogs", "endpoint_url": aws, "poll_interval_seconds": 0.2, "batch_records": 3},
+        store,
     )
     kills = []
     for share in (0.1, 0.35, 0.6, 0.85):
-        h.kill_when(lambda s=share: committed_records(h.db) >= s * total, f"{share:.0%} of the records")
-        kills.append(committed_records(h.db))
+        h.kill_when(lambda s=share: h.committed_records() >= s * total, f"{share:.0%} of the records")
+        kills.append(h.committed_records())
     assert any(0 < k < total for k in kills), kills
     h.finish_and_compare(truth)
 

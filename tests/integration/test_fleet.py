@@ -31,7 +31,7 @@ import yaml
 
 from streamer.schema import DEFAULT_FIELDS
 from streamer.synth import Spike, TrafficProfile, eni_ids, generate_table, spike_table, to_lines
-from tests.integration.conftest import Metrics, Truth, aws_key, boto, exported_totals, free_port, parse_metrics
+from tests.integration.conftest import Metrics, Truth, aws_key, boto, free_port, parse_metrics, summed_totals
 
 pytestmark = pytest.mark.integration
 
@@ -108,13 +108,7 @@ class Fleet:
 
     def totals(self) -> dict[tuple[str, str], list[int]]:
         """The fleet's sum: what `sum()` over every replica's /metrics gives."""
-        merged: dict[tuple[str, str], list[int]] = {}
-        for metrics in self.scrapes():
-            for key, values in exported_totals(metrics).items():
-                acc = merged.setdefault(key, [0, 0, 0])
-                for i in range(3):
-                    acc[i] += values[i]
-        return merged
+        return summed_totals(self.scrapes())
 
     def leader(self) -> Replica | None:
         for r in self.replicas:

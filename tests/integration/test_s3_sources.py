@@ -26,6 +26,7 @@ from tests.integration.conftest import (
     running,
     service_config,
     status,
+    summed_totals,
     wait_metrics,
 )
 
@@ -180,13 +181,7 @@ async def test_sqs_notifications_with_two_competing_consumers(aws: str, tmp_path
             assert asyncio.get_running_loop().time() < deadline, "timed out"
             await asyncio.sleep(0.2)
         scrapes = [await more_polls(p, 2) for p in ports]
-        merged: dict[tuple[str, str], list[int]] = {}
-        for metrics in scrapes:
-            for key, value in exported_totals(metrics).items():
-                acc = merged.setdefault(key, [0, 0, 0])
-                for i in range(3):
-                    acc[i] += value[i]
-        assert merged == truth.totals
+        assert summed_totals(scrapes) == truth.totals
         assert sum(objects_by_outcome(m).get("ok", 0) for m in scrapes) == n_objects
         assert all(objects_by_outcome(m).get("ok", 0) > 0 for m in scrapes), "both replicas should have taken work"
         reasons = {dict(k)["reason"] for m in scrapes for k in m.get("streamer_source_errors_total", {})}
@@ -288,12 +283,6 @@ async def test_every_message_held_stays_invisible_while_a_slow_batch_is_worked(a
                 assert asyncio.get_running_loop().time() < deadline, "timed out"
                 await asyncio.sleep(0.5)
             scrapes = [await more_polls(p, 2) for p in ports]
-            merged: dict[tuple[str, str], list[int]] = {}
-            for metrics in scrapes:
-                for key, value in exported_totals(metrics).items():
-                    acc = merged.setdefault(key, [0, 0, 0])
-                    for i in range(3):
-                        acc[i] += value[i]
-            assert merged == truth.totals  # nothing counted twice
+            assert summed_totals(scrapes) == truth.totals  # nothing counted twice
             extended = sum(s.extended for svc in (a, b) for s in svc.sources)  # type: ignore[attr-defined]
             assert extended > 0

@@ -105,3 +105,21 @@ def test_check_config_cli(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "streamer", "check-config", "-c", str(good)], capture_output=True, check=False)
     assert proc.returncode == 0
     assert b"s3-0 (s3)" in proc.stdout
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        good.read_text() + "checkpoint:\n  url: postgresql://streamer:hunter2@db:5432/flows\nfleet:\n  replica_id: r7\n"
+    )
+    proc = subprocess.run([sys.executable, "-m", "streamer", "check-config", "-c", str(fleet)], capture_output=True, check=False)
+    assert proc.returncode == 0
+    assert b"PostgreSQL (fleet replica r7)" in proc.stdout
+    assert b"hunter2" not in proc.stdout + proc.stderr
+
+
+def test_fleet_replica_id_defaults_to_the_hostname_and_the_url_is_secret() -> None:
+    import socket
+
+    config = parse_config({**BASE, "checkpoint": {"url": "postgresql://u:s3cret@db:5432/flows"}}, {})
+    assert config.fleet.replica_id == socket.gethostname()
+    assert "s3cret" not in repr(config)
+    with pytest.raises(ConfigError, match=r"checkpoint\.url: .*postgresql://"):
+        parse_config({**BASE, "checkpoint": {"url": "mysql://db/flows"}}, {})
