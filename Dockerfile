@@ -7,9 +7,9 @@
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/streamer
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md constraints.txt /src/
 COPY streamer /src/streamer
-RUN /opt/streamer/bin/pip install /src
+RUN /opt/streamer/bin/pip install -c /src/constraints.txt /src
 
 FROM python:3.11-slim-bookworm
 LABEL org.opencontainers.image.title="streamer" \

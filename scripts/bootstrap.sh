@@ -29,13 +29,17 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=".venv/.installed-$( (cat pyproject.toml; echo "$want_test") | sha1sum | cut -c1-12)"
+stamp=".venv/.installed-$( (cat pyproject.toml constraints.txt; echo "$want_test") | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  if [ "$want_test" = 1 ]; then
-    .venv/bin/python -m pip install -q -e ".[test]"
-  else
-    .venv/bin/python -m pip install -q -e .
+  target="."
+  [ "$want_test" = 1 ] && target=".[test]"
+  # constraints.txt pins every package to versions tested together (reproducible installs);
+  # pip's and setuptools' chatter goes to a log, shown only if the install fails.
+  if ! { .venv/bin/python -m pip install -q --upgrade pip \
+         && .venv/bin/python -m pip install -q -c constraints.txt -e "$target"; } >.venv/install.log 2>&1; then
+    cat .venv/install.log >&2
+    echo "installing streamer failed (log above, also in .venv/install.log)" >&2
+    exit 1
   fi
   touch "$stamp"
 fi

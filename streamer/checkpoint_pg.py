@@ -75,6 +75,10 @@ def connection_info(url: str, password_file: Path | None) -> dict[str, Any]:
     return params
 
 
+#: advisory lock key held while migrating ("streamer" in ASCII)
+_MIGRATION_LOCK = 0x73747265616D6572
+
+
 class PostgresStore:
     """CheckpointStore's interface over PostgreSQL, for one replica of a fleet."""
 
@@ -104,8 +108,9 @@ class PostgresStore:
 
     def _migrate(self) -> None:
         with self._pool.connection() as conn:
+            # Replicas starting together migrate once: CREATE ... IF NOT EXISTS alone races in PostgreSQL.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS streamer_schema (version INTEGER NOT NULL)")
-            conn.execute("LOCK TABLE streamer_schema IN EXCLUSIVE MODE")  # replicas starting together migrate once
             row = conn.execute("SELECT max(version) FROM streamer_schema").fetchone()
             version = int(row[0]) if row and row[0] is not None else 0
             if version > len(MIGRATIONS):

@@ -129,8 +129,11 @@ class Producer:
         delivered = dt.datetime.now(dt.UTC)  # partitions follow delivery here, so the poller's lookback sees them
         return f"AWSLogs/{ACCOUNT}/vpcflowlogs/us-east-1/{delivered:%Y/%m/%d}/{name}"
 
-    async def run(self) -> None:
+    async def prepare(self) -> None:
+        """The bucket, before the service's first listing (a newcomer's first line is not a NoSuchBucket)."""
         await self.s3.create_bucket(Bucket=BUCKET)
+
+    async def run(self) -> None:
         started = self.clock()
         for minute in range(WARMUP_MINUTES):  # back-fill: baselines warm up at once
             await self._put(minute, self.minute_object(minute, False))
@@ -218,13 +221,14 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
     tty = out.isatty()
     seen: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="streamer-demo-") as tmp:
+        producer_clients = AwsClients()
+        producer = Producer(await producer_clients.get("s3", "us-east-1", endpoint), options)
+        await producer.prepare()
         service = Service(demo_config(options, endpoint, Path(tmp)), AwsClients())
         service_task = asyncio.create_task(service.run(stop))
-        producer_clients = AwsClients()
         producer_task: asyncio.Task[None] | None = None
         try:
             await asyncio.wait_for(service.started.wait(), 30)
-            producer = Producer(await producer_clients.get("s3", "us-east-1", endpoint), options)
             producer_task = asyncio.create_task(producer.run())
             started = time.monotonic()
             announced: set[str] = set()

@@ -2,21 +2,32 @@
 
 Health says the process serves; readiness says the sources have started
 reading (a callable the service supplies). Exposition is rendered from our
-own registry, never the global one.
+own registry, never the global one, by prometheus_client's own encoders:
+OpenMetrics when the scraper asks for it, gzip when it accepts it, and no
+`*_created` series (they double every counter and nothing reads them).
 """
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client.exposition import choose_encoder
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
 
 def build_app(registry: CollectorRegistry, ready: Callable[[], bool] = lambda: True) -> web.Application:
-    async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def metrics(request: web.Request) -> web.Response:
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = encode(registry)
+        headers = {"Content-Type": content_type}
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body, 1)
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -45,7 +56,5 @@ async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
-    return runner, int(bound)
+    addresses = runner.addresses
+    return runner, int(addresses[0][1]) if addresses else port

@@ -423,3 +423,26 @@ def test_cloudwatch_polling_runs_on_one_replica_and_moves_when_it_dies(aws: str,
         assert poller not in leases_by_replica(fleet, "cloudwatch")
         dead.start()  # back under its id: its counters are exported again
         wait_for(lambda: fleet.totals() == truth.totals, 60, "the new events, counted once", fleet)
+
+
+def test_replicas_starting_together_migrate_the_schema_once(postgres_server: Any) -> None:
+    import threading
+
+    from streamer.checkpoint_pg import MIGRATIONS, PostgresStore
+
+    url = postgres_server.url(postgres_server.database())
+    errors: list[BaseException] = []
+
+    def start(i: int) -> None:
+        try:
+            PostgresStore(url, f"r{i}").close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert postgres_server.psql("SELECT count(*) FROM streamer_schema", url.rsplit("/", 1)[1]) == str(len(MIGRATIONS))

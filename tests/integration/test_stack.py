@@ -93,6 +93,9 @@ def test_demo_with_prometheus_and_alertmanager(alertmanager: str, prometheus_fac
     assert "ALERT VPCFlowRejectSpike" in out
     assert "demo finished: alert seen for eni-" in out
     assert "Traceback" not in err
+    assert "NoSuchBucket" not in err  # the demo's bucket exists before the first listing
+    # A clean run: the only warnings are the scan's own.
+    assert [line for line in err.splitlines() if "WARNING" in line and "reject spike on" not in line] == []
     alerts = json.loads(urllib.request.urlopen(f"{alertmanager}/api/v2/alerts", timeout=10).read())
     spikes = [a for a in alerts if a["labels"]["alertname"] == "VPCFlowRejectSpike"]
     assert len(spikes) == 1

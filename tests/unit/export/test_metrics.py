@@ -12,6 +12,7 @@ from streamer.aggregate.counters import Counters, count_batch
 from streamer.aggregate.state import FlowState
 from streamer.export.http import build_app, serve
 from streamer.export.metrics import OTHER_INTERFACE, FlowCollector
+from streamer.export.telemetry import Telemetry
 
 
 def state_with(rows: list[tuple[str, str, str, int, int]], errors: dict[str, int] | None = None) -> FlowState:
@@ -74,5 +75,31 @@ async def test_http_endpoints_on_loopback() -> None:
             ready["value"] = True
             async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
                 assert resp.status == 200
+    finally:
+        await runner.cleanup()
+
+
+async def test_metrics_speaks_openmetrics_and_gzip_when_asked_and_has_no_created_series() -> None:
+    import gzip
+
+    registry = CollectorRegistry()
+    Telemetry(registry).finished("s3-0", "ok", 10, 60.0)
+    registry.register(FlowCollector(lambda: state_with([("eni-a", "ACCEPT", "OK", 1, 1)])))
+    runner, port = await serve(build_app(registry), "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as http:
+            async with http.get(f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "identity"}) as resp:
+                plain = (await resp.read()).decode()
+                assert "Content-Encoding" not in resp.headers
+                assert resp.headers["Content-Type"].startswith("text/plain")
+            assert "_created" not in plain
+            assert "streamer_objects_total" in plain
+            headers = {"Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"}
+            async with http.get(f"http://127.0.0.1:{port}/metrics", headers=headers) as resp:
+                assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+                assert resp.headers["Content-Encoding"] == "gzip"
+                body = gzip.decompress(await resp.read()).decode()
+            assert body.rstrip().endswith("# EOF")
+            assert "_created" not in body
     finally:
         await runner.cleanup()
