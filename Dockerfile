@@ -1,15 +1,17 @@
 # syntax=docker/dockerfile:1
 # streamer: VPC Flow Logs -> per-ENI Prometheus metrics and reject-spike alerts.
-#   docker build -t streamer .
+#   docker build -t streamer .                                # the service
+#   docker build --build-arg EXTRAS=demo -t streamer:demo .   # plus `streamer demo` (an embedded S3)
 #   docker run -p 9108:9108 streamer demo --listen 0.0.0.0:9108
 #   docker run -v ./streamer.yaml:/etc/streamer/streamer.yaml:ro -v streamer-state:/var/lib/streamer streamer
 
 FROM python:3.11-slim-bookworm AS build
+ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/streamer
 COPY pyproject.toml README.md constraints.txt /src/
 COPY streamer /src/streamer
-RUN /opt/streamer/bin/pip install -c /src/constraints.txt /src
+RUN /opt/streamer/bin/pip install -c /src/constraints.txt "/src${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.11-slim-bookworm
 LABEL org.opencontainers.image.title="streamer" \

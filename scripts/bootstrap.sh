@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
+want_demo=0
 [ "${1:-}" = "--test" ] && want_test=1
+[ "${1:-}" = "--demo" ] && want_demo=1
 
 if [ "$want_test" = 1 ]; then
   missing=()
@@ -29,10 +31,11 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=".venv/.installed-$( (cat pyproject.toml constraints.txt; echo "$want_test") | sha1sum | cut -c1-12)"
+stamp=".venv/.installed-$( (cat pyproject.toml constraints.txt; echo "$want_test$want_demo") | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   target="."
-  [ "$want_test" = 1 ] && target=".[test]"
+  [ "$want_demo" = 1 ] && target=".[demo]"
+  [ "$want_test" = 1 ] && target=".[test]"  # includes the demo extra: tests run moto as a server
   # constraints.txt pins every package to versions tested together (reproducible installs);
   # pip's and setuptools' chatter goes to a log, shown only if the install fails.
   if ! { .venv/bin/python -m pip install -q --upgrade pip \

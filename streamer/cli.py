@@ -132,6 +132,10 @@ def _detection(args: argparse.Namespace) -> Detection:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The real service against an embedded S3 with generated traffic and a spike."""
+    try:
+        import moto  # noqa: F401  # the embedded S3 lives in the optional demo extra
+    except ImportError:
+        return _fail("demo needs the demo extra: pip install 'streamer[demo]' (scripts/run.sh installs it)")
     from streamer.demo import DemoOptions, run_demo
 
     options = DemoOptions(

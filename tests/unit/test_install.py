@@ -30,3 +30,44 @@ def test_constraints_pin_what_is_installed_and_what_aiobotocore_needs() -> None:
 def test_the_test_command_and_the_image_use_the_constraints() -> None:
     assert "-c constraints.txt" in (ROOT / "scripts" / "bootstrap.sh").read_text()
     assert "-c /src/constraints.txt" in (ROOT / "Dockerfile").read_text()
+
+
+def test_the_service_installs_without_the_demo_stack() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = " ".join(project["dependencies"])
+    assert "moto" not in runtime
+    assert "boto3" not in runtime
+    assert any(d.startswith("moto") for d in project["optional-dependencies"]["demo"])
+    assert "streamer[demo]" in project["optional-dependencies"]["test"]
+    assert "--demo" in (ROOT / "scripts" / "run.sh").read_text()
+
+
+def test_demo_without_its_extra_says_what_to_install(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    blocked = tmp_path / "moto"
+    blocked.mkdir()
+    (blocked / "__init__.py").write_text("raise ImportError('not installed')\n")  # as if the extra were missing
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    argv = [sys.executable, "-m", "streamer", "demo"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "streamer: error: demo needs the demo extra: pip install 'streamer[demo]' (scripts/run.sh installs it)"
+    ]
+
+
+def test_the_demo_image_is_the_runtime_image_plus_the_demo_extra() -> None:
+    import yaml
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'ARG EXTRAS=""' in dockerfile
+    assert '"/src${EXTRAS:+[$EXTRAS]}"' in dockerfile
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    assert compose["services"]["streamer"]["build"]["args"] == {"EXTRAS": "demo"}
+    assert "demo" in compose["services"]["streamer"]["command"]
+    assert "args" not in str(compose["services"]["streamer-1"]["build"])  # fleet replicas: the runtime image
