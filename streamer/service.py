@@ -31,13 +31,15 @@ from streamer.export.metrics import DetectionCollector, FlowCollector, InsightsC
 from streamer.export.telemetry import Telemetry
 from streamer.fleet import Coordinator, LeaderDetector, LeaseCollector
 from streamer.pipeline import Pipeline, Store
-from streamer.sources.base import BuildContext, OwnsEverything, Source
+from streamer.sources.base import BuildContext, OwnsEverything, Source, aws_error_reason
 
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_SECONDS = 3600
 #: how often event time is checked against the wall clock (idle sources, quiet periods)
 TICK_SECONDS = 1.0
+#: a source's first call gets this long before it is reported as unanswered
+FIRST_CALL_SECONDS = 8.0
 
 
 class _Stop(Exception):
@@ -61,6 +63,28 @@ class Service:
 
     def ready(self) -> bool:
         return bool(self.sources) and all(s.ready for s in self.sources)
+
+    def not_ready_reasons(self) -> list[str]:
+        """What /readyz says: each source not ready yet, with its first call's failure if it had one."""
+        return [f"{s.name}: {s.problem or 'starting'}" for s in self.sources if not s.ready]
+
+    async def _first_calls(self) -> None:
+        """Each source's first call, once, quickly: a misconfiguration is one line within seconds, not a
+        minute of silent retries. The sources then start as usual (and keep retrying)."""
+
+        async def one(source: Source) -> None:
+            try:
+                await asyncio.wait_for(source.first_call(self.clients), FIRST_CALL_SECONDS)
+                return
+            except TimeoutError:
+                error = f"no answer within {FIRST_CALL_SECONDS:.0f} s"
+            except Exception as exc:  # the AWS error, whatever its kind, is the message
+                error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+                self.telemetry.source_error(source.name, aws_error_reason(exc))
+            source.problem = f"{source.first_call_name} failed: {error}"
+            log.error("source %s: %s", source.name, source.problem)
+
+        await asyncio.gather(*(one(s) for s in self.sources))
 
     async def _build_sources(self, store: Store) -> list[Source]:
         """Each source's config builds it (see sources/registry.py): no list of kinds here."""
@@ -138,7 +162,9 @@ class Service:
             self.sources = await self._build_sources(store)
             for source in self.sources:  # read at scrape time, never stale
                 self.telemetry.ready.labels(source.name).set_function(_readiness(source))
-            runner, self.port = await serve(build_app(self.registry, self.ready), self.config.http.host, self.config.http.port)
+            app = build_app(self.registry, self.ready, self.not_ready_reasons)
+            runner, self.port = await serve(app, self.config.http.host, self.config.http.port)
+            await self._first_calls()
             log.info(
                 "serving on %s:%d; %d source(s); restored %d counter rows",
                 self.config.http.host,

@@ -19,7 +19,9 @@ from prometheus_client.exposition import choose_encoder
 disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
 
-def build_app(registry: CollectorRegistry, ready: Callable[[], bool] = lambda: True) -> web.Application:
+def build_app(
+    registry: CollectorRegistry, ready: Callable[[], bool] = lambda: True, reasons: Callable[[], list[str]] = list
+) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         body = encode(registry)
@@ -35,7 +37,7 @@ def build_app(registry: CollectorRegistry, ready: Callable[[], bool] = lambda: T
     async def readyz(_: web.Request) -> web.Response:
         if ready():
             return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
+        return web.Response(status=503, text="".join(f"not ready: {r}\n" for r in reasons()) or "not ready\n")
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

@@ -126,6 +126,16 @@ class Source(abc.ABC):
     def __init__(self, name: str) -> None:
         self.name = name
         self.ready = False
+        #: why the first call failed (shown on /readyz until the source is ready)
+        self.problem: str | None = None
+
+    #: the API call `first_call` makes (for the one-line error)
+    first_call_name = ""
+
+    async def first_call(self, clients: AwsClients) -> None:
+        """One cheap call, tried once with short timeouts, so that a wrong endpoint, bucket or credential
+        shows within seconds rather than after minutes of retries. Sources without one do nothing."""
+        return None  # a default, not an abstract method: the HTTP source has no first call
 
     @abc.abstractmethod
     async def run(self, sink: Sink) -> None:

@@ -24,6 +24,7 @@ import orjson
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field
 
+from streamer.aws import AwsClients
 from streamer.schema import DEFAULT_FIELDS, parse_log_format
 from streamer.settings import AwsSourceSettings
 from streamer.sources.base import (
@@ -115,6 +116,12 @@ class CloudWatchSource(Source):
         if self.log_format is None and self.config.flow_log_id and self.ec2 is not None:
             self.log_format = await discover_log_format(self.ec2, self.config.flow_log_id)
             log.info("%s: log format of %s: %s", self.name, self.config.flow_log_id, " ".join(self.log_format))
+
+    first_call_name = "FilterLogEvents"
+
+    async def first_call(self, clients: AwsClients) -> None:
+        logs = await clients.get("logs", self.config.region, self.config.endpoint_url, fast=True)
+        await logs.filter_log_events(logGroupName=self.config.log_group, limit=1, startTime=int(self._clock() * 1000) - 60_000)
 
     async def run(self, sink: Sink) -> None:
         while True:

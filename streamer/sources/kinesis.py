@@ -24,6 +24,7 @@ from typing import Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field
 
+from streamer.aws import AwsClients
 from streamer.decode.cloudwatch import payload_lines
 from streamer.schema import parse_log_format
 from streamer.settings import AwsSourceSettings
@@ -86,6 +87,12 @@ class KinesisSource(Source):
         self._first_start = True
         self._waiting = False
         self._iterating: set[str] = set()  # shards whose first iterator was obtained
+
+    first_call_name = "ListShards"
+
+    async def first_call(self, clients: AwsClients) -> None:
+        kinesis = await clients.get("kinesis", self.config.region, self.config.endpoint_url, fast=True)
+        await kinesis.list_shards(StreamName=self.config.stream_name, MaxResults=1)
 
     async def run(self, sink: Sink) -> None:
         self.positions = await self._load_cursors()

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field
 
+from streamer.aws import AwsClients
 from streamer.schema import parse_log_format
 from streamer.settings import AwsSourceSettings
 from streamer.sources import s3_layout
@@ -85,6 +86,13 @@ class S3PollSource(Source):
         self._clock = clock
         self._attempts: dict[str, int] = {}
         self.log_format = parse_log_format(config.log_format) if config.log_format else None
+
+    first_call_name = "ListObjectsV2"
+
+    async def first_call(self, clients: AwsClients) -> None:
+        s3 = await clients.get("s3", self.config.region, self.config.endpoint_url, fast=True)
+        prefix = self.config.prefix if self.config.layout == "firehose" else s3_layout.root(self.config.prefix)
+        await s3.list_objects_v2(Bucket=self.config.bucket, Prefix=prefix, MaxKeys=1)
 
     async def run(self, sink: Sink) -> None:
         while True:

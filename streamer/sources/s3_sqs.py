@@ -19,6 +19,7 @@ import orjson
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field, model_validator
 
+from streamer.aws import AwsClients
 from streamer.schema import parse_log_format
 from streamer.settings import AwsSourceSettings
 from streamer.sources.base import BuildContext, Sink, Source, SourceError, aws_error_reason
@@ -116,6 +117,12 @@ class S3SqsSource(Source):
         self.log_format = parse_log_format(config.log_format) if config.log_format else None
         #: visibility extensions made (every message held is kept invisible while the batch is worked)
         self.extended = 0
+
+    first_call_name = "GetQueueAttributes"
+
+    async def first_call(self, clients: AwsClients) -> None:
+        sqs = await clients.get("sqs", self.config.region, self.config.endpoint_url, fast=True)
+        await sqs.get_queue_attributes(QueueUrl=self.config.queue_url, AttributeNames=["QueueArn"])
 
     async def run(self, sink: Sink) -> None:
         while True:

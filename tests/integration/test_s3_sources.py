@@ -9,6 +9,7 @@ import io
 import json
 from pathlib import Path
 
+import aiohttp
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -21,6 +22,7 @@ from tests.integration.conftest import (
     boto,
     exported_totals,
     flow_object,
+    free_port,
     more_polls,
     objects_by_outcome,
     running,
@@ -286,3 +288,33 @@ async def test_every_message_held_stays_invisible_while_a_slow_batch_is_worked(a
             assert summed_totals(scrapes) == truth.totals  # nothing counted twice
             extended = sum(s.extended for svc in (a, b) for s in svc.sources)  # type: ignore[attr-defined]
             assert extended > 0
+
+
+async def test_a_wrong_bucket_or_endpoint_shows_in_one_line_within_seconds(
+    aws: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a minute of silent retries: each source's first call is tried once, its failure logged in one line
+    naming the source, the call and the AWS error, and /readyz says why (the source keeps retrying meanwhile)."""
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    sources = [
+        s3_source(aws, "no-such-bucket", name="wrong-bucket"),
+        s3_source(closed, "flow-logs", name="wrong-endpoint"),
+    ]
+    sources = [{**s, "poll_interval_seconds": 60} for s in sources]
+    started = asyncio.get_running_loop().time()
+    async with running(service_config(tmp_path, sources)) as service:
+        elapsed = asyncio.get_running_loop().time() - started
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        lines = {name: [m for m in errors if m.startswith(f"source {name}: ")] for name in ("wrong-bucket", "wrong-endpoint")}
+        assert len(lines["wrong-bucket"]) == 1
+        assert "ListObjectsV2 failed" in lines["wrong-bucket"][0]
+        assert "NoSuchBucket" in lines["wrong-bucket"][0]
+        assert len(lines["wrong-endpoint"]) == 1
+        assert "ListObjectsV2 failed" in lines["wrong-endpoint"][0]
+        assert "Could not connect" in lines["wrong-endpoint"][0]
+        assert elapsed < 20  # seconds, where retries alone take about a minute
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{service.port}/readyz") as resp:
+            assert resp.status == 503
+            body = await resp.text()
+        assert "not ready: wrong-bucket: ListObjectsV2 failed: NoSuchBucket" in body
+        assert "not ready: wrong-endpoint: ListObjectsV2 failed: EndpointConnectionError" in body
