@@ -39,7 +39,6 @@ from streamer.sources.base import LEASE_LOST, Delivery, SourceError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-KEEPALIVE_SECONDS = 30.0
 #: outcome of an input another source (or an earlier run) already counted
 DUPLICATE = "duplicate"
 
@@ -107,12 +106,7 @@ class Pipeline:
         if delivery.done and await self._already_done(delivery.done):
             self.telemetry.finished(source, DUPLICATE, 0, None)
             return DUPLICATE
-        keepalive = asyncio.create_task(self._keepalive(delivery)) if delivery.keepalive else None
-        try:
-            result, delta, max_end, window_parts = await self._decode(delivery)
-        finally:
-            if keepalive is not None:
-                keepalive.cancel()
+        result, delta, max_end, window_parts = await self._decode(delivery)
         outcome = account(result, delta, delivery.location)
         for reason, count in delivery.errors.items():
             delta.count(reason, count)
@@ -240,15 +234,6 @@ class Pipeline:
             if len(await self.store.call(self.store.store.done_among, namespace, keys)) < len(keys):
                 return False
         return True
-
-    async def _keepalive(self, delivery: Delivery) -> None:
-        assert delivery.keepalive is not None
-        while True:
-            await asyncio.sleep(delivery.keepalive_seconds or KEEPALIVE_SECONDS)
-            try:
-                await delivery.keepalive()
-            except Exception as exc:  # a failed extension only risks a redelivery, which is deduplicated
-                log.warning("%s: keepalive failed: %s", delivery.location, exc)
 
     async def _decode(self, delivery: Delivery) -> tuple[ObjectResult[BatchResult], FlowState, int | None, list[WindowBatch]]:
         loop = asyncio.get_running_loop()

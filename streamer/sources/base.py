@@ -68,10 +68,6 @@ class Delivery:
     errors: dict[str, int] = dataclasses.field(default_factory=dict)
     #: source state committed with this delivery (e.g. recently seen event ids)
     snapshots: dict[str, bytes] = dataclasses.field(default_factory=dict)
-    #: called periodically while the delivery is processed (SQS visibility)
-    keepalive: Callable[[], Awaitable[None]] | None = None
-    #: how often to call `keepalive` (shorter than the SQS visibility timeout)
-    keepalive_seconds: float | None = None
     #: fleet: the lease (kind, name) this input was read under; it commits only while the lease is held
     lease: tuple[str, str] | None = None
 

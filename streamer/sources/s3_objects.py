@@ -10,7 +10,7 @@ read half old, half new.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -49,8 +49,6 @@ def object_delivery(
     s3: Any,
     obj: S3Object,
     log_format: tuple[str, ...] | None,
-    keepalive: Callable[[], Awaitable[None]] | None = None,
-    keepalive_seconds: float | None = None,
 ) -> Delivery:
     """One object as a delivery: streamed body, done key, arrival time for the delivery delay."""
     return Delivery(
@@ -59,6 +57,4 @@ def object_delivery(
         done=[Done(S3_NAMESPACE, obj.done_key)],
         arrived_at=obj.last_modified,
         log_format=log_format,
-        keepalive=keepalive,
-        keepalive_seconds=keepalive_seconds,
     )
