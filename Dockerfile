@@ -8,10 +8,24 @@
 FROM python:3.11-slim-bookworm AS build
 ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# A C compiler for the native tokenizer (streamer/decode/_scan.c), in this stage only; Python's headers
+# too where the base lacks them (a Debian python3 has them in python3-dev).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+    $(python -c "import os, sysconfig; print('' if os.path.exists(sysconfig.get_paths()['include'] + '/Python.h') else 'python3-dev')") \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/streamer
 COPY pyproject.toml README.md constraints.txt /src/
 COPY streamer /src/streamer
 RUN /opt/streamer/bin/pip install -c /src/constraints.txt "/src${EXTRAS:+[$EXTRAS]}"
+# Parts of the venv streamer never loads: pyarrow's Flight RPC, its own S3 filesystem (we use aiobotocore),
+# its C++ headers and tests; pip and setuptools. pyarrow imports Flight and S3 only on demand.
+# scripts/image-test.sh replays text and Parquet in the runtime image to show nothing needed went.
+RUN cd /opt/streamer/lib/python3*/site-packages/pyarrow \
+ && rm -rf include src tests _pyarrow_cpp_tests* libarrow_flight.so* libarrow_python_flight.so* _flight.*.so flight.py \
+           libarrow_s3.so* _s3fs.*.so \
+ && find . \( -name '*.pxd' -o -name '*.pyx' -o -name '*.pxi' \) -delete \
+ && cd / && /opt/streamer/bin/python -m pip uninstall -q -y pip setuptools
 
 FROM python:3.11-slim-bookworm
 LABEL org.opencontainers.image.title="streamer" \

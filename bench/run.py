@@ -110,6 +110,42 @@ def child_baseline(path: str) -> dict[str, float]:
     return {"records": records, "seconds": time.perf_counter() - start}
 
 
+def child_polars(path: str) -> dict[str, float]:
+    """polars' streaming engine on the same file: scan_csv, the counters' four columns, grouped."""
+    import polars as pl
+
+    start = time.perf_counter()
+    scan = pl.scan_csv(path, separator=" ", null_values=["-"], schema_overrides={"packets": pl.Int64, "bytes": pl.Int64})
+    out = (
+        scan.select(["interface-id", "action", "packets", "bytes"])
+        .group_by(["interface-id", "action"])
+        .agg(pl.len().alias("records"), pl.col("packets").sum(), pl.col("bytes").sum())
+        .collect(engine="streaming")
+    )
+    return {"records": int(out["records"].sum()), "seconds": time.perf_counter() - start}
+
+
+def child_duckdb(path: str) -> dict[str, float]:
+    """duckdb's read_csv on the same file, the same group-by."""
+    import duckdb
+
+    start = time.perf_counter()
+    con = duckdb.connect()
+    con.execute("SET threads TO 2")
+    rows = con.execute(
+        'SELECT "interface-id", action, count(*) AS n, sum(packets), sum(bytes) '
+        "FROM read_csv(?, delim=' ', header=true, nullstr='-', types={'packets': 'BIGINT', 'bytes': 'BIGINT'}) GROUP BY ALL",
+        [path],
+    ).fetchall()
+    return {"records": sum(r[2] for r in rows), "seconds": time.perf_counter() - start}
+
+
+def installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def child_decompress(path: str) -> dict[str, float]:
     """ISA-L decompression alone (streamed): the ceiling for any decoder."""
     from streamer.decode.gzip import gunzip_stream
@@ -185,12 +221,34 @@ def run_replay(path: Path) -> dict[str, float]:
     return best([measure(argv, expect_json=False) for _ in range(REPEAT)], "wall")
 
 
+ONE_LINE = b"2 123456789010 eni-0a1b2c3d4e5f60718 10.0.0.5 203.0.113.9 443 51000 6 10 8400 1700000000 1700000060 REJECT OK\n"
+
+
+def cold_start() -> dict[str, float]:
+    """Wall time of `streamer --help` and of `streamer replay` on a one-line file: the fastest of 7 runs each."""
+    one = DATA / "one-line.log"
+    DATA.mkdir(exist_ok=True)
+    one.write_bytes(ONE_LINE)
+    out: dict[str, float] = {}
+    for label, argv in (("help", ["--help"]), ("replay", ["replay", str(one)])):
+        runs = [measure([sys.executable, "-m", "streamer", *argv], expect_json=False) for _ in range(7)]
+        out[label] = min(r["wall"] for r in runs)
+    return out
+
+
+def print_cold_start() -> None:
+    cold = cold_start()
+    print(f"cold start: `streamer --help` {cold['help']:.3f} s, `streamer replay` of one line {cold['replay']:.3f} s")
+
+
 CHILDREN = {
     "inproc": child_inproc,
     "inproc_windows": child_inproc_windows,
     "inproc_insights": child_inproc_insights,
     "baseline": child_baseline,
     "decompress": child_decompress,
+    "polars": child_polars,
+    "duckdb": child_duckdb,
     "generate": child_generate,
 }
 
@@ -203,6 +261,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply record counts (quick runs: 0.1)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the fastest is reported")
     parser.add_argument("--insights", action="store_true", help="only the cost of the network insights, on v5")
+    parser.add_argument("--cold-start", action="store_true", help="only the start-up time of two short commands")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(CHILDREN[args.child](args.path)))
@@ -210,6 +269,10 @@ def main() -> None:
 
     global REPEAT
     REPEAT = args.repeat
+
+    if args.cold_start:
+        print_cold_start()
+        return
 
     def n(x: int) -> int:
         return int(x * args.scale)
@@ -244,6 +307,13 @@ def main() -> None:
         r_base = add(f"{name}: plain Python split+dict (in-process)", base["records"], base["seconds"], base["rss_mib"])
         r_dec = add(f"{name}: ISA-L decompression alone", dec["records"], dec["seconds"], dec["rss_mib"])
         rows.append((f"{name}: ratio streamer/plain = {r_in / r_base:.1f}x, streamer/decompress = {r_in / r_dec:.2f}", 0, 0, 0))
+        for peer in ("polars", "duckdb"):
+            if not installed(peer):
+                rows.append((f"{name}: {peer} not installed (pip install -e '.[bench]')", 0, 0, 0))
+                continue
+            got = run_child(peer, path)
+            r_peer = add(f"{name}: {peer} (same columns, grouped)", got["records"], got["seconds"], got["rss_mib"])
+            rows.append((f"{name}: ratio streamer/{peer} = {r_in / r_peer:.2f}x", 0, 0, 0))
 
     records_6m = n(6_000_000)
     whole = run_replay(v2_6m)
@@ -253,6 +323,8 @@ def main() -> None:
     r_whole = add("v2 6M: `streamer replay --output json` (whole process)", records_6m, whole["wall"], whole["rss_mib"])
     r_base6 = add("v2 6M: plain Python loop (whole process)", base6["records"], base6["wall"], base6["rss_mib"])
     rows.append((f"v2 6M: ratio whole process streamer/plain = {r_whole / r_base6:.1f}x", 0, 0, 0))
+    whole5 = run_replay(v5)
+    add("v5 1M: `streamer replay --output json` (whole process)", n(1_000_000), whole5["wall"], whole5["rss_mib"])
     if args.big:
         big = ensure_file(f"v2-{n(10_000_000)}.log.gz", n(10_000_000), "v2")
         whole_big = run_replay(big)
@@ -264,7 +336,9 @@ def main() -> None:
             print(f"{label:<62} {rate / 1e6:>10.2f} M {seconds:>8.2f} {rss:>7.0f} MiB")
         else:
             print(f"  {label}")
-    print(f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    print()
+    print_cold_start()
+    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
 
 
 if __name__ == "__main__":

@@ -9,14 +9,17 @@ stores, VPC endpoints and tests. Nothing here logs credentials.
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 
-RETRIES = {"mode": "adaptive", "max_attempts": 8}
-#: clients for a source's first call: one attempt, short timeouts, so a misconfiguration shows in seconds
-FAST = {"retries": {"mode": "standard", "max_attempts": 1}, "connect_timeout": 3, "read_timeout": 10}
+if TYPE_CHECKING:  # types-aiobotocore-*: installed with the test extra, never needed at run time
+    from types_aiobotocore_ec2 import EC2Client
+    from types_aiobotocore_kinesis import KinesisClient
+    from types_aiobotocore_logs import CloudWatchLogsClient
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_sqs import SQSClient
 
 
 class AwsClients:
@@ -27,15 +30,35 @@ class AwsClients:
         self._stack = AsyncExitStack()
         self._clients: dict[tuple[str, str, str | None, bool], Any] = {}
 
-    async def get(self, service: str, region: str, endpoint_url: str | None = None, fast: bool = False) -> Any:
+    async def s3(self, region: str, endpoint_url: str | None = None, fast: bool = False) -> S3Client:
+        return cast("S3Client", await self._get("s3", region, endpoint_url, fast))
+
+    async def sqs(self, region: str, endpoint_url: str | None = None, fast: bool = False) -> SQSClient:
+        return cast("SQSClient", await self._get("sqs", region, endpoint_url, fast))
+
+    async def logs(self, region: str, endpoint_url: str | None = None, fast: bool = False) -> CloudWatchLogsClient:
+        return cast("CloudWatchLogsClient", await self._get("logs", region, endpoint_url, fast))
+
+    async def kinesis(self, region: str, endpoint_url: str | None = None, fast: bool = False) -> KinesisClient:
+        return cast("KinesisClient", await self._get("kinesis", region, endpoint_url, fast))
+
+    async def ec2(self, region: str, endpoint_url: str | None = None, fast: bool = False) -> EC2Client:
+        return cast("EC2Client", await self._get("ec2", region, endpoint_url, fast))
+
+    async def _get(self, service: str, region: str, endpoint_url: str | None, fast: bool) -> Any:
         """A client; `fast` ones try once with short timeouts (first calls), the others retry adaptively."""
         key = (service, region, endpoint_url, fast)
         if key not in self._clients:
             if fast:
-                config = AioConfig(max_pool_connections=4, **FAST)
+                config = AioConfig(
+                    retries={"mode": "standard", "max_attempts": 1}, connect_timeout=3, read_timeout=10, max_pool_connections=4
+                )
             else:
-                config = AioConfig(retries=RETRIES, connect_timeout=10, read_timeout=60, max_pool_connections=32)
-            creator = self._session.create_client(service, region_name=region, endpoint_url=endpoint_url, config=config)
+                config = AioConfig(
+                    retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=10, read_timeout=60, max_pool_connections=32
+                )
+            session: Any = self._session  # create_client's overloads want a literal service name
+            creator = session.create_client(service, region_name=region, endpoint_url=endpoint_url, config=config)
             self._clients[key] = await self._stack.enter_async_context(creator)
         return self._clients[key]
 

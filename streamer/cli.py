@@ -1,31 +1,24 @@
-"""Command line: `streamer replay | run | demo | check-config`."""
+"""Command line: `streamer replay | run | demo | check-config`.
+
+Each command imports what it uses when it runs: `streamer --help` loads no
+Arrow, pydantic or asyncio, and `replay` no pydantic, asyncio or AWS client
+(tests/unit/test_cli_imports.py), so a one-line replay starts fast.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-import orjson
-
-from streamer import logs, output
-from streamer.aggregate.anomaly import Settings
-from streamer.aggregate.batch import columns
-from streamer.aggregate.detection import Detection
-from streamer.aggregate.insights import report
-from streamer.aggregate.state import FlowState
-from streamer.decode.objects import ObjectReader
-from streamer.replay import InputError, expand, replay_counts, replay_records
-from streamer.schema import UnknownFieldError, parse_log_format
-from streamer.settings import AnomalyConfig, ConfigError, InsightsConfig
+from streamer import defaults, logs
 
 if TYPE_CHECKING:
+    from streamer.aggregate.detection import Detection
+    from streamer.aggregate.state import FlowState
     from streamer.config import Config
 
 log = logging.getLogger("streamer")
@@ -63,6 +56,17 @@ def _fail(message: str) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import orjson
+
+    from streamer import output
+    from streamer.aggregate.batch import columns
+    from streamer.aggregate.insights import report
+    from streamer.decode.objects import ObjectReader
+    from streamer.replay import InputError, expand, replay_counts, replay_records
+    from streamer.schema import UnknownFieldError, parse_log_format
+
     try:
         log_format = parse_log_format(args.log_format) if args.log_format else None
     except (UnknownFieldError, ValueError) as exc:
@@ -98,12 +102,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     sys.stdout.write(output.render_alerts(anomalies))
             sys.stdout.flush()
     if args.metrics_port is not None:
+        import asyncio
+
         asyncio.run(_serve_forever(state, args.metrics_address, args.metrics_port, args.nat_gateway_price_per_gb))
     return 0
 
 
 async def _serve_forever(state: FlowState, host: str, port: int, price: float) -> None:
     # Imported here: a plain replay should not pay for the HTTP stack at start-up.
+    import asyncio
+    import signal
+
     from prometheus_client import CollectorRegistry
 
     from streamer.export.http import build_app, serve
@@ -126,7 +135,12 @@ async def _serve_forever(state: FlowState, host: str, port: int, price: float) -
 
 
 def _detection(args: argparse.Namespace) -> Detection:
-    settings = Settings(args.window_seconds, args.score_threshold, args.min_rejected_records, args.warmup_windows, 0.1)
+    from streamer.aggregate.anomaly import Settings
+    from streamer.aggregate.detection import Detection
+
+    settings = Settings(
+        args.window_seconds, args.score_threshold, args.min_rejected_records, args.warmup_windows, defaults.BASELINE_ALPHA
+    )
     return Detection.create(settings, args.lateness_seconds)
 
 
@@ -136,6 +150,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         import moto  # noqa: F401  # the embedded S3 lives in the optional demo extra
     except ImportError:
         return _fail("demo needs the demo extra: pip install 'streamer[demo]' (scripts/run.sh installs it)")
+    import asyncio
+
     from streamer.demo import DemoOptions, run_demo
 
     options = DemoOptions(
@@ -161,6 +177,8 @@ def _load(path: str) -> Config:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from streamer.settings import ConfigError
+
     try:
         config = _load(args.config)
     except ConfigError as exc:
@@ -175,6 +193,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streamer.settings import ConfigError
+
     try:
         config = _load(args.config)
     except ConfigError as exc:
@@ -205,16 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--metrics-port", type=int, help="after processing, serve /metrics on this port until interrupted")
     rp.add_argument("--metrics-address", default="127.0.0.1")
     rp.add_argument("--workers", type=int, default=0, help="decode threads (default: CPUs, at most 4)")
-    defaults = AnomalyConfig()
     rp.add_argument("--alerts", action="store_true", help="report rejected-traffic spikes the input contains")
-    rp.add_argument("--window-seconds", type=int, default=defaults.window_seconds)
-    rp.add_argument("--lateness-seconds", type=int, default=defaults.lateness_seconds)
-    rp.add_argument("--score-threshold", type=float, default=defaults.score_threshold)
-    rp.add_argument("--min-rejected-records", type=int, default=defaults.min_rejected_records)
-    rp.add_argument("--warmup-windows", type=int, default=defaults.warmup_windows)
-    insight_defaults = InsightsConfig()
+    rp.add_argument("--window-seconds", type=int, default=defaults.WINDOW_SECONDS)
+    rp.add_argument("--lateness-seconds", type=int, default=defaults.LATENESS_SECONDS)
+    rp.add_argument("--score-threshold", type=float, default=defaults.SCORE_THRESHOLD)
+    rp.add_argument("--min-rejected-records", type=int, default=defaults.MIN_REJECTED_RECORDS)
+    rp.add_argument("--warmup-windows", type=int, default=defaults.WARMUP_WINDOWS)
     rp.add_argument("--no-insights", action="store_true", help="skip the network insights (NACL, NAT, IPv6, paths)")
-    rp.add_argument("--nat-gateway-price-per-gb", type=float, default=insight_defaults.nat_gateway_price_per_gb)
+    rp.add_argument("--nat-gateway-price-per-gb", type=float, default=defaults.NAT_GATEWAY_PRICE_PER_GB)
     rp.set_defaults(func=cmd_replay)
 
     dp = sub.add_parser("demo", help="the live service against an embedded S3 with generated traffic (no AWS needed)")

@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import pyarrow as pa
 
@@ -36,6 +36,9 @@ from streamer.export.alerts import rfc3339
 from streamer.schema import V5_ALL_FIELDS
 from streamer.service import Service
 from streamer.synth import Spike, TrafficProfile, eni_ids, generate_table, insight_cases, insight_table, spike_table, to_lines
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 BUCKET = "demo-flow-logs"
 ACCOUNT = "123456789012"
@@ -92,7 +95,7 @@ def demo_config(options: DemoOptions, endpoint: str, state_dir: Path) -> Config:
 class Producer:
     """Writes one object per minute of event time, late and out of order."""
 
-    def __init__(self, s3: Any, options: DemoOptions, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, s3: S3Client, options: DemoOptions, clock: Callable[[], float] = time.monotonic) -> None:
         self.s3 = s3
         self.options = options
         self.clock = clock
@@ -222,7 +225,7 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
     seen: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="streamer-demo-") as tmp:
         producer_clients = AwsClients()
-        producer = Producer(await producer_clients.get("s3", "us-east-1", endpoint), options)
+        producer = Producer(await producer_clients.s3("us-east-1", endpoint), options)
         await producer.prepare()
         service = Service(demo_config(options, endpoint, Path(tmp)), AwsClients())
         service_task = asyncio.create_task(service.run(stop))

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from streamer import defaults
 from streamer.schema import UnknownFieldError, parse_log_format
 
 
@@ -111,19 +112,19 @@ class AwsSourceSettings(SourceSettings):
 
 
 class AnomalyConfig(Model):
-    window_seconds: int = Field(default=60, gt=0)
+    window_seconds: int = Field(default=defaults.WINDOW_SECONDS, gt=0)
     #: how far behind the slowest active source's newest record a window stays open
-    lateness_seconds: int = Field(default=900, ge=0)
+    lateness_seconds: int = Field(default=defaults.LATENESS_SECONDS, ge=0)
     #: a record this far ahead of the wall clock counts in totals but never moves event time
     max_future_skew_seconds: int = Field(default=300, ge=0)
     #: a source with nothing new this long stops holding event time back; all idle: it follows the wall clock
     idle_timeout_seconds: float = Field(default=600, gt=0)
-    score_threshold: float = Field(default=4.0, gt=0)
-    min_rejected_records: int = Field(default=50, ge=0)
+    score_threshold: float = Field(default=defaults.SCORE_THRESHOLD, gt=0)
+    min_rejected_records: int = Field(default=defaults.MIN_REJECTED_RECORDS, ge=0)
     #: closed windows before an ENI's baseline is trusted
-    warmup_windows: int = Field(default=10, ge=1)
+    warmup_windows: int = Field(default=defaults.WARMUP_WINDOWS, ge=1)
     #: EWMA smoothing factor for the baseline mean and variance
-    baseline_alpha: float = Field(default=0.1, gt=0, le=1)
+    baseline_alpha: float = Field(default=defaults.BASELINE_ALPHA, gt=0, le=1)
 
 
 class InsightsConfig(Model):
@@ -131,7 +132,7 @@ class InsightsConfig(Model):
 
     enabled: bool = True
     #: NAT gateway data processing price, USD per GB (AWS bills GiB-like "GB"), for the cost estimate
-    nat_gateway_price_per_gb: float = Field(default=0.045, ge=0)
+    nat_gateway_price_per_gb: float = Field(default=defaults.NAT_GATEWAY_PRICE_PER_GB, ge=0)
 
 
 class AlertsConfig(Model):

@@ -32,6 +32,8 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamer.aggregate.columns import is_in, is_value
+
 NACL = "nacl_return_rejects"
 GATEWAY = "gateway_endpoint_candidates"
 IPV6 = "ipv6_internet_inbound"
@@ -150,7 +152,7 @@ def _flows(table: pa.Table, mask: pa.ChunkedArray | pa.Array, window_seconds: in
 
 def _nacl(table: pa.Table, window_seconds: int) -> tuple[pa.Table, dict[str, str]]:
     action = table.column("action")
-    is_reject = pc.fill_null(pc.equal(action, "REJECT"), False)
+    is_reject = is_value(action, "REJECT")
     if not pc.any(is_reject).as_py():
         return SCHEMA.empty_table(), {}
     rejects = _flows(table, is_reject, window_seconds)
@@ -159,7 +161,7 @@ def _nacl(table: pa.Table, window_seconds: int) -> tuple[pa.Table, dict[str, str
     # Cheap semi-joins first: a request leaves from the port its rejected reply went to (an ephemeral
     # port: very selective, and an integer), toward the address the reply came from.
     candidate = pc.and_(
-        pc.fill_null(pc.equal(action, "ACCEPT"), False),
+        is_value(action, "ACCEPT"),
         pc.fill_null(pc.is_in(table.column("srcport"), value_set=pc.unique(rejects.column("dstport"))), False),
     )
     if not pc.any(candidate).as_py():
@@ -193,8 +195,8 @@ def _gateway(table: pa.Table) -> pa.Table:
     path = table.column("traffic-path")
     mask = pc.and_(
         pc.and_(
-            pc.fill_null(pc.equal(table.column("flow-direction"), "egress"), False),
-            pc.fill_null(pc.is_in(table.column("pkt-dst-aws-service"), value_set=pa.array(GATEWAY_SERVICES)), False),
+            is_value(table.column("flow-direction"), "egress"),
+            is_in(table.column("pkt-dst-aws-service"), pa.array(GATEWAY_SERVICES)),
         ),
         pc.fill_null(pc.is_in(path, value_set=pa.array(GATEWAY_PATHS, path.type)), False),
     )
@@ -208,7 +210,7 @@ def _gateway(table: pa.Table) -> pa.Table:
 
 def _ipv6(table: pa.Table) -> pa.Table:
     have = set(table.column_names)
-    inbound = pc.fill_null(pc.equal(table.column("flow-direction"), "ingress"), False)
+    inbound = is_value(table.column("flow-direction"), "ingress")
     if "tcp-flags" in have:
         starts = pc.equal(pc.bit_wise_and(table.column("tcp-flags"), pa.scalar(18, table.column("tcp-flags").type)), 2)
     else:

@@ -31,6 +31,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamer.aggregate.columns import is_value, key
 from streamer.aggregate.eventtime import EventClock
 
 KEY = ("interface_id", "window_start")
@@ -100,14 +101,14 @@ def window_batch(table: pa.Table, window_seconds: int, max_time: int | None = No
             example = _example(table, ahead)
             times = pc.if_else(ahead, pa.scalar(None, pa.int64()), times)
     start = pc.multiply(pc.divide(times, window_seconds), window_seconds)
-    action = _col(table, "action", pa.string())
-    reject = pc.fill_null(pc.equal(action, "REJECT"), False)
+    action = key(table, "action")
+    reject = is_value(action, "REJECT")
     zero = pa.scalar(0, pa.int64())
     columns = {
-        "interface_id": _col(table, "interface-id", pa.string()),
+        "interface_id": key(table, "interface-id"),
         "window_start": start,
         "rej": pc.cast(reject, pa.int64()),
-        "acc": pc.cast(pc.fill_null(pc.equal(action, "ACCEPT"), False), pa.int64()),
+        "acc": pc.cast(is_value(action, "ACCEPT"), pa.int64()),
         "rej_packets": pc.if_else(reject, pc.fill_null(_col(table, "packets", pa.int64()), 0), zero),
         "rej_bytes": pc.if_else(reject, pc.fill_null(_col(table, "bytes", pa.int64()), 0), zero),
     }

@@ -21,7 +21,7 @@ from streamer.decode.cloudwatch import Documents, document_lines
 from streamer.decode.errors import INVALID_JSON, ErrorCounts, UnknownFieldInInputError, UnknownFormatError
 from streamer.decode.gzip import GZIP_MAGIC, gunzip_stream
 from streamer.decode.parquet import PARQUET_MAGIC, iter_parquet, parquet_fields
-from streamer.decode.text import TextDecoder
+from streamer.decode.text import Parts, TextDecoder, join
 from streamer.schema import DEFAULT_FIELDS, UnknownFieldError, header_fields
 
 #: Target size of one chunk of text handed to the parser.
@@ -71,13 +71,14 @@ class ObjectReader:
         yield from self._text_units(pieces)
 
     def _text_units(self, pieces: Iterator[bytes]) -> Iterator[Unit]:
-        chunks = line_chunks(pieces, self.chunk_bytes)
-        head = _first_nonempty(chunks)
+        # Chunks stay as their parts here: the decode worker joins them, not the thread that inflates.
+        chunks = line_parts(pieces, self.chunk_bytes)
+        head = _first_nonempty(join(p) for p in chunks)
         if head is None:
             return
         stripped = head.lstrip()
         if stripped.startswith(b"{"):
-            yield from self._json_units(chain([head], chunks))
+            yield from self._json_units(chain([head], (join(p) for p in chunks)))
             return
         if _looks_binary(head[:4096]):
             raise UnknownFormatError("binary data that is neither gzip nor Parquet")
@@ -159,7 +160,7 @@ def _salvage(rest: bytes, errors: ErrorCounts) -> list[str]:
     return lines
 
 
-def _text_unit(decoder: TextDecoder, chunk: bytes) -> Unit:
+def _text_unit(decoder: TextDecoder, chunk: bytes | Parts) -> Unit:
     return lambda errors: decoder.decode(chunk, errors)
 
 
@@ -200,30 +201,44 @@ def _first_nonempty(stream: Iterator[bytes]) -> bytes | None:
 
 
 def line_chunks(pieces: Iterable[bytes], size: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """Re-cut a byte stream into chunks of at least `size` bytes ending at a newline.
+    """Re-cut a byte stream into chunks of at least `size` bytes ending at a newline."""
+    return (join(parts) for parts in line_parts(pieces, size))
 
-    Each byte is copied at most once (a piece that already ends in a newline
-    is passed through as is): this runs on the thread that also inflates.
+
+def line_parts(pieces: Iterable[bytes], size: int = CHUNK_BYTES) -> Iterator[bytes | Parts]:
+    """`line_chunks` without the join: each chunk as parts that each end a line.
+
+    Only a line that spans two pieces is copied; the rest of each piece is
+    passed on as a view. So the thread that inflates copies next to nothing,
+    and the native tokenizer reads the parts where they lie (Arrow's path
+    joins them, on a worker).
     """
-    buf: list[bytes] = []
+    parts: list[bytes | memoryview] = []
     held = 0
+    carry = b""
     for piece in pieces:
-        buf.append(piece)
-        held += len(piece)
-        if held < size:
-            continue
-        cut = piece.rfind(b"\n") + 1
-        if cut == 0 and held < size + MAX_LINE_BYTES:
-            continue  # the last line is still open
-        if cut == 0:  # far too long without a newline: hand it on, it fails as a line
-            cut = len(piece)
-        if len(buf) == 1 and cut == len(piece):
-            yield piece
+        last = piece.rfind(b"\n")
+        if last < 0:
+            carry += piece
+            if len(carry) > MAX_LINE_BYTES:  # far too long without a newline: hand it on, it fails as a line
+                parts.append(carry + b"\n")
+                held += len(carry)
+                carry = b""
         else:
-            yield b"".join([*buf[:-1], memoryview(piece)[:cut]])
-        rest = piece[cut:]
-        buf = [rest] if rest else []
-        held = len(rest)
-    tail = b"".join(buf)
-    if tail.strip():
-        yield tail if tail.endswith(b"\n") else tail + b"\n"
+            begin = 0
+            if carry:
+                begin = piece.find(b"\n") + 1
+                parts.append(carry + piece[:begin])
+                held += len(carry) + begin
+            end = last + 1
+            if end > begin:
+                parts.append(piece if begin == 0 and end == len(piece) else memoryview(piece)[begin:end])
+                held += end - begin
+            carry = piece[end:]
+        if held >= size:
+            yield parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else tuple(parts)
+            parts, held = [], 0
+    if carry.strip():
+        parts.append(carry + b"\n")
+    if parts:
+        yield parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else tuple(parts)

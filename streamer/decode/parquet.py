@@ -9,14 +9,16 @@ unconvertible values dropped and counted like bad text lines.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from streamer.decode.errors import INVALID_NUMBER, ErrorCounts, UnknownFormatError
 from streamer.schema import BY_PARQUET_NAME, FIELDS, arrow_schema
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 PARQUET_MAGIC = b"PAR1"
 _MISSING = ["-", "", "None", "null"]
@@ -25,6 +27,8 @@ _NUMBER = r"^[0-9]{1,18}$"
 
 def parquet_fields(source: BinaryIO) -> tuple[pq.ParquetFile, tuple[str, ...]]:
     """Open a Parquet object and map its known columns to AWS field names."""
+    import pyarrow.parquet as pq  # only when a Parquet object arrives: it is slow to import
+
     try:
         pfile = pq.ParquetFile(source)
     except (pa.ArrowInvalid, OSError) as exc:

@@ -1,8 +1,12 @@
 """Space-separated flow-log text -> Arrow tables, vectorized.
 
-Chunks of whole lines are parsed by Arrow's multi-threaded CSV reader with
-explicit types, converting only the columns a consumer asked for (address
-strings are the expensive part). The fast path has no per-record Python.
+Clean chunks (every line has the layout's field count, numbers are digits)
+go through a small native tokenizer (`_scan.c`) that converts only the
+columns a consumer asked for and steps over the rest; it hands Arrow its
+buffers without copies. Any other chunk, or every chunk where the native
+part was not built (or STREAMER_NATIVE=0), is parsed by Arrow's CSV reader
+with explicit types. Both give the same table for a clean chunk, record
+for record (tests/unit/decode/test_native.py). Neither has per-record Python.
 
 Bad lines take a slower path that is still vectorized per chunk:
 - wrong field count: Arrow hands each such row to a callback; rows that only
@@ -15,6 +19,7 @@ Bad lines take a slower path that is still vectorized per chunk:
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Collection
 
@@ -30,7 +35,28 @@ from streamer.schema import DICTIONARY_FIELDS, FIELDS, MILLISECONDS_THRESHOLD, a
 _BLOCK_BYTES = 32 << 20
 _DICT = pa.dictionary(pa.int32(), pa.string())
 _NUMBER = r"^[0-9]{1,18}$"  # int64-safe; flow-log numbers are never negative
+_INT32_MAX = 2**31 - 1
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+try:
+    from streamer.decode import _scan
+except ImportError:  # built without a C compiler: Arrow alone
+    _scan = None  # type: ignore[assignment]
+
+#: Whether clean chunks take the native tokenizer (STREAMER_NATIVE=0 turns it off, e.g. to compare).
+NATIVE = _scan is not None and os.environ.get("STREAMER_NATIVE", "1") != "0"
+_SKIP, _INTEGER, _STRING, _DICTIONARY = 0, 1, 2, 3
+_MAX_PARTS = 64  # as in _scan.c
+
+
+#: A chunk as the buffers it was cut into (each ends a line but maybe the last), joined only if needed.
+Parts = tuple[bytes | memoryview, ...]
+
+
+def join(chunk: bytes | Parts) -> bytes:
+    if isinstance(chunk, bytes):
+        return chunk
+    return chunk[0] if len(chunk) == 1 and isinstance(chunk[0], bytes) else b"".join(chunk)
 
 
 class TextDecoder:
@@ -56,6 +82,17 @@ class TextDecoder:
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
         )
+        self._kinds = bytes(
+            _SKIP
+            if f not in wanted
+            else _INTEGER
+            if FIELDS[f].numeric
+            else _DICTIONARY
+            if f in DICTIONARY_FIELDS
+            else _STRING
+            for f in fields
+        )
+        self.native = NATIVE
         self._as_text = pcsv.ConvertOptions(
             include_columns=list(self.columns),
             column_types={f: pa.string() for f in self.columns},
@@ -63,12 +100,17 @@ class TextDecoder:
             strings_can_be_null=True,
         )
 
-    def decode(self, chunk: bytes, errors: ErrorCounts) -> pa.Table:
-        """Records of `chunk` (whole lines); bad lines are counted in `errors`.
+    def decode(self, chunk: bytes | Parts, errors: ErrorCounts) -> pa.Table:
+        """Records of `chunk` (whole lines, maybe as its parts); bad lines are counted in `errors`.
 
         Low-cardinality string columns may come back dictionary-encoded; their
         values are the catalogue's strings either way.
         """
+        if self.native:
+            scanned = self._scan(chunk)
+            if scanned is not None:
+                return _normalize_times(scanned)
+        chunk = join(chunk)
         if self._header is not None and self._header in chunk:
             chunk = _drop_lines(chunk, self._header)
         if not chunk.isascii():
@@ -84,6 +126,34 @@ class TextDecoder:
             if repaired is not None:
                 table = pa.concat_tables([table.cast(self.schema), repaired])
         return _normalize_times(table)
+
+    def _scan(self, chunk: bytes | Parts) -> pa.Table | None:
+        """The native tokenizer's table, or None when the chunk needs Arrow's slower, forgiving path."""
+        if isinstance(chunk, tuple) and len(chunk) > _MAX_PARTS:  # many small pieces (plain-text objects)
+            chunk = join(chunk)
+        got = _scan.scan(chunk, self._kinds, self._header or b"")
+        if got is None or got[0] == 0:
+            return None
+        rows, cols = got
+        arrays: list[pa.Array] = []
+        try:
+            for name, (nulls, bitmap, *buffers) in zip(self.columns, cols, strict=True):
+                validity = None if bitmap is None else pa.py_buffer(bitmap)
+                target = FIELDS[name].type
+                if FIELDS[name].numeric:  # buffers: int64 values
+                    arr = pa.Array.from_buffers(pa.int64(), rows, [validity, pa.py_buffer(buffers[0])], nulls)
+                    arrays.append(arr if target == pa.int64() else arr.cast(target))  # out of int32 range: Arrow's path
+                elif len(buffers) == 2:  # offsets, data
+                    arrays.append(pa.Array.from_buffers(pa.string(), rows, [validity, *map(pa.py_buffer, buffers)], nulls))
+                else:  # codes, the dictionary's offsets and data
+                    codes, offsets, data = buffers
+                    values = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+                    words = pa.Array.from_buffers(pa.string(), len(offsets) // 4 - 1, values)
+                    indices = pa.Array.from_buffers(pa.int32(), rows, [validity, pa.py_buffer(codes)], nulls)
+                    arrays.append(pa.DictionaryArray.from_arrays(indices, words))
+        except pa.ArrowInvalid:
+            return None
+        return pa.Table.from_arrays(arrays, names=list(self.columns))
 
     def empty(self) -> pa.Table:
         return self.schema.empty_table()
@@ -110,7 +180,11 @@ class TextDecoder:
             ok = None
             for name in numeric:
                 col = table.column(name)
-                valid = pc.or_kleene(pc.is_null(col), pc.match_substring_regex(col, _NUMBER))
+                digits = pc.fill_null(pc.match_substring_regex(col, _NUMBER), False)
+                if FIELDS[name].type != pa.int64():  # 18 digits fit int64, not int32: compare the value too
+                    value = pc.cast(pc.if_else(digits, col, "0"), pa.int64())
+                    digits = pc.and_(digits, pc.less_equal(value, _INT32_MAX))
+                valid = pc.or_(pc.is_null(col), digits)
                 ok = valid if ok is None else pc.and_(ok, valid)
             assert ok is not None
             bad = table.num_rows - pc.sum(ok).as_py() if table.num_rows else 0

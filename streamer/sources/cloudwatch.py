@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
@@ -37,6 +37,11 @@ from streamer.sources.base import (
     aws_error_reason,
     single_chunk,
 )
+
+if TYPE_CHECKING:
+    from types_aiobotocore_ec2 import EC2Client
+    from types_aiobotocore_logs import CloudWatchLogsClient
+    from types_aiobotocore_logs.type_defs import FilteredLogEventTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +63,12 @@ class CloudWatchSourceConfig(AwsSourceSettings):
     flow_log_id: str | None = None
 
     async def build(self, ctx: BuildContext) -> CloudWatchSource:
-        logs = await ctx.clients.get("logs", self.region, self.endpoint_url)
-        ec2 = await ctx.clients.get("ec2", self.region, self.endpoint_url) if self.flow_log_id else None
+        logs = await ctx.clients.logs(self.region, self.endpoint_url)
+        ec2 = await ctx.clients.ec2(self.region, self.endpoint_url) if self.flow_log_id else None
         return CloudWatchSource(ctx.name, self, logs, ctx.cursors, ctx.snapshot, ec2, coordinator=ctx.coordinator)
 
 
-async def discover_log_format(ec2: Any, flow_log_id: str) -> tuple[str, ...]:
+async def discover_log_format(ec2: EC2Client, flow_log_id: str) -> tuple[str, ...]:
     """The LogFormat of a flow log, as configured in EC2."""
     resp = await ec2.describe_flow_logs(FlowLogIds=[flow_log_id])
     logs = resp.get("FlowLogs", [])
@@ -73,7 +78,7 @@ async def discover_log_format(ec2: Any, flow_log_id: str) -> tuple[str, ...]:
     return parse_log_format(fmt) if fmt else DEFAULT_FIELDS
 
 
-def _event_key(event: dict[str, Any]) -> str:
+def _event_key(event: FilteredLogEventTypeDef) -> str:
     """Event ids are unique per group in AWS; prefixing the stream keeps them unique anywhere."""
     return f"{event.get('logStreamName', '')}/{event['eventId']}"
 
@@ -83,10 +88,10 @@ class CloudWatchSource(Source):
         self,
         name: str,
         config: CloudWatchSourceConfig,
-        logs: Any,
+        logs: CloudWatchLogsClient,
         cursors: Callable[[], Awaitable[dict[str, str]]],
         snapshot: Callable[[str], Awaitable[bytes | None]],
-        ec2: Any = None,
+        ec2: EC2Client | None = None,
         clock: Callable[[], float] = time.time,
         coordinator: Coordinator | None = None,
     ) -> None:
@@ -120,7 +125,7 @@ class CloudWatchSource(Source):
     first_call_name = "FilterLogEvents"
 
     async def first_call(self, clients: AwsClients) -> None:
-        logs = await clients.get("logs", self.config.region, self.config.endpoint_url, fast=True)
+        logs = await clients.logs(self.config.region, self.config.endpoint_url, fast=True)
         await logs.filter_log_events(logGroupName=self.config.log_group, limit=1, startTime=int(self._clock() * 1000) - 60_000)
 
     async def run(self, sink: Sink) -> None:
@@ -175,11 +180,11 @@ class CloudWatchSource(Source):
         sink.polled(self.name)
         return len(fresh)
 
-    async def _filter(self, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
+    async def _filter(self, start_ms: int, end_ms: int) -> list[FilteredLogEventTypeDef]:
         kwargs: dict[str, Any] = {"logGroupName": self.config.log_group, "startTime": start_ms, "endTime": end_ms}
         if self.config.log_stream_prefix:
             kwargs["logStreamNamePrefix"] = self.config.log_stream_prefix
-        events: list[dict[str, Any]] = []
+        events: list[FilteredLogEventTypeDef] = []
         paginator = self.logs.get_paginator("filter_log_events")
         async for page in paginator.paginate(**kwargs):
             events.extend(page.get("events", []))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field
@@ -39,6 +39,10 @@ from streamer.sources.base import (
     aws_error_reason,
     single_chunk,
 )
+
+if TYPE_CHECKING:
+    from types_aiobotocore_kinesis import KinesisClient
+    from types_aiobotocore_kinesis.type_defs import RecordTypeDef, ShardTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ class KinesisSourceConfig(AwsSourceSettings):
     batch_records: int = Field(default=10_000, ge=1, le=10_000)
 
     async def build(self, ctx: BuildContext) -> KinesisSource:
-        kinesis = await ctx.clients.get("kinesis", self.region, self.endpoint_url)
+        kinesis = await ctx.clients.kinesis(self.region, self.endpoint_url)
         return KinesisSource(ctx.name, self, kinesis, ctx.cursors, coordinator=ctx.coordinator)
 
 
@@ -71,7 +75,7 @@ class KinesisSource(Source):
         self,
         name: str,
         config: KinesisSourceConfig,
-        kinesis: Any,
+        kinesis: KinesisClient,
         cursors: Callable[[], Awaitable[dict[str, str]]],
         coordinator: Coordinator | None = None,
     ) -> None:
@@ -91,7 +95,7 @@ class KinesisSource(Source):
     first_call_name = "ListShards"
 
     async def first_call(self, clients: AwsClients) -> None:
-        kinesis = await clients.get("kinesis", self.config.region, self.config.endpoint_url, fast=True)
+        kinesis = await clients.kinesis(self.config.region, self.config.endpoint_url, fast=True)
         await kinesis.list_shards(StreamName=self.config.stream_name, MaxResults=1)
 
     async def run(self, sink: Sink) -> None:
@@ -124,8 +128,8 @@ class KinesisSource(Source):
     def lease_name(self, shard_id: str) -> str:
         return f"{self.name}/{shard_id}"
 
-    async def list_shards(self) -> list[dict[str, Any]]:
-        shards: list[dict[str, Any]] = []
+    async def list_shards(self) -> list[ShardTypeDef]:
+        shards: list[ShardTypeDef] = []
         kwargs: dict[str, Any] = {"StreamName": self.config.stream_name}
         while True:
             page = await self.kinesis.list_shards(**kwargs)
@@ -143,7 +147,7 @@ class KinesisSource(Source):
                 del self._running[shard_id]
         self.positions = {**self.positions, **(await self._load_cursors())}  # other replicas' progress too
         self._waiting = False
-        ready: dict[str, dict[str, Any]] = {}
+        ready: dict[str, ShardTypeDef] = {}
         for shard in shards:
             shard_id = shard["ShardId"]
             if self.positions.get(shard_id) == SHARD_END:
@@ -175,7 +179,7 @@ class KinesisSource(Source):
             kwargs["ShardIteratorType"] = "TRIM_HORIZON"
         return str((await self.kinesis.get_shard_iterator(**kwargs))["ShardIterator"])
 
-    async def _read_shard(self, sink: Sink, shard: dict[str, Any]) -> None:
+    async def _read_shard(self, sink: Sink, shard: ShardTypeDef) -> None:
         shard_id = shard["ShardId"]
         lease = self.lease_name(shard_id)
         ending = shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
@@ -222,7 +226,7 @@ class KinesisSource(Source):
             if not records:
                 await asyncio.sleep(max(MIN_POLL_SECONDS, self.config.poll_interval_seconds))
 
-    async def _deliver(self, sink: Sink, shard_id: str, records: list[dict[str, Any]], cursor: str) -> bool:
+    async def _deliver(self, sink: Sink, shard_id: str, records: list[RecordTypeDef], cursor: str) -> bool:
         """Commit one batch with the shard's new cursor; False when the shard's lease was lost meanwhile."""
         lines, bad = await asyncio.to_thread(payload_lines, [r["Data"] for r in records])
         if bad:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from streamer.checkpoint import Done
 from streamer.sources.base import S3_NAMESPACE, Delivery, SourceError, aws_error_reason
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 BODY_CHUNK = 1 << 20
 
@@ -34,7 +37,7 @@ class S3Object:
         return f"{self.bucket}/{self.key}#{self.etag}"
 
 
-async def stream_object(s3: Any, obj: S3Object) -> AsyncIterator[bytes]:
+async def stream_object(s3: S3Client, obj: S3Object) -> AsyncIterator[bytes]:
     """The object's bytes in chunks; raises SourceError if it cannot be read."""
     try:
         resp = await s3.get_object(Bucket=obj.bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
@@ -46,7 +49,7 @@ async def stream_object(s3: Any, obj: S3Object) -> AsyncIterator[bytes]:
 
 
 def object_delivery(
-    s3: Any,
+    s3: S3Client,
     obj: S3Object,
     log_format: tuple[str, ...] | None,
 ) -> Delivery:

@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field
@@ -35,6 +35,9 @@ from streamer.sources.base import (
     aws_error_reason,
 )
 from streamer.sources.s3_objects import S3Object, object_delivery
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ class S3SourceConfig(AwsSourceSettings):
     max_concurrent_objects: int = Field(default=2, ge=1, le=32)
 
     async def build(self, ctx: BuildContext) -> S3PollSource:
-        s3 = await ctx.clients.get("s3", self.region, self.endpoint_url)
+        s3 = await ctx.clients.s3(self.region, self.endpoint_url)
 
         async def done_among(keys: list[str]) -> set[str]:
             return await ctx.done_among(S3_NAMESPACE, keys)
@@ -71,7 +74,7 @@ class S3PollSource(Source):
         self,
         name: str,
         config: S3SourceConfig,
-        s3: Any,
+        s3: S3Client,
         done_among: Callable[[list[str]], Awaitable[set[str]]],
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         coordinator: Coordinator | None = None,
@@ -90,7 +93,7 @@ class S3PollSource(Source):
     first_call_name = "ListObjectsV2"
 
     async def first_call(self, clients: AwsClients) -> None:
-        s3 = await clients.get("s3", self.config.region, self.config.endpoint_url, fast=True)
+        s3 = await clients.s3(self.config.region, self.config.endpoint_url, fast=True)
         prefix = self.config.prefix if self.config.layout == "firehose" else s3_layout.root(self.config.prefix)
         await s3.list_objects_v2(Bucket=self.config.bucket, Prefix=prefix, MaxKeys=1)
 

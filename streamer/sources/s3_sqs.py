@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote_plus
 
 import orjson
@@ -24,6 +24,11 @@ from streamer.schema import parse_log_format
 from streamer.settings import AwsSourceSettings
 from streamer.sources.base import BuildContext, Sink, Source, SourceError, aws_error_reason
 from streamer.sources.s3_objects import S3Object, object_delivery
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_sqs import SQSClient
+    from types_aiobotocore_sqs.type_defs import MessageTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +60,8 @@ class S3SqsSourceConfig(AwsSourceSettings):
         return self.visibility_keepalive_seconds or self.visibility_timeout_seconds / 3
 
     async def build(self, ctx: BuildContext) -> S3SqsSource:
-        sqs = await ctx.clients.get("sqs", self.region, self.endpoint_url)
-        s3 = await ctx.clients.get("s3", self.region, self.endpoint_url)
+        sqs = await ctx.clients.sqs(self.region, self.endpoint_url)
+        s3 = await ctx.clients.s3(self.region, self.endpoint_url)
         return S3SqsSource(ctx.name, self, sqs, s3)
 
 
@@ -109,7 +114,7 @@ def _event_time(value: Any) -> float:
 
 
 class S3SqsSource(Source):
-    def __init__(self, name: str, config: S3SqsSourceConfig, sqs: Any, s3: Any) -> None:
+    def __init__(self, name: str, config: S3SqsSourceConfig, sqs: SQSClient, s3: S3Client) -> None:
         super().__init__(name)
         self.config = config
         self.sqs = sqs
@@ -121,7 +126,7 @@ class S3SqsSource(Source):
     first_call_name = "GetQueueAttributes"
 
     async def first_call(self, clients: AwsClients) -> None:
-        sqs = await clients.get("sqs", self.config.region, self.config.endpoint_url, fast=True)
+        sqs = await clients.sqs(self.config.region, self.config.endpoint_url, fast=True)
         await sqs.get_queue_attributes(QueueUrl=self.config.queue_url, AttributeNames=["QueueArn"])
 
     async def run(self, sink: Sink) -> None:
@@ -171,7 +176,7 @@ class S3SqsSource(Source):
                 except (ClientError, BotoCoreError, OSError) as exc:  # only risks a redelivery, which is deduplicated
                     sink.source_error(self.name, aws_error_reason(exc), f"extending visibility: {exc}")
 
-    async def _handle(self, sink: Sink, message: dict[str, Any]) -> None:
+    async def _handle(self, sink: Sink, message: MessageTypeDef) -> None:
         receipt = message["ReceiptHandle"]
         received = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
         try:

@@ -49,6 +49,14 @@ def test_number_too_large_for_int64_is_invalid() -> None:
     assert errors.counts == {"invalid_number": 1}
 
 
+def test_number_too_large_for_an_int32_field_is_invalid_and_the_rest_kept() -> None:
+    """A port of 2^32 used to escape as an Arrow cast error instead of a counted bad line."""
+    rows, errors = decode(GOOD + GOOD.replace(b" 443 ", b" 4294967296 ") + GOOD)
+    assert len(rows) == 2
+    assert errors.counts == {"invalid_number": 1}
+    assert "4294967296" in errors.examples["invalid_number"]
+
+
 def test_undecodable_bytes_drop_only_their_line() -> None:
     rows, errors = decode(GOOD + GOOD.replace(b"eni-a", b"eni-\xff\xfe") + GOOD)
     assert len(rows) == 2

@@ -1,0 +1,419 @@
+/*
+ * streamer.decode._scan: a tokenizer for clean space-separated flow-log chunks.
+ *
+ * scan(parts, kinds, header) reads a chunk given as one buffer or a tuple of
+ * buffers (each ending at a line end but maybe the last: the chunk's parts,
+ * never joined), whose fields are described by `kinds`, one byte per field in
+ * order: 0 skip, 1 integer, 2 string, 3 dictionary-encoded string. Only wanted
+ * fields are converted; the rest are stepped over. "-" is null. Lines equal to
+ * `header` (a repeated header line) are skipped. The GIL is released while
+ * scanning, so decode threads run in parallel.
+ *
+ * It returns None as soon as the chunk is not clean: a line with another
+ * field count, an empty field, an integer that is not 1-18 ASCII digits, a
+ * byte that is not ASCII, a part that does not end a line. Such chunks go to
+ * the Arrow path (decode/text.py), which counts and repairs bad lines; the two
+ * agree record for record on every chunk this accepts
+ * (tests/unit/decode/test_native.py). Blank lines and "\r\n" endings are
+ * accepted, as Arrow's CSV reader accepts them.
+ *
+ * Otherwise it returns (rows, columns) with one tuple per wanted field:
+ *   integer:    (null_count, validity, int64 values)
+ *   string:     (null_count, validity, int32 offsets, data)
+ *   dictionary: (null_count, validity, int32 indices, int32 dict offsets, dict data)
+ * where validity is an Arrow bitmap (bytes) or None when nothing is null, so
+ * that pyarrow.Array.from_buffers wraps the buffers without copying them.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+enum { SKIP = 0, INTEGER = 1, STRING = 2, DICTIONARY = 3 };
+
+typedef struct {
+    const char *ptr;
+    int32_t len;
+    uint64_t hash;
+} Entry;
+
+typedef struct { /* a string -> index table for one dictionary column, entries in first-seen order */
+    Entry *entries;
+    int32_t count, capacity;
+    int32_t *slots; /* index + 1, 0 = empty */
+    uint64_t mask;
+    int64_t bytes;
+} Dict;
+
+typedef struct {
+    int kind;
+    PyObject *validity; /* bytes, filled before the scan; NULL until allocated */
+    PyObject *values;   /* int64 values, int32 offsets or int32 indices */
+    PyObject *data;     /* string bytes (STRING) */
+    Py_ssize_t nulls;
+    Py_ssize_t data_len;
+    Dict dict;
+} Column;
+
+static uint64_t hash_bytes(const char *p, int32_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n; /* eight bytes per step */
+    while (n > 0) {
+        uint64_t w = 0;
+        memcpy(&w, p, n >= 8 ? 8 : (size_t)n);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 31;
+        p += 8;
+        n -= 8;
+    }
+    return h;
+}
+
+static int dict_init(Dict *d) {
+    d->capacity = 256;
+    d->count = 0;
+    d->bytes = 0;
+    d->entries = malloc(sizeof(Entry) * (size_t)d->capacity);
+    d->mask = 1023;
+    d->slots = calloc(d->mask + 1, sizeof(int32_t));
+    return d->entries != NULL && d->slots != NULL;
+}
+
+static void dict_free(Dict *d) {
+    free(d->entries);
+    free(d->slots);
+    d->entries = NULL;
+    d->slots = NULL;
+}
+
+static int dict_grow(Dict *d) {
+    uint64_t mask = d->mask * 2 + 1;
+    int32_t *slots = calloc(mask + 1, sizeof(int32_t));
+    if (slots == NULL) return 0;
+    for (int32_t i = 0; i < d->count; i++) {
+        uint64_t s = d->entries[i].hash & mask;
+        while (slots[s]) s = (s + 1) & mask;
+        slots[s] = i + 1;
+    }
+    free(d->slots);
+    d->slots = slots;
+    d->mask = mask;
+    return 1;
+}
+
+/* index of the string in the dictionary, adding it when new; -1 when out of memory */
+static int32_t dict_index(Dict *d, const char *p, int32_t n) {
+    uint64_t h = hash_bytes(p, n);
+    uint64_t s = h & d->mask;
+    while (d->slots[s]) {
+        Entry *e = &d->entries[d->slots[s] - 1];
+        if (e->hash == h && e->len == n && memcmp(e->ptr, p, (size_t)n) == 0) return d->slots[s] - 1;
+        s = (s + 1) & d->mask;
+    }
+    if (d->count == d->capacity) {
+        int32_t capacity = d->capacity * 2;
+        Entry *entries = realloc(d->entries, sizeof(Entry) * (size_t)capacity);
+        if (entries == NULL) return -1;
+        d->entries = entries;
+        d->capacity = capacity;
+    }
+    int32_t index = d->count++;
+    d->entries[index] = (Entry){p, n, h};
+    d->slots[s] = index + 1;
+    d->bytes += n;
+    if ((uint64_t)d->count * 2 > d->mask && !dict_grow(d)) return -1;
+    return index;
+}
+
+static inline void clear_bit(uint8_t *bits, Py_ssize_t i) { bits[i >> 3] &= (uint8_t) ~(1u << (i & 7)); }
+
+/* Bit i set where block[i] is a space or a newline (64 bytes from `block`); *high gets any non-ASCII byte. */
+static inline uint64_t delimiters64(const char *block, uint64_t *high) {
+#ifdef __SSE2__
+    const __m128i space = _mm_set1_epi8(' '), newline = _mm_set1_epi8('\n');
+    uint64_t mask = 0;
+    for (int i = 0; i < 4; i++) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(block + 16 * i));
+        __m128i hit = _mm_or_si128(_mm_cmpeq_epi8(v, space), _mm_cmpeq_epi8(v, newline));
+        mask |= (uint64_t)(uint32_t)_mm_movemask_epi8(hit) << (16 * i);
+        *high |= (uint32_t)_mm_movemask_epi8(v);
+    }
+    return mask;
+#else
+    uint64_t mask = 0;
+    for (int i = 0; i < 64; i++) {
+        mask |= (uint64_t)(block[i] == ' ' || block[i] == '\n') << i;
+        *high |= (unsigned char)block[i] >> 7;
+    }
+    return mask;
+#endif
+}
+
+typedef struct {
+    const uint8_t *kinds;
+    Py_ssize_t nfields, field, row;
+    Column *cols, *col;
+    const char *header;
+    Py_ssize_t header_len;
+    int skipping; /* inside a header line */
+} Cursor;
+
+/* One field [t, t + n), ended by a space or (at_eol) a line end. 1 ok, 0 not clean, -1 out of memory. */
+static inline int token(Cursor *c, const char *t, int32_t n, int at_eol, const char *part_end) {
+    if (c->skipping) {
+        c->skipping = !at_eol;
+        return 1;
+    }
+    if (c->field == 0 && c->header_len && t[0] == c->header[0] && part_end - t > c->header_len &&
+        memcmp(t, c->header, (size_t)c->header_len) == 0 &&
+        (t[c->header_len] == '\n' || (t[c->header_len] == '\r' && part_end - t > c->header_len + 1 && t[c->header_len + 1] == '\n'))) {
+        c->skipping = !at_eol; /* a repeated header line (ended by a newline): not a record */
+        return 1;
+    }
+    if (at_eol && n > 0 && t[n - 1] == '\r') n--;
+    if (at_eol && c->field == 0 && n == 0) return 1; /* blank line */
+    if (c->field >= c->nfields || n == 0) return 0;
+    int kind = c->kinds[c->field++];
+    if (kind != SKIP) {
+        Column *col = c->col++;
+        Py_ssize_t row = c->row;
+        int is_null = (n == 1 && t[0] == '-');
+        if (is_null) {
+            clear_bit((uint8_t *)PyBytes_AS_STRING(col->validity), row);
+            col->nulls++;
+        }
+        if (kind == INTEGER) {
+            int64_t v = 0;
+            if (!is_null) {
+                if (n > 18) return 0;
+                for (int32_t i = 0; i < n; i++) {
+                    unsigned d = (unsigned)(t[i] - '0');
+                    if (d > 9) return 0;
+                    v = v * 10 + d;
+                }
+            }
+            ((int64_t *)PyBytes_AS_STRING(col->values))[row] = v;
+        } else if (kind == STRING) {
+            if (!is_null) {
+                memcpy(PyBytes_AS_STRING(col->data) + col->data_len, t, (size_t)n);
+                col->data_len += n;
+            }
+            ((int32_t *)PyBytes_AS_STRING(col->values))[row + 1] = (int32_t)col->data_len;
+        } else {
+            int32_t index = 0;
+            if (!is_null && (index = dict_index(&col->dict, t, n)) < 0) return -1;
+            ((int32_t *)PyBytes_AS_STRING(col->values))[row] = index;
+        }
+    }
+    if (at_eol) {
+        if (c->field != c->nfields) return 0;
+        c->row++;
+        c->field = 0;
+        c->col = c->cols;
+    }
+    return 1;
+}
+
+/* One part of the chunk into the cursor: 1 clean so far, 0 not clean, -1 out of memory.
+ * Delimiters are found 64 bytes at a time, so the work per line is per field, not per byte.
+ * Every part but the last must end a line. */
+static int scan_part(Cursor *c, const char *buf, Py_ssize_t len, int last) {
+    Py_ssize_t start = 0, block = 0;
+    uint64_t high = 0;
+    int ok;
+    const char *end = buf + len;
+    for (; block + 64 <= len; block += 64) {
+        uint64_t mask = delimiters64(buf + block, &high);
+        while (mask) {
+            Py_ssize_t at = block + __builtin_ctzll(mask);
+            mask &= mask - 1;
+            if ((ok = token(c, buf + start, (int32_t)(at - start), buf[at] == '\n', end)) != 1) return ok;
+            start = at + 1;
+        }
+    }
+    for (Py_ssize_t at = block; at < len; at++) {
+        high |= (unsigned char)buf[at] >> 7;
+        if (buf[at] == ' ' || buf[at] == '\n') {
+            if ((ok = token(c, buf + start, (int32_t)(at - start), buf[at] == '\n', end)) != 1) return ok;
+            start = at + 1;
+        }
+    }
+    if (high) return 0; /* not ASCII: Arrow's path finds and counts the undecodable lines */
+    if (start < len || c->field > 0 || c->skipping) {
+        if (!last) return 0;
+        if ((ok = token(c, buf + start, (int32_t)(len - start), 1, end)) != 1) return ok; /* a last line without its newline */
+    }
+    return 1;
+}
+
+static void free_columns(Column *cols, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_XDECREF(cols[i].validity);
+        Py_XDECREF(cols[i].values);
+        Py_XDECREF(cols[i].data);
+        dict_free(&cols[i].dict);
+    }
+    free(cols);
+}
+
+static PyObject *column_result(Column *col, Py_ssize_t rows) {
+    Py_ssize_t bitmap = (rows + 7) / 8;
+    PyObject *validity = Py_None;
+    Py_INCREF(Py_None);
+    if (col->nulls) {
+        Py_DECREF(Py_None);
+        validity = PyBytes_FromStringAndSize(PyBytes_AS_STRING(col->validity), bitmap);
+        if (validity == NULL) return NULL;
+    }
+    PyObject *out = NULL;
+    if (col->kind == INTEGER) {
+        out = Py_BuildValue("(nNO)", col->nulls, validity, col->values);
+    } else if (col->kind == STRING) {
+        if (_PyBytes_Resize(&col->data, col->data_len) < 0) {
+            Py_DECREF(validity);
+            return NULL;
+        }
+        out = Py_BuildValue("(nNOO)", col->nulls, validity, col->values, col->data);
+    } else {
+        Dict *d = &col->dict;
+        PyObject *offsets = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)sizeof(int32_t) * (d->count + 1));
+        PyObject *data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)d->bytes);
+        if (offsets == NULL || data == NULL) {
+            Py_XDECREF(offsets);
+            Py_XDECREF(data);
+            Py_DECREF(validity);
+            return NULL;
+        }
+        int32_t *o = (int32_t *)PyBytes_AS_STRING(offsets);
+        char *dst = PyBytes_AS_STRING(data);
+        int32_t at = 0;
+        o[0] = 0;
+        for (int32_t i = 0; i < d->count; i++) {
+            memcpy(dst + at, d->entries[i].ptr, (size_t)d->entries[i].len);
+            at += d->entries[i].len;
+            o[i + 1] = at;
+        }
+        out = Py_BuildValue("(nNONN)", col->nulls, validity, col->values, offsets, data);
+    }
+    return out;
+}
+
+#define MAX_PARTS 64
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *parts_obj;
+    Py_buffer kinds, header;
+    Py_buffer parts[MAX_PARTS];
+    Py_ssize_t nparts = 0;
+    if (!PyArg_ParseTuple(args, "Oy*y*", &parts_obj, &kinds, &header)) return NULL;
+    PyObject *result = NULL;
+    Column *cols = NULL;
+    Py_ssize_t wanted = 0;
+    const uint8_t *kind = kinds.buf;
+    Py_ssize_t nfields = kinds.len;
+    for (Py_ssize_t i = 0; i < nfields; i++) {
+        if (kind[i] > DICTIONARY) {
+            PyErr_Format(PyExc_ValueError, "unknown field kind %d", kind[i]);
+            goto fail;
+        }
+        wanted += kind[i] != SKIP;
+    }
+    if (PyTuple_Check(parts_obj)) {
+        if (PyTuple_GET_SIZE(parts_obj) > MAX_PARTS) {
+            result = Py_None; /* not worth it: let the caller join them */
+            Py_INCREF(result);
+            goto done;
+        }
+        for (; nparts < PyTuple_GET_SIZE(parts_obj); nparts++) {
+            if (PyObject_GetBuffer(PyTuple_GET_ITEM(parts_obj, nparts), &parts[nparts], PyBUF_SIMPLE) < 0) goto fail;
+        }
+    } else {
+        if (PyObject_GetBuffer(parts_obj, &parts[0], PyBUF_SIMPLE) < 0) goto fail;
+        nparts = 1;
+    }
+    /* upper bounds: rows (every line ends in a newline, the last one of a part may not) and string bytes */
+    Py_ssize_t bound = 0, total = 0;
+    for (Py_ssize_t i = 0; i < nparts; i++) {
+        const char *buf = parts[i].buf;
+        Py_ssize_t len = parts[i].len;
+        bound++;
+        total += len;
+        for (const char *p = buf, *end = buf + len; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++) bound++;
+    }
+    cols = calloc((size_t)(wanted ? wanted : 1), sizeof(Column));
+    if (cols == NULL) goto nomem;
+    Py_ssize_t c = 0;
+    for (Py_ssize_t i = 0; i < nfields; i++) {
+        if (kind[i] == SKIP) continue;
+        Column *col = &cols[c++];
+        col->kind = kind[i];
+        col->validity = PyBytes_FromStringAndSize(NULL, (bound + 7) / 8);
+        if (col->validity == NULL) goto fail;
+        memset(PyBytes_AS_STRING(col->validity), 0xFF, (size_t)(bound + 7) / 8);
+        Py_ssize_t width = col->kind == INTEGER ? 8 : 4;
+        col->values = PyBytes_FromStringAndSize(NULL, width * (bound + (col->kind == STRING)));
+        if (col->values == NULL) goto fail;
+        if (col->kind == STRING) {
+            ((int32_t *)PyBytes_AS_STRING(col->values))[0] = 0;
+            col->data = PyBytes_FromStringAndSize(NULL, total);
+            if (col->data == NULL) goto fail;
+        } else if (col->kind == DICTIONARY && !dict_init(&col->dict)) {
+            goto nomem;
+        }
+    }
+    Cursor cursor = {kind, nfields, 0, 0, cols, cols, header.buf, header.len, 0};
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < nparts && ok == 1; i++) ok = scan_part(&cursor, parts[i].buf, parts[i].len, i == nparts - 1);
+    Py_END_ALLOW_THREADS
+    if (ok < 0) goto nomem;
+    if (ok == 0) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    Py_ssize_t rows = cursor.row;
+    PyObject *list = PyList_New(wanted);
+    if (list == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < wanted; i++) {
+        Column *col = &cols[i];
+        Py_ssize_t width = col->kind == INTEGER ? 8 : 4;
+        if (_PyBytes_Resize(&col->values, width * (rows + (col->kind == STRING))) < 0) {
+            Py_DECREF(list);
+            goto fail;
+        }
+        PyObject *item = column_result(col, rows);
+        if (item == NULL) {
+            Py_DECREF(list);
+            goto fail;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
+    result = Py_BuildValue("(nN)", rows, list);
+    goto done;
+nomem:
+    PyErr_NoMemory();
+fail:
+    Py_CLEAR(result);
+done:
+    if (cols != NULL) free_columns(cols, wanted);
+    for (Py_ssize_t i = 0; i < nparts; i++) PyBuffer_Release(&parts[i]);
+    PyBuffer_Release(&kinds);
+    PyBuffer_Release(&header);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS, "scan(parts, kinds, header) -> (rows, columns) | None: see the module source."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_scan", "Native tokenizer for clean flow-log chunks.", -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__scan(void) { return PyModule_Create(&module); }

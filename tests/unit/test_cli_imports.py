@@ -1,0 +1,46 @@
+"""Cold start: each command imports only what it uses (bench/run.py --cold-start measures the time)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+LINE = "2 123456789010 eni-0a1b2c3d4e5f60718 10.0.0.5 203.0.113.9 443 51000 6 10 8400 1700000000 1700000060 REJECT OK\n"
+
+#: Each run in a fresh interpreter; the modules loaded once the command returned go to stderr's last line.
+PROBE = """
+import json, sys
+from streamer.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stderr)
+"""
+
+
+def loaded(*argv: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=True, timeout=60)
+    doc = json.loads(out.stderr.strip().splitlines()[-1])
+    assert doc["code"] == 0, out.stderr
+    return set(doc["modules"])
+
+
+def heavy(modules: set[str], *roots: str) -> set[str]:
+    return {m for m in modules if m.split(".")[0] in roots}
+
+
+def test_help_loads_no_heavy_module() -> None:
+    modules = loaded("--help")
+    assert heavy(modules, "pyarrow", "numpy", "pydantic", "asyncio", "aiohttp", "aiobotocore", "botocore") == set()
+
+
+def test_replay_loads_no_config_service_or_aws_module(tmp_path: Path) -> None:
+    path = tmp_path / "one.log"
+    path.write_text(LINE)
+    modules = loaded("replay", "--output", "json", str(path))
+    assert "pyarrow.csv" in modules  # it did decode
+    assert heavy(modules, "pydantic", "asyncio", "aiohttp", "aiobotocore", "botocore", "prometheus_client", "psycopg") == set()
+    assert "pyarrow.parquet" not in modules  # only a Parquet object needs it
