@@ -71,3 +71,41 @@ def test_the_demo_image_is_the_runtime_image_plus_the_demo_extra() -> None:
     assert compose["services"]["streamer"]["build"]["args"] == {"EXTRAS": "demo"}
     assert "demo" in compose["services"]["streamer"]["command"]
     assert "args" not in str(compose["services"]["streamer-1"]["build"])  # fleet replicas: the runtime image
+
+
+def test_mypy_checks_aws_calls_against_their_stubs() -> None:
+    """AWS clients are typed (types-aiobotocore), not ignored: a wrong parameter name fails mypy."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    ignored = [m for o in project["tool"]["mypy"]["overrides"] for m in o["module"] if o.get("ignore_missing_imports")]
+    assert not any(m.startswith(("aiobotocore", "botocore")) for m in ignored)
+    test_extra = " ".join(project["project"]["optional-dependencies"]["test"])
+    for service in ("s3", "sqs", "logs", "kinesis", "ec2"):
+        assert service in test_extra.split("types-aiobotocore[")[1].split("]")[0]
+    aws = (ROOT / "streamer" / "aws.py").read_text()
+    assert "-> S3Client:" in aws
+    assert "-> SQSClient:" in aws
+
+
+def test_the_native_tokenizer_is_built_where_streamer_is_installed() -> None:
+    """The optional C extension is declared, the set-up script and the image's build stage have a compiler."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    (ext,) = project["tool"]["setuptools"]["ext-modules"]
+    assert ext["name"] == "streamer.decode._scan"
+    assert ext["sources"] == ["streamer/decode/_scan.c"]
+    assert "gcc" in (ROOT / "scripts" / "bootstrap.sh").read_text()
+    build_stage = (ROOT / "Dockerfile").read_text().split("\nFROM ")[1]
+    assert "gcc" in build_stage
+
+
+def test_the_bench_extra_brings_the_peers_bench_measures() -> None:
+    import tomllib
+
+    bench = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["bench"]
+    assert {d.split(">")[0].split("=")[0] for d in bench} == {"polars", "duckdb"}
+    runner = (ROOT / "bench" / "run.py").read_text()
+    assert '"polars": child_polars' in runner
+    assert '"duckdb": child_duckdb' in runner
