@@ -55,6 +55,7 @@ def child_inproc_windows(path: str, with_insights: bool = False) -> dict[str, fl
     from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
     from streamer.aggregate.counters import Counters
     from streamer.aggregate.detection import Detection
+    from streamer.aggregate.windows import merge
     from streamer.decode.objects import ObjectReader
     from streamer.ingest import Ingestor
     from streamer.replay import read_chunks
@@ -72,7 +73,8 @@ def child_inproc_windows(path: str, with_insights: bool = False) -> dict[str, fl
             counters.add(part.counters)
         if with_insights:
             delta_of(parts)
-        detection, _ = Detection.create(Settings(), 900).advance([p.windows for p in parts if p.windows is not None])
+        # As the live pipeline: the object's partials folded into one, then folded into the state.
+        detection, _ = Detection.create(Settings(), 900).advance(merge([p.windows for p in parts if p.windows is not None]))
         detection.flush()
         counters.table()
         seconds = time.perf_counter() - start

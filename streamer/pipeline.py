@@ -29,7 +29,7 @@ from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
 from streamer.aggregate.state import FlowState
-from streamer.aggregate.windows import WindowBatch, encode_partial
+from streamer.aggregate.windows import WindowBatch, encode_partial, merge
 from streamer.checkpoint import Commit, Done, LeaseLost, StateStore
 from streamer.decode.objects import ObjectReader
 from streamer.export.telemetry import Telemetry
@@ -182,8 +182,9 @@ class Pipeline:
                     change.delta, self.max_interfaces, self.interface_idle_seconds, now
                 )
             if self.detection is not None:
-                after, anomalies = self.detection.advance(window_parts, source, now)
-                change.snapshots[SNAPSHOT_NAME] = after.snapshot()
+                # In a thread: folding and snapshotting a big state takes long enough to stall scrapes.
+                after, anomalies, blob = await asyncio.to_thread(_advance, self.detection, window_parts, source, now)
+                change.snapshots[SNAPSHOT_NAME] = blob
             started = time.perf_counter()
             committed = await self.store.call(self.store.store.commit, change)
             self.telemetry.commit_seconds.observe(time.perf_counter() - started)
@@ -249,7 +250,7 @@ class Pipeline:
             result = ingest.run(_pull(body, loop, stop), parts.append)
             delta = delta_of(parts)
             ends = [p.max_end for p in parts if p.max_end is not None and p.max_end <= max_time]
-            windows = [p.windows for p in parts if p.windows is not None]
+            windows = merge([p.windows for p in parts if p.windows is not None])
             return result, delta, max(ends) if ends else None, windows
 
         try:
@@ -259,6 +260,13 @@ class Pipeline:
         finally:
             stop.set()
             await body.close()
+
+
+def _advance(
+    detection: Detection, parts: list[WindowBatch], source: str, now: float
+) -> tuple[Detection, list[Anomaly], bytes]:
+    after, anomalies = detection.advance(parts, source, now)
+    return after, anomalies, after.snapshot()
 
 
 class _Body:

@@ -186,6 +186,24 @@ def _fold(tables: list[pa.Table], keys: list[str], sums: list[str], schema: pa.S
     return g.rename_columns([renamed.get(n, n) for n in g.column_names]).select(schema.names).cast(schema)
 
 
+def merge(batches: list[WindowBatch]) -> list[WindowBatch]:
+    """One input's partials folded into one. The live pipeline does this in the decode thread, so that
+    `Windows.advance`, under the commit lock, only folds one table per kind into the state."""
+    if len(batches) <= 1:
+        return batches
+    times = [b.max_time for b in batches if b.max_time is not None]
+    return [
+        WindowBatch(
+            fold_stats([b.stats for b in batches]),
+            fold_context([b.sources for b in batches], "srcaddr", SOURCES),
+            fold_context([b.ports for b in batches], "dstport", PORTS),
+            max(times) if times else None,
+            sum(b.future for b in batches),
+            next((b.future_example for b in batches if b.future_example), None),
+        )
+    ]
+
+
 def fold_stats(tables: list[pa.Table]) -> pa.Table:
     return _fold(
         tables, list(KEY), [n for n in STATS.names if n not in (*KEY, "vpc_id", "subnet_id")], STATS, ["vpc_id", "subnet_id"]

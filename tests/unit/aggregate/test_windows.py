@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from streamer.aggregate.eventtime import EventClock
-from streamer.aggregate.windows import Windows, window_batch
+from streamer.aggregate.windows import KEY, Windows, merge, window_batch
 
 
 def replay_windows(window: int, lateness: int) -> Windows:
@@ -125,3 +125,24 @@ def test_quiet_period_closes_the_newest_windows_by_the_wall_clock() -> None:
     w, closed = w.tick(10_100.0 + 600)  # idle: event time = wall clock
     assert [r["window_start"] for r in closed.stats.to_pylist()] == [9960]
     assert w.watermark == 10_700 - 120
+
+
+def test_merging_an_inputs_partials_first_changes_nothing() -> None:
+    """The pipeline folds one object's partials in its decode thread (`merge`) before `advance`."""
+    parts = [
+        batch([("eni-a", "REJECT", 1000), ("eni-b", "ACCEPT", 1010)], max_time=None),
+        batch([("eni-a", "REJECT", 1005), ("eni-a", "REJECT", 2000)]),
+        batch([("eni-c", "REJECT", 1500), ("eni-b", "REJECT", 3000)], max_time=2500),  # one record "future"
+    ]
+    (merged,) = merge(parts)
+    assert merged.future == 1
+    assert merged.future_example is not None
+    for w0 in (replay_windows(60, 300), replay_windows(60, 300).advance([batch([("eni-z", "ACCEPT", 900)])])[0]):
+        direct, closed_direct = w0.advance(parts, now=5000.0)
+        folded, closed_folded = w0.advance([merged], now=5000.0)
+        order = [(k, "ascending") for k in (*KEY, "srcaddr")]
+        assert direct.stats.sort_by(order[:2]).equals(folded.stats.sort_by(order[:2]))
+        assert direct.sources.sort_by(order).equals(folded.sources.sort_by(order))
+        assert direct.clock == folded.clock
+        assert closed_direct.stats.equals(closed_folded.stats)
+    assert merge(parts[:1]) == parts[:1]
