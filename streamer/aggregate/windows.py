@@ -187,10 +187,10 @@ def _fold(tables: list[pa.Table], keys: list[str], sums: list[str], schema: pa.S
 
 
 def merge(batches: list[WindowBatch]) -> list[WindowBatch]:
-    """One input's partials folded into one. The live pipeline does this in the decode thread, so that
-    `Windows.advance`, under the commit lock, only folds one table per kind into the state."""
-    if len(batches) <= 1:
-        return batches
+    """One input's partials folded into one (none stay none). The live pipeline does this in the decode
+    thread, so that `Windows.advance`, under the commit lock, only folds one table per kind into the state."""
+    if not batches:
+        return []
     times = [b.max_time for b in batches if b.max_time is not None]
     return [
         WindowBatch(
@@ -387,12 +387,9 @@ def to_ipc(table: pa.Table) -> bytes:
 
 def encode_partial(batches: list[WindowBatch]) -> bytes:
     """One input's window partials, folded, as bytes: what a fleet replica commits for the leader."""
-    stats = fold_stats([b.stats for b in batches])
-    sources = fold_context([b.sources for b in batches], "srcaddr", SOURCES)
-    ports = fold_context([b.ports for b in batches], "dstport", PORTS)
-    times = [b.max_time for b in batches if b.max_time is not None]
-    parts = [to_ipc(t) for t in (stats, sources, ports)]
-    meta = {"max_time": max(times) if times else None, "future": sum(b.future for b in batches), "sizes": [len(p) for p in parts]}
+    (one,) = merge(batches) or [WindowBatch(STATS.empty_table(), SOURCES.empty_table(), PORTS.empty_table(), None)]
+    parts = [to_ipc(t) for t in (one.stats, one.sources, one.ports)]
+    meta = {"max_time": one.max_time, "future": one.future, "sizes": [len(p) for p in parts]}
     return orjson.dumps(meta) + b"\n" + b"".join(parts)
 
 
