@@ -202,8 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(f"config: {exc}")
     logs.setup(config.logging.level if args.log_level == "info" else args.log_level, config.logging.json_lines or args.log_json)
-    from streamer.checkpoint import CheckpointError
     from streamer.service import run_until_signalled
+    from streamer.store.base import CheckpointError
 
     try:
         asyncio.run(run_until_signalled(config))

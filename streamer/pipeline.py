@@ -30,11 +30,11 @@ from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
 from streamer.aggregate.state import FlowState
 from streamer.aggregate.windows import WindowBatch, encode_partial, merge
-from streamer.checkpoint import Commit, Done, LeaseLost, StateStore
 from streamer.decode.objects import ObjectReader
 from streamer.export.telemetry import Telemetry
 from streamer.ingest import Ingestor, ObjectResult, account
 from streamer.sources.base import LEASE_LOST, Delivery, SourceError
+from streamer.store.base import Commit, Done, LeaseLost, StateStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -23,15 +23,16 @@ from streamer.aggregate.anomaly import Settings
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
 from streamer.aggregate.eventtime import EventClock
 from streamer.aws import AwsClients
-from streamer.checkpoint import CheckpointStore
 from streamer.config import Config
 from streamer.export.alerts import Alerter
 from streamer.export.http import build_app, serve
 from streamer.export.metrics import DetectionCollector, FlowCollector, InsightsCollector
 from streamer.export.telemetry import Telemetry
-from streamer.fleet import Coordinator, LeaderDetector, LeaseCollector
 from streamer.pipeline import Pipeline, Store
 from streamer.sources.base import BuildContext, OwnsEverything, Source, aws_error_reason
+from streamer.store.leader import LeaderDetector
+from streamer.store.leases import Coordinator, LeaseCollector
+from streamer.store.sqlite import CheckpointStore
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class Service:
         cp = self.config.checkpoint
         if cp.url is None:
             return Store(CheckpointStore(cp.path))
-        from streamer.checkpoint_pg import PostgresStore  # only fleets need the driver
+        from streamer.store.postgres import PostgresStore  # only fleets need the driver
 
         url, replica = cp.url.get_secret_value(), self.config.fleet.replica_id
         pg = await asyncio.to_thread(PostgresStore, url, replica, cp.password_file, cp.pool_size)
@@ -200,7 +201,7 @@ class Service:
 
     async def _join_fleet(self, store: Store, alerter: Alerter) -> tuple[Coordinator, LeaderDetector]:
         """Leases and the leader's detector over the shared database (see fleet.py)."""
-        from streamer.checkpoint_pg import PostgresStore
+        from streamer.store.postgres import PostgresStore
 
         assert isinstance(store.store, PostgresStore)
         coordinator = Coordinator(store.store, self.config.fleet.lease_seconds, store.call)

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from streamer.aws import AwsClients
-from streamer.checkpoint import Done
+from streamer.store.base import Done
 
 #: Namespace of done keys for S3 objects, shared by the polling and SQS sources
 #: so that both reading one bucket never count an object twice.

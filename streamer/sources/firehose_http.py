@@ -44,13 +44,13 @@ import orjson
 from aiohttp import web
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from streamer.checkpoint import Done
 from streamer.decode.cloudwatch import Documents, document_lines
 from streamer.decode.errors import INVALID_JSON, ErrorCounts
 from streamer.decode.gzip import GZIP_MAGIC
 from streamer.schema import parse_log_format
 from streamer.settings import SourceSettings, check_log_format
 from streamer.sources.base import BuildContext, Delivery, Sink, Source, single_chunk
+from streamer.store.base import Done
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from streamer.checkpoint import Done
 from streamer.sources.base import S3_NAMESPACE, Delivery, SourceError, aws_error_reason
+from streamer.store.base import Done
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client

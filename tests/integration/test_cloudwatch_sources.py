@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from streamer.checkpoint import CheckpointStore
 from streamer.sources.kinesis import KinesisSource
+from streamer.store.sqlite import CheckpointStore
 from streamer.synth import TrafficProfile, generate_table, to_lines
 from tests.integration.conftest import (
     Metrics,

@@ -287,8 +287,8 @@ def test_kinesis_shards_are_split_across_replicas_and_counted_exactly(aws: str, 
 
 
 def test_store_claims_fence_leases_and_refuse_a_newer_schema(pg_url: str, postgres_server: Any) -> None:
-    from streamer.checkpoint import CheckpointError, Commit, Done, LeaseLost
-    from streamer.checkpoint_pg import PostgresStore
+    from streamer.store.base import CheckpointError, Commit, Done, LeaseLost
+    from streamer.store.postgres import PostgresStore
     from tests.unit.aggregate.test_state import delta
 
     a, b = PostgresStore(pg_url, "r1"), PostgresStore(pg_url, "r2")
@@ -318,8 +318,8 @@ def test_store_claims_fence_leases_and_refuse_a_newer_schema(pg_url: str, postgr
 
 
 def test_store_errors_never_show_the_password(tmp_path: Path) -> None:
-    from streamer.checkpoint import CheckpointError
-    from streamer.checkpoint_pg import PostgresStore
+    from streamer.store.base import CheckpointError
+    from streamer.store.postgres import PostgresStore
 
     closed = free_port()  # nothing listens there
     with pytest.raises(CheckpointError) as err:
@@ -428,7 +428,7 @@ def test_cloudwatch_polling_runs_on_one_replica_and_moves_when_it_dies(aws: str,
 def test_replicas_starting_together_migrate_the_schema_once(postgres_server: Any) -> None:
     import threading
 
-    from streamer.checkpoint_pg import MIGRATIONS, PostgresStore
+    from streamer.store.postgres import MIGRATIONS, PostgresStore
 
     url = postgres_server.url(postgres_server.database())
     errors: list[BaseException] = []

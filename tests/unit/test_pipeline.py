@@ -26,11 +26,12 @@ from prometheus_client import CollectorRegistry
 from streamer.aggregate.anomaly import Settings
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
 from streamer.aggregate.state import FlowState
-from streamer.checkpoint import CheckpointStore, Commit, Done
 from streamer.export.telemetry import Telemetry
 from streamer.pipeline import DUPLICATE, Pipeline, Store
 from streamer.schema import DEFAULT_FIELDS
 from streamer.sources.base import Delivery, single_chunk
+from streamer.store.base import Commit, Done
+from streamer.store.sqlite import CheckpointStore
 
 NOW = int(time.time())
 

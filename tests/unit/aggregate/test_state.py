@@ -10,8 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.aggregate.counters import Counters, count_batch
 from streamer.aggregate.state import OTHER_INTERFACE, FlowState
-from streamer.checkpoint import CheckpointStore, Commit
 from streamer.export.metrics import FlowCollector
+from streamer.store.base import Commit
+from streamer.store.sqlite import CheckpointStore
 
 
 def delta(counts: dict[str, int]) -> FlowState:

@@ -1,4 +1,4 @@
-"""The checkpoint store: one SQLite transaction per finished input.
+"""The embedded checkpoint store: one SQLite transaction per finished input.
 
 "These positions are done" is committed together with the state they
 produced (counter deltas, window snapshots), and only then is the input
@@ -19,18 +19,17 @@ All calls are blocking; the service runs them on one dedicated thread.
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
 
 import pyarrow as pa
 
 from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import SCHEMA, Counters
 from streamer.aggregate.state import FlowState
+from streamer.store.base import CheckpointError, Commit, Done
 
 _SCHEMA_VERSION = 2
 _DDL = """
@@ -55,57 +54,6 @@ CREATE TABLE IF NOT EXISTS insights (
 """
 #: schema 1 had no interface membership: every interface already counted becomes a member, seen now
 _MIGRATE_1_TO_2 = "INSERT OR IGNORE INTO interfaces SELECT DISTINCT interface_id, ? FROM counters WHERE interface_id != 'other'"
-
-
-class CheckpointError(RuntimeError):
-    """The store cannot be opened or written (disk full, wrong file, newer schema)."""
-
-
-class LeaseLost(Exception):
-    """The lease an input was read under is held by another replica now: nothing was committed."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Done:
-    """An input finished with `outcome` ("ok" or the reason it was given up)."""
-
-    namespace: str
-    key: str
-    outcome: str = "ok"
-
-
-@dataclasses.dataclass
-class Commit:
-    """Everything one finished input changes, applied atomically."""
-
-    delta: FlowState = dataclasses.field(default_factory=FlowState)
-    done: list[Done] = dataclasses.field(default_factory=list)
-    cursors: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
-    snapshots: dict[str, bytes] = dataclasses.field(default_factory=dict)
-    #: idle interfaces whose counters and membership are dropped
-    forget: list[str] = dataclasses.field(default_factory=list)
-    #: fleet: the lease (kind, name) this input was read under; the commit fails if it is no longer held
-    lease: tuple[str, str] | None = None
-    #: fleet: window partials for the leader's detector, (source, encoded partial)
-    partials: list[tuple[str, bytes]] = dataclasses.field(default_factory=list)
-
-
-class StateStore(Protocol):
-    """What the pipeline and the sources need from a checkpoint: SQLite (one process) or PostgreSQL (a fleet)."""
-
-    def load_state(self) -> FlowState: ...
-
-    def commit(self, change: Commit) -> bool: ...
-
-    def done_among(self, namespace: str, keys: Iterable[str]) -> set[str]: ...
-
-    def cursors(self, source: str) -> dict[str, str]: ...
-
-    def snapshot(self, name: str) -> bytes | None: ...
-
-    def prune(self, older_than_seconds: float) -> int: ...
-
-    def close(self) -> None: ...
 
 
 class CheckpointStore:

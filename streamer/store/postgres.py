@@ -36,7 +36,7 @@ from psycopg_pool import ConnectionPool
 from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import SCHEMA, Counters
 from streamer.aggregate.state import FlowState
-from streamer.checkpoint import CheckpointError, Commit, LeaseLost
+from streamer.store.base import CheckpointError, Commit, LeaseLost
 
 #: numbered migrations; each runs once, in order, in its own transaction
 MIGRATIONS: list[str] = [

@@ -1,0 +1,114 @@
+"""Leases: N replicas over one PostgreSQL split the work like one process.
+
+Work is split by leases kept in the database (the Kinesis Client Library's
+lease-table pattern): each lease has an owner and an expiry, renewed every
+third of `fleet.lease_seconds`; a replica that dies stops renewing, and its
+leases are taken over once they expire. Each replica claims its fair share
+of a kind's leases (an even split over the live replicas) and gives back
+extras when replicas join, so the work rebalances by itself. One lease,
+`leader`, is not shared out: see `store.leader`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:  # the driver is imported only when a fleet is configured
+    from streamer.store.postgres import PostgresStore
+
+log = logging.getLogger(__name__)
+
+LEADER = ("leader", "detector")
+
+
+class Coordinator:
+    """This replica's leases, renewed in the background; the sources' view of who reads what."""
+
+    def __init__(self, store: PostgresStore, lease_seconds: float, call: Callable[..., Any]) -> None:
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self._call = call  # runs a blocking store call on a thread
+        self.held: set[tuple[str, str]] = set()
+        self.live: list[str] = [store.replica_id]
+        self._lock = asyncio.Lock()
+
+    @property
+    def replica_id(self) -> str:
+        return self.store.replica_id
+
+    def owns(self, kind: str, name: str) -> bool:
+        return (kind, name) in self.held
+
+    def share(self, count: int) -> int:
+        """How many of `count` leases are this replica's: an even split over the live replicas, the
+        remainder going to the first ones by id (so the shares add up to exactly `count`)."""
+        live = sorted(set(self.live) | {self.replica_id})
+        base, extra = divmod(count, len(live))
+        return base + (1 if live.index(self.replica_id) < extra else 0)
+
+    async def claim(self, kind: str, names: list[str]) -> set[str]:
+        """This replica's fair share of `names`: keep what it holds, take free or expired ones, give back extras.
+
+        The leader lease is not shared out: whoever holds it keeps it, and anyone takes it once it expires.
+        """
+        async with self._lock:
+            share = 1 if kind == LEADER[0] else self.share(len(names))
+            mine = sorted(n for n in names if (kind, n) in self.held)
+            for name in mine[share:]:  # a replica joined: give back what is over the share
+                await self._call(self.store.release, kind, name)
+                self.held.discard((kind, name))
+            mine = mine[:share]
+            if len(mine) < share:
+                owners = await self._call(self.store.lease_owners, kind)
+                for name in names:
+                    if len(mine) >= share:
+                        break
+                    if name in mine or owners.get(name) not in (None, self.replica_id):
+                        continue
+                    if await self._call(self.store.acquire, kind, name, self.lease_seconds):
+                        self.held.add((kind, name))
+                        mine.append(name)
+            return {n for n in names if (kind, n) in self.held}
+
+    async def heartbeat(self) -> None:
+        """Renew presence and leases now."""
+        async with self._lock:
+            kept, live = await self._call(self.store.heartbeat, sorted(self.held), self.lease_seconds)
+            for lost in self.held - kept:
+                log.warning("lease %s/%s was taken over", *lost)
+            self.held = kept
+            self.live = live or [self.replica_id]
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.heartbeat()
+            except Exception as exc:  # the database is away: leases expire on their own, counts stay exact
+                log.warning("renewing leases failed: %s", exc)
+            await asyncio.sleep(self.lease_seconds / 3)
+
+
+class LeaseCollector(Collector):
+    """streamer_leases{kind,name} (1 per lease held) and streamer_leader, read at scrape time."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+
+    def collect(self) -> Iterator[Metric]:
+        leases = GaugeMetricFamily("streamer_leases", "Leases this replica holds (1 each).", labels=["kind", "name"])
+        for kind, name in sorted(self.coordinator.held):
+            leases.add_metric([_kind_label(kind), name], 1)
+        yield leases
+        yield GaugeMetricFamily(
+            "streamer_leader", "1 while this replica runs the fleet's detector.", value=1 if self.coordinator.owns(*LEADER) else 0
+        )
+
+
+def _kind_label(kind: str) -> str:
+    return kind
