@@ -1,0 +1,393 @@
+"""deploy/aws/streamer.yaml: it lints clean, its IAM statements are deploy/iam's and what the code calls,
+it deploys into moto's CloudFormation for each DeliveryPath, and streamer configured from the stack's
+outputs (`streamer config-from-stack`) counts what arrives through what the stack created."""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamer.config import load_config
+from tests.integration.conftest import (
+    Truth,
+    aws_key,
+    boto,
+    exported_totals,
+    flow_object,
+    more_polls,
+    objects_by_outcome,
+    running,
+    wait_metrics,
+)
+from tests.integration.test_deploy import DEPLOY, actions_called, granted_actions
+
+pytestmark = pytest.mark.integration
+
+TEMPLATE = DEPLOY / "aws" / "streamer.yaml"
+PATHS = ["s3-sqs", "s3-eventbridge-sqs", "cloudwatch-kinesis", "cloudwatch-firehose"]
+
+#: Resource types of the template that moto 5.2.5's CloudFormation does not create (it skips them with a
+#: warning); the deploy test checks this list against moto's own, so it fails when moto learns one.
+MOTO_LACKS = {
+    "AWS::S3::BucketPolicy",
+    "AWS::SQS::QueuePolicy",
+    "AWS::Logs::SubscriptionFilter",
+    "AWS::KinesisFirehose::DeliveryStream",
+}
+
+#: What each DeliveryPath creates (logical ids).
+CREATES = {
+    "s3-sqs": {"FlowLogBucket", "FlowLogBucketPolicy", "FlowLogToS3", "DeadLetterQueue", "Queue", "QueuePolicy", "StreamerRole"},
+    "s3-eventbridge-sqs": {
+        *("FlowLogBucket", "FlowLogBucketPolicy", "FlowLogToS3", "DeadLetterQueue", "Queue", "QueuePolicy", "StreamerRole"),
+        "ObjectCreatedRule",
+    },
+    "cloudwatch-kinesis": {
+        "LogGroup",
+        "FlowLogRole",
+        "FlowLogToLogs",
+        "Stream",
+        "SubscriptionRole",
+        "SubscriptionFilter",
+        "StreamerRole",
+    },
+    "cloudwatch-firehose": {
+        *("LogGroup", "FlowLogRole", "FlowLogToLogs", "SubscriptionRole", "SubscriptionFilter"),
+        *("FailedDeliveriesBucket", "FirehoseRole", "DeliveryStream"),
+    },
+}
+
+NOW = dt.datetime.now(dt.UTC)
+EPOCH = int(NOW.timestamp()) - 1200
+
+
+def template() -> dict[str, Any]:
+    """The template in long form (cfn-lint's reader knows the short-form tags)."""
+    from cfnlint.decode import decode
+
+    doc, problems = decode(str(TEMPLATE))
+    assert not problems, problems
+    return dict(json.loads(json.dumps(doc)))
+
+
+# --- static checks ------------------------------------------------------------------------------
+
+
+def test_cfn_lint_passes() -> None:
+    from cfnlint.api import lint_file
+
+    assert [str(m) for m in lint_file(TEMPLATE)] == []
+
+
+def test_cfn_lint_would_catch_a_broken_template(tmp_path: Path) -> None:
+    """The check above is live: a template that references a missing resource fails it."""
+    from cfnlint.api import lint_file
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(TEMPLATE.read_text().replace("!GetAtt DeadLetterQueue.Arn", "!GetAtt NoSuchQueue.Arn"))
+    assert lint_file(broken)
+
+
+def branches(node: Any) -> list[Any]:
+    """Every value a node can take: both sides of each Fn::If."""
+    if isinstance(node, dict) and "Fn::If" in node:
+        return [*branches(node["Fn::If"][1]), *branches(node["Fn::If"][2])]
+    return [node]
+
+
+def statements(node: Any) -> Iterator[dict[str, Any]]:
+    """Every IAM statement anywhere in the template, under any condition."""
+    if isinstance(node, dict):
+        if "Statement" in node and "Version" in node:
+            for value in branches(node["Statement"]):
+                for item in value if isinstance(value, list) else [value]:
+                    yield from (s for s in branches(item) if isinstance(s, dict))
+        else:
+            for value in node.values():
+                yield from statements(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from statements(value)
+
+
+def actions(statement: dict[str, Any]) -> set[str]:
+    return granted_actions({"Statement": [statement]})
+
+
+def deploy_iam_statements() -> dict[str, list[dict[str, Any]]]:
+    by_sid: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted((DEPLOY / "iam").glob("*.json")):
+        for statement in json.loads(path.read_text())["Statement"]:
+            by_sid.setdefault(statement["Sid"], []).append(statement)
+    return by_sid
+
+
+def test_every_iam_statement_in_the_template_is_one_of_deploy_iam() -> None:
+    """Same Sid, same effect, principal and actions: the template and deploy/iam cannot drift apart."""
+    found = list(statements(template()["Resources"]))
+    assert len(found) >= 14
+    documented = deploy_iam_statements()
+    for statement in found:
+        sid = statement.get("Sid")
+        assert sid in documented, f"{sid}: not in deploy/iam/*.json"
+        for doc in documented[sid]:
+            assert actions(statement) == actions(doc), sid
+            assert statement["Effect"] == doc["Effect"], sid
+            assert statement.get("Principal") == doc.get("Principal") or (
+                set(statement["Principal"]) == set(doc["Principal"]) == {"AWS"}  # the streamer role: a parameter
+            ), sid
+
+
+@pytest.mark.parametrize(("branch", "module", "policy"), [(0, "s3_sqs.py", "s3_sqs.json"), (1, "kinesis.py", "kinesis.json")])
+def test_the_streamer_role_grants_exactly_what_its_source_calls(branch: int, module: str, policy: str) -> None:
+    role = template()["Resources"]["StreamerRole"]
+    (inline,) = role["Properties"]["Policies"]
+    granted = branches(inline["PolicyDocument"]["Statement"])[branch]
+    assert {a for s in granted for a in actions(s)} == actions_called(module)
+    doc = json.loads((DEPLOY / "iam" / policy).read_text())
+    assert [s["Sid"] for s in granted] == [s["Sid"] for s in doc["Statement"]]
+
+
+def test_firehose_path_creates_no_streamer_role() -> None:
+    """firehose_http makes no AWS call (tests/integration/test_deploy.py): its path needs no role."""
+    doc = template()
+    assert doc["Resources"]["StreamerRole"]["Condition"] == "StreamerCallsAws"
+    assert doc["Conditions"]["StreamerCallsAws"] == {"Fn::Or": [{"Condition": "ToS3"}, {"Condition": "IsKinesis"}]}
+    assert doc["Conditions"]["ToS3"] == {"Fn::Or": [{"Condition": "IsS3Sqs"}, {"Condition": "IsS3EventBridge"}]}
+
+
+# --- deploying into moto ------------------------------------------------------------------------
+
+
+def for_moto(doc: dict[str, Any]) -> dict[str, Any]:
+    """The template without the resources moto cannot create; references to them become placeholders."""
+    dropped = {name for name, r in doc["Resources"].items() if r["Type"] in MOTO_LACKS}
+
+    def swap(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node.get("Ref") in dropped:
+                return f"not-in-moto-{node['Ref']}"
+            if "Fn::GetAtt" in node and node["Fn::GetAtt"][0] in dropped:
+                return f"arn:aws:not-in-moto:us-east-1:123456789012:{node['Fn::GetAtt'][0]}"
+            return {k: swap(v) for k, v in node.items() if not (k == "DependsOn" and v in dropped)}
+        if isinstance(node, list):
+            return [swap(v) for v in node]
+        return node
+
+    out = swap(doc)
+    out["Resources"] = {name: r for name, r in out["Resources"].items() if name not in dropped}
+    return dict(out)
+
+
+def deploy(aws: str, path: str, name: str, **params: str) -> dict[str, str]:
+    """Create the stack in moto; returns its outputs."""
+    vpc = boto("ec2", aws).create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    values = {"DeliveryPath": path, "VpcId": vpc, **params}
+    if path == "cloudwatch-firehose":
+        values.setdefault("FirehoseEndpointHost", "streamer.example.com")
+        values.setdefault("FirehoseAccessKey", "k" * 32)
+    cfn = boto("cloudformation", aws)
+    cfn.create_stack(
+        StackName=name,
+        TemplateBody=json.dumps(for_moto(template())),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()],
+        Capabilities=["CAPABILITY_IAM"],
+    )
+    (stack,) = cfn.describe_stacks(StackName=name)["Stacks"]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+
+
+def created(aws: str, name: str) -> dict[str, str]:
+    """Logical id -> physical id of what the stack created."""
+    summaries = boto("cloudformation", aws).list_stack_resources(StackName=name)["StackResourceSummaries"]
+    return {s["LogicalResourceId"]: s["PhysicalResourceId"] for s in summaries if s.get("LogicalResourceId")}
+
+
+def streamer(*args: str, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(environ or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "streamer", *args], capture_output=True, text=True, timeout=120, check=False, env=env
+    )
+
+
+def config_from_stack(aws: str, name: str, tmp_path: Path) -> Path:
+    """`streamer config-from-stack` against moto's CloudFormation; the config it prints passes check-config."""
+    key_file = tmp_path / "firehose-access-key"
+    key_file.write_text("k" * 32)
+    proc = streamer(
+        "config-from-stack", "--stack", name, "--region", "us-east-1", "--endpoint-url", aws, "--access-key-file", str(key_file)
+    )
+    assert proc.returncode == 0, proc.stderr
+    config = tmp_path / "streamer.yaml"
+    config.write_text(proc.stdout)
+    checked = streamer("check-config", "--config", str(config))
+    assert checked.returncode == 0, checked.stderr
+    return config
+
+
+def test_moto_lacks_exactly_the_resource_types_named_here() -> None:
+    from moto.cloudformation.parsing import get_model_map
+
+    types = {r["Type"] for r in template()["Resources"].values()}
+    assert types - set(get_model_map()) == MOTO_LACKS
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_template_deploys_into_moto_for_each_delivery_path(aws: str, tmp_path: Path, path: str) -> None:
+    name = "streamer-" + path
+    outputs = deploy(aws, path, name)
+    doc = template()
+    lacking = {n for n, r in doc["Resources"].items() if r["Type"] in MOTO_LACKS}
+    assert set(created(aws, name)) == CREATES[path] - lacking
+
+    (flow_log,) = boto("ec2", aws).describe_flow_logs()["FlowLogs"]
+    assert flow_log["LogFormat"] == doc["Parameters"]["LogFormat"]["Default"] == outputs["LogFormat"]
+    assert flow_log["TrafficType"] == "ALL"
+    assert flow_log["LogDestinationType"] == ("s3" if path.startswith("s3") else "cloud-watch-logs")
+    if path.startswith("s3"):
+        assert flow_log["LogDestination"] == f"arn:aws:s3:::{outputs['BucketName']}"
+        sqs = boto("sqs", aws)
+        attrs = sqs.get_queue_attributes(QueueUrl=outputs["QueueUrl"], AttributeNames=["RedrivePolicy"])["Attributes"]
+        dlq = sqs.get_queue_attributes(QueueUrl=outputs["DeadLetterQueueUrl"], AttributeNames=["QueueArn"])["Attributes"]
+        assert json.loads(attrs["RedrivePolicy"])["deadLetterTargetArn"] == dlq["QueueArn"]
+    if path == "s3-eventbridge-sqs":
+        (target,) = boto("events", aws).list_targets_by_rule(Rule=f"{name}-flow-log-objects")["Targets"]
+        assert target["Arn"].endswith(":" + outputs["QueueUrl"].rsplit("/", 1)[1])
+    if path == "cloudwatch-kinesis":
+        assert boto("kinesis", aws).describe_stream_summary(StreamName=outputs["StreamName"])
+    if path != "cloudwatch-firehose":
+        role = outputs["StreamerRoleArn"].rsplit("/", 1)[1]
+        (policy,) = boto("iam", aws).list_role_policies(RoleName=role)["PolicyNames"]
+        document = boto("iam", aws).get_role_policy(RoleName=role, PolicyName=policy)["PolicyDocument"]
+        if isinstance(document, str):  # moto keeps a CloudFormation-made inline policy as the dict's repr
+            document = ast.literal_eval(document)
+        assert granted_actions(document) == actions_called("kinesis.py" if "kinesis" in path else "s3_sqs.py")
+    else:
+        assert "StreamerRoleArn" not in outputs
+
+    config = load_config(config_from_stack(aws, name, tmp_path), {})
+    (source,) = config.sources
+    assert source.type == outputs["SourceType"]
+
+
+def test_config_from_an_outputs_file_is_the_same_as_from_the_stack(aws: str, tmp_path: Path) -> None:
+    deploy(aws, "cloudwatch-kinesis", "kin")
+    from_stack = config_from_stack(aws, "kin", tmp_path).read_text()
+    described = tmp_path / "outputs.json"
+    described.write_text(json.dumps(boto("cloudformation", aws).describe_stacks(StackName="kin"), default=str))
+    key_file = str(tmp_path / "firehose-access-key")
+    proc = streamer("config-from-stack", "--outputs", str(described), "--access-key-file", key_file)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == from_stack
+
+
+def test_config_from_stack_names_what_is_wrong_in_one_line(aws: str, tmp_path: Path) -> None:
+    missing = streamer("config-from-stack", "--stack", "no-such-stack", "--region", "us-east-1", "--endpoint-url", aws)
+    assert missing.returncode == 2
+    assert missing.stderr.count("\n") == 1
+    assert "no-such-stack" in missing.stderr
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"SourceType": "s3_sqs", "Region": "us-east-1"}))
+    incomplete = streamer("config-from-stack", "--outputs", str(outputs))
+    assert incomplete.returncode == 2
+    assert incomplete.stderr == "streamer: error: stack output QueueUrl is missing (is this a deploy/aws/streamer.yaml stack?)\n"
+
+
+# --- end to end: streamer configured from the stack ----------------------------------------------
+
+
+def notification_from_template(queue_arn: str) -> dict[str, Any]:
+    """The bucket's NotificationConfiguration as the template writes it, in the S3 API's shape
+    (moto's CloudFormation creates the bucket but ignores this property, so the test applies it)."""
+    bucket = template()["Resources"]["FlowLogBucket"]["Properties"]
+    direct, _eventbridge = branches(bucket["NotificationConfiguration"])
+    (queue,) = direct["QueueConfigurations"]
+    assert queue["Queue"] == {"Fn::GetAtt": ["Queue", "Arn"]}
+    rules = [{"Name": r["Name"], "Value": r["Value"]} for r in queue["Filter"]["S3Key"]["Rules"]]
+    return {
+        "QueueConfigurations": [{"QueueArn": queue_arn, "Events": [queue["Event"]], "Filter": {"Key": {"FilterRules": rules}}}]
+    }
+
+
+def overrides(aws: str, tmp_path: Path, **source: str) -> dict[str, str]:
+    """What differs from AWS in a test (moto's endpoint, a temporary checkpoint, any free port), as the
+    environment variables a container would set."""
+    return {
+        "STREAMER__SOURCES__0__ENDPOINT_URL": aws,
+        "STREAMER__CHECKPOINT__PATH": str(tmp_path / "state.db"),
+        "STREAMER__HTTP__LISTEN_ADDRESS": "127.0.0.1:0",
+        **{f"STREAMER__SOURCES__0__{k.upper()}": v for k, v in source.items()},
+    }
+
+
+@pytest.mark.parametrize("path", ["s3-sqs", "s3-eventbridge-sqs"])
+async def test_streamer_from_the_stack_counts_objects_in_its_bucket(aws: str, tmp_path: Path, path: str) -> None:
+    """s3-sqs on a new bucket; s3-eventbridge-sqs on an existing bucket whose EventBridge notifications are
+    turned on by hand (the README's command): moto's S3 sends the event, the stack's rule routes it."""
+    s3, sqs = boto("s3", aws), boto("sqs", aws)
+    params = {}
+    if path == "s3-eventbridge-sqs":
+        s3.create_bucket(Bucket="existing-flow-logs")
+        params["ExistingBucketName"] = "existing-flow-logs"
+    outputs = deploy(aws, path, "flows", **params)
+    bucket = outputs["BucketName"]
+    if path == "s3-sqs":
+        arn = sqs.get_queue_attributes(QueueUrl=outputs["QueueUrl"], AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=notification_from_template(arn))
+    else:
+        assert bucket == "existing-flow-logs"
+        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"EventBridgeConfiguration": {}})
+    truth = Truth()
+    for i in range(2):
+        s3.put_object(Bucket=bucket, Key=aws_key(NOW, "hourly", n=i), Body=flow_object(truth, 400, i, EPOCH))
+    s3.put_object(Bucket=bucket, Key="elsewhere/not-a-flow-log.txt", Body=b"outside AWSLogs/: never announced")
+
+    config = load_config(config_from_stack(aws, "flows", tmp_path), overrides(aws, tmp_path, wait_time_seconds="1"))
+    async with running(config) as service:
+        await wait_metrics(service.port, lambda m: objects_by_outcome(m).get("ok", 0) >= 2, what="2 objects")
+        metrics = await more_polls(service.port, 2)
+        assert objects_by_outcome(metrics) == {"ok": 2}
+        assert exported_totals(metrics) == truth.totals
+
+
+async def test_streamer_from_the_stack_counts_what_the_subscription_filter_sends(aws: str, tmp_path: Path) -> None:
+    """cloudwatch-kinesis: the subscription filter (which moto's CloudFormation skips) is applied from the
+    template's own properties; moto delivers the log group's events to the stack's stream."""
+    from tests.integration.test_cloudwatch_sources import records_for
+
+    outputs = deploy(aws, "cloudwatch-kinesis", "flows")
+    ids = created(aws, "flows")
+    group = ids["LogGroup"]
+    spec = template()["Resources"]["SubscriptionFilter"]["Properties"]
+    kinesis, logs = boto("kinesis", aws), boto("logs", aws)
+    stream_arn = kinesis.describe_stream_summary(StreamName=outputs["StreamName"])["StreamDescriptionSummary"]["StreamARN"]
+    assert spec["DestinationArn"]["Fn::If"][1] == {"Fn::GetAtt": ["Stream", "Arn"]}
+    role = boto("iam", aws).get_role(RoleName=ids["SubscriptionRole"])["Role"]["Arn"]
+    logs.put_subscription_filter(
+        logGroupName=group, filterName="streamer", filterPattern=spec["FilterPattern"], destinationArn=stream_arn, roleArn=role
+    )
+    logs.create_log_stream(logGroupName=group, logStreamName="eni-a-all")
+    truth = Truth()
+    now_ms = int(time.time() * 1000)
+    lines = records_for(truth, 300, 1)
+    logs.put_log_events(
+        logGroupName=group,
+        logStreamName="eni-a-all",
+        logEvents=[{"timestamp": now_ms + i, "message": m} for i, m in enumerate(lines)],
+    )
+
+    config = load_config(config_from_stack(aws, "flows", tmp_path), overrides(aws, tmp_path, poll_interval_seconds="0.2"))
+    assert config.sources[0].log_format == outputs["LogFormat"]
+    async with running(config) as service:
+        await wait_metrics(service.port, lambda m: exported_totals(m) == truth.totals, what="300 records")
