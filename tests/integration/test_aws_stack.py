@@ -8,6 +8,8 @@ import ast
 import datetime as dt
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -273,6 +275,8 @@ def test_the_template_deploys_into_moto_for_each_delivery_path(aws: str, tmp_pat
         if isinstance(document, str):  # moto keeps a CloudFormation-made inline policy as the dict's repr
             document = ast.literal_eval(document)
         assert granted_actions(document) == actions_called("kinesis.py" if "kinesis" in path else "s3_sqs.py")
+        trust = boto("iam", aws).get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"]
+        assert trust["Statement"][0]["Principal"] == {"AWS": "arn:aws:iam::123456789012:root"}  # no StreamerPrincipalArn
     else:
         assert "StreamerRoleArn" not in outputs
 
@@ -342,12 +346,13 @@ async def test_streamer_from_the_stack_counts_objects_in_its_bucket(aws: str, tm
         params["ExistingBucketName"] = "existing-flow-logs"
     outputs = deploy(aws, path, "flows", **params)
     bucket = outputs["BucketName"]
+    assert "QueueConfigurations" not in s3.get_bucket_notification_configuration(Bucket=bucket)  # moto ignored it
     if path == "s3-sqs":
         arn = sqs.get_queue_attributes(QueueUrl=outputs["QueueUrl"], AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=notification_from_template(arn))
     else:
         assert bucket == "existing-flow-logs"
-        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"EventBridgeConfiguration": {}})
+        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=readme_eventbridge_configuration())
     truth = Truth()
     for i in range(2):
         s3.put_object(Bucket=bucket, Key=aws_key(NOW, "hourly", n=i), Body=flow_object(truth, 400, i, EPOCH))
@@ -391,3 +396,73 @@ async def test_streamer_from_the_stack_counts_what_the_subscription_filter_sends
     assert config.sources[0].log_format == outputs["LogFormat"]
     async with running(config) as service:
         await wait_metrics(service.port, lambda m: exported_totals(m) == truth.totals, what="300 records")
+
+
+# --- the README's "Wire up AWS" -------------------------------------------------------------------
+
+
+def readme_section() -> str:
+    text = (DEPLOY.parent / "README.md").read_text()
+    start = text.index("## Wire up AWS\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def shell_commands(section: str) -> list[list[str]]:
+    """The section's sh blocks, one argv per command (continuation lines joined, comments dropped)."""
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                commands.append(shlex.split(line.split(" > ")[0].split("    #")[0]))
+    return commands
+
+
+def test_readme_deploys_every_delivery_path_with_parameters_the_template_has() -> None:
+    doc = template()
+    deploys = [c for c in shell_commands(readme_section()) if c[:3] == ["aws", "cloudformation", "deploy"]]
+    paths = []
+    for argv in deploys:
+        assert argv[argv.index("--template-file") + 1] == "deploy/aws/streamer.yaml"
+        assert (DEPLOY.parent / "deploy" / "aws" / "streamer.yaml").is_file()
+        assert argv[argv.index("--capabilities") + 1] == "CAPABILITY_IAM"  # roles without fixed names
+        overrides = dict(a.split("=", 1) for a in argv[argv.index("--parameter-overrides") + 1 :])
+        assert set(overrides) <= set(doc["Parameters"])
+        assert "VpcId" in overrides
+        paths.append(overrides["DeliveryPath"])
+    assert paths == PATHS == doc["Parameters"]["DeliveryPath"]["AllowedValues"]
+
+
+def test_readme_config_commands_parse_and_name_every_other_parameter() -> None:
+    from streamer.cli import build_parser
+    from streamer.stack import ACCESS_KEY_FILE
+
+    section = readme_section()
+    commands = [c for c in shell_commands(section) if c[0] == "streamer"]
+    assert [c[1] for c in commands] == ["config-from-stack", "check-config"]
+    for argv in commands:
+        build_parser().parse_args(argv[1:])
+    assert build_parser().parse_args(["config-from-stack", "--stack", "s"]).access_key_file == ACCESS_KEY_FILE
+    assert f"(default\n`{ACCESS_KEY_FILE}`)" in section
+    in_commands = {"DeliveryPath", "VpcId", "ExistingBucketName", "FirehoseEndpointHost", "FirehoseAccessKey"}
+    others = section[section.index("Other parameters:") : section.index("CloudFormation cannot")]
+    assert set(re.findall(r"`(\w+)`", others)) == set(template()["Parameters"]) - in_commands
+
+
+def readme_eventbridge_configuration() -> dict[str, Any]:
+    """The JSON of the README's put-bucket-notification-configuration command."""
+    (command,) = re.findall(r"`(aws s3api put-bucket-notification-configuration [^`]+)`", readme_section())
+    argv = shlex.split(command)
+    return dict(json.loads(argv[argv.index("--notification-configuration") + 1]))
+
+
+def test_a_firehose_config_without_its_key_file_fails_check_config_naming_it(tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(
+        json.dumps({"SourceType": "firehose_http", "Region": "us-east-1", "LogFormat": "${version}", "FirehosePath": "/"})
+    )
+    proc = streamer("config-from-stack", "--outputs", str(outputs), "--access-key-file", str(tmp_path / "missing"))
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "streamer.yaml").write_text(proc.stdout)
+    checked = streamer("check-config", "--config", str(tmp_path / "streamer.yaml"))
+    assert checked.returncode == 2
+    assert "sources.0: access_key_file" in checked.stderr
