@@ -97,6 +97,8 @@ def render(outputs: dict[str, str], access_key_file: str = ACCESS_KEY_FILE) -> s
     notes = ["# streamer.yaml from the stack's outputs (streamer config-from-stack)"]
     if role := outputs.get("StreamerRoleArn"):
         notes.append(f"# run streamer as {role} (only the calls its source makes)")
+    if user := outputs.get("StreamerUserName"):
+        notes.append(f"# run streamer as IAM user {user} (create its access key: aws iam create-access-key --user-name {user})")
     if source["type"] == "firehose_http":
         notes.append(f"# put the stack's FirehoseAccessKey in {access_key_file}; serve {outputs['FirehosePath']} over HTTPS")
     return "\n".join(notes) + "\n" + yaml.safe_dump(doc, sort_keys=False, width=1000)

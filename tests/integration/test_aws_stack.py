@@ -4,7 +4,6 @@ outputs (`streamer config-from-stack`) counts what arrives through what the stac
 
 from __future__ import annotations
 
-import ast
 import datetime as dt
 import json
 import os
@@ -48,25 +47,14 @@ MOTO_LACKS = {
 }
 
 #: What each DeliveryPath creates (logical ids).
+TO_S3 = {"FlowLogBucket", "FlowLogBucketPolicy", "FlowLogToS3", "DeadLetterQueue", "Queue", "QueuePolicy"}
+TO_LOGS = {"LogGroup", "FlowLogRole", "FlowLogToLogs", "SubscriptionRole", "SubscriptionFilter"}
+AS_ROLE = {"StreamerRole", "StreamerPolicy"}
 CREATES = {
-    "s3-sqs": {"FlowLogBucket", "FlowLogBucketPolicy", "FlowLogToS3", "DeadLetterQueue", "Queue", "QueuePolicy", "StreamerRole"},
-    "s3-eventbridge-sqs": {
-        *("FlowLogBucket", "FlowLogBucketPolicy", "FlowLogToS3", "DeadLetterQueue", "Queue", "QueuePolicy", "StreamerRole"),
-        "ObjectCreatedRule",
-    },
-    "cloudwatch-kinesis": {
-        "LogGroup",
-        "FlowLogRole",
-        "FlowLogToLogs",
-        "Stream",
-        "SubscriptionRole",
-        "SubscriptionFilter",
-        "StreamerRole",
-    },
-    "cloudwatch-firehose": {
-        *("LogGroup", "FlowLogRole", "FlowLogToLogs", "SubscriptionRole", "SubscriptionFilter"),
-        *("FailedDeliveriesBucket", "FirehoseRole", "DeliveryStream"),
-    },
+    "s3-sqs": TO_S3 | AS_ROLE,
+    "s3-eventbridge-sqs": TO_S3 | AS_ROLE | {"ObjectCreatedRule"},
+    "cloudwatch-kinesis": TO_LOGS | AS_ROLE | {"Stream"},
+    "cloudwatch-firehose": TO_LOGS | {"FailedDeliveriesBucket", "FirehoseRole", "DeliveryStream"},
 }
 
 NOW = dt.datetime.now(dt.UTC)
@@ -151,19 +139,20 @@ def test_every_iam_statement_in_the_template_is_one_of_deploy_iam() -> None:
 
 
 @pytest.mark.parametrize(("branch", "module", "policy"), [(0, "s3_sqs.py", "s3_sqs.json"), (1, "kinesis.py", "kinesis.json")])
-def test_the_streamer_role_grants_exactly_what_its_source_calls(branch: int, module: str, policy: str) -> None:
-    role = template()["Resources"]["StreamerRole"]
-    (inline,) = role["Properties"]["Policies"]
-    granted = branches(inline["PolicyDocument"]["Statement"])[branch]
+def test_the_streamer_policy_grants_exactly_what_its_source_calls(branch: int, module: str, policy: str) -> None:
+    streamer_policy = template()["Resources"]["StreamerPolicy"]["Properties"]
+    granted = branches(streamer_policy["PolicyDocument"]["Statement"])[branch]
     assert {a for s in granted for a in actions(s)} == actions_called(module)
     doc = json.loads((DEPLOY / "iam" / policy).read_text())
     assert [s["Sid"] for s in granted] == [s["Sid"] for s in doc["Statement"]]
 
 
-def test_firehose_path_creates_no_streamer_role() -> None:
-    """firehose_http makes no AWS call (tests/integration/test_deploy.py): its path needs no role."""
+def test_firehose_path_creates_no_streamer_role_user_or_policy() -> None:
+    """firehose_http makes no AWS call (tests/integration/test_deploy.py): its path needs no identity."""
     doc = template()
-    assert doc["Resources"]["StreamerRole"]["Condition"] == "StreamerCallsAws"
+    assert doc["Resources"]["StreamerPolicy"]["Condition"] == "StreamerCallsAws"
+    assert doc["Conditions"]["StreamerRoleNeeded"]["Fn::And"][0] == {"Condition": "StreamerCallsAws"}
+    assert doc["Conditions"]["StreamerUserNeeded"]["Fn::And"][0] == {"Condition": "StreamerCallsAws"}
     assert doc["Conditions"]["StreamerCallsAws"] == {"Fn::Or": [{"Condition": "ToS3"}, {"Condition": "IsKinesis"}]}
     assert doc["Conditions"]["ToS3"] == {"Fn::Or": [{"Condition": "IsS3Sqs"}, {"Condition": "IsS3EventBridge"}]}
 
@@ -270,11 +259,11 @@ def test_the_template_deploys_into_moto_for_each_delivery_path(aws: str, tmp_pat
         assert boto("kinesis", aws).describe_stream_summary(StreamName=outputs["StreamName"])
     if path != "cloudwatch-firehose":
         role = outputs["StreamerRoleArn"].rsplit("/", 1)[1]
-        (policy,) = boto("iam", aws).list_role_policies(RoleName=role)["PolicyNames"]
-        document = boto("iam", aws).get_role_policy(RoleName=role, PolicyName=policy)["PolicyDocument"]
-        if isinstance(document, str):  # moto keeps a CloudFormation-made inline policy as the dict's repr
-            document = ast.literal_eval(document)
-        assert granted_actions(document) == actions_called("kinesis.py" if "kinesis" in path else "s3_sqs.py")
+        (attached,) = boto("iam", aws).list_attached_role_policies(RoleName=role)["AttachedPolicies"]
+        assert granted_actions(policy_document(aws, attached["PolicyArn"])) == actions_called(
+            "kinesis.py" if "kinesis" in path else "s3_sqs.py"
+        )
+        assert "StreamerUserName" not in outputs
         trust = boto("iam", aws).get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"]
         assert trust["Statement"][0]["Principal"] == {"AWS": "arn:aws:iam::123456789012:root"}  # no StreamerPrincipalArn
     else:
@@ -283,6 +272,25 @@ def test_the_template_deploys_into_moto_for_each_delivery_path(aws: str, tmp_pat
     config = load_config(config_from_stack(aws, name, tmp_path), {})
     (source,) = config.sources
     assert source.type == outputs["SourceType"]
+
+
+def policy_document(aws: str, arn: str) -> dict[str, Any]:
+    iam = boto("iam", aws)
+    version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+    document = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
+    return dict(json.loads(document) if isinstance(document, str) else document)
+
+
+def test_streamer_runs_as_a_user_when_asked(aws: str, tmp_path: Path) -> None:
+    """StreamerRunsAs=user: an IAM user with the same policy, and no role."""
+    outputs = deploy(aws, "s3-sqs", "as-user", StreamerRunsAs="user")
+    assert "StreamerRoleArn" not in outputs
+    user = outputs["StreamerUserName"]
+    (attached,) = boto("iam", aws).list_attached_user_policies(UserName=user)["AttachedPolicies"]
+    assert granted_actions(policy_document(aws, attached["PolicyArn"])) == actions_called("s3_sqs.py")
+    assert "StreamerRole" not in created(aws, "as-user")
+    text = config_from_stack(aws, "as-user", tmp_path).read_text()
+    assert f"# run streamer as IAM user {user} (create its access key: aws iam create-access-key --user-name {user})" in text
 
 
 def test_config_from_an_outputs_file_is_the_same_as_from_the_stack(aws: str, tmp_path: Path) -> None:
