@@ -4,7 +4,9 @@ outputs (`streamer config-from-stack`) counts what arrives through what the stac
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import gzip
 import json
 import os
 import re
@@ -332,11 +334,10 @@ def notification_from_template(queue_arn: str) -> dict[str, Any]:
     }
 
 
-def overrides(aws: str, tmp_path: Path, **source: str) -> dict[str, str]:
+def overrides(tmp_path: Path, **source: str) -> dict[str, str]:
     """What differs from AWS in a test (moto's endpoint, a temporary checkpoint, any free port), as the
     environment variables a container would set."""
     return {
-        "STREAMER__SOURCES__0__ENDPOINT_URL": aws,
         "STREAMER__CHECKPOINT__PATH": str(tmp_path / "state.db"),
         "STREAMER__HTTP__LISTEN_ADDRESS": "127.0.0.1:0",
         **{f"STREAMER__SOURCES__0__{k.upper()}": v for k, v in source.items()},
@@ -366,7 +367,7 @@ async def test_streamer_from_the_stack_counts_objects_in_its_bucket(aws: str, tm
         s3.put_object(Bucket=bucket, Key=aws_key(NOW, "hourly", n=i), Body=flow_object(truth, 400, i, EPOCH))
     s3.put_object(Bucket=bucket, Key="elsewhere/not-a-flow-log.txt", Body=b"outside AWSLogs/: never announced")
 
-    config = load_config(config_from_stack(aws, "flows", tmp_path), overrides(aws, tmp_path, wait_time_seconds="1"))
+    config = load_config(config_from_stack(aws, "flows", tmp_path), overrides(tmp_path, endpoint_url=aws, wait_time_seconds="1"))
     async with running(config) as service:
         await wait_metrics(service.port, lambda m: objects_by_outcome(m).get("ok", 0) >= 2, what="2 objects")
         metrics = await more_polls(service.port, 2)
@@ -400,7 +401,9 @@ async def test_streamer_from_the_stack_counts_what_the_subscription_filter_sends
         logEvents=[{"timestamp": now_ms + i, "message": m} for i, m in enumerate(lines)],
     )
 
-    config = load_config(config_from_stack(aws, "flows", tmp_path), overrides(aws, tmp_path, poll_interval_seconds="0.2"))
+    config = load_config(
+        config_from_stack(aws, "flows", tmp_path), overrides(tmp_path, endpoint_url=aws, poll_interval_seconds="0.2")
+    )
     assert config.sources[0].log_format == outputs["LogFormat"]
     async with running(config) as service:
         await wait_metrics(service.port, lambda m: exported_totals(m) == truth.totals, what="300 records")
@@ -474,3 +477,29 @@ def test_a_firehose_config_without_its_key_file_fails_check_config_naming_it(tmp
     checked = streamer("check-config", "--config", str(tmp_path / "streamer.yaml"))
     assert checked.returncode == 2
     assert "sources.0: access_key_file" in checked.stderr
+
+
+async def test_streamer_from_the_stack_counts_what_firehose_would_post(aws: str, tmp_path: Path) -> None:
+    """cloudwatch-firehose: moto creates no delivery stream (and its HTTP destination sends no access key),
+    so the test posts what the stack's stream would: a subscription payload, to the stack's path and key."""
+    import aiohttp
+
+    from streamer.sources.firehose_http import FirehoseHttpSource
+    from tests.integration.test_firehose import LOG_FORMAT, firehose_request, flow_lines, payload, post
+
+    outputs = deploy(aws, "cloudwatch-firehose", "flows", LogFormat=LOG_FORMAT, FirehoseEndpointPath="/firehose")
+    config = load_config(config_from_stack(aws, "flows", tmp_path), overrides(tmp_path, listen_address="127.0.0.1:0"))
+    assert config.sources[0].log_format == outputs["LogFormat"] == LOG_FORMAT
+    truth = Truth()
+    body = firehose_request("req-1", [gzip.compress(payload(flow_lines(truth, 120, 1)))])
+    async with running(config) as service:
+        (source,) = service.sources  # type: ignore[attr-defined]
+        assert isinstance(source, FirehoseHttpSource)
+        deadline = time.monotonic() + 30
+        while source.port is None:
+            assert time.monotonic() < deadline, "the Firehose source never listened"
+            await asyncio.sleep(0.05)
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{source.port}{outputs['FirehosePath']}"
+            assert (await post(http, url, body, key="k" * 32))[0] == 200
+        await wait_metrics(service.port, lambda m: exported_totals(m) == truth.totals, what="120 records")
