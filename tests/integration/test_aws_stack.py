@@ -295,6 +295,13 @@ def test_streamer_runs_as_a_user_when_asked(aws: str, tmp_path: Path) -> None:
     assert f"# run streamer as IAM user {user} (create its access key: aws iam create-access-key --user-name {user})" in text
 
 
+def test_the_role_trusts_the_principal_given(aws: str) -> None:
+    principal = "arn:aws:iam::123456789012:role/eks-streamer-pods"
+    outputs = deploy(aws, "cloudwatch-kinesis", "trusting", StreamerPrincipalArn=principal)
+    role = boto("iam", aws).get_role(RoleName=outputs["StreamerRoleArn"].rsplit("/", 1)[1])["Role"]
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"AWS": principal}
+
+
 def test_config_from_an_outputs_file_is_the_same_as_from_the_stack(aws: str, tmp_path: Path) -> None:
     deploy(aws, "cloudwatch-kinesis", "kin")
     from_stack = config_from_stack(aws, "kin", tmp_path).read_text()
