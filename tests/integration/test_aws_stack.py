@@ -116,6 +116,10 @@ def actions(statement: dict[str, Any]) -> set[str]:
     return granted_actions({"Statement": [statement]})
 
 
+def condition_keys(statement: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(op, key) for op, tests in statement.get("Condition", {}).items() for key in tests}
+
+
 def deploy_iam_statements() -> dict[str, list[dict[str, Any]]]:
     by_sid: dict[str, list[dict[str, Any]]] = {}
     for path in sorted((DEPLOY / "iam").glob("*.json")):
@@ -125,7 +129,7 @@ def deploy_iam_statements() -> dict[str, list[dict[str, Any]]]:
 
 
 def test_every_iam_statement_in_the_template_is_one_of_deploy_iam() -> None:
-    """Same Sid, same effect, principal and actions: the template and deploy/iam cannot drift apart."""
+    """Same Sid, effect, principal, actions and condition keys: the template and deploy/iam cannot drift apart."""
     found = list(statements(template()["Resources"]))
     assert len(found) >= 14
     documented = deploy_iam_statements()
@@ -135,6 +139,7 @@ def test_every_iam_statement_in_the_template_is_one_of_deploy_iam() -> None:
         for doc in documented[sid]:
             assert actions(statement) == actions(doc), sid
             assert statement["Effect"] == doc["Effect"], sid
+            assert condition_keys(statement) == condition_keys(doc), sid  # no guard dropped on either side
             assert statement.get("Principal") == doc.get("Principal") or (
                 set(statement["Principal"]) == set(doc["Principal"]) == {"AWS"}  # the streamer role: a parameter
             ), sid
