@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "output": {"aggregate", "decode", "schema"},
     "replay": {"aggregate", "decode", "ingest", "output", "schema"},
     "synth": {"schema"},
+    "stack": {"aws"},
     "sources": {"aws", "decode", "schema", "settings", "store"},
     "config": {"defaults", "schema", "settings", "sources"},
     "pipeline": {"aggregate", "decode", "export", "ingest", "schema", "sources", "store"},
