@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 
 ALERTS_SNAPSHOT = "alerts"
 TICK_SECONDS = 1.0
-#: one slice applies at most this many partials ...
-SLICE_PARTIALS = 200
+#: one slice applies at most this many partials (and bytes of them: one can be a megabyte at 2,000 ENIs) ...
+SLICE_PARTIALS = 100
+SLICE_BYTES = 16 << 20
 #: ... and takes no more once this long has gone (then snapshots and commits what it applied)
 SLICE_SECONDS = 1.0
 
@@ -67,7 +68,7 @@ class LeaderDetector:
         self.detection: Detection | None = None
         self._epoch: int | None = None  # the leader lease's epoch `detection` was restored under
         self.steps = 0
-        #: the last step left partials in the queue: the next one follows without waiting a tick
+        #: the last step applied partials: the next one follows without waiting a tick
         self.backlog = False
 
     @property
@@ -99,15 +100,19 @@ class LeaderDetector:
             await self._take_over(store)
             self._epoch = epoch
         assert self.detection is not None
-        taken = await self._call(store.take_partials, SLICE_PARTIALS)
+        taken = await self._call(store.take_partials, SLICE_PARTIALS, SLICE_BYTES)
         detection, anomalies, consumed, blob = await asyncio.to_thread(_apply, self.detection, taken, self.clock())
         alerts = self.alerter.preview(anomalies)
         snapshots = {SNAPSHOT_NAME: blob, ALERTS_SNAPSHOT: _encode_alerts(alerts)}
-        await self._call(store.commit_detection, LEADER, consumed, snapshots, epoch)
+        try:
+            await self._call(store.commit_detection, LEADER, consumed, snapshots, epoch)
+        except BaseException:
+            self._step_down()  # committed or not, lease lost or not: the next step restores from the database
+            raise
         self.detection = detection
         self.alerter.notify(anomalies)
         self.steps += 1
-        self.backlog = len(taken) == SLICE_PARTIALS or len(consumed) < len(taken)
+        self.backlog = bool(taken)  # there may be more: look again now (an empty queue waits a tick)
         return len(consumed)
 
     async def _take_over(self, store: PostgresStore) -> None:

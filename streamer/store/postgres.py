@@ -340,10 +340,14 @@ class PostgresStore:
 
     # --- the leader's queue of window partials ---------------------------------------------------
 
-    def take_partials(self, limit: int = 1000) -> list[tuple[int, str, bytes]]:
+    def take_partials(self, limit: int = 1000, max_bytes: int = 64 << 20) -> list[tuple[int, str, bytes]]:
+        """The oldest partials, at most `limit` of them and about `max_bytes` (always at least one)."""
         with self._pool.connection() as conn:
             rows = conn.execute(
-                "SELECT id, source, body FROM window_partials ORDER BY id LIMIT %s", (limit,)
+                "SELECT id, source, body FROM (SELECT id, source, body, "
+                "sum(octet_length(body)) OVER (ORDER BY id) - octet_length(body) AS before "
+                "FROM window_partials ORDER BY id LIMIT %s) AS oldest WHERE before < %s ORDER BY id",
+                (limit, max_bytes),
             ).fetchall()
             conn.rollback()
         return [(int(i), str(s), bytes(b)) for i, s, b in rows]
