@@ -229,7 +229,12 @@ class KinesisSource(Source):
                     self._iterating.discard(shard_id)
                     return  # the lease moved on: the new owner resumes from the committed cursor
                 if outcome == DUPLICATE:  # the cursor moved on: this batch was counted; read on from there
-                    committed = (await self._load_cursors()).get(shard_id)
+                    try:
+                        committed = (await self._load_cursors()).get(shard_id)
+                    except Exception as exc:  # the database is away: a fresh task starts from the cursor later
+                        sink.source_error(self.name, "commit_failed", f"{self.config.stream_name}/{shard_id}: {exc}")
+                        self._iterating.discard(shard_id)
+                        return
                     log.info("%s: shard %s was read up to %s already: reading on from there", self.name, shard_id, committed)
                     if committed is not None:
                         self.positions[shard_id] = committed
