@@ -117,7 +117,7 @@ class LeaderDetector:
 
     async def _take_over(self, store: PostgresStore) -> None:
         blob = await self._call(store.snapshot, SNAPSHOT_NAME)
-        self.detection = self.fresh() if blob is None else self.restore(blob)
+        self.detection = self.fresh() if blob is None else await asyncio.to_thread(self.restore, blob)  # big: off the loop
         alerts = await self._call(store.snapshot, ALERTS_SNAPSHOT)
         self.alerter.active = _decode_alerts(alerts) if alerts else {}
         log.info(
