@@ -45,7 +45,7 @@ from aiohttp import web
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from streamer.decode.cloudwatch import Documents, document_lines
-from streamer.decode.errors import INVALID_JSON, ErrorCounts
+from streamer.decode.errors import ErrorCounts
 from streamer.decode.gzip import GZIP_MAGIC
 from streamer.schema import parse_log_format
 from streamer.settings import SourceSettings, check_log_format
@@ -321,10 +321,10 @@ def records_lines(records: list[bytes], limit: int) -> _Records:
                 continue
             data = inflated
         if data.lstrip()[:1] == b"{":
-            docs, rest = Documents().feed(data, final=True)
+            documents = Documents()
+            docs = documents.feed(data) + documents.close()
+            errors.merge(documents.errors)
             lines = document_lines(docs, errors)
-            if rest.strip():
-                errors.add(INVALID_JSON, 1, rest[:200].decode("utf-8", "replace"))
             text.append("\n".join(lines).encode())
         else:
             text.append(data.rstrip(b"\n"))
