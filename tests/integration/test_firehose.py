@@ -252,9 +252,7 @@ async def test_http_rejects_bad_keys_bad_bodies_and_oversize_ones_without_counti
             assert (await post(http, url, good, key="wrong"))[0] == 401
             assert (await post(http, url, good, key=None))[0] == 401
             assert (await post(http, url, b"{not json"))[0] == 400
-            assert (await post(http, url, json.dumps({"requestId": "b64", "records": [{"data": "!!not base64!!"}]}).encode()))[
-                0
-            ] == 400
+            assert (await post(http, url, json.dumps({"requestId": "r", "records": "none"}).encode()))[0] == 400
             assert (await post(http, url, json.dumps({"records": []}).encode()))[0] == 400
             big = firehose_request("big", [("x" * 1000 + "\n").encode()] * 400)  # ~530 KB once base64'd
             assert (await post(http, url, big))[0] == 413
