@@ -279,11 +279,12 @@ async def test_a_slow_body_gets_408_and_frees_its_slot_and_slow_headers_are_drop
         writer.write(b"POST / HTTP/1.1\r\nHost: x\r\n")  # headers never finished
         assert await asyncio.wait_for(reader.read(), 10) == b""  # dropped, no answer
         writer.close()
-        async with aiohttp.ClientSession() as http:  # the slot is free again
-            async with http.post(
-                f"http://127.0.0.1:{source.port}/", data=request("ok"), headers={"X-Amz-Firehose-Access-Key": KEY}
-            ) as resp:
-                assert resp.status == 200
+        url = f"http://127.0.0.1:{source.port}/"
+        async with (
+            aiohttp.ClientSession() as http,  # the slot is free again
+            http.post(url, data=request("ok"), headers={"X-Amz-Firehose-Access-Key": KEY}) as resp,
+        ):
+            assert resp.status == 200
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
