@@ -83,7 +83,13 @@ class TextDecoder:
             quoted_strings_can_be_null=False,
         )
         self._kinds = bytes(
-            _SKIP if f not in wanted else _INTEGER if FIELDS[f].numeric else _DICTIONARY if f in DICTIONARY_FIELDS else _STRING
+            _SKIP
+            if f not in wanted
+            else _INTEGER
+            if FIELDS[f].numeric
+            else _DICTIONARY
+            if f in DICTIONARY_FIELDS
+            else _STRING
             for f in fields
         )
         self.native = NATIVE
