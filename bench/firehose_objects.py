@@ -62,7 +62,13 @@ def child(path: str) -> dict[str, float]:
         result = Ingestor(ObjectReader(columns=COLUMNS), lambda t: t.num_rows, pool).run(pieces())
         seconds = time.perf_counter() - start
     peak = _peak_kib()
-    return {"records": result.rows, "errors": result.errors.total, "seconds": seconds, "peak_mib": peak / 1024, "before_mib": before / 1024}
+    return {
+        "records": result.rows,
+        "errors": result.errors.total,
+        "seconds": seconds,
+        "peak_mib": peak / 1024,
+        "before_mib": before / 1024,
+    }
 
 
 def _peak_kib() -> int:
@@ -84,9 +90,7 @@ def main() -> None:
     print(f"{'case':<24} {'file MB':>8} {'records':>9} {'exact':>6} {'records/s':>10} {'peak RSS':>9} {'after imports':>14}")
     for case in ("plain", "gzip", "gzip members", "braces in every string"):
         path, records = generate(case, args.mb)
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", str(path)], check=True, capture_output=True, text=True
-        ).stdout
+        out = subprocess.run([sys.executable, __file__, "--child", str(path)], check=True, capture_output=True, text=True).stdout
         r = json.loads(out.splitlines()[-1])
         exact = "yes" if r["records"] == records and not r["errors"] else "NO"
         print(

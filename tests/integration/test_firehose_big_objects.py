@@ -38,9 +38,7 @@ async def test_50_mb_firehose_objects_count_every_record(aws: str, tmp_path: Pat
     }
     records = sum(c for c, _, _ in truth.values())
     async with running(service_config(tmp_path, [source])) as service:
-        metrics = await wait_metrics(
-            service.port, lambda m: objects_by_outcome(m).get("ok") == 3, seconds=600, what="3 objects"
-        )
+        metrics = await wait_metrics(service.port, lambda m: objects_by_outcome(m).get("ok") == 3, seconds=600, what="3 objects")
         assert records_total(metrics) == records
         found: dict[str, tuple[int, int, int]] = {}
         for (eni, _action), (count, packets, nbytes) in exported_totals(metrics).items():
