@@ -15,7 +15,15 @@ import pytest
 
 from streamer.config import ConfigError, parse_config
 from streamer.sources.base import Delivery
-from streamer.sources.firehose_http import FirehoseHttpSource, FirehoseHttpSourceConfig, TooLarge, records_lines
+from streamer.sources.firehose_http import (
+    ACCESS_KEY_HEADER as ACCESS_KEY,
+)
+from streamer.sources.firehose_http import (
+    FirehoseHttpSource,
+    FirehoseHttpSourceConfig,
+    TooLarge,
+    records_lines,
+)
 
 KEY = "k3y-that-must-never-be-logged"
 
@@ -243,6 +251,11 @@ async def test_beyond_max_concurrent_requests_it_answers_503_without_reading_the
             async with http.post(url, data=request("third"), headers=headers) as resp:
                 assert resp.status == 503
             assert ("busy", "request ?: 2 requests in progress") in sink.errors
+            # The body is never read: the answer comes while the client has sent only the headers.
+            reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
+            writer.write(f"POST / HTTP/1.1\r\nHost: x\r\n{ACCESS_KEY}: {KEY}\r\nContent-Length: 9999999\r\n\r\n".encode())
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 503")
+            writer.close()
             sink.release.set()
             for pending in held:
                 async with await pending as resp:
@@ -285,6 +298,29 @@ async def test_a_slow_body_gets_408_and_frees_its_slot_and_slow_headers_are_drop
             http.post(url, data=request("ok"), headers={"X-Amz-Firehose-Access-Key": KEY}) as resp,
         ):
             assert resp.status == 200
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_records_inflating_past_the_limit_with_the_body_get_413_and_nothing_is_handed_on() -> None:
+    config = FirehoseHttpSourceConfig(
+        type="firehose_http", listen_address="127.0.0.1:0", access_key=KEY, max_request_bytes=1 << 20
+    )
+    source = FirehoseHttpSource("firehose", config)
+    sink = RecordingSink()
+    task = await started(source, sink)
+    record = {"data": base64.b64encode(gzip.compress(b"\n" * (300 << 10))).decode()}  # 300 KiB each once inflated
+    try:
+        async with aiohttp.ClientSession() as http:
+            for count, status in ((3, 200), (4, 413)):
+                body = orjson.dumps({"requestId": f"r{count}", "records": [record] * count})
+                assert len(body) < 10_000
+                async with http.post(f"http://127.0.0.1:{source.port}/", data=body, headers={ACCESS_KEY: KEY}) as resp:
+                    assert resp.status == status
+        assert [d.location for d in sink.deliveries] == ["firehose://firehose/r3"]
+        assert ("too_large", "request ?: the records are over max_request_bytes once decompressed") in sink.errors
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
