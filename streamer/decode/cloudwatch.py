@@ -212,6 +212,8 @@ class Documents:
         """After a document that never closed: each piece between the next boundaries, parsed or one error."""
         docs: list[object] = []
         starts = [m.end() for m in _RESYNC.finditer(rest)]
+        if not starts:
+            return docs
         for begin, end in zip(starts, [*starts[1:], len(rest)], strict=True):
             piece = rest[begin:end]
             if bytes(piece).strip():

@@ -9,8 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from streamer.decode.cloudwatch import Documents
+from streamer.decode.cloudwatch import MAX_JSON_BYTES, Documents
 from streamer.decode.objects import ObjectReader
 from streamer.ingest import Ingestor
 from tests.firehose_data import PACKINGS, add, pack, payload_stream, pieces, totals
@@ -117,3 +119,43 @@ def test_text_lines_longer_than_a_mebibyte_are_still_cut() -> None:
 def test_a_table_helper_sanity_check() -> None:
     table = pa.table({"interface-id": ["a", "a", "b"], "packets": ["1", "-", "2"], "bytes": ["10", "-", "20"]})
     assert totals(table) == {"a": (2, 1, 10), "b": (1, 2, 20)}
+
+
+_json_value = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(alphabet=st.sampled_from('{}"\\ab\n\x00é')),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    docs=st.lists(st.dictionaries(st.text(max_size=4), _json_value, max_size=4), max_size=6),
+    separators=st.lists(st.sampled_from([b"", b"\n", b"  ", b"\r\n"]), min_size=6, max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=8),
+)
+def test_any_documents_cut_anywhere_come_back_whole_and_in_order(
+    docs: list[dict[str, object]], separators: list[bytes], cuts: list[int]
+) -> None:
+    data = b"".join(orjson.dumps(d) + sep for d, sep in zip(docs, separators, strict=False))
+    documents = Documents()
+    found: list[object] = []
+    start = 0
+    for cut in sorted(c % (len(data) + 1) for c in cuts):
+        found += documents.feed(data[start:cut])
+        start = max(start, cut)
+    found += documents.feed(data[start:]) + documents.close()
+    assert (found, documents.errors.counts) == (docs, {})
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300) | st.text(alphabet=st.sampled_from('{}"\\:,[] a\n'), max_size=200).map(str.encode))
+def test_any_bytes_split_into_documents_or_errors_and_never_raise(data: bytes) -> None:
+    documents = Documents(limit=64)
+    found = documents.feed(data[: len(data) // 2]) + documents.feed(data[len(data) // 2 :]) + documents.close()
+    assert all(isinstance(d, dict) for d in found)
+    assert documents.errors.total <= len(data)
+
+
+def test_the_default_limit_on_one_document_is_64_mib() -> None:
+    assert Documents().limit == MAX_JSON_BYTES == 64 << 20
