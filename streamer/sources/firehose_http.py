@@ -41,7 +41,7 @@ import os
 import ssl
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +54,7 @@ from streamer.decode.errors import ErrorCounts
 from streamer.decode.gzip import GZIP_MAGIC
 from streamer.schema import parse_log_format
 from streamer.settings import SourceSettings, check_log_format
-from streamer.sources.base import BuildContext, Delivery, Sink, Source, single_chunk
+from streamer.sources.base import BuildContext, Delivery, Sink, Source
 from streamer.store.base import Done
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 NAMESPACE = "firehose"
 INVALID_PAYLOAD = "invalid_payload"
 ACCESS_KEY_HEADER = "X-Amz-Firehose-Access-Key"
+#: the records' lines are handed on in chunks of about this much (never all joined at once)
+CHUNK_BYTES = 4 << 20
 #: read and inflate the body in steps this big: memory stays near the limit whatever the compression ratio
 STEP_BYTES = 1 << 20
 #: on shutdown, how long requests already being committed may take to finish
@@ -284,7 +286,7 @@ class FirehoseHttpSource(Source):
             )
         delivery = Delivery(
             location=f"firehose://{self.name}/{request_id}",
-            body=lambda: single_chunk(data.body),
+            body=data.stream,
             done=[Done(NAMESPACE, request_id)],
             arrived_at=self._clock(),
             log_format=self.log_format,
@@ -310,8 +312,8 @@ class FirehoseHttpSource(Source):
     async def _receive(self, request: web.Request) -> tuple[str, _Records]:
         """Read and parse the body; only the records' lines outlive this (the body is not held while committing)."""
         async with asyncio.timeout(self.config.body_timeout_seconds):
-            body = await self._read_body(request)
-        return await asyncio.to_thread(self._parse, body)
+            held = [await self._read_body(request)]
+        return await asyncio.to_thread(self._parse, held)
 
     async def _read_body(self, request: web.Request) -> bytes:
         """The body, inflated when gzip'd, refusing anything past `max_request_bytes` without holding more."""
@@ -344,23 +346,26 @@ class FirehoseHttpSource(Source):
             raise BadRequest("gzip body ended early")
         return b"".join(parts)
 
-    def _parse(self, body: bytes) -> tuple[str, _Records]:
+    def _parse(self, held: list[bytes]) -> tuple[str, _Records]:
         """requestId and the records' lines (a worker thread: base64 and gunzip are not free).
 
         Only a body that is not a Firehose request is a BadRequest; a record
         that cannot be read is counted (`invalid_payload`) and the rest count.
         """
+        body = held.pop()  # the only reference: the body is freed once parsed
+        size = len(body)
         try:
             # The stdlib parser, not orjson: on a body of long base64 strings it peaks at twice the body, orjson at 13x.
             doc = json.loads(body)
         except (ValueError, RecursionError) as exc:  # also bad UTF-8, and numbers too long to convert
             raise BadRequest(f"not JSON: {str(exc)[:200]}") from exc
+        del body
         if not isinstance(doc, dict) or not isinstance(doc.get("requestId"), str) or not doc["requestId"]:
             raise BadRequest("no requestId")
         records = doc.get("records")
         if not isinstance(records, list):
             raise BadRequest("no records list")
-        return doc["requestId"], records_lines(records, self.config.max_request_bytes - len(body))
+        return doc["requestId"], records_lines(records, self.config.max_request_bytes - size)
 
     def _reply(self, status: int, request_id: str, error: str | None = None, close: bool = False) -> web.Response:
         doc: dict[str, Any] = {"requestId": request_id, "timestamp": int(self._clock() * 1000)}
@@ -377,20 +382,24 @@ def _gzipped(request: web.Request) -> bool:
 
 
 class _Records:
-    """The lines of one request's records, and what could not be read."""
+    """The lines of one request's records (in chunks of whole lines), and what could not be read."""
 
-    def __init__(self, body: bytes, errors: dict[str, int], records: int, example: str | None) -> None:
-        self.body = body
+    def __init__(self, chunks: list[bytes], errors: dict[str, int], records: int, example: str | None) -> None:
+        self.chunks = chunks
         self.errors = errors
         self.records = records
         self.example = example
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
 
 
 class BadRecord(Exception):
     """One record cannot be read: counted as `invalid_payload`, the request's other records still count."""
 
 
-def records_lines(records: list[object], budget: int) -> _Records:
+def records_lines(records: list[Any], budget: int) -> _Records:
     """Flow-log lines of Firehose records: CloudWatch Logs payloads (gzip'd JSON) or flow-log text.
 
     Gzip'd records are inflated in one shared `budget` (what is left of
@@ -399,25 +408,34 @@ def records_lines(records: list[object], budget: int) -> _Records:
     JSON of the wrong shape, ...) makes it one `invalid_payload` error.
     """
     errors = ErrorCounts()
-    text: list[bytes] = []
+    chunks: list[bytes] = []
+    text: list[bytes] = []  # lines of the chunk being filled
+    held = 0
     for i, record in enumerate(records):  # Firehose records (batches), not flow-log records
+        records[i] = None  # each record's base64 is freed as soon as it is read
         found = ErrorCounts()
         try:
             data = _record_bytes(record)
             if data[:2] == GZIP_MAGIC:
                 data = _inflate(data, budget)
                 budget -= len(data)
-            text.append(_record_text(data, found))
+            lines = _record_text(data, found)
         except TooLarge:
             raise
         except Exception as exc:  # whatever one record does wrong, it is that record's error only
             errors.add(INVALID_PAYLOAD, 1, f"record {i}: {type(exc).__name__}: {exc}")
             continue
         errors.merge(found)
-    text = [t for t in text if t]
-    body = b"\n".join([*text, b""]) if text else b""  # one copy, ending with a newline
+        if lines:
+            text.append(lines)
+            held += len(lines)
+        if held >= CHUNK_BYTES:
+            chunks.append(b"\n".join([*text, b""]))
+            text, held = [], 0
+    if text:
+        chunks.append(b"\n".join([*text, b""]))
     example = next(iter(errors.examples.values()), None)
-    return _Records(body, dict(errors.counts), len(records), example)
+    return _Records(chunks, dict(errors.counts), len(records), example)
 
 
 def _record_bytes(record: object) -> bytes:

@@ -174,8 +174,8 @@ def test_each_bad_record_is_one_error_and_every_good_one_counts() -> None:
     records: list[object] = [good]
     for bad in BAD_RECORDS:
         records += [bad, good]
-    found = records_lines(records, 1 << 20)
-    lines = found.body.decode().splitlines()
+    found = records_lines(list(records), 1 << 20)
+    lines = b"".join(found.chunks).decode().splitlines()
     assert lines.count(LINE) == 2 * (len(BAD_RECORDS) + 1)
     assert sum(found.errors.values()) == len(BAD_RECORDS)
     assert set(found.errors) <= {"invalid_payload", "invalid_json"}
