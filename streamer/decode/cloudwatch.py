@@ -8,9 +8,10 @@ for the text decoder; JSON parsing is orjson's, one document at a time.
 
 Firehose writes such documents to S3 back to back: `{...}{...}` with no
 separator, one per line, or (once gunzipped) one gzip member each.
-`Documents` splits that stream: candidate boundaries (`}` then optional
-whitespace then `{`) are found by a regex, and a candidate that does not
-parse (a `}{` inside a string) is joined to the next one.
+`Documents` splits that stream, however large, across reads: candidate
+boundaries (`}` then optional whitespace then `{`) are found by a regex,
+and a document that does not parse at its candidate (a `}{` inside a string)
+is walked structurally instead, so the work stays linear.
 """
 
 from __future__ import annotations
@@ -98,9 +99,9 @@ class Documents:
     only when that fails (a `}{` inside a string, a broken document) is the
     document walked structurally (strings and braces) from its start, with
     the walk's state kept across feeds, so nothing is parsed twice. A broken
-    document, bytes between documents that are not one, and a document over
-    `limit` bytes (walked to its end without being held) are each one
-    `invalid_json` error in `errors`. A document still open at the end of the
+    document (one broken off inside a string ends at that line), bytes between
+    documents that are not one, and a document over `limit` bytes (walked to
+    its end without being held) are each one `invalid_json` error in `errors`. A document still open at the end of the
     stream is one error, and what follows its start is split again at the
     next `}{` or line that starts with `{`, each piece a document or one error.
     """
