@@ -7,12 +7,15 @@ costs little beyond its own bytes.
 
 from __future__ import annotations
 
+import base64
 import gzip
+import json
 from collections.abc import Iterator
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from hypothesis import strategies as st
 
 from streamer.synth import TrafficProfile, generate_table, to_lines
 
@@ -80,3 +83,47 @@ def add(into: dict[str, tuple[int, int, int]], more: dict[str, tuple[int, int, i
     for key, (c, p, b) in more.items():
         c0, p0, b0 = into.get(key, (0, 0, 0))
         into[key] = (c0 + c, p0 + p, b0 + b)
+
+
+def _b64(data: bytes) -> dict[str, str]:
+    return {"data": base64.b64encode(data).decode()}
+
+
+def firehose_bodies() -> st.SearchStrategy[bytes]:
+    """Firehose request bodies mutated: wrong types at every level, NUL bytes, huge numbers, truncation."""
+    scalar = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(10**30), max_value=10**30),
+        st.floats(allow_nan=False),
+        st.text(max_size=20),
+        st.just("\x00"),
+    )
+    anything = st.recursive(
+        scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8
+    )
+    payload = st.fixed_dictionaries(
+        {
+            "messageType": st.one_of(st.just("DATA_MESSAGE"), anything),
+            "logEvents": st.one_of(
+                anything, st.lists(st.one_of(anything, st.fixed_dictionaries({"id": anything, "message": anything})), max_size=3)
+            ),
+        }
+    )
+    record_bytes = st.one_of(
+        payload.map(lambda d: json.dumps(d).encode()),
+        payload.map(lambda d: gzip.compress(json.dumps(d).encode())),
+        st.binary(max_size=64),
+        st.just(b"\x00\x00{\x00}"),
+    )
+    record = st.one_of(record_bytes.map(_b64), anything, st.fixed_dictionaries({"data": anything}))
+    request = st.fixed_dictionaries(
+        {
+            "requestId": st.one_of(st.text(min_size=1, max_size=12), anything),
+            "timestamp": anything,
+            "records": st.one_of(st.lists(record, max_size=4), anything),
+        }
+    )
+    body = request.map(lambda d: json.dumps(d).encode())
+    cut = st.tuples(body, st.floats(min_value=0, max_value=1)).map(lambda t: t[0][: int(len(t[0]) * t[1])])
+    return st.one_of(body, cut, st.binary(max_size=200), body.map(lambda b: b.replace(b'"', b"\x00", 1)))

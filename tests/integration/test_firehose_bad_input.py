@@ -25,6 +25,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.firehose_data import firehose_bodies
 from tests.integration.conftest import Truth, exported_totals, free_port, objects_by_outcome, scrape
 from tests.integration.test_firehose import KEY, firehose_request, http_records, http_source, records_total, wait_until_ready
 
@@ -136,52 +137,12 @@ def test_bad_requests_and_records_ahead_of_valid_ones_cost_only_themselves(strea
     assert sum("request mixed:" in line for line in log.splitlines()) == 1  # logged once, with the request id
 
 
-def _mutations() -> st.SearchStrategy[bytes]:
-    """Firehose-shaped bodies with wrong types at every level, NUL bytes, huge numbers, truncation."""
-    scalar = st.one_of(
-        st.none(),
-        st.booleans(),
-        st.integers(min_value=-(10**30), max_value=10**30),
-        st.floats(allow_nan=False),
-        st.text(max_size=20),
-        st.just("\x00"),
-    )
-    anything = st.recursive(
-        scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8
-    )
-    payload = st.fixed_dictionaries(
-        {
-            "messageType": st.one_of(st.just("DATA_MESSAGE"), anything),
-            "logEvents": st.one_of(
-                anything, st.lists(st.one_of(anything, st.fixed_dictionaries({"id": anything, "message": anything})), max_size=3)
-            ),
-        }
-    )
-    record_bytes = st.one_of(
-        payload.map(lambda d: json.dumps(d).encode()),
-        payload.map(lambda d: gzip.compress(json.dumps(d).encode())),
-        st.binary(max_size=64),
-        st.just(b"\x00\x00{\x00}"),
-    )
-    record = st.one_of(record_bytes.map(b64), anything, st.fixed_dictionaries({"data": anything}))
-    request = st.fixed_dictionaries(
-        {
-            "requestId": st.one_of(st.text(min_size=1, max_size=12), anything),
-            "timestamp": anything,
-            "records": st.one_of(st.lists(record, max_size=4), anything),
-        }
-    )
-    body = request.map(lambda d: json.dumps(d).encode())
-    cut = st.tuples(body, st.floats(min_value=0, max_value=1)).map(lambda t: t[0][: int(len(t[0]) * t[1])])
-    return st.one_of(body, cut, st.binary(max_size=200), body.map(lambda b: b.replace(b'"', b"\x00", 1)))
-
-
 def test_mutated_requests_never_get_a_500_nor_a_traceback(tmp_path_factory: pytest.TempPathFactory) -> None:
     process = Streamer(tmp_path_factory.mktemp("fuzz"))
     statuses: set[int] = set()
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(body=_mutations(), gzip_body=st.booleans())
+    @given(body=firehose_bodies(), gzip_body=st.booleans())
     def one(body: bytes, gzip_body: bool) -> None:
         status = process.post(body, gzip_body)
         statuses.add(status)

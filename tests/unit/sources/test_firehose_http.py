@@ -12,18 +12,13 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from hypothesis import given, settings
 
 from streamer.config import ConfigError, parse_config
 from streamer.sources.base import Delivery
-from streamer.sources.firehose_http import (
-    ACCESS_KEY_HEADER as ACCESS_KEY,
-)
-from streamer.sources.firehose_http import (
-    FirehoseHttpSource,
-    FirehoseHttpSourceConfig,
-    TooLarge,
-    records_lines,
-)
+from streamer.sources.firehose_http import ACCESS_KEY_HEADER as ACCESS_KEY
+from streamer.sources.firehose_http import BadRequest, FirehoseHttpSource, FirehoseHttpSourceConfig, TooLarge, records_lines
+from tests.firehose_data import firehose_bodies
 
 KEY = "k3y-that-must-never-be-logged"
 
@@ -325,3 +320,18 @@ async def test_records_inflating_past_the_limit_with_the_body_get_413_and_nothin
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=firehose_bodies())
+def test_the_request_parser_reads_or_refuses_any_body_and_raises_nothing_else(body: bytes) -> None:
+    """Mutated bodies: a BadRequest (400), a TooLarge (413), or records read with the bad ones counted (200)."""
+    source = FirehoseHttpSource("firehose", FirehoseHttpSourceConfig(type="firehose_http", access_key=KEY))
+    try:
+        request_id, found = source._parse([body])
+    except (BadRequest, TooLarge):
+        return
+    assert isinstance(request_id, str)
+    assert request_id
+    assert all(isinstance(c, bytes) and c.endswith(b"\n") for c in found.chunks)
+    assert set(found.errors) <= {"invalid_payload", "invalid_json"}
