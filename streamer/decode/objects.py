@@ -80,7 +80,7 @@ class ObjectReader:
         if stripped.startswith(b"{"):
             yield from self._json_units(chain([head], (join(p) for p in chunks)))
             return
-        if _looks_binary(head[:4096]):
+        if not self.headerless and _looks_binary(head[:4096]):  # headerless lines came out of JSON: never a file
             raise UnknownFormatError("binary data that is neither gzip nor Parquet")
         first_line = stripped.split(b"\n", 1)[0]
         decoder = self._decoder_for(first_line)
