@@ -170,17 +170,13 @@ class Alerter:
         """
         if not self.targets:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.config.resend_interval_seconds)
-                self._wake.clear()
+                await self._woken()
                 self.expire()
                 self.resolved.clear()  # nobody to tell
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.config.resend_interval_seconds)
-                self._wake.clear()
+                await self._woken()
                 self.expire()
                 if not self.active and not self.resolved:
                     continue
@@ -192,6 +188,14 @@ class Alerter:
                     ok &= await self._post(http, "webhook", self.config.webhook_url, self.webhook_payload())
                 if ok:
                     self.resolved.clear()  # resolutions delivered; firing alerts are re-sent anyway
+
+    async def _woken(self) -> None:
+        """Until a new detection or the resend interval. `asyncio.timeout`, not `wait_for`: on Python 3.11
+        wait_for swallows a cancellation that lands as the event is set, and the service would never stop."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.resend_interval_seconds):
+                await self._wake.wait()
+        self._wake.clear()
 
     async def _post(self, http: aiohttp.ClientSession, target: str, url: str, payload: Any) -> bool:
         delay = 1.0
