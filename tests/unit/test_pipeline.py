@@ -37,7 +37,7 @@ from streamer.aggregate.state import FlowState
 from streamer.export.telemetry import Telemetry
 from streamer.pipeline import DUPLICATE, Pipeline, Store
 from streamer.schema import DEFAULT_FIELDS
-from streamer.sources.base import Delivery, single_chunk
+from streamer.sources.base import Delivery, SourceError, single_chunk
 from streamer.sources.kinesis import KinesisSource, KinesisSourceConfig
 from streamer.store.base import Commit, Done
 from streamer.store.sqlite import CheckpointStore
@@ -215,4 +215,19 @@ async def test_an_input_that_fails_to_decode_is_counted_once_and_never_retried(
     assert store.done_among("s3", ["bucket/list.parquet#etag"]) == {"bucket/list.parquet#etag"}
     assert await pipe.process("s3", s3_delivery("list.parquet", buf.getvalue())) == DUPLICATE
     assert store.load_state().decode_errors == {"unsupported_column": 1}
+    pipe.store.close()
+
+
+async def test_a_read_failure_is_not_bad_input_nothing_is_committed(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    async def reset_midway() -> AsyncIterator[bytes]:
+        yield lines(2000)[:5000]
+        raise SourceError("ConnectionResetError", "s3://bucket/reset.log.gz: connection reset by peer")
+
+    store = CheckpointStore(tmp_path / "state.db")
+    pipe = pipeline(store, pool)
+    delivery = Delivery(location="s3://bucket/reset.log.gz", body=reset_midway, done=[Done("s3", "bucket/reset#e")])
+    with pytest.raises(SourceError, match="connection reset"):
+        await pipe.process("s3", delivery)
+    assert pipe.commits == 0
+    assert store.done_among("s3", ["bucket/reset#e"]) == set()  # read again, not remembered as failed
     pipe.store.close()
