@@ -59,7 +59,7 @@ class Ingestor(Generic[R]):
         column) ends the object and sets `failure`, a DecodeError with a bounded
         reason; batches decoded before the failing one are valid records and
         are kept. What the *input iterator* raises (a network read, a shutdown)
-        is not the object's fault and passes through unchanged.
+        or `sink` raises is not the object's fault and passes through unchanged.
         """
         result: ObjectResult[R] = ObjectResult(ErrorCounts(), 0, [])
         pending: deque[Future[tuple[R, int, ErrorCounts]]] = deque()
@@ -70,8 +70,11 @@ class Ingestor(Generic[R]):
             result.errors.merge(errors)
             if sink is None:
                 result.results.append(value)
-            else:
+                return
+            try:
                 sink(value)
+            except Exception as exc:  # e.g. stdout closed under `replay --output records | head`
+                raise _NotTheInput(exc) from exc
 
         failure: Exception | None = None
         units = self.reader.units(_reading(raw))
@@ -91,8 +94,8 @@ class Ingestor(Generic[R]):
                 collect(pending.popleft())
         except Exception as exc:  # a unit failed on a worker: it and the units after it are dropped
             failure = exc
-        except _ReadFailed as exc:
-            raise exc.error  # noqa: B904 - the reader's own exception, as it was raised
+        except _NotTheInput as exc:
+            raise exc.error  # noqa: B904 - the reader's (or sink's) own exception, as it was raised
         finally:
             for fut in pending:
                 fut.cancel()
@@ -108,8 +111,8 @@ class Ingestor(Generic[R]):
         return self.reduce(table), table.num_rows, errors
 
 
-class _ReadFailed(BaseException):
-    """Carries what the input iterator raised through the decoders, which must not take it for bad input.
+class _NotTheInput(BaseException):
+    """Carries what reading the input (or `sink`) raised past the decoders, which must not take it for bad input.
 
     A BaseException, so no decoder's `except Exception` turns a network
     error or a shutdown into a failed object.
@@ -128,7 +131,7 @@ def _reading(raw: Iterable[bytes]) -> Iterator[bytes]:
         except StopIteration:
             return
         except Exception as exc:
-            raise _ReadFailed(exc) from exc
+            raise _NotTheInput(exc) from exc
         yield chunk
 
 

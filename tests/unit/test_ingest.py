@@ -80,3 +80,13 @@ def test_a_failure_part_way_keeps_what_decoded_before(pool: ThreadPoolExecutor) 
     assert result.failure is not None
     assert result.failure.reason == "truncated"
     assert 0 < sum(t.num_rows for t in kept) < 5000
+
+
+def test_what_the_sink_raises_passes_through_unchanged(pool: ThreadPoolExecutor) -> None:
+    """`replay --output records | head` closes stdout: that is not a bad input."""
+
+    def sink(table: pa.Table) -> None:
+        raise BrokenPipeError("stdout closed")
+
+    with pytest.raises(BrokenPipeError):
+        Ingestor(ObjectReader(), lambda t: t, pool).run([text(10)], sink)
