@@ -1,10 +1,10 @@
 """Malformed inputs ahead of valid ones never stall a source (a real `streamer run` process against moto).
 
-S3 polling, S3 + SQS notifications and a Kinesis stream each get poison
-inputs first: a CloudWatch Logs payload whose `logEvents` is not a list, a
+S3 polling, S3 + SQS notifications, a Kinesis stream and a CloudWatch Logs
+group (FilterLogEvents) each get poison inputs first: a CloudWatch Logs payload whose `logEvents` is not a list, a
 Parquet file whose `interface_id` is a list, corrupt gzip, an SQS message of
 the wrong shape, Kinesis records that are not payloads or carry events of
-the wrong type. Every valid record behind them counts exactly, within a few
+the wrong type, log events full of NUL bytes. Every valid record behind them counts exactly, within a few
 polls; no source is ever restarted; each bad input is counted once and never
 retried; the failed objects' SQS messages are deleted.
 """
@@ -85,6 +85,21 @@ def put_kinesis(kinesis: Any, truth: Truth) -> int:
     return len(good)
 
 
+def put_log_events(logs: Any, truth: Truth) -> int:
+    """A log event of NUL bytes ahead of valid ones (once a whole sweep failed as "binary" for it)."""
+    logs.create_log_group(logGroupName="/vpc/bad")
+    logs.create_log_stream(logGroupName="/vpc/bad", logStreamName="eni-all")
+    good = records_for(truth, 500, 9)
+    now_ms = int(time.time() * 1000) - 60_000
+    messages = ["\x00" * 300, *good]
+    logs.put_log_events(
+        logGroupName="/vpc/bad",
+        logStreamName="eni-all",
+        logEvents=[{"timestamp": now_ms + i, "message": m} for i, m in enumerate(messages)],
+    )
+    return len(good)
+
+
 def input_records(metrics: Metrics, source: str) -> int:
     return int(metrics.get("streamer_input_records_total", {}).get((("source", source),), 0))
 
@@ -111,6 +126,7 @@ def test_malformed_inputs_ahead_of_valid_ones_never_stall_a_source(aws: str, tmp
     sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"Records": [1]}))  # AttributeError before: a poison message
     notified = put_objects(s3, "notified", truth, 200)
     streamed = put_kinesis(kinesis, truth)
+    swept = put_log_events(boto("logs", aws), truth)
 
     h = Harness(tmp_path, {})
     common = {"endpoint_url": aws, "poll_interval_seconds": 0.2}
@@ -118,6 +134,7 @@ def test_malformed_inputs_ahead_of_valid_ones_never_stall_a_source(aws: str, tmp
         {"type": "s3", "name": "poll", "bucket": "polled", **common},
         {"type": "s3_sqs", "name": "sqs", "queue_url": url, "wait_time_seconds": 1, "max_messages": 2, "endpoint_url": aws},
         {"type": "kinesis", "name": "kinesis", "stream_name": "flowlogs", "batch_records": 3, **common},
+        {"type": "cloudwatch", "name": "cw", "log_group": "/vpc/bad", **common},
     ]
     doc = yaml.safe_load(h.config.read_text())
     h.config.write_text(yaml.safe_dump({**doc, "sources": sources}))
@@ -138,16 +155,18 @@ def test_malformed_inputs_ahead_of_valid_ones_never_stall_a_source(aws: str, tmp
         assert polls(scraped(), "poll") <= 2  # the bad objects ahead cost no extra poll
         wait_until(lambda: counted("sqs", notified), 60, "the notified bucket's valid records")
         wait_until(lambda: counted("kinesis", streamed), 60, "the stream's valid records")
+        wait_until(lambda: counted("cw", swept), 60, "the log group's valid records")
         wait_until(lambda: exported_totals(scraped()) == truth.totals, 30, "exact totals")
 
         before = polls(scraped())
         wait_until(lambda: polls(scraped()) >= before + 6, 60, "6 more polls")  # nothing is retried meanwhile
         metrics = scraped()
         assert exported_totals(metrics) == truth.totals
-        assert {s: input_records(metrics, s) for s in ("poll", "sqs", "kinesis")} == {
+        assert {s: input_records(metrics, s) for s in ("poll", "sqs", "kinesis", "cw")} == {
             "poll": polled,
             "sqs": notified,
             "kinesis": streamed,
+            "cw": swept,
         }
         for source in ("poll", "sqs"):  # each bad object once: the failed ones as failed, the bad payload as ok
             assert by_outcome(metrics, source) == {"ok": 4, "failed": 2}
@@ -156,7 +175,7 @@ def test_malformed_inputs_ahead_of_valid_ones_never_stall_a_source(aws: str, tmp
             "invalid_payload": 2 + 4,  # one per bucket; Kinesis: three bad records and one bad event
             "unsupported_column": 2,
             "corrupt_gzip": 2,
-            "wrong_field_count": 1,  # the NUL line
+            "wrong_field_count": 2,  # the NUL lines: one in a Kinesis payload, one log event
         }
         source_errors = {tuple(dict(k).values()): int(v) for k, v in metrics.get("streamer_source_errors_total", {}).items()}
         assert source_errors.get(("bad_message", "sqs")) == 1
