@@ -79,7 +79,7 @@ class Ingestor(Generic[R]):
         failure: Exception | None = None
         units = self.reader.units(_reading(raw))
         try:
-            while failure is None:
+            while True:
                 try:
                     unit = next(units)
                 except StopIteration:
