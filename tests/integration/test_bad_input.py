@@ -197,3 +197,57 @@ def test_malformed_inputs_ahead_of_valid_ones_never_stall_a_source(aws: str, tmp
     for location in ("s3://polled/", "s3://notified/"):  # one line per failed object, naming it and why
         assert sum(1 for line in log.splitlines() if location in line and "unsupported_column" in line) == 1
         assert sum(1 for line in log.splitlines() if location in line and "corrupt_gzip" in line) == 1
+
+
+class FailingSink:
+    """The pipeline's side of a poll, with a checkpoint that fails for one object (a disk error, a bug)."""
+
+    def __init__(self, failing: str) -> None:
+        self.failing = failing
+        self.processed: list[str] = []
+        self.errors: list[tuple[str, str]] = []
+
+    async def process(self, source: str, delivery: Any) -> str:
+        if delivery.location.endswith(self.failing):
+            raise RuntimeError("database disk image is malformed")
+        async for _ in delivery.body():
+            pass
+        self.processed.append(delivery.location)
+        return "ok"
+
+    async def give_up(self, source: str, delivery: Any, reason: str) -> None:
+        raise AssertionError("not used")
+
+    def source_error(self, source: str, reason: str, message: str) -> None:
+        self.errors.append((reason, message))
+
+    def polled(self, source: str) -> None:
+        pass
+
+
+async def test_an_object_that_cannot_be_finished_does_not_cancel_the_others_of_its_poll(aws: str) -> None:
+    from streamer.aws import AwsClients
+    from streamer.sources.s3_poll import S3PollSource, S3SourceConfig
+
+    s3 = boto("s3", aws)
+    s3.create_bucket(Bucket="polled")
+    keys = [aws_key(NOW, "daily", n=n) for n in range(6)]
+    for key in keys:
+        s3.put_object(Bucket="polled", Key=key, Body=flow_object(None, 10, 1, EPOCH))
+    clients = AwsClients()
+    try:
+        config = S3SourceConfig(type="s3", bucket="polled", endpoint_url=aws, max_concurrent_objects=2)
+        source = S3PollSource("poll", config, await clients.s3("us-east-1", aws), lambda keys: _nothing_done())
+        sink = FailingSink(keys[0])
+        assert await source.poll_once(sink) == 6  # type: ignore[arg-type]
+    finally:
+        await clients.close()
+    assert sorted(sink.processed) == sorted(f"s3://polled/{k}" for k in keys[1:])
+    [(reason, message)] = sink.errors
+    assert reason == "commit_failed"
+    assert keys[0] in message
+    assert "database disk image is malformed" in message
+
+
+async def _nothing_done() -> set[str]:
+    return set()
