@@ -239,7 +239,7 @@ async def test_an_object_that_cannot_be_finished_does_not_cancel_the_others_of_i
         config = S3SourceConfig(type="s3", bucket="polled", endpoint_url=aws, max_concurrent_objects=2)
         source = S3PollSource("poll", config, await clients.s3("us-east-1", aws), lambda keys: _nothing_done())
         sink = FailingSink(keys[0])
-        assert await source.poll_once(sink) == 6  # type: ignore[arg-type]
+        assert await source.poll_once(sink) == 6
     finally:
         await clients.close()
     assert sorted(sink.processed) == sorted(f"s3://polled/{k}" for k in keys[1:])
