@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 PARQUET_MAGIC = b"PAR1"
 _MISSING = ["-", "", "None", "null"]
 _NUMBER = r"^[0-9]{1,18}$"
+#: what a damaged file raises from Arrow: any Arrow error, or a UnicodeDecodeError from a mangled column name
+_UNREADABLE = (pa.ArrowException, OSError, ValueError)
 
 
 def parquet_fields(source: BinaryIO) -> tuple[pq.ParquetFile, tuple[str, ...]]:
@@ -33,7 +35,7 @@ def parquet_fields(source: BinaryIO) -> tuple[pq.ParquetFile, tuple[str, ...]]:
 
     try:
         pfile = pq.ParquetFile(source)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except _UNREADABLE as exc:
         raise UnknownFormatError(f"unreadable Parquet: {exc}") from exc
     names = tuple(BY_PARQUET_NAME[c].name for c in pfile.schema_arrow.names if c in BY_PARQUET_NAME)
     return pfile, names
@@ -49,7 +51,7 @@ def iter_parquet(
         batches = pfile.iter_batches(batch_size=131_072, columns=[FIELDS[f].parquet_name for f in wanted])
         for batch in batches:
             yield _coerce(pa.Table.from_batches([batch]), wanted, schema, errors)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except _UNREADABLE as exc:
         raise UnknownFormatError(f"unreadable Parquet data: {exc}") from exc
 
 

@@ -72,6 +72,11 @@ FILES: dict[str, tuple[bytes, dict[str, object]]] = {
         parquet({"interface_id": pa.array(["eni-a"]), "packets": pa.array([{"x": 1}])}),
         {"records": 0, "errors": {}, "failure": "unsupported_column"},
     ),
+    # found by test_fuzz.py: a column name that is not UTF-8 made pyarrow raise UnicodeDecodeError on open
+    "column-name-not-utf8.parquet": (
+        parquet({"interface_id": pa.array(["eni-a"]), "packets": pa.array([1])}).replace(b"packets", b"pa\xe5kets"),
+        {"records": 0, "errors": {}, "failure": "unknown_format"},
+    ),
     "packets-fractional.parquet": (
         parquet({"interface_id": pa.array(["eni-a"]), "packets": pa.array([1.5])}),
         {"records": 0, "errors": {}, "failure": "unsupported_column"},
