@@ -84,7 +84,7 @@ class ObjectReader:
         first = _first_nonempty(join(p) for p in chunks)
         if first is None:
             return
-        if _looks_binary(first[:4096]):
+        if not self.headerless and _looks_binary(first[:4096]):  # headerless lines came out of JSON: never a file
             raise UnknownFormatError("binary data that is neither gzip nor Parquet")
         first_line = first.lstrip().split(b"\n", 1)[0]
         decoder = self._decoder_for(first_line)
