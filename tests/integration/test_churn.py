@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import itertools
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import pyarrow.compute as pc
 import pytest
 
 from streamer.synth import TrafficProfile, eni_ids, generate_table, to_lines
-from tests.integration.conftest import Metrics, aws_key, boto, objects_by_outcome, scrape
+from tests.integration.conftest import Metrics, Truth, aws_key, boto, exported_totals, objects_by_outcome, scrape
 from tests.integration.test_crash_restart import Harness, wait_until
 
 pytestmark = pytest.mark.integration
@@ -32,8 +33,9 @@ Series = tuple[str, tuple[tuple[str, str], ...]]
 STEADY = ("eni-0steady000000001", "eni-0steady000000002")
 
 
-def churn_object(i: int, records: int, start_epoch: int, status: dict[str, int]) -> bytes:
-    """Records over 10 ENIs of object `i` alone and the steady ones, one bad line; log-status counted in `status`."""
+def churn_object(i: int, records: int, start_epoch: int, status: dict[str, int], truth: Truth | None = None) -> bytes:
+    """Records over 10 ENIs of object `i` alone and the steady ones, one bad line; log-status counted in `status`,
+    per-interface totals in `truth`."""
     profile = TrafficProfile(records=records, enis=12, seed=i, start_epoch=start_epoch, span_seconds=300, nodata_ratio=0.01)
     table = generate_table(profile)
     names = pa.array([*STEADY, *[f"eni-0churn{i:05d}{j:04d}" for j in range(10)]])
@@ -41,6 +43,8 @@ def churn_object(i: int, records: int, start_epoch: int, status: dict[str, int])
     table = table.set_column(table.column_names.index("interface-id"), "interface-id", pc.take(names, index))
     for value in table.column("log-status").to_pylist():
         status[value] = status.get(value, 0) + 1
+    if truth is not None:
+        truth.add_rows(table.to_pylist())
     lines = to_lines(table).to_pylist()
     text = " ".join(profile.fields) + "\n" + "\n".join(lines[:5]) + "\nnot a flow log line\n" + "\n".join(lines[5:]) + "\n"
     return gzip.compress(text.encode())
@@ -94,6 +98,52 @@ def test_interfaces_expire_while_no_counter_ever_decreases(aws: str, tmp_path: P
     exported = {dict(labels)["log_status"]: v for (name, labels), v in last.items() if name == "vpcflow_log_status_total"}
     assert exported == status  # every delivered record, whatever became of its interface
     assert last[("streamer_decode_errors_total", (("reason", "wrong_field_count"),))] == n_objects
+
+
+def test_sigkill_with_interfaces_expiring_then_restart_counts_exactly(aws: str, tmp_path: Path) -> None:
+    """The crash-restart check with expiry on: killed mid-backlog while interfaces are being forgotten, the
+    label-less totals end exact, and every interface still exported has exactly its own records."""
+    s3 = boto("s3", aws)
+    s3.create_bucket(Bucket="flow-logs")
+    truth, status = Truth(), {}  # type: ignore[var-annotated]
+    now = dt.datetime.now(dt.UTC)
+    n_objects = 30
+    for i in range(n_objects):
+        body = churn_object(i, 4000, int(now.timestamp()) - 900 + i * 10, status, truth)
+        s3.put_object(Bucket="flow-logs", Key=aws_key(now, "daily", n=i), Body=body)
+    source: dict[str, Any] = {
+        "type": "s3",
+        "bucket": "flow-logs",
+        "endpoint_url": aws,
+        "poll_interval_seconds": 0.2,
+        "max_concurrent_objects": 1,
+    }
+    h = Harness(tmp_path, source, extra={"metrics": {"interface_idle_seconds": 0.5}})
+    kills = []
+    for threshold in (2, 9, 17, 24):
+        h.kill_when(lambda t=threshold: h.done_objects() >= t, f"{threshold} objects")
+        kills.append(h.done_objects())
+    assert any(0 < k < n_objects for k in kills), kills
+    assert h.query("SELECT count(*) FROM interfaces") < 12 * n_objects  # some were forgotten before the last start
+    proc = h.start()
+    try:
+        wait_until(lambda: h.done_objects() == n_objects, 120, "every object")
+        wait_until(lambda: _up(h.port) and _log_status(scrape(h.port)) == status, 60, "every record's log-status")
+        metrics = scrape(h.port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert "Traceback" not in h.log.read_text()
+    exported = exported_totals(metrics)
+    assert exported  # the last objects' interfaces, at least
+    assert {k: v for k, v in truth.totals.items() if k[0] in {eni for eni, _ in exported}} == exported
+    assert len({eni for eni, _ in truth.totals} - {eni for eni, _ in exported}) > 10  # forgotten ones are gone
+    assert _log_status(metrics) == status
+    assert metrics["streamer_decode_errors_total"][(("reason", "wrong_field_count"),)] == n_objects
+
+
+def _log_status(metrics: Metrics) -> dict[str, float]:
+    return {dict(k)["log_status"]: v for k, v in metrics.get("vpcflow_log_status_total", {}).items()}
 
 
 def _up(port: int) -> bool:
