@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from streamer.aggregate import insights as ins  # noqa: E402
 from streamer.aggregate.anomaly import Settings  # noqa: E402
 from streamer.aggregate.detection import Detection  # noqa: E402
 from streamer.aggregate.eventtime import EventClock  # noqa: E402
@@ -98,6 +99,38 @@ def make_object(n: int, first: int, active: int, now: float, rng: np.random.Gene
     return gzip.compress((FIELDS + "\n" + "\n".join(lines.to_pylist()) + "\n").encode(), 1)
 
 
+def deep_size(d: dict[object, object]) -> int:
+    return sys.getsizeof(d) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in d.items())
+
+
+def footprint(pipe: Pipeline, store: CheckpointStore) -> tuple[set[str], int, int]:
+    """ENIs held anywhere in the state, the state's bytes in memory (Arrow buffers and Python dicts), and the
+    checkpoint's bytes in the tables that hold per-ENI rows (SQLite's dbstat)."""
+    det = pipe.detection
+    assert det is not None
+    state = pipe.state
+    eni_insights = state.insights.filter(pc.is_in(state.insights.column("kind"), pa.array(ins.ENI_KINDS)))
+    tables = [
+        state.counters.table(),
+        state.insights,
+        det.windows.stats,
+        det.windows.sources,
+        det.windows.ports,
+        det.detector.baseline_table,
+        det.detector.score_table,
+    ]
+    held: set[str] = set(state.seen) | set(state.insight_examples) | set(eni_insights.column("key1").to_pylist())
+    for t in tables:
+        if "interface_id" in t.column_names:
+            held |= set(pc.unique(t.column("interface_id")).to_pylist())
+    held.discard("other")
+    memory = sum(t.nbytes for t in tables) + deep_size(state.seen) + deep_size(state.insight_examples)  # type: ignore[arg-type]
+    rows = store._db.execute(
+        "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN ('counters', 'interfaces', 'insights', 'snapshots')"
+    ).fetchone()
+    return held, memory, int(rows[0])
+
+
 def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     out = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
@@ -132,9 +165,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> list[dict[str, float]
     clock = lambda: sim[0]  # noqa: E731
     settings = Settings(window_seconds=60, idle_seconds=args.baseline_idle_seconds or args.idle_seconds)
     store = CheckpointStore(workdir / "state.db")
-    detection = Detection.create(
-        settings, 120, EventClock(120, 600, True, frozenset({SOURCE}), started_at=sim[0])
-    )
+    detection = Detection.create(settings, 120, EventClock(120, 600, True, frozenset({SOURCE}), started_at=sim[0]))
     registry = CollectorRegistry()
     telemetry = Telemetry(registry)
     pool = ThreadPoolExecutor(2)
@@ -160,8 +191,10 @@ async def soak(args: argparse.Namespace, workdir: Path) -> list[dict[str, float]
     object_ms: list[float] = []
     last_commit = (0.0, 0)
     started = time.perf_counter()
-    print(f"{'objects':>7} {'sim h':>6} {'distinct':>8} {'RSS MB':>7} {'commit ms':>9} {'object ms':>9} "
-          f"{'store MB':>8} {'series':>7} {'members':>7} {'baselines':>9} {'snap KB':>7} {'decreased':>9}")
+    print(
+        f"{'objects':>7} {'sim h':>6} {'distinct':>8} {'RSS MB':>7} {'commit ms':>9} {'object ms':>9} "
+        f"{'store MB':>8} {'series':>7} {'members':>7} {'baselines':>9} {'snap KB':>7} {'decreased':>9}"
+    )
     for i in range(args.objects):
         sim[0] += args.seconds_per_object
         body = make_object(args.records, i * args.shift, args.active, sim[0], rng)
@@ -202,19 +235,37 @@ async def soak(args: argparse.Namespace, workdir: Path) -> list[dict[str, float]
                 f"{row['members']:>7.0f} {row['baselines']:>9.0f} {row['snapshot_kb']:>7.0f} {row['decreased']:>9.0f}",
                 flush=True,
             )
+    held, memory, disk = footprint(pipe, store)
+    last_object = args.objects - 1
+    margin = int((args.idle_seconds + 900) / args.seconds_per_object) + 1  # idle, plus event-time lag and lateness
+    expired = {f"eni-{k:017d}" for k in range(max(0, (last_object - margin) * args.shift))}
+    print(
+        f"\nENIs ever seen {last_object * args.shift + args.active}; held in any state at the end {len(held)}; "
+        f"expired (nothing for {margin} objects) {len(expired)}, of which still held: {len(held & expired)}"
+    )
+    print(
+        f"per held ENI: {memory / max(1, len(held)):.0f} bytes of state in memory, "
+        f"{disk / max(1, len(held)):.0f} bytes in the checkpoint's per-ENI tables and snapshots"
+    )
     pipe.store.close()
     pool.shutdown()
     third = len(commit_ms) // 3
     rss = [r["rss_mb"] for r in rows]
     k = len(rss) // 3
-    print(f"\nwall {time.perf_counter() - started:.0f} s, {args.objects * args.records / 1e6:.1f} M records")
-    print(f"commit ms, last third / first third: {np.mean(commit_ms[-third:]) / np.mean(commit_ms[:third]):.2f}"
-          f"  ({np.mean(commit_ms[:third]):.1f} -> {np.mean(commit_ms[-third:]):.1f})")
-    print(f"object ms, last third / first third: {np.mean(object_ms[-third:]) / np.mean(object_ms[:third]):.2f}"
-          f"  ({np.mean(object_ms[:third]):.1f} -> {np.mean(object_ms[-third:]):.1f})")
+    print(f"wall {time.perf_counter() - started:.0f} s, {args.objects * args.records / 1e6:.1f} M records")
+    print(
+        f"commit ms, last third / first third: {np.mean(commit_ms[-third:]) / np.mean(commit_ms[:third]):.2f}"
+        f"  ({np.mean(commit_ms[:third]):.1f} -> {np.mean(commit_ms[-third:]):.1f})"
+    )
+    print(
+        f"object ms, last third / first third: {np.mean(object_ms[-third:]) / np.mean(object_ms[:third]):.2f}"
+        f"  ({np.mean(object_ms[:third]):.1f} -> {np.mean(object_ms[-third:]):.1f})"
+    )
     if k:
-        print(f"RSS, last third / middle third: {np.mean(rss[-k:]) / np.mean(rss[k:2 * k]):.3f}"
-              f"  ({np.mean(rss[k:2 * k]):.0f} -> {np.mean(rss[-k:]):.0f} MB)")
+        print(
+            f"RSS, last third / middle third: {np.mean(rss[-k:]) / np.mean(rss[k : 2 * k]):.3f}"
+            f"  ({np.mean(rss[k : 2 * k]):.0f} -> {np.mean(rss[-k:]):.0f} MB)"
+        )
     print(f"peak RSS: {peak_mb():.0f} MB")
     print(f"exported counter series that ever decreased: {len(watch.decreased)} {sorted(watch.decreased)[:5]}")
     print(f"series gone that were not an interface's: {len(watch.vanished_without_interface)}")

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from streamer.store.base import Commit
 from streamer.synth import TrafficProfile, eni_ids, generate_table, to_lines
 from tests.integration.conftest import Metrics, Truth, aws_key, boto, exported_totals, objects_by_outcome, scrape
 from tests.integration.test_crash_restart import Harness, wait_until
@@ -100,7 +101,13 @@ def test_interfaces_expire_while_no_counter_ever_decreases(aws: str, tmp_path: P
     assert last[("streamer_decode_errors_total", (("reason", "wrong_field_count"),))] == n_objects
 
 
-def test_sigkill_with_interfaces_expiring_then_restart_counts_exactly(aws: str, tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> Any:
+    """The embedded SQLite checkpoint, or a fleet's PostgreSQL with one replica alone on it."""
+    return None if request.param == "sqlite" else request.getfixturevalue("postgres_server")
+
+
+def test_sigkill_with_interfaces_expiring_then_restart_counts_exactly(aws: str, tmp_path: Path, store: Any) -> None:
     """The crash-restart check with expiry on: killed mid-backlog while interfaces are being forgotten, the
     label-less totals end exact, and every interface still exported has exactly its own records."""
     s3 = boto("s3", aws)
@@ -118,7 +125,7 @@ def test_sigkill_with_interfaces_expiring_then_restart_counts_exactly(aws: str, 
         "poll_interval_seconds": 0.2,
         "max_concurrent_objects": 1,
     }
-    h = Harness(tmp_path, source, extra={"metrics": {"interface_idle_seconds": 0.5}})
+    h = Harness(tmp_path, source, store, extra={"metrics": {"interface_idle_seconds": 0.5}})
     kills = []
     for threshold in (2, 9, 17, 24):
         h.kill_when(lambda t=threshold: h.done_objects() >= t, f"{threshold} objects")
@@ -156,3 +163,31 @@ def _up(port: int) -> bool:
 
 def _done(port: int) -> int:
     return sum(objects_by_outcome(scrape(port)).values())
+
+
+def test_postgres_migration_gives_todays_log_status_totals_their_own_rows(postgres_server: Any) -> None:
+    """A database from before the totals table: its log-status totals start from the per-interface rows."""
+    import psycopg
+
+    from streamer.store.postgres import MIGRATIONS, PostgresStore
+
+    database = postgres_server.database()
+    url = postgres_server.url(database)
+    mine = next(i for i, sql in enumerate(MIGRATIONS) if "CREATE TABLE totals" in sql)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE streamer_schema (version INTEGER NOT NULL)")
+        for number, sql in enumerate(MIGRATIONS[:mine], start=1):
+            conn.execute(sql)
+            conn.execute("INSERT INTO streamer_schema VALUES (%s)", (number,))
+        conn.execute(
+            "INSERT INTO counters VALUES ('r1', 'eni-a', 'ACCEPT', 'OK', 5, 9, 90), ('r1', 'eni-b', 'ACCEPT', 'OK', 2, 1, 10), "
+            "('r1', 'eni-a', '-', 'NODATA', 3, 0, 0), ('r2', 'eni-a', 'ACCEPT', 'OK', 4, 1, 1)"
+        )
+    store = PostgresStore(url, "r1")
+    try:
+        assert store.load_state().totals == {("log_status", "OK"): 7, ("log_status", "NODATA"): 3}
+        assert store.commit(Commit(forget=["eni-a"]))
+        assert store.load_state().totals == {("log_status", "OK"): 7, ("log_status", "NODATA"): 3}
+        assert set(store.load_state().counters.by_interface()) == {"eni-b"}
+    finally:
+        store.close()
