@@ -243,6 +243,10 @@ async def soak(args: argparse.Namespace, workdir: Path) -> list[dict[str, float]
         f"\nENIs ever seen {last_object * args.shift + args.active}; held in any state at the end {len(held)}; "
         f"expired (nothing for {margin} objects) {len(expired)}, of which still held: {len(held & expired)}"
     )
+    stored = {
+        r[0] for table in ("counters", "interfaces") for r in store._db.execute(f"SELECT DISTINCT interface_id FROM {table}")
+    }
+    print(f"checkpoint: interfaces with rows {len(stored - {'other'})}, of which expired: {len(stored & expired)}")
     print(
         f"per held ENI: {memory / max(1, len(held)):.0f} bytes of state in memory, "
         f"{disk / max(1, len(held)):.0f} bytes in the checkpoint's per-ENI tables and snapshots"

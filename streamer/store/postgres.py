@@ -194,11 +194,13 @@ class PostgresStore:
         return True
 
     def _write(self, cur: psycopg.Cursor[Any], change: Commit, me: str) -> None:
-        for eni in change.forget:
-            cur.execute("DELETE FROM counters WHERE replica_id = %s AND interface_id = %s", (me, eni))
-            cur.execute("DELETE FROM interfaces WHERE replica_id = %s AND interface_id = %s", (me, eni))
+        if change.forget:  # one statement per table, however many interfaces go
+            gone = list(change.forget)
+            cur.execute("DELETE FROM counters WHERE replica_id = %s AND interface_id = ANY(%s)", (me, gone))
+            cur.execute("DELETE FROM interfaces WHERE replica_id = %s AND interface_id = ANY(%s)", (me, gone))
             cur.execute(
-                "DELETE FROM insights WHERE replica_id = %s AND key1 = %s AND kind = ANY(%s)", (me, eni, list(ins.ENI_KINDS))
+                "DELETE FROM insights WHERE replica_id = %s AND key1 = ANY(%s) AND kind = ANY(%s)",
+                (me, gone, list(ins.ENI_KINDS)),
             )
         counters = change.delta.counters.table()
         if counters.num_rows:  # thousands of interfaces per object: COPY, then one upsert
