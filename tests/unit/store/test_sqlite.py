@@ -10,7 +10,7 @@ import pyarrow as pa
 from streamer.aggregate.counters import Counters, count_batch
 from streamer.aggregate.state import LOG_STATUS, FlowState
 from streamer.store.base import Commit, Done
-from streamer.store.sqlite import CheckpointStore
+from streamer.store.sqlite import VACUUM_EVERY_COMMITS, CheckpointStore
 
 
 def delta(enis: list[str], status: str = "OK") -> FlowState:
@@ -48,7 +48,22 @@ def test_forgotten_rows_and_pruned_keys_give_their_pages_back(tmp_path: Path) ->
     full = store.size_bytes()
     assert store.commit(Commit(forget=enis))
     assert store.prune(older_than_seconds=-1) == 5_000
-    assert store.vacuum() == 0  # nothing left free
+    assert free_pages(store) == 0  # the prune gave them back
     store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert store.size_bytes() < full / 4
     assert store.load_state().counters.table().num_rows == 0
+
+
+def free_pages(store: CheckpointStore) -> int:
+    return int(store._db.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+def test_commits_give_freed_pages_back_every_so_often(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "state.db")
+    enis = [f"eni-{i:05d}" for i in range(5_000)]
+    assert store.commit(Commit(delta(enis)))
+    assert store.commit(Commit(forget=enis))
+    assert free_pages(store) > 0
+    for _ in range(VACUUM_EVERY_COMMITS - 2):
+        assert store.commit(Commit())
+    assert free_pages(store) == 0
