@@ -13,7 +13,11 @@ partial for the leader. What is per replica and what is shared:
 
 Leases fence commits: an input read under a lease (a Kinesis shard, an S3
 partition, the CloudWatch poller) commits only while this replica still holds
-it, so a replica that lost its lease cannot count what the new owner counts.
+it, under the same epoch (bumped on every acquisition), so neither a replica
+that lost its lease nor one that lost and won it back meanwhile can count what
+another holder counted. Cursors are compare-and-set: a commit whose cursor
+has moved since the input was read (a retry after an unknown outcome, an old
+iterator) changes nothing and means "already counted".
 
 Migrations are numbered; a replica that finds a newer schema than it knows
 refuses to start. Calls are blocking (psycopg 3 on a small pool): the service
@@ -23,6 +27,7 @@ runs them on threads. The password never appears in a message.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import Iterable
@@ -61,6 +66,8 @@ MIGRATIONS: list[str] = [
     CREATE TABLE replicas (replica_id TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL);
     CREATE TABLE window_partials (id BIGSERIAL PRIMARY KEY, source TEXT NOT NULL, body BYTEA NOT NULL);
     """,
+    # every acquisition of a lease bumps its epoch: fences what was read under an earlier holding
+    "ALTER TABLE leases ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;",
     # Totals that are not per interface, apart from the per-interface rows (forgetting one never lowers
     # them); log-status totals start from today's rows.
     f"""
@@ -97,6 +104,8 @@ class PostgresStore:
         info = connection_info(url, password_file)
         conninfo = info.pop("conninfo")
         self._where = _redacted(conninfo)
+        self._commits = itertools.count(1)
+        self._ambiguous = _ambiguous_commits()
         try:
             self._pool = ConnectionPool(
                 conninfo, min_size=1, max_size=pool_size, kwargs={**info, "autocommit": False}, open=False, name="streamer"
@@ -173,7 +182,7 @@ class PostgresStore:
         try:
             with self._pool.connection() as conn, conn.cursor() as cur:
                 try:
-                    if change.lease is not None and not self._holds(cur, *change.lease, now, me):
+                    if change.lease is not None and not self._holds(cur, *change.lease, now, me, change.epoch):
                         conn.rollback()
                         raise LeaseLost(f"lease {change.lease[0]}/{change.lease[1]} is no longer {me}'s")
                     for d in change.done:
@@ -184,8 +193,13 @@ class PostgresStore:
                         if cur.rowcount == 0:
                             conn.rollback()
                             return False  # counted before, here or by another replica
+                    if not _swap_cursors(cur, change):
+                        conn.rollback()
+                        return False  # the cursor moved on: counted before
                     self._write(cur, change, me)
                     conn.commit()
+                    if next(self._commits) in self._ambiguous:
+                        raise CheckpointError(f"{self._where}: connection lost after COMMIT (test seam)")
                 except BaseException:
                     conn.rollback()
                     raise
@@ -239,10 +253,11 @@ class PostgresStore:
                 "DO UPDATE SET records = insights.records + excluded.records, bytes = insights.bytes + excluded.bytes",
                 (me,),
             )
-        if change.cursors:
+        blind = [(s, p, v) for (s, p), v in change.cursors.items() if (s, p) not in change.expected]
+        if blind:
             cur.executemany(
                 "INSERT INTO cursors VALUES (%s, %s, %s) ON CONFLICT (source, partition) DO UPDATE SET value = excluded.value",
-                [(s, p, v) for (s, p), v in change.cursors.items()],
+                blind,
             )
         if change.snapshots:
             cur.executemany(
@@ -282,11 +297,12 @@ class PostgresStore:
     # --- leases ----------------------------------------------------------------------------------
 
     @staticmethod
-    def _holds(cur: psycopg.Cursor[Any], kind: str, name: str, now: float, owner: str) -> bool:
-        """Whether `owner` holds the lease; the row stays locked until the transaction ends (no takeover meanwhile)."""
-        cur.execute("SELECT owner, expires_at FROM leases WHERE kind = %s AND name = %s FOR SHARE", (kind, name))
+    def _holds(cur: psycopg.Cursor[Any], kind: str, name: str, now: float, owner: str, epoch: int | None = None) -> bool:
+        """Whether `owner` holds the lease (under `epoch`, if given); the row stays locked until the
+        transaction ends (no takeover meanwhile)."""
+        cur.execute("SELECT owner, expires_at, epoch FROM leases WHERE kind = %s AND name = %s FOR SHARE", (kind, name))
         row = cur.fetchone()
-        return row is not None and row[0] == owner and float(row[1]) > now
+        return row is not None and row[0] == owner and float(row[1]) > now and epoch in (None, int(row[2]))
 
     def heartbeat(self, held: list[tuple[str, str]], lease_seconds: float) -> tuple[set[tuple[str, str]], list[str]]:
         """Renew this replica's presence and its leases; returns the leases still held and the live replicas."""
@@ -309,19 +325,20 @@ class PostgresStore:
             conn.commit()
         return kept, live
 
-    def acquire(self, kind: str, name: str, lease_seconds: float) -> bool:
-        """Take a lease that is free, expired or already ours."""
+    def acquire(self, kind: str, name: str, lease_seconds: float) -> int | None:
+        """Take a lease that is free, expired or already ours; returns its new epoch, None if another holds it."""
         now = time.time()
         with self._pool.connection() as conn, conn.cursor() as cur:
             cur.execute(
-                "INSERT INTO leases VALUES (%s, %s, %s, %s) ON CONFLICT (kind, name) DO UPDATE "
-                "SET owner = excluded.owner, expires_at = excluded.expires_at "
-                "WHERE leases.owner IS NULL OR leases.owner = excluded.owner OR leases.expires_at <= %s",
+                "INSERT INTO leases (kind, name, owner, expires_at, epoch) VALUES (%s, %s, %s, %s, 1) "
+                "ON CONFLICT (kind, name) DO UPDATE "
+                "SET owner = excluded.owner, expires_at = excluded.expires_at, epoch = leases.epoch + 1 "
+                "WHERE leases.owner IS NULL OR leases.owner = excluded.owner OR leases.expires_at <= %s RETURNING epoch",
                 (kind, name, self.replica_id, now + lease_seconds, now),
             )
-            got = cur.rowcount > 0
+            row = cur.fetchone()
             conn.commit()
-        return got
+        return None if row is None else int(row[0])
 
     def release(self, kind: str, name: str) -> None:
         with self._pool.connection() as conn:
@@ -341,20 +358,26 @@ class PostgresStore:
 
     # --- the leader's queue of window partials ---------------------------------------------------
 
-    def take_partials(self, limit: int = 1000) -> list[tuple[int, str, bytes]]:
+    def take_partials(self, limit: int = 1000, max_bytes: int = 64 << 20) -> list[tuple[int, str, bytes]]:
+        """The oldest partials, at most `limit` of them and about `max_bytes` (always at least one)."""
         with self._pool.connection() as conn:
             rows = conn.execute(
-                "SELECT id, source, body FROM window_partials ORDER BY id LIMIT %s", (limit,)
+                "SELECT id, source, body FROM (SELECT id, source, body, "
+                "sum(octet_length(body)) OVER (ORDER BY id) - octet_length(body) AS before "
+                "FROM window_partials ORDER BY id LIMIT %s) AS oldest WHERE before < %s ORDER BY id",
+                (limit, max_bytes),
             ).fetchall()
             conn.rollback()
         return [(int(i), str(s), bytes(b)) for i, s, b in rows]
 
-    def commit_detection(self, lease: tuple[str, str], consumed: list[int], snapshots: dict[str, bytes]) -> None:
-        """The leader's step, fenced by its lease: consumed partials go, the new detection state stays."""
+    def commit_detection(
+        self, lease: tuple[str, str], consumed: list[int], snapshots: dict[str, bytes], epoch: int | None = None
+    ) -> None:
+        """The leader's step, fenced by its lease (and epoch): consumed partials go, the new detection state stays."""
         now = time.time()
         with self._pool.connection() as conn, conn.cursor() as cur:
             try:
-                if not self._holds(cur, *lease, now, self.replica_id):
+                if not self._holds(cur, *lease, now, self.replica_id, epoch):
                     raise LeaseLost(f"lease {lease[0]}/{lease[1]} is no longer {self.replica_id}'s")
                 if consumed:
                     cur.execute("DELETE FROM window_partials WHERE id = ANY(%s)", (consumed,))
@@ -366,6 +389,30 @@ class PostgresStore:
             except BaseException:
                 conn.rollback()
                 raise
+
+
+def _swap_cursors(cur: psycopg.Cursor[Any], change: Commit) -> bool:
+    """Compare-and-set each expected cursor to its new value; False if one has moved (nothing written yet
+    that the caller does not roll back)."""
+    for (source, partition), before in change.expected.items():
+        after = change.cursors.get((source, partition), before)
+        if before is None:
+            cur.execute("INSERT INTO cursors VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (source, partition, after))
+        else:
+            cur.execute(
+                "UPDATE cursors SET value = %s WHERE source = %s AND partition = %s AND value = %s",
+                (after, source, partition, before),
+            )
+        if cur.rowcount != 1:
+            return False
+    return True
+
+
+def _ambiguous_commits() -> frozenset[int]:
+    """Test-only seam: STREAMER_TEST_AMBIGUOUS_COMMITS="2,5" makes this store's 2nd and 5th commits raise
+    after the server committed them, like a connection dropped before the reply."""
+    spec = os.environ.get("STREAMER_TEST_AMBIGUOUS_COMMITS", "")
+    return frozenset(int(n) for n in spec.split(",") if n.strip())
 
 
 #: per-connection staging tables for COPY (emptied at each commit)

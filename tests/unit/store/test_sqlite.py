@@ -1,4 +1,5 @@
-"""The SQLite store's schema migration and its file size: totals apart, pages handed back."""
+"""The embedded store: cursors are compare-and-set, like the fleet's (a moved cursor means "already counted");
+the schema migration keeps totals apart; freed pages go back to the file system."""
 
 from __future__ import annotations
 
@@ -11,9 +12,23 @@ from streamer.aggregate.counters import Counters, count_batch
 from streamer.aggregate.state import LOG_STATUS, FlowState
 from streamer.store.base import Commit, Done
 from streamer.store.sqlite import VACUUM_EVERY_COMMITS, CheckpointStore
+from tests.unit.aggregate.test_state import delta
 
 
-def delta(enis: list[str], status: str = "OK") -> FlowState:
+def test_a_cursor_that_moved_since_the_input_was_read_commits_nothing(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "state.db")
+    shard = ("stream", "shardId-0")
+    assert store.commit(Commit(delta({"eni-a": 1}), cursors={shard: "10"}, expected={shard: None}))
+    # the same batch again (a retry after an unknown outcome): its cursor is no longer where it was read
+    assert not store.commit(Commit(delta({"eni-a": 1}), cursors={shard: "10"}, expected={shard: None}))
+    assert not store.commit(Commit(delta({"eni-a": 7}), cursors={shard: "5"}, expected={shard: "3"}))
+    assert store.commit(Commit(delta({"eni-a": 2}), cursors={shard: "20"}, expected={shard: "10"}))
+    assert store.cursors("stream") == {"shardId-0": "20"}
+    assert store.load_state().counters.total_records(("REJECT",)) == 3
+    store.close()
+
+
+def rows(enis: list[str], status: str = "OK") -> FlowState:
     n = len(enis)
     table = pa.table(
         {"interface-id": enis, "action": ["ACCEPT"] * n, "log-status": [status] * n, "packets": [1] * n, "bytes": [1] * n}
@@ -24,8 +39,8 @@ def delta(enis: list[str], status: str = "OK") -> FlowState:
 def test_schema_2_gets_its_totals_from_todays_rows_and_incremental_vacuum(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     store = CheckpointStore(path)
-    assert store.commit(Commit(delta(["eni-a", "eni-b"])))
-    assert store.commit(Commit(delta(["eni-a"], "NODATA")))
+    assert store.commit(Commit(rows(["eni-a", "eni-b"])))
+    assert store.commit(Commit(rows(["eni-a"], "NODATA")))
     store.close()
     # Make it a schema-2 file as earlier releases wrote it: no totals table, no auto_vacuum.
     db = sqlite3.connect(path, isolation_level=None)
@@ -44,7 +59,7 @@ def test_schema_2_gets_its_totals_from_todays_rows_and_incremental_vacuum(tmp_pa
 def test_forgotten_rows_and_pruned_keys_give_their_pages_back(tmp_path: Path) -> None:
     store = CheckpointStore(tmp_path / "state.db")
     enis = [f"eni-{i:05d}" for i in range(20_000)]
-    assert store.commit(Commit(delta(enis), [Done("s3", f"key-{i}") for i in range(5_000)]))
+    assert store.commit(Commit(rows(enis), [Done("s3", f"key-{i}") for i in range(5_000)]))
     full = store.size_bytes()
     assert store.commit(Commit(forget=enis))
     assert store.prune(older_than_seconds=-1) == 5_000
@@ -61,7 +76,7 @@ def free_pages(store: CheckpointStore) -> int:
 def test_commits_give_freed_pages_back_every_so_often(tmp_path: Path) -> None:
     store = CheckpointStore(tmp_path / "state.db")
     enis = [f"eni-{i:05d}" for i in range(5_000)]
-    assert store.commit(Commit(delta(enis)))
+    assert store.commit(Commit(rows(enis)))
     assert store.commit(Commit(forget=enis))
     assert free_pages(store) > 0
     for _ in range(VACUUM_EVERY_COMMITS - 2):
