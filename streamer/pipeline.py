@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 
 from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
-from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
+from streamer.aggregate.detection import Detection
 from streamer.aggregate.state import FlowState
 from streamer.aggregate.windows import WindowBatch, encode_partial, merge
 from streamer.decode.objects import ObjectReader
@@ -165,7 +166,7 @@ class Pipeline:
                 return 0, []
             closed = before.windows.stats.num_rows - after.windows.stats.num_rows
             if closed:  # a moved watermark alone rides along with the next input's commit
-                await self.store.call(self.store.store.commit, Commit(snapshots={SNAPSHOT_NAME: after.snapshot()}))
+                await self.store.call(self.store.store.commit, Commit(snapshots=after.snapshot_parts(before)))
                 self.commits += 1
             self.detection = after
             return closed, anomalies
@@ -184,8 +185,8 @@ class Pipeline:
                 )
             if self.detection is not None:
                 # In a thread: folding and snapshotting a big state takes long enough to stall scrapes.
-                after, anomalies, blob = await asyncio.to_thread(_advance, self.detection, window_parts, source, now)
-                change.snapshots[SNAPSHOT_NAME] = blob
+                after, anomalies, parts = await asyncio.to_thread(_advance, self.detection, window_parts, source, now)
+                change.snapshots.update(parts)
             await self._reload_if_stale()
             started = time.perf_counter()
             try:
@@ -196,6 +197,8 @@ class Pipeline:
                 # The server may have committed before the connection failed: /metrics would be low if it did
                 # (the retry finds it counted), high if it did not and we applied it. Read back what is there.
                 self._stale = True
+                if self.detection is not None:  # its detector part may have landed: the next commit rewrites it
+                    self.detection = dataclasses.replace(self.detection, detector_unsaved=True)
                 with contextlib.suppress(Exception):  # the database is away: reloaded before the next commit
                     await self._reload_if_stale()
                 raise
@@ -288,9 +291,9 @@ class Pipeline:
 
 def _advance(
     detection: Detection, parts: list[WindowBatch], source: str, now: float
-) -> tuple[Detection, list[Anomaly], bytes]:
+) -> tuple[Detection, list[Anomaly], dict[str, bytes]]:
     after, anomalies = detection.advance(parts, source, now)
-    return after, anomalies, after.snapshot()
+    return after, anomalies, after.snapshot_parts(detection)
 
 
 class _Body:

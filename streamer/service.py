@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from prometheus_client import CollectorRegistry
 
 from streamer.aggregate.anomaly import Settings
-from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
+from streamer.aggregate.detection import DETECTOR_SNAPSHOT, SNAPSHOT_NAME, Detection
 from streamer.aggregate.eventtime import EventClock
 from streamer.aws import AwsClients
 from streamer.config import Config
@@ -225,7 +225,10 @@ class Service:
 
     def _settings(self) -> Settings:
         cfg = self.config.anomaly
-        return Settings(cfg.window_seconds, cfg.score_threshold, cfg.min_rejected_records, cfg.warmup_windows, cfg.baseline_alpha)
+        idle = self.config.metrics.interface_idle_seconds  # baselines go with their ENI's series
+        return Settings(
+            cfg.window_seconds, cfg.score_threshold, cfg.min_rejected_records, cfg.warmup_windows, cfg.baseline_alpha, idle
+        )
 
     def event_clock(self) -> EventClock:
         """Live event time over the configured sources (see aggregate/eventtime.py)."""
@@ -239,7 +242,8 @@ class Service:
         blob = await store.call(store.store.snapshot, SNAPSHOT_NAME)
         if blob is None:
             return Detection.create(settings, cfg.lateness_seconds, self.event_clock())
-        detection = Detection.restore(blob, settings, cfg.lateness_seconds, self.event_clock())
+        baselines = await store.call(store.store.snapshot, DETECTOR_SNAPSHOT)
+        detection = Detection.restore(blob, settings, cfg.lateness_seconds, self.event_clock(), detector=baselines)
         log.info(
             "restored %d ENI baselines and %d open windows", len(detection.detector.baselines), detection.windows.stats.num_rows
         )

@@ -153,7 +153,8 @@ class LoggingConfig(Model):
 class MetricsConfig(Model):
     #: interfaces beyond this many are counted under interface_id="other" (membership is sticky)
     max_interfaces: int = Field(default=5000, ge=1)
-    #: an interface with nothing new this long is forgotten: its series go, its slot frees
+    #: an interface with nothing new this long is forgotten: its series go, its slot frees (and, after as long
+    #: in event time, its detector baseline); totals that are not per interface stay
     interface_idle_seconds: float = Field(default=86400, gt=0)
 
 

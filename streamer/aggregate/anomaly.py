@@ -12,7 +12,8 @@ is at least `score_threshold`. The denominator's floor keeps tiny, steady
 baselines from turning a handful of rejects into huge scores (a Poisson
 count's spread is about sqrt(mean)). A spike updates the baseline only up
 to the threshold, so a long attack does not quickly become "normal".
-ENIs idle for a day (event time) are forgotten.
+ENIs idle for `idle_seconds` (event time; a day by default, the service's
+`metrics.interface_idle_seconds`) are forgotten.
 
 Baselines live in an Arrow table and each closing window updates all its ENIs
 at once (a join plus numpy), so replaying a day of 2,000 ENIs takes seconds.
@@ -40,6 +41,9 @@ class Settings:
     min_rejected_records: int = 50
     warmup_windows: int = 10
     alpha: float = 0.1
+    #: event-time seconds without traffic after which an ENI's baseline is forgotten (the service passes
+    #: metrics.interface_idle_seconds: the detector holds what the active ENIs need, nothing more)
+    idle_seconds: float = IDLE_SECONDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +125,7 @@ class Detector:
             base, scores, found = self._step(base, scores, rows, int(start), closed)
             anomalies.extend(found)
         newest = int(pc.max(stats.column("window_start")).as_py())
-        active = pc.greater_equal(base.column("last_window"), newest - IDLE_SECONDS)
+        active = pc.greater_equal(base.column("last_window"), newest - self.settings.idle_seconds)
         base = base.filter(active)
         scores = scores.filter(pc.is_in(scores.column("interface_id"), base.column("interface_id")))
         return dataclasses.replace(self, baseline_table=base, score_table=scores), anomalies

@@ -1,4 +1,13 @@
-"""Windows and detector together: one state, one snapshot, advanced per input."""
+"""Windows and detector together: one state, advanced per input, snapshotted in two parts.
+
+The open windows change with every input (an object's records span the whole
+lateness horizon), so their part (`SNAPSHOT_NAME`) is written with every
+commit: its size follows the active ENIs times the open windows. The
+detector's baselines change only when a window closes, so their part
+(`DETECTOR_SNAPSHOT`) is written only then (`snapshot_parts`). Both are
+bounded by the active ENIs: windows close with the watermark, and baselines
+idle for `Settings.idle_seconds` are dropped.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +19,8 @@ from streamer.aggregate.eventtime import EventClock
 from streamer.aggregate.windows import REPLAY_SOURCE, Closed, WindowBatch, Windows
 
 SNAPSHOT_NAME = "detection"
+#: the detector's baselines and scores, written only when they change
+DETECTOR_SNAPSHOT = "detection.baselines"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,6 +28,8 @@ class Detection:
     windows: Windows
     detector: Detector
     anomalies_total: int = 0
+    #: restored from a one-blob snapshot: the next `snapshot_parts` must write the detector too
+    detector_unsaved: bool = dataclasses.field(default=False, compare=False)
 
     @classmethod
     def create(cls, settings: Settings, lateness_seconds: int, clock: EventClock | None = None) -> Detection:
@@ -44,16 +57,33 @@ class Detection:
         detector, anomalies = self.detector.observe(closed)
         return Detection(windows, detector, self.anomalies_total + len(anomalies)), anomalies
 
-    def snapshot(self) -> bytes:
-        w, d = self.windows.snapshot(), self.detector.snapshot()
+    def snapshot(self, with_detector: bool = True) -> bytes:
+        """Windows and (unless told otherwise) the detector, in one blob."""
+        w, d = self.windows.snapshot(), self.detector.snapshot() if with_detector else b""
         return struct.pack(">QQ", len(w), self.anomalies_total) + w + d
+
+    def snapshot_parts(self, before: Detection | None) -> dict[str, bytes]:
+        """What to commit after moving on from `before` (None: everything): the windows always, the
+        detector only when it changed (a window closed), so a commit costs what changed."""
+        parts = {SNAPSHOT_NAME: self.snapshot(with_detector=False)}
+        if before is None or before.detector_unsaved or before.detector is not self.detector:
+            parts[DETECTOR_SNAPSHOT] = self.detector.snapshot()
+        return parts
 
     @classmethod
     def restore(
-        cls, blob: bytes, settings: Settings, lateness_seconds: int, clock: EventClock | None = None, now: float | None = None
+        cls,
+        blob: bytes,
+        settings: Settings,
+        lateness_seconds: int,
+        clock: EventClock | None = None,
+        now: float | None = None,
+        detector: bytes | None = None,
     ) -> Detection:
+        """From `snapshot()`, or from `snapshot_parts` (the windows' blob and the `detector` blob, if one was written)."""
         clock = clock or EventClock(lateness_seconds, follow_wall_clock=False)
         size, anomalies = struct.unpack(">QQ", blob[:16])
         windows = Windows.restore(blob[16 : 16 + size], settings.window_seconds, clock, now)
-        detector = Detector.restore(blob[16 + size :], settings)
-        return cls(windows, detector, anomalies)
+        embedded = blob[16 + size :]
+        rest = embedded or detector
+        return cls(windows, Detector.restore(rest, settings) if rest else Detector(settings), anomalies, bool(embedded))

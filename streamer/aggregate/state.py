@@ -8,6 +8,11 @@ in or out of it between scrapes. Interfaces with nothing new for
 `interface_idle_seconds` (wall clock) are forgotten (`idle`), freeing their
 slot; their series disappear rather than decrease. Membership and last-seen
 times are committed with the counters, so a restart keeps them.
+
+Totals that are not per interface (records by log-status, skipped lines by
+reason, per-VPC insights) are kept apart from the per-interface rows, in
+`totals`, `decode_errors` and the insight kinds outside `ENI_KINDS`:
+forgetting an interface removes its own series and changes nothing else.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from streamer.aggregate.counters import Counters, combine
 from streamer.decode.errors import ErrorCounts
 
 OTHER_INTERFACE = "other"
+#: `totals` key name: records by log-status (exported as vpcflow_log_status_total)
+LOG_STATUS = "log_status"
 
 
 @dataclasses.dataclass
@@ -36,10 +43,19 @@ class FlowState:
     #: network insight sums (aggregate/insights.py), and an example record per ENI for reports
     insights: pa.Table = dataclasses.field(default_factory=ins.SCHEMA.empty_table)
     insight_examples: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: (name, label value) -> count: totals that are not per interface, so forgetting one never lowers them.
+    #: Left empty, derived from `counters` (a delta, or a state built from counters alone).
+    totals: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.totals:
+            self.totals = status_totals(self.counters)
 
     def apply(self, delta: FlowState) -> None:
         """Add the effect of one object (a delta built the same way)."""
         self.counters.merge(delta.counters)
+        for key, n in delta.totals.items():
+            self.totals[key] = self.totals.get(key, 0) + n
         for reason, count in delta.decode_errors.items():
             self.count(reason, count)
         self.seen.update(delta.seen)
@@ -85,7 +101,9 @@ class FlowState:
             table = combine([table.set_column(0, "interface_id", relabeled)])
             insights = _relabel_insights(insights, keep)
         examples = {eni: text for eni, text in delta.insight_examples.items() if eni in keep}
-        return FlowState(Counters(table), dict(delta.decode_errors), dict.fromkeys(keep, now), insights, examples)
+        return FlowState(
+            Counters(table), dict(delta.decode_errors), dict.fromkeys(keep, now), insights, examples, dict(delta.totals)
+        )
 
     def capped(self, delta: FlowState, limit: int, idle_seconds: float, now: float) -> tuple[FlowState, list[str]]:
         """`delta` admitted under the cap, and the idle members to forget with it (none it touches)."""
@@ -97,7 +115,7 @@ class FlowState:
         return sorted(eni for eni, at in self.seen.items() if now - at >= idle_seconds)
 
     def forget(self, interfaces: Iterable[str]) -> None:
-        """Drop interfaces' counters and membership (their series disappear)."""
+        """Drop interfaces' counters, membership and per-ENI insights (their series disappear); totals stay."""
         gone = list(interfaces)
         if not gone:
             return
@@ -112,6 +130,11 @@ class FlowState:
         self.insights = self.insights.filter(pc.invert(eni_rows))
         for eni in gone:
             self.insight_examples.pop(eni, None)
+
+
+def status_totals(counters: Counters) -> dict[tuple[str, str], int]:
+    """Records by log-status, as `totals` keys."""
+    return {(LOG_STATUS, status): n for status, n in counters.by_log_status().items()}
 
 
 def _relabel_insights(table: pa.Table, keep: list[str]) -> pa.Table:

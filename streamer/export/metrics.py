@@ -5,7 +5,10 @@ and emits families, so nothing is kept twice and keys that vanish stop being
 exported. Per-interface series are bounded: the live service caps them where
 they are counted, with sticky membership (aggregate/state.py), so no counter
 ever goes down; a state that was never capped (replay) is folded here, all
-but the `max_interfaces` busiest into `interface_id="other"`. Anomaly scores
+but the `max_interfaces` busiest into `interface_id="other"`. Totals that
+are not per interface (log-status, skipped lines, per-VPC views) come from
+their own state, never from the per-interface rows, so forgetting an
+interface removes its series and lowers nothing else. Anomaly scores
 are exported only for interfaces that have their own counter series.
 """
 
@@ -22,7 +25,7 @@ from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import combine
 from streamer.aggregate.detection import Detection
 from streamer.aggregate.eventtime import ALL_SOURCES
-from streamer.aggregate.state import OTHER_INTERFACE, FlowState
+from streamer.aggregate.state import LOG_STATUS, OTHER_INTERFACE, FlowState
 
 DEFAULT_MAX_INTERFACES = 5000
 
@@ -56,9 +59,9 @@ class FlowCollector(Collector):
                 records.add_metric(labels, row["records_sum"])
                 packets.add_metric(labels, row["packets_sum"])
                 nbytes.add_metric(labels, row["bytes_sum"])
-            by_status = table.group_by(["log_status"], use_threads=False).aggregate([("records", "sum")])
-            for row in by_status.to_pylist():
-                status.add_metric([row["log_status"]], row["records_sum"])
+        for (name, key), n in sorted(state.totals.items()):  # apart from the per-interface rows: never lowered
+            if name == LOG_STATUS:
+                status.add_metric([key], n)
         errors = CounterMetricFamily("streamer_decode_errors", "Input lines or objects skipped, by reason.", labels=["reason"])
         for reason, count in sorted(state.decode_errors.items()):
             errors.add_metric([reason], count)

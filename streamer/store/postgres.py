@@ -40,7 +40,7 @@ from psycopg_pool import ConnectionPool
 
 from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import SCHEMA, Counters
-from streamer.aggregate.state import FlowState
+from streamer.aggregate.state import LOG_STATUS, FlowState
 from streamer.store.base import CheckpointError, Commit, LeaseLost
 
 #: numbered migrations; each runs once, in order, in its own transaction
@@ -68,6 +68,14 @@ MIGRATIONS: list[str] = [
     """,
     # every acquisition of a lease bumps its epoch: fences what was read under an earlier holding
     "ALTER TABLE leases ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;",
+    # Totals that are not per interface, apart from the per-interface rows (forgetting one never lowers
+    # them); log-status totals start from today's rows.
+    f"""
+    CREATE TABLE totals (replica_id TEXT NOT NULL, name TEXT NOT NULL, key TEXT NOT NULL, value BIGINT NOT NULL,
+        PRIMARY KEY (replica_id, name, key));
+    INSERT INTO totals SELECT replica_id, '{LOG_STATUS}', log_status, SUM(records) FROM counters
+        GROUP BY replica_id, log_status;
+    """,
 ]
 
 
@@ -159,10 +167,12 @@ class PostgresStore:
             found = conn.execute(
                 "SELECT kind, key1, key2, records, bytes FROM insights WHERE replica_id = %s", me
             ).fetchall()
+            sums = conn.execute("SELECT name, key, value FROM totals WHERE replica_id = %s", me).fetchall()
         table = pa.Table.from_pylist([dict(zip(SCHEMA.names, r, strict=True)) for r in rows], SCHEMA)
         insights = pa.Table.from_pylist([dict(zip(ins.SCHEMA.names, r, strict=True)) for r in found], ins.SCHEMA)
         errors = {str(k): int(v) for k, v in errors.items()}
-        return FlowState(Counters(table), errors, {str(k): float(v) for k, v in seen.items()}, insights)
+        totals = {(str(n), str(k)): int(v) for n, k, v in sums}
+        return FlowState(Counters(table), errors, {str(k): float(v) for k, v in seen.items()}, insights, totals=totals)
 
     def commit(self, change: Commit) -> bool:
         """One input in one transaction. False (nothing changed) when a claim exists already;
@@ -198,11 +208,13 @@ class PostgresStore:
         return True
 
     def _write(self, cur: psycopg.Cursor[Any], change: Commit, me: str) -> None:
-        for eni in change.forget:
-            cur.execute("DELETE FROM counters WHERE replica_id = %s AND interface_id = %s", (me, eni))
-            cur.execute("DELETE FROM interfaces WHERE replica_id = %s AND interface_id = %s", (me, eni))
+        if change.forget:  # one statement per table, however many interfaces go
+            gone = list(change.forget)
+            cur.execute("DELETE FROM counters WHERE replica_id = %s AND interface_id = ANY(%s)", (me, gone))
+            cur.execute("DELETE FROM interfaces WHERE replica_id = %s AND interface_id = ANY(%s)", (me, gone))
             cur.execute(
-                "DELETE FROM insights WHERE replica_id = %s AND key1 = %s AND kind = ANY(%s)", (me, eni, list(ins.ENI_KINDS))
+                "DELETE FROM insights WHERE replica_id = %s AND key1 = ANY(%s) AND kind = ANY(%s)",
+                (me, gone, list(ins.ENI_KINDS)),
             )
         counters = change.delta.counters.table()
         if counters.num_rows:  # thousands of interfaces per object: COPY, then one upsert
@@ -213,6 +225,12 @@ class PostgresStore:
                 "DO UPDATE SET records = counters.records + excluded.records, "
                 "packets = counters.packets + excluded.packets, bytes = counters.bytes + excluded.bytes",
                 (me,),
+            )
+        if change.delta.totals:
+            cur.executemany(
+                "INSERT INTO totals VALUES (%s, %s, %s, %s) ON CONFLICT (replica_id, name, key) "
+                "DO UPDATE SET value = totals.value + excluded.value",
+                [(me, name, key, n) for (name, key), n in change.delta.totals.items()],
             )
         if change.delta.decode_errors:
             cur.executemany(

@@ -28,10 +28,10 @@ import pyarrow as pa
 
 from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import SCHEMA, Counters
-from streamer.aggregate.state import FlowState
+from streamer.aggregate.state import LOG_STATUS, FlowState
 from streamer.store.base import CheckpointError, Commit, Done
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (
@@ -51,9 +51,21 @@ CREATE TABLE IF NOT EXISTS interfaces (interface_id TEXT PRIMARY KEY, last_seen 
 CREATE TABLE IF NOT EXISTS insights (
     kind TEXT NOT NULL, key1 TEXT NOT NULL, key2 TEXT NOT NULL, records INTEGER NOT NULL, bytes INTEGER NOT NULL,
     PRIMARY KEY (kind, key1, key2)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS totals (name TEXT NOT NULL, key TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (name, key)) WITHOUT ROWID;
 """
 #: schema 1 had no interface membership: every interface already counted becomes a member, seen now
 _MIGRATE_1_TO_2 = "INSERT OR IGNORE INTO interfaces SELECT DISTINCT interface_id, ? FROM counters WHERE interface_id != 'other'"
+#: schema 2 summed log-status totals from the per-interface rows: they start from today's rows
+_MIGRATE_2_TO_3 = (
+    f"INSERT OR IGNORE INTO totals SELECT '{LOG_STATUS}', log_status, SUM(records) FROM counters GROUP BY log_status"
+)
+#: free pages returned to the file system per `vacuum` call (4 KiB each): a bounded pause
+VACUUM_PAGES = 2048
+#: commits between two `vacuum` calls (forgotten interfaces and replaced snapshots free pages all the time)
+VACUUM_EVERY_COMMITS = 100
+#: the write-ahead log is cut back to this after each checkpoint, instead of staying at its largest
+WAL_LIMIT_BYTES = 32 * 2**20
 
 
 class CheckpointStore:
@@ -62,8 +74,12 @@ class CheckpointStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            # Before any table exists, so a new file can hand freed pages back (`vacuum`); see _incremental.
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            self._commits = 0
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() if self._has_meta() else None
             version = None if row is None else int(row[0])
             if version is not None and version > _SCHEMA_VERSION:
@@ -73,9 +89,18 @@ class CheckpointStore:
             self._db.executescript(_DDL)
             if version == 1:
                 self._db.execute(_MIGRATE_1_TO_2, (time.time(),))
+            if version is not None and version < 3:
+                self._db.execute(_MIGRATE_2_TO_3)
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(_SCHEMA_VERSION),))
+            self._incremental()
         except (sqlite3.Error, OSError) as exc:
             raise CheckpointError(f"{path}: cannot open checkpoint store: {exc}") from exc
+
+    def _incremental(self) -> None:
+        """A file made before auto_vacuum was set gets it with one full VACUUM, once."""
+        if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self._db.execute("VACUUM")
 
     def _has_meta(self) -> bool:
         return self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is not None
@@ -91,7 +116,8 @@ class CheckpointStore:
         seen = {str(k): float(v) for k, v in self._db.execute("SELECT interface_id, last_seen FROM interfaces").fetchall()}
         rows = self._db.execute("SELECT kind, key1, key2, records, bytes FROM insights").fetchall()
         insights = pa.Table.from_pylist([dict(zip(ins.SCHEMA.names, r, strict=True)) for r in rows], ins.SCHEMA)
-        return FlowState(Counters(table.cast(SCHEMA)), errors, seen, insights)
+        totals = {(str(n), str(k)): int(v) for n, k, v in self._db.execute("SELECT name, key, value FROM totals")}
+        return FlowState(Counters(table.cast(SCHEMA)), errors, seen, insights, totals=totals)
 
     def commit(self, change: Commit) -> bool:
         """Apply one input's change in a single transaction (all or nothing).
@@ -135,6 +161,10 @@ class CheckpointStore:
                     counters,
                 )
                 self._db.executemany(
+                    "INSERT INTO totals VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET value = value + excluded.value",
+                    [(name, key, n) for (name, key), n in change.delta.totals.items()],
+                )
+                self._db.executemany(
                     "INSERT INTO decode_errors VALUES (?, ?) ON CONFLICT DO UPDATE SET count = count + excluded.count",
                     list(change.delta.decode_errors.items()),
                 )
@@ -151,6 +181,9 @@ class CheckpointStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            self._commits += 1
+            if self._commits % VACUUM_EVERY_COMMITS == 0:
+                self.vacuum()
         except sqlite3.Error as exc:
             raise CheckpointError(f"{self.path}: commit failed: {exc}") from exc
         return True
@@ -191,10 +224,22 @@ class CheckpointStore:
         return None if row is None else bytes(row[0])
 
     def prune(self, older_than_seconds: float) -> int:
-        """Forget done keys older than the retention; returns how many."""
+        """Forget done keys older than the retention, and give freed pages back; returns how many keys."""
         cutoff = time.time() - older_than_seconds
         cur = self._db.execute("DELETE FROM done WHERE done_at < ?", (cutoff,))
+        self.vacuum()
         return int(cur.rowcount)
+
+    def vacuum(self, pages: int = VACUUM_PAGES) -> int:
+        """Return up to `pages` free pages to the file system (forgotten rows, pruned keys, replaced
+        snapshots leave them); returns how many remain free."""
+        self._db.executescript(f"PRAGMA incremental_vacuum({int(pages)});")  # execute() frees one page only
+        return int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def size_bytes(self) -> int:
+        """The database file plus its write-ahead log."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return sum(p.stat().st_size for p in (self.path, wal) if p.exists())
 
 
 def _by_namespace(done: list[Done]) -> dict[str, list[str]]:

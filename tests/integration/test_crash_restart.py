@@ -62,7 +62,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 class Harness:
     """One service config, started and killed as a real process; SQLite, or a fleet's PostgreSQL alone."""
 
-    def __init__(self, tmp_path: Path, source: dict[str, Any], postgres: Any = None) -> None:
+    def __init__(self, tmp_path: Path, source: dict[str, Any], postgres: Any = None, extra: dict[str, Any] | None = None) -> None:
         self.port = free_port()
         self.db = tmp_path / "state" / "state.db"
         self.config = tmp_path / "streamer.yaml"
@@ -73,6 +73,7 @@ class Harness:
             self.database = postgres.database()
             checkpoint = {"url": postgres.url(self.database)}
         doc = {"http": {"listen_address": f"127.0.0.1:{self.port}"}, "checkpoint": checkpoint, "sources": [source]}
+        doc.update(extra or {})
         if postgres is not None:
             doc["fleet"] = {"replica_id": "alone", "lease_seconds": 3}
         self.config.write_text(yaml.safe_dump(doc))

@@ -1,8 +1,12 @@
-"""A crashed source's restart backoff: doubling while it keeps crashing, short again after a clean run."""
+"""The service wires config into the parts (what the parts' own tests cannot see), and restarts crashed sources."""
 
 from __future__ import annotations
 
-from streamer.service import CLEAN_RUN_SECONDS, RestartBackoff
+from pathlib import Path
+
+from streamer.aws import AwsClients
+from streamer.config import parse_config
+from streamer.service import CLEAN_RUN_SECONDS, RestartBackoff, Service
 
 
 def test_backoff_doubles_while_a_source_keeps_crashing_up_to_the_limit() -> None:
@@ -17,3 +21,14 @@ def test_backoff_resets_after_the_source_ran_cleanly_for_a_while() -> None:
     assert backoff.after(CLEAN_RUN_SECONDS - 1) == 128.0
     assert backoff.after(CLEAN_RUN_SECONDS) == 1.0  # a crash after a clean minute is not a crash loop
     assert backoff.after(0.5) == 2.0
+
+
+def test_detector_baselines_expire_with_their_interfaces(tmp_path: Path) -> None:
+    """metrics.interface_idle_seconds bounds the detector too: no baseline outlives its ENI's series."""
+    doc = {
+        "checkpoint": {"path": str(tmp_path / "state.db")},
+        "sources": [{"type": "s3", "bucket": "flow-logs"}],
+        "metrics": {"interface_idle_seconds": 1234},
+    }
+    service = Service(parse_config(doc, {}), AwsClients())
+    assert service._settings().idle_seconds == 1234

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from streamer.aggregate.anomaly import Detector, Settings
-from streamer.aggregate.detection import Detection
+from streamer.aggregate.detection import DETECTOR_SNAPSHOT, SNAPSHOT_NAME, Detection
 from streamer.aggregate.windows import window_batch
 
 SETTINGS = Settings(window_seconds=60, score_threshold=4, min_rejected_records=50, warmup_windows=5, alpha=0.2)
@@ -79,3 +79,37 @@ def test_a_restart_keeps_the_baselines() -> None:
 def test_detector_snapshot_round_trip() -> None:
     det = Detector(SETTINGS)
     assert Detector.restore(det.snapshot(), SETTINGS) == det
+
+
+def test_baselines_of_idle_enis_expire_so_the_detector_holds_only_active_ones() -> None:
+    settings = Settings(window_seconds=60, warmup_windows=5, alpha=0.2, idle_seconds=600)
+    det = Detection.create(settings, lateness_seconds=0)
+    # Each ENI sends for three windows, then the next one takes over: 40 ENIs over 120 windows.
+    churn = [[(f"eni-{i // 3:03d}", 5)] for i in range(120)]
+    det, _ = run(det, churn)
+    assert len(det.detector.baselines) <= 600 // 180 + 2  # ENIs seen within the last 600 s, not all 40
+    assert set(det.detector.scores) <= set(det.detector.baselines)
+
+
+def test_snapshot_parts_write_the_detector_only_when_it_changed() -> None:
+    det, _ = run(Detection.create(SETTINGS, lateness_seconds=0), [[("eni-a", 10 + i % 3)] for i in range(12)])
+    parts = det.snapshot_parts(None)
+    assert set(parts) == {SNAPSHOT_NAME, DETECTOR_SNAPSHOT}
+    opened, _ = det.advance([traffic("eni-a", 13 * 60, 5)])  # a new window opens, none closes
+    assert opened.detector is det.detector
+    assert set(opened.snapshot_parts(det)) == {SNAPSHOT_NAME}
+    stored = {**parts, **opened.snapshot_parts(det)}
+    again = Detection.restore(stored[SNAPSHOT_NAME], SETTINGS, 0, detector=stored[DETECTOR_SNAPSHOT])
+    assert again.detector.baselines == det.detector.baselines
+    assert again.windows.stats.equals(opened.windows.stats)
+
+
+def test_a_one_blob_snapshot_is_written_in_parts_at_the_next_commit() -> None:
+    """A checkpoint from before the split: its detector is re-saved on the first commit, not lost."""
+    det, _ = run(Detection.create(SETTINGS, lateness_seconds=0), [[("eni-a", 10 + i % 3)] for i in range(12)])
+    old = Detection.restore(det.snapshot(), SETTINGS, 0)
+    moved, _ = old.advance([traffic("eni-a", 13 * 60, 5)])
+    parts = moved.snapshot_parts(old)
+    assert DETECTOR_SNAPSHOT in parts
+    again = Detection.restore(parts[SNAPSHOT_NAME], SETTINGS, 0, detector=parts[DETECTOR_SNAPSHOT])
+    assert again.detector.baselines == det.detector.baselines

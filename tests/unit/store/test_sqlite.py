@@ -1,11 +1,17 @@
-"""The embedded store's cursors are compare-and-set, like the fleet's: a moved cursor means "already counted"."""
+"""The embedded store: cursors are compare-and-set, like the fleet's (a moved cursor means "already counted");
+the schema migration keeps totals apart; freed pages go back to the file system."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
-from streamer.store.base import Commit
-from streamer.store.sqlite import CheckpointStore
+import pyarrow as pa
+
+from streamer.aggregate.counters import Counters, count_batch
+from streamer.aggregate.state import LOG_STATUS, FlowState
+from streamer.store.base import Commit, Done
+from streamer.store.sqlite import VACUUM_EVERY_COMMITS, CheckpointStore
 from tests.unit.aggregate.test_state import delta
 
 
@@ -20,3 +26,59 @@ def test_a_cursor_that_moved_since_the_input_was_read_commits_nothing(tmp_path: 
     assert store.cursors("stream") == {"shardId-0": "20"}
     assert store.load_state().counters.total_records(("REJECT",)) == 3
     store.close()
+
+
+def rows(enis: list[str], status: str = "OK") -> FlowState:
+    n = len(enis)
+    table = pa.table(
+        {"interface-id": enis, "action": ["ACCEPT"] * n, "log-status": [status] * n, "packets": [1] * n, "bytes": [1] * n}
+    )
+    return FlowState(Counters(count_batch(table)))
+
+
+def test_schema_2_gets_its_totals_from_todays_rows_and_incremental_vacuum(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = CheckpointStore(path)
+    assert store.commit(Commit(rows(["eni-a", "eni-b"])))
+    assert store.commit(Commit(rows(["eni-a"], "NODATA")))
+    store.close()
+    # Make it a schema-2 file as earlier releases wrote it: no totals table, no auto_vacuum.
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("DROP TABLE totals")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    db.execute("PRAGMA auto_vacuum=NONE")
+    db.execute("VACUUM")
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    db.close()
+    store = CheckpointStore(path)
+    assert store.load_state().totals == {(LOG_STATUS, "OK"): 2, (LOG_STATUS, "NODATA"): 1}
+    assert store._db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+    assert store._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "3"
+
+
+def test_forgotten_rows_and_pruned_keys_give_their_pages_back(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "state.db")
+    enis = [f"eni-{i:05d}" for i in range(20_000)]
+    assert store.commit(Commit(rows(enis), [Done("s3", f"key-{i}") for i in range(5_000)]))
+    full = store.size_bytes()
+    assert store.commit(Commit(forget=enis))
+    assert store.prune(older_than_seconds=-1) == 5_000
+    assert free_pages(store) == 0  # the prune gave them back
+    store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert store.size_bytes() < full / 4
+    assert store.load_state().counters.table().num_rows == 0
+
+
+def free_pages(store: CheckpointStore) -> int:
+    return int(store._db.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+def test_commits_give_freed_pages_back_every_so_often(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "state.db")
+    enis = [f"eni-{i:05d}" for i in range(5_000)]
+    assert store.commit(Commit(rows(enis)))
+    assert store.commit(Commit(forget=enis))
+    assert free_pages(store) > 0
+    for _ in range(VACUUM_EVERY_COMMITS - 2):
+        assert store.commit(Commit())
+    assert free_pages(store) == 0
