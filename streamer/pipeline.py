@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
 from streamer.aggregate.detection import Detection
+from streamer.aggregate.pairing import SNAPSHOT_NAME as PAIRING_SNAPSHOT
+from streamer.aggregate.pairing import Pairing
 from streamer.aggregate.state import FlowState
 from streamer.aggregate.windows import WindowBatch, encode_partial, merge
 from streamer.decode.objects import ObjectReader
@@ -77,6 +79,8 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         insights_window_seconds: int | None = None,
         partials_window_seconds: int | None = None,
+        pairing: Pairing | None = None,
+        pairing_snapshot: str = PAIRING_SNAPSHOT,
     ) -> None:
         self.state = state
         self.store = store
@@ -94,6 +98,9 @@ class Pipeline:
         self.columns = columns(windowed, insights_window_seconds is not None)
         self.window_seconds = detection.windows.window_seconds if detection is not None else partials_window_seconds
         self.insights_window_seconds = insights_window_seconds
+        #: NACL return-reject pairing state, committed with the counters under `pairing_snapshot`
+        self.pairing = pairing
+        self.pairing_snapshot = pairing_snapshot
         #: commits that landed (tests and readiness wait on this, not on sleeps)
         self.commits = 0
         #: a commit failed with an unknown outcome: live state is reloaded from the store before the next one
@@ -179,6 +186,11 @@ class Pipeline:
             now = self.clock()
             after: Detection | None = None
             anomalies: list[Anomaly] = []
+            await self._reload_if_stale()
+            paired = None
+            if self.pairing is not None and change.delta.pairs is not None:
+                paired = await asyncio.to_thread(change.delta.pair_with, self.pairing)
+                change.snapshots[self.pairing_snapshot] = await asyncio.to_thread(paired.snapshot)
             if self.max_interfaces is not None:
                 change.delta, change.forget = self.state.capped(
                     change.delta, self.max_interfaces, self.interface_idle_seconds, now
@@ -187,7 +199,6 @@ class Pipeline:
                 # In a thread: folding and snapshotting a big state takes long enough to stall scrapes.
                 after, anomalies, parts = await asyncio.to_thread(_advance, self.detection, window_parts, source, now)
                 change.snapshots.update(parts)
-            await self._reload_if_stale()
             started = time.perf_counter()
             try:
                 committed = await self.store.call(self.store.store.commit, change)
@@ -208,6 +219,8 @@ class Pipeline:
             self.commits += 1
             if after is not None:
                 self.detection = after
+            if paired is not None:
+                self.pairing = paired
             self.state.forget(change.forget)
             self.state.apply(change.delta)
             return True, anomalies
@@ -216,6 +229,10 @@ class Pipeline:
         """Live counters from the store after a commit whose outcome is unknown (under the commit lock)."""
         if self._stale:
             self.state = await self.store.call(self.store.store.load_state)
+            if self.pairing is not None:
+                blob = await self.store.call(self.store.store.snapshot, self.pairing_snapshot)
+                lateness = self.pairing.lateness_seconds
+                self.pairing = Pairing(lateness) if blob is None else Pairing.restore(blob, lateness)
             self._stale = False
             log.info("live state reloaded from the checkpoint after a commit with an unknown outcome")
 

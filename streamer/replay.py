@@ -21,8 +21,10 @@ import pyarrow as pa
 from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.batch import COLUMNS, COLUMNS_WITH_WINDOWS, BatchResult, delta_of, reducer
 from streamer.aggregate.detection import Detection
+from streamer.aggregate.pairing import Pairing
 from streamer.aggregate.state import FlowState
 from streamer.decode.objects import ObjectReader
+from streamer.defaults import LATENESS_SECONDS
 from streamer.ingest import Ingestor, account
 
 SUFFIXES = (".log", ".log.gz", ".parquet", ".gz")
@@ -85,6 +87,7 @@ def replay_counts(
     detection: Detection | None = None,
     max_future_skew_seconds: int = 300,
     insights_window_seconds: int | None = None,
+    lateness_seconds: int = LATENESS_SECONDS,
 ) -> tuple[FlowState, list[Anomaly]]:
     """Counters over all inputs, and with `detection` the anomalies they contain.
 
@@ -92,18 +95,21 @@ def replay_counts(
     order, so event time advances as it did live (records only: hours-old data
     is never late); at the end every window is closed so that a spike in the
     last minutes is reported too. A record ahead of the wall clock by more than
-    `max_future_skew_seconds` counts, but moves no event time.
+    `max_future_skew_seconds` counts, but moves no event time. NACL return
+    rejects pair across all inputs, within `lateness_seconds`.
     """
     state = FlowState()
     anomalies: list[Anomaly] = []
     cutoff = int(time.time()) + max_future_skew_seconds
     reduce = reducer(detection.windows.window_seconds if detection is not None else None, cutoff, insights_window_seconds)
     ingest: Ingestor[BatchResult] = Ingestor(reader, reduce, pool)
+    pairing = Pairing(lateness_seconds)
     for item in inputs:
         parts: list[BatchResult] = []
         with open_input(item) as handle:
             result = ingest.run(read_chunks(handle, progress), parts.append)
         delta = delta_of(parts)
+        pairing = delta.pair_with(pairing)
         windows = [p.windows for p in parts if p.windows is not None]
         if detection is not None:
             detection, found = detection.advance(windows)

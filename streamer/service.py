@@ -16,12 +16,15 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from streamer.aggregate.anomaly import Settings
 from streamer.aggregate.detection import DETECTOR_SNAPSHOT, SNAPSHOT_NAME, Detection
 from streamer.aggregate.eventtime import EventClock
+from streamer.aggregate.pairing import SNAPSHOT_NAME as PAIRING_SNAPSHOT
+from streamer.aggregate.pairing import Pairing
 from streamer.aws import AwsClients
 from streamer.config import Config
 from streamer.export.alerts import Alerter
@@ -153,6 +156,7 @@ class Service:
                 interface_idle_seconds=self.config.metrics.interface_idle_seconds,
                 insights_window_seconds=self.config.anomaly.window_seconds if self.config.insights.enabled else None,
                 partials_window_seconds=self.config.anomaly.window_seconds if fleet else None,
+                **(await self._restore_pairing(store, fleet)),
             )
             self.pipeline = pipeline
             self.alerter = alerter
@@ -235,6 +239,17 @@ class Service:
         cfg = self.config.anomaly
         names = frozenset(self.config.source_name(i) for i in range(len(self.config.sources)))
         return EventClock(cfg.lateness_seconds, cfg.idle_timeout_seconds, True, names, started_at=time.time())
+
+    async def _restore_pairing(self, store: Store, fleet: bool) -> dict[str, Any]:
+        """The NACL pairing state (insights on): one per process; in a fleet, one per replica (pairs across
+        replicas are not made yet)."""
+        if not self.config.insights.enabled:
+            return {}
+        name = f"{PAIRING_SNAPSHOT}.{self.config.fleet.replica_id}" if fleet else PAIRING_SNAPSHOT
+        blob = await store.call(store.store.snapshot, name)
+        lateness = self.config.anomaly.lateness_seconds
+        pairing = Pairing(lateness) if blob is None else await asyncio.to_thread(Pairing.restore, blob, lateness)
+        return {"pairing": pairing, "pairing_snapshot": name}
 
     async def _restore_detection(self, store: Store) -> Detection:
         cfg = self.config.anomaly

@@ -1,0 +1,250 @@
+"""NACL return rejects paired across chunks, inputs and restarts.
+
+A rejected reply and its accepted request are often in different objects
+(each direction is captured in its own aggregation window, delivered minutes
+apart). So every input leaves behind, per (ENI, window), what may still pair:
+
+- requests: a 64-bit hash of the flow their reply would have (addresses and
+  ports swapped, same protocol and ENI), one entry per distinct flow;
+- replies that found no request yet: the hash of their own flow, with a count.
+
+A REJECT at window `wr` pairs with an ACCEPT at window `wq` on the same ENI
+when `0 <= wr - wq <= lateness`: the request's window is the same or earlier,
+whichever of the two arrives first. Each reject record counts once. Entries
+whose window is older than the newest window seen minus the lateness are
+dropped: nothing that could still pair with them is accepted any more.
+
+Hashes are computed on whole batches (numpy over dictionary indices; Python
+runs per distinct address or ENI, never per record). The state is a
+snapshot committed with the counters, so it survives kill -9 and a retried
+input (not committed, or committed and then a duplicate) pairs nothing twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+SNAPSHOT_NAME = "pairing"
+#: one input's candidates, before pairing (the reply tuple is kept only until then, for the example)
+CANDIDATES = pa.schema(
+    [
+        pa.field("eni", pa.string()),
+        pa.field("window", pa.int64()),
+        pa.field("hash", pa.uint64()),
+        pa.field("request", pa.bool_()),
+        # the reply's flow (a request's reversed): for the example line of a counted reject only
+        pa.field("src", pa.string()),
+        pa.field("dst", pa.string()),
+        pa.field("sport", pa.int64()),
+        pa.field("dport", pa.int64()),
+        pa.field("proto", pa.int64()),
+    ]
+)
+REQUESTS = pa.schema([pa.field("window", pa.int64()), pa.field("hash", pa.uint64())])
+REPLIES = pa.schema(
+    [pa.field("eni", pa.string()), pa.field("window", pa.int64()), pa.field("hash", pa.uint64()), pa.field("n", pa.int64())]
+)
+_TUPLE = ("srcaddr", "dstaddr", "srcport", "dstport")
+_MUL = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: every input bit moves every output bit."""
+    h = h ^ (h >> np.uint64(30))
+    h = h * np.uint64(0xBF58476D1CE4E5B9)
+    h = h ^ (h >> np.uint64(27))
+    h = h * np.uint64(0x94D049BB133111EB)
+    out: np.ndarray = h ^ (h >> np.uint64(31))
+    return out
+
+
+def _column_hash(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A uint64 per value: integers as they are, strings through a hash of each distinct value."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_integer(col.type):
+        return np.asarray(pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)).astype(np.uint64)
+    encoded = pc.dictionary_encode(pc.cast(col, pa.string()))
+    values = encoded.dictionary.to_pylist()  # distinct addresses or ENIs: few next to the records
+    table = np.array(
+        [int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little") for v in values], np.uint64
+    )
+    out: np.ndarray = table[np.asarray(encoded.indices.to_numpy(zero_copy_only=False))]
+    return out
+
+
+def flow_hash(eni: pa.Array, src: pa.Array, dst: pa.Array, sport: pa.Array, dport: pa.Array, proto: pa.Array) -> pa.Array:
+    """A 64-bit hash of (ENI, source, destination, ports, protocol), one per row."""
+    with np.errstate(over="ignore"):
+        h = np.zeros(len(eni), np.uint64)
+        for col in (eni, src, dst, sport, dport, proto):
+            h = _mix((h * _MUL) ^ _column_hash(col))
+    return pa.array(h, pa.uint64())
+
+
+def candidates(flows: pa.Table, is_request: pa.Array, is_reject: pa.Array) -> pa.Table:
+    """Requests (hash of their reply's flow) and rejects (hash of their own) of `flows`: valid rows of
+    interface-id, srcaddr, dstaddr, srcport, dstport, protocol and window."""
+    parts = []
+    for mask, request in ((is_request, True), (is_reject, False)):
+        rows = flows.filter(mask)
+        if not rows.num_rows:
+            continue
+        c = {n: rows.column(n) for n in ("interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol")}
+        eni = pc.cast(c["interface-id"], pa.string())
+        # the reply comes back from where the request went
+        src, dst, sport, dport = ("dstaddr", "srcaddr", "dstport", "srcport") if request else _TUPLE
+        h = flow_hash(eni, c[src], c[dst], c[sport], c[dport], c["protocol"])
+        parts.append(
+            pa.table(
+                {
+                    "eni": eni,
+                    "window": pc.cast(rows.column("window"), pa.int64()),
+                    "hash": h,
+                    "request": pa.array([request] * rows.num_rows, pa.bool_()),
+                    "src": pc.cast(c[src], pa.string()),
+                    "dst": pc.cast(c[dst], pa.string()),
+                    "sport": pc.cast(c[sport], pa.int64()),
+                    "dport": pc.cast(c[dport], pa.int64()),
+                    "proto": pc.cast(c["protocol"], pa.int64()),
+                },
+                schema=CANDIDATES,
+            )
+        )
+    return pa.concat_tables(parts) if parts else CANDIDATES.empty_table()
+
+
+def _text(row: pa.Table) -> str:
+    """The example line of a reject from its candidate row (the reply's flow either way)."""
+    r = row.slice(0, 1).to_pylist()[0]
+    return f"{r['eni']} {r['src']}:{r['sport']} -> {r['dst']}:{r['dport']} protocol {r['proto']} REJECT"
+
+
+@dataclasses.dataclass(frozen=True)
+class Paired:
+    """What one input's pairing counted: rejects per ENI and an example record per ENI."""
+
+    counts: dict[str, int]
+    examples: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairing:
+    """Requests and waiting replies that may still pair (immutable: a new one per input)."""
+
+    lateness_seconds: int
+    requests: pa.Table = dataclasses.field(default_factory=REQUESTS.empty_table)
+    replies: pa.Table = dataclasses.field(default_factory=REPLIES.empty_table)
+    #: the newest window seen: the state keeps `lateness_seconds` before it
+    newest: int | None = None
+
+    def pair(self, found: pa.Table) -> tuple[Pairing, Paired]:
+        """Pair one input's candidates with the state and among themselves."""
+        if not found.num_rows:
+            return self, Paired({}, {})
+        is_req = found.column("request")
+        new_req = found.filter(is_req).select(["window", "hash"])
+        rejects = found.filter(pc.invert(is_req))
+        newest = pc.max(found.column("window")).as_py()
+        newest = newest if self.newest is None else max(newest, self.newest)
+        requests = _distinct(pa.concat_tables([self.requests, new_req.cast(REQUESTS)]))
+        counts: dict[str, int] = {}
+        examples: dict[str, str] = {}
+        # New rejects against every request known (old and new).
+        rejects = rejects.append_column("row", pa.array(np.arange(rejects.num_rows), pa.int64()))
+        hit_rows = _matches(rejects, requests, self.lateness_seconds)
+        hit = rejects.take(hit_rows)
+        waiting = rejects.filter(pc.invert(pc.is_in(rejects.column("row"), value_set=hit_rows)))
+        _count(hit, counts, examples)
+        # Replies waiting from earlier inputs against the new requests.
+        old = self.replies.append_column("row", pa.array(np.arange(self.replies.num_rows), pa.int64()))
+        late_rows = _matches(old, _distinct(new_req.cast(REQUESTS)), self.lateness_seconds)
+        if len(late_rows):
+            late = old.take(late_rows)
+            g = late.group_by(["eni"], use_threads=False).aggregate([("n", "sum")])
+            for eni, n in zip(g.column("eni").to_pylist(), g.column("n_sum").to_pylist(), strict=True):
+                counts[eni] = counts.get(eni, 0) + n
+            _late_examples(late, found, examples)
+            old = old.filter(pc.invert(pc.is_in(old.column("row"), value_set=late_rows)))
+        waiting_g = (
+            waiting.group_by(["eni", "window", "hash"], use_threads=False).aggregate([([], "count_all")])
+            .rename_columns(["eni", "window", "hash", "n"])
+            .cast(REPLIES)
+        )
+        replies = pa.concat_tables([old.select(REPLIES.names), waiting_g])
+        floor = newest - self.lateness_seconds
+        requests = requests.filter(pc.greater_equal(requests.column("window"), floor))
+        replies = replies.filter(pc.greater_equal(replies.column("window"), floor))
+        return Pairing(self.lateness_seconds, requests, replies, newest), Paired(counts, examples)
+
+    def nbytes(self) -> int:
+        return int(self.requests.nbytes + self.replies.nbytes)
+
+    def snapshot(self) -> bytes:
+        sink = io.BytesIO()
+        newest = -1 if self.newest is None else self.newest
+        sink.write(newest.to_bytes(8, "big", signed=True))
+        for table in (self.requests, self.replies):
+            buf = io.BytesIO()
+            with pa.ipc.new_stream(buf, table.schema) as w:
+                w.write_table(table)
+            body = buf.getvalue()
+            sink.write(len(body).to_bytes(8, "big"))
+            sink.write(body)
+        return sink.getvalue()
+
+    @classmethod
+    def restore(cls, blob: bytes, lateness_seconds: int) -> Pairing:
+        newest = int.from_bytes(blob[:8], "big", signed=True)
+        at, tables = 8, []
+        for _ in range(2):
+            size = int.from_bytes(blob[at : at + 8], "big")
+            tables.append(pa.ipc.open_stream(blob[at + 8 : at + 8 + size]).read_all())
+            at += 8 + size
+        return cls(lateness_seconds, tables[0], tables[1], None if newest < 0 else newest)
+
+
+def _distinct(requests: pa.Table) -> pa.Table:
+    if not requests.num_rows:
+        return requests
+    return requests.group_by(["window", "hash"], use_threads=False).aggregate([]).select(REQUESTS.names).cast(REQUESTS)
+
+
+def _matches(replies: pa.Table, requests: pa.Table, lateness: int) -> pa.Array:
+    """Sorted, distinct `row` values of `replies` that pair with some request."""
+    if not replies.num_rows or not requests.num_rows:
+        return pa.array([], pa.int64())
+    left = replies.select(["hash", "window", "row"]).rename_columns(["hash", "reply_window", "row"])
+    joined = left.join(requests, ["hash"], join_type="inner", use_threads=False)
+    if not joined.num_rows:
+        return pa.array([], pa.int64())
+    gap = pc.subtract(joined.column("reply_window"), joined.column("window"))
+    ok = joined.filter(pc.and_(pc.greater_equal(gap, 0), pc.less_equal(gap, lateness)))
+    rows = pc.unique(ok.column("row"))
+    return pc.take(rows, pc.sort_indices(rows))
+
+
+def _count(hit: pa.Table, counts: dict[str, int], examples: dict[str, str]) -> None:
+    if not hit.num_rows:
+        return
+    g = hit.group_by(["eni"], use_threads=False).aggregate([([], "count_all"), ("row", "min")])
+    for eni, n, row in zip(*(g.column(c).to_pylist() for c in ("eni", "count_all", "row_min")), strict=True):
+        counts[eni] = counts.get(eni, 0) + n
+        examples.setdefault(eni, _text(hit.filter(pc.equal(hit.column("row"), row))))
+
+
+def _late_examples(late: pa.Table, found: pa.Table, examples: dict[str, str]) -> None:
+    """A waiting reply's example: the request that paired it, reversed, is the reply's own flow."""
+    for eni in pc.unique(late.column("eni")).to_pylist():
+        if eni in examples:
+            continue
+        mine = late.filter(pc.equal(late.column("eni"), eni))
+        req = found.filter(pc.and_(found.column("request"), pc.is_in(found.column("hash"), value_set=mine.column("hash"))))
+        if req.num_rows:
+            examples[eni] = _text(req)
