@@ -1,0 +1,119 @@
+"""NACL return rejects paired across chunks, inputs (either order), the lateness bound and restarts."""
+
+from __future__ import annotations
+
+import gzip
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from streamer.aggregate import insights as ins
+from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
+from streamer.aggregate.pairing import Pairing
+from streamer.aggregate.state import FlowState
+from streamer.decode.objects import ObjectReader
+from streamer.ingest import Ingestor
+from streamer.replay import Input, replay_counts
+from streamer.schema import V5_ALL_FIELDS
+from streamer.synth import InsightCase, insight_table, to_lines
+
+W = 1_764_000_000 - 1_764_000_000 % 60
+ENI = "eni-0pair000000000001"
+LATENESS = 900
+
+
+def request(at: int, port: int = 50001, eni: str = ENI) -> InsightCase:
+    return InsightCase(eni, "10.0.1.5", "52.94.1.10", port, 443, "ACCEPT", at, direction="egress")
+
+
+def reply(at: int, port: int = 50001, eni: str = ENI) -> InsightCase:
+    return InsightCase(eni, "52.94.1.10", "10.0.1.5", 443, port, "REJECT", at)
+
+
+def body(cases: list[InsightCase]) -> bytes:
+    text = " ".join(V5_ALL_FIELDS) + "\n" + "\n".join(to_lines(insight_table(cases)).to_pylist()) + "\n"
+    return gzip.compress(text.encode())
+
+
+def delta(cases: list[InsightCase], chunk_bytes: int = 1 << 16) -> FlowState:
+    """One input through the real decode and batch reduce (`chunk_bytes` small: many batches)."""
+    reader = ObjectReader(columns=columns(False, True), chunk_bytes=chunk_bytes)
+    parts: list[BatchResult] = []
+    with ThreadPoolExecutor(2) as pool:
+        result = Ingestor(reader, reducer(None, None, 60), pool).run([body(cases)], parts.append)
+    assert result.failure is None
+    return delta_of(parts)
+
+
+def nacl(state: FlowState) -> dict[str, int]:
+    return {k: v["records"] for k, v in ins.report(state.insights, state.insight_examples, 0.0)["nacl_return_rejects"].items()}
+
+
+def run(inputs: list[list[InsightCase]], pairing: Pairing | None = None, restart: bool = False) -> tuple[FlowState, Pairing]:
+    """Inputs in order through one pairing state (restored from its snapshot between inputs with `restart`)."""
+    state, pairing = FlowState(), pairing or Pairing(LATENESS)
+    for cases in inputs:
+        d = delta(cases)
+        pairing = d.pair_with(pairing)
+        if restart:
+            pairing = Pairing.restore(pairing.snapshot(), LATENESS)
+        state.apply(d)
+    return state, pairing
+
+
+def test_a_pair_split_across_the_chunks_of_one_input_counts() -> None:
+    cases = [request(W + 5), *[InsightCase(ENI, "10.9.9.9", "10.0.1.5", 80, 1000 + i, "ACCEPT", W + 5) for i in range(50)]]
+    cases.append(reply(W + 6))
+    state, _ = run([cases])
+    assert nacl(state) == {ENI: 1}
+    d = delta(cases, chunk_bytes=1024)  # the request and the reply in different batches
+    d.pair_with(Pairing(LATENESS))
+    assert nacl(d) == {ENI: 1}
+
+
+def test_pairs_across_inputs_in_either_order_with_a_real_example() -> None:
+    for inputs in ([[request(W + 5)], [reply(W + 6)]], [[reply(W + 6)], [request(W + 5)]]):
+        state, pairing = run(inputs)
+        assert nacl(state) == {ENI: 1}
+        assert state.insight_examples[ENI] == f"{ENI} 52.94.1.10:443 -> 10.0.1.5:50001 protocol 6 REJECT"
+        assert pairing.replies.num_rows == 0  # a paired reply no longer waits
+
+
+def test_each_reject_counts_once_and_a_reply_before_its_request_window_does_not_pair() -> None:
+    state, _ = run([[request(W + 5), request(W + 65)], [reply(W + 66), reply(W + 70), reply(W - 50, port=50001)]])
+    assert nacl(state) == {ENI: 2}  # W - 50 lies in the window before both requests'
+    state, _ = run([[request(W + 5, eni="eni-0other00000000001")], [reply(W + 6)]])
+    assert nacl(state) == {}  # another ENI's request
+
+
+def test_the_lateness_bound_inside_pairs_outside_does_not() -> None:
+    for gap, pairs in ((LATENESS, True), (LATENESS + 60, False)):
+        for inputs in ([[request(W + 5)], [reply(W + 5 + gap)]], [[reply(W + 5 + gap)], [request(W + 5)]]):
+            state, _ = run(inputs)
+            assert nacl(state) == ({ENI: 1} if pairs else {}), (gap, inputs)
+
+
+def test_state_older_than_the_newest_window_minus_the_lateness_is_dropped() -> None:
+    _, pairing = run([[request(W + 5), reply(W + 5, port=50009)], [request(W + 2 * LATENESS, port=50002)]])
+    assert pairing.requests.column("window").to_pylist() == [W + 2 * LATENESS - (W + 2 * LATENESS) % 60]
+    assert pairing.replies.num_rows == 0
+
+
+def test_after_a_restart_the_state_pairs_the_same() -> None:
+    for inputs in ([[request(W + 5)], [reply(W + 6)]], [[reply(W + 6)], [request(W + 5)]]):
+        state, _ = run(inputs, restart=True)
+        assert nacl(state) == {ENI: 1}
+
+
+def test_replay_pairs_across_all_its_files_in_either_order(tmp_path: Path) -> None:
+    (tmp_path / "a.log.gz").write_bytes(body([request(W + 5), request(W + 7, port=50002)]))
+    (tmp_path / "b.log.gz").write_bytes(body([reply(W + 6), reply(W + 400, port=50002)]))
+    reader = ObjectReader(columns=columns(False, True))
+    for names in (["a", "b"], ["b", "a"]):
+        inputs = [Input(name, tmp_path / f"{name}.log.gz", 0) for name in names]
+        with ThreadPoolExecutor(2) as pool:
+            state, _ = replay_counts(inputs, reader, pool, insights_window_seconds=60, lateness_seconds=LATENESS)
+        assert nacl(state) == {ENI: 2}
+        with ThreadPoolExecutor(2) as pool:
+            state, _ = replay_counts(inputs, reader, pool, insights_window_seconds=60, lateness_seconds=300)
+        # W + 400 lies beyond 300 s of lateness; and read first, it moves the state past the reply at W + 6 too
+        assert nacl(state) == ({ENI: 1} if names == ["a", "b"] else {})
