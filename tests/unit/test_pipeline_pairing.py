@@ -64,5 +64,6 @@ async def test_a_pair_across_a_restart_counts_once_and_a_retry_adds_nothing(
     pipe.store.close()
     pipe = open_pipeline(tmp_path / "state.db", pool)
     assert nacl(pipe.state) == {ENI: 1}
-    assert pipe.pairing is not None and pipe.pairing.replies.num_rows == 0
+    assert pipe.pairing is not None
+    assert pipe.pairing.replies.num_rows == 0
     pipe.store.close()
