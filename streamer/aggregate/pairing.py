@@ -72,9 +72,7 @@ def _column_hash(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
         return np.asarray(pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)).astype(np.uint64)
     encoded = pc.dictionary_encode(pc.cast(col, pa.string()))
     values = encoded.dictionary.to_pylist()  # distinct addresses or ENIs: few next to the records
-    table = np.array(
-        [int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little") for v in values], np.uint64
-    )
+    table = np.array([int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little") for v in values], np.uint64)
     out: np.ndarray = table[np.asarray(encoded.indices.to_numpy(zero_copy_only=False))]
     return out
 
@@ -173,7 +171,8 @@ class Pairing:
             _late_examples(late, found, examples)
             old = old.filter(pc.invert(pc.is_in(old.column("row"), value_set=late_rows)))
         waiting_g = (
-            waiting.group_by(["eni", "window", "hash"], use_threads=False).aggregate([([], "count_all")])
+            waiting.group_by(["eni", "window", "hash"], use_threads=False)
+            .aggregate([([], "count_all")])
             .rename_columns(["eni", "window", "hash", "n"])
             .cast(REPLIES)
         )

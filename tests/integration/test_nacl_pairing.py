@@ -44,12 +44,15 @@ def test_requests_and_replies_in_objects_minutes_apart_pair_exactly_across_a_kil
     now = dt.datetime.now(dt.UTC)
     t0 = int(now.timestamp()) - 1200
     first = [
-        request(A, 50001, t0), request(A, 50002, t0 + 10),  # their replies come 4 minutes later, in the next object
+        request(A, 50001, t0),
+        request(A, 50002, t0 + 10),  # their replies come 4 minutes later, in the next object
         reply(B, 50003, t0 + 30),  # this reply comes before its request: it waits
         reply(A, 50009, t0 + 40),  # no request ever: never counted
     ]
     second = [
-        reply(A, 50001, t0 + 240), reply(A, 50002, t0 + 250), reply(A, 50002, t0 + 260),  # two rejected replies: both count
+        reply(A, 50001, t0 + 240),
+        reply(A, 50002, t0 + 250),
+        reply(A, 50002, t0 + 260),  # two rejected replies: both count
         request(B, 50003, t0 + 20),
     ]
     s3.put_object(Bucket="flow-logs", Key=aws_key(now - dt.timedelta(minutes=5), "daily", n=1), Body=body(first))
