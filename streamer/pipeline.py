@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
 from streamer.aggregate.detection import Detection
+from streamer.aggregate.pairing import PARTIAL_SOURCE, Pairing, encode_candidates
 from streamer.aggregate.pairing import SNAPSHOT_NAME as PAIRING_SNAPSHOT
-from streamer.aggregate.pairing import Pairing
 from streamer.aggregate.state import FlowState
 from streamer.aggregate.windows import WindowBatch, encode_partial, merge
 from streamer.decode.objects import ObjectReader
@@ -138,6 +138,8 @@ class Pipeline:
         )
         if self.partials_window_seconds is not None and window_parts:
             change.partials.append((source, encode_partial(window_parts)))
+        if self.partials_window_seconds is not None and self.insights_window_seconds is not None and delta.pairs is not None:
+            change.partials.append((PARTIAL_SOURCE, encode_candidates(delta.pairs)))  # the leader pairs them
         try:
             committed, anomalies = await self._shielded(self._commit_and_apply(source, change, window_parts))
         except LeaseLost as exc:  # another replica reads this partition now and counts it

@@ -10,6 +10,7 @@ read again on the next start) and the store is closed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -20,11 +21,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from streamer.aggregate import insights as ins
 from streamer.aggregate.anomaly import Settings
 from streamer.aggregate.detection import DETECTOR_SNAPSHOT, SNAPSHOT_NAME, Detection
 from streamer.aggregate.eventtime import EventClock
 from streamer.aggregate.pairing import SNAPSHOT_NAME as PAIRING_SNAPSHOT
-from streamer.aggregate.pairing import Pairing
+from streamer.aggregate.pairing import Paired, Pairing
+from streamer.aggregate.state import FlowState
 from streamer.aws import AwsClients
 from streamer.config import Config
 from streamer.export.alerts import Alerter
@@ -164,7 +167,7 @@ class Service:
             self.registry.register(FlowCollector(lambda: pipeline.state, self.config.metrics.max_interfaces))
             if self.config.insights.enabled:
                 price = self.config.insights.nat_gateway_price_per_gb
-                self.registry.register(InsightsCollector(lambda: pipeline.state, price))
+                self.registry.register(InsightsCollector(lambda: _with_paired(pipeline.state, leader), price))
             members = lambda: pipeline.state.seen.keys()  # noqa: E731
             current = (lambda: leader.detection) if leader is not None else (lambda: pipeline.detection)
             self.registry.register(DetectionCollector(current, members, self.config.metrics.max_interfaces))
@@ -222,6 +225,7 @@ class Service:
             lambda blob: Detection.restore(blob, settings, cfg.lateness_seconds, self.event_clock()),
             alerter,
             store.call,
+            pairing_lateness_seconds=cfg.lateness_seconds if self.config.insights.enabled else None,
         )
         self.registry.register(LeaseCollector(coordinator))
         log.info("replica %s joined a fleet of %d", coordinator.replica_id, len(coordinator.live))
@@ -241,15 +245,14 @@ class Service:
         return EventClock(cfg.lateness_seconds, cfg.idle_timeout_seconds, True, names, started_at=time.time())
 
     async def _restore_pairing(self, store: Store, fleet: bool) -> dict[str, Any]:
-        """The NACL pairing state (insights on): one per process; in a fleet, one per replica (pairs across
-        replicas are not made yet)."""
-        if not self.config.insights.enabled:
+        """The NACL pairing state of one process (insights on). A fleet's replicas send their candidates
+        to the leader instead, which pairs what every replica saw (store/leader.py)."""
+        if not self.config.insights.enabled or fleet:
             return {}
-        name = f"{PAIRING_SNAPSHOT}.{self.config.fleet.replica_id}" if fleet else PAIRING_SNAPSHOT
-        blob = await store.call(store.store.snapshot, name)
+        blob = await store.call(store.store.snapshot, PAIRING_SNAPSHOT)
         lateness = self.config.anomaly.lateness_seconds
         pairing = Pairing(lateness) if blob is None else await asyncio.to_thread(Pairing.restore, blob, lateness)
-        return {"pairing": pairing, "pairing_snapshot": name}
+        return {"pairing": pairing}
 
     async def _restore_detection(self, store: Store) -> Detection:
         cfg = self.config.anomaly
@@ -323,6 +326,15 @@ class RestartBackoff:
         delay = self.next
         self.next = min(self.next * 2, self.limit)
         return delay
+
+
+def _with_paired(state: FlowState, leader: LeaderDetector | None) -> FlowState:
+    """A replica's insights, plus, on the fleet's leader, the NACL return rejects it paired for everyone."""
+    if leader is None or leader.totals is None or not leader.totals.counts:
+        return state
+    examples = dict(state.insight_examples)
+    insights = ins.add_pairs(state.insights, examples, Paired(dict(leader.totals.counts), dict(leader.totals.examples)))
+    return dataclasses.replace(state, insights=insights, insight_examples=examples)
 
 
 def _readiness(source: Source) -> Callable[[], float]:

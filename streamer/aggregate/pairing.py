@@ -27,6 +27,7 @@ import hashlib
 import io
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -247,3 +248,44 @@ def _late_examples(late: pa.Table, found: pa.Table, examples: dict[str, str]) ->
         req = found.filter(pc.and_(found.column("request"), pc.is_in(found.column("hash"), value_set=mine.column("hash"))))
         if req.num_rows:
             examples[eni] = _text(req)
+
+
+# --- the fleet: replicas send candidates to the leader, which pairs them all ------------------------
+
+#: the `source` of a window partial that carries one input's pairing candidates instead of windows
+PARTIAL_SOURCE = "~nacl_pairs"
+#: the leader's running counts of paired rejects (and examples), committed with its pairing state
+TOTALS_SNAPSHOT = "pairing.totals"
+
+
+def encode_candidates(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    with pa.ipc.new_stream(buf, CANDIDATES) as w:
+        w.write_table(table.cast(CANDIDATES))
+    return buf.getvalue()
+
+
+def decode_candidates(blob: bytes) -> pa.Table:
+    return pa.ipc.open_stream(blob).read_all().cast(CANDIDATES)
+
+
+@dataclasses.dataclass
+class Totals:
+    """Rejects the fleet's leader paired, per ENI, with an example each: exported by the leader."""
+
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    examples: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def add(self, paired: Paired) -> None:
+        for eni, n in paired.counts.items():
+            self.counts[eni] = self.counts.get(eni, 0) + n
+        for eni, text in paired.examples.items():
+            self.examples.setdefault(eni, text)
+
+    def snapshot(self) -> bytes:
+        return orjson.dumps({"counts": self.counts, "examples": self.examples})
+
+    @classmethod
+    def restore(cls, blob: bytes) -> Totals:
+        doc = orjson.loads(blob)
+        return cls(dict(doc["counts"]), dict(doc["examples"]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from streamer.schema import V5_ALL_FIELDS
 from streamer.synth import InsightCase, insight_table, to_lines
 from tests.integration.conftest import aws_key, boto, scrape
 from tests.integration.test_crash_restart import Harness, wait_until
+from tests.integration.test_fleet import Replica
 
 pytestmark = pytest.mark.integration
 
@@ -88,3 +90,51 @@ def test_requests_and_replies_in_objects_minutes_apart_pair_exactly_across_a_kil
         proc.kill()
         proc.wait()
     assert "Traceback" not in h.log.read_text()
+
+
+def test_a_fleet_pairs_requests_read_by_one_replica_with_replies_read_by_the_other(aws: str, pg_url: str, tmp_path: Path) -> None:
+    """Two replicas over one PostgreSQL, each holding one of the bucket's two partitions: the requests go
+    to r1's, the replies to r2's. The leader pairs the candidates both commit with their inputs; the
+    fleet's sum (what `sum()` over the replicas gives) is exact."""
+    s3 = boto("s3", aws)
+    s3.create_bucket(Bucket="flow-logs")
+    now = dt.datetime.now(dt.UTC)
+    t0 = int(now.timestamp()) - 1200
+    objects = [
+        [request(A, 50001, t0), request(A, 50002, t0 + 10), request(B, 50003, t0 + 20)],
+        [reply(A, 50001, t0 + 240), reply(A, 50002, t0 + 250), reply(A, 50002, t0 + 260), reply(B, 50003, t0 + 30)],
+    ]
+    source = {"type": "s3", "name": "bucket", "bucket": "flow-logs", "endpoint_url": aws, "poll_interval_seconds": 0.2}
+    config = {"checkpoint": {"url": pg_url}, "sources": [source], "fleet": {"lease_seconds": 3, "s3_partitions": 2}}
+    replicas = [Replica(tmp_path, f"r{i + 1}", config) for i in range(2)]
+
+    def partitions(r: Replica) -> list[int]:
+        held = (r.scrape() or {}).get("streamer_leases", {})
+        return [int(dict(k)["name"].split("/")[1]) for k, v in held.items() if v and dict(k)["name"].startswith("bucket/")]
+
+    def summed() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in replicas:
+            for labels, v in (r.scrape() or {}).get("vpcflow_nacl_return_rejects_total", {}).items():
+                eni = dict(labels)["interface_id"]
+                out[eni] = out.get(eni, 0) + int(v)
+        return out
+
+    try:
+        for r in replicas:
+            r.start()
+        wait_until(lambda: all(len(partitions(r)) == 1 for r in replicas), 60, "one partition per replica")
+        keys = [aws_key(now, "daily", n=n) for n in range(64)]
+        for r, cases in zip(replicas, objects, strict=True):
+            (mine,) = partitions(r)
+            key = next(k for k in keys if zlib.crc32(k.encode()) % 2 == mine)
+            s3.put_object(Bucket="flow-logs", Key=key, Body=body(cases))
+        wait_until(lambda: summed() == {A: 3, B: 1}, 90, "the fleet's exact NACL return rejects")
+        for r in replicas:  # each replica read one of the two objects: the pairs were made across replicas
+            done = (r.scrape() or {}).get("streamer_objects_total", {})
+            assert sum(v for k, v in done.items() if dict(k)["outcome"] == "ok") == 1
+    finally:
+        for r in replicas:
+            if r.proc is not None:
+                r.stop()
+    assert "Traceback" not in "".join(r.log.read_text() for r in replicas)
