@@ -117,3 +117,14 @@ def test_replay_pairs_across_all_its_files_in_either_order(tmp_path: Path) -> No
             state, _ = replay_counts(inputs, reader, pool, insights_window_seconds=60, lateness_seconds=300)
         # W + 400 lies beyond 300 s of lateness; and read first, it moves the state past the reply at W + 6 too
         assert nacl(state) == ({ENI: 1} if names == ["a", "b"] else {})
+
+
+def test_a_pending_request_takes_16_bytes_and_a_waiting_reply_28_plus_its_eni() -> None:
+    """The sizes the README states: a request is (window, hash); a waiting reply (ENI, window, hash, count)."""
+    _, pairing = run(
+        [[request(W + 5, port=p) for p in range(50001, 50101)] + [reply(W + 6, port=p) for p in range(40001, 40101)]]
+    )
+    assert pairing.requests.num_rows == 100
+    assert pairing.requests.nbytes == 100 * 16
+    assert pairing.replies.num_rows == 100
+    assert pairing.replies.nbytes // 100 == 28 + len(ENI)  # 8 + 8 + 8, a 4-byte string offset and the text
