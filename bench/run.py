@@ -318,7 +318,8 @@ def main() -> None:
         r_i = add(f"{name}: + network insights", with_insights["records"], with_insights["seconds"], with_insights["rss_mib"])
         rows.append((f"{name}: insights cost {100 * (1 - r_i / r_w):.0f}% of the live path's rate", 0, 0, 0))
         pending = with_insights["pending_entries"]
-        rows.append((f"{name}: NACL pairing state {pending:,.0f} entries, {with_insights['pending_bytes'] / 2**20:.1f} MiB", 0, 0, 0))
+        mib = with_insights["pending_bytes"] / 2**20
+        rows.append((f"{name}: NACL pairing state {pending:,.0f} entries, {mib:.1f} MiB", 0, 0, 0))
         r_base = add(f"{name}: plain Python split+dict (in-process)", base["records"], base["seconds"], base["rss_mib"])
         r_dec = add(f"{name}: ISA-L decompression alone", dec["records"], dec["seconds"], dec["rss_mib"])
         rows.append((f"{name}: ratio streamer/plain = {r_in / r_base:.1f}x, streamer/decompress = {r_in / r_dec:.2f}", 0, 0, 0))

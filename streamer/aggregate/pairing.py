@@ -14,8 +14,8 @@ whichever of the two arrives first. Each reject record counts once. Entries
 whose window is older than the newest window seen minus the lateness are
 dropped: nothing that could still pair with them is accepted any more.
 
-Hashes are computed on whole batches (numpy over dictionary indices; Python
-runs per distinct address or ENI, never per record). The state is a
+Hashes are computed on whole batches with numpy, over Arrow's buffers (no
+per-record Python). The state is a
 snapshot committed with the counters, so it survives kill -9 and a retried
 input (not committed, or committed and then a duplicate) pairs nothing twice.
 """
@@ -23,7 +23,6 @@ input (not committed, or committed and then a duplicate) pairs nothing twice.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 
 import numpy as np
@@ -39,7 +38,7 @@ CANDIDATES = pa.schema(
         pa.field("window", pa.int64()),
         pa.field("hash", pa.uint64()),
         pa.field("request", pa.bool_()),
-        # the reply's flow (a request's reversed): for the example line of a counted reject only
+        # the record's flow: for the example line of a counted reject only (a request's, reversed)
         pa.field("src", pa.string()),
         pa.field("dst", pa.string()),
         pa.field("sport", pa.int64()),
@@ -51,8 +50,10 @@ REQUESTS = pa.schema([pa.field("window", pa.int64()), pa.field("hash", pa.uint64
 REPLIES = pa.schema(
     [pa.field("eni", pa.string()), pa.field("window", pa.int64()), pa.field("hash", pa.uint64()), pa.field("n", pa.int64())]
 )
-_TUPLE = ("srcaddr", "dstaddr", "srcport", "dstport")
 _MUL = np.uint64(0x9E3779B97F4A7C15)
+#: the string hash's base (odd: invertible mod 2^64) and its inverse
+_P = np.uint64(1_000_003)
+_INV = np.uint64(pow(1_000_003, -1, 2**64))
 
 
 def _mix(h: np.ndarray) -> np.ndarray:
@@ -66,16 +67,53 @@ def _mix(h: np.ndarray) -> np.ndarray:
 
 
 def _column_hash(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A uint64 per value: integers as they are, strings through a hash of each distinct value."""
+    """A uint64 per value: integers as they are, strings by a polynomial hash of their bytes."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     if pa.types.is_integer(col.type):
         return np.asarray(pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)).astype(np.uint64)
+    # each distinct value once (ENIs and addresses repeat within a batch), then one take per row
     encoded = pc.dictionary_encode(pc.cast(col, pa.string()))
-    values = encoded.dictionary.to_pylist()  # distinct addresses or ENIs: few next to the records
-    table = np.array([int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little") for v in values], np.uint64)
-    out: np.ndarray = table[np.asarray(encoded.indices.to_numpy(zero_copy_only=False))]
+    indices = np.asarray(encoded.indices.to_numpy(zero_copy_only=False))
+    out: np.ndarray = _string_hash(encoded.dictionary)[indices]
     return out
+
+
+def _string_hash(col: pa.Array) -> np.ndarray:
+    """sum(byte_j * P^(len-1-j)) mod 2^64 per string, for all strings at once: prefix sums of
+    byte_j * P^-j over the data buffer (P is odd, so invertible mod 2^64), differenced at the offsets."""
+    n = len(col)
+    width = np.int64 if pa.types.is_large_string(col.type) else np.int32
+    offsets = np.frombuffer(col.buffers()[1], dtype=width)[col.offset : col.offset + n + 1].astype(np.int64)
+    data_buffer = col.buffers()[2]
+    first, last = int(offsets[0]), int(offsets[-1])
+    raw = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    data = raw[first:last].astype(np.uint64)
+    offsets -= first
+    size = len(data)
+    inverse, powers = _powers(size)
+    with np.errstate(over="ignore"):
+        sums = np.zeros(size + 1, np.uint64)
+        np.cumsum(data * inverse[1 : size + 1], dtype=np.uint64, out=sums[1:])
+        h = (sums[offsets[1:]] - sums[offsets[:-1]]) * powers[offsets[1:]]
+        lengths = (offsets[1:] - offsets[:-1]).astype(np.uint64)
+        return _mix(h ^ (lengths * _MUL))
+
+
+_POWERS: tuple[np.ndarray, np.ndarray] = (np.ones(1, np.uint64), np.ones(1, np.uint64))
+
+
+def _powers(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """P^-k and P^k for k = 0..size at least (computed once, grown when a batch needs more)."""
+    global _POWERS
+    inverse, powers = _POWERS
+    if len(powers) <= size:
+        n = max(size + 1, 2 * len(powers))
+        with np.errstate(over="ignore"):
+            inverse = np.cumprod(np.concatenate(([np.uint64(1)], np.full(n - 1, _INV, np.uint64))), dtype=np.uint64)
+            powers = np.cumprod(np.concatenate(([np.uint64(1)], np.full(n - 1, _P, np.uint64))), dtype=np.uint64)
+        _POWERS = (inverse, powers)  # one assignment: threads see the old pair or the new one
+    return inverse, powers
 
 
 def flow_hash(eni: pa.Array, src: pa.Array, dst: pa.Array, sport: pa.Array, dport: pa.Array, proto: pa.Array) -> pa.Array:
@@ -90,39 +128,46 @@ def flow_hash(eni: pa.Array, src: pa.Array, dst: pa.Array, sport: pa.Array, dpor
 def candidates(flows: pa.Table, is_request: pa.Array, is_reject: pa.Array) -> pa.Table:
     """Requests (hash of their reply's flow) and rejects (hash of their own) of `flows`: valid rows of
     interface-id, srcaddr, dstaddr, srcport, dstport, protocol and window."""
-    parts = []
-    for mask, request in ((is_request, True), (is_reject, False)):
-        rows = flows.filter(mask)
-        if not rows.num_rows:
-            continue
-        c = {n: rows.column(n) for n in ("interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol")}
-        eni = pc.cast(c["interface-id"], pa.string())
-        # the reply comes back from where the request went
-        src, dst, sport, dport = ("dstaddr", "srcaddr", "dstport", "srcport") if request else _TUPLE
-        h = flow_hash(eni, c[src], c[dst], c[sport], c[dport], c["protocol"])
-        parts.append(
-            pa.table(
-                {
-                    "eni": eni,
-                    "window": pc.cast(rows.column("window"), pa.int64()),
-                    "hash": h,
-                    "request": pa.array([request] * rows.num_rows, pa.bool_()),
-                    "src": pc.cast(c[src], pa.string()),
-                    "dst": pc.cast(c[dst], pa.string()),
-                    "sport": pc.cast(c[sport], pa.int64()),
-                    "dport": pc.cast(c[dport], pa.int64()),
-                    "proto": pc.cast(c["protocol"], pa.int64()),
-                },
-                schema=CANDIDATES,
-            )
-        )
-    return pa.concat_tables(parts) if parts else CANDIDATES.empty_table()
+    keep = pc.or_(is_request, is_reject)
+    flows, request = flows.filter(keep), pc.filter(is_request, keep)
+    if not flows.num_rows:
+        return CANDIDATES.empty_table()
+    cols = {n: flows.column(n) for n in ("interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol")}
+    h = {n: _column_hash(c) for n, c in cols.items()}
+    req = np.asarray(request.to_numpy(zero_copy_only=False), bool)
+    # a request's reply comes back from where it went: its key is its flow reversed
+    a = np.where(req, h["dstaddr"], h["srcaddr"])
+    b = np.where(req, h["srcaddr"], h["dstaddr"])
+    pa_ = np.where(req, h["dstport"], h["srcport"])
+    pb = np.where(req, h["srcport"], h["dstport"])
+    with np.errstate(over="ignore"):
+        key = np.zeros(flows.num_rows, np.uint64)
+        for part in (h["interface-id"], a, b, pa_, pb, h["protocol"]):
+            key = _mix((key * _MUL) ^ part)
+    src, dst, sport, dport = cols["srcaddr"], cols["dstaddr"], cols["srcport"], cols["dstport"]
+    return pa.table(
+        {
+            "eni": pc.cast(cols["interface-id"], pa.string()),
+            "window": pc.cast(flows.column("window"), pa.int64()),
+            "hash": pa.array(key, pa.uint64()),
+            "request": request,
+            "src": pc.cast(src, pa.string()),
+            "dst": pc.cast(dst, pa.string()),
+            "sport": pc.cast(sport, pa.int64()),
+            "dport": pc.cast(dport, pa.int64()),
+            "proto": pc.cast(cols["protocol"], pa.int64()),
+        },
+        schema=CANDIDATES,
+    )
 
 
 def _text(row: pa.Table) -> str:
-    """The example line of a reject from its candidate row (the reply's flow either way)."""
+    """The example line of a reject from its candidate row, or from its request's (reversed: the same flow)."""
     r = row.slice(0, 1).to_pylist()[0]
-    return f"{r['eni']} {r['src']}:{r['sport']} -> {r['dst']}:{r['dport']} protocol {r['proto']} REJECT"
+    src, sport, dst, dport = r["src"], r["sport"], r["dst"], r["dport"]
+    if r["request"]:
+        src, sport, dst, dport = dst, dport, src, sport
+    return f"{r['eni']} {src}:{sport} -> {dst}:{dport} protocol {r['proto']} REJECT"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +197,7 @@ class Pairing:
         rejects = found.filter(pc.invert(is_req))
         newest = pc.max(found.column("window")).as_py()
         newest = newest if self.newest is None else max(newest, self.newest)
-        requests = _distinct(pa.concat_tables([self.requests, new_req.cast(REQUESTS)]))
+        requests = pa.concat_tables([self.requests, new_req.cast(REQUESTS)])  # flow logs repeat a flow rarely
         counts: dict[str, int] = {}
         examples: dict[str, str] = {}
         # New rejects against every request known (old and new).
@@ -163,7 +208,7 @@ class Pairing:
         _count(hit, counts, examples)
         # Replies waiting from earlier inputs against the new requests.
         old = self.replies.append_column("row", pa.array(np.arange(self.replies.num_rows), pa.int64()))
-        late_rows = _matches(old, _distinct(new_req.cast(REQUESTS)), self.lateness_seconds)
+        late_rows = _matches(old, new_req.cast(REQUESTS), self.lateness_seconds)
         if len(late_rows):
             late = old.take(late_rows)
             g = late.group_by(["eni"], use_threads=False).aggregate([("n", "sum")])
@@ -210,15 +255,13 @@ class Pairing:
         return cls(lateness_seconds, tables[0], tables[1], None if newest < 0 else newest)
 
 
-def _distinct(requests: pa.Table) -> pa.Table:
-    if not requests.num_rows:
-        return requests
-    return requests.group_by(["window", "hash"], use_threads=False).aggregate([]).select(REQUESTS.names).cast(REQUESTS)
-
-
 def _matches(replies: pa.Table, requests: pa.Table, lateness: int) -> pa.Array:
     """Sorted, distinct `row` values of `replies` that pair with some request."""
     if not replies.num_rows or not requests.num_rows:
+        return pa.array([], pa.int64())
+    # a cheap semi-join first: of the many requests, only those some reply hashes to
+    requests = requests.filter(pc.is_in(requests.column("hash"), value_set=pc.unique(replies.column("hash"))))
+    if not requests.num_rows:
         return pa.array([], pa.int64())
     left = replies.select(["hash", "window", "row"]).rename_columns(["hash", "reply_window", "row"])
     joined = left.join(requests, ["hash"], join_type="inner", use_threads=False)
