@@ -129,7 +129,9 @@ def candidates(flows: pa.Table, is_request: pa.Array, is_reject: pa.Array) -> pa
     """Requests (hash of their reply's flow) and rejects (hash of their own) of `flows`: valid rows of
     interface-id, srcaddr, dstaddr, srcport, dstport, protocol and window."""
     keep = pc.or_(is_request, is_reject)
-    flows, request = flows.filter(keep), pc.filter(is_request, keep)
+    request = is_request
+    if not pc.all(keep).as_py():  # the caller passes accepts and rejects only: no copy then
+        flows, request = flows.filter(keep), pc.filter(is_request, keep)
     if not flows.num_rows:
         return CANDIDATES.empty_table()
     cols = {n: flows.column(n) for n in ("interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol")}
@@ -193,7 +195,7 @@ class Pairing:
         if not found.num_rows:
             return self, Paired({}, {})
         is_req = found.column("request")
-        new_req = found.filter(is_req).select(["window", "hash"])
+        new_req = found.select(["window", "hash"]).filter(is_req)  # numbers only: no strings copied
         rejects = found.filter(pc.invert(is_req))
         newest = pc.max(found.column("window")).as_py()
         newest = newest if self.newest is None else max(newest, self.newest)

@@ -130,6 +130,9 @@ def test_a_fleet_pairs_requests_read_by_one_replica_with_replies_read_by_the_oth
             key = next(k for k in keys if zlib.crc32(k.encode()) % 2 == mine)
             s3.put_object(Bucket="flow-logs", Key=key, Body=body(cases))
         wait_until(lambda: summed() == {A: 3, B: 1}, 90, "the fleet's exact NACL return rejects")
+        (leader,) = [r for r in replicas if (r.scrape() or {}).get("streamer_leader", {}).get((), 0) == 1]
+        exported = (leader.scrape() or {}).get("vpcflow_nacl_return_rejects_total", {})
+        assert {dict(k)["interface_id"]: int(v) for k, v in exported.items()} == {A: 3, B: 1}  # the leader exports them
         for r in replicas:  # each replica read one of the two objects: the pairs were made across replicas
             done = (r.scrape() or {}).get("streamer_objects_total", {})
             assert sum(v for k, v in done.items() if dict(k)["outcome"] == "ok") == 1
