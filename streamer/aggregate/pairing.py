@@ -116,15 +116,6 @@ def _powers(size: int) -> tuple[np.ndarray, np.ndarray]:
     return inverse, powers
 
 
-def flow_hash(eni: pa.Array, src: pa.Array, dst: pa.Array, sport: pa.Array, dport: pa.Array, proto: pa.Array) -> pa.Array:
-    """A 64-bit hash of (ENI, source, destination, ports, protocol), one per row."""
-    with np.errstate(over="ignore"):
-        h = np.zeros(len(eni), np.uint64)
-        for col in (eni, src, dst, sport, dport, proto):
-            h = _mix((h * _MUL) ^ _column_hash(col))
-    return pa.array(h, pa.uint64())
-
-
 def candidates(flows: pa.Table, is_request: pa.Array, is_reject: pa.Array) -> pa.Table:
     """Requests (hash of their reply's flow) and rejects (hash of their own) of `flows`: valid rows of
     interface-id, srcaddr, dstaddr, srcport, dstport, protocol and window."""
