@@ -207,15 +207,20 @@ class Service:
                     if alerter.targets:
                         group.create_task(alerter.run())
                     await stop.wait()
+                    log.info("stopping")
                     self.stopping = True
                     # Commits in flight finish (they are shielded), unless the database does not answer.
-                    abort = asyncio.get_running_loop().call_later(STOP_GRACE_SECONDS, store.abort)
+                    grace = 0 if store.problem is not None else STOP_GRACE_SECONDS
+                    abort = asyncio.get_running_loop().call_later(grace, store.abort)
                     raise _Stop  # cancels every task in the group
             except* _Stop:
                 pass
         finally:
             if self.coordinator is not None:
-                await self.coordinator.leave(LEAVE_SECONDS)  # the others take over now, not when the leases expire
+                if store.problem is None:  # the others take over now, not when the leases expire
+                    await self.coordinator.leave(LEAVE_SECONDS)
+                else:
+                    log.warning("the database does not answer: leases are left to expire (%s)", store.problem)
                 self.coordinator.close()
             if runner is not None:
                 await runner.cleanup()

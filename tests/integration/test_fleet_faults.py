@@ -13,15 +13,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import signal
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from streamer.synth import TrafficProfile, generate_table
+from tests.integration.conftest import Truth, aws_key, boto
 from tests.integration.slowproxy import Blackhole
-from tests.integration.test_fleet import wait_for
+from tests.integration.test_fleet import Fleet, Replica, gz, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -114,3 +121,79 @@ def _answers(store: Any) -> bool:
     except psycopg.OperationalError:
         return False
     return True
+
+
+def readyz(replica: Replica) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{replica.port}/readyz", timeout=5) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return int(err.code), err.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def sqs_bucket(aws: str) -> tuple[Any, str]:
+    s3, sqs = boto("s3", aws), boto("sqs", aws)
+    s3.create_bucket(Bucket="flow-logs")
+    url = sqs.create_queue(QueueName="faults", Attributes={"VisibilityTimeout": "10"})["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(
+        Bucket="flow-logs",
+        NotificationConfiguration={"QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]},
+    )
+    return s3, url
+
+
+def put_objects(s3: Any, truth: Truth, first: int, count: int) -> None:
+    now = dt.datetime.now(dt.UTC)
+    for i in range(first, first + count):
+        table = generate_table(TrafficProfile(records=200, enis=5, seed=i, start_epoch=int(now.timestamp()) - 1800))
+        truth.add_rows(table.to_pylist())
+        s3.put_object(Bucket="flow-logs", Key=aws_key(now, "daily", n=i), Body=gz(table))
+
+
+def test_a_replica_waits_out_a_blackholed_database_recovers_without_a_restart_and_stops_without_it(
+    aws: str, pg_url: str, tmp_path: Path
+) -> None:
+    s3, queue = sqs_bucket(aws)
+    truth = Truth()
+    port = int(pg_url.rsplit(":", 1)[1].split("/")[0])
+    with Blackhole(port).running() as proxy:
+        config = {
+            "checkpoint": {"url": proxied(pg_url, proxy), "connect_timeout_seconds": 2, "statement_timeout_seconds": 2},
+            "sources": [
+                {"type": "s3_sqs", "name": "queue", "queue_url": queue, "endpoint_url": aws, "wait_time_seconds": 1}
+            ],
+            "fleet": {"lease_seconds": 3},
+            "decode_workers": 1,
+        }
+        fleet = Fleet(tmp_path, config, n=1)
+        (replica,) = fleet.replicas
+        with fleet:
+            put_objects(s3, truth, 0, 4)
+            wait_for(lambda: fleet.totals() == truth.totals, 60, "the first objects", fleet)
+            wait_for(lambda: readyz(replica)[0] == 200, 30, "ready", fleet)
+
+            proxy.block()
+            wait_for(lambda: readyz(replica)[0] == 503, 30, "/readyz to say the database does not answer", fleet)
+            assert "not ready: checkpoint database: no " in readyz(replica)[1]
+            put_objects(s3, truth, 4, 4)  # read, not counted until the database answers
+            crashes = lambda: sum(  # noqa: E731
+                v for labels, v in (replica.scrape() or {}).get("streamer_source_errors_total", {}).items()
+                if dict(labels).get("reason") == "crashed"
+            )
+            before = crashes()
+            proxy.heal(reset=True)
+            wait_for(lambda: fleet.totals() == truth.totals, 90, "the objects sent meanwhile, counted once", fleet)
+            wait_for(lambda: readyz(replica)[0] == 200, 30, "ready again, without a restart", fleet)
+            assert crashes() == before  # the source paused; nothing crashed and restarted
+            assert replica.alive
+
+            proxy.block()
+            wait_for(lambda: readyz(replica)[0] == 503, 30, "/readyz to say the database does not answer", fleet)
+            assert replica.proc is not None
+            replica.proc.send_signal(signal.SIGTERM)
+            # A hang check, not a speed test: the stop does not wait on the database (measured: ~2-3 s).
+            assert replica.proc.wait(timeout=15) == 0, fleet.logs()
+        assert "Traceback" not in fleet.logs()
