@@ -28,7 +28,7 @@ import pytest
 from streamer.synth import TrafficProfile, generate_table
 from tests.integration.conftest import Truth, aws_key, boto
 from tests.integration.slowproxy import Blackhole
-from tests.integration.test_fleet import Fleet, Replica, gz, wait_for
+from tests.integration.test_fleet import Fleet, Replica, gz, leases_by_replica, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -197,3 +197,119 @@ def test_a_replica_waits_out_a_blackholed_database_recovers_without_a_restart_an
             # A hang check, not a speed test: the stop does not wait on the database (measured: ~2-3 s).
             assert replica.proc.wait(timeout=15) == 0, fleet.logs()
         assert "Traceback" not in fleet.logs()
+
+
+# --- leases: who holds what, seen from the database ----------------------------------------------------------
+
+
+class LeaseWatch:
+    """Samples the leases table (on the database's clock) in the background: gaps and changes of hands.
+
+    A lease counts as owned only while its owner's process runs: one left to a dead replica is a gap.
+    """
+
+    def __init__(self, pg_url: str, fleet: Fleet, kinds: tuple[str, ...] = ("kinesis_shard", "leader")) -> None:
+        self.pg_url = pg_url
+        self.fleet = fleet
+        self.kinds = kinds
+        self.samples: list[tuple[float, dict[tuple[str, str], str | None]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-watch", daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.pg_url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                running = {r.replica_id for r in self.fleet.replicas if r.alive}
+                rows = conn.execute(
+                    "SELECT kind, name, CASE WHEN expires_at > extract(epoch FROM clock_timestamp()) THEN owner END, "
+                    "extract(epoch FROM clock_timestamp()) FROM leases WHERE kind = ANY(%s)",
+                    (list(self.kinds),),
+                ).fetchall()
+                if rows:
+                    self.samples.append((float(rows[0][3]), {(k, n): o if o in running else None for k, n, o, _ in rows}))
+                self._stop.wait(0.1)
+
+    def __enter__(self) -> LeaseWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def longest_gaps(self) -> dict[tuple[str, str], float]:
+        """Per lease: the longest time (database clock) it had no live owner."""
+        gaps: dict[tuple[str, str], float] = {}
+        since: dict[tuple[str, str], float] = {}
+        for t, owners in self.samples:
+            for lease, owner in owners.items():
+                if owner is None:
+                    since.setdefault(lease, t)
+                elif lease in since:
+                    gaps[lease] = max(gaps.get(lease, 0.0), t - since.pop(lease))
+                else:
+                    gaps.setdefault(lease, 0.0)
+        for lease, t0 in since.items():  # still unowned at the end
+            gaps[lease] = max(gaps.get(lease, 0.0), self.samples[-1][0] - t0)
+        return gaps
+
+    def handoffs(self) -> int:
+        """How many times a lease went from one owner to a different one."""
+        last: dict[tuple[str, str], str] = {}
+        changes = 0
+        for _, owners in self.samples:
+            for lease, owner in owners.items():
+                if owner is None:
+                    continue
+                if lease in last and last[lease] != owner:
+                    changes += 1
+                last[lease] = owner
+        return changes
+
+
+def kinesis_stream(aws: str, shards: int = 4) -> None:
+    boto("kinesis", aws).create_stream(StreamName="flowlogs", ShardCount=shards)
+
+
+def settled(fleet: Fleet) -> bool:
+    """4 shards split 2/1/1 over the 3 replicas, and one leader."""
+    shards = leases_by_replica(fleet, "kinesis_shard")
+    leaders = leases_by_replica(fleet, "leader")
+    return sorted(map(len, shards.values())) == [1, 1, 2] and sum(map(len, leaders.values())) == 1
+
+
+def test_a_rolling_restart_with_sigterm_leaves_no_shard_or_leadership_unowned_longer_than_a_heartbeat(
+    aws: str, pg_url: str, tmp_path: Path
+) -> None:
+    kinesis_stream(aws)
+    lease_seconds = 12.0  # renewed every 4 s: one heartbeat (a lease left to a stopped replica: up to 12 s)
+    config = {
+        "checkpoint": {"url": pg_url},
+        "sources": [{"type": "kinesis", "name": "stream", "stream_name": "flowlogs", "endpoint_url": aws}],
+        "fleet": {"lease_seconds": lease_seconds},
+        "decode_workers": 1,
+    }
+    with Fleet(tmp_path, config) as fleet:
+        wait_for(lambda: settled(fleet), 90, "4 shards and the leader over 3 replicas", fleet)
+        with LeaseWatch(pg_url, fleet) as watch:
+            for replica in fleet.replicas:
+                held = set(leases_by_replica(fleet, "kinesis_shard").get(replica.replica_id, set()))
+                assert replica.proc is not None
+                replica.proc.send_signal(signal.SIGTERM)
+                assert replica.proc.wait(timeout=30) == 0, fleet.logs()  # a hang check
+                # Its leases went to the others (a stopped replica holds nothing), then it comes back.
+                wait_for(
+                    lambda h=held: h <= {n for s in leases_by_replica(fleet, "kinesis_shard").values() for n in s},
+                    30,
+                    "the stopped replica's shards taken over",
+                    fleet,
+                )
+                replica.start()
+                wait_for(lambda r=replica: r.replica_id in leases_by_replica(fleet, "kinesis_shard"), 60, "a share again", fleet)
+                wait_for(lambda: settled(fleet), 60, "the fleet settled again", fleet)
+        gaps = watch.longest_gaps()
+        assert set(gaps) == {("leader", "detector")} | {("kinesis_shard", f"stream/shardId-00000000000{i}") for i in range(4)}
+        assert watch.handoffs() >= 3  # every replica's leases changed hands at least once
+        heartbeat = lease_seconds / 3
+        assert max(gaps.values()) < heartbeat, gaps
+    assert "Traceback" not in fleet.logs()
