@@ -14,7 +14,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -313,3 +317,73 @@ def test_a_rolling_restart_with_sigterm_leaves_no_shard_or_leadership_unowned_lo
         heartbeat = lease_seconds / 3
         assert max(gaps.values()) < heartbeat, gaps
     assert "Traceback" not in fleet.logs()
+
+
+class SkewedReplica(Replica):
+    """A replica on a host whose wall clock is off by `skew` (e.g. "+25s"), as libfaketime makes it.
+
+    Only the wall clock: a real host with a wrong time still has a steady monotonic clock.
+    """
+
+    def __init__(self, tmp_path: Path, replica_id: str, config: dict[str, Any], skew: str) -> None:
+        super().__init__(tmp_path, replica_id, config)
+        self.skew = skew
+
+    def start(self) -> None:
+        faketime = shutil.which("faketime")
+        if faketime is None:
+            pytest.fail("libfaketime is not installed (scripts/bootstrap.sh --test installs Debian's faketime)")
+        self.proc = subprocess.Popen(
+            [faketime, "-f", self.skew, sys.executable, "-m", "streamer", "run", "--config", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("ab"),
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"},
+        )
+
+
+def test_replicas_25_seconds_ahead_and_behind_hand_no_lease_over_for_a_minute(aws: str, pg_url: str, tmp_path: Path) -> None:
+    kinesis_stream(aws)
+    config = {
+        "checkpoint": {"url": pg_url},
+        "sources": [{"type": "kinesis", "name": "stream", "stream_name": "flowlogs", "endpoint_url": aws}],
+        "fleet": {"lease_seconds": 30},  # the default: skews of 25 s are most of it
+        "decode_workers": 1,
+    }
+    fleet = Fleet(tmp_path, config)
+    fleet.replicas[1] = SkewedReplica(tmp_path, "r2", config, "+25s")
+    fleet.replicas[2] = SkewedReplica(tmp_path, "r3", config, "-25s")
+    with fleet:
+        wait_for(lambda: settled(fleet) and len(live_replicas(pg_url)) == 3, 90, "4 shards and the leader over 3 replicas", fleet)
+        assert _wall_clock_of(fleet.replicas[1]) - _wall_clock_of(fleet.replicas[2]) > 45  # the skews are real
+        with LeaseWatch(pg_url, fleet) as watch:
+            wait_for(lambda: len(watch.samples) > 1 and watch.samples[-1][0] - watch.samples[0][0] >= 60, 120, "a minute")
+            assert all(r.alive for r in fleet.replicas)
+            assert live_replicas(pg_url) == ["r1", "r2", "r3"]  # nobody takes anybody for dead
+        assert watch.handoffs() == 0
+        assert max(watch.longest_gaps().values()) == 0.0  # and every lease owned all along
+        assert settled(fleet)
+        leaders = [r.replica_id for r in fleet.replicas if (m := r.scrape()) and m.get("streamer_leader", {}).get((), 0) == 1]
+        assert len(leaders) == 1
+    assert "Traceback" not in fleet.logs()
+
+
+def live_replicas(pg_url: str) -> list[str]:
+    """Replicas seen within the lease time, on the database's clock."""
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(
+            "SELECT replica_id FROM replicas WHERE seen_at > extract(epoch FROM clock_timestamp()) - 30 ORDER BY 1"
+        ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _wall_clock_of(replica: Replica) -> float:
+    """The replica's own wall clock, read by the same faketime set-up."""
+    skew = getattr(replica, "skew", "+0s")
+    out = subprocess.run(
+        ["faketime", "-f", skew, sys.executable, "-c", "import time; print(time.time())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return float(out)
