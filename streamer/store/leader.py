@@ -22,7 +22,7 @@ from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
 from streamer.aggregate.windows import decode_partial
 from streamer.export.alerts import ActiveAlert, Alerter
-from streamer.store.base import LeaseLost
+from streamer.store.base import CheckpointError, LeaseLost
 from streamer.store.leases import LEADER, Coordinator
 
 if TYPE_CHECKING:  # the driver is imported only when a fleet is configured
@@ -65,6 +65,8 @@ class LeaderDetector:
                 await self.step()
             except LeaseLost:
                 self._step_down()
+            except CheckpointError as exc:  # the database is away: one line; the partials wait in it
+                log.warning("leader step failed: %s", exc)
             except Exception:  # keep trying: the partials wait in the database
                 log.exception("leader step failed")
             await asyncio.sleep(TICK_SECONDS)

@@ -10,7 +10,7 @@ waiting for that answer waits for the kernel's TCP timeouts (15 minutes to
 - statement: the server cancels a statement running longer
   (`statement_timeout`, and `idle_in_transaction_session_timeout` so a
   half-open client cannot hold row locks), and the client gives up on a whole
-  call (one transaction) that has not finished by then: a watchdog thread
+  call (one transaction) that has not finished a second later: a watchdog thread
   shuts the connection's socket down, which makes the blocked call raise at
   once and the pool replace the connection. This is the only limit that
   holds when the network in between still accepts bytes but nothing comes
@@ -38,6 +38,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
+from streamer.store.base import DatabaseUnavailable
+
 
 @dataclasses.dataclass(frozen=True)
 class Timeouts:
@@ -49,6 +51,12 @@ class Timeouts:
     keepalive_interval_seconds: int = 5
     keepalive_count: int = 3
     tcp_user_timeout_seconds: float = 30.0
+
+    @property
+    def call_seconds(self) -> float:
+        """How long the client waits for one call: a second past the server's own limit, so that a server that
+        answers cancels cleanly first (the connection stays usable) and only silence is cut."""
+        return self.statement_seconds + 1
 
     def libpq(self, options: str = "") -> dict[str, Any]:
         """libpq connection parameters; `options` are the URL's own server options, kept."""
@@ -133,12 +141,16 @@ class Health:
 
 
 class GuardedPool:
-    """A psycopg pool whose `connection()` is bounded by the timeouts, and that knows whether the database answers."""
+    """A psycopg pool whose `connection()` is bounded by the timeouts, and that knows whether the database answers.
+
+    Connection-level failures (refused, lost, cancelled, cut) leave it as `DatabaseUnavailable`, one line.
+    """
 
     def __init__(
-        self, conninfo: str, kwargs: dict[str, Any], timeouts: Timeouts, size: int, name: str, health: Health
+        self, conninfo: str, kwargs: dict[str, Any], timeouts: Timeouts, size: int, name: str, health: Health, where: str
     ) -> None:
         self.timeouts = timeouts
+        self.where = where  # the URL without its password, for messages
         self.health = health
         self.watchdog = Watchdog()
         self.aborted = False
@@ -184,8 +196,8 @@ class GuardedPool:
             conn = self._getconn(min(seconds or self.timeouts.connect_seconds, self.timeouts.connect_seconds))
         except psycopg.OperationalError as exc:
             self.health.problem = _line(exc)
-            raise
-        limit = min(seconds or self.timeouts.statement_seconds, self.timeouts.statement_seconds)
+            raise DatabaseUnavailable(f"{self.where}: {self.health.problem}") from exc
+        limit = min(seconds or self.timeouts.call_seconds, self.timeouts.call_seconds)
         token = self.watchdog.arm(conn, limit)
         try:
             with conn:
@@ -193,7 +205,7 @@ class GuardedPool:
         except psycopg.OperationalError as exc:  # no answer, lost, refused or cancelled by the timeout
             answered = self.watchdog.disarm(token)
             self.health.problem = _line(exc) if answered else f"no answer from the database within {limit:g} s"
-            raise
+            raise DatabaseUnavailable(f"{self.where}: {self.health.problem}") from exc
         else:
             self.health.problem = None
         finally:

@@ -119,9 +119,9 @@ class PostgresStore:
         self._where = _redacted(conninfo)
         kwargs = {**info, "autocommit": False}
         self._health = Health()
-        self._pool = GuardedPool(conninfo, kwargs, timeouts, pool_size, "streamer", self._health)
+        self._pool = GuardedPool(conninfo, kwargs, timeouts, pool_size, "streamer", self._health, self._where)
         #: the heartbeat's own connection: renewals never wait behind commits
-        self._lease_pool = GuardedPool(conninfo, kwargs, timeouts, 1, "streamer-leases", self._health)
+        self._lease_pool = GuardedPool(conninfo, kwargs, timeouts, 1, "streamer-leases", self._health, self._where)
         try:
             self._pool.open()
             self._lease_pool.open()
