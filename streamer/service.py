@@ -227,6 +227,7 @@ class Service:
             if abort is not None:
                 abort.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
+            store.abort()  # what is left in flight is a cancelled call's thread: never wait for it
             store.close()
             await self.clients.close()
             log.info("stopped")
