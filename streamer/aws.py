@@ -15,6 +15,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 
 if TYPE_CHECKING:  # types-aiobotocore-*: installed with the test extra, never needed at run time
+    from types_aiobotocore_cloudformation import CloudFormationClient
     from types_aiobotocore_ec2 import EC2Client
     from types_aiobotocore_kinesis import KinesisClient
     from types_aiobotocore_logs import CloudWatchLogsClient
@@ -44,6 +45,15 @@ class AwsClients:
 
     async def ec2(self, region: str, endpoint_url: str | None = None, fast: bool = False) -> EC2Client:
         return cast("EC2Client", await self._get("ec2", region, endpoint_url, fast))
+
+    def default_region(self) -> str | None:
+        """The region the standard chain names (AWS_REGION, AWS_DEFAULT_REGION, the profile), if any."""
+        region = self._session.get_config_variable("region")
+        return str(region) if region else None
+
+    async def cloudformation(self, region: str, endpoint_url: str | None = None) -> CloudFormationClient:
+        """For `streamer config-from-stack`: one DescribeStacks, tried once with short timeouts."""
+        return cast("CloudFormationClient", await self._get("cloudformation", region, endpoint_url, True))
 
     async def _get(self, service: str, region: str, endpoint_url: str | None, fast: bool) -> Any:
         """A client; `fast` ones try once with short timeouts (first calls), the others retry adaptively."""

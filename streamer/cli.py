@@ -1,4 +1,4 @@
-"""Command line: `streamer replay | run | demo | check-config`.
+"""Command line: `streamer replay | run | demo | check-config | config-from-stack`.
 
 Each command imports what it uses when it runs: `streamer --help` loads no
 Arrow, pydantic or asyncio, and `replay` no pydantic, asyncio or AWS client
@@ -192,6 +192,48 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_from_stack(args: argparse.Namespace) -> int:
+    """Print a streamer.yaml from a deploy/aws/streamer.yaml stack's outputs (DescribeStacks, or a JSON file)."""
+    from streamer.stack import StackError, outputs_from_json, render
+
+    try:
+        if args.outputs is not None:
+            try:
+                from pathlib import Path
+
+                text = sys.stdin.read() if args.outputs == "-" else Path(args.outputs).read_text()
+            except OSError as exc:
+                return _fail(f"--outputs {args.outputs}: {exc.strerror}")
+            outputs = outputs_from_json(text)
+        else:
+            import asyncio
+
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            try:
+                outputs = asyncio.run(_stack_outputs(args.stack, args.region, args.endpoint_url))
+            except (ClientError, BotoCoreError, OSError) as exc:
+                return _fail(f"stack {args.stack}: {exc}")
+        sys.stdout.write(render(outputs, args.access_key_file))
+    except StackError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+async def _stack_outputs(stack: str, region: str | None, endpoint_url: str | None) -> dict[str, str]:
+    from streamer.aws import AwsClients
+    from streamer.stack import StackError, outputs_from_stack
+
+    clients = AwsClients()
+    try:
+        region = region or clients.default_region()
+        if region is None:
+            raise StackError("no region: give --region or set AWS_REGION")
+        return await outputs_from_stack(clients, stack, region, endpoint_url)
+    finally:
+        await clients.close()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -253,6 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", "-c", required=True)
     check.set_defaults(func=cmd_check_config)
+
+    stack = sub.add_parser("config-from-stack", help="print a streamer.yaml from a deploy/aws/streamer.yaml stack's outputs")
+    where = stack.add_mutually_exclusive_group(required=True)
+    where.add_argument("--stack", help="the stack's name (CloudFormation DescribeStacks)")
+    where.add_argument("--outputs", help="a JSON file of its outputs (describe-stacks output; - for stdin)")
+    stack.add_argument("--region", help="the stack's region (default: the standard AWS chain)")
+    stack.add_argument("--endpoint-url", help="CloudFormation endpoint (VPC endpoints, tests)")
+    stack.add_argument("--access-key-file", default="/etc/streamer/firehose-access-key", help="cloudwatch-firehose: its key")
+    stack.set_defaults(func=cmd_config_from_stack)
     return parser
 
 

@@ -33,15 +33,11 @@ from streamer.aggregate.windows import WindowBatch, encode_partial, merge
 from streamer.decode.objects import ObjectReader
 from streamer.export.telemetry import Telemetry
 from streamer.ingest import Ingestor, ObjectResult, account
-from streamer.sources.base import LEASE_LOST, Delivery, SourceError
+from streamer.sources.base import DUPLICATE, LEASE_LOST, Delivery, SourceError
 from streamer.store.base import Commit, Done, LeaseLost, StateStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-#: outcome of an input another source (or an earlier run) already counted
-DUPLICATE = "duplicate"
-
 
 
 class _Stopped(Exception):
@@ -125,6 +121,8 @@ class Pipeline:
         self.insights_window_seconds = insights_window_seconds
         #: commits that landed (tests and readiness wait on this, not on sleeps)
         self.commits = 0
+        #: a commit failed with an unknown outcome: live state is reloaded from the store before the next one
+        self._stale = False
         # Decoding runs concurrently; advancing the shared window state and committing it do not.
         self._commit_lock = asyncio.Lock()
 
@@ -152,6 +150,8 @@ class Pipeline:
             dict(delivery.cursors),
             dict(delivery.snapshots),
             lease=delivery.lease,
+            epoch=delivery.epoch,
+            expected=dict(delivery.expected),
         )
         if self.partials_window_seconds is not None and window_parts:
             change.partials.append((source, encode_partial(window_parts)))
@@ -211,8 +211,19 @@ class Pipeline:
                 # In a thread: folding and snapshotting a big state takes long enough to stall scrapes.
                 after, anomalies, blob = await asyncio.to_thread(_advance, self.detection, window_parts, source, now)
                 change.snapshots[SNAPSHOT_NAME] = blob
+            await self._reload_if_stale()
             started = time.perf_counter()
-            committed = await self.store.call(self.store.store.commit, change)
+            try:
+                committed = await self.store.call(self.store.store.commit, change)
+            except LeaseLost:
+                raise  # checked before writing: nothing was committed
+            except Exception:
+                # The server may have committed before the connection failed: /metrics would be low if it did
+                # (the retry finds it counted), high if it did not and we applied it. Read back what is there.
+                self._stale = True
+                with contextlib.suppress(Exception):  # the database is away: reloaded before the next commit
+                    await self._reload_if_stale()
+                raise
             self.telemetry.commit_seconds.observe(time.perf_counter() - started)
             if not committed:
                 return False, []  # counted before: nothing changes
@@ -222,6 +233,13 @@ class Pipeline:
             self.state.forget(change.forget)
             self.state.apply(change.delta)
             return True, anomalies
+
+    async def _reload_if_stale(self) -> None:
+        """Live counters from the store after a commit whose outcome is unknown (under the commit lock)."""
+        if self._stale:
+            self.state = await self.store.call(self.store.store.load_state)
+            self._stale = False
+            log.info("live state reloaded from the checkpoint after a commit with an unknown outcome")
 
     @staticmethod
     async def _shielded(step: Awaitable[T]) -> T:

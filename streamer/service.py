@@ -45,6 +45,8 @@ FIRST_CALL_SECONDS = 8.0
 STOP_GRACE_SECONDS = 2.0
 #: how long a stopping replica tries to give its leases back
 LEAVE_SECONDS = 2.0
+#: the event-loop lag probe sleeps this long, then observes how late it woke
+LAG_PROBE_SECONDS = 0.25
 
 
 class _Stop(Exception):
@@ -199,6 +201,7 @@ class Service:
                     for source in self.sources:
                         group.create_task(self._run_source(source, pipeline))
                     group.create_task(self._prune(store))
+                    group.create_task(self._probe_lag())
                     if leader is not None and self.coordinator is not None:
                         group.create_task(self.coordinator.run())
                         group.create_task(leader.run())
@@ -296,6 +299,14 @@ class Service:
             if removed:
                 log.info("forgot %d done keys older than the retention", removed)
             await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+
+    async def _probe_lag(self) -> None:
+        """streamer_event_loop_lag_seconds: anything that blocks the loop delays scrapes and lease renewals."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            self.telemetry.loop_lag.observe(max(0.0, loop.time() - started - LAG_PROBE_SECONDS))
 
     async def _tick(self, pipeline: Pipeline) -> None:
         while True:

@@ -56,6 +56,12 @@ class Telemetry:
             registry=registry,
         )
         self.ready = Gauge("streamer_source_ready", "1 once a source has started reading.", ["source"], registry=registry)
+        self.loop_lag = Histogram(
+            "streamer_event_loop_lag_seconds",
+            "How late the event loop woke a probe sleeping a fixed interval: time it was blocked (scrapes, heartbeats wait).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
 
     def finished(self, source: str, outcome: str, records: int, delay_seconds: float | None) -> None:
         self.objects.labels(source, outcome).inc()

@@ -29,6 +29,8 @@ from streamer.store.base import Done
 S3_NAMESPACE = "s3"
 #: what `Sink.process` returns for an input read under a lease that another replica holds now
 LEASE_LOST = "lease_lost"
+#: what `Sink.process` returns for an input counted before (its done key exists, or its cursor moved on)
+DUPLICATE = "duplicate"
 
 
 def aws_error_reason(exc: BaseException) -> str:
@@ -70,6 +72,11 @@ class Delivery:
     snapshots: dict[str, bytes] = dataclasses.field(default_factory=dict)
     #: fleet: the lease (kind, name) this input was read under; it commits only while the lease is held
     lease: tuple[str, str] | None = None
+    #: fleet: that lease's epoch when the input was read (a lease lost and won back since fences it too)
+    epoch: int | None = None
+    #: compare-and-set: the value each cursor had when the input was read; if one moved since, the input
+    #: was counted already and `process` returns DUPLICATE (re-read from the committed cursor)
+    expected: dict[tuple[str, str], str | None] = dataclasses.field(default_factory=dict)
 
 
 class Coordinator(Protocol):
@@ -86,6 +93,10 @@ class Coordinator(Protocol):
 
     def owns(self, kind: str, name: str) -> bool: ...
 
+    def epoch(self, kind: str, name: str) -> int | None:
+        """The held lease's epoch: bumped on every acquisition, so a lease lost and won back reads anew."""
+        ...
+
 
 class OwnsEverything:
     """The single process's coordinator."""
@@ -95,6 +106,9 @@ class OwnsEverything:
 
     def owns(self, kind: str, name: str) -> bool:
         return True
+
+    def epoch(self, kind: str, name: str) -> int | None:
+        return None
 
 
 class Sink(Protocol):

@@ -28,6 +28,8 @@ from streamer.aws import AwsClients
 from streamer.schema import DEFAULT_FIELDS, parse_log_format
 from streamer.settings import AwsSourceSettings
 from streamer.sources.base import (
+    DUPLICATE,
+    LEASE_LOST,
     BuildContext,
     Coordinator,
     Delivery,
@@ -99,6 +101,7 @@ class CloudWatchSource(Source):
         #: one poller at a time in a fleet (a lease); it resumes from the shared cursor when it takes over
         self.coordinator = coordinator or OwnsEverything()
         self._owned = False
+        self._epoch: int | None = None
         self.config = config
         self.logs = logs
         self.ec2 = ec2
@@ -146,9 +149,10 @@ class CloudWatchSource(Source):
             self._owned = False
             self.ready = True  # another replica polls: this one is ready, and idle
             return 0
-        if not self._owned:
-            await self._restore()  # the previous owner's window end and seen ids
-            self._owned = True
+        epoch = self.coordinator.epoch(LEASE, self.name)
+        if not self._owned or epoch != self._epoch:
+            await self._restore()  # the previous owner's window end and seen ids (also after losing and regaining)
+            self._owned, self._epoch = True, epoch
         now_ms = int(self._clock() * 1000)
         lateness_ms = self.config.lateness_seconds * 1000
         if self.end_ms is None:
@@ -169,12 +173,19 @@ class CloudWatchSource(Source):
             location=f"cloudwatch://{self.config.log_group}",
             body=lambda: single_chunk(body),
             cursors={(self.name, END): str(now_ms)},
+            expected={(self.name, END): None if self.end_ms is None else str(self.end_ms)},
             snapshots={self.snapshot_name: orjson.dumps(seen)},
             log_format=self.log_format,
             headerless=True,
             lease=(LEASE, self.name),
+            epoch=epoch,
         )
-        await sink.process(self.name, delivery)
+        outcome = await sink.process(self.name, delivery)
+        if outcome in (LEASE_LOST, DUPLICATE):
+            # Not counted here: another replica polls (or polled) this window. Keep nothing of this sweep;
+            # when the lease is ours again, resume from the committed window end and seen ids.
+            self._owned = False
+            return 0
         self.end_ms = now_ms
         self.seen = seen
         sink.polled(self.name)

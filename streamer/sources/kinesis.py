@@ -29,6 +29,7 @@ from streamer.decode.cloudwatch import payload_lines
 from streamer.schema import parse_log_format
 from streamer.settings import AwsSourceSettings
 from streamer.sources.base import (
+    DUPLICATE,
     LEASE_LOST,
     BuildContext,
     Coordinator,
@@ -168,8 +169,7 @@ class KinesisSource(Source):
         """Ready once every shard being read has its iterator (or there is nothing to read)."""
         self.ready = self.reading <= self._iterating
 
-    async def _iterator(self, shard_id: str) -> str:
-        position = self.positions.get(shard_id)
+    async def _iterator(self, shard_id: str, position: str | None) -> str:
         kwargs: dict[str, Any] = {"StreamName": self.config.stream_name, "ShardId": shard_id}
         if position is not None:
             kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=position)
@@ -180,18 +180,27 @@ class KinesisSource(Source):
         return str((await self.kinesis.get_shard_iterator(**kwargs))["ShardIterator"])
 
     async def _read_shard(self, sink: Sink, shard: ShardTypeDef) -> None:
+        """Read one shard while its lease is held under the epoch it was taken with.
+
+        `committed` is the cursor this task last saw committed: each batch is a compare-and-set from it, so
+        a retry after an unknown outcome, or a batch read before the lease was lost and won back, never
+        counts twice nor moves the cursor backwards. A lost lease (or a new epoch) ends the task; the next
+        schedule starts a fresh one from the committed cursor.
+        """
         shard_id = shard["ShardId"]
         lease = self.lease_name(shard_id)
+        epoch = self.coordinator.epoch(SHARD_LEASE, lease)
         ending = shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
         iterator: str | None = None
+        committed = self.positions.get(shard_id)
         while True:
-            if not self.coordinator.owns(SHARD_LEASE, lease):
+            if not self.coordinator.owns(SHARD_LEASE, lease) or self.coordinator.epoch(SHARD_LEASE, lease) != epoch:
                 log.info("%s: shard %s is read by another replica now", self.name, shard_id)
                 self._iterating.discard(shard_id)
                 return
             try:
                 if iterator is None:
-                    iterator = await self._iterator(shard_id)
+                    iterator = await self._iterator(shard_id, committed)
                     self._iterating.add(shard_id)
                     self._update_ready()
                 resp = await self.kinesis.get_records(ShardIterator=iterator, Limit=self.config.batch_records)
@@ -209,15 +218,32 @@ class KinesisSource(Source):
                 continue
             records = resp.get("Records", [])
             next_iterator = resp.get("NextShardIterator")
-            last = records[-1]["SequenceNumber"] if records else self.positions.get(shard_id)
+            last = records[-1]["SequenceNumber"] if records else committed
             drained = next_iterator is None or (
                 not records and ending is not None and last is not None and int(last) >= int(ending)
             )
             if records or drained:
                 cursor = SHARD_END if drained else str(last)
-                if not await self._deliver(sink, shard_id, records, cursor):
+                outcome = await self._deliver(sink, shard_id, records, committed, cursor, epoch)
+                if outcome == LEASE_LOST:
                     self._iterating.discard(shard_id)
                     return  # the lease moved on: the new owner resumes from the committed cursor
+                if outcome == DUPLICATE:  # the cursor moved on: this batch was counted; read on from there
+                    try:
+                        committed = (await self._load_cursors()).get(shard_id)
+                    except Exception as exc:  # the database is away: a fresh task starts from the cursor later
+                        sink.source_error(self.name, "commit_failed", f"{self.config.stream_name}/{shard_id}: {exc}")
+                        self._iterating.discard(shard_id)
+                        return
+                    log.info("%s: shard %s was read up to %s already: reading on from there", self.name, shard_id, committed)
+                    if committed is not None:
+                        self.positions[shard_id] = committed
+                    if committed == SHARD_END:
+                        self._iterating.discard(shard_id)
+                        return
+                    iterator = None
+                    continue
+                committed = cursor
             sink.polled(self.name)
             if drained:
                 log.info("%s: shard %s drained", self.name, shard_id)
@@ -226,8 +252,11 @@ class KinesisSource(Source):
             if not records:
                 await asyncio.sleep(max(MIN_POLL_SECONDS, self.config.poll_interval_seconds))
 
-    async def _deliver(self, sink: Sink, shard_id: str, records: list[RecordTypeDef], cursor: str) -> bool:
-        """Commit one batch with the shard's new cursor; False when the shard's lease was lost meanwhile."""
+    async def _deliver(
+        self, sink: Sink, shard_id: str, records: list[RecordTypeDef], before: str | None, cursor: str, epoch: int | None
+    ) -> str:
+        """Commit one batch, moving the shard's cursor from `before` to `cursor`; returns the outcome
+        (LEASE_LOST: the lease was lost meanwhile; DUPLICATE: the cursor had moved on, nothing counted)."""
         lines, bad = await asyncio.to_thread(payload_lines, [r["Data"] for r in records])
         if bad:
             where = f"{self.config.stream_name}/{shard_id}"
@@ -237,10 +266,12 @@ class KinesisSource(Source):
             location=f"kinesis://{self.config.stream_name}/{shard_id}",
             body=lambda: single_chunk(body),
             cursors={(self.name, shard_id): cursor},
+            expected={(self.name, shard_id): before},
             log_format=self.log_format,
             headerless=True,
             errors={INVALID_PAYLOAD: bad} if bad else {},
             lease=(SHARD_LEASE, self.lease_name(shard_id)),
+            epoch=epoch,
         )
         while True:
             try:
@@ -249,7 +280,6 @@ class KinesisSource(Source):
             except Exception as exc:  # the batch is in memory; retry the commit rather than skip it
                 sink.source_error(self.name, "commit_failed", f"{delivery.location}: {exc}")
                 await asyncio.sleep(5.0)
-        if outcome == LEASE_LOST:
-            return False
-        self.positions[shard_id] = cursor
-        return True
+        if outcome not in (LEASE_LOST, DUPLICATE):
+            self.positions[shard_id] = cursor
+        return outcome

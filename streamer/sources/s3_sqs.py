@@ -1,4 +1,4 @@
-"""Consume S3 event notifications from SQS (also SNS-wrapped), competing-consumer safe.
+"""Consume S3 event notifications from SQS (direct, SNS-wrapped or via EventBridge), competing-consumer safe.
 
 A message is deleted only after every object it names has been committed;
 while a large object is processed the message's visibility is extended, so
@@ -70,7 +70,7 @@ class BadMessage(ValueError):
 
 
 def objects_in_message(body: str) -> list[S3Object]:
-    """The created objects an S3 (or SNS-wrapped S3) notification names."""
+    """The created objects an S3 notification names: direct, SNS-wrapped, or an EventBridge event."""
     try:
         doc = orjson.loads(body)
         if isinstance(doc, dict) and doc.get("Type") == "Notification" and isinstance(doc.get("Message"), str):
@@ -81,6 +81,8 @@ def objects_in_message(body: str) -> list[S3Object]:
         raise BadMessage("not a JSON object")
     if doc.get("Event") == "s3:TestEvent":
         return []
+    if "detail-type" in doc:
+        return _eventbridge_objects(doc)
     records = doc.get("Records")
     if not isinstance(records, list):
         raise BadMessage("no Records")
@@ -103,6 +105,32 @@ def objects_in_message(body: str) -> list[S3Object]:
         except (KeyError, TypeError, ValueError) as exc:
             raise BadMessage(f"malformed record: {exc!r}") from exc
     return out
+
+
+def _eventbridge_objects(doc: dict[str, Any]) -> list[S3Object]:
+    """S3 -> EventBridge rule -> SQS: one event, one object; other detail types are not ours.
+
+    Unlike a notification's, the key is taken as it is (not URL-decoded), and
+    the ETag is `etag` (moto writes `eTag`: both are read).
+    """
+    if doc.get("source") != "aws.s3":
+        raise BadMessage(f"EventBridge event from {doc.get('source')!r}, not aws.s3")
+    if doc.get("detail-type") != "Object Created":
+        return []
+    try:
+        detail = doc["detail"]
+        obj = detail["object"]
+        return [
+            S3Object(
+                bucket=detail["bucket"]["name"],
+                key=obj["key"],
+                etag=str(obj.get("etag", obj.get("eTag", ""))).strip('"'),
+                last_modified=_event_time(doc.get("time")),
+                size=int(obj.get("size", 0)),
+            )
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadMessage(f"malformed EventBridge event: {exc!r}") from exc
 
 
 def _event_time(value: Any) -> float:

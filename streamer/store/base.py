@@ -47,6 +47,11 @@ class Commit:
     forget: list[str] = dataclasses.field(default_factory=list)
     #: fleet: the lease (kind, name) this input was read under; the commit fails if it is no longer held
     lease: tuple[str, str] | None = None
+    #: fleet: the lease's epoch when the input was read; a lease lost and won back since has a new one
+    epoch: int | None = None
+    #: compare-and-set: the value each of these cursors must still have (None: no cursor yet); a cursor
+    #: that moved means the input was counted already (the commit changes nothing and returns False)
+    expected: dict[tuple[str, str], str | None] = dataclasses.field(default_factory=dict)
     #: fleet: window partials for the leader's detector, (source, encoded partial)
     partials: list[tuple[str, bytes]] = dataclasses.field(default_factory=list)
 

@@ -5,6 +5,14 @@ replica commits with its inputs, advances the one Detection (windows on the
 fleet's event time, the detector, its baselines) and commits the result in a
 transaction fenced by its lease, together with the alerts it is about to
 send. A new leader restores both and continues: no alert is lost or repeated.
+
+The work runs off the event loop (decoding and folding partials, and the
+snapshot, take tens to hundreds of milliseconds each at thousands of ENIs)
+in slices capped by count and time, each committed on its own, so a backlog
+never starves the heartbeat and a lost lease wastes at most one slice. Any
+failed step, and any change of the lease's epoch (lost and won back, even
+between two steps), drops the in-memory state: the next step restores it
+from the database, never carrying on from a state another leader moved past.
 """
 
 from __future__ import annotations
@@ -32,6 +40,11 @@ log = logging.getLogger(__name__)
 
 ALERTS_SNAPSHOT = "alerts"
 TICK_SECONDS = 1.0
+#: one slice applies at most this many partials (and bytes of them: one can be a megabyte at 2,000 ENIs) ...
+SLICE_PARTIALS = 100
+SLICE_BYTES = 16 << 20
+#: ... and takes no more once this long has gone (then snapshots and commits what it applied)
+SLICE_SECONDS = 1.0
 
 
 class LeaderDetector:
@@ -53,7 +66,10 @@ class LeaderDetector:
         self._call = call
         self.clock = clock
         self.detection: Detection | None = None
+        self._epoch: int | None = None  # the leader lease's epoch `detection` was restored under
         self.steps = 0
+        #: the last step applied partials: the next one follows without waiting a tick
+        self.backlog = False
 
     @property
     def leader(self) -> bool:
@@ -64,41 +80,48 @@ class LeaderDetector:
             try:
                 await self.step()
             except LeaseLost:
+                self.backlog = False
                 self._step_down()
-            except CheckpointError as exc:  # the database is away: one line; the partials wait in it
+            except CheckpointError as exc:  # the database is away: one line, then as below
                 log.warning("leader step failed: %s", exc)
+                self.backlog = False
+                self._step_down()
             except Exception:  # keep trying: the partials wait in the database
                 log.exception("leader step failed")
-            await asyncio.sleep(TICK_SECONDS)
+                self.backlog = False
+                self._step_down()  # its commit may have landed or not: restore from the database
+            await asyncio.sleep(0 if self.backlog else TICK_SECONDS)
 
     async def step(self) -> int:
-        """One round: claim or keep the leader lease; as leader, apply what the replicas committed. Returns partials applied."""
+        """One slice: claim or keep the leader lease; as leader, apply what the replicas committed.
+        Returns partials applied."""
         if not await self.coordinator.claim(*_leader_kind()):
             self._step_down()
             return 0
         store = self.coordinator.store
-        if self.detection is None:
+        epoch = self.coordinator.epoch(*LEADER)
+        if self.detection is None or epoch != self._epoch:
             await self._take_over(store)
+            self._epoch = epoch
         assert self.detection is not None
-        taken = await self._call(store.take_partials)
-        detection, anomalies = self.detection, []
-        now = self.clock()
-        for _, source, body in taken:
-            detection, found = detection.advance([decode_partial(body)], source, now)
-            anomalies.extend(found)
-        detection, found = detection.tick(now)
-        anomalies.extend(found)
+        taken = await self._call(store.take_partials, SLICE_PARTIALS, SLICE_BYTES)
+        detection, anomalies, consumed, blob = await asyncio.to_thread(_apply, self.detection, taken, self.clock())
         alerts = self.alerter.preview(anomalies)
-        snapshots = {SNAPSHOT_NAME: detection.snapshot(), ALERTS_SNAPSHOT: _encode_alerts(alerts)}
-        await self._call(store.commit_detection, LEADER, [i for i, _, _ in taken], snapshots)
+        snapshots = {SNAPSHOT_NAME: blob, ALERTS_SNAPSHOT: _encode_alerts(alerts)}
+        try:
+            await self._call(store.commit_detection, LEADER, consumed, snapshots, epoch)
+        except BaseException:
+            self._step_down()  # committed or not, lease lost or not: the next step restores from the database
+            raise
         self.detection = detection
         self.alerter.notify(anomalies)
         self.steps += 1
-        return len(taken)
+        self.backlog = bool(taken)  # there may be more: look again now (an empty queue waits a tick)
+        return len(consumed)
 
     async def _take_over(self, store: PostgresStore) -> None:
         blob = await self._call(store.snapshot, SNAPSHOT_NAME)
-        self.detection = self.fresh() if blob is None else self.restore(blob)
+        self.detection = self.fresh() if blob is None else await asyncio.to_thread(self.restore, blob)  # big: off the loop
         alerts = await self._call(store.snapshot, ALERTS_SNAPSHOT)
         self.alerter.active = _decode_alerts(alerts) if alerts else {}
         log.info(
@@ -113,8 +136,28 @@ class LeaderDetector:
         if self.detection is not None:
             log.info("%s is no longer the leader", self.coordinator.replica_id)
         self.detection = None
+        self._epoch = None
         self.alerter.active = {}
         self.alerter.resolved = []
+
+
+def _apply(
+    detection: Detection, taken: list[tuple[int, str, bytes]], now: float
+) -> tuple[Detection, list[Anomaly], list[int], bytes]:
+    """One slice, on a worker thread: partials in queue order until the slice's time is up (at least one),
+    then the wall-clock tick and the snapshot. Returns the new state, its anomalies, the ids applied."""
+    deadline = time.monotonic() + SLICE_SECONDS
+    anomalies: list[Anomaly] = []
+    consumed: list[int] = []
+    for i, source, body in taken:
+        if consumed and time.monotonic() > deadline:
+            break
+        detection, found = detection.advance([decode_partial(body)], source, now)
+        anomalies.extend(found)
+        consumed.append(i)
+    detection, found = detection.tick(now)
+    anomalies.extend(found)
+    return detection, anomalies, consumed, detection.snapshot()
 
 
 def _leader_kind() -> tuple[str, list[str]]:

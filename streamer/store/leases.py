@@ -44,6 +44,8 @@ class Coordinator:
         self.lease_seconds = lease_seconds
         self._call = call  # runs a blocking store call on a thread
         self.held: set[tuple[str, str]] = set()
+        #: the epoch each held lease was acquired under (what commits read under it are fenced by)
+        self.epochs: dict[tuple[str, str], int] = {}
         self.live: list[str] = [store.replica_id]
         self._lock = asyncio.Lock()
         #: renewals' own thread (and, in the store, their own connection): never queued behind commits
@@ -59,6 +61,10 @@ class Coordinator:
 
     def owns(self, kind: str, name: str) -> bool:
         return (kind, name) in self.held
+
+    def epoch(self, kind: str, name: str) -> int | None:
+        """The epoch of a held lease (None if not held): it changes when the lease is lost and won back."""
+        return self.epochs.get((kind, name)) if (kind, name) in self.held else None
 
     def share(self, count: int) -> int:
         """How many of `count` leases are this replica's: an even split over the live replicas, the
@@ -87,10 +93,12 @@ class Coordinator:
                         break
                     if name in mine or owners.get(name) not in (None, self.replica_id):
                         continue
-                    if await self._call(self.store.acquire, kind, name, self.lease_seconds):
+                    epoch = await self._call(self.store.acquire, kind, name, self.lease_seconds)
+                    if epoch is not None:
                         self._taken += 1
                         self._taken_at[(kind, name)] = self._taken
                         self.held.add((kind, name))
+                        self.epochs[(kind, name)] = epoch
                         mine.append(name)
             return {n for n in names if (kind, n) in self.held}
 

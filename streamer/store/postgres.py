@@ -13,7 +13,11 @@ partial for the leader. What is per replica and what is shared:
 
 Leases fence commits: an input read under a lease (a Kinesis shard, an S3
 partition, the CloudWatch poller) commits only while this replica still holds
-it, so a replica that lost its lease cannot count what the new owner counts.
+it, under the same epoch (bumped on every acquisition), so neither a replica
+that lost its lease nor one that lost and won it back meanwhile can count what
+another holder counted. Cursors are compare-and-set: a commit whose cursor
+has moved since the input was read (a retry after an unknown outcome, an old
+iterator) changes nothing and means "already counted".
 
 Lease expiry and liveness are judged on the database's clock alone
 (`clock_timestamp()` in the SQL): a replica's own clock never enters a
@@ -33,6 +37,7 @@ commits. The password never appears in a message.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import Iterable
@@ -71,6 +76,8 @@ MIGRATIONS: list[str] = [
     CREATE TABLE replicas (replica_id TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL);
     CREATE TABLE window_partials (id BIGSERIAL PRIMARY KEY, source TEXT NOT NULL, body BYTEA NOT NULL);
     """,
+    # every acquisition of a lease bumps its epoch: fences what was read under an earlier holding
+    "ALTER TABLE leases ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;",
 ]
 
 
@@ -122,6 +129,8 @@ class PostgresStore:
         self._pool = GuardedPool(conninfo, kwargs, timeouts, pool_size, "streamer", self._health, self._where)
         #: the heartbeat's own connection: renewals never wait behind commits
         self._lease_pool = GuardedPool(conninfo, kwargs, timeouts, 1, "streamer-leases", self._health, self._where)
+        self._commits = itertools.count(1)
+        self._ambiguous = _ambiguous_commits()
         try:
             self._pool.open()
             self._lease_pool.open()
@@ -206,7 +215,7 @@ class PostgresStore:
         try:
             with self._pool.connection() as conn, conn.cursor() as cur:
                 try:
-                    if change.lease is not None and not self._holds(cur, *change.lease, me):
+                    if change.lease is not None and not self._holds(cur, *change.lease, me, change.epoch):
                         conn.rollback()
                         raise LeaseLost(f"lease {change.lease[0]}/{change.lease[1]} is no longer {me}'s")
                     for d in change.done:
@@ -217,8 +226,13 @@ class PostgresStore:
                         if cur.rowcount == 0:
                             conn.rollback()
                             return False  # counted before, here or by another replica
+                    if not _swap_cursors(cur, change):
+                        conn.rollback()
+                        return False  # the cursor moved on: counted before
                     self._write(cur, change, me)
                     conn.commit()
+                    if next(self._commits) in self._ambiguous:
+                        raise CheckpointError(f"{self._where}: connection lost after COMMIT (test seam)")
                 except BaseException:
                     conn.rollback()
                     raise
@@ -264,10 +278,11 @@ class PostgresStore:
                 "DO UPDATE SET records = insights.records + excluded.records, bytes = insights.bytes + excluded.bytes",
                 (me,),
             )
-        if change.cursors:
+        blind = [(s, p, v) for (s, p), v in change.cursors.items() if (s, p) not in change.expected]
+        if blind:
             cur.executemany(
                 "INSERT INTO cursors VALUES (%s, %s, %s) ON CONFLICT (source, partition) DO UPDATE SET value = excluded.value",
-                [(s, p, v) for (s, p), v in change.cursors.items()],
+                blind,
             )
         if change.snapshots:
             cur.executemany(
@@ -307,15 +322,15 @@ class PostgresStore:
     # --- leases ----------------------------------------------------------------------------------
 
     @staticmethod
-    def _holds(cur: psycopg.Cursor[Any], kind: str, name: str, owner: str) -> bool:
-        """Whether `owner` holds the lease (on the database's clock); the row stays locked until the
-        transaction ends (no takeover meanwhile)."""
+    def _holds(cur: psycopg.Cursor[Any], kind: str, name: str, owner: str, epoch: int | None = None) -> bool:
+        """Whether `owner` holds the lease (on the database's clock; under `epoch`, if given); the row stays
+        locked until the transaction ends (no takeover meanwhile)."""
         cur.execute(
-            f"SELECT owner = %s AND expires_at > {DB_NOW} FROM leases WHERE kind = %s AND name = %s FOR SHARE",
+            f"SELECT owner = %s AND expires_at > {DB_NOW}, epoch FROM leases WHERE kind = %s AND name = %s FOR SHARE",
             (owner, kind, name),
         )
         row = cur.fetchone()
-        return row is not None and bool(row[0])
+        return row is not None and bool(row[0]) and epoch in (None, int(row[1]))
 
     def heartbeat(self, held: list[tuple[str, str]], lease_seconds: float) -> tuple[set[tuple[str, str]], list[str]]:
         """Renew this replica's presence and its leases, on the heartbeat's own connection (call it from one
@@ -341,18 +356,21 @@ class PostgresStore:
         cur.execute(f"SELECT replica_id FROM replicas WHERE seen_at > {DB_NOW} - %s ORDER BY replica_id", (lease_seconds,))
         return [str(r[0]) for r in cur.fetchall()]
 
-    def acquire(self, kind: str, name: str, lease_seconds: float) -> bool:
-        """Take a lease that is free, expired (on the database's clock) or already ours."""
+    def acquire(self, kind: str, name: str, lease_seconds: float) -> int | None:
+        """Take a lease that is free, expired (on the database's clock) or already ours; returns its new epoch,
+        None if another holds it."""
         with self._pool.connection() as conn, conn.cursor() as cur:
             cur.execute(
-                f"INSERT INTO leases VALUES (%s, %s, %s, {DB_NOW} + %s) ON CONFLICT (kind, name) DO UPDATE "
-                "SET owner = excluded.owner, expires_at = excluded.expires_at "
-                f"WHERE leases.owner IS NULL OR leases.owner = excluded.owner OR leases.expires_at <= {DB_NOW}",
+                f"INSERT INTO leases (kind, name, owner, expires_at, epoch) VALUES (%s, %s, %s, {DB_NOW} + %s, 1) "
+                "ON CONFLICT (kind, name) DO UPDATE "
+                "SET owner = excluded.owner, expires_at = excluded.expires_at, epoch = leases.epoch + 1 "
+                f"WHERE leases.owner IS NULL OR leases.owner = excluded.owner OR leases.expires_at <= {DB_NOW} "
+                "RETURNING epoch",
                 (kind, name, self.replica_id, lease_seconds),
             )
-            got = cur.rowcount > 0
+            row = cur.fetchone()
             conn.commit()
-        return got
+        return None if row is None else int(row[0])
 
     def release(self, kind: str, name: str) -> None:
         with self._pool.connection() as conn:
@@ -390,19 +408,25 @@ class PostgresStore:
 
     # --- the leader's queue of window partials ---------------------------------------------------
 
-    def take_partials(self, limit: int = 1000) -> list[tuple[int, str, bytes]]:
+    def take_partials(self, limit: int = 1000, max_bytes: int = 64 << 20) -> list[tuple[int, str, bytes]]:
+        """The oldest partials, at most `limit` of them and about `max_bytes` (always at least one)."""
         with self._pool.connection() as conn:
             rows = conn.execute(
-                "SELECT id, source, body FROM window_partials ORDER BY id LIMIT %s", (limit,)
+                "SELECT id, source, body FROM (SELECT id, source, body, "
+                "sum(octet_length(body)) OVER (ORDER BY id) - octet_length(body) AS before "
+                "FROM window_partials ORDER BY id LIMIT %s) AS oldest WHERE before < %s ORDER BY id",
+                (limit, max_bytes),
             ).fetchall()
             conn.rollback()
         return [(int(i), str(s), bytes(b)) for i, s, b in rows]
 
-    def commit_detection(self, lease: tuple[str, str], consumed: list[int], snapshots: dict[str, bytes]) -> None:
-        """The leader's step, fenced by its lease: consumed partials go, the new detection state stays."""
+    def commit_detection(
+        self, lease: tuple[str, str], consumed: list[int], snapshots: dict[str, bytes], epoch: int | None = None
+    ) -> None:
+        """The leader's step, fenced by its lease (and epoch): consumed partials go, the new detection state stays."""
         with self._pool.connection() as conn, conn.cursor() as cur:
             try:
-                if not self._holds(cur, *lease, self.replica_id):
+                if not self._holds(cur, *lease, self.replica_id, epoch):
                     raise LeaseLost(f"lease {lease[0]}/{lease[1]} is no longer {self.replica_id}'s")
                 if consumed:
                     cur.execute("DELETE FROM window_partials WHERE id = ANY(%s)", (consumed,))
@@ -414,6 +438,30 @@ class PostgresStore:
             except BaseException:
                 conn.rollback()
                 raise
+
+
+def _swap_cursors(cur: psycopg.Cursor[Any], change: Commit) -> bool:
+    """Compare-and-set each expected cursor to its new value; False if one has moved (nothing written yet
+    that the caller does not roll back)."""
+    for (source, partition), before in change.expected.items():
+        after = change.cursors.get((source, partition), before)
+        if before is None:
+            cur.execute("INSERT INTO cursors VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (source, partition, after))
+        else:
+            cur.execute(
+                "UPDATE cursors SET value = %s WHERE source = %s AND partition = %s AND value = %s",
+                (after, source, partition, before),
+            )
+        if cur.rowcount != 1:
+            return False
+    return True
+
+
+def _ambiguous_commits() -> frozenset[int]:
+    """Test-only seam: STREAMER_TEST_AMBIGUOUS_COMMITS="2,5" makes this store's 2nd and 5th commits raise
+    after the server committed them, like a connection dropped before the reply."""
+    spec = os.environ.get("STREAMER_TEST_AMBIGUOUS_COMMITS", "")
+    return frozenset(int(n) for n in spec.split(",") if n.strip())
 
 
 #: per-connection staging tables for COPY (emptied at each commit)

@@ -108,6 +108,9 @@ class CheckpointStore:
                     if self._done_batch(namespace, keys):
                         self._db.execute("ROLLBACK")
                         return False
+                if not self._cursors_at(change.expected):
+                    self._db.execute("ROLLBACK")
+                    return False  # the cursor moved on: counted before
                 self._db.executemany(
                     "DELETE FROM counters WHERE interface_id = ?", [(eni,) for eni in change.forget]
                 )
@@ -150,6 +153,14 @@ class CheckpointStore:
                 raise
         except sqlite3.Error as exc:
             raise CheckpointError(f"{self.path}: commit failed: {exc}") from exc
+        return True
+
+    def _cursors_at(self, expected: dict[tuple[str, str], str | None]) -> bool:
+        """Compare-and-set, as in the fleet's store: every expected cursor still has its expected value."""
+        for (source, partition), before in expected.items():
+            row = self._db.execute("SELECT value FROM cursors WHERE source = ? AND partition = ?", (source, partition)).fetchone()
+            if (None if row is None else row[0]) != before:
+                return False
         return True
 
     def done_among(self, namespace: str, keys: Iterable[str]) -> set[str]:

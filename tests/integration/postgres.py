@@ -13,6 +13,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -42,6 +43,25 @@ class Postgres:
         self.port = port
         self.data = root / "data"
         self.sockets = root / "sockets"
+        self.log = root / "server.log"
+        self.options = f"-k {self.sockets} -h 127.0.0.1 -p {port} -c fsync=off -c max_connections=200"
+
+    def start(self) -> None:
+        argv = [pg_bin("pg_ctl"), "-D", str(self.data), "-o", self.options, "-l", str(self.log), "-w", "-t", "60", "start"]
+        subprocess.run(as_postgres(argv), check=True, capture_output=True, timeout=120)
+
+    def crash(self) -> None:
+        """SIGQUIT to the postmaster: every backend dies at once, no checkpoint; the next start recovers."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        raise AssertionError("PostgreSQL did not exit on SIGQUIT")
 
     def url(self, database: str, user: str = "postgres", password: str | None = None) -> str:
         auth = f"{user}:{password}@" if password else f"{user}@"
@@ -74,7 +94,6 @@ def running_postgres(port: int) -> Iterator[Postgres]:
         entry = pwd.getpwnam("postgres")
         for path in (root, pg.sockets):
             os.chown(path, entry.pw_uid, entry.pw_gid)
-    log = root / "server.log"
     try:
         subprocess.run(
             as_postgres([pg_bin("initdb"), "-D", str(pg.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]),
@@ -82,13 +101,7 @@ def running_postgres(port: int) -> Iterator[Postgres]:
             capture_output=True,
             timeout=120,
         )
-        options = f"-k {pg.sockets} -h 127.0.0.1 -p {port} -c fsync=off -c max_connections=200"
-        subprocess.run(
-            as_postgres([pg_bin("pg_ctl"), "-D", str(pg.data), "-o", options, "-l", str(log), "-w", "-t", "60", "start"]),
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        pg.start()
         deadline = time.monotonic() + 30
         while True:
             try:

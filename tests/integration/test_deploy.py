@@ -258,14 +258,11 @@ def action(service: str, api: str) -> str:
     return f"{service}:{''.join(part.capitalize() for part in api.split('_'))}"
 
 
-@pytest.mark.parametrize(("module", "policy"), sorted(POLICY_FOR_SOURCE.items()))
-def test_iam_policies_grant_exactly_what_each_source_calls(module: str, policy: str) -> None:
-    doc = json.loads((DEPLOY / "iam" / policy).read_text())
-    assert doc["Version"] == "2012-10-17"
-    granted = {a for s in doc["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+def actions_called(module: str) -> set[str]:
+    """The IAM actions a source module's AWS calls need (read from its code)."""
     sources = ROOT / "streamer" / "sources"
-    code = (sources / module.split()[0]).read_text()
-    if module.split()[0] in ("s3_poll.py", "s3_sqs.py"):
+    code = (sources / module).read_text()
+    if module in ("s3_poll.py", "s3_sqs.py"):
         code += (sources / "s3_objects.py").read_text()  # both read objects through stream_object
     needed = set()
     for m in CALL.finditer(code):
@@ -273,7 +270,19 @@ def test_iam_policies_grant_exactly_what_each_source_calls(module: str, policy: 
             needed.add(action(m.group(1), m.group(2)))
         else:
             needed.add(action(SERVICE_OF_PAGINATOR[m.group(3)], m.group(3)))
-    needed = {a for a in needed if not a.endswith(":GetPaginator")}
+    return {a for a in needed if not a.endswith(":GetPaginator")}
+
+
+def granted_actions(doc: dict[str, Any]) -> set[str]:
+    return {a for s in doc["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+
+
+@pytest.mark.parametrize(("module", "policy"), sorted(POLICY_FOR_SOURCE.items()))
+def test_iam_policies_grant_exactly_what_each_source_calls(module: str, policy: str) -> None:
+    doc = json.loads((DEPLOY / "iam" / policy).read_text())
+    assert doc["Version"] == "2012-10-17"
+    granted = granted_actions(doc)
+    needed = actions_called(module.split()[0])
     assert needed == granted, (sorted(needed), sorted(granted))
 
 

@@ -1,4 +1,4 @@
-"""The fleet under network faults, clock skew and restarts: real PostgreSQL, real processes, moto.
+"""The fleet under network faults, clock skew and rolling restarts: real PostgreSQL, real processes, moto.
 
 - blackholed database traffic (a proxy that stops forwarding): a call fails
   within the configured timeout, the store recovers by itself when traffic

@@ -44,3 +44,10 @@ def test_replay_loads_no_config_service_or_aws_module(tmp_path: Path) -> None:
     assert "pyarrow.csv" in modules  # it did decode
     assert heavy(modules, "pydantic", "asyncio", "aiohttp", "aiobotocore", "botocore", "prometheus_client", "psycopg") == set()
     assert "pyarrow.parquet" not in modules  # only a Parquet object needs it
+
+
+def test_config_from_an_outputs_file_loads_no_aws_client_or_pydantic(tmp_path: Path) -> None:
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps({"SourceType": "s3_sqs", "Region": "us-east-1", "QueueUrl": "https://sqs/q"}))
+    modules = loaded("config-from-stack", "--outputs", str(path))
+    assert heavy(modules, "pyarrow", "pydantic", "asyncio", "aiobotocore", "botocore") == set()
