@@ -14,8 +14,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -359,25 +359,31 @@ def test_a_rolling_restart_with_sigterm_leaves_no_shard_or_leadership_unowned_lo
     assert "Traceback" not in fleet.logs()
 
 
-class SkewedReplica(Replica):
-    """A replica on a host whose wall clock is off by `skew` (e.g. "+25s"), as libfaketime makes it.
+def libfaketime(skew: str) -> dict[str, str]:
+    """The environment that runs a process under libfaketime with its wall clock off by `skew` (e.g. "+25s").
 
-    Only the wall clock: a real host with a wrong time still has a steady monotonic clock.
+    Only the wall clock: a real host with a wrong time still has a steady monotonic clock. Preloaded
+    directly (not through the `faketime` wrapper, which would stand between a signal and the process).
     """
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    if not found:
+        pytest.fail("libfaketime is not installed (scripts/bootstrap.sh --test installs Debian's faketime)")
+    return {"LD_PRELOAD": found[0], "FAKETIME": skew, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+class SkewedReplica(Replica):
+    """A replica on a host whose wall clock is off by `skew`."""
 
     def __init__(self, tmp_path: Path, replica_id: str, config: dict[str, Any], skew: str) -> None:
         super().__init__(tmp_path, replica_id, config)
         self.skew = skew
 
     def start(self) -> None:
-        faketime = shutil.which("faketime")
-        if faketime is None:
-            pytest.fail("libfaketime is not installed (scripts/bootstrap.sh --test installs Debian's faketime)")
         self.proc = subprocess.Popen(
-            [faketime, "-f", self.skew, sys.executable, "-m", "streamer", "run", "--config", str(self.config)],
+            [sys.executable, "-m", "streamer", "run", "--config", str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("ab"),
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **libfaketime(self.skew)},
         )
 
 
@@ -404,6 +410,7 @@ def test_replicas_25_seconds_ahead_and_behind_hand_no_lease_over_for_a_minute(aw
         assert settled(fleet)
         leaders = [r.replica_id for r in fleet.replicas if (m := r.scrape()) and m.get("streamer_leader", {}).get((), 0) == 1]
         assert len(leaders) == 1
+    assert not any(r.alive for r in fleet.replicas)  # SIGTERM reached the skewed processes themselves
     assert "Traceback" not in fleet.logs()
 
 
@@ -417,13 +424,13 @@ def live_replicas(pg_url: str) -> list[str]:
 
 
 def _wall_clock_of(replica: Replica) -> float:
-    """The replica's own wall clock, read by the same faketime set-up."""
-    skew = getattr(replica, "skew", "+0s")
+    """The replica's own wall clock, read under the same libfaketime set-up."""
     out = subprocess.run(
-        ["faketime", "-f", skew, sys.executable, "-c", "import time; print(time.time())"],
+        [sys.executable, "-c", "import time; print(time.time())"],
         capture_output=True,
         text=True,
         check=True,
         timeout=30,
+        env={**os.environ, **libfaketime(getattr(replica, "skew", "+0s"))},
     ).stdout
     return float(out)
