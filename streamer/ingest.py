@@ -12,18 +12,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 import pyarrow as pa
 
 from streamer.aggregate.state import FlowState
-from streamer.decode.errors import DecodeError, ErrorCounts
+from streamer.decode.errors import DecodeError, ErrorCounts, as_decode_error
 from streamer.decode.objects import ObjectReader, Unit
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)
+
+#: the outcome of an input that failed as a whole (streamer_objects_total); its reason is a decode error
+FAILED = "failed"
 
 
 @dataclasses.dataclass
@@ -50,9 +53,13 @@ class Ingestor(Generic[R]):
     def run(self, raw: Iterable[bytes], sink: Callable[[R], None] | None = None) -> ObjectResult[R]:
         """Decode an object. With `sink`, each result is handed over in order, not kept.
 
-        An object that turns out bad part-way (truncated or corrupt gzip,
-        unknown format) sets `failure`; batches decoded before that point are
-        valid records and are kept.
+        This is the one rule for bad input, for replay and every source alike:
+        whatever decoding raises (a DecodeError, or anything else: a TypeError
+        from a payload of the wrong shape, an Arrow error from an odd Parquet
+        column) ends the object and sets `failure`, a DecodeError with a bounded
+        reason; batches decoded before the failing one are valid records and
+        are kept. What the *input iterator* raises (a network read, a shutdown)
+        or `sink` raises is not the object's fault and passes through unchanged.
         """
         result: ObjectResult[R] = ObjectResult(ErrorCounts(), 0, [])
         pending: deque[Future[tuple[R, int, ErrorCounts]]] = deque()
@@ -63,23 +70,39 @@ class Ingestor(Generic[R]):
             result.errors.merge(errors)
             if sink is None:
                 result.results.append(value)
-            else:
+                return
+            try:
                 sink(value)
+            except Exception as exc:  # e.g. stdout closed under `replay --output records | head`
+                raise _NotTheInput(exc) from exc
 
+        failure: Exception | None = None
+        units = self.reader.units(_reading(raw))
         try:
-            for unit in self.reader.units(raw):
+            while True:
+                try:
+                    unit = next(units)
+                except StopIteration:
+                    break
+                except Exception as exc:  # the object went bad here: what was cut before still counts
+                    failure = exc
+                    break
                 pending.append(self.pool.submit(self._work, unit))
                 while len(pending) >= self.depth:
                     collect(pending.popleft())
             while pending:
                 collect(pending.popleft())
-        except DecodeError as exc:
-            while pending:
-                collect(pending.popleft())
-            result.failure = exc
+        except Exception as exc:  # a unit failed on a worker: it and the units after it are dropped
+            failure = exc
+        except _NotTheInput as exc:
+            raise exc.error  # noqa: B904 - the reader's (or sink's) own exception, as it was raised
         finally:
             for fut in pending:
                 fut.cancel()
+            if isinstance(units, Generator):  # a failure left it part-way: release its spool now
+                units.close()
+        if failure is not None:
+            result.failure = as_decode_error(failure)
         return result
 
     def _work(self, unit: Unit) -> tuple[R, int, ErrorCounts]:
@@ -88,10 +111,36 @@ class Ingestor(Generic[R]):
         return self.reduce(table), table.num_rows, errors
 
 
+class _NotTheInput(BaseException):
+    """Carries what reading the input (or `sink`) raised past the decoders, which must not take it for bad input.
+
+    A BaseException, so no decoder's `except Exception` turns a network
+    error or a shutdown into a failed object.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _reading(raw: Iterable[bytes]) -> Iterator[bytes]:
+    stream = iter(raw)
+    while True:
+        try:
+            chunk = next(stream)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise _NotTheInput(exc) from exc
+        yield chunk
+
+
 def account(result: ObjectResult[R], state: FlowState, location: str) -> str:
     """Count an object's skipped lines and its failure in `state`, log each reason once; returns the outcome.
 
-    Replay and the live pipeline both go through here, so they report bad input alike.
+    The outcome is "ok", or FAILED for an object that failed as a whole (its
+    reason is counted among the decode errors). Replay and the live pipeline
+    both go through here, so they report bad input alike.
     """
     state.add_errors(result.errors)
     for reason, example in result.errors.examples.items():
@@ -100,4 +149,4 @@ def account(result: ObjectResult[R], state: FlowState, location: str) -> str:
         return "ok"
     state.count(result.failure.reason)
     log.error("%s: %s: %s", location, result.failure.reason, result.failure)
-    return result.failure.reason
+    return FAILED

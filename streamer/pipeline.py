@@ -144,9 +144,10 @@ class Pipeline:
                 self.max_future_skew_seconds,
                 example,
             )
+        done_as = outcome if result.failure is None else result.failure.reason  # the checkpoint keeps why
         change = Commit(
             delta,
-            [Done(d.namespace, d.key, outcome) for d in delivery.done],
+            [Done(d.namespace, d.key, done_as) for d in delivery.done],
             dict(delivery.cursors),
             dict(delivery.snapshots),
             lease=delivery.lease,
@@ -243,14 +244,19 @@ class Pipeline:
 
     @staticmethod
     async def _shielded(step: Awaitable[T]) -> T:
-        """Run `step` to the end even if the caller is cancelled meanwhile; then let the cancellation through."""
+        """Run `step` to the end even if the caller is cancelled meanwhile; then let the cancellation through
+        (also when the step failed)."""
         task = asyncio.ensure_future(step)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             while not task.done():
                 with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(task)
+                    await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                # Stopping wins: a failed step must not replace the cancellation, or a retry loop
+                # above would swallow it and the process would never stop.
+                log.warning("stopping; the step in flight failed: %s", task.exception())
             raise
 
     async def give_up(self, source: str, delivery: Delivery, reason: str) -> None:

@@ -47,6 +47,8 @@ STOP_GRACE_SECONDS = 2.0
 LEAVE_SECONDS = 2.0
 #: the event-loop lag probe sleeps this long, then observes how late it woke
 LAG_PROBE_SECONDS = 0.25
+#: a source that ran this long before crashing restarts after the shortest backoff again
+CLEAN_RUN_SECONDS = 60.0
 
 
 class _Stop(Exception):
@@ -207,8 +209,7 @@ class Service:
                         group.create_task(leader.run())
                     else:
                         group.create_task(self._tick(pipeline))
-                    if alerter.targets:
-                        group.create_task(alerter.run())
+                    group.create_task(alerter.run())  # with no target too: it expires alerts
                     await stop.wait()
                     log.info("stopping")
                     self.stopping = True
@@ -278,8 +279,10 @@ class Service:
         return detection
 
     async def _run_source(self, source: Source, pipeline: Pipeline) -> None:
-        backoff = 1.0
+        backoff = RestartBackoff()
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 await source.run(pipeline)
             except asyncio.CancelledError:
@@ -288,10 +291,10 @@ class Service:
                 if self.stopping:
                     log.exception("source %s failed while stopping", source.name)
                     return
-                log.exception("source %s failed; restarting in %.0f s", source.name, backoff)
+                delay = backoff.after(loop.time() - started)
+                log.exception("source %s failed; restarting in %.0f s", source.name, delay)
                 self.telemetry.source_error(source.name, "crashed")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 300.0)
+                await asyncio.sleep(delay)
 
     async def _prune(self, store: Store) -> None:
         while True:
@@ -315,6 +318,25 @@ class Service:
                 await pipeline.tick()
             except Exception:  # a failed commit here is retried on the next tick
                 log.exception("advancing event time failed")
+
+
+class RestartBackoff:
+    """How long to wait before restarting a crashed source: doubling while it keeps crashing, from the
+    start again once it had run cleanly for `reset_after_seconds` (one crash a day is not a crash loop)."""
+
+    def __init__(self, first: float = 1.0, limit: float = 300.0, reset_after_seconds: float = CLEAN_RUN_SECONDS) -> None:
+        self.first = first
+        self.limit = limit
+        self.reset_after_seconds = reset_after_seconds
+        self.next = first
+
+    def after(self, ran_seconds: float) -> float:
+        """The delay after a run that lasted `ran_seconds` and then crashed."""
+        if ran_seconds >= self.reset_after_seconds:
+            self.next = self.first
+        delay = self.next
+        self.next = min(self.next * 2, self.limit)
+        return delay
 
 
 def _readiness(source: Source) -> Callable[[], float]:

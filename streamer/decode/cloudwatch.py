@@ -8,20 +8,26 @@ for the text decoder; JSON parsing is orjson's, one document at a time.
 
 Firehose writes such documents to S3 back to back: `{...}{...}` with no
 separator, one per line, or (once gunzipped) one gzip member each.
-`Documents` splits that stream: candidate boundaries (`}` then optional
-whitespace then `{`) are found by a regex, and a candidate that does not
-parse (a `}{` inside a string) is joined to the next one.
+`Documents` splits that stream, however large, across reads: candidate
+boundaries (`}` then optional whitespace then `{`) are found by a regex,
+and a document that does not parse at its candidate (a `}{` inside a string)
+is walked structurally instead, so the work stays linear.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import zlib
 
 import orjson
 
-from streamer.decode.errors import INVALID_JSON, DecodeError, ErrorCounts, UnknownFormatError
+from streamer.decode.errors import (
+    INVALID_JSON,
+    INVALID_PAYLOAD,
+    ErrorCounts,
+    InvalidPayloadError,
+    UnknownFormatError,
+)
 from streamer.decode.gzip import GZIP_MAGIC, gunzip_stream
 
 
@@ -34,13 +40,16 @@ class Payload:
     log_stream: str
     event_ids: list[str]
     lines: list[str]
+    #: events that were not `{"message": "<text>", ...}` (skipped, each counted as an invalid payload)
+    bad_events: int = 0
 
 
 def parse_payload(document: bytes) -> Payload:
     """One subscription document (already gunzipped).
 
     CONTROL_MESSAGE documents come back with no lines. Raises
-    UnknownFormatError when the bytes are not such a document.
+    UnknownFormatError when the bytes are not such a document, and
+    InvalidPayloadError when its fields have the wrong types.
     """
     try:
         doc = orjson.loads(document)
@@ -48,81 +57,278 @@ def parse_payload(document: bytes) -> Payload:
         raise UnknownFormatError(f"not a CloudWatch Logs payload: {exc}") from exc
     if not isinstance(doc, dict) or "logEvents" not in doc:
         raise UnknownFormatError("JSON document without logEvents")
-    events = doc.get("logEvents") or []
-    if doc.get("messageType", "DATA_MESSAGE") != "DATA_MESSAGE":
-        events = []
-    ids = [str(e.get("id", "")) for e in events if isinstance(e, dict)]
-    lines = [str(e.get("message", "")) for e in events if isinstance(e, dict)]
+    message_type, events = _events(doc)
+    good = [e for e in events if isinstance(e, dict) and isinstance(e.get("message"), str)]
     return Payload(
-        message_type=str(doc.get("messageType", "DATA_MESSAGE")),
+        message_type=message_type,
         log_group=str(doc.get("logGroup", "")),
         log_stream=str(doc.get("logStream", "")),
-        event_ids=ids,
-        lines=lines,
+        event_ids=[str(e.get("id", "")) for e in good],
+        lines=[e["message"] for e in good],
+        bad_events=len(events) - len(good),
     )
+
+
+def _events(doc: dict[str, object]) -> tuple[str, list[object]]:
+    """A payload's message type and its events (none unless DATA_MESSAGE); InvalidPayloadError if mistyped."""
+    message_type = doc.get("messageType", "DATA_MESSAGE")
+    if not isinstance(message_type, str):
+        raise InvalidPayloadError(f"messageType is a {type(message_type).__name__}, not a string")
+    if message_type != "DATA_MESSAGE":
+        return message_type, []
+    events = doc.get("logEvents")
+    if events is None:
+        return message_type, []
+    if not isinstance(events, list):
+        raise InvalidPayloadError(f"logEvents is a {type(events).__name__}, not a list")
+    return message_type, events
 
 
 def payload_lines(records: list[bytes]) -> tuple[list[str], int]:
     """Flow-log lines of subscription records (each a gzip'd, or plain, CloudWatch Logs document),
-    and how many records were not such documents. CONTROL_MESSAGEs give no lines."""
+    and how many records (or events in them) were not such documents. CONTROL_MESSAGEs give no lines.
+
+    The unit is the record: whatever one raises, it alone is skipped.
+    """
     lines: list[str] = []
     bad = 0
     for data in records:
         try:
             document = b"".join(gunzip_stream([data])) if data[:2] == GZIP_MAGIC else data
-            lines.extend(parse_payload(document).lines)
-        except (OSError, EOFError, zlib.error, DecodeError):
+            payload = parse_payload(document)
+        except Exception:  # any record that is not a payload, however it fails, is one bad record
             bad += 1
+            continue
+        lines.extend(payload.lines)
+        bad += payload.bad_events
     return lines, bad
 
 
+#: One JSON document (a CloudWatch Logs payload) larger than this is one error, never held whole.
+MAX_JSON_BYTES = 64 << 20
+
+#: where a document may end and the next begin: `}`, optional whitespace, `{` (the `{` is not consumed)
 _BOUNDARY = re.compile(rb"\}\s*(?=\{)")
+#: after a document that never closed: also a line that starts with `{` (never inside a valid JSON string)
+_RESYNC = re.compile(rb"(?:\}|\n)\s*(?=\{)")
+_SPACE = re.compile(rb"\s*")
+#: everything up to the next brace outside a string: plain bytes and whole strings, in one C-speed match
+_SKIP = re.compile(rb'(?:[^{}"]+|"[^"\\\n]*(?:\\[^\n][^"\\\n]*)*")*')
+#: the inside of a JSON string from where we are, up to its closing quote (a raw newline is never inside one)
+_STRING_REST = re.compile(rb'[^"\\\n]*(?:\\[^\n][^"\\\n]*)*')
 
 
 class Documents:
-    """Splits a stream of concatenated JSON documents into whole ones, a buffer at a time."""
+    """Splits a stream of concatenated JSON documents (`{..}{..}`, or one per line) into parsed ones.
 
-    def __init__(self) -> None:
-        self._rest = b""
+    Linear in the stream and holding at most about one document plus the
+    data fed: a candidate boundary (`}` `{`) is parsed once by orjson;
+    only when that fails (a `}{` inside a string, a broken document) is the
+    document walked structurally (strings and braces) from its start, with
+    the walk's state kept across feeds, so nothing is parsed twice. A broken
+    document (one broken off inside a string ends at that line), bytes between
+    documents that are not one, and a document over `limit` bytes (walked to
+    its end without being held) are each one `invalid_json` error in `errors`. A document still open at the end of the
+    stream is one error, and what follows its start is split again at the
+    next `}{` or line that starts with `{`, each piece a document or one error.
+    """
 
-    def feed(self, data: bytes, final: bool = False) -> tuple[list[object], bytes]:
-        """Whole documents parsed so far, and (when `final`) bytes that never formed one."""
-        buf = self._rest + data
-        cuts = [m.end() for m in _BOUNDARY.finditer(buf)]
-        pieces, start = [], 0
-        for cut in cuts:
-            pieces.append(buf[start:cut])
-            start = cut
-        tail = buf[start:]
-        if final:
-            pieces.append(tail)
-            tail = b""
+    def __init__(self, limit: int = MAX_JSON_BYTES) -> None:
+        self.limit = limit
+        self.errors = ErrorCounts()
+        self._buf = b""  # from the start of the current document (or the unread bytes)
+        self._searched = 0  # no boundary before this offset of _buf
+        self._junk = False  # skipping bytes that are not a document (already counted)
+        self._walk: _Walk | None = None  # set while the current document is walked structurally
+        self._dropped = False  # the current document is over `limit`: walked, not held
+
+    def feed(self, data: bytes) -> list[object]:
+        """Documents completed by `data`."""
+        return self._drain(data, final=False)
+
+    def close(self) -> list[object]:
+        """The last documents, at the end of the stream; what never formed one is counted in `errors`."""
+        docs = self._drain(b"", final=True)
+        self._buf, self._searched, self._junk, self._walk, self._dropped = b"", 0, False, None, False
+        return docs
+
+    def take_errors(self) -> ErrorCounts:
+        """The errors counted so far, leaving none."""
+        errors, self.errors = self.errors, ErrorCounts()
+        return errors
+
+    def _error(self, why: str, buf: bytes | memoryview, at: int) -> None:
+        sample = bytes(memoryview(buf)[at : at + 120]).decode("utf-8", "replace")
+        self.errors.add(INVALID_JSON, 1, f"{why}: {sample}")
+
+    def _drain(self, data: bytes, final: bool) -> list[object]:
         docs: list[object] = []
-        pending = b""
-        for piece in pieces:
-            pending += piece
-            try:
-                docs.append(orjson.loads(pending))
-                pending = b""
-            except orjson.JSONDecodeError:
-                continue  # a boundary inside a string, or an incomplete document: join the next piece
-        self._rest = pending + tail
-        if final:
-            rest, self._rest = self._rest, b""
-            return docs, rest
-        return docs, b""
+        buf = self._buf + data if self._buf else data
+        pos = 0
+        while True:
+            if self._walk is not None:
+                end = self._walk.run(buf)
+                if end is None:  # still open at the end of what we have
+                    if not final:
+                        if len(buf) - pos > self.limit:
+                            self._dropped = True
+                        if self._dropped:
+                            pos = len(buf)  # the walk goes on; the bytes are not kept
+                        break
+                    self._walk = None
+                    if self._dropped:
+                        self._error(f"document over {self.limit} bytes, never closed", buf, pos)
+                    else:
+                        self._error("document never closed", buf, pos)
+                        docs.extend(self._resync(memoryview(buf)[pos + 1 :]))
+                    pos = len(buf)
+                    break
+                broken, self._walk = self._walk.broken, None
+                if self._dropped:
+                    self._dropped = False
+                    self._error(f"document over {self.limit} bytes", buf, pos)
+                elif broken:
+                    self._error("document broken off inside a string", buf, pos)
+                else:
+                    self._parse_one(memoryview(buf)[pos:end], docs)
+                pos = self._searched = end
+                continue
+            # Between documents: whitespace, then `{` (anything else is one error, up to the next `{`).
+            pos = _SPACE.match(buf, pos).end()  # type: ignore[union-attr]
+            if pos == len(buf):
+                break
+            if buf[pos] != 0x7B:
+                brace = buf.find(b"{", pos)
+                if not self._junk:
+                    self._error("not a JSON document", buf, pos)
+                self._junk = brace < 0
+                pos = len(buf) if brace < 0 else brace
+                continue
+            self._junk = False
+            found = _BOUNDARY.search(buf, max(pos, self._searched))
+            if found is not None or final:
+                cut = len(buf) if found is None else found.end()
+                if cut - pos > self.limit:  # too big to hold, however it came: walked to its end, one error
+                    self._walk, self._dropped = _Walk(pos), True
+                    continue
+                try:
+                    docs.append(orjson.loads(memoryview(buf)[pos:cut]))
+                except orjson.JSONDecodeError:  # a boundary inside a string, or a broken document: walk it
+                    self._walk = _Walk(pos)
+                    continue
+                pos = self._searched = cut
+                continue
+            # no boundary yet: wait for more, resuming the search at the last `}` we have
+            self._searched = max(pos, buf.rfind(b"}", pos))
+            if len(buf) - pos > self.limit:
+                self._walk = _Walk(pos)
+                continue
+            break
+        self._searched = max(0, self._searched - pos)
+        if self._walk is not None:
+            self._walk.at -= pos
+        self._buf = buf[pos:] if pos < len(buf) else b""
+        return docs
+
+    def _parse_one(self, piece: memoryview, docs: list[object]) -> None:
+        try:
+            docs.append(orjson.loads(piece))
+        except orjson.JSONDecodeError as exc:
+            self._error(f"invalid JSON ({exc})", piece, 0)
+
+    def _resync(self, rest: memoryview) -> list[object]:
+        """After a document that never closed: each piece between the next boundaries, parsed or one error."""
+        docs: list[object] = []
+        starts = [m.end() for m in _RESYNC.finditer(rest)]
+        if not starts:
+            return docs
+        for begin, end in zip(starts, [*starts[1:], len(rest)], strict=True):
+            piece = rest[begin:end]
+            if bytes(piece).strip():
+                self._parse_one(piece, docs)
+        return docs
+
+
+class _Walk:
+    """Where a structural walk of one document stands: offset, brace depth, inside a string, after a backslash.
+
+    A raw newline inside a string is never valid JSON: it means the document
+    broke off (truncated mid-string), so the walk stops there (`broken`) and
+    the stream is read on from that line.
+    """
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False
+        self.broken = False
+
+    def run(self, buf: bytes) -> int | None:
+        """Walk on through `buf`; the offset just past the document's end (or where it broke), None if not there yet."""
+        at, n = self.at, len(buf)
+        while at < n:
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                    if buf[at] == 0x0A:
+                        return self._stop(at, broken=True)
+                    at += 1
+                    continue
+                stop = _STRING_REST.match(buf, at).end()  # type: ignore[union-attr]
+                if stop == n:
+                    at = n
+                    break
+                if buf[stop] == 0x22:
+                    at = stop + 1
+                    self.in_string = False
+                    continue
+                if stop == n - 1 and buf[stop] == 0x5C:  # a backslash at the very end escapes what comes next
+                    self.escaped = True
+                    at = n
+                    break
+                return self._stop(stop, broken=True)  # a newline inside the string
+            at = _SKIP.match(buf, at).end()  # type: ignore[union-attr]
+            if at == n:
+                break
+            char = buf[at]
+            at += 1
+            if char == 0x22:  # a string that goes on past what we have, or breaks off
+                self.in_string = True
+            elif char == 0x7B:
+                self.depth += 1
+            else:
+                self.depth -= 1
+                if self.depth <= 0:
+                    return self._stop(at, broken=False)
+        self.at = at
+        return None
+
+    def _stop(self, at: int, broken: bool) -> int:
+        self.at, self.broken = at, broken
+        return at
 
 
 def document_lines(docs: list[object], errors: ErrorCounts) -> list[str]:
     """Flow-log lines of parsed documents: DATA_MESSAGE payloads' events, or `{"message": ...}` wrappers.
 
-    CONTROL_MESSAGE payloads give nothing; anything else is counted as invalid JSON.
+    CONTROL_MESSAGE payloads give nothing. The unit is the document: a payload
+    of the wrong shape, or an event in it, is counted as an invalid payload;
+    anything else as invalid JSON.
     """
     lines: list[str] = []
     for doc in docs:  # one per payload (a batch of events), not per record
         if isinstance(doc, dict) and "logEvents" in doc:
-            if doc.get("messageType", "DATA_MESSAGE") == "DATA_MESSAGE":
-                lines.extend(str(e.get("message", "")) for e in doc.get("logEvents") or [] if isinstance(e, dict))
+            try:
+                _, events = _events(doc)
+            except InvalidPayloadError as exc:
+                errors.add(INVALID_PAYLOAD, 1, str(exc))
+                continue
+            for event in events:
+                if isinstance(event, dict) and isinstance(event.get("message"), str):
+                    lines.append(event["message"])
+                else:
+                    errors.add(INVALID_PAYLOAD, 1, orjson.dumps(event).decode()[:200])
         elif isinstance(doc, dict) and isinstance(doc.get("message"), str):
             lines.append(doc["message"])
         else:

@@ -4,10 +4,15 @@
     ├── CorruptGzipError        gzip stream is not valid deflate
     ├── TruncatedError          gzip stream ends before its trailer
     ├── UnknownFormatError      neither text, gzip, Parquet nor a CloudWatch payload
-    └── UnknownFieldError       (schema) a header/LogFormat names an unknown field
+    ├── InvalidPayloadError     a CloudWatch Logs payload with the wrong shape (`"logEvents": 1`)
+    ├── UnsupportedColumnError  a Parquet column whose type cannot become the field's (a list, a struct)
+    ├── UnknownFieldInInputError  a header line names a field the catalogue does not know
+    └── DecodeFailedError       anything else decoding raised (see `as_decode_error`)
 
 Line-level problems never raise: they are counted in an ErrorCounts by a
 bounded set of reasons (REASONS) and the rest of the object still counts.
+Whatever one input raises while it is decoded becomes one of these, so its
+`reason` (a metric label) stays in a bounded set whatever the input.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ WRONG_FIELD_COUNT = "wrong_field_count"
 INVALID_NUMBER = "invalid_number"
 INVALID_UTF8 = "invalid_utf8"
 INVALID_JSON = "invalid_json"
-REASONS = (WRONG_FIELD_COUNT, INVALID_NUMBER, INVALID_UTF8, INVALID_JSON)
+#: a CloudWatch Logs payload (or one of its events) whose fields have the wrong types
+INVALID_PAYLOAD = "invalid_payload"
+REASONS = (WRONG_FIELD_COUNT, INVALID_NUMBER, INVALID_UTF8, INVALID_JSON, INVALID_PAYLOAD)
 
 
 class DecodeError(Exception):
@@ -38,6 +45,29 @@ class TruncatedError(DecodeError):
 
 class UnknownFormatError(DecodeError):
     reason = "unknown_format"
+
+
+class InvalidPayloadError(DecodeError):
+    reason = INVALID_PAYLOAD
+
+
+class UnsupportedColumnError(DecodeError):
+    reason = "unsupported_column"
+
+
+class DecodeFailedError(DecodeError):
+    """Decoding raised something no decoder expected (a bug, or input no one foresaw): one bounded reason."""
+
+    reason = "decode_failed"
+
+
+def as_decode_error(exc: Exception) -> DecodeError:
+    """The DecodeError an input failed with: itself, or `exc` wrapped (its type and text stay in the message)."""
+    if isinstance(exc, DecodeError):
+        return exc
+    wrapped = DecodeFailedError(f"{type(exc).__name__}: {exc}")
+    wrapped.__cause__ = exc
+    return wrapped
 
 
 @dataclasses.dataclass

@@ -3,9 +3,11 @@
 An object is a file, an S3 object or a payload. Its format is sniffed from
 its first bytes (gzip, Parquet, JSON, else text); text takes its field order
 from a header line when it has one, else from the configured LogFormat,
-else the v2 default. The object is split into chunks of whole lines so that
-memory stays bounded whatever the object's size; each chunk becomes a
-*unit*: a callable that decodes it, safe to run on a worker thread.
+else the v2 default. Text is split into chunks of whole lines, and a JSON
+stream (CloudWatch Logs payloads back to back) into whole documents, never
+at newlines, so that memory stays bounded whatever the object's size; each
+chunk becomes a *unit*: a callable that decodes it, safe to run on a worker
+thread.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from itertools import chain
 
 import pyarrow as pa
 
-from streamer.decode.cloudwatch import Documents, document_lines
-from streamer.decode.errors import INVALID_JSON, ErrorCounts, UnknownFieldInInputError, UnknownFormatError
+from streamer.decode.cloudwatch import MAX_JSON_BYTES, Documents, document_lines
+from streamer.decode.errors import ErrorCounts, UnknownFieldInInputError, UnknownFormatError
 from streamer.decode.gzip import GZIP_MAGIC, gunzip_stream
 from streamer.decode.parquet import PARQUET_MAGIC, iter_parquet, parquet_fields
 from streamer.decode.text import Parts, TextDecoder, join
@@ -26,10 +28,8 @@ from streamer.schema import DEFAULT_FIELDS, UnknownFieldError, header_fields
 
 #: Target size of one chunk of text handed to the parser.
 CHUNK_BYTES = 4 << 20
-#: A "line" longer than this without a newline is cut (it is garbage anyway).
+#: A text "line" longer than this without a newline is cut (it is garbage anyway). JSON is never cut.
 MAX_LINE_BYTES = 1 << 20
-#: One JSON document (a CloudWatch Logs payload) larger than this is refused.
-MAX_JSON_BYTES = 64 << 20
 
 #: Enough leading bytes to tell gzip and Parquet magic numbers apart.
 _SNIFF_BYTES = 4
@@ -71,20 +71,24 @@ class ObjectReader:
         yield from self._text_units(pieces)
 
     def _text_units(self, pieces: Iterator[bytes]) -> Iterator[Unit]:
-        # Chunks stay as their parts here: the decode worker joins them, not the thread that inflates.
-        chunks = line_parts(pieces, self.chunk_bytes)
-        head = _first_nonempty(join(p) for p in chunks)
+        # Sniffed before any cutting at newlines: a JSON stream is split into documents, never into lines.
+        head = _first_nonblank(pieces)
         if head is None:
             return
         stripped = head.lstrip()
         if stripped.startswith(b"{"):
-            yield from self._json_units(chain([head], (join(p) for p in chunks)))
+            yield from self._json_units(chain([head], pieces))
             return
-        if _looks_binary(head[:4096]):
+        # Chunks stay as their parts here: the decode worker joins them, not the thread that inflates.
+        chunks = line_parts(chain([head], pieces), self.chunk_bytes)
+        first = _first_nonempty(join(p) for p in chunks)
+        if first is None:
+            return
+        if not self.headerless and _looks_binary(first[:4096]):  # headerless lines came out of JSON: never a file
             raise UnknownFormatError("binary data that is neither gzip nor Parquet")
-        first_line = stripped.split(b"\n", 1)[0]
+        first_line = first.lstrip().split(b"\n", 1)[0]
         decoder = self._decoder_for(first_line)
-        for chunk in chain([head], chunks):
+        for chunk in chain([first], chunks):
             yield _text_unit(decoder, chunk)
 
     def _decoder_for(self, first_line: bytes) -> TextDecoder:
@@ -103,25 +107,27 @@ class ObjectReader:
         """A text decoder for headerless lines (CloudWatch events)."""
         return TextDecoder(fields or self.log_format or DEFAULT_FIELDS, self.columns, use_threads=self.use_threads)
 
-    def _json_units(self, chunks: Iterator[bytes]) -> Iterator[Unit]:
-        """CloudWatch Logs payloads: one, or many back to back (Firehose), a unit per few MB of documents."""
+    def _json_units(self, pieces: Iterator[bytes]) -> Iterator[Unit]:
+        """CloudWatch Logs payloads: one, or many back to back (Firehose), a unit per few MB of documents.
+
+        Documents are found across piece boundaries; memory is about one
+        chunk plus the largest document (a larger one is an error, skipped).
+        """
         decoder = self.decoder()
-        documents = Documents()
+        documents = Documents(MAX_JSON_BYTES)
         held = 0
         parts: list[bytes] = []
-        for chunk in chunks:
-            parts.append(chunk)
-            held += len(chunk)
+        for piece in pieces:
+            parts.append(piece)
+            held += len(piece)
             if held < self.chunk_bytes:
                 continue
-            docs, _ = documents.feed(b"".join(parts))
+            docs = documents.feed(b"".join(parts))
             parts, held = [], 0
             if docs:
-                yield _json_unit(decoder, docs)
-            elif len(documents._rest) > MAX_JSON_BYTES:
-                raise UnknownFormatError(f"JSON document larger than {MAX_JSON_BYTES} bytes")
-        docs, rest = documents.feed(b"".join(parts), final=True)
-        yield _json_unit(decoder, docs, rest)
+                yield _json_unit(decoder, docs, documents.take_errors())
+        docs = documents.feed(b"".join(parts)) + documents.close()
+        yield _json_unit(decoder, docs, documents.take_errors())
 
     def _parquet_units(self, raw: Iterator[bytes]) -> Iterator[Unit]:
         with tempfile.SpooledTemporaryFile(max_size=32 << 20) as spool:
@@ -137,27 +143,13 @@ class ObjectReader:
                 errors = ErrorCounts()
 
 
-def _json_unit(decoder: TextDecoder, docs: list[object], rest: bytes = b"") -> Unit:
+def _json_unit(decoder: TextDecoder, docs: list[object], found: ErrorCounts) -> Unit:
     def unit(errors: ErrorCounts) -> pa.Table:
+        errors.merge(found)
         lines = document_lines(docs, errors)
-        if rest.strip():
-            lines.extend(_salvage(rest, errors))
         return decoder.decode(("\n".join(lines) + "\n").encode() if lines else b"", errors)
 
     return unit
-
-
-def _salvage(rest: bytes, errors: ErrorCounts) -> list[str]:
-    """Bytes that never parsed as a whole: line by line, what parses still counts; each bad line is one error."""
-    lines: list[str] = []
-    for raw in rest.splitlines():
-        if not raw.strip():
-            continue
-        found, bad = Documents().feed(raw, final=True)
-        lines.extend(document_lines(found, errors))
-        if bad.strip():
-            errors.add(INVALID_JSON, 1, bad.decode("utf-8", "replace")[:200])
-    return lines
 
 
 def _text_unit(decoder: TextDecoder, chunk: bytes | Parts) -> Unit:
@@ -191,6 +183,14 @@ def _head(stream: Iterator[bytes], size: int) -> bytes:
         if held >= size:
             break
     return b"".join(parts)
+
+
+def _first_nonblank(stream: Iterator[bytes]) -> bytes | None:
+    """The first piece holding more than whitespace (leading blank pieces mean nothing to any format)."""
+    for piece in stream:
+        if piece.strip():
+            return piece
+    return None
 
 
 def _first_nonempty(stream: Iterator[bytes]) -> bytes | None:

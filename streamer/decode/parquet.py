@@ -3,7 +3,9 @@
 AWS writes underscore column names and typed columns; files written by other
 tools (pandas) may carry ports as strings, 'None' for missing values or an
 int64 account id, so every column is coerced to the catalogue type, with
-unconvertible values dropped and counted like bad text lines.
+unconvertible values dropped and counted like bad text lines. A column of a
+kind no value of which fits (a list, a struct) fails the file as
+`unsupported_column`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamer.decode.errors import INVALID_NUMBER, ErrorCounts, UnknownFormatError
+from streamer.decode.errors import INVALID_NUMBER, ErrorCounts, UnknownFormatError, UnsupportedColumnError
 from streamer.schema import BY_PARQUET_NAME, FIELDS, arrow_schema
 
 if TYPE_CHECKING:
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
 PARQUET_MAGIC = b"PAR1"
 _MISSING = ["-", "", "None", "null"]
 _NUMBER = r"^[0-9]{1,18}$"
+#: what a damaged file raises from Arrow: any Arrow error, or a UnicodeDecodeError from a mangled column name
+_UNREADABLE = (pa.ArrowException, OSError, ValueError)
 
 
 def parquet_fields(source: BinaryIO) -> tuple[pq.ParquetFile, tuple[str, ...]]:
@@ -31,7 +35,7 @@ def parquet_fields(source: BinaryIO) -> tuple[pq.ParquetFile, tuple[str, ...]]:
 
     try:
         pfile = pq.ParquetFile(source)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except _UNREADABLE as exc:
         raise UnknownFormatError(f"unreadable Parquet: {exc}") from exc
     names = tuple(BY_PARQUET_NAME[c].name for c in pfile.schema_arrow.names if c in BY_PARQUET_NAME)
     return pfile, names
@@ -47,7 +51,7 @@ def iter_parquet(
         batches = pfile.iter_batches(batch_size=131_072, columns=[FIELDS[f].parquet_name for f in wanted])
         for batch in batches:
             yield _coerce(pa.Table.from_batches([batch]), wanted, schema, errors)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except _UNREADABLE as exc:
         raise UnknownFormatError(f"unreadable Parquet data: {exc}") from exc
 
 
@@ -69,4 +73,15 @@ def _coerce(table: pa.Table, wanted: list[str], schema: pa.Schema, errors: Error
             errors.add(INVALID_NUMBER, bad, "non-numeric value in a numeric Parquet column")
             cols = {k: v.filter(ok) for k, v in cols.items()}
     out = pa.table(cols)
-    return out.cast(schema) if out.num_rows else schema.empty_table()
+    if not out.num_rows:
+        return schema.empty_table()
+    return pa.table([_cast(out.column(f.name), f) for f in schema], schema=schema)
+
+
+def _cast(col: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
+    """A column as its catalogue type; a column of another kind (a list, a struct, floats for a count) fails the file."""
+    try:
+        return col.cast(field.type)
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+        name = FIELDS[field.name].parquet_name
+        raise UnsupportedColumnError(f"Parquet column {name} of type {col.type} cannot be read as {field.type}: {exc}") from exc

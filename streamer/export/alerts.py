@@ -62,6 +62,8 @@ class Alerter:
             registry=registry,
         )
         self.active_gauge = Gauge("streamer_alerts_active", "Rejected-traffic spike alerts currently firing.", registry=registry)
+        # Read at scrape time: an alert past its hold stops counting then, whether or not anything sends alerts.
+        self.active_gauge.set_function(self.firing)
         self.detected = Counter("streamer_anomalies_total", "Anomalous (ENI, window) pairs detected.", registry=registry)
 
     @property
@@ -101,14 +103,17 @@ class Alerter:
         self.active = self._merged(anomalies, now)
         if anomalies:
             self._wake.set()
-        self.active_gauge.set(len(self.active))
+
+    def firing(self) -> int:
+        """Active alerts still inside their hold time."""
+        now = self.clock()
+        return sum(1 for a in list(self.active.values()) if now < a.last_detected + self.config.hold_seconds)
 
     def expire(self) -> None:
         now = self.clock()
         for eni, alert in list(self.active.items()):
             if now >= alert.last_detected + self.config.hold_seconds:
                 self.resolved.append(self.active.pop(eni))
-        self.active_gauge.set(len(self.active))
 
     def alertmanager_payload(self) -> list[dict[str, Any]]:
         now = self.clock()
@@ -158,13 +163,20 @@ class Alerter:
         return {"labels": labels, "annotations": annotations, "startsAt": rfc3339(alert.starts_at), "endsAt": rfc3339(ends_at)}
 
     async def run(self) -> None:
-        """Send on every new detection and every resend interval, until cancelled."""
+        """Send on every new detection and every resend interval, until cancelled.
+
+        With no target configured, only expire alerts past their hold (so that a
+        later spike on the same ENI starts a new alert).
+        """
+        if not self.targets:
+            while True:
+                await self._woken()
+                self.expire()
+                self.resolved.clear()  # nobody to tell
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.config.resend_interval_seconds)
-                self._wake.clear()
+                await self._woken()
                 self.expire()
                 if not self.active and not self.resolved:
                     continue
@@ -176,6 +188,14 @@ class Alerter:
                     ok &= await self._post(http, "webhook", self.config.webhook_url, self.webhook_payload())
                 if ok:
                     self.resolved.clear()  # resolutions delivered; firing alerts are re-sent anyway
+
+    async def _woken(self) -> None:
+        """Until a new detection or the resend interval. `asyncio.timeout`, not `wait_for`: on Python 3.11
+        wait_for swallows a cancellation that lands as the event is set, and the service would never stop."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.resend_interval_seconds):
+                await self._wake.wait()
+        self._wake.clear()
 
     async def _post(self, http: aiohttp.ClientSession, target: str, url: str, payload: Any) -> bool:
         delay = 1.0

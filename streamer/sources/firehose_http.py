@@ -8,13 +8,17 @@ it is committed in the same transaction as the counts it produced, and only
 then is 200 sent. A retry of a committed request is answered 200 and counts
 nothing; a kill -9 between the commit and the response is exactly that case.
 
-Responses: 200 `{requestId, timestamp}` after the commit; 401 for a missing
-or wrong key (compared in constant time, never logged); 400 for malformed
-JSON or base64, with nothing counted; 413 above `max_request_bytes`
-*decompressed* (the body is inflated by us, in bounded steps, so a gzip bomb
-costs at most the limit); 503 while shutting down (nothing committed:
-Firehose retries); 500 if the commit failed. Shutdown drains: requests being
-committed finish (up to `DRAIN_SECONDS`) while new ones get 503.
+Responses: 200 `{requestId, timestamp}` after the commit, also when some
+records could not be read (each is one `invalid_payload` decode error, the
+others count); 401 for a missing or wrong key (compared in constant time with
+every accepted key, never logged); 400 only for a body that is not a Firehose
+request (not JSON, no requestId, no records list), with nothing counted; 413
+when the body plus what its gzip'd records inflate to is above
+`max_request_bytes` (both inflated by us, in bounded steps, so a gzip bomb
+costs at most the limit); 503 beyond `max_concurrent_requests` and while
+shutting down (nothing committed: Firehose retries); 408 for a body slower
+than `body_timeout_seconds`; 500 only if the commit failed. Shutdown drains:
+requests being committed finish (up to `DRAIN_SECONDS`) while new ones get 503.
 
 A record is a CloudWatch Logs payload (gzip'd JSON, from a subscription
 filter) or flow-log text (a flow log publishing straight to Firehose, in
@@ -31,12 +35,13 @@ import base64
 import binascii
 import contextlib
 import hmac
+import json
 import logging
 import os
 import ssl
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,11 +50,11 @@ from aiohttp import web
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from streamer.decode.cloudwatch import Documents, document_lines
-from streamer.decode.errors import INVALID_JSON, ErrorCounts
+from streamer.decode.errors import ErrorCounts
 from streamer.decode.gzip import GZIP_MAGIC
 from streamer.schema import parse_log_format
 from streamer.settings import SourceSettings, check_log_format
-from streamer.sources.base import BuildContext, Delivery, Sink, Source, single_chunk
+from streamer.sources.base import BuildContext, Delivery, Sink, Source
 from streamer.store.base import Done
 
 log = logging.getLogger(__name__)
@@ -57,10 +62,14 @@ log = logging.getLogger(__name__)
 NAMESPACE = "firehose"
 INVALID_PAYLOAD = "invalid_payload"
 ACCESS_KEY_HEADER = "X-Amz-Firehose-Access-Key"
+#: the records' lines are handed on in chunks of about this much (never all joined at once)
+CHUNK_BYTES = 4 << 20
 #: read and inflate the body in steps this big: memory stays near the limit whatever the compression ratio
 STEP_BYTES = 1 << 20
 #: on shutdown, how long requests already being committed may take to finish
 DRAIN_SECONDS = 5.0
+#: after refusing a request whose body we did not read (503, 408, 413), how long its rest is read and dropped
+LINGER_SECONDS = 1.0
 #: fault-injection seam for the crash test: seconds to wait between the commit and the response
 _RESPONSE_DELAY_ENV = "STREAMER_TEST_FIREHOSE_RESPONSE_DELAY_SECONDS"
 
@@ -71,12 +80,21 @@ class FirehoseHttpSourceConfig(SourceSettings):
     listen_address: str = "0.0.0.0:9109"
     #: the URL path Firehose POSTs to
     path: str = "/"
-    #: the access key configured on the Firehose stream (or `access_key_file`)
+    #: the access key configured on the Firehose stream (or `access_keys`, or `access_key_file`)
     access_key: SecretStr | None = None
-    #: a file holding the access key (a mounted Secret)
+    #: several keys accepted at once, so that a key can be rotated without a failed delivery
+    access_keys: list[SecretStr] | None = None
+    #: a file holding the key(s), one per line, blank lines ignored (a mounted Secret)
     access_key_file: Path | None = None
-    #: largest request body accepted, after decompression (caps gzip bombs too)
+    #: largest request accepted: the body plus what its gzip'd records inflate to (caps gzip bombs too)
     max_request_bytes: int = Field(default=64 << 20, ge=1024)
+    #: requests handled at once; beyond this 503 (Firehose retries it)
+    max_concurrent_requests: int = Field(default=4, ge=1, le=1024)
+    #: a connection must send a request's headers within this (also how long an idle one is kept:
+    #: above an ALB's 60 s idle timeout, so the ALB, not us, closes idle connections)
+    header_timeout_seconds: float = Field(default=75.0, gt=0)
+    #: the whole body must arrive within this, else 408 and the connection is closed
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
     #: LogFormat of flow-log text records (flow logs published straight to Firehose); default v2
     log_format: str | None = None
     #: serve HTTPS directly (else terminate TLS in front: an ALB or an ingress)
@@ -100,25 +118,49 @@ class FirehoseHttpSourceConfig(SourceSettings):
             raise ValueError("must start with /")
         return value
 
+    @field_validator("access_key")
+    @classmethod
+    def _key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty: an empty key would let anyone in (an unset secret?)")
+        return value
+
+    @field_validator("access_keys")
+    @classmethod
+    def _keys_not_empty(cls, value: list[SecretStr] | None) -> list[SecretStr] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("lists no key")
+            for i, key in enumerate(value):
+                if not key.get_secret_value().strip():
+                    raise ValueError(f"key {i} is empty: an empty key would let anyone in")
+        return value
+
     @model_validator(mode="after")
     def _key_and_tls(self) -> FirehoseHttpSourceConfig:
-        if (self.access_key is None) == (self.access_key_file is None):
-            raise ValueError("give exactly one of access_key and access_key_file (Firehose sends it with every request)")
-        if self.access_key_file is not None and not self.key_from_file():
-            raise ValueError(f"access_key_file {self.access_key_file}: cannot read a key from it")
+        given = [self.access_key is not None, self.access_keys is not None, self.access_key_file is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of access_key, access_keys and access_key_file (Firehose sends it)")
+        if self.access_key_file is not None and not self.keys_from_file():
+            raise ValueError(f"access_key_file {self.access_key_file}: holds no key (one per line)")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
         return self
 
-    def key_from_file(self) -> str:
+    def keys_from_file(self) -> list[str]:
         assert self.access_key_file is not None
         try:
-            return self.access_key_file.read_text().strip()
-        except OSError:
-            return ""
+            return [line.strip() for line in self.access_key_file.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError):
+            return []
 
-    def key(self) -> str:
-        return self.access_key.get_secret_value() if self.access_key is not None else self.key_from_file()
+    def accepted_keys(self) -> list[str]:
+        """Every accepted key (never empty: validation refuses that)."""
+        if self.access_key is not None:
+            return [self.access_key.get_secret_value()]
+        if self.access_keys is not None:
+            return [k.get_secret_value() for k in self.access_keys]
+        return self.keys_from_file()
 
     async def build(self, ctx: BuildContext) -> FirehoseHttpSource:
         return FirehoseHttpSource(ctx.name, self)
@@ -137,12 +179,13 @@ class FirehoseHttpSource(Source):
         super().__init__(name)
         self.config = config
         self.log_format = parse_log_format(config.log_format) if config.log_format else None
-        self._key = config.key().encode()
+        self._keys = [key.encode() for key in config.accepted_keys()]
         self._clock = clock
         self._stopping = False
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._busy = 0  # requests past the key check, up to max_concurrent_requests
         #: set once the port is bound (`port` is then known)
         self.listening = asyncio.Event()
         self._response_delay = float(os.environ.get(_RESPONSE_DELAY_ENV, "0") or 0)
@@ -160,7 +203,15 @@ class FirehoseHttpSource(Source):
 
         app.router.add_post(self.config.path, handle)
         # We inflate the body ourselves, in bounded steps (aiohttp's own inflater has no output limit).
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, auto_decompress=False)
+        # aiohttp arms keepalive_timeout as soon as a connection opens: headers not complete by then, it is closed.
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=2.0,
+            auto_decompress=False,
+            keepalive_timeout=self.config.header_timeout_seconds,
+            lingering_time=LINGER_SECONDS,
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.host, int(self.config.listen_address.rpartition(":")[2]), ssl_context=self._tls())
@@ -185,31 +236,57 @@ class FirehoseHttpSource(Source):
         context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
         return context
 
+    def _authorized(self, given: bytes) -> bool:
+        """Compared with every key, in constant time, with no early exit that would tell which one matched."""
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(given, key)
+        return matched
+
     async def _handle(self, sink: Sink, request: web.Request) -> web.Response:
         request_id = request.headers.get("X-Amz-Firehose-Request-Id", "")
         if self._stopping:
-            return self._reply(503, request_id, "shutting down")
-        given = request.headers.get(ACCESS_KEY_HEADER, "").encode()
-        if not hmac.compare_digest(given, self._key):
+            return self._reply(503, request_id, "shutting down", close=True)
+        if not self._authorized(request.headers.get(ACCESS_KEY_HEADER, "").encode()):
             where = f"request {request_id or '?'} from {request.remote}"
             sink.source_error(self.name, "unauthorized", f"{where}: missing or wrong access key")
-            return self._reply(401, request_id, "missing or wrong access key")
+            return self._reply(401, request_id, "missing or wrong access key", close=True)
+        if self._busy >= self.config.max_concurrent_requests:  # its body is never read: Firehose retries it
+            sink.source_error(self.name, "busy", f"request {request_id or '?'}: {self._busy} requests in progress")
+            return self._reply(503, request_id, "busy, retry", close=True)
+        self._busy += 1
         try:
-            body = await self._read_body(request)
-            request_id, data = await asyncio.to_thread(self._parse, body)
+            return await self._serve(sink, request, request_id)
+        finally:
+            self._busy -= 1
+
+    async def _serve(self, sink: Sink, request: web.Request, request_id: str) -> web.Response:
+        try:
+            request_id, data = await self._receive(request)
+        except TimeoutError:
+            sink.source_error(self.name, "timeout", f"request {request_id or '?'}: body not received in time")
+            return self._reply(408, request_id, "body not received in time", close=True)
         except TooLarge as exc:
             sink.source_error(self.name, "too_large", f"request {request_id or '?'}: {exc}")
-            return self._reply(413, request_id, str(exc))
+            return self._reply(413, request_id, str(exc), close=True)
         except BadRequest as exc:
             sink.source_error(self.name, "bad_request", f"request {request_id or '?'}: {exc}")
             return self._reply(400, request_id, str(exc))
         if self._stopping:  # stopping while the body came in: commit nothing, Firehose retries
             return self._reply(503, request_id, "shutting down")
         if data.errors:
-            sink.source_error(self.name, "bad_records", f"request {request_id}: skipped records: {data.errors}")
+            log.warning(
+                "%s: request %s: %d of %d record(s) skipped %s, e.g. %s",
+                self.name,
+                request_id,
+                sum(data.errors.values()),
+                data.records,
+                data.errors,
+                data.example,
+            )
         delivery = Delivery(
             location=f"firehose://{self.name}/{request_id}",
-            body=lambda: single_chunk(data.body),
+            body=data.stream,
             done=[Done(NAMESPACE, request_id)],
             arrived_at=self._clock(),
             log_format=self.log_format,
@@ -231,6 +308,12 @@ class FirehoseHttpSource(Source):
             await asyncio.sleep(self._response_delay)
         sink.polled(self.name)
         return self._reply(200, request_id)
+
+    async def _receive(self, request: web.Request) -> tuple[str, _Records]:
+        """Read and parse the body; only the records' lines outlive this (the body is not held while committing)."""
+        async with asyncio.timeout(self.config.body_timeout_seconds):
+            held = [await self._read_body(request)]
+        return await asyncio.to_thread(self._parse, held)
 
     async def _read_body(self, request: web.Request) -> bytes:
         """The body, inflated when gzip'd, refusing anything past `max_request_bytes` without holding more."""
@@ -263,30 +346,35 @@ class FirehoseHttpSource(Source):
             raise BadRequest("gzip body ended early")
         return b"".join(parts)
 
-    def _parse(self, body: bytes) -> tuple[str, _Records]:
-        """requestId and the records' lines (a worker thread: base64 and gunzip are not free)."""
+    def _parse(self, held: list[bytes]) -> tuple[str, _Records]:
+        """requestId and the records' lines (a worker thread: base64 and gunzip are not free).
+
+        Only a body that is not a Firehose request is a BadRequest; a record
+        that cannot be read is counted (`invalid_payload`) and the rest count.
+        """
+        body = held.pop()  # the only reference: the body is freed once parsed
+        size = len(body)
         try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"not JSON: {exc}") from exc
+            # The stdlib parser, not orjson: on a body of long base64 strings it peaks at twice the body, orjson at 13x.
+            doc = json.loads(body)
+        except (ValueError, RecursionError) as exc:  # also bad UTF-8, and numbers too long to convert
+            raise BadRequest(f"not JSON: {str(exc)[:200]}") from exc
+        del body
         if not isinstance(doc, dict) or not isinstance(doc.get("requestId"), str) or not doc["requestId"]:
             raise BadRequest("no requestId")
         records = doc.get("records")
         if not isinstance(records, list):
             raise BadRequest("no records list")
-        raw: list[bytes] = []
-        for i, record in enumerate(records):  # Firehose records (batches), not flow-log records
-            try:
-                raw.append(base64.b64decode(record["data"], validate=True))
-            except (KeyError, TypeError, binascii.Error) as exc:
-                raise BadRequest(f"record {i}: data is not base64") from exc
-        return doc["requestId"], records_lines(raw, self.config.max_request_bytes)
+        return doc["requestId"], records_lines(records, self.config.max_request_bytes - size)
 
-    def _reply(self, status: int, request_id: str, error: str | None = None) -> web.Response:
+    def _reply(self, status: int, request_id: str, error: str | None = None, close: bool = False) -> web.Response:
         doc: dict[str, Any] = {"requestId": request_id, "timestamp": int(self._clock() * 1000)}
         if error is not None:
             doc["errorMessage"] = error
-        return web.Response(status=status, body=orjson.dumps(doc), content_type="application/json")
+        response = web.Response(status=status, body=orjson.dumps(doc), content_type="application/json")
+        if close:  # the body may be unread: do not wait for it to keep the connection
+            response.force_close()
+        return response
 
 
 def _gzipped(request: web.Request) -> bool:
@@ -294,39 +382,93 @@ def _gzipped(request: web.Request) -> bool:
 
 
 class _Records:
-    """The lines of one request's records, and what could not be read."""
+    """The lines of one request's records (in chunks of whole lines), and what could not be read."""
 
-    def __init__(self, body: bytes, errors: dict[str, int]) -> None:
-        self.body = body
+    def __init__(self, chunks: list[bytes], errors: dict[str, int], records: int, example: str | None) -> None:
+        self.chunks = chunks
         self.errors = errors
+        self.records = records
+        self.example = example
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
 
 
-def records_lines(records: list[bytes], limit: int) -> _Records:
+class BadRecord(Exception):
+    """One record cannot be read: counted as `invalid_payload`, the request's other records still count."""
+
+
+def records_lines(records: list[Any], budget: int) -> _Records:
     """Flow-log lines of Firehose records: CloudWatch Logs payloads (gzip'd JSON) or flow-log text.
 
-    A gzip'd record is inflated to at most `limit` bytes; one that would be
-    larger, or is not gzip after all, is counted as an invalid payload.
+    Gzip'd records are inflated in one shared `budget` (what is left of
+    `max_request_bytes` after the body), step by step: past it, TooLarge
+    (413). Any other failure of one record (not base64, not gzip after all,
+    JSON of the wrong shape, ...) makes it one `invalid_payload` error.
     """
     errors = ErrorCounts()
-    text: list[bytes] = []
-    for data in records:
-        if data[:2] == GZIP_MAGIC:
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            try:
-                inflated = inflater.decompress(data, limit)
-            except zlib.error:
-                inflated = b""
-            if not inflater.eof or inflater.unconsumed_tail:
-                errors.add(INVALID_PAYLOAD, 1, repr(data[:40]))
-                continue
-            data = inflated
-        if data.lstrip()[:1] == b"{":
-            docs, rest = Documents().feed(data, final=True)
-            lines = document_lines(docs, errors)
-            if rest.strip():
-                errors.add(INVALID_JSON, 1, rest[:200].decode("utf-8", "replace"))
-            text.append("\n".join(lines).encode())
-        else:
-            text.append(data.rstrip(b"\n"))
-    body = b"\n".join(t for t in text if t)
-    return _Records(body + b"\n" if body else b"", dict(errors.counts))
+    chunks: list[bytes] = []
+    text: list[bytes] = []  # lines of the chunk being filled
+    held = 0
+    for i, record in enumerate(records):  # Firehose records (batches), not flow-log records
+        records[i] = None  # each record's base64 is freed as soon as it is read
+        found = ErrorCounts()
+        try:
+            data = _record_bytes(record)
+            if data[:2] == GZIP_MAGIC:
+                data = _inflate(data, budget)
+                budget -= len(data)
+            lines = _record_text(data, found)
+        except TooLarge:
+            raise
+        except Exception as exc:  # whatever one record does wrong, it is that record's error only
+            errors.add(INVALID_PAYLOAD, 1, f"record {i}: {type(exc).__name__}: {exc}")
+            continue
+        errors.merge(found)
+        if lines:
+            text.append(lines)
+            held += len(lines)
+        if held >= CHUNK_BYTES:
+            chunks.append(b"\n".join([*text, b""]))
+            text, held = [], 0
+    if text:
+        chunks.append(b"\n".join([*text, b""]))
+    example = next(iter(errors.examples.values()), None)
+    return _Records(chunks, dict(errors.counts), len(records), example)
+
+
+def _record_bytes(record: object) -> bytes:
+    if not isinstance(record, dict) or not isinstance(record.get("data"), str):
+        raise BadRecord("no data string")
+    try:
+        return base64.b64decode(record["data"], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRecord("data is not base64") from exc
+
+
+def _inflate(data: bytes, budget: int) -> bytes:
+    """A gzip'd record, inflated to at most `budget` bytes (TooLarge past it), never allocating more."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(data, max(budget, 0) + 1)
+    except zlib.error as exc:
+        raise BadRecord(f"invalid gzip: {exc}") from exc
+    if len(inflated) > budget:
+        raise TooLarge("the records are over max_request_bytes once decompressed")
+    if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data.strip(b"\x00"):
+        raise BadRecord("truncated gzip, or bytes after it")
+    if inflated[:2] == GZIP_MAGIC:
+        raise BadRecord("gzip inside gzip")
+    return inflated
+
+
+def _record_text(data: bytes, errors: ErrorCounts) -> bytes:
+    """A record's flow-log lines: a CloudWatch Logs payload's events, or the record's own lines."""
+    if data.lstrip()[:1] != b"{":
+        return data.rstrip(b"\n")
+    documents = Documents()
+    docs = documents.feed(data) + documents.close()
+    errors.merge(documents.errors)
+    lines = document_lines(docs, errors)
+    return "\n".join(lines).encode()

@@ -260,7 +260,7 @@ class KinesisSource(Source):
         lines, bad = await asyncio.to_thread(payload_lines, [r["Data"] for r in records])
         if bad:
             where = f"{self.config.stream_name}/{shard_id}"
-            sink.source_error(self.name, INVALID_PAYLOAD, f"{where}: {bad} record(s) are not CloudWatch payloads")
+            sink.source_error(self.name, INVALID_PAYLOAD, f"{where}: {bad} record(s) or event(s) are not CloudWatch payloads")
         body = ("\n".join(lines) + "\n").encode() if lines else b""
         delivery = Delivery(
             location=f"kinesis://{self.config.stream_name}/{shard_id}",

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+#: source error reason when an object could not be finished for a reason other than reading it (the checkpoint)
+COMMIT_FAILED = "commit_failed"
 #: lease kind of S3 polling partitions (fleet)
 PARTITION_LEASE = "s3_partition"
 
@@ -119,7 +121,10 @@ class S3PollSource(Source):
 
         async def one(obj: S3Object) -> None:
             async with gate:
-                await self._process(sink, obj)
+                try:
+                    await self._process(sink, obj)
+                except Exception as exc:  # never cancel the poll's other objects: this one is tried next poll
+                    sink.source_error(self.name, COMMIT_FAILED, f"s3://{obj.bucket}/{obj.key}: {type(exc).__name__}: {exc}")
 
         async with asyncio.TaskGroup() as group:
             for obj in todo:

@@ -209,7 +209,7 @@ class S3SqsSource(Source):
         received = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
         try:
             objects = objects_in_message(message.get("Body", ""))
-        except BadMessage as exc:
+        except Exception as exc:  # BadMessage, or a shape no check foresaw (`"Records": [1]`): deleted, not retried
             sink.source_error(self.name, "bad_message", f"{self.config.queue_url}: message {message.get('MessageId')}: {exc}")
             await self._delete(sink, receipt)
             return
@@ -218,8 +218,9 @@ class S3SqsSource(Source):
             delivery = object_delivery(self.s3, obj, self.log_format)
             try:
                 await sink.process(self.name, delivery)
-            except SourceError as exc:
-                sink.source_error(self.name, exc.reason, f"{exc} (receive {received} of {self.config.max_receive_count})")
+            except Exception as exc:  # a read (SourceError) or the checkpoint: SQS redelivers, a bounded number of times
+                reason = exc.reason if isinstance(exc, SourceError) else "commit_failed"
+                sink.source_error(self.name, reason, f"{exc} (receive {received} of {self.config.max_receive_count})")
                 if received < self.config.max_receive_count:
                     return  # not deleted: SQS redelivers after the visibility timeout
                 await sink.give_up(self.name, delivery, "read_error")

@@ -124,7 +124,9 @@ async def test_parquet_and_corrupt_objects_beside_good_ones(aws: str, tmp_path: 
 
     async with running(service_config(tmp_path, [s3_source(aws, "flow-logs")])) as service:
         metrics = await wait_metrics(service.port, finished(6, None), what="6 objects")
-        assert objects_by_outcome(metrics) == {"ok": 3, "truncated": 1, "corrupt_gzip": 1, "unknown_format": 1}
+        assert objects_by_outcome(metrics) == {"ok": 3, "failed": 3}
+        errors = {dict(k)["reason"]: v for k, v in metrics["streamer_decode_errors_total"].items()}
+        assert errors == {"truncated": 1, "corrupt_gzip": 1, "unknown_format": 1}
         totals = exported_totals(metrics)
         for key, value in truth.totals.items():  # the truncated object's leading records count too
             assert totals[key][0] >= value[0]

@@ -6,20 +6,28 @@
   never "aclose(): asynchronous generator is already running";
 - the same input from two sources at once: counted once (the done-key check
   is inside the transaction);
-- a record from a broken clock: counted, one warning naming the object.
+- a record from a broken clock: counted, one warning naming the object;
+- cancellation while a commit runs that then fails: still a cancellation, also
+  through a source's commit-retry loop;
+- an input that fails to decode: committed as failed, counted once, not retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -29,7 +37,8 @@ from streamer.aggregate.state import FlowState
 from streamer.export.telemetry import Telemetry
 from streamer.pipeline import DUPLICATE, Pipeline, Store
 from streamer.schema import DEFAULT_FIELDS
-from streamer.sources.base import Delivery, single_chunk
+from streamer.sources.base import Delivery, SourceError, single_chunk
+from streamer.sources.kinesis import KinesisSource, KinesisSourceConfig
 from streamer.store.base import Commit, Done
 from streamer.store.sqlite import CheckpointStore
 
@@ -144,4 +153,81 @@ async def test_a_broken_clock_record_counts_and_warns_once_per_object(
     assert pipe.detection is not None
     assert pipe.detection.windows.watermark is not None
     assert pipe.detection.windows.watermark < NOW
+    pipe.store.close()
+
+
+class FailingStore(CheckpointStore):
+    """The real SQLite store on a disk that fails: each commit takes a while, then raises."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.committing = threading.Event()
+
+    def commit(self, change: Commit) -> bool:
+        self.committing.set()
+        time.sleep(0.5)
+        raise sqlite3.OperationalError("disk I/O error")
+
+
+async def test_sigterm_during_a_commit_that_then_fails_still_cancels(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    store = FailingStore(tmp_path / "state.db")
+    pipe = pipeline(store, pool)
+    task = asyncio.create_task(pipe.process("s3", s3_delivery("a.log.gz", lines(10))))
+    await asyncio.to_thread(store.committing.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):  # not the OperationalError: a retry loop above would swallow that
+        await asyncio.wait_for(task, 10)
+    assert pipe.commits == 0
+    pipe.store.close()
+
+
+async def test_sigterm_stops_a_kinesis_shard_whose_commit_fails_instead_of_retrying(
+    tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    """The shard reader retries a failed commit (the batch is in memory); a stop must still stop it."""
+    store = FailingStore(tmp_path / "state.db")
+    pipe = pipeline(store, pool)
+    config = KinesisSourceConfig(type="kinesis", stream_name="s")
+    source = KinesisSource("kinesis", config, None, lambda: asyncio.sleep(0, {}))  # type: ignore[arg-type]
+    record = {"Data": gzip.compress(orjson.dumps({"logEvents": [{"id": "1", "message": "x"}]})), "SequenceNumber": "1"}
+    task = asyncio.create_task(source._deliver(pipe, "shard-0", [record], None, "1", None))  # type: ignore[list-item]
+    await asyncio.to_thread(store.committing.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert source.positions == {}
+    pipe.store.close()
+
+
+async def test_an_input_that_fails_to_decode_is_counted_once_and_never_retried(
+    tmp_path: Path, pool: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
+) -> None:
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"interface_id": [["eni-a"]], "packets": [1]}), buf)
+    store = CheckpointStore(tmp_path / "state.db")
+    pipe = pipeline(store, pool)
+    with caplog.at_level(logging.ERROR, "streamer"):
+        assert await pipe.process("s3", s3_delivery("list.parquet", buf.getvalue())) == "failed"
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("s3://bucket/list.parquet: unsupported_column: Parquet column interface_id")
+    assert pipe.telemetry.objects.labels("s3", "failed")._value.get() == 1
+    assert pipe.state.decode_errors == {"unsupported_column": 1}
+    assert store.done_among("s3", ["bucket/list.parquet#etag"]) == {"bucket/list.parquet#etag"}
+    assert await pipe.process("s3", s3_delivery("list.parquet", buf.getvalue())) == DUPLICATE
+    assert store.load_state().decode_errors == {"unsupported_column": 1}
+    pipe.store.close()
+
+
+async def test_a_read_failure_is_not_bad_input_nothing_is_committed(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    async def reset_midway() -> AsyncIterator[bytes]:
+        yield lines(2000)[:5000]
+        raise SourceError("ConnectionResetError", "s3://bucket/reset.log.gz: connection reset by peer")
+
+    store = CheckpointStore(tmp_path / "state.db")
+    pipe = pipeline(store, pool)
+    delivery = Delivery(location="s3://bucket/reset.log.gz", body=reset_midway, done=[Done("s3", "bucket/reset#e")])
+    with pytest.raises(SourceError, match="connection reset"):
+        await pipe.process("s3", delivery)
+    assert pipe.commits == 0
+    assert store.done_among("s3", ["bucket/reset#e"]) == set()  # read again, not remembered as failed
     pipe.store.close()

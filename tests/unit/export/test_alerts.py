@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from prometheus_client import CollectorRegistry
 
 from streamer.aggregate.anomaly import Anomaly
@@ -54,3 +57,39 @@ def test_webhook_payload_carries_status_and_the_anomaly() -> None:
     doc = alerter.webhook_payload()
     assert doc["alerts"][0]["status"] == "firing"
     assert doc["alerts"][0]["anomaly"]["top_ports"] == [{"port": 22, "records": 400}]
+
+
+def test_alerts_active_expires_with_no_alert_target_configured() -> None:
+    clock = Clock()
+    registry = CollectorRegistry()
+    alerter = Alerter(AlertsConfig(hold_seconds=900), registry, clock)
+    assert alerter.targets == []
+    alerter.notify([anomaly(), anomaly("eni-b")])
+    assert registry.get_sample_value("streamer_alerts_active") == 2
+    clock.now += 899
+    assert registry.get_sample_value("streamer_alerts_active") == 2
+    clock.now += 1
+    assert registry.get_sample_value("streamer_alerts_active") == 0  # no sending loop needed for the gauge
+
+
+async def test_the_loop_with_no_target_expires_alerts_and_sends_nothing() -> None:
+    clock = Clock()
+    alerter = Alerter(AlertsConfig(hold_seconds=60, resend_interval_seconds=0.05), CollectorRegistry(), clock)
+    alerter.notify([anomaly()])
+    task = asyncio.create_task(alerter.run())
+    try:
+        clock.now += 61
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:  # the loop wakes every resend interval
+            if not alerter.active:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "the alert never expired"
+            await asyncio.sleep(0.01)
+        assert alerter.resolved == []
+        alerter.notify([anomaly()])  # a later spike starts a new alert, not the old one's tenth window
+        assert alerter.active["eni-a"].windows == 1
+        assert alerter.active["eni-a"].starts_at == clock.now
+    finally:
+        task.cancel()  # right after a wake-up (the notify above): the loop must still stop
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import logging
+from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
+from hypothesis import given, settings
 
+from streamer.config import ConfigError, parse_config
 from streamer.sources.base import Delivery
-from streamer.sources.firehose_http import FirehoseHttpSource, FirehoseHttpSourceConfig
+from streamer.sources.firehose_http import ACCESS_KEY_HEADER as ACCESS_KEY
+from streamer.sources.firehose_http import BadRequest, FirehoseHttpSource, FirehoseHttpSourceConfig, TooLarge, records_lines
+from tests.firehose_data import firehose_bodies
 
 KEY = "k3y-that-must-never-be-logged"
 
@@ -96,3 +103,235 @@ async def test_the_key_is_never_logged_even_when_wrong(caplog: pytest.LogCapture
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+# --- keys, bounds and bad records --------------------------------------------------------------
+
+
+def source_doc(**extra: object) -> dict[str, object]:
+    return {"sources": [{"type": "firehose_http", "listen_address": "127.0.0.1:0", **extra}]}
+
+
+@pytest.mark.parametrize(
+    ("extra", "environ", "message"),
+    [
+        ({"access_key": ""}, {}, r"^sources\.0\.access_key: is empty"),
+        ({"access_key": "   "}, {}, r"^sources\.0\.access_key: is empty"),
+        ({"access_key": "set-in-yaml"}, {"STREAMER__SOURCES__0__ACCESS_KEY": ""}, r"^sources\.0\.access_key: is empty"),
+        ({"access_keys": []}, {}, r"^sources\.0\.access_keys: lists no key"),
+        ({"access_keys": ["a", ""]}, {}, r"^sources\.0\.access_keys: key 1 is empty"),
+        ({"access_key": "a", "access_keys": ["b"]}, {}, r"^sources\.0: give exactly one of access_key, access_keys"),
+        ({}, {}, r"^sources\.0: give exactly one of"),
+        ({"access_key": "a", "max_concurrent_requests": 0}, {}, r"^sources\.0\.max_concurrent_requests: "),
+        ({"access_key": "a", "body_timeout_seconds": 0}, {}, r"^sources\.0\.body_timeout_seconds: "),
+    ],
+)
+def test_an_empty_or_missing_key_is_refused_at_start_naming_the_key(
+    extra: dict[str, object], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(source_doc(**extra), environ)
+
+
+def test_a_key_file_holds_one_key_per_line_and_an_empty_one_is_refused(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("\n  old-key  \n\nnew-key\n")
+    config = parse_config(source_doc(access_key_file=str(keys)), {})
+    assert config.sources[0].accepted_keys() == ["old-key", "new-key"]  # type: ignore[union-attr]
+    keys.write_text("\n \n")
+    with pytest.raises(ConfigError, match=r"^sources\.0: access_key_file .* holds no key"):
+        parse_config(source_doc(access_key_file=str(keys)), {})
+    env = {"STREAMER__SOURCES__0__ACCESS_KEYS__0": "k0", "STREAMER__SOURCES__0__ACCESS_KEYS__1": "k1"}
+    assert parse_config(source_doc(), env).sources[0].accepted_keys() == ["k0", "k1"]  # type: ignore[union-attr]
+
+
+def gz(doc: object) -> bytes:
+    return gzip.compress(orjson.dumps(doc))
+
+
+LINE = "2 123456789012 eni-a 10.0.0.1 10.0.0.2 1 2 6 1 40 100 160 ACCEPT OK"
+GOOD = gz({"messageType": "DATA_MESSAGE", "logEvents": [{"id": "1", "message": LINE}, {"id": "2", "message": LINE}]})
+BAD_RECORDS = [
+    {"data": base64.b64encode(gz({"logEvents": 1})).decode()},  # a payload whose logEvents is not a list
+    {"data": "!!not base64!!"},
+    {"data": base64.b64encode(b"{garbage json").decode()},
+    {"data": base64.b64encode(gzip.compress(b"{}")[:-6]).decode()},  # truncated gzip
+    {"data": base64.b64encode(gzip.compress(gzip.compress(b"{}"))).decode()},  # gzip inside gzip
+    {"data": 12},
+    {"nodata": "x"},
+    "a string",
+    None,
+]
+
+
+def test_each_bad_record_is_one_error_and_every_good_one_counts() -> None:
+    good = {"data": base64.b64encode(GOOD).decode()}
+    records: list[object] = [good]
+    for bad in BAD_RECORDS:
+        records += [bad, good]
+    found = records_lines(list(records), 1 << 20)
+    lines = b"".join(found.chunks).decode().splitlines()
+    assert lines.count(LINE) == 2 * (len(BAD_RECORDS) + 1)
+    assert sum(found.errors.values()) == len(BAD_RECORDS)
+    assert set(found.errors) <= {"invalid_payload", "invalid_json"}
+
+
+def test_what_the_records_inflate_to_shares_one_budget_with_the_body() -> None:
+    record = {"data": base64.b64encode(gzip.compress(b"x" * 10_000)).decode()}
+    assert records_lines([record] * 3, 30_000).errors == {}
+    with pytest.raises(TooLarge):
+        records_lines([record] * 3, 29_999)
+    bomb = {"data": base64.b64encode(gzip.compress(b" " * (64 << 20))).decode()}
+    with pytest.raises(TooLarge):
+        records_lines([bomb], 1 << 20)
+
+
+class RecordingSink(HeldSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.release.set()
+        self.deliveries: list[Delivery] = []
+
+    async def process(self, source: str, delivery: Delivery) -> str:
+        self.deliveries.append(delivery)
+        return await super().process(source, delivery)
+
+
+async def test_a_request_with_bad_records_among_good_ones_answers_200_and_counts_both(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = FirehoseHttpSourceConfig(type="firehose_http", listen_address="127.0.0.1:0", access_keys=["old", "new"])
+    source = FirehoseHttpSource("firehose", config)
+    sink = RecordingSink()
+    task = await started(source, sink)
+    good = {"data": base64.b64encode(GOOD).decode()}
+    body = orjson.dumps({"requestId": "mixed", "timestamp": 1, "records": [good, *BAD_RECORDS[:3], good]})
+    try:
+        with caplog.at_level(logging.WARNING):
+            async with aiohttp.ClientSession() as http:
+                for key in ("old", "new"):  # both keys accepted while the stream's key is rotated
+                    async with http.post(
+                        f"http://127.0.0.1:{source.port}/", data=body, headers={"X-Amz-Firehose-Access-Key": key}
+                    ) as resp:
+                        assert resp.status == 200
+                        assert (await resp.json())["requestId"] == "mixed"
+        delivery = sink.deliveries[0]
+        assert sum(delivery.errors.values()) == 3
+        assert set(delivery.errors) <= {"invalid_payload", "invalid_json"}
+        chunks = [c async for c in delivery.body()]
+        assert b"".join(chunks).decode().splitlines() == [LINE] * 4
+        assert sum("request mixed" in r.getMessage() for r in caplog.records) == 2  # once per request
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_beyond_max_concurrent_requests_it_answers_503_without_reading_the_body() -> None:
+    config = FirehoseHttpSourceConfig(
+        type="firehose_http", listen_address="127.0.0.1:0", access_key=KEY, max_concurrent_requests=2
+    )
+    source = FirehoseHttpSource("firehose", config)
+    sink = HeldSink()
+    task = await started(source, sink)
+    url = f"http://127.0.0.1:{source.port}/"
+    headers = {"X-Amz-Firehose-Access-Key": KEY}
+    try:
+        async with aiohttp.ClientSession() as http:
+            held = [asyncio.create_task(http.post(url, data=request(f"h{i}"), headers=headers)) for i in range(2)]
+            deadline = asyncio.get_running_loop().time() + 10
+            while source._busy < 2:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
+            async with http.post(url, data=request("third"), headers=headers) as resp:
+                assert resp.status == 503
+            assert ("busy", "request ?: 2 requests in progress") in sink.errors
+            # The body is never read: the answer comes while the client has sent only the headers.
+            reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
+            writer.write(f"POST / HTTP/1.1\r\nHost: x\r\n{ACCESS_KEY}: {KEY}\r\nContent-Length: 9999999\r\n\r\n".encode())
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 503")
+            writer.close()
+            sink.release.set()
+            for pending in held:
+                async with await pending as resp:
+                    assert resp.status == 200
+            async with http.post(url, data=request("after"), headers=headers) as resp:
+                assert resp.status == 200
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_slow_body_gets_408_and_frees_its_slot_and_slow_headers_are_dropped() -> None:
+    config = FirehoseHttpSourceConfig(
+        type="firehose_http",
+        listen_address="127.0.0.1:0",
+        access_key=KEY,
+        max_concurrent_requests=1,
+        body_timeout_seconds=0.5,
+        header_timeout_seconds=0.5,
+    )
+    source = FirehoseHttpSource("firehose", config)
+    sink = RecordingSink()
+    task = await started(source, sink)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
+        head = f"POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Firehose-Access-Key: {KEY}\r\nContent-Length: 1000\r\n\r\n"
+        writer.write(head.encode() + b'{"requestId": ')  # and then nothing more
+        answer = await asyncio.wait_for(reader.read(), 10)  # the server closes the connection
+        assert answer.startswith(b"HTTP/1.1 408")
+        writer.close()
+        assert ("timeout", "request ?: body not received in time") in sink.errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", source.port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # dropped, no answer
+        writer.close()
+        url = f"http://127.0.0.1:{source.port}/"
+        async with (
+            aiohttp.ClientSession() as http,  # the slot is free again
+            http.post(url, data=request("ok"), headers={"X-Amz-Firehose-Access-Key": KEY}) as resp,
+        ):
+            assert resp.status == 200
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_records_inflating_past_the_limit_with_the_body_get_413_and_nothing_is_handed_on() -> None:
+    config = FirehoseHttpSourceConfig(
+        type="firehose_http", listen_address="127.0.0.1:0", access_key=KEY, max_request_bytes=1 << 20
+    )
+    source = FirehoseHttpSource("firehose", config)
+    sink = RecordingSink()
+    task = await started(source, sink)
+    record = {"data": base64.b64encode(gzip.compress(b"\n" * (300 << 10))).decode()}  # 300 KiB each once inflated
+    try:
+        async with aiohttp.ClientSession() as http:
+            for count, status in ((3, 200), (4, 413)):
+                body = orjson.dumps({"requestId": f"r{count}", "records": [record] * count})
+                assert len(body) < 10_000
+                async with http.post(f"http://127.0.0.1:{source.port}/", data=body, headers={ACCESS_KEY: KEY}) as resp:
+                    assert resp.status == status
+        assert [d.location for d in sink.deliveries] == ["firehose://firehose/r3"]
+        assert ("too_large", "request ?: the records are over max_request_bytes once decompressed") in sink.errors
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=firehose_bodies())
+def test_the_request_parser_reads_or_refuses_any_body_and_raises_nothing_else(body: bytes) -> None:
+    """Mutated bodies: a BadRequest (400), a TooLarge (413), or records read with the bad ones counted (200)."""
+    source = FirehoseHttpSource("firehose", FirehoseHttpSourceConfig(type="firehose_http", access_key=KEY))
+    try:
+        request_id, found = source._parse([body])
+    except (BadRequest, TooLarge):
+        return
+    assert isinstance(request_id, str)
+    assert request_id
+    assert all(isinstance(c, bytes) and c.endswith(b"\n") for c in found.chunks)
+    assert set(found.errors) <= {"invalid_payload", "invalid_json"}

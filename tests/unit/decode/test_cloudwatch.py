@@ -1,0 +1,59 @@
+"""CloudWatch Logs payloads of the wrong shape: the unit is the record (Kinesis) or the document (objects),
+and an event inside a payload is skipped alone; nothing raises."""
+
+from __future__ import annotations
+
+import gzip
+
+import orjson
+
+from streamer.decode.cloudwatch import document_lines, payload_lines
+from streamer.decode.errors import ErrorCounts
+
+LINE = "2 123456789012 eni-a 10.0.0.1 10.0.0.2 1024 22 6 1 40 1700000000 1700000060 REJECT OK"
+
+
+def payload(events: object, **extra: object) -> dict[str, object]:
+    return {"messageType": "DATA_MESSAGE", "logGroup": "g", "logStream": "s", "logEvents": events, **extra}
+
+
+def good(n: int) -> dict[str, object]:
+    return payload([{"id": str(i), "timestamp": 1, "message": LINE} for i in range(n)])
+
+
+BAD_DOCUMENTS = [
+    payload(1),
+    payload("abc"),
+    payload({"message": LINE}),
+    payload([], messageType=["DATA_MESSAGE"]),
+]
+
+
+def test_a_bad_kinesis_record_is_skipped_and_the_rest_of_the_batch_counts() -> None:
+    records = [gzip.compress(orjson.dumps(good(3)))]
+    records += [gzip.compress(orjson.dumps(doc)) for doc in BAD_DOCUMENTS]
+    records += [b"\x1f\x8b\x08garbage", b"", b"[1, 2]", b'{"logEvents": [1e999]}', orjson.dumps(good(2))]
+    lines, bad = payload_lines(records)
+    assert lines == [LINE] * 5
+    assert bad == len(BAD_DOCUMENTS) + 4
+
+
+def test_an_event_of_the_wrong_shape_is_skipped_alone() -> None:
+    doc = good(2)
+    doc["logEvents"] += [1, {"message": 5}, {"id": "x"}]  # type: ignore[operator]
+    lines, bad = payload_lines([gzip.compress(orjson.dumps(doc))])
+    assert lines == [LINE, LINE]
+    assert bad == 3
+
+
+def test_documents_of_the_wrong_shape_count_as_invalid_payloads() -> None:
+    errors = ErrorCounts()
+    lines = document_lines([good(1), *BAD_DOCUMENTS, {"message": LINE}, [1], payload([1, {"message": LINE}])], errors)
+    assert lines == [LINE, LINE, LINE]
+    assert errors.counts == {"invalid_payload": len(BAD_DOCUMENTS) + 1, "invalid_json": 1}
+
+
+def test_a_control_message_gives_nothing_whatever_its_events() -> None:
+    errors = ErrorCounts()
+    assert document_lines([payload(1, messageType="CONTROL_MESSAGE")], errors) == []
+    assert errors.counts == {}

@@ -1,0 +1,92 @@
+"""The one rule for a bad input (streamer/ingest.py): whatever decoding one input raises ends that input
+with a bounded reason, what decoded before still counts, and read failures pass through untouched."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from streamer.aggregate.state import FlowState
+from streamer.decode.errors import DecodeError
+from streamer.decode.objects import ObjectReader
+from streamer.ingest import FAILED, Ingestor, account
+from streamer.schema import DEFAULT_FIELDS
+
+LINE = b"2 123456789012 eni-a 10.0.0.1 10.0.0.2 1024 22 6 1 40 1700000000 1700000060 REJECT OK\n"
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as p:
+        yield p
+
+
+def text(lines: int) -> bytes:
+    return " ".join(DEFAULT_FIELDS).encode() + b"\n" + LINE * lines
+
+
+def test_an_unexpected_exception_fails_the_input_with_one_bounded_reason(pool: ThreadPoolExecutor) -> None:
+    def reduce(table: pa.Table) -> int:
+        if "eni-bad" in table.column("interface-id").to_pylist():
+            raise TypeError("'int' object is not iterable")
+        return int(table.num_rows)
+
+    kept: list[int] = []
+    reader = ObjectReader(chunk_bytes=len(LINE) * 10)
+    bad = LINE.replace(b"eni-a", b"eni-bad")
+    pieces = [text(10), LINE * 10, bad * 10] + [LINE * 10] * 7  # ten chunks of ten records; the third fails
+    result = Ingestor(reader, reduce, pool).run(pieces, kept.append)
+    assert isinstance(result.failure, DecodeError)
+    assert result.failure.reason == "decode_failed"
+    assert "TypeError: 'int' object is not iterable" in str(result.failure)
+    assert sum(kept) == 20  # the two batches before the failing one count; the ones after it do not
+    state = FlowState()
+    assert account(result, state, "s3://b/k") == FAILED
+    assert state.decode_errors == {"decode_failed": 1}
+
+
+def test_a_parquet_list_column_fails_the_file_as_unsupported_column(pool: ThreadPoolExecutor) -> None:
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"interface_id": [["eni-a"]], "action": ["ACCEPT"], "packets": [1]}), buf)
+    result = Ingestor(ObjectReader(), lambda t: t, pool).run([buf.getvalue()])
+    assert result.failure is not None
+    assert result.failure.reason == "unsupported_column"
+    assert "interface_id" in str(result.failure)
+
+
+def test_what_the_input_iterator_raises_passes_through_unchanged(pool: ThreadPoolExecutor) -> None:
+    """A network read failing is not the object's fault: the source retries it (bounded), not the decoder."""
+
+    def body() -> Iterator[bytes]:
+        data = gzip.compress(text(1000))
+        yield data[:100]
+        raise ConnectionResetError("peer went away")
+
+    with pytest.raises(ConnectionResetError, match="peer went away"):
+        Ingestor(ObjectReader(), lambda t: t, pool).run(body())
+
+
+def test_a_failure_part_way_keeps_what_decoded_before(pool: ThreadPoolExecutor) -> None:
+    data = gzip.compress(text(5000))
+    kept: list[pa.Table] = []
+    reader = ObjectReader(chunk_bytes=len(LINE) * 100)
+    result = Ingestor(reader, lambda t: t, pool).run([data[: len(data) // 2]], kept.append)
+    assert result.failure is not None
+    assert result.failure.reason == "truncated"
+    assert 0 < sum(t.num_rows for t in kept) < 5000
+
+
+def test_what_the_sink_raises_passes_through_unchanged(pool: ThreadPoolExecutor) -> None:
+    """`replay --output records | head` closes stdout: that is not a bad input."""
+
+    def sink(table: pa.Table) -> None:
+        raise BrokenPipeError("stdout closed")
+
+    with pytest.raises(BrokenPipeError):
+        Ingestor(ObjectReader(), lambda t: t, pool).run([text(10)], sink)
