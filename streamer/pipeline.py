@@ -45,18 +45,44 @@ class _Stopped(Exception):
     """The service is shutting down; abandon the delivery uncommitted."""
 
 
+#: while the database does not answer, calls look again this often (they wait rather than fail in a loop)
+PAUSE_SECONDS = 0.5
+
+
 class Store:
-    """The checkpoint store behind dedicated threads (its calls block): one for SQLite, a few for PostgreSQL."""
+    """The checkpoint store behind dedicated threads (its calls block): one for SQLite, a few for PostgreSQL.
+
+    While a database store reports a problem (it did not answer), calls wait for it to answer again (the
+    fleet's heartbeat keeps asking) instead of failing one after another: sources pause, then resume on
+    their own. A stop (`abort`) ends the wait.
+    """
 
     def __init__(self, store: StateStore, threads: int = 1) -> None:
         self.store = store
         self._thread = ThreadPoolExecutor(threads, thread_name_prefix="checkpoint")
+        self.stopping = False
+
+    @property
+    def problem(self) -> str | None:
+        """Why the store does not answer, None while it does."""
+        return getattr(self.store, "problem", None)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        # Polled: the problem is cleared on another thread, by the heartbeat's call.
+        while self.problem is not None and not self.stopping:  # noqa: ASYNC110
+            await asyncio.sleep(PAUSE_SECONDS)
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
+    def abort(self) -> None:
+        """Stop without waiting on the database: calls in flight are cut short, waiting ones fail."""
+        self.stopping = True
+        abort = getattr(self.store, "abort", None)
+        if abort is not None:
+            abort()
+
     def close(self) -> None:
-        self._thread.shutdown(wait=True)
+        self.stopping = True
+        self._thread.shutdown(wait=True, cancel_futures=True)
         self.store.close()
 
 
