@@ -302,9 +302,12 @@ class Service:
 
     async def _prune(self, store: Store) -> None:
         while True:
-            removed = await store.call(store.store.prune, self.config.checkpoint.retention_seconds)
-            if removed:
-                log.info("forgot %d done keys older than the retention", removed)
+            try:
+                removed = await store.call(store.store.prune, self.config.checkpoint.retention_seconds)
+                if removed:
+                    log.info("forgot %d done keys older than the retention", removed)
+            except Exception as exc:  # housekeeping: a database blip or a slow delete waits for the next round
+                log.warning("pruning done keys failed (tried again in %d s): %s", PRUNE_INTERVAL_SECONDS, exc)
             await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
 
     async def _probe_lag(self) -> None:

@@ -221,8 +221,10 @@ class S3SqsSource(Source):
             except Exception as exc:  # a read (SourceError) or the checkpoint: SQS redelivers, a bounded number of times
                 reason = exc.reason if isinstance(exc, SourceError) else "commit_failed"
                 sink.source_error(self.name, reason, f"{exc} (receive {received} of {self.config.max_receive_count})")
-                if received < self.config.max_receive_count:
-                    return  # not deleted: SQS redelivers after the visibility timeout
+                if received < self.config.max_receive_count or not isinstance(exc, SourceError):
+                    # not deleted: SQS redelivers after the visibility timeout; an object whose commit keeps
+                    # failing is never marked done unread (its message goes to the queue's dead-letter queue)
+                    return
                 await sink.give_up(self.name, delivery, "read_error")
         await self._delete(sink, receipt)
 
