@@ -145,7 +145,13 @@ def service_run(
             peak = max(peak, process_peak_mib(r.proc.pid))
         commits = sum(sum(m.get("streamer_commit_seconds_count", {}).values()) for m in fleet.scrapes())
         commit_s = sum(sum(m.get("streamer_commit_seconds_sum", {}).values()) for m in fleet.scrapes())
-    return {"rate": total / seconds, "seconds": seconds, "rss_mib": peak, "commits": commits, "commit_ms": 1000 * commit_s / max(commits, 1)}
+    return {
+        "rate": total / seconds,
+        "seconds": seconds,
+        "rss_mib": peak,
+        "commits": commits,
+        "commit_ms": 1000 * commit_s / max(commits, 1),
+    }
 
 
 def replay(paths: list[Path], repeat: int) -> dict[str, float]:
@@ -207,13 +213,20 @@ def main(objects: int, records: int, repeat: int, postgres: bool = True) -> None
                     print(f"{spread}: {kind} ...", file=sys.stderr, flush=True)
                     got = service_run(f"{spread}-{kind}", tmp, moto, bucket, uploaded, total, checkpoint, n)
                     runs[kind] = got
-                    what = {"sqlite": "`streamer run` s3_sqs, SQLite", "pg1": "one replica, PostgreSQL", "pg2": "two replicas, PostgreSQL"}[kind]
+                    what = {
+                        "sqlite": "`streamer run` s3_sqs, SQLite",
+                        "pg1": "one replica, PostgreSQL",
+                        "pg2": "two replicas, PostgreSQL",
+                    }[kind]
                     rows.append((f"{name}: {what}", got["rate"], got["seconds"], got["rss_mib"]))
                     notes.append(f"{name} {kind}: {got['commits']:.0f} commits, mean {got['commit_ms']:.1f} ms")
                 notes.append(f"{name}: replay files / one file = {rate_files / rate_one:.2f} (target >= 0.8)")
-                notes.append(f"{name}: S3+SQS SQLite / replay of the files = {runs['sqlite']['rate'] / rate_files:.2f} (target >= 0.7)")
+                notes.append(
+                    f"{name}: S3+SQS SQLite / replay of the files = {runs['sqlite']['rate'] / rate_files:.2f} (target >= 0.7)"
+                )
                 if "pg1" in runs:
-                    notes.append(f"{name}: one PostgreSQL replica / SQLite = {runs['pg1']['rate'] / runs['sqlite']['rate']:.2f} (target >= 0.9)")
+                    pg_vs_sqlite = runs["pg1"]["rate"] / runs["sqlite"]["rate"]
+                    notes.append(f"{name}: one PostgreSQL replica / SQLite = {pg_vs_sqlite:.2f} (target >= 0.9)")
                     notes.append(f"{name}: two replicas / one = {runs['pg2']['rate'] / runs['pg1']['rate']:.2f} (target >= 1.0)")
     finally:
         moto_server.stop()
