@@ -55,6 +55,15 @@ class Telemetry:
             ["source"],
             registry=registry,
         )
+        self.inputs_in_flight = Gauge(
+            "streamer_inputs_in_flight", "Inputs being read, decoded or committed, by source.", ["source"], registry=registry
+        )
+        self.bytes_in_flight = Gauge(
+            "streamer_input_bytes_in_flight",
+            "Stored (compressed) bytes of the inputs in flight, where the source knows them, by source.",
+            ["source"],
+            registry=registry,
+        )
         self.ready = Gauge("streamer_source_ready", "1 once a source has started reading.", ["source"], registry=registry)
         self.loop_lag = Histogram(
             "streamer_event_loop_lag_seconds",

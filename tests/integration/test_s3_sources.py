@@ -170,7 +170,16 @@ async def test_sqs_notifications_with_two_competing_consumers(aws: str, tmp_path
     sqs.send_message(QueueUrl=url, MessageBody="this is not json")
 
     def source(name: str) -> dict[str, object]:
-        return {"type": "s3_sqs", "name": name, "queue_url": url, "endpoint_url": aws, "wait_time_seconds": 1, "max_messages": 2}
+        # One object at a time each: with the default bytes in flight, one replica may take all 12 small objects.
+        return {
+            "type": "s3_sqs",
+            "name": name,
+            "queue_url": url,
+            "endpoint_url": aws,
+            "wait_time_seconds": 1,
+            "max_messages": 2,
+            "max_bytes_in_flight": 1,
+        }
 
     async with (
         running(service_config(tmp_path / "a", [source("sqs-a")])) as a,
