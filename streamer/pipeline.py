@@ -265,6 +265,15 @@ class Pipeline:
     def polled(self, source: str) -> None:
         self.telemetry.polls.labels(source).inc()
 
+    def behind(self, source: str, shard: str, seconds: float) -> None:
+        self.telemetry.behind.labels(source, shard).set(seconds)
+
+    def queue_backlog(self, source: str, waiting: int, held: int, oldest_age_seconds: float | None) -> None:
+        self.telemetry.queue_messages.labels(source, "waiting").set(waiting)
+        self.telemetry.queue_messages.labels(source, "held").set(held)
+        if oldest_age_seconds is not None:
+            self.telemetry.queue_age.labels(source).set(oldest_age_seconds)
+
     def source_error(self, source: str, reason: str, message: str) -> None:
         log.warning("%s: %s: %s", source, reason, message)
         self.telemetry.source_error(source, reason)

@@ -133,6 +133,14 @@ class Sink(Protocol):
         """Count one completed look-up for input (a listing, a receive, a sweep)."""
         ...
 
+    def behind(self, source: str, shard: str, seconds: float) -> None:
+        """A stream shard's lag behind its newest record (Kinesis MillisBehindLatest)."""
+        ...
+
+    def queue_backlog(self, source: str, waiting: int, held: int, oldest_age_seconds: float | None) -> None:
+        """A queue's depth (messages waiting and held by consumers) and the age of the oldest message received."""
+        ...
+
 
 class Source(abc.ABC):
     def __init__(self, name: str) -> None:

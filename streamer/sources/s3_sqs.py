@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote_plus
 
@@ -45,6 +46,8 @@ class S3SqsSourceConfig(AwsSourceSettings):
     max_receive_count: int = Field(default=5, ge=1)
     #: how often a held message's visibility is extended (default: a third of the timeout)
     visibility_keepalive_seconds: float | None = Field(default=None, gt=0)
+    #: how often the queue's depth is read (GetQueueAttributes) for streamer_sqs_messages
+    backlog_interval_seconds: float = Field(default=60, gt=0)
     #: objects read and decoded at once are bounded by their summed size (one larger object still goes alone)
     max_bytes_in_flight: int = Field(default=32 << 20, ge=1)
 
@@ -167,6 +170,8 @@ class S3SqsSource(Source):
         self._room = asyncio.Event()
         self._room.set()
         self._working: set[asyncio.Task[None]] = set()
+        #: now minus SentTimestamp of the oldest message in the last non-empty receive
+        self._oldest_age: float | None = None
 
     first_call_name = "GetQueueAttributes"
 
@@ -179,15 +184,33 @@ class S3SqsSource(Source):
         `max_bytes_in_flight` of object bytes (a larger object goes alone), so decoding and the next
         download overlap and both cores stay busy on many small objects."""
         keeper = asyncio.create_task(self._keep_invisible(sink, self._held))
+        watcher = asyncio.create_task(self._watch_backlog(sink))
         try:
             while True:
                 await self.receive_once(sink)
         finally:
             keeper.cancel()
+            watcher.cancel()
             tasks = list(self._working)
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, keeper, return_exceptions=True)
+            await asyncio.gather(*tasks, keeper, watcher, return_exceptions=True)
+
+    async def _watch_backlog(self, sink: Sink) -> None:
+        """Queue depth at a modest interval (an operator's backlog alert reads it)."""
+        while True:
+            try:
+                resp = await self.sqs.get_queue_attributes(
+                    QueueUrl=self.config.queue_url,
+                    AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+                )
+                attrs = resp.get("Attributes", {})
+                waiting = int(attrs.get("ApproximateNumberOfMessages", "0"))
+                held = int(attrs.get("ApproximateNumberOfMessagesNotVisible", "0"))
+                sink.queue_backlog(self.name, waiting, held, self._oldest_age)
+            except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
+                sink.source_error(self.name, aws_error_reason(exc), f"reading the depth of {self.config.queue_url}: {exc}")
+            await asyncio.sleep(self.config.backlog_interval_seconds)
 
     async def receive_once(self, sink: Sink) -> int:
         """One ReceiveMessage; its messages are started (in flight) once there is room; returns how many."""
@@ -198,7 +221,7 @@ class S3SqsSource(Source):
                 MaxNumberOfMessages=self.config.max_messages,
                 WaitTimeSeconds=self.config.wait_time_seconds,
                 VisibilityTimeout=self.config.visibility_timeout_seconds,
-                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
             )
         except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
             sink.source_error(self.name, aws_error_reason(exc), f"receiving from {self.config.queue_url}: {exc}")
@@ -206,6 +229,9 @@ class S3SqsSource(Source):
             return 0
         self.ready = True
         messages = resp.get("Messages", [])
+        sent = [int(m.get("Attributes", {}).get("SentTimestamp", 0)) for m in messages]
+        if any(sent):
+            self._oldest_age = max(0.0, time.time() - min(t for t in sent if t) / 1000)
         # Every message held, not only the ones being decoded, stays invisible to other replicas until done.
         self._held.update(m["ReceiptHandle"] for m in messages)
         for message in messages:

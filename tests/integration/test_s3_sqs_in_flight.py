@@ -29,6 +29,7 @@ class HoldingSink:
         self.release: dict[str, asyncio.Event] = {}
         self.done: list[str] = []
         self.polls = 0
+        self.backlog: list[tuple[int, int, float | None]] = []
 
     async def process(self, source: str, delivery: Delivery) -> str:
         self.started.append(delivery.location)
@@ -46,16 +47,22 @@ class HoldingSink:
     def polled(self, source: str) -> None:
         self.polls += 1
 
+    def behind(self, source: str, shard: str, seconds: float) -> None:
+        raise AssertionError("not a stream")
+
+    def queue_backlog(self, source: str, waiting: int, held: int, oldest_age_seconds: float | None) -> None:
+        self.backlog.append((waiting, held, oldest_age_seconds))
+
 
 def event(key: str, size: int) -> str:
     obj = {"key": key, "size": size, "eTag": "abc"}
     return json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": obj}}]})
 
 
-async def until(predicate, what: str, seconds: float = 30) -> None:  # type: ignore[no-untyped-def]
+async def until(predicate, what: str, seconds: float = 30, context=lambda: "") -> None:  # type: ignore[no-untyped-def]
     deadline = asyncio.get_running_loop().time() + seconds
     while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what} ({context()})"
         await asyncio.sleep(0.02)
 
 
@@ -76,7 +83,14 @@ async def test_objects_are_worked_concurrently_up_to_the_bytes_in_flight(aws: st
     for key in ("a", "b", "c"):
         sqs.send_message(QueueUrl=url, MessageBody=event(key, 3 * MIB))
     config = S3SqsSourceConfig.model_validate(
-        {"type": "s3_sqs", "queue_url": url, "endpoint_url": aws, "wait_time_seconds": 1, "max_bytes_in_flight": 8 * MIB}
+        {
+            "type": "s3_sqs",
+            "queue_url": url,
+            "endpoint_url": aws,
+            "wait_time_seconds": 1,
+            "max_bytes_in_flight": 8 * MIB,
+            "backlog_interval_seconds": 0.1,
+        }
     )
     clients = AwsClients()
     sink = HoldingSink()
@@ -92,6 +106,11 @@ async def test_objects_are_worked_concurrently_up_to_the_bytes_in_flight(aws: st
         # A 20 MiB object is larger than the bound: it goes alone, once nothing else is in flight.
         sqs.send_message(QueueUrl=url, MessageBody=event("big", 20 * MIB))
         await until(lambda: queue(sqs, url) == ("0", "3"), "the big object's message received (held with b and c)")
+        # The queue's depth is reported as read from GetQueueAttributes: nothing waiting, three held.
+        await until(lambda: sink.backlog[-1][:2] == (0, 3), "the depth: three held", context=lambda: sink.backlog[-3:])
+        age = sink.backlog[-1][2]
+        assert age is not None
+        assert 0 <= age < 600  # the oldest message received was sent moments ago
         sink.release[sink.started[1]].set()
         await until(lambda: len(sink.done) == 2, "the second object done")
         assert "s3://b/big" not in sink.started, "the big object waits until nothing is in flight"
