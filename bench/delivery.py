@@ -41,6 +41,8 @@ from tests.integration.conftest import CREDENTIALS, aws_key, boto, free_port  # 
 from tests.integration.test_fleet import Fleet, Replica  # noqa: E402
 
 SPREADS = {"uniform": 0.0, "skewed": 1.1}
+#: extra s3_sqs settings for every run (e.g. max_bytes_in_flight)
+SOURCE: dict[str, Any] = {}
 
 
 def write_inputs(folder: Path, objects: int, records: int, skew: float) -> tuple[list[Path], Path]:
@@ -109,7 +111,7 @@ def service_run(
     url = sqs.create_queue(QueueName=label)["QueueUrl"]
     config: dict[str, Any] = {
         "checkpoint": checkpoint,
-        "sources": [{"type": "s3_sqs", "queue_url": url, "endpoint_url": moto, "wait_time_seconds": 1}],
+        "sources": [{"type": "s3_sqs", "queue_url": url, "endpoint_url": moto, "wait_time_seconds": 1, **SOURCE}],
     }
     folder = tmp / label
     folder.mkdir()

@@ -269,6 +269,7 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=40, help="--delivery: objects per spread")
     parser.add_argument("--records", type=int, default=40_000, help="--delivery: records per object")
     parser.add_argument("--no-postgres", action="store_true", help="--delivery: the SQLite process and replay only")
+    parser.add_argument("--max-bytes-in-flight", type=int, help="--delivery: the s3_sqs source's max_bytes_in_flight")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(CHILDREN[args.child](args.path)))
@@ -283,7 +284,11 @@ def main() -> None:
 
     if args.delivery:
         sys.path.insert(0, str(ROOT))
+        from bench import delivery as bench_delivery
         from bench.delivery import main as delivery
+
+        if args.max_bytes_in_flight:
+            bench_delivery.SOURCE["max_bytes_in_flight"] = args.max_bytes_in_flight
 
         delivery(args.objects, args.records, REPEAT, postgres=not args.no_postgres)
         return

@@ -49,7 +49,7 @@ class S3SqsSourceConfig(AwsSourceSettings):
     #: how often the queue's depth is read (GetQueueAttributes) for streamer_sqs_messages
     backlog_interval_seconds: float = Field(default=60, gt=0)
     #: objects read and decoded at once are bounded by their summed size (one larger object still goes alone)
-    max_bytes_in_flight: int = Field(default=32 << 20, ge=1)
+    max_bytes_in_flight: int = Field(default=16 << 20, ge=1)
 
     @model_validator(mode="after")
     def _keepalive_in_time(self) -> S3SqsSourceConfig:
