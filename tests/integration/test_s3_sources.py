@@ -233,6 +233,9 @@ async def test_sns_wrapped_test_event_and_duplicate_notifications(aws: str, tmp_
         metrics = await wait_metrics(service.port, finished(2, None), what="two notifications")
         assert objects_by_outcome(metrics) == {"ok": 1, "duplicate": 1}
         assert exported_totals(metrics) == truth.totals
+        # Nothing is in flight once both are done (each input is counted in while it is worked, and out after).
+        assert list(metrics["streamer_inputs_in_flight"].values()) == [0]
+        assert list(metrics["streamer_input_bytes_in_flight"].values()) == [0]
 
 
 def test_flow_object_helper() -> None:
