@@ -39,6 +39,8 @@ from streamer.store.base import Commit, Done, LeaseLost, StateStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: inputs read and decoded at once (more wait, not yet downloading); sources bound what they hand over by bytes
+READERS = 8
 
 
 class _Stopped(Exception):
@@ -126,8 +128,21 @@ class Pipeline:
         self._stale = False
         # Decoding runs concurrently; advancing the shared window state and committing it do not.
         self._commit_lock = asyncio.Lock()
+        # Each input's reading thread waits on its download: never in the loop's default executor, which the
+        # downloads themselves need (aiohttp resolves names there), or many inputs in flight would deadlock.
+        self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="ingest")
 
     async def process(self, source: str, delivery: Delivery) -> str:
+        inputs, size = self.telemetry.inputs_in_flight.labels(source), self.telemetry.bytes_in_flight.labels(source)
+        inputs.inc()
+        size.inc(delivery.size)
+        try:
+            return await self._process(source, delivery)
+        finally:
+            inputs.dec()
+            size.dec(delivery.size)
+
+    async def _process(self, source: str, delivery: Delivery) -> str:
         if delivery.done and await self._already_done(delivery.done):
             self.telemetry.finished(source, DUPLICATE, 0, None)
             return DUPLICATE
@@ -276,6 +291,15 @@ class Pipeline:
     def polled(self, source: str) -> None:
         self.telemetry.polls.labels(source).inc()
 
+    def behind(self, source: str, shard: str, seconds: float) -> None:
+        self.telemetry.behind.labels(source, shard).set(seconds)
+
+    def queue_backlog(self, source: str, waiting: int, held: int, oldest_age_seconds: float | None) -> None:
+        self.telemetry.queue_messages.labels(source, "waiting").set(waiting)
+        self.telemetry.queue_messages.labels(source, "held").set(held)
+        if oldest_age_seconds is not None:
+            self.telemetry.queue_age.labels(source).set(oldest_age_seconds)
+
     def source_error(self, source: str, reason: str, message: str) -> None:
         log.warning("%s: %s: %s", source, reason, message)
         self.telemetry.source_error(source, reason)
@@ -307,7 +331,7 @@ class Pipeline:
             return result, delta, max(ends) if ends else None, windows
 
         try:
-            return await asyncio.to_thread(work)
+            return await loop.run_in_executor(self._readers, work)
         except _Stopped as exc:
             raise asyncio.CancelledError from exc
         finally:

@@ -217,6 +217,8 @@ class KinesisSource(Source):
                 await asyncio.sleep(5.0)
                 continue
             records = resp.get("Records", [])
+            if "MillisBehindLatest" in resp:
+                sink.behind(self.name, shard_id, resp["MillisBehindLatest"] / 1000)
             next_iterator = resp.get("NextShardIterator")
             last = records[-1]["SequenceNumber"] if records else committed
             drained = next_iterator is None or (
