@@ -175,7 +175,7 @@ def test_malformed_inputs_ahead_of_valid_ones_never_stall_a_source(aws: str, tmp
             "invalid_payload": 2 + 4,  # one per bucket; Kinesis: three bad records and one bad event
             "unsupported_column": 2,
             "corrupt_gzip": 2,
-            "wrong_field_count": 2,  # the NUL lines: one in a Kinesis payload, one log event
+            "invalid_utf8": 2,  # the NUL lines: one in a Kinesis payload, one log event
         }
         source_errors = {tuple(dict(k).values()): int(v) for k, v in metrics.get("streamer_source_errors_total", {}).items()}
         assert source_errors.get(("bad_message", "sqs")) == 1
