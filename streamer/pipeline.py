@@ -291,8 +291,16 @@ class Pipeline:
     def polled(self, source: str) -> None:
         self.telemetry.polls.labels(source).inc()
 
-    def behind(self, source: str, shard: str, seconds: float) -> None:
-        self.telemetry.behind.labels(source, shard).set(seconds)
+    def behind(self, source: str, shard: str, seconds: float | None) -> None:
+        if seconds is None:
+            with contextlib.suppress(KeyError):
+                self.telemetry.behind.remove(source, shard)
+        else:
+            self.telemetry.behind.labels(source, shard).set(seconds)
+
+    def close(self) -> None:
+        """Stop the reading threads (the service's decode pool is its own to shut down)."""
+        self._readers.shutdown(wait=False, cancel_futures=True)
 
     def queue_backlog(self, source: str, waiting: int, held: int, oldest_age_seconds: float | None) -> None:
         self.telemetry.queue_messages.labels(source, "waiting").set(waiting)

@@ -231,6 +231,8 @@ class Service:
             if abort is not None:
                 abort.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
+            if self.pipeline is not None:
+                self.pipeline.close()
             store.abort()  # what is left in flight is a cancelled call's thread: never wait for it
             store.close()
             await self.clients.close()

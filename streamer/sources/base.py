@@ -133,8 +133,8 @@ class Sink(Protocol):
         """Count one completed look-up for input (a listing, a receive, a sweep)."""
         ...
 
-    def behind(self, source: str, shard: str, seconds: float) -> None:
-        """A stream shard's lag behind its newest record (Kinesis MillisBehindLatest)."""
+    def behind(self, source: str, shard: str, seconds: float | None) -> None:
+        """A stream shard's lag behind its newest record (Kinesis MillisBehindLatest); None: no longer read here."""
         ...
 
     def queue_backlog(self, source: str, waiting: int, held: int, oldest_age_seconds: float | None) -> None:

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs.type_defs import MessageTypeDef
 
 log = logging.getLogger(__name__)
+#: messages held at once, as a multiple of `max_messages` (a receive), besides the bytes-in-flight bound
+MESSAGES_IN_FLIGHT_PER_RECEIVE = 2
 
 
 class S3SqsSourceConfig(AwsSourceSettings):
@@ -236,31 +238,46 @@ class S3SqsSource(Source):
         self._held.update(m["ReceiptHandle"] for m in messages)
         for message in messages:
             size = _message_bytes(message)
-            while self._in_flight and self._in_flight + size > self.config.max_bytes_in_flight:
+            while self._working and (self._full(size) or len(self._working) >= self._max_messages_in_flight):
                 self._room.clear()
                 await self._room.wait()
             self._in_flight += size
             task = asyncio.create_task(self._work(sink, message, size))
             self._working.add(task)
             task.add_done_callback(self._working.discard)
-        if self._in_flight >= self.config.max_bytes_in_flight:
+        if self._full(0) or len(self._working) >= self._max_messages_in_flight:
             self._room.clear()
         sink.polled(self.name)
         return len(messages)
 
+    @property
+    def _max_messages_in_flight(self) -> int:
+        """Bytes alone would let thousands of small objects' messages be held at once: one replica would
+        hoard the queue, and extending so many receipts would outlast their visibility timeout."""
+        return MESSAGES_IN_FLIGHT_PER_RECEIVE * self.config.max_messages
+
+    def _full(self, size: int) -> bool:
+        return self._in_flight + size > self.config.max_bytes_in_flight
+
     async def _work(self, sink: Sink, message: MessageTypeDef, size: int) -> None:
         try:
             await self._handle(sink, message)
+        except Exception as exc:  # nobody awaits this task: report here (the message is not deleted, SQS redelivers)
+            log.exception("%s: message %s failed", self.name, message.get("MessageId"))
+            sink.source_error(self.name, "crashed", f"message {message.get('MessageId')}: {type(exc).__name__}: {exc}")
         finally:
             self._held.discard(message["ReceiptHandle"])
             self._in_flight -= size
-            if self._in_flight < self.config.max_bytes_in_flight:
+            self._working.discard(asyncio.current_task())
+            if not self._full(0) and len(self._working) < self._max_messages_in_flight:
                 self._room.set()
 
     async def _keep_invisible(self, sink: Sink, held: set[str]) -> None:
         while True:
             await asyncio.sleep(self.config.keepalive_seconds)
             for receipt in list(held):
+                if receipt not in held:  # finished (and deleted) since this round began
+                    continue
                 try:
                     await self.sqs.change_message_visibility(
                         QueueUrl=self.config.queue_url,

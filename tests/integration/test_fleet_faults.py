@@ -206,7 +206,7 @@ class Interrupted:
     def polled(self, source: str) -> None:
         self.pipeline.polled(source)
 
-    def behind(self, source: str, shard: str, seconds: float) -> None:
+    def behind(self, source: str, shard: str, seconds: float | None) -> None:
         self.pipeline.behind(source, shard, seconds)
 
     def queue_backlog(self, source: str, waiting: int, held: int, oldest_age_seconds: float | None) -> None:

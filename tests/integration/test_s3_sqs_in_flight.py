@@ -47,7 +47,7 @@ class HoldingSink:
     def polled(self, source: str) -> None:
         self.polls += 1
 
-    def behind(self, source: str, shard: str, seconds: float) -> None:
+    def behind(self, source: str, shard: str, seconds: float | None) -> None:
         raise AssertionError("not a stream")
 
     def queue_backlog(self, source: str, waiting: int, held: int, oldest_age_seconds: float | None) -> None:
@@ -119,6 +119,40 @@ async def test_objects_are_worked_concurrently_up_to_the_bytes_in_flight(aws: st
         assert len(sink.done) == 3
         sink.release["s3://b/big"].set()
         await until(lambda: len(sink.done) == 4, "every object")
+        await until(lambda: queue(sqs, url) == ("0", "0"), "every message deleted")
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+    finally:
+        await clients.close()
+
+
+async def test_many_small_objects_are_held_a_few_receives_at_a_time_not_hoarded(aws: str) -> None:
+    """Bytes alone would admit thousands of tiny objects' messages: one replica would hold the whole queue."""
+    sqs = boto("sqs", aws)
+    url = sqs.create_queue(QueueName="small-objects")["QueueUrl"]
+    for n in range(40):
+        sqs.send_message(QueueUrl=url, MessageBody=event(f"k{n}", 1000))
+    config = S3SqsSourceConfig.model_validate(
+        {"type": "s3_sqs", "queue_url": url, "endpoint_url": aws, "wait_time_seconds": 1, "max_messages": 2}
+    )
+    clients = AwsClients()
+    sink = HoldingSink()
+    try:
+        source = await config.build(BuildContext("sqs", clients, nothing, nothing, nothing))  # type: ignore[arg-type]
+        runner = asyncio.create_task(source.run(sink))
+        await until(lambda: len(sink.started) == 4, "two receives' worth of objects in flight")
+        for _ in range(20):  # a few more rounds of the source's loop: nothing more is received or started
+            await asyncio.sleep(0.05)
+        visible, held = (int(v) for v in queue(sqs, url))
+        assert len(sink.started) == 4, (len(sink.started), visible, held)  # no more started while none finished
+        assert held <= 6  # at most one receive ahead of the four in flight
+        assert visible >= 34
+        for n in range(40):  # finish objects one by one as they start
+            await until(lambda n=n: len(sink.started) > n, f"object {n} started")  # type: ignore[misc]
+            sink.release.setdefault(sink.started[n], asyncio.Event()).set()
+            assert len(sink.started) - len(sink.done) <= 4
+        await until(lambda: len(sink.done) == 40, "every object")
         await until(lambda: queue(sqs, url) == ("0", "0"), "every message deleted")
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
