@@ -107,7 +107,11 @@ async def test_objects_are_worked_concurrently_up_to_the_bytes_in_flight(aws: st
         sqs.send_message(QueueUrl=url, MessageBody=event("big", 20 * MIB))
         await until(lambda: queue(sqs, url) == ("0", "3"), "the big object's message received (held with b and c)")
         # The queue's depth is reported as read from GetQueueAttributes: nothing waiting, three held.
-        await until(lambda: sink.backlog[-1][:2] == (0, 3), "the depth: three held", context=lambda: sink.backlog[-3:])
+        await until(
+            lambda: sink.backlog[-1][:2] == (0, 3) and sink.backlog[-1][2] is not None,
+            "the depth: three held, and the oldest message's age",
+            context=lambda: sink.backlog[-3:],
+        )
         age = sink.backlog[-1][2]
         assert age is not None
         assert 0 <= age < 600  # the oldest message received was sent moments ago
