@@ -13,21 +13,28 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Self
 
 
-class SlowProxy:
-    def __init__(self, target_port: int, bytes_per_second: int, watch: bytes) -> None:
+class _ProxyThread:
+    """A TCP server on 127.0.0.1 running its own event loop on a thread, for the length of `running()`."""
+
+    def __init__(self, target_port: int, name: str) -> None:
         self.target_port = target_port
-        self.bytes_per_second = bytes_per_second
-        self.watch = watch
-        self.watched_bytes = 0
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="slow-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _starting(self) -> None:
+        """Set-up on the proxy's loop, before it accepts connections."""
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
+        self._starting()
         server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
@@ -38,6 +45,24 @@ class SlowProxy:
             task.cancel()
         self._loop.run_until_complete(asyncio.sleep(0))
         self._loop.close()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Self]:
+        self._thread.start()
+        self._ready.wait(10)
+        try:
+            yield self
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+
+class SlowProxy(_ProxyThread):
+    def __init__(self, target_port: int, bytes_per_second: int, watch: bytes) -> None:
+        super().__init__(target_port, "slow-proxy")
+        self.bytes_per_second = bytes_per_second
+        self.watch = watch
+        self.watched_bytes = 0
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         watched = {"on": False}
@@ -72,18 +97,8 @@ class SlowProxy:
                 with contextlib.suppress(Exception):
                     w.close()
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[SlowProxy]:
-        self._thread.start()
-        self._ready.wait(10)
-        try:
-            yield self
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
 
-
-class Blackhole:
+class Blackhole(_ProxyThread):
     """A TCP proxy on 127.0.0.1 that can stop forwarding, like a network that drops every packet.
 
     While `blocked`, connections stay open and accept bytes but nothing reaches the other side and nothing
@@ -93,26 +108,12 @@ class Blackhole:
     """
 
     def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="blackhole-proxy", daemon=True)
+        super().__init__(target_port, "blackhole-proxy")
         self._flowing = asyncio.Event()
         self._writers: set[asyncio.StreamWriter] = set()
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
+    def _starting(self) -> None:
         self._flowing.set()
-        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-        server.close()
-        for task in asyncio.all_tasks(self._loop):
-            task.cancel()
-        self._loop.run_until_complete(asyncio.sleep(0))
-        self._loop.close()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self._writers.add(client_w)
@@ -153,12 +154,3 @@ class Blackhole:
 
         self._loop.call_soon_threadsafe(go)
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[Blackhole]:
-        self._thread.start()
-        self._ready.wait(10)
-        try:
-            yield self
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
