@@ -2,6 +2,7 @@
 
     python bench/run.py                 # 2 M v2, 1 M v5, 6 M v2 (whole process)
     python bench/run.py --big           # also a 10 M-record file, for peak RSS
+    python bench/run.py --delivery      # many objects through S3+SQS, SQLite and PostgreSQL (bench/delivery.py)
 
 Files are generated once into bench/data/ (realistic: ~2,000 ENIs with a
 skewed distribution, ~5% REJECT, some IPv6 and NODATA rows, zlib level 6 like
@@ -273,6 +274,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the fastest is reported")
     parser.add_argument("--insights", action="store_true", help="only the cost of the network insights, on v5")
     parser.add_argument("--cold-start", action="store_true", help="only the start-up time of two short commands")
+    parser.add_argument("--delivery", action="store_true", help="only many objects through S3+SQS (see bench/delivery.py)")
+    parser.add_argument("--objects", type=int, default=40, help="--delivery: objects per spread")
+    parser.add_argument("--records", type=int, default=40_000, help="--delivery: records per object")
+    parser.add_argument("--no-postgres", action="store_true", help="--delivery: the SQLite process and replay only")
+    parser.add_argument("--max-bytes-in-flight", type=int, help="--delivery: the s3_sqs source's max_bytes_in_flight")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(CHILDREN[args.child](args.path)))
@@ -283,6 +289,17 @@ def main() -> None:
 
     if args.cold_start:
         print_cold_start()
+        return
+
+    if args.delivery:
+        sys.path.insert(0, str(ROOT))
+        from bench import delivery as bench_delivery
+        from bench.delivery import main as delivery
+
+        if args.max_bytes_in_flight:
+            bench_delivery.SOURCE["max_bytes_in_flight"] = args.max_bytes_in_flight
+
+        delivery(args.objects, args.records, REPEAT, postgres=not args.no_postgres)
         return
 
     def n(x: int) -> int:

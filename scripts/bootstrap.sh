@@ -2,7 +2,7 @@
 # Shared set-up for the README's two commands: a project virtualenv with
 # streamer installed (editable), and, with --test, the test tools plus the
 # Debian packages the integration tests talk to (Prometheus, Alertmanager,
-# PostgreSQL for the fleet tests).
+# PostgreSQL for the fleet tests, libfaketime for replicas with skewed clocks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
@@ -18,6 +18,8 @@ if [ "$want_test" = 1 ]; then
   packages=()
   [ "${#missing[@]}" -gt 0 ] && packages+=(prometheus prometheus-alertmanager)
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || { packages+=(postgresql); missing+=(initdb); }
+  # libfaketime: the fleet test that runs replicas with skewed wall clocks
+  command -v faketime >/dev/null 2>&1 || { packages+=(faketime); missing+=(faketime); }
   if [ "${#packages[@]}" -gt 0 ]; then
     echo "installing Debian packages ${packages[*]} (missing: ${missing[*]})" >&2
     SUDO=""

@@ -41,24 +41,52 @@ from streamer.store.base import Commit, Done, LeaseLost, StateStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: inputs read and decoded at once (more wait, not yet downloading); sources bound what they hand over by bytes
+READERS = 8
 
 
 class _Stopped(Exception):
     """The service is shutting down; abandon the delivery uncommitted."""
 
 
+#: while the database does not answer, calls look again this often (they wait rather than fail in a loop)
+PAUSE_SECONDS = 0.5
+
+
 class Store:
-    """The checkpoint store behind dedicated threads (its calls block): one for SQLite, a few for PostgreSQL."""
+    """The checkpoint store behind dedicated threads (its calls block): one for SQLite, a few for PostgreSQL.
+
+    While a database store reports a problem (it did not answer), calls wait for it to answer again (the
+    fleet's heartbeat keeps asking) instead of failing one after another: sources pause, then resume on
+    their own. A stop (`abort`) ends the wait.
+    """
 
     def __init__(self, store: StateStore, threads: int = 1) -> None:
         self.store = store
         self._thread = ThreadPoolExecutor(threads, thread_name_prefix="checkpoint")
+        self.stopping = False
+
+    @property
+    def problem(self) -> str | None:
+        """Why the store does not answer, None while it does."""
+        return getattr(self.store, "problem", None)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        # Polled: the problem is cleared on another thread, by the heartbeat's call.
+        while self.problem is not None and not self.stopping:  # noqa: ASYNC110
+            await asyncio.sleep(PAUSE_SECONDS)
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
+    def abort(self) -> None:
+        """Stop without waiting on the database: calls in flight are cut short, waiting ones fail."""
+        self.stopping = True
+        abort = getattr(self.store, "abort", None)
+        if abort is not None:
+            abort()
+
     def close(self) -> None:
-        self._thread.shutdown(wait=True)
+        self.stopping = True
+        self._thread.shutdown(wait=True, cancel_futures=True)
         self.store.close()
 
 
@@ -107,8 +135,21 @@ class Pipeline:
         self._stale = False
         # Decoding runs concurrently; advancing the shared window state and committing it do not.
         self._commit_lock = asyncio.Lock()
+        # Each input's reading thread waits on its download: never in the loop's default executor, which the
+        # downloads themselves need (aiohttp resolves names there), or many inputs in flight would deadlock.
+        self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="ingest")
 
     async def process(self, source: str, delivery: Delivery) -> str:
+        inputs, size = self.telemetry.inputs_in_flight.labels(source), self.telemetry.bytes_in_flight.labels(source)
+        inputs.inc()
+        size.inc(delivery.size)
+        try:
+            return await self._process(source, delivery)
+        finally:
+            inputs.dec()
+            size.dec(delivery.size)
+
+    async def _process(self, source: str, delivery: Delivery) -> str:
         if delivery.done and await self._already_done(delivery.done):
             self.telemetry.finished(source, DUPLICATE, 0, None)
             return DUPLICATE
@@ -269,6 +310,23 @@ class Pipeline:
     def polled(self, source: str) -> None:
         self.telemetry.polls.labels(source).inc()
 
+    def behind(self, source: str, shard: str, seconds: float | None) -> None:
+        if seconds is None:
+            with contextlib.suppress(KeyError):
+                self.telemetry.behind.remove(source, shard)
+        else:
+            self.telemetry.behind.labels(source, shard).set(seconds)
+
+    def close(self) -> None:
+        """Stop the reading threads (the service's decode pool is its own to shut down)."""
+        self._readers.shutdown(wait=False, cancel_futures=True)
+
+    def queue_backlog(self, source: str, waiting: int, held: int, oldest_age_seconds: float | None) -> None:
+        self.telemetry.queue_messages.labels(source, "waiting").set(waiting)
+        self.telemetry.queue_messages.labels(source, "held").set(held)
+        if oldest_age_seconds is not None:
+            self.telemetry.queue_age.labels(source).set(oldest_age_seconds)
+
     def source_error(self, source: str, reason: str, message: str) -> None:
         log.warning("%s: %s: %s", source, reason, message)
         self.telemetry.source_error(source, reason)
@@ -300,7 +358,7 @@ class Pipeline:
             return result, delta, max(ends) if ends else None, windows
 
         try:
-            return await asyncio.to_thread(work)
+            return await loop.run_in_executor(self._readers, work)
         except _Stopped as exc:
             raise asyncio.CancelledError from exc
         finally:

@@ -47,6 +47,10 @@ PRUNE_INTERVAL_SECONDS = 3600
 TICK_SECONDS = 1.0
 #: a source's first call gets this long before it is reported as unanswered
 FIRST_CALL_SECONDS = 8.0
+#: on SIGTERM, calls to the checkpoint still running after this long are cut short (the database may be away)
+STOP_GRACE_SECONDS = 2.0
+#: how long a stopping replica tries to give its leases back
+LEAVE_SECONDS = 2.0
 #: the event-loop lag probe sleeps this long, then observes how late it woke
 LAG_PROBE_SECONDS = 0.25
 #: a source that ran this long before crashing restarts after the shortest backoff again
@@ -71,13 +75,18 @@ class Service:
         self.stopping = False
         self.coordinator: Coordinator | None = None
         self.leader: LeaderDetector | None = None
+        self.store: Store | None = None
 
     def ready(self) -> bool:
-        return bool(self.sources) and all(s.ready for s in self.sources)
+        store_ok = self.store is None or self.store.problem is None
+        return bool(self.sources) and all(s.ready for s in self.sources) and store_ok
 
     def not_ready_reasons(self) -> list[str]:
-        """What /readyz says: each source not ready yet, with its first call's failure if it had one."""
-        return [f"{s.name}: {s.problem or 'starting'}" for s in self.sources if not s.ready]
+        """What /readyz says: the checkpoint database if it does not answer, each source not ready yet, with its
+        first call's failure if it had one."""
+        problem = self.store.problem if self.store is not None else None
+        reasons = [f"checkpoint database: {problem}"] if problem is not None else []
+        return reasons + [f"{s.name}: {s.problem or 'starting'}" for s in self.sources if not s.ready]
 
     async def _first_calls(self) -> None:
         """Each source's first call, once, quickly: a misconfiguration is one line within seconds, not a
@@ -126,18 +135,29 @@ class Service:
         cp = self.config.checkpoint
         if cp.url is None:
             return Store(CheckpointStore(cp.path))
-        from streamer.store.postgres import PostgresStore  # only fleets need the driver
+        from streamer.store.pgtimeouts import Timeouts  # only fleets need the driver
+        from streamer.store.postgres import PostgresStore
 
         url, replica = cp.url.get_secret_value(), self.config.fleet.replica_id
-        pg = await asyncio.to_thread(PostgresStore, url, replica, cp.password_file, cp.pool_size)
+        timeouts = Timeouts(
+            cp.connect_timeout_seconds,
+            cp.statement_timeout_seconds,
+            cp.keepalive_idle_seconds,
+            cp.keepalive_interval_seconds,
+            cp.keepalive_count,
+            cp.tcp_user_timeout_seconds,
+        )
+        pg = await asyncio.to_thread(PostgresStore, url, replica, cp.password_file, cp.pool_size, timeouts)
         return Store(pg, threads=cp.pool_size)
 
     async def run(self, stop: asyncio.Event) -> None:
         store = await self._open_store()
+        self.store = store
         workers = self.config.decode_workers or min(4, os.cpu_count() or 2)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
         runner = None
         fleet = self.config.checkpoint.url is not None
+        abort: asyncio.TimerHandle | None = None
         try:
             state = await store.call(store.store.load_state)
             alerter = Alerter(self.config.alerts, self.registry)
@@ -198,14 +218,29 @@ class Service:
                         group.create_task(self._tick(pipeline))
                     group.create_task(alerter.run())  # with no target too: it expires alerts
                     await stop.wait()
+                    log.info("stopping")
                     self.stopping = True
+                    # Commits in flight finish (they are shielded), unless the database does not answer.
+                    grace = 0 if store.problem is not None else STOP_GRACE_SECONDS
+                    abort = asyncio.get_running_loop().call_later(grace, store.abort)
                     raise _Stop  # cancels every task in the group
             except* _Stop:
                 pass
         finally:
+            if self.coordinator is not None:
+                if store.problem is None:  # the others take over now, not when the leases expire
+                    await self.coordinator.leave(LEAVE_SECONDS)
+                else:
+                    log.warning("the database does not answer: leases are left to expire (%s)", store.problem)
+                self.coordinator.close()
             if runner is not None:
                 await runner.cleanup()
+            if abort is not None:
+                abort.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
+            if self.pipeline is not None:
+                self.pipeline.close()
+            store.abort()  # what is left in flight is a cancelled call's thread: never wait for it
             store.close()
             await self.clients.close()
             log.info("stopped")
@@ -287,9 +322,12 @@ class Service:
 
     async def _prune(self, store: Store) -> None:
         while True:
-            removed = await store.call(store.store.prune, self.config.checkpoint.retention_seconds)
-            if removed:
-                log.info("forgot %d done keys older than the retention", removed)
+            try:
+                removed = await store.call(store.store.prune, self.config.checkpoint.retention_seconds)
+                if removed:
+                    log.info("forgot %d done keys older than the retention", removed)
+            except Exception as exc:  # housekeeping: a database blip or a slow delete waits for the next round
+                log.warning("pruning done keys failed (tried again in %d s): %s", PRUNE_INTERVAL_SECONDS, exc)
             await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
 
     async def _probe_lag(self) -> None:

@@ -60,6 +60,17 @@ class CheckpointConfig(Model):
     pool_size: int = Field(default=4, ge=2, le=32)
     #: how long to remember finished S3 objects (must exceed any lookback)
     retention_seconds: int = Field(default=7 * 86400, gt=0)
+    # PostgreSQL only (see store/pgtimeouts.py): no call to the database waits longer than these.
+    #: connecting, and waiting for a (checked) connection from the pool
+    connect_timeout_seconds: int = Field(default=10, ge=2, le=300)
+    #: one call (a transaction): the server cancels a statement past it, the replica cuts a call not answered by then
+    statement_timeout_seconds: float = Field(default=30, ge=1, le=3600)
+    #: TCP keepalive: probe an idle connection after this long, then every interval; drop it after `keepalive_count` misses
+    keepalive_idle_seconds: int = Field(default=10, ge=1, le=7200)
+    keepalive_interval_seconds: int = Field(default=5, ge=1, le=600)
+    keepalive_count: int = Field(default=3, ge=1, le=30)
+    #: data sent and not acknowledged for this long drops the connection (TCP_USER_TIMEOUT)
+    tcp_user_timeout_seconds: float = Field(default=30, ge=1, le=3600)
 
     @field_validator("url")
     @classmethod

@@ -32,6 +32,8 @@ class TrafficProfile:
 
     records: int
     enis: int = 2000
+    #: Zipf exponent of the ENI spread: 1.1 is a few busy ENIs; 0 spreads records uniformly
+    eni_skew: float = 1.1
     reject_ratio: float = 0.05
     ipv6_ratio: float = 0.03
     nodata_ratio: float = 0.002
@@ -65,7 +67,7 @@ def generate_table(profile: TrafficProfile, offset: int = 0, count: int | None =
     rng = np.random.default_rng((profile.seed, offset))
     enis = pa.array(eni_ids(profile.enis))
     # Zipf-like skew: a few ENIs carry most of the traffic.
-    weights = 1.0 / np.arange(1, profile.enis + 1) ** 1.1
+    weights = 1.0 / np.arange(1, profile.enis + 1) ** profile.eni_skew
     eni_idx = rng.choice(profile.enis, size=n, p=weights / weights.sum())
     roll = rng.random(n)
     nodata = roll < profile.nodata_ratio

@@ -130,23 +130,24 @@ static int32_t dict_index(Dict *d, const char *p, int32_t n) {
 
 static inline void clear_bit(uint8_t *bits, Py_ssize_t i) { bits[i >> 3] &= (uint8_t) ~(1u << (i & 7)); }
 
-/* Bit i set where block[i] is a space or a newline (64 bytes from `block`); *high gets any non-ASCII byte. */
+/* Bit i set where block[i] is a space or a newline (64 bytes from `block`); *high gets any non-ASCII or NUL
+ * byte (Arrow's path drops and counts those lines: no store can hold a NUL in text). */
 static inline uint64_t delimiters64(const char *block, uint64_t *high) {
 #ifdef __SSE2__
-    const __m128i space = _mm_set1_epi8(' '), newline = _mm_set1_epi8('\n');
+    const __m128i space = _mm_set1_epi8(' '), newline = _mm_set1_epi8('\n'), zero = _mm_setzero_si128();
     uint64_t mask = 0;
     for (int i = 0; i < 4; i++) {
         __m128i v = _mm_loadu_si128((const __m128i *)(block + 16 * i));
         __m128i hit = _mm_or_si128(_mm_cmpeq_epi8(v, space), _mm_cmpeq_epi8(v, newline));
         mask |= (uint64_t)(uint32_t)_mm_movemask_epi8(hit) << (16 * i);
-        *high |= (uint32_t)_mm_movemask_epi8(v);
+        *high |= (uint32_t)_mm_movemask_epi8(_mm_or_si128(v, _mm_cmpeq_epi8(v, zero)));
     }
     return mask;
 #else
     uint64_t mask = 0;
     for (int i = 0; i < 64; i++) {
         mask |= (uint64_t)(block[i] == ' ' || block[i] == '\n') << i;
-        *high |= (unsigned char)block[i] >> 7;
+        *high |= ((unsigned char)block[i] >> 7) | (block[i] == 0);
     }
     return mask;
 #endif
@@ -235,13 +236,13 @@ static int scan_part(Cursor *c, const char *buf, Py_ssize_t len, int last) {
         }
     }
     for (Py_ssize_t at = block; at < len; at++) {
-        high |= (unsigned char)buf[at] >> 7;
+        high |= ((unsigned char)buf[at] >> 7) | (buf[at] == 0);
         if (buf[at] == ' ' || buf[at] == '\n') {
             if ((ok = token(c, buf + start, (int32_t)(at - start), buf[at] == '\n', end)) != 1) return ok;
             start = at + 1;
         }
     }
-    if (high) return 0; /* not ASCII: Arrow's path finds and counts the undecodable lines */
+    if (high) return 0; /* not ASCII, or a NUL: Arrow's path finds and counts those lines */
     if (start < len || c->field > 0 || c->skipping) {
         if (!last) return 0;
         if ((ok = token(c, buf + start, (int32_t)(len - start), 1, end)) != 1) return ok; /* a last line without its newline */

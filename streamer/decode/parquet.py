@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamer.decode.bounds import drop_impossible_counts
 from streamer.decode.errors import INVALID_NUMBER, ErrorCounts, UnknownFormatError, UnsupportedColumnError
 from streamer.schema import BY_PARQUET_NAME, FIELDS, arrow_schema
 
@@ -75,7 +76,7 @@ def _coerce(table: pa.Table, wanted: list[str], schema: pa.Schema, errors: Error
     out = pa.table(cols)
     if not out.num_rows:
         return schema.empty_table()
-    return pa.table([_cast(out.column(f.name), f) for f in schema], schema=schema)
+    return drop_impossible_counts(pa.table([_cast(out.column(f.name), f) for f in schema], schema=schema), errors)
 
 
 def _cast(col: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:

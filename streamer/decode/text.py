@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from streamer.decode.bounds import drop_impossible_counts
 from streamer.decode.errors import INVALID_NUMBER, INVALID_UTF8, WRONG_FIELD_COUNT, ErrorCounts
 from streamer.schema import DICTIONARY_FIELDS, FIELDS, MILLISECONDS_THRESHOLD, arrow_schema
 
@@ -36,7 +37,8 @@ _BLOCK_BYTES = 32 << 20
 _DICT = pa.dictionary(pa.int32(), pa.string())
 _NUMBER = r"^[0-9]{1,18}$"  # int64-safe; flow-log numbers are never negative
 _INT32_MAX = 2**31 - 1
-_UNDECODABLE = re.compile("[\udc80-\udcff]")
+#: undecodable bytes (as surrogate escapes), and NUL, which no text column can hold (PostgreSQL refuses it)
+_UNDECODABLE = re.compile("[\udc80-\udcff\x00]")
 
 try:
     from streamer.decode import _scan
@@ -109,11 +111,11 @@ class TextDecoder:
         if self.native:
             scanned = self._scan(chunk)
             if scanned is not None:
-                return _normalize_times(scanned)
+                return drop_impossible_counts(_normalize_times(scanned), errors)
         chunk = join(chunk)
         if self._header is not None and self._header in chunk:
             chunk = _drop_lines(chunk, self._header)
-        if not chunk.isascii():
+        if not chunk.isascii() or b"\x00" in chunk:
             chunk = _drop_undecodable_lines(chunk, errors)
         bad_rows: list[str] = []
         try:
@@ -125,7 +127,7 @@ class TextDecoder:
             repaired = self._repair(bad_rows, errors)
             if repaired is not None:
                 table = pa.concat_tables([table.cast(self.schema), repaired])
-        return _normalize_times(table)
+        return drop_impossible_counts(_normalize_times(table), errors)
 
     def _scan(self, chunk: bytes | Parts) -> pa.Table | None:
         """The native tokenizer's table, or None when the chunk needs Arrow's slower, forgiving path."""
@@ -220,7 +222,7 @@ def _drop_lines(chunk: bytes, line: bytes) -> bytes:
 
 
 def _drop_undecodable_lines(chunk: bytes, errors: ErrorCounts) -> bytes:
-    """Cut out lines that are not valid UTF-8, counting each once.
+    """Cut out lines that are not valid UTF-8 or hold a NUL byte, counting each once (as invalid_utf8).
 
     surrogateescape maps each undecodable byte to a lone surrogate, which a
     C-speed regex then finds; valid text (even a literal U+FFFD) is kept.

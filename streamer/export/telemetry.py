@@ -55,6 +55,33 @@ class Telemetry:
             ["source"],
             registry=registry,
         )
+        self.inputs_in_flight = Gauge(
+            "streamer_inputs_in_flight", "Inputs being read, decoded or committed, by source.", ["source"], registry=registry
+        )
+        self.bytes_in_flight = Gauge(
+            "streamer_input_bytes_in_flight",
+            "Stored (compressed) bytes of the inputs in flight, where the source knows them, by source.",
+            ["source"],
+            registry=registry,
+        )
+        self.behind = Gauge(
+            "streamer_kinesis_behind_seconds",
+            "How far a Kinesis shard's reader is behind the newest record (MillisBehindLatest), by source and shard.",
+            ["source", "shard"],
+            registry=registry,
+        )
+        self.queue_messages = Gauge(
+            "streamer_sqs_messages",
+            "SQS queue depth from GetQueueAttributes: state=waiting (visible) or held (received, not yet deleted).",
+            ["source", "state"],
+            registry=registry,
+        )
+        self.queue_age = Gauge(
+            "streamer_sqs_oldest_message_age_seconds",
+            "Age (now minus SentTimestamp) of the oldest message in the last non-empty receive, by source.",
+            ["source"],
+            registry=registry,
+        )
         self.ready = Gauge("streamer_source_ready", "1 once a source has started reading.", ["source"], registry=registry)
         self.loop_lag = Histogram(
             "streamer_event_loop_lag_seconds",

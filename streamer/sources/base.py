@@ -77,6 +77,8 @@ class Delivery:
     #: compare-and-set: the value each cursor had when the input was read; if one moved since, the input
     #: was counted already and `process` returns DUPLICATE (re-read from the committed cursor)
     expected: dict[tuple[str, str], str | None] = dataclasses.field(default_factory=dict)
+    #: its size in bytes as stored (compressed), when known: shown as bytes in flight
+    size: int = 0
 
 
 class Coordinator(Protocol):
@@ -129,6 +131,14 @@ class Sink(Protocol):
 
     def polled(self, source: str) -> None:
         """Count one completed look-up for input (a listing, a receive, a sweep)."""
+        ...
+
+    def behind(self, source: str, shard: str, seconds: float | None) -> None:
+        """A stream shard's lag behind its newest record (Kinesis MillisBehindLatest); None: no longer read here."""
+        ...
+
+    def queue_backlog(self, source: str, waiting: int, held: int, oldest_age_seconds: float | None) -> None:
+        """A queue's depth (messages waiting and held by consumers) and the age of the oldest message received."""
         ...
 
 

@@ -244,10 +244,10 @@ class FirehoseHttpSource(Source):
         return matched
 
     async def _handle(self, sink: Sink, request: web.Request) -> web.Response:
-        request_id = request.headers.get("X-Amz-Firehose-Request-Id", "")
+        request_id = _printable(request.headers.get("X-Amz-Firehose-Request-Id", ""))
         if self._stopping:
             return self._reply(503, request_id, "shutting down", close=True)
-        if not self._authorized(request.headers.get(ACCESS_KEY_HEADER, "").encode()):
+        if not self._authorized(request.headers.get(ACCESS_KEY_HEADER, "").encode("utf-8", "surrogateescape")):
             where = f"request {request_id or '?'} from {request.remote}"
             sink.source_error(self.name, "unauthorized", f"{where}: missing or wrong access key")
             return self._reply(401, request_id, "missing or wrong access key", close=True)
@@ -263,6 +263,7 @@ class FirehoseHttpSource(Source):
     async def _serve(self, sink: Sink, request: web.Request, request_id: str) -> web.Response:
         try:
             request_id, data = await self._receive(request)
+            request_id = _printable(request_id)
         except TimeoutError:
             sink.source_error(self.name, "timeout", f"request {request_id or '?'}: body not received in time")
             return self._reply(408, request_id, "body not received in time", close=True)
@@ -472,3 +473,9 @@ def _record_text(data: bytes, errors: ErrorCounts) -> bytes:
     errors.merge(documents.errors)
     lines = document_lines(docs, errors)
     return "\n".join(lines).encode()
+
+
+def _printable(text: str) -> str:
+    """A client's id as text that can be logged, stored and echoed: undecodable bytes from a header
+    (surrogate escapes) and lone surrogates from a JSON escape become U+FFFD instead of a 500."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if not text.isascii() else text

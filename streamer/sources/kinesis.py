@@ -180,6 +180,12 @@ class KinesisSource(Source):
         return str((await self.kinesis.get_shard_iterator(**kwargs))["ShardIterator"])
 
     async def _read_shard(self, sink: Sink, shard: ShardTypeDef) -> None:
+        try:
+            await self._read_shard_leased(sink, shard)
+        finally:  # another replica (or a later task) reports this shard's lag from now on: no stale series here
+            sink.behind(self.name, shard["ShardId"], None)
+
+    async def _read_shard_leased(self, sink: Sink, shard: ShardTypeDef) -> None:
         """Read one shard while its lease is held under the epoch it was taken with.
 
         `committed` is the cursor this task last saw committed: each batch is a compare-and-set from it, so
@@ -217,6 +223,8 @@ class KinesisSource(Source):
                 await asyncio.sleep(5.0)
                 continue
             records = resp.get("Records", [])
+            if "MillisBehindLatest" in resp:
+                sink.behind(self.name, shard_id, resp["MillisBehindLatest"] / 1000)
             next_iterator = resp.get("NextShardIterator")
             last = records[-1]["SequenceNumber"] if records else committed
             drained = next_iterator is None or (

@@ -60,4 +60,5 @@ def object_delivery(
         done=[Done(S3_NAMESPACE, obj.done_key)],
         arrived_at=obj.last_modified,
         log_format=log_format,
+        size=obj.size,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote_plus
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs.type_defs import MessageTypeDef
 
 log = logging.getLogger(__name__)
+#: messages held at once, as a multiple of `max_messages` (a receive), besides the bytes-in-flight bound
+MESSAGES_IN_FLIGHT_PER_RECEIVE = 2
 
 
 class S3SqsSourceConfig(AwsSourceSettings):
@@ -45,6 +48,10 @@ class S3SqsSourceConfig(AwsSourceSettings):
     max_receive_count: int = Field(default=5, ge=1)
     #: how often a held message's visibility is extended (default: a third of the timeout)
     visibility_keepalive_seconds: float | None = Field(default=None, gt=0)
+    #: how often the queue's depth is read (GetQueueAttributes) for streamer_sqs_messages
+    backlog_interval_seconds: float = Field(default=60, gt=0)
+    #: objects read and decoded at once are bounded by their summed size (one larger object still goes alone)
+    max_bytes_in_flight: int = Field(default=16 << 20, ge=1)
 
     @model_validator(mode="after")
     def _keepalive_in_time(self) -> S3SqsSourceConfig:
@@ -141,6 +148,14 @@ def _event_time(value: Any) -> float:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+def _message_bytes(message: MessageTypeDef) -> int:
+    """The summed size of the objects a message names (a message that cannot be parsed weighs nothing)."""
+    try:
+        return sum(obj.size for obj in objects_in_message(message.get("Body", "")))
+    except Exception:  # parsed again in _handle, which counts and deletes it
+        return 0
+
+
 class S3SqsSource(Source):
     def __init__(self, name: str, config: S3SqsSourceConfig, sqs: SQSClient, s3: S3Client) -> None:
         super().__init__(name)
@@ -148,8 +163,17 @@ class S3SqsSource(Source):
         self.sqs = sqs
         self.s3 = s3
         self.log_format = parse_log_format(config.log_format) if config.log_format else None
-        #: visibility extensions made (every message held is kept invisible while the batch is worked)
+        #: visibility extensions made (every message held is kept invisible while it is worked)
         self.extended = 0
+        #: receipts of messages received and not yet finished
+        self._held: set[str] = set()
+        #: object bytes of the messages being worked, and whether another message may start
+        self._in_flight = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._working: set[asyncio.Task[None]] = set()
+        #: now minus SentTimestamp of the oldest message in the last non-empty receive
+        self._oldest_age: float | None = None
 
     first_call_name = "GetQueueAttributes"
 
@@ -158,18 +182,48 @@ class S3SqsSource(Source):
         await sqs.get_queue_attributes(QueueUrl=self.config.queue_url, AttributeNames=["QueueArn"])
 
     async def run(self, sink: Sink) -> None:
+        """Receive ahead while objects are read: messages are worked concurrently, up to
+        `max_bytes_in_flight` of object bytes (a larger object goes alone), so decoding and the next
+        download overlap and both cores stay busy on many small objects."""
+        keeper = asyncio.create_task(self._keep_invisible(sink, self._held))
+        watcher = asyncio.create_task(self._watch_backlog(sink))
+        try:
+            while True:
+                await self.receive_once(sink)
+        finally:
+            keeper.cancel()
+            watcher.cancel()
+            tasks = list(self._working)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, keeper, watcher, return_exceptions=True)
+
+    async def _watch_backlog(self, sink: Sink) -> None:
+        """Queue depth at a modest interval (an operator's backlog alert reads it)."""
         while True:
-            await self.receive_once(sink)
+            try:
+                resp = await self.sqs.get_queue_attributes(
+                    QueueUrl=self.config.queue_url,
+                    AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+                )
+                attrs = resp.get("Attributes", {})
+                waiting = int(attrs.get("ApproximateNumberOfMessages", "0"))
+                held = int(attrs.get("ApproximateNumberOfMessagesNotVisible", "0"))
+                sink.queue_backlog(self.name, waiting, held, self._oldest_age)
+            except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
+                sink.source_error(self.name, aws_error_reason(exc), f"reading the depth of {self.config.queue_url}: {exc}")
+            await asyncio.sleep(self.config.backlog_interval_seconds)
 
     async def receive_once(self, sink: Sink) -> int:
-        """One ReceiveMessage and the messages it returned; returns how many."""
+        """One ReceiveMessage; its messages are started (in flight) once there is room; returns how many."""
+        await self._room.wait()
         try:
             resp = await self.sqs.receive_message(
                 QueueUrl=self.config.queue_url,
                 MaxNumberOfMessages=self.config.max_messages,
                 WaitTimeSeconds=self.config.wait_time_seconds,
                 VisibilityTimeout=self.config.visibility_timeout_seconds,
-                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
             )
         except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
             sink.source_error(self.name, aws_error_reason(exc), f"receiving from {self.config.queue_url}: {exc}")
@@ -177,23 +231,53 @@ class S3SqsSource(Source):
             return 0
         self.ready = True
         messages = resp.get("Messages", [])
-        # Every message held, not only the one being decoded, stays invisible to other replicas until done.
-        held = {m["ReceiptHandle"] for m in messages}
-        keeper = asyncio.create_task(self._keep_invisible(sink, held)) if messages else None
-        try:
-            for message in messages:
-                await self._handle(sink, message)
-                held.discard(message["ReceiptHandle"])
-        finally:
-            if keeper is not None:
-                keeper.cancel()
+        sent = [int(m.get("Attributes", {}).get("SentTimestamp", 0)) for m in messages]
+        if any(sent):
+            self._oldest_age = max(0.0, time.time() - min(t for t in sent if t) / 1000)
+        # Every message held, not only the ones being decoded, stays invisible to other replicas until done.
+        self._held.update(m["ReceiptHandle"] for m in messages)
+        for message in messages:
+            size = _message_bytes(message)
+            while self._working and (self._full(size) or len(self._working) >= self._max_messages_in_flight):
+                self._room.clear()
+                await self._room.wait()
+            self._in_flight += size
+            task = asyncio.create_task(self._work(sink, message, size))
+            self._working.add(task)
+            task.add_done_callback(self._working.discard)
+        if self._full(0) or len(self._working) >= self._max_messages_in_flight:
+            self._room.clear()
         sink.polled(self.name)
         return len(messages)
+
+    @property
+    def _max_messages_in_flight(self) -> int:
+        """Bytes alone would let thousands of small objects' messages be held at once: one replica would
+        hoard the queue, and extending so many receipts would outlast their visibility timeout."""
+        return MESSAGES_IN_FLIGHT_PER_RECEIVE * self.config.max_messages
+
+    def _full(self, size: int) -> bool:
+        return self._in_flight + size > self.config.max_bytes_in_flight
+
+    async def _work(self, sink: Sink, message: MessageTypeDef, size: int) -> None:
+        try:
+            await self._handle(sink, message)
+        except Exception as exc:  # nobody awaits this task: report here (the message is not deleted, SQS redelivers)
+            log.exception("%s: message %s failed", self.name, message.get("MessageId"))
+            sink.source_error(self.name, "crashed", f"message {message.get('MessageId')}: {type(exc).__name__}: {exc}")
+        finally:
+            self._held.discard(message["ReceiptHandle"])
+            self._in_flight -= size
+            self._working.discard(asyncio.current_task())
+            if not self._full(0) and len(self._working) < self._max_messages_in_flight:
+                self._room.set()
 
     async def _keep_invisible(self, sink: Sink, held: set[str]) -> None:
         while True:
             await asyncio.sleep(self.config.keepalive_seconds)
             for receipt in list(held):
+                if receipt not in held:  # finished (and deleted) since this round began
+                    continue
                 try:
                     await self.sqs.change_message_visibility(
                         QueueUrl=self.config.queue_url,
@@ -221,8 +305,10 @@ class S3SqsSource(Source):
             except Exception as exc:  # a read (SourceError) or the checkpoint: SQS redelivers, a bounded number of times
                 reason = exc.reason if isinstance(exc, SourceError) else "commit_failed"
                 sink.source_error(self.name, reason, f"{exc} (receive {received} of {self.config.max_receive_count})")
-                if received < self.config.max_receive_count:
-                    return  # not deleted: SQS redelivers after the visibility timeout
+                if received < self.config.max_receive_count or not isinstance(exc, SourceError):
+                    # not deleted: SQS redelivers after the visibility timeout; an object whose commit keeps
+                    # failing is never marked done unread (its message goes to the queue's dead-letter queue)
+                    return
                 await sink.give_up(self.name, delivery, "read_error")
         await self._delete(sink, receipt)
 

@@ -18,6 +18,10 @@ class CheckpointError(RuntimeError):
     """The store cannot be opened or written (disk full, wrong file, newer schema)."""
 
 
+class DatabaseUnavailable(CheckpointError):
+    """The database did not answer (refused, lost, or silent past a timeout): worth retrying once it answers."""
+
+
 class LeaseLost(Exception):
     """The lease an input was read under is held by another replica now: nothing was committed."""
 

@@ -32,7 +32,7 @@ from streamer.aggregate.pairing import PARTIAL_SOURCE, TOTALS_SNAPSHOT, Pairing,
 from streamer.aggregate.pairing import SNAPSHOT_NAME as PAIRING_SNAPSHOT
 from streamer.aggregate.windows import decode_partial
 from streamer.export.alerts import ActiveAlert, Alerter
-from streamer.store.base import LeaseLost
+from streamer.store.base import CheckpointError, LeaseLost
 from streamer.store.leases import LEADER, Coordinator
 
 if TYPE_CHECKING:  # the driver is imported only when a fleet is configured
@@ -87,6 +87,10 @@ class LeaderDetector:
             try:
                 await self.step()
             except LeaseLost:
+                self.backlog = False
+                self._step_down()
+            except CheckpointError as exc:  # the database is away: one line, then as below
+                log.warning("leader step failed: %s", exc)
                 self.backlog = False
                 self._step_down()
             except Exception:  # keep trying: the partials wait in the database

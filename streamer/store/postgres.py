@@ -19,9 +19,19 @@ another holder counted. Cursors are compare-and-set: a commit whose cursor
 has moved since the input was read (a retry after an unknown outcome, an old
 iterator) changes nothing and means "already counted".
 
+Lease expiry and liveness are judged on the database's clock alone
+(`clock_timestamp()` in the SQL): a replica's own clock never enters a
+lease, so a replica whose clock is off by minutes neither steals leases nor
+takes the others for dead. (KCL's alternative, a renewal counter each
+observer times on its own monotonic clock, would also do for taking leases
+over, but the commit fence runs inside the database's transaction, where
+only the database's clock is at hand.)
+
 Migrations are numbered; a replica that finds a newer schema than it knows
 refuses to start. Calls are blocking (psycopg 3 on a small pool): the service
-runs them on threads. The password never appears in a message.
+runs them on threads, each bounded in time (see `store.pgtimeouts`); the
+heartbeat has a connection of its own, so renewals never queue behind
+commits. The password never appears in a message.
 """
 
 from __future__ import annotations
@@ -36,12 +46,12 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
-from psycopg_pool import ConnectionPool
 
 from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import SCHEMA, Counters
 from streamer.aggregate.state import LOG_STATUS, FlowState
 from streamer.store.base import CheckpointError, Commit, LeaseLost
+from streamer.store.pgtimeouts import GuardedPool, Health, Timeouts
 
 #: numbered migrations; each runs once, in order, in its own transaction
 MIGRATIONS: list[str] = [
@@ -79,9 +89,21 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def connection_info(url: str, password_file: Path | None) -> dict[str, Any]:
-    """libpq connection parameters: the URL, a password from a file if given (else the URL's or PGPASSWORD)."""
+#: the database's clock, in epoch seconds: the only clock leases and liveness are judged on
+DB_NOW = "extract(epoch FROM clock_timestamp())"
+
+
+def connection_info(url: str, password_file: Path | None, timeouts: Timeouts | None = None) -> dict[str, Any]:
+    """libpq connection parameters: the URL, the timeouts, a password from a file if given (else the URL's or PGPASSWORD)."""
     params: dict[str, Any] = {"conninfo": url, "application_name": "streamer"}
+    if timeouts is not None:
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+
+            options = str(conninfo_to_dict(url).get("options") or "")
+        except psycopg.Error:
+            options = ""
+        params.update(timeouts.libpq(options))
     if password_file is not None:
         try:
             params["password"] = password_file.read_text().strip()
@@ -98,19 +120,28 @@ class PostgresStore:
     """CheckpointStore's interface over PostgreSQL, for one replica of a fleet."""
 
     def __init__(
-        self, url: str, replica_id: str, password_file: Path | None = None, pool_size: int = 4, connect_timeout: float = 30
+        self,
+        url: str,
+        replica_id: str,
+        password_file: Path | None = None,
+        pool_size: int = 4,
+        timeouts: Timeouts | None = None,
     ) -> None:
         self.replica_id = replica_id
-        info = connection_info(url, password_file)
+        timeouts = timeouts or Timeouts()
+        info = connection_info(url, password_file, timeouts)
         conninfo = info.pop("conninfo")
         self._where = _redacted(conninfo)
+        kwargs = {**info, "autocommit": False}
+        self._health = Health()
+        self._pool = GuardedPool(conninfo, kwargs, timeouts, pool_size, "streamer", self._health, self._where)
+        #: the heartbeat's own connection: renewals never wait behind commits
+        self._lease_pool = GuardedPool(conninfo, kwargs, timeouts, 1, "streamer-leases", self._health, self._where)
         self._commits = itertools.count(1)
         self._ambiguous = _ambiguous_commits()
         try:
-            self._pool = ConnectionPool(
-                conninfo, min_size=1, max_size=pool_size, kwargs={**info, "autocommit": False}, open=False, name="streamer"
-            )
-            self._pool.open(wait=True, timeout=connect_timeout)
+            self._pool.open()
+            self._lease_pool.open()
             self._migrate()
         except (psycopg.Error, TimeoutError, OSError) as exc:
             self._close_quietly()
@@ -122,6 +153,7 @@ class PostgresStore:
     def _close_quietly(self) -> None:
         with contextlib.suppress(Exception):  # closing after a failed start: nothing more to report
             self._pool.close()
+            self._lease_pool.close()
 
     def _migrate(self) -> None:
         with self._pool.connection() as conn:
@@ -146,8 +178,19 @@ class PostgresStore:
             row = conn.execute("SELECT max(version) FROM streamer_schema").fetchone()
             return int(row[0]) if row and row[0] is not None else 0
 
+    @property
+    def problem(self) -> str | None:
+        """Why the database does not answer (the last call's failure), None while it does."""
+        return self._health.problem
+
     def close(self) -> None:
         self._pool.close()
+        self._lease_pool.close()
+
+    def abort(self) -> None:
+        """Cut every call in flight short and close (a stop that must not wait on the database)."""
+        self._lease_pool.abort()
+        self._pool.abort()
 
     # --- the CheckpointStore interface -----------------------------------------------------------
 
@@ -182,7 +225,7 @@ class PostgresStore:
         try:
             with self._pool.connection() as conn, conn.cursor() as cur:
                 try:
-                    if change.lease is not None and not self._holds(cur, *change.lease, now, me, change.epoch):
+                    if change.lease is not None and not self._holds(cur, *change.lease, me, change.epoch):
                         conn.rollback()
                         raise LeaseLost(f"lease {change.lease[0]}/{change.lease[1]} is no longer {me}'s")
                     for d in change.done:
@@ -297,44 +340,51 @@ class PostgresStore:
     # --- leases ----------------------------------------------------------------------------------
 
     @staticmethod
-    def _holds(cur: psycopg.Cursor[Any], kind: str, name: str, now: float, owner: str, epoch: int | None = None) -> bool:
-        """Whether `owner` holds the lease (under `epoch`, if given); the row stays locked until the
-        transaction ends (no takeover meanwhile)."""
-        cur.execute("SELECT owner, expires_at, epoch FROM leases WHERE kind = %s AND name = %s FOR SHARE", (kind, name))
+    def _holds(cur: psycopg.Cursor[Any], kind: str, name: str, owner: str, epoch: int | None = None) -> bool:
+        """Whether `owner` holds the lease (on the database's clock; under `epoch`, if given); the row stays
+        locked until the transaction ends (no takeover meanwhile)."""
+        cur.execute(
+            f"SELECT owner = %s AND expires_at > {DB_NOW}, epoch FROM leases WHERE kind = %s AND name = %s FOR SHARE",
+            (owner, kind, name),
+        )
         row = cur.fetchone()
-        return row is not None and row[0] == owner and float(row[1]) > now and epoch in (None, int(row[2]))
+        return row is not None and bool(row[0]) and epoch in (None, int(row[1]))
 
     def heartbeat(self, held: list[tuple[str, str]], lease_seconds: float) -> tuple[set[tuple[str, str]], list[str]]:
-        """Renew this replica's presence and its leases; returns the leases still held and the live replicas."""
-        now = time.time()
-        with self._pool.connection() as conn, conn.cursor() as cur:
+        """Renew this replica's presence and its leases, on the heartbeat's own connection (call it from one
+        thread); returns the leases still held and the live replicas."""
+        with self._lease_pool.connection() as conn, conn.cursor() as cur:
             cur.execute(
-                "INSERT INTO replicas VALUES (%s, %s) ON CONFLICT (replica_id) DO UPDATE SET seen_at = excluded.seen_at",
-                (self.replica_id, now),
+                f"INSERT INTO replicas VALUES (%s, {DB_NOW}) "
+                "ON CONFLICT (replica_id) DO UPDATE SET seen_at = excluded.seen_at",
+                (self.replica_id,),
             )
-            kept: set[tuple[str, str]] = set()
-            for kind, name in held:
-                cur.execute(
-                    "UPDATE leases SET expires_at = %s WHERE kind = %s AND name = %s AND owner = %s AND expires_at > %s",
-                    (now + lease_seconds, kind, name, self.replica_id, now),
-                )
-                if cur.rowcount:
-                    kept.add((kind, name))
-            cur.execute("SELECT replica_id FROM replicas WHERE seen_at > %s ORDER BY replica_id", (now - lease_seconds,))
-            live = [r[0] for r in cur.fetchall()]
-            conn.commit()
+            cur.execute(
+                f"UPDATE leases SET expires_at = {DB_NOW} + %s WHERE owner = %s AND expires_at > {DB_NOW} "
+                "AND (kind, name) IN (SELECT * FROM unnest(%s::text[], %s::text[])) RETURNING kind, name",
+                (lease_seconds, self.replica_id, [k for k, _ in held], [n for _, n in held]),
+            )
+            kept = {(str(k), str(n)) for k, n in cur.fetchall()}
+            live = self._live(cur, lease_seconds)
         return kept, live
 
+    @staticmethod
+    def _live(cur: psycopg.Cursor[Any], lease_seconds: float) -> list[str]:
+        """Replicas seen within the lease time, on the database's clock."""
+        cur.execute(f"SELECT replica_id FROM replicas WHERE seen_at > {DB_NOW} - %s ORDER BY replica_id", (lease_seconds,))
+        return [str(r[0]) for r in cur.fetchall()]
+
     def acquire(self, kind: str, name: str, lease_seconds: float) -> int | None:
-        """Take a lease that is free, expired or already ours; returns its new epoch, None if another holds it."""
-        now = time.time()
+        """Take a lease that is free, expired (on the database's clock) or already ours; returns its new epoch,
+        None if another holds it."""
         with self._pool.connection() as conn, conn.cursor() as cur:
             cur.execute(
-                "INSERT INTO leases (kind, name, owner, expires_at, epoch) VALUES (%s, %s, %s, %s, 1) "
+                f"INSERT INTO leases (kind, name, owner, expires_at, epoch) VALUES (%s, %s, %s, {DB_NOW} + %s, 1) "
                 "ON CONFLICT (kind, name) DO UPDATE "
                 "SET owner = excluded.owner, expires_at = excluded.expires_at, epoch = leases.epoch + 1 "
-                "WHERE leases.owner IS NULL OR leases.owner = excluded.owner OR leases.expires_at <= %s RETURNING epoch",
-                (kind, name, self.replica_id, now + lease_seconds, now),
+                f"WHERE leases.owner IS NULL OR leases.owner = excluded.owner OR leases.expires_at <= {DB_NOW} "
+                "RETURNING epoch",
+                (kind, name, self.replica_id, lease_seconds),
             )
             row = cur.fetchone()
             conn.commit()
@@ -349,12 +399,30 @@ class PostgresStore:
             conn.commit()
 
     def lease_owners(self, kind: str) -> dict[str, str | None]:
-        """name -> current owner (None when free or expired)."""
-        now = time.time()
+        """name -> current owner (None when free or expired, on the database's clock)."""
         with self._pool.connection() as conn:
-            rows = conn.execute("SELECT name, owner, expires_at FROM leases WHERE kind = %s", (kind,)).fetchall()
+            rows = conn.execute(
+                f"SELECT name, CASE WHEN expires_at > {DB_NOW} THEN owner END FROM leases WHERE kind = %s", (kind,)
+            ).fetchall()
             conn.rollback()
-        return {str(n): (str(o) if o is not None and float(e) > now else None) for n, o, e in rows}
+        return {str(n): (None if o is None else str(o)) for n, o in rows}
+
+    def claim_view(self, kind: str, lease_seconds: float) -> tuple[dict[str, str | None], list[str]]:
+        """What a claim decides on, read together: the kind's owners and the live replicas (so a replica that
+        left is out of the fair share at once, not after the next heartbeat)."""
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT name, CASE WHEN expires_at > {DB_NOW} THEN owner END FROM leases WHERE kind = %s", (kind,))
+            owners = {str(n): (None if o is None else str(o)) for n, o in cur.fetchall()}
+            live = self._live(cur, lease_seconds)
+            conn.rollback()
+        return owners, live
+
+    def leave(self, timeout_seconds: float) -> None:
+        """A clean stop: give every lease back and deregister, so the others take over at once. On the
+        heartbeat's connection, bounded by `timeout_seconds` (the database may be away)."""
+        with self._lease_pool.connection(timeout_seconds) as conn, conn.cursor() as cur:
+            cur.execute("UPDATE leases SET owner = NULL, expires_at = 0 WHERE owner = %s", (self.replica_id,))
+            cur.execute("DELETE FROM replicas WHERE replica_id = %s", (self.replica_id,))
 
     # --- the leader's queue of window partials ---------------------------------------------------
 
@@ -374,10 +442,9 @@ class PostgresStore:
         self, lease: tuple[str, str], consumed: list[int], snapshots: dict[str, bytes], epoch: int | None = None
     ) -> None:
         """The leader's step, fenced by its lease (and epoch): consumed partials go, the new detection state stays."""
-        now = time.time()
         with self._pool.connection() as conn, conn.cursor() as cur:
             try:
-                if not self._holds(cur, *lease, now, self.replica_id, epoch):
+                if not self._holds(cur, *lease, self.replica_id, epoch):
                     raise LeaseLost(f"lease {lease[0]}/{lease[1]} is no longer {self.replica_id}'s")
                 if consumed:
                     cur.execute("DELETE FROM window_partials WHERE id = ANY(%s)", (consumed,))

@@ -19,6 +19,7 @@ All calls are blocking; the service runs them on one dedicated thread.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -30,6 +31,8 @@ from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import SCHEMA, Counters
 from streamer.aggregate.state import LOG_STATUS, FlowState
 from streamer.store.base import CheckpointError, Commit, Done
+
+log = logging.getLogger(__name__)
 
 _SCHEMA_VERSION = 3
 _DDL = """
@@ -181,12 +184,18 @@ class CheckpointStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._commits += 1
-            if self._commits % VACUUM_EVERY_COMMITS == 0:
-                self.vacuum()
         except sqlite3.Error as exc:
             raise CheckpointError(f"{self.path}: commit failed: {exc}") from exc
+        self._commits += 1
+        if self._commits % VACUUM_EVERY_COMMITS == 0:
+            self._vacuum_quietly()  # after COMMIT: a vacuum failure must not report a landed commit as failed
         return True
+
+    def _vacuum_quietly(self) -> None:
+        try:
+            self.vacuum()
+        except sqlite3.Error as exc:
+            log.warning("%s: returning free pages failed (tried again later): %s", self.path, exc)
 
     def _cursors_at(self, expected: dict[tuple[str, str], str | None]) -> bool:
         """Compare-and-set, as in the fleet's store: every expected cursor still has its expected value."""
@@ -227,7 +236,7 @@ class CheckpointStore:
         """Forget done keys older than the retention, and give freed pages back; returns how many keys."""
         cutoff = time.time() - older_than_seconds
         cur = self._db.execute("DELETE FROM done WHERE done_at < ?", (cutoff,))
-        self.vacuum()
+        self._vacuum_quietly()
         return int(cur.rowcount)
 
     def vacuum(self, pages: int = VACUUM_PAGES) -> int:

@@ -1,6 +1,7 @@
-"""A TCP proxy on 127.0.0.1 that slows responses down: a slow S3 download, for real.
+"""TCP proxies on 127.0.0.1 for faults, for real: a slow S3 download (`SlowProxy`), a database behind a
+network that stops answering (`Blackhole`).
 
-It sits between the service and moto, forwards requests as they are and
+The slow one sits between the service and moto, forwards requests as they are and
 trickles responses at `bytes_per_second`, and tells the test how much of a
 response whose request line contains `watch` has gone through, so a signal
 can land in the middle of a download.
@@ -12,21 +13,28 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Self
 
 
-class SlowProxy:
-    def __init__(self, target_port: int, bytes_per_second: int, watch: bytes) -> None:
+class _ProxyThread:
+    """A TCP server on 127.0.0.1 running its own event loop on a thread, for the length of `running()`."""
+
+    def __init__(self, target_port: int, name: str) -> None:
         self.target_port = target_port
-        self.bytes_per_second = bytes_per_second
-        self.watch = watch
-        self.watched_bytes = 0
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="slow-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _starting(self) -> None:
+        """Set-up on the proxy's loop, before it accepts connections."""
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
+        self._starting()
         server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
@@ -37,6 +45,24 @@ class SlowProxy:
             task.cancel()
         self._loop.run_until_complete(asyncio.sleep(0))
         self._loop.close()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Self]:
+        self._thread.start()
+        self._ready.wait(10)
+        try:
+            yield self
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+
+class SlowProxy(_ProxyThread):
+    def __init__(self, target_port: int, bytes_per_second: int, watch: bytes) -> None:
+        super().__init__(target_port, "slow-proxy")
+        self.bytes_per_second = bytes_per_second
+        self.watch = watch
+        self.watched_bytes = 0
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         watched = {"on": False}
@@ -71,12 +97,60 @@ class SlowProxy:
                 with contextlib.suppress(Exception):
                     w.close()
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[SlowProxy]:
-        self._thread.start()
-        self._ready.wait(10)
+
+class Blackhole(_ProxyThread):
+    """A TCP proxy on 127.0.0.1 that can stop forwarding, like a network that drops every packet.
+
+    While `blocked`, connections stay open and accept bytes but nothing reaches the other side and nothing
+    comes back, so only the client's own timeouts end its calls (refused connections would be the easy
+    case). `heal(reset=True)` also drops the connections held meanwhile, as the server would have after a
+    long partition: a pooled connection is then dead without its client knowing.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port, "blackhole-proxy")
+        self._flowing = asyncio.Event()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def _starting(self) -> None:
+        self._flowing.set()
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self._writers.add(client_w)
         try:
-            yield self
+            await self._flowing.wait()  # a connection made during the outage hangs too
+            target_r, target_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except (OSError, asyncio.CancelledError):
+            client_w.close()
+            return
+        self._writers.add(target_w)
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            while data := await r.read(65536):
+                await self._flowing.wait()  # held, never delivered while blocked
+                w.write(data)
+                await w.drain()
+
+        try:
+            await asyncio.gather(pump(client_r, target_w), pump(target_r, client_w))
+        except (OSError, asyncio.CancelledError):
+            pass
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
+            for w in (client_w, target_w):
+                self._writers.discard(w)
+                with contextlib.suppress(Exception):
+                    w.close()
+
+    def block(self) -> None:
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
+    def heal(self, reset: bool = False) -> None:
+        def go() -> None:
+            if reset:
+                for w in list(self._writers):
+                    w.transport.abort()
+                self._writers.clear()
+            self._flowing.set()
+
+        self._loop.call_soon_threadsafe(go)
+

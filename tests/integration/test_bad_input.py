@@ -175,7 +175,7 @@ def test_malformed_inputs_ahead_of_valid_ones_never_stall_a_source(aws: str, tmp
             "invalid_payload": 2 + 4,  # one per bucket; Kinesis: three bad records and one bad event
             "unsupported_column": 2,
             "corrupt_gzip": 2,
-            "wrong_field_count": 2,  # the NUL lines: one in a Kinesis payload, one log event
+            "invalid_utf8": 2,  # the NUL lines: one in a Kinesis payload, one log event
         }
         source_errors = {tuple(dict(k).values()): int(v) for k, v in metrics.get("streamer_source_errors_total", {}).items()}
         assert source_errors.get(("bad_message", "sqs")) == 1
@@ -251,3 +251,34 @@ async def test_an_object_that_cannot_be_finished_does_not_cancel_the_others_of_i
 
 async def _nothing_done() -> set[str]:
     return set()
+
+
+async def test_an_object_whose_commit_keeps_failing_is_never_given_up_unread(aws: str) -> None:
+    """The last receive of an SQS message whose object cannot be committed leaves the message to SQS (and its
+    dead-letter queue) rather than marking the object done with nothing counted."""
+    from streamer.aws import AwsClients
+    from streamer.sources.s3_sqs import S3SqsSource, S3SqsSourceConfig
+
+    s3, sqs = boto("s3", aws), boto("sqs", aws)
+    s3.create_bucket(Bucket="notified")
+    key = aws_key(NOW, "daily", n=0)
+    s3.put_object(Bucket="notified", Key=key, Body=flow_object(None, 10, 1, EPOCH))
+    url = sqs.create_queue(QueueName="commit-fails")["QueueUrl"]
+    s3_part = {"bucket": {"name": "notified"}, "object": {"key": key, "size": 1, "eTag": "e"}}
+    event = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": s3_part}]}
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(event))
+    message = sqs.receive_message(QueueUrl=url, VisibilityTimeout=0, MessageSystemAttributeNames=["ApproximateReceiveCount"])
+    [msg] = message["Messages"]
+    clients = AwsClients()
+    try:
+        config = S3SqsSourceConfig(type="s3_sqs", queue_url=url, endpoint_url=aws, max_receive_count=1)
+        source = S3SqsSource("sqs", config, await clients.sqs("us-east-1", aws), await clients.s3("us-east-1", aws))
+        sink = FailingSink(key)  # its give_up fails the test
+        await source._handle(sink, msg)  # type: ignore[arg-type]
+    finally:
+        await clients.close()
+    [(reason, _)] = sink.errors
+    assert reason == "commit_failed"
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    left = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)
+    assert sum(int(v) for v in left["Attributes"].values()) == 1  # not deleted

@@ -110,6 +110,10 @@ async def test_subscription_filter_to_kinesis_counts_exactly_and_skips_bad_recor
         errors = {dict(k)["reason"]: v for k, v in metrics["streamer_decode_errors_total"].items()}
         assert errors == {"wrong_field_count": 1, "invalid_payload": 1}
         assert metrics["streamer_source_ready"][(("source", "kinesis"),)] == 1
+        # Each shard's lag behind its newest record, from GetRecords' MillisBehindLatest: caught up here.
+        behind = {dict(k)["shard"]: v for k, v in metrics["streamer_kinesis_behind_seconds"].items()}
+        assert sorted(behind) == ["shardId-000000000000", "shardId-000000000001"]
+        assert all(v == 0 for v in behind.values())
 
 
 async def test_kinesis_resumes_from_checkpoint_and_drains_parents_before_children(aws: str, tmp_path: Path) -> None:

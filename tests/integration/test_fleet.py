@@ -319,17 +319,19 @@ def test_store_claims_fence_leases_and_refuse_a_newer_schema(pg_url: str, postgr
 
 def test_store_errors_never_show_the_password(tmp_path: Path) -> None:
     from streamer.store.base import CheckpointError
+    from streamer.store.pgtimeouts import Timeouts
     from streamer.store.postgres import PostgresStore
 
     closed = free_port()  # nothing listens there
+    quick = Timeouts(connect_seconds=2)
     with pytest.raises(CheckpointError) as err:
-        PostgresStore(f"postgresql://fleet:in-the-url-42@127.0.0.1:{closed}/flows", "r1", connect_timeout=2)
+        PostgresStore(f"postgresql://fleet:in-the-url-42@127.0.0.1:{closed}/flows", "r1", timeouts=quick)
     assert "in-the-url-42" not in str(err.value)
     assert f"postgresql://fleet@127.0.0.1:{closed}/flows" in str(err.value)
     secret = tmp_path / "password"
     secret.write_text("from-a-file-77\n")
     with pytest.raises(CheckpointError) as err:
-        PostgresStore(f"postgresql://fleet@127.0.0.1:{closed}/flows", "r1", password_file=secret, connect_timeout=2)
+        PostgresStore(f"postgresql://fleet@127.0.0.1:{closed}/flows", "r1", password_file=secret, timeouts=quick)
     assert "from-a-file-77" not in str(err.value)
     with pytest.raises(CheckpointError, match="password_file"):
         PostgresStore(f"postgresql://fleet@127.0.0.1:{closed}/flows", "r1", password_file=tmp_path / "missing")

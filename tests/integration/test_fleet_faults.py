@@ -206,6 +206,12 @@ class Interrupted:
     def polled(self, source: str) -> None:
         self.pipeline.polled(source)
 
+    def behind(self, source: str, shard: str, seconds: float | None) -> None:
+        self.pipeline.behind(source, shard, seconds)
+
+    def queue_backlog(self, source: str, waiting: int, held: int, oldest_age_seconds: float | None) -> None:
+        self.pipeline.queue_backlog(source, waiting, held, oldest_age_seconds)
+
 
 @contextlib.asynccontextmanager
 async def task(coro: Any) -> AsyncIterator[asyncio.Task[Any]]:

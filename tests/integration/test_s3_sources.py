@@ -170,7 +170,16 @@ async def test_sqs_notifications_with_two_competing_consumers(aws: str, tmp_path
     sqs.send_message(QueueUrl=url, MessageBody="this is not json")
 
     def source(name: str) -> dict[str, object]:
-        return {"type": "s3_sqs", "name": name, "queue_url": url, "endpoint_url": aws, "wait_time_seconds": 1, "max_messages": 2}
+        # One object at a time each: with the default bytes in flight, one replica may take all 12 small objects.
+        return {
+            "type": "s3_sqs",
+            "name": name,
+            "queue_url": url,
+            "endpoint_url": aws,
+            "wait_time_seconds": 1,
+            "max_messages": 2,
+            "max_bytes_in_flight": 1,
+        }
 
     async with (
         running(service_config(tmp_path / "a", [source("sqs-a")])) as a,
@@ -224,6 +233,9 @@ async def test_sns_wrapped_test_event_and_duplicate_notifications(aws: str, tmp_
         metrics = await wait_metrics(service.port, finished(2, None), what="two notifications")
         assert objects_by_outcome(metrics) == {"ok": 1, "duplicate": 1}
         assert exported_totals(metrics) == truth.totals
+        # Nothing is in flight once both are done (each input is counted in while it is worked, and out after).
+        assert list(metrics["streamer_inputs_in_flight"].values()) == [0]
+        assert list(metrics["streamer_input_bytes_in_flight"].values()) == [0]
 
 
 def test_flow_object_helper() -> None:

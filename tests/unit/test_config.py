@@ -123,3 +123,15 @@ def test_fleet_replica_id_defaults_to_the_hostname_and_the_url_is_secret() -> No
     assert "s3cret" not in repr(config)
     with pytest.raises(ConfigError, match=r"checkpoint\.url: .*postgresql://"):
         parse_config({**BASE, "checkpoint": {"url": "mysql://db/flows"}}, {})
+
+
+def test_database_timeouts_have_defaults_and_bad_ones_fail_naming_the_key() -> None:
+    cp = parse_config({**BASE, "checkpoint": {"url": "postgresql://u@db:5432/flows"}}, {}).checkpoint
+    assert (cp.connect_timeout_seconds, cp.statement_timeout_seconds, cp.tcp_user_timeout_seconds) == (10, 30, 30)
+    assert (cp.keepalive_idle_seconds, cp.keepalive_interval_seconds, cp.keepalive_count) == (10, 5, 3)
+    with pytest.raises(ConfigError, match=r"checkpoint\.statement_timeout_seconds"):
+        parse_config({**BASE, "checkpoint": {"statement_timeout_seconds": 0}}, {})
+    with pytest.raises(ConfigError, match=r"checkpoint\.connect_timeout_seconds"):
+        parse_config({**BASE, "checkpoint": {"connect_timeout_seconds": 1}}, {})
+    with pytest.raises(ConfigError, match=r"checkpoint\.keepalive_count"):
+        parse_config({**BASE, "checkpoint": {"keepalive_count": "many"}}, {})

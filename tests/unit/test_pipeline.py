@@ -231,3 +231,15 @@ async def test_a_read_failure_is_not_bad_input_nothing_is_committed(tmp_path: Pa
     assert pipe.commits == 0
     assert store.done_among("s3", ["bucket/reset#e"]) == set()  # read again, not remembered as failed
     pipe.store.close()
+
+
+def test_a_shard_no_longer_read_here_drops_its_lag_series(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    """A shard that moved to another replica must not keep exporting its last lag from this one."""
+    pipe = pipeline(CheckpointStore(tmp_path / "state.db"), pool)
+    registry = pipe.telemetry.behind
+    pipe.behind("kinesis", "shard-0", 600.0)
+    assert [s.value for m in registry.collect() for s in m.samples] == [600.0]
+    pipe.behind("kinesis", "shard-0", None)
+    pipe.behind("kinesis", "shard-0", None)  # twice: still fine
+    assert [s for m in registry.collect() for s in m.samples] == []
+    pipe.store.close()

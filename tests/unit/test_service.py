@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
+
+import pytest
 
 from streamer.aws import AwsClients
 from streamer.config import parse_config
+from streamer.pipeline import Store
 from streamer.service import CLEAN_RUN_SECONDS, RestartBackoff, Service
+from streamer.store.base import CheckpointError
+from streamer.store.sqlite import CheckpointStore
 
 
 def test_backoff_doubles_while_a_source_keeps_crashing_up_to_the_limit() -> None:
@@ -32,3 +39,35 @@ def test_detector_baselines_expire_with_their_interfaces(tmp_path: Path) -> None
     }
     service = Service(parse_config(doc, {}), AwsClients())
     assert service._settings().idle_seconds == 1234
+
+
+class _PruneFails(CheckpointStore):
+    """The real SQLite store whose housekeeping fails (a locked or slow database)."""
+
+    calls = 0
+
+    def prune(self, older_than_seconds: float) -> int:
+        type(self).calls += 1
+        raise CheckpointError("database is locked")
+
+
+async def test_a_failed_prune_is_tried_again_and_stops_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import streamer.service as service_module
+
+    monkeypatch.setattr(service_module, "PRUNE_INTERVAL_SECONDS", 0.01)
+    doc = {"checkpoint": {"path": str(tmp_path / "state.db")}, "sources": [{"type": "s3", "bucket": "flow-logs"}]}
+    service = Service(parse_config(doc, {}), AwsClients())
+    store = Store(_PruneFails(tmp_path / "state.db"))
+    task = asyncio.create_task(service._prune(store))
+    try:
+        for _ in range(1000):
+            if _PruneFails.calls >= 3 or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert not task.done()  # the failure did not end the task (nor, through the TaskGroup, the service)
+        assert _PruneFails.calls >= 3
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        store.close()

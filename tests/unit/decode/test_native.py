@@ -56,7 +56,7 @@ def test_a_clean_chunk_is_taken_natively_with_arrow_types() -> None:
         b"2 123456789010 eni-1 10.0.0.1 10.0.0.2 443 5000 6 10 840 1700000000 1700000060 ACCEPT OK\n"
         b"2 123456789010 eni-2 - - - - - - - 1700000000 1700000060 - NODATA\r\n"
         b"\n"
-        b"2 123456789010 eni-1 2001:db8::1 10.0.0.2 999999999 1 17 999999999999999999 0 1700000000 1700000060 REJECT OK"
+        b"2 123456789010 eni-1 2001:db8::1 10.0.0.2 999999999 1 17 9999999999999 0 1700000000 1700000060 REJECT OK"
     )
     native, arrow, taken = both(DEFAULT_FIELDS, chunk)
     assert taken

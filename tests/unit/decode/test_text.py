@@ -95,3 +95,17 @@ def test_empty_chunk() -> None:
     rows, errors = decode(b"")
     assert rows == []
     assert errors.counts == {}
+
+
+def test_a_line_with_a_nul_byte_is_one_error_on_either_path_and_the_rest_counts() -> None:
+    """No store can hold a NUL in text (PostgreSQL refuses it): the line goes, counted, before it reaches one."""
+    good = b"2 1 eni-a 1.1.1.1 2.2.2.2 1 2 6 1 40 100 160 ACCEPT OK\n"
+    chunk = good * 3 + b"2 1 eni-a\x00b 1.1.1.1 2.2.2.2 1 2 6 1 40 100 160 ACCEPT OK\n" + good * 70
+    for native in (True, False):
+        decoder = TextDecoder(DEFAULT_FIELDS, None)
+        decoder.native = decoder.native and native
+        errors = ErrorCounts()
+        table = decoder.decode(chunk, errors)
+        assert table.num_rows == 73
+        assert errors.counts == {"invalid_utf8": 1}
+        assert all("\x00" not in str(v) for v in table.column("interface-id").to_pylist())

@@ -335,3 +335,36 @@ def test_the_request_parser_reads_or_refuses_any_body_and_raises_nothing_else(bo
     assert request_id
     assert all(isinstance(c, bytes) and c.endswith(b"\n") for c in found.chunks)
     assert set(found.errors) <= {"invalid_payload", "invalid_json"}
+
+
+async def _raw_status(port: int, head: bytes, body: bytes) -> int:
+    """One request written byte for byte: headers a well-behaved client library would refuse to send."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + head)
+        writer.write(b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        return int((await asyncio.wait_for(reader.readline(), 10)).split()[1])
+    finally:
+        writer.close()
+
+
+async def test_undecodable_header_bytes_and_lone_surrogates_get_an_answer_not_a_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = FirehoseHttpSourceConfig(type="firehose_http", listen_address="127.0.0.1:0", access_key=KEY)
+    source = FirehoseHttpSource("firehose", config)
+    sink = HeldSink()
+    sink.release.set()
+    task = await started(source, sink)
+    try:
+        key = f"{ACCESS_KEY}: {KEY}\r\n".encode()
+        assert await _raw_status(source.port, f"{ACCESS_KEY}: ".encode() + b"\xff\xfe\r\n", request("a")) == 401
+        assert await _raw_status(source.port, key + b"X-Amz-Firehose-Request-Id: \xff\r\n", b"{") == 400
+        lone = request("x").replace(b'"x"', b'"\\ud800"')  # a JSON escape for half a character
+        assert await _raw_status(source.port, key, lone) == 200
+        assert "Traceback" not in caplog.text
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
