@@ -29,8 +29,7 @@ from typing import Any, TypeVar
 from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
 from streamer.aggregate.detection import Detection
-from streamer.aggregate.pairing import PARTIAL_SOURCE, Pairing, encode_candidates
-from streamer.aggregate.pairing import SNAPSHOT_NAME as PAIRING_SNAPSHOT
+from streamer.aggregate.pairing import PARTIAL_SOURCE, PREFIX, Pairing, encode_candidates
 from streamer.aggregate.state import FlowState
 from streamer.aggregate.windows import WindowBatch, encode_partial, merge
 from streamer.decode.objects import ObjectReader
@@ -108,7 +107,6 @@ class Pipeline:
         insights_window_seconds: int | None = None,
         partials_window_seconds: int | None = None,
         pairing: Pairing | None = None,
-        pairing_snapshot: str = PAIRING_SNAPSHOT,
     ) -> None:
         self.state = state
         self.store = store
@@ -126,9 +124,8 @@ class Pipeline:
         self.columns = columns(windowed, insights_window_seconds is not None)
         self.window_seconds = detection.windows.window_seconds if detection is not None else partials_window_seconds
         self.insights_window_seconds = insights_window_seconds
-        #: NACL return-reject pairing state, committed with the counters under `pairing_snapshot`
+        #: NACL return-reject pairing state, committed with the counters as snapshot pieces
         self.pairing = pairing
-        self.pairing_snapshot = pairing_snapshot
         #: commits that landed (tests and readiness wait on this, not on sleeps)
         self.commits = 0
         #: a commit failed with an unknown outcome: live state is reloaded from the store before the next one
@@ -232,8 +229,9 @@ class Pipeline:
             await self._reload_if_stale()
             paired = None
             if self.pairing is not None and change.delta.pairs is not None:
-                paired = await asyncio.to_thread(change.delta.pair_with, self.pairing)
-                change.snapshots[self.pairing_snapshot] = await asyncio.to_thread(paired.snapshot)
+                paired, pieces = await asyncio.to_thread(change.delta.pair_with, self.pairing)
+                change.snapshots.update(pieces.snapshots)
+                change.drop_snapshots.extend(pieces.drop)
             if self.max_interfaces is not None:
                 change.delta, change.forget = self.state.capped(
                     change.delta, self.max_interfaces, self.interface_idle_seconds, now
@@ -273,9 +271,8 @@ class Pipeline:
         if self._stale:
             self.state = await self.store.call(self.store.store.load_state)
             if self.pairing is not None:
-                blob = await self.store.call(self.store.store.snapshot, self.pairing_snapshot)
-                lateness = self.pairing.lateness_seconds
-                self.pairing = Pairing(lateness) if blob is None else Pairing.restore(blob, lateness)
+                pieces = await self.store.call(self.store.store.snapshots, PREFIX)
+                self.pairing = await asyncio.to_thread(Pairing.restore, pieces, self.pairing.lateness_seconds)
             self._stale = False
             log.info("live state reloaded from the checkpoint after a commit with an unknown outcome")
 

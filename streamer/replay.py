@@ -108,7 +108,7 @@ def replay_counts(
         with open_input(item) as handle:
             result = ingest.run(read_chunks(handle, progress), parts.append)
         delta = delta_of(parts)
-        pairing = delta.pair_with(pairing)
+        pairing, _ = delta.pair_with(pairing)  # nothing is committed: the pieces go
         windows = [p.windows for p in parts if p.windows is not None]
         if detection is not None:
             detection, found = detection.advance(windows)

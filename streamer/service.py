@@ -25,7 +25,7 @@ from streamer.aggregate import insights as ins
 from streamer.aggregate.anomaly import Settings
 from streamer.aggregate.detection import DETECTOR_SNAPSHOT, SNAPSHOT_NAME, Detection
 from streamer.aggregate.eventtime import EventClock
-from streamer.aggregate.pairing import SNAPSHOT_NAME as PAIRING_SNAPSHOT
+from streamer.aggregate.pairing import PREFIX as PAIRING_PREFIX
 from streamer.aggregate.pairing import Paired, Pairing
 from streamer.aggregate.state import FlowState
 from streamer.aws import AwsClients
@@ -284,10 +284,8 @@ class Service:
         to the leader instead, which pairs what every replica saw (store/leader.py)."""
         if not self.config.insights.enabled or fleet:
             return {}
-        blob = await store.call(store.store.snapshot, PAIRING_SNAPSHOT)
-        lateness = self.config.anomaly.lateness_seconds
-        pairing = Pairing(lateness) if blob is None else await asyncio.to_thread(Pairing.restore, blob, lateness)
-        return {"pairing": pairing}
+        pieces = await store.call(store.store.snapshots, PAIRING_PREFIX)
+        return {"pairing": await asyncio.to_thread(Pairing.restore, pieces, self.config.anomaly.lateness_seconds)}
 
     async def _restore_detection(self, store: Store) -> Detection:
         cfg = self.config.anomaly

@@ -6,13 +6,14 @@ no per-record Python) into rows of one long table of exact sums,
 committed with them. A signal is computed only when the format carries the
 fields it needs; a format without them simply gets no rows.
 
-- `nacl_return_rejects` (key1 = ENI): a REJECT whose reversed flow
-  (addresses and ports swapped, same protocol) has an ACCEPT on the same ENI
-  in the same or an earlier window, within the lateness. Security groups are
-  stateful and never evaluate replies; NACLs are stateless, so this is a NACL
-  dropping replies (usually a missing rule for the ephemeral ports
-  1024-65535). A batch yields only hashed candidates; `pairing.Pairing` pairs
-  them across chunks, inputs and restarts (`add_pairs` folds in its counts).
+- `nacl_return_rejects` (key1 = ENI): a REJECT to an ephemeral port
+  (1024-65535) whose reversed flow (addresses and ports swapped, same
+  protocol) was ACCEPTed on the same ENI in the same window or one at most
+  the lateness earlier. Security groups are stateful and never evaluate
+  replies; NACLs are stateless, so this is a NACL dropping replies (usually a
+  missing rule for the ephemeral ports). A batch yields only hashed
+  candidates; `pairing.Pairing` pairs them across chunks, inputs, replicas
+  and restarts (`add_pairs` folds in its counts).
 - `gateway_endpoint_candidates` (VPC, service): egress to S3 or DynamoDB
   (`pkt-dst-aws-service`) leaving through a NAT gateway (traffic-path 1) or an
   internet gateway (8): traffic a free gateway endpoint would carry.
@@ -87,7 +88,6 @@ COLUMNS = (
     "vpc-id",
 )
 _FLOW = ("interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol")
-_REVERSED = {"srcaddr": "dstaddr", "dstaddr": "srcaddr", "srcport": "dstport", "dstport": "srcport"}
 _GLOBAL_IPV6 = r"^[23][0-9a-fA-F]{3}:"
 
 
@@ -132,38 +132,11 @@ def _vpc(table: pa.Table) -> pa.ChunkedArray | pa.Array:
     return pa.array(["-"] * table.num_rows, pa.string())
 
 
-def _times(table: pa.Table) -> pa.ChunkedArray | pa.Array:
-    cols = [table.column(n) for n in ("end", "start") if n in table.column_names]
-    if not cols:
-        return pa.nulls(table.num_rows, pa.int64())
-    return pc.coalesce(*cols) if len(cols) > 1 else cols[0]
-
-
-def _flows(table: pa.Table, mask: pa.ChunkedArray | pa.Array, window_seconds: int) -> pa.Table:
-    """The flow key columns and window of the rows in `mask` (few: filtered before anything is converted)."""
-    extra = ["decision"] if "decision" in table.column_names else []
-    picked = table.select([*_FLOW, *extra, *[n for n in ("end", "start") if n in table.column_names]]).filter(mask)
-    window = pc.multiply(pc.divide(pc.cast(_times(picked), pa.int64()), window_seconds), window_seconds)
-    names = (*_FLOW, *extra)
-    flows = pa.table({n: (_str(picked, n) if n == "interface-id" else picked.column(n)) for n in names}).append_column(
-        "window", window
-    )
-    valid = pc.is_valid(flows.column("window"))
-    for name in _FLOW:
-        valid = pc.and_(valid, pc.is_valid(flows.column(name)))
-    return flows.filter(valid)
-
-
 def _nacl(table: pa.Table, window_seconds: int) -> pa.Table:
-    """Accepted flows (possible requests) and rejects (possible replies), hashed: they are paired across
-    inputs by `pairing.Pairing`, not here."""
-    action = table.column("action")
-    either = pc.or_(is_value(action, "ACCEPT"), is_value(action, "REJECT"))
-    flows = _flows(table.append_column("decision", action), either, window_seconds)
-    if not flows.num_rows:
-        return pairing.CANDIDATES.empty_table()
-    decision = flows.column("decision")
-    return pairing.candidates(flows, is_value(decision, "ACCEPT"), is_value(decision, "REJECT"))
+    """Accepted requests and rejected possible replies, hashed: `pairing.Pairing` pairs them across
+    chunks, inputs and replicas, not here."""
+    times = [n for n in ("end", "start") if n in table.column_names]
+    return pairing.candidates(table.select([*_FLOW, "action", *times]), window_seconds)
 
 
 def _gateway(table: pa.Table) -> pa.Table:

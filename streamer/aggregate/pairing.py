@@ -1,23 +1,30 @@
-"""NACL return rejects paired across chunks, inputs and restarts.
+"""NACL return rejects paired across chunks, inputs, replicas and restarts.
 
 A rejected reply and its accepted request are often in different objects
 (each direction is captured in its own aggregation window, delivered minutes
-apart). So every input leaves behind, per (ENI, window), what may still pair:
+apart). So every input leaves behind, per window, what may still pair:
 
-- requests: a 64-bit hash of the flow their reply would have (addresses and
-  ports swapped, same protocol and ENI), one entry per distinct flow;
-- replies that found no request yet: the hash of their own flow, with a count.
+- requests: ACCEPTs from an ephemeral port (1024-65535) to a lower port, as a 64-bit hash of
+  the flow their reply would have (ENI, addresses and ports swapped, same
+  protocol): a sorted set of hashes per window, 8 bytes an entry;
+- replies that found no request yet: REJECTs to an ephemeral port from a lower one, with
+  their ENI, hash, count and example line (few: most rejects are scans of
+  service ports, which no reply goes to).
 
-A REJECT at window `wr` pairs with an ACCEPT at window `wq` on the same ENI
-when `0 <= wr - wq <= lateness`: the request's window is the same or earlier,
-whichever of the two arrives first. Each reject record counts once. Entries
-whose window is older than the newest window seen minus the lateness are
-dropped: nothing that could still pair with them is accepted any more.
+A reply pairs with a request when the request's window is the same or at most
+`lateness_seconds` earlier, whichever of the two arrives first. Each reject
+record counts once. Windows older than the newest window seen minus the
+lateness are dropped: a record that late is late for the detector too.
 
-Hashes are computed on whole batches with numpy, over Arrow's buffers (no
-per-record Python). The state is a
-snapshot committed with the counters, so it survives kill -9 and a retried
-input (not committed, or committed and then a duplicate) pairs nothing twice.
+The state is committed with the counters as snapshot pieces (see `Pieces`):
+each commit appends only the requests it adds (`pairing/w/<window>/q<seq>`),
+rewrites only the waiting replies of windows that changed
+(`pairing/w/<window>/r`), and drops old windows by name prefix. So a kill -9
+loses nothing, a retried input (not committed, or a duplicate) pairs nothing
+twice, and a commit writes what its input added, not the whole state.
+
+Hashes are computed on whole batches with numpy over Arrow's buffers (no
+per-record Python).
 """
 
 from __future__ import annotations
@@ -30,25 +37,25 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SNAPSHOT_NAME = "pairing"
-#: one input's candidates, before pairing (the reply tuple is kept only until then, for the example)
+from streamer.aggregate.columns import is_value
+
+#: the ports a reply goes back to (AWS's advice for NACL rules covering every client's ephemeral range)
+EPHEMERAL = (1024, 65535)
+#: every piece of the pairing state is named under this prefix
+PREFIX = "pairing/"
+META = PREFIX + "meta"
+#: one input's candidates: requests (window, hash) and replies (also ENI and the example line)
 CANDIDATES = pa.schema(
     [
-        pa.field("eni", pa.string()),
         pa.field("window", pa.int64()),
         pa.field("hash", pa.uint64()),
         pa.field("request", pa.bool_()),
-        # the record's flow: for the example line of a counted reject only (a request's, reversed)
-        pa.field("src", pa.string()),
-        pa.field("dst", pa.string()),
-        pa.field("sport", pa.int64()),
-        pa.field("dport", pa.int64()),
-        pa.field("proto", pa.int64()),
+        pa.field("eni", pa.string()),
+        pa.field("example", pa.string()),
     ]
 )
-REQUESTS = pa.schema([pa.field("window", pa.int64()), pa.field("hash", pa.uint64())])
 REPLIES = pa.schema(
-    [pa.field("eni", pa.string()), pa.field("window", pa.int64()), pa.field("hash", pa.uint64()), pa.field("n", pa.int64())]
+    [pa.field("eni", pa.string()), pa.field("hash", pa.uint64()), pa.field("n", pa.int64()), pa.field("example", pa.string())]
 )
 _MUL = np.uint64(0x9E3779B97F4A7C15)
 #: the string hash's base (odd: invertible mod 2^64) and its inverse
@@ -66,25 +73,24 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return out
 
 
-def _column_hash(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A uint64 per value: integers as they are, strings by a polynomial hash of their bytes."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    if pa.types.is_integer(col.type):
-        return np.asarray(pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)).astype(np.uint64)
-    # each distinct value once (ENIs and addresses repeat within a batch), then one take per row
-    encoded = pc.dictionary_encode(pc.cast(col, pa.string()))
-    indices = np.asarray(encoded.indices.to_numpy(zero_copy_only=False))
-    out: np.ndarray = _string_hash(encoded.dictionary)[indices]
-    return out
+def _strings_hash(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A uint64 per value of a string column (0 where null): each distinct value hashed once (ENIs and
+    addresses repeat within a batch), spread to the rows through the dictionary codes."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    out = [np.zeros(0, np.uint64)]
+    for chunk in chunks:
+        encoded = chunk if pa.types.is_dictionary(chunk.type) else pc.dictionary_encode(chunk)
+        codes = np.asarray(pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False))
+        values = pc.cast(encoded.dictionary, pa.string())
+        out.append(_string_hash(values)[codes] if len(values) else np.zeros(len(chunk), np.uint64))
+    return np.concatenate(out)
 
 
 def _string_hash(col: pa.Array) -> np.ndarray:
     """sum(byte_j * P^(len-1-j)) mod 2^64 per string, for all strings at once: prefix sums of
     byte_j * P^-j over the data buffer (P is odd, so invertible mod 2^64), differenced at the offsets."""
     n = len(col)
-    width = np.int64 if pa.types.is_large_string(col.type) else np.int32
-    offsets = np.frombuffer(col.buffers()[1], dtype=width)[col.offset : col.offset + n + 1].astype(np.int64)
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset : col.offset + n + 1].astype(np.int64)
     data_buffer = col.buffers()[2]
     first, last = int(offsets[0]), int(offsets[-1])
     raw = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
@@ -116,51 +122,64 @@ def _powers(size: int) -> tuple[np.ndarray, np.ndarray]:
     return inverse, powers
 
 
-def candidates(flows: pa.Table, is_request: pa.Array, is_reject: pa.Array) -> pa.Table:
-    """Requests (hash of their reply's flow) and rejects (hash of their own) of `flows`: valid rows of
-    interface-id, srcaddr, dstaddr, srcport, dstport, protocol and window."""
-    keep = pc.or_(is_request, is_reject)
-    request = is_request
-    if not pc.all(keep).as_py():  # the caller passes accepts and rejects only: no copy then
-        flows, request = flows.filter(keep), pc.filter(is_request, keep)
-    if not flows.num_rows:
-        return CANDIDATES.empty_table()
-    cols = {n: flows.column(n) for n in ("interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol")}
-    h = {n: _column_hash(c) for n, c in cols.items()}
-    req = np.asarray(request.to_numpy(zero_copy_only=False), bool)
-    # a request's reply comes back from where it went: its key is its flow reversed
-    a = np.where(req, h["dstaddr"], h["srcaddr"])
-    b = np.where(req, h["srcaddr"], h["dstaddr"])
-    pa_ = np.where(req, h["dstport"], h["srcport"])
-    pb = np.where(req, h["srcport"], h["dstport"])
+def _ints(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """int64 values, -1 where null (no port, protocol or time is negative)."""
+    out: np.ndarray = np.asarray(pc.fill_null(pc.cast(col, pa.int64()), -1).to_numpy(zero_copy_only=False), np.int64)
+    return out
+
+
+def _flag(mask: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(mask.to_numpy(zero_copy_only=False), bool)
+
+
+def _key(*parts: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
-        key = np.zeros(flows.num_rows, np.uint64)
-        for part in (h["interface-id"], a, b, pa_, pb, h["protocol"]):
-            key = _mix((key * _MUL) ^ part)
-    src, dst, sport, dport = cols["srcaddr"], cols["dstaddr"], cols["srcport"], cols["dstport"]
+        key = np.zeros(len(parts[0]), np.uint64)
+        for part in parts:
+            key = _mix((key * _MUL) ^ part.astype(np.uint64))
+    return key
+
+
+def candidates(table: pa.Table, window_seconds: int) -> pa.Table:
+    """One batch's requests and possible replies (`CANDIDATES`): needs interface-id, srcaddr, dstaddr,
+    srcport, dstport, protocol, action and end or start."""
+    times = [table.column(n) for n in ("end", "start") if n in table.column_names]
+    if not times:
+        return CANDIDATES.empty_table()
+    t = _ints(pc.coalesce(*times) if len(times) > 1 else times[0])
+    sport, dport, proto = (_ints(table.column(n)) for n in ("srcport", "dstport", "protocol"))
+    eni, src, dst = (table.column(n) for n in ("interface-id", "srcaddr", "dstaddr"))
+    present = pc.and_(pc.and_(pc.is_valid(eni), pc.is_valid(src)), pc.is_valid(dst))
+    valid = (t >= 0) & (proto >= 0) & (sport >= 0) & (dport >= 0) & _flag(present)
+    low, high = EPHEMERAL
+    action = table.column("action")
+    # a request leaves from an ephemeral port to a lower one; its reply comes back the other way
+    req = valid & _flag(is_value(action, "ACCEPT")) & (sport >= low) & (sport <= high) & (dport < sport)
+    rep = valid & _flag(is_value(action, "REJECT")) & (dport >= low) & (dport <= high) & (sport < dport)
+    if not (req.any() or rep.any()):
+        return CANDIDATES.empty_table()
+    he, hs, hd = (_strings_hash(c) for c in (eni, src, dst))
+    window = t // window_seconds * window_seconds
+    # a request's reply comes back from where it went: its key is its own flow reversed
+    request_keys = _key(he[req], hd[req], hs[req], dport[req], sport[req], proto[req])
+    reply_keys = _key(he[rep], hs[rep], hd[rep], sport[rep], dport[rep], proto[rep])
+    rows = pa.array(np.flatnonzero(rep))
+    r = table.select(["interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol"]).take(rows)
+    text = [pc.cast(r.column(i), pa.string()) for i in range(6)]
+    example = pc.binary_join_element_wise(
+        text[0], " ", text[1], ":", text[3], " -> ", text[2], ":", text[4], " protocol ", text[5], " REJECT", ""
+    )
+    n_req, n_rep = int(req.sum()), int(rep.sum())
     return pa.table(
         {
-            "eni": pc.cast(cols["interface-id"], pa.string()),
-            "window": pc.cast(flows.column("window"), pa.int64()),
-            "hash": pa.array(key, pa.uint64()),
-            "request": request,
-            "src": pc.cast(src, pa.string()),
-            "dst": pc.cast(dst, pa.string()),
-            "sport": pc.cast(sport, pa.int64()),
-            "dport": pc.cast(dport, pa.int64()),
-            "proto": pc.cast(cols["protocol"], pa.int64()),
+            "window": np.concatenate([window[req], window[rep]]),
+            "hash": np.concatenate([request_keys, reply_keys]),
+            "request": np.concatenate([np.ones(n_req, bool), np.zeros(n_rep, bool)]),
+            "eni": pa.concat_arrays([pa.nulls(n_req, pa.string()), pc.cast(text[0], pa.string()).combine_chunks()]),
+            "example": pa.concat_arrays([pa.nulls(n_req, pa.string()), example.combine_chunks()]),
         },
         schema=CANDIDATES,
     )
-
-
-def _text(row: pa.Table) -> str:
-    """The example line of a reject from its candidate row, or from its request's (reversed: the same flow)."""
-    r = row.slice(0, 1).to_pylist()[0]
-    src, sport, dst, dport = r["src"], r["sport"], r["dst"], r["dport"]
-    if r["request"]:
-        src, sport, dst, dport = dst, dport, src, sport
-    return f"{r['eni']} {src}:{sport} -> {dst}:{dport} protocol {r['proto']} REJECT"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,119 +190,182 @@ class Paired:
     examples: dict[str, str]
 
 
+@dataclasses.dataclass
+class Pieces:
+    """The snapshot pieces one pairing step writes, and the name prefixes it drops (before writing)."""
+
+    snapshots: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    drop: list[str] = dataclasses.field(default_factory=list)
+
+    def then(self, later: Pieces) -> None:
+        """Fold a later step's pieces into these (what it drops goes, even if written here)."""
+        for prefix in later.drop:
+            for name in [n for n in self.snapshots if n.startswith(prefix)]:
+                del self.snapshots[name]
+        self.drop.extend(later.drop)
+        self.snapshots.update(later.snapshots)
+
+
+def _window_prefix(window: int) -> str:
+    return f"{PREFIX}w/{window:012d}/"
+
+
+def _isin(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    if not len(sorted_set):
+        return np.zeros(len(values), bool)
+    at = np.searchsorted(sorted_set, values).clip(0, len(sorted_set) - 1)
+    found: np.ndarray = sorted_set[at] == values
+    return found
+
+
+def _encode_replies(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    with pa.ipc.new_stream(buf, REPLIES) as w:
+        w.write_table(table)
+    return buf.getvalue()
+
+
 @dataclasses.dataclass(frozen=True)
 class Pairing:
     """Requests and waiting replies that may still pair (immutable: a new one per input)."""
 
     lateness_seconds: int
-    requests: pa.Table = dataclasses.field(default_factory=REQUESTS.empty_table)
-    replies: pa.Table = dataclasses.field(default_factory=REPLIES.empty_table)
+    #: window -> sorted distinct hashes of the requests seen in it
+    requests: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+    #: window -> its waiting replies (`REPLIES`)
+    replies: dict[int, pa.Table] = dataclasses.field(default_factory=dict)
     #: the newest window seen: the state keeps `lateness_seconds` before it
     newest: int | None = None
+    #: the next requests piece's number (pieces of one window never share a name)
+    seq: int = 0
 
-    def pair(self, found: pa.Table) -> tuple[Pairing, Paired]:
+    def pair(self, found: pa.Table) -> tuple[Pairing, Paired, Pieces]:
         """Pair one input's candidates with the state and among themselves."""
         if not found.num_rows:
-            return self, Paired({}, {})
-        is_req = found.column("request")
-        new_req = found.select(["window", "hash"]).filter(is_req)  # numbers only: no strings copied
-        rejects = found.filter(pc.invert(is_req))
-        newest = pc.max(found.column("window")).as_py()
-        newest = newest if self.newest is None else max(newest, self.newest)
-        requests = pa.concat_tables([self.requests, new_req.cast(REQUESTS)])  # flow logs repeat a flow rarely
+            return self, Paired({}, {}), Pieces()
+        lateness = self.lateness_seconds
+        windows = np.asarray(found.column("window").to_numpy(), np.int64)
+        hashes = np.asarray(found.column("hash").to_numpy(), np.uint64)
+        is_req = _flag(found.column("request"))
+        newest = int(windows.max()) if self.newest is None else max(int(windows.max()), self.newest)
+        requests, replies = dict(self.requests), dict(self.replies)
+        pieces = Pieces()
+        added = _add_requests(requests, windows[is_req], hashes[is_req])
         counts: dict[str, int] = {}
         examples: dict[str, str] = {}
-        # New rejects against every request known (old and new).
-        rejects = rejects.append_column("row", pa.array(np.arange(rejects.num_rows), pa.int64()))
-        hit_rows = _matches(rejects, requests, self.lateness_seconds)
-        hit = rejects.take(hit_rows)
-        waiting = rejects.filter(pc.invert(pc.is_in(rejects.column("row"), value_set=hit_rows)))
-        _count(hit, counts, examples)
-        # Replies waiting from earlier inputs against the new requests.
-        old = self.replies.append_column("row", pa.array(np.arange(self.replies.num_rows), pa.int64()))
-        late_rows = _matches(old, new_req.cast(REQUESTS), self.lateness_seconds)
-        if len(late_rows):
-            late = old.take(late_rows)
-            g = late.group_by(["eni"], use_threads=False).aggregate([("n", "sum")])
-            for eni, n in zip(g.column("eni").to_pylist(), g.column("n_sum").to_pylist(), strict=True):
-                counts[eni] = counts.get(eni, 0) + n
-            _late_examples(late, found, examples)
-            old = old.filter(pc.invert(pc.is_in(old.column("row"), value_set=late_rows)))
-        waiting_g = (
-            waiting.group_by(["eni", "window", "hash"], use_threads=False)
-            .aggregate([([], "count_all")])
-            .rename_columns(["eni", "window", "hash", "n"])
-            .cast(REPLIES)
-        )
-        replies = pa.concat_tables([old.select(REPLIES.names), waiting_g])
-        floor = newest - self.lateness_seconds
-        requests = requests.filter(pc.greater_equal(requests.column("window"), floor))
-        replies = replies.filter(pc.greater_equal(replies.column("window"), floor))
-        return Pairing(self.lateness_seconds, requests, replies, newest), Paired(counts, examples)
+        # New replies against every request known, old and new.
+        rep = found.filter(pa.array(~is_req))
+        rep_w, rep_h = windows[~is_req], hashes[~is_req]
+        hit = np.zeros(len(rep_h), bool)
+        for q, known in requests.items():
+            near = (rep_w >= q) & (rep_w - q <= lateness) & ~hit
+            if near.any():
+                hit[near] = _isin(rep_h[near], known)
+        _tally(rep.filter(pa.array(hit)).select(["eni", "example"]), np.ones(int(hit.sum()), np.int64), counts, examples)
+        changed: set[int] = set()
+        # Replies waiting from earlier inputs against the requests this one added.
+        for w, table in self.replies.items():
+            late = np.zeros(table.num_rows, bool)
+            for q, new in added.items():
+                if 0 <= w - q <= lateness:
+                    late |= _isin(np.asarray(table.column("hash").to_numpy(), np.uint64), new)
+            if late.any():
+                _tally(table.filter(pa.array(late)), np.asarray(table.column("n").to_numpy())[late], counts, examples)
+                replies[w] = table.filter(pa.array(~late))
+                changed.add(w)
+        # Replies that found nothing wait, one row per (ENI, window, flow) with a count.
+        waiting = rep.filter(pa.array(~hit))
+        if waiting.num_rows:
+            g = waiting.group_by(["window", "eni", "hash"], use_threads=False).aggregate(
+                [([], "count_all"), ("example", "first")]
+            )
+            for w in pc.unique(g.column("window")).to_pylist():
+                mine = g.filter(pc.equal(g.column("window"), w))
+                new_rows = pa.table([mine.column(c) for c in ("eni", "hash", "count_all", "example_first")], schema=REPLIES)
+                replies[w] = pa.concat_tables([replies[w], new_rows]) if w in replies else new_rows
+                changed.add(w)
+        # What may no longer pair goes; the rest is written as pieces.
+        floor = newest - lateness
+        for w in [w for w in {*requests, *replies} if w < floor]:
+            requests.pop(w, None)
+            replies.pop(w, None)
+            if w in self.requests or w in self.replies:
+                pieces.drop.append(_window_prefix(w))
+        for q, new in added.items():
+            if q >= floor and len(new):
+                pieces.snapshots[f"{_window_prefix(q)}q{self.seq:012d}"] = new.tobytes()
+        for w in changed:
+            if w < floor:
+                continue
+            if replies[w].num_rows:
+                pieces.snapshots[f"{_window_prefix(w)}r"] = _encode_replies(replies[w])
+            else:
+                del replies[w]
+                pieces.drop.append(f"{_window_prefix(w)}r")
+        pieces.snapshots[META] = orjson.dumps({"newest": newest, "seq": self.seq + 1})
+        after = Pairing(lateness, requests, replies, newest, self.seq + 1)
+        return after, Paired(counts, examples), pieces
+
+    def entries(self) -> int:
+        return sum(len(a) for a in self.requests.values()) + sum(int(t.num_rows) for t in self.replies.values())
 
     def nbytes(self) -> int:
-        return int(self.requests.nbytes + self.replies.nbytes)
-
-    def snapshot(self) -> bytes:
-        sink = io.BytesIO()
-        newest = -1 if self.newest is None else self.newest
-        sink.write(newest.to_bytes(8, "big", signed=True))
-        for table in (self.requests, self.replies):
-            buf = io.BytesIO()
-            with pa.ipc.new_stream(buf, table.schema) as w:
-                w.write_table(table)
-            body = buf.getvalue()
-            sink.write(len(body).to_bytes(8, "big"))
-            sink.write(body)
-        return sink.getvalue()
+        return sum(int(a.nbytes) for a in self.requests.values()) + sum(int(t.nbytes) for t in self.replies.values())
 
     @classmethod
-    def restore(cls, blob: bytes, lateness_seconds: int) -> Pairing:
-        newest = int.from_bytes(blob[:8], "big", signed=True)
-        at, tables = 8, []
-        for _ in range(2):
-            size = int.from_bytes(blob[at : at + 8], "big")
-            tables.append(pa.ipc.open_stream(blob[at + 8 : at + 8 + size]).read_all())
-            at += 8 + size
-        return cls(lateness_seconds, tables[0], tables[1], None if newest < 0 else newest)
+    def restore(cls, pieces: dict[str, bytes], lateness_seconds: int) -> Pairing:
+        """The state from the pieces committed under `PREFIX` (none: an empty state)."""
+        if META not in pieces:
+            return cls(lateness_seconds)
+        meta = orjson.loads(pieces[META])
+        parts: dict[int, list[np.ndarray]] = {}
+        replies: dict[int, pa.Table] = {}
+        for name, blob in pieces.items():
+            if name == META:
+                continue
+            window_text, part = name[len(PREFIX) + 2 :].split("/")
+            window = int(window_text)
+            if part == "r":
+                replies[window] = pa.ipc.open_stream(blob).read_all().cast(REPLIES)
+            else:
+                parts.setdefault(window, []).append(np.frombuffer(blob, np.uint64))
+        requests = {w: np.unique(np.concatenate(p)) for w, p in parts.items()}
+        return cls(lateness_seconds, requests, replies, int(meta["newest"]), int(meta["seq"]))
 
 
-def _matches(replies: pa.Table, requests: pa.Table, lateness: int) -> pa.Array:
-    """Sorted, distinct `row` values of `replies` that pair with some request."""
-    if not replies.num_rows or not requests.num_rows:
-        return pa.array([], pa.int64())
-    # a cheap semi-join first: of the many requests, only those some reply hashes to
-    requests = requests.filter(pc.is_in(requests.column("hash"), value_set=pc.unique(replies.column("hash"))))
-    if not requests.num_rows:
-        return pa.array([], pa.int64())
-    left = replies.select(["hash", "window", "row"]).rename_columns(["hash", "reply_window", "row"])
-    joined = left.join(requests, ["hash"], join_type="inner", use_threads=False)
-    if not joined.num_rows:
-        return pa.array([], pa.int64())
-    gap = pc.subtract(joined.column("reply_window"), joined.column("window"))
-    ok = joined.filter(pc.and_(pc.greater_equal(gap, 0), pc.less_equal(gap, lateness)))
-    rows = pc.unique(ok.column("row"))
-    return pc.take(rows, pc.sort_indices(rows))
+def _add_requests(requests: dict[int, np.ndarray], windows: np.ndarray, hashes: np.ndarray) -> dict[int, np.ndarray]:
+    """Merge new requests into `requests` (copies of the windows touched); returns what is new per window."""
+    added: dict[int, np.ndarray] = {}
+    if not len(hashes):
+        return added
+    order = np.argsort(windows, kind="stable")  # timsort: records come about in time order, so near linear
+    windows, hashes = windows[order], hashes[order]
+    cuts = np.flatnonzero(windows[1:] != windows[:-1]) + 1
+    for w_part, h_part in zip(np.split(windows, cuts), np.split(hashes, cuts), strict=True):
+        w = int(w_part[0])
+        h_part = np.sort(h_part)
+        fresh = h_part[np.concatenate(([True], h_part[1:] != h_part[:-1]))]
+        known = requests.get(w)
+        if known is not None:
+            fresh = fresh[~_isin(fresh, known)]
+            if len(fresh):
+                requests[w] = np.insert(known, np.searchsorted(known, fresh), fresh)
+        else:
+            requests[w] = fresh
+        if len(fresh):
+            added[w] = fresh
+    return added
 
 
-def _count(hit: pa.Table, counts: dict[str, int], examples: dict[str, str]) -> None:
+def _tally(hit: pa.Table, n: np.ndarray, counts: dict[str, int], examples: dict[str, str]) -> None:
+    """Add paired rejects (`eni`, `example` columns; `n` records each) to the per-ENI counts and examples."""
     if not hit.num_rows:
         return
-    g = hit.group_by(["eni"], use_threads=False).aggregate([([], "count_all"), ("row", "min")])
-    for eni, n, row in zip(*(g.column(c).to_pylist() for c in ("eni", "count_all", "row_min")), strict=True):
-        counts[eni] = counts.get(eni, 0) + n
-        examples.setdefault(eni, _text(hit.filter(pc.equal(hit.column("row"), row))))
-
-
-def _late_examples(late: pa.Table, found: pa.Table, examples: dict[str, str]) -> None:
-    """A waiting reply's example: the request that paired it, reversed, is the reply's own flow."""
-    for eni in pc.unique(late.column("eni")).to_pylist():
-        if eni in examples:
-            continue
-        mine = late.filter(pc.equal(late.column("eni"), eni))
-        req = found.filter(pc.and_(found.column("request"), pc.is_in(found.column("hash"), value_set=mine.column("hash"))))
-        if req.num_rows:
-            examples[eni] = _text(req)
+    g = pa.table({"eni": hit.column("eni"), "n": n, "example": hit.column("example")})
+    g = g.group_by(["eni"], use_threads=False).aggregate([("n", "sum"), ("example", "first")])
+    for eni, total, text in zip(*(g.column(c).to_pylist() for c in ("eni", "n_sum", "example_first")), strict=True):
+        counts[eni] = counts.get(eni, 0) + total
+        examples.setdefault(eni, text)
 
 
 # --- the fleet: replicas send candidates to the leader, which pairs them all ------------------------

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import Counters, combine
-from streamer.aggregate.pairing import Pairing
+from streamer.aggregate.pairing import Pairing, Pieces
 from streamer.decode.errors import ErrorCounts
 
 OTHER_INTERFACE = "other"
@@ -66,15 +66,15 @@ class FlowState:
             self.insights = ins.fold([self.insights, delta.insights])
         ins.merge_examples(self.insight_examples, delta.insight_examples)
 
-    def pair_with(self, state: Pairing) -> Pairing:
+    def pair_with(self, state: Pairing) -> tuple[Pairing, Pieces]:
         """Pair this delta's candidates with `state`: its NACL counts and examples are added here; returns the
-        pairing state to commit with it."""
+        pairing state after it and the snapshot pieces to commit with it."""
         if self.pairs is None:
-            return state
-        after, paired = state.pair(self.pairs)
+            return state, Pieces()
+        after, paired, pieces = state.pair(self.pairs)
         self.insights = ins.add_pairs(self.insights, self.insight_examples, paired)
         self.pairs = None
-        return after
+        return after, pieces
 
     def add_errors(self, errors: ErrorCounts) -> None:
         for reason, count in errors.counts.items():

@@ -43,6 +43,8 @@ class Commit:
     done: list[Done] = dataclasses.field(default_factory=list)
     cursors: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
     snapshots: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    #: name prefixes of snapshots this commit deletes, before it writes `snapshots` (state kept in pieces)
+    drop_snapshots: list[str] = dataclasses.field(default_factory=list)
     #: idle interfaces whose counters and membership are dropped
     forget: list[str] = dataclasses.field(default_factory=list)
     #: fleet: the lease (kind, name) this input was read under; the commit fails if it is no longer held
@@ -68,6 +70,8 @@ class StateStore(Protocol):
     def cursors(self, source: str) -> dict[str, str]: ...
 
     def snapshot(self, name: str) -> bytes | None: ...
+
+    def snapshots(self, prefix: str) -> dict[str, bytes]: ...
 
     def prune(self, older_than_seconds: float) -> int: ...
 

@@ -28,8 +28,7 @@ import orjson
 
 from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
-from streamer.aggregate.pairing import PARTIAL_SOURCE, TOTALS_SNAPSHOT, Pairing, Totals, decode_candidates
-from streamer.aggregate.pairing import SNAPSHOT_NAME as PAIRING_SNAPSHOT
+from streamer.aggregate.pairing import PARTIAL_SOURCE, PREFIX, TOTALS_SNAPSHOT, Pairing, Pieces, Totals, decode_candidates
 from streamer.aggregate.windows import decode_partial
 from streamer.export.alerts import ActiveAlert, Alerter
 from streamer.store.base import CheckpointError, LeaseLost
@@ -117,7 +116,7 @@ class LeaderDetector:
         alerts = self.alerter.preview(anomalies)
         snapshots = {SNAPSHOT_NAME: blob, ALERTS_SNAPSHOT: _encode_alerts(alerts), **pairs.snapshots()}
         try:
-            await self._call(store.commit_detection, LEADER, consumed, snapshots, epoch)
+            await self._call(store.commit_detection, LEADER, consumed, snapshots, epoch, pairs.pieces.drop)
         except BaseException:
             self._step_down()  # committed or not, lease lost or not: the next step restores from the database
             raise
@@ -133,8 +132,8 @@ class LeaderDetector:
         self.detection = self.fresh() if blob is None else await asyncio.to_thread(self.restore, blob)  # big: off the loop
         if self.pairing_lateness_seconds is not None:
             lateness = self.pairing_lateness_seconds
-            blob = await self._call(store.snapshot, PAIRING_SNAPSHOT)
-            self.pairing = Pairing(lateness) if blob is None else await asyncio.to_thread(Pairing.restore, blob, lateness)
+            pieces = await self._call(store.snapshots, PREFIX)
+            self.pairing = await asyncio.to_thread(Pairing.restore, pieces, lateness)
             totals = await self._call(store.snapshot, TOTALS_SNAPSHOT)
             self.totals = Totals() if totals is None else Totals.restore(totals)
         alerts = await self._call(store.snapshot, ALERTS_SNAPSHOT)
@@ -163,6 +162,8 @@ class _Pairs:
 
     pairing: Pairing | None
     totals: Totals | None
+    #: the snapshot pieces of every step of the slice, committed with it
+    pieces: Pieces = dataclasses.field(default_factory=Pieces)
 
     def __post_init__(self) -> None:
         if self.totals is not None:
@@ -170,13 +171,14 @@ class _Pairs:
 
     def apply(self, body: bytes) -> None:
         if self.pairing is not None and self.totals is not None:
-            self.pairing, paired = self.pairing.pair(decode_candidates(body))
+            self.pairing, paired, pieces = self.pairing.pair(decode_candidates(body))
             self.totals.add(paired)
+            self.pieces.then(pieces)
 
     def snapshots(self) -> dict[str, bytes]:
         if self.pairing is None or self.totals is None:
             return {}
-        return {PAIRING_SNAPSHOT: self.pairing.snapshot(), TOTALS_SNAPSHOT: self.totals.snapshot()}
+        return {**self.pieces.snapshots, TOTALS_SNAPSHOT: self.totals.snapshot()}
 
 
 def _apply(

@@ -179,6 +179,9 @@ class CheckpointStore:
                     "INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)",
                     [(s, p, v) for (s, p), v in change.cursors.items()],
                 )
+                self._db.executemany(
+                    "DELETE FROM snapshots WHERE substr(name, 1, length(?1)) = ?1", [(p,) for p in change.drop_snapshots]
+                )
                 self._db.executemany("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", list(change.snapshots.items()))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -231,6 +234,11 @@ class CheckpointStore:
     def snapshot(self, name: str) -> bytes | None:
         row = self._db.execute("SELECT value FROM snapshots WHERE name = ?", (name,)).fetchone()
         return None if row is None else bytes(row[0])
+
+    def snapshots(self, prefix: str) -> dict[str, bytes]:
+        """Every snapshot whose name starts with `prefix` (state kept in pieces)."""
+        rows = self._db.execute("SELECT name, value FROM snapshots WHERE substr(name, 1, length(?1)) = ?1", (prefix,))
+        return {str(n): bytes(v) for n, v in rows}
 
     def prune(self, older_than_seconds: float) -> int:
         """Forget done keys older than the retention, and give freed pages back; returns how many keys."""

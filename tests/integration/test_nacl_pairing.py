@@ -141,3 +141,28 @@ def test_a_fleet_pairs_requests_read_by_one_replica_with_replies_read_by_the_oth
             if r.proc is not None:
                 r.stop()
     assert "Traceback" not in "".join(r.log.read_text() for r in replicas)
+
+
+def test_postgres_reads_pieces_by_prefix_and_drops_them_with_a_commit_or_the_leaders_step(pg_url: str) -> None:
+    """The pairing state's pieces on PostgreSQL: written and dropped by prefix in the same transaction as
+    the claim (a duplicate drops nothing), and by the leader's fenced step."""
+    from streamer.store.base import Commit, Done
+    from streamer.store.leader import LEADER
+    from streamer.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url, "r1")
+    try:
+        pieces = {"p/w/1/q1": b"a", "p/w/1/q2": b"b", "p/w/2/q1": b"c", "p/meta": b"m", "p.totals": b"t"}
+        assert store.commit(Commit(done=[Done("s3", "k1")], snapshots=pieces))
+        assert store.snapshots("p/") == {n: v for n, v in pieces.items() if n.startswith("p/")}
+        assert not store.commit(Commit(done=[Done("s3", "k1")], drop_snapshots=["p/w/1/"]))  # counted before
+        assert set(store.snapshots("p/w/1/")) == {"p/w/1/q1", "p/w/1/q2"}
+        assert store.commit(Commit(done=[Done("s3", "k2")], drop_snapshots=["p/w/1/"], snapshots={"p/w/1/q3": b"d"}))
+        assert store.snapshots("p/w/") == {"p/w/1/q3": b"d", "p/w/2/q1": b"c"}
+        epoch = store.acquire(*LEADER, 30)
+        assert epoch
+        store.commit_detection(LEADER, [], {"p/w/3/q4": b"e"}, epoch, ["p/w/1/", "p/w/2/"])
+        assert store.snapshots("p/") == {"p/w/3/q4": b"e", "p/meta": b"m"}
+        assert store.snapshot("p.totals") == b"t"
+    finally:
+        store.close()

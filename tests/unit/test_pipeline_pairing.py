@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.aggregate import insights as ins
-from streamer.aggregate.pairing import SNAPSHOT_NAME, Pairing
+from streamer.aggregate.pairing import PREFIX, Pairing
 from streamer.aggregate.state import FlowState
 from streamer.export.telemetry import Telemetry
 from streamer.pipeline import DUPLICATE, Pipeline, Store
@@ -30,8 +30,7 @@ def pool() -> Iterator[ThreadPoolExecutor]:
 def open_pipeline(path: Path, pool: ThreadPoolExecutor) -> Pipeline:
     """A process starting on the checkpoint at `path`, as the service does (state and pairing restored)."""
     store = CheckpointStore(path)
-    blob = store.snapshot(SNAPSHOT_NAME)
-    pairing = Pairing(LATENESS) if blob is None else Pairing.restore(blob, LATENESS)
+    pairing = Pairing.restore(store.snapshots(PREFIX), LATENESS)
     telemetry = Telemetry(CollectorRegistry())
     return Pipeline(store.load_state(), Store(store), telemetry, pool, insights_window_seconds=60, pairing=pairing)
 
@@ -65,5 +64,24 @@ async def test_a_pair_across_a_restart_counts_once_and_a_retry_adds_nothing(
     pipe = open_pipeline(tmp_path / "state.db", pool)
     assert nacl(pipe.state) == {ENI: 1}
     assert pipe.pairing is not None
-    assert pipe.pairing.replies.num_rows == 0
+    assert not pipe.pairing.replies  # the reply paired: it waits no more
+    pipe.store.close()
+
+
+async def test_the_state_is_committed_in_pieces_and_old_windows_go_with_the_counters(
+    tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    """Each commit appends its own requests; a piece once written is never rewritten; windows older than
+    the newest minus the lateness leave the checkpoint in the commit that moves past them."""
+    pipe = open_pipeline(tmp_path / "state.db", pool)
+    assert await pipe.process("s3", delivery("a", body([request(W + 5, port=p) for p in range(50001, 50051)]))) == "ok"
+    first = pipe.store.store.snapshots(PREFIX)
+    assert await pipe.process("s3", delivery("b", body([request(W + 65, port=p) for p in range(50001, 50051)]))) == "ok"
+    second = pipe.store.store.snapshots(PREFIX)
+    assert {n: v for n, v in second.items() if n in first and "/q" in n} == {n: v for n, v in first.items() if "/q" in n}
+    assert [len(v) for n, v in second.items() if n not in first] == [50 * 8]  # its 50 requests, 8 bytes each
+    late = W + 2 * LATENESS
+    assert await pipe.process("s3", delivery("c", body([request(late, port=50001)]))) == "ok"
+    windows = {n.split("/")[2] for n in pipe.store.store.snapshots(PREFIX) if "/w/" in n}
+    assert windows == {f"{late - late % 60:012d}"}
     pipe.store.close()
