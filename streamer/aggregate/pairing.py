@@ -80,10 +80,24 @@ def _strings_hash(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     out = [np.zeros(0, np.uint64)]
     for chunk in chunks:
         encoded = chunk if pa.types.is_dictionary(chunk.type) else pc.dictionary_encode(chunk)
-        codes = np.asarray(pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False))
+        indices = pc.fill_null(encoded.indices, 0) if encoded.indices.null_count else encoded.indices
+        codes = np.asarray(indices.to_numpy(zero_copy_only=False))
         values = pc.cast(encoded.dictionary, pa.string())
         out.append(_string_hash(values)[codes] if len(values) else np.zeros(len(chunk), np.uint64))
-    return np.concatenate(out)
+    return out[1] if len(out) == 2 else np.concatenate(out)
+
+
+def _equals(col: pa.ChunkedArray | pa.Array, value: str) -> np.ndarray:
+    """col == value as numpy booleans (False where null); on a dictionary, one test per distinct value."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    out = [np.zeros(0, bool)]
+    for chunk in chunks:
+        if pa.types.is_dictionary(chunk.type) and not chunk.indices.null_count:
+            hit = np.asarray(pc.fill_null(pc.equal(chunk.dictionary, value), False).to_numpy(zero_copy_only=False), bool)
+            out.append(hit[np.asarray(chunk.indices.to_numpy())] if len(hit) else np.zeros(len(chunk), bool))
+        else:
+            out.append(_flag(is_value(chunk, value)))
+    return out[1] if len(out) == 2 else np.concatenate(out)
 
 
 def _string_hash(col: pa.Array) -> np.ndarray:
@@ -124,20 +138,36 @@ def _powers(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _ints(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """int64 values, -1 where null (no port, protocol or time is negative)."""
-    out: np.ndarray = np.asarray(pc.fill_null(pc.cast(col, pa.int64()), -1).to_numpy(zero_copy_only=False), np.int64)
+    if col.type != pa.int64():
+        col = pc.cast(col, pa.int64())
+    if col.null_count:
+        col = pc.fill_null(col, -1)
+    out: np.ndarray = np.asarray(col.to_numpy(), np.int64) if isinstance(col, pa.Array) else _chunks(col)
     return out
+
+
+def _chunks(col: pa.ChunkedArray) -> np.ndarray:
+    parts = [np.asarray(c.to_numpy(), np.int64) for c in col.chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def _flag(mask: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(mask.to_numpy(zero_copy_only=False), bool)
 
 
-def _key(*parts: np.ndarray) -> np.ndarray:
+def _present(col: pa.ChunkedArray | pa.Array) -> np.ndarray | bool:
+    return _flag(pc.is_valid(col)) if col.null_count else True
+
+
+_K = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
+
+
+def _key(eni: np.ndarray, a: np.ndarray, b: np.ndarray, port_a: np.ndarray, port_b: np.ndarray, proto: np.ndarray) -> np.ndarray:
+    """The flow's 64-bit hash: its ports and protocol packed exactly into one integer, the (already
+    mixed) string hashes weighted by position, so (a, b) and (b, a) differ."""
+    packed = ((port_a << 24) | (port_b << 8) | (proto & 0xFF)).astype(np.uint64)
     with np.errstate(over="ignore"):
-        key = np.zeros(len(parts[0]), np.uint64)
-        for part in parts:
-            key = _mix((key * _MUL) ^ part.astype(np.uint64))
-    return key
+        return _mix(eni * _K[0] + a * _K[1] + b * _K[2] + _mix(packed))
 
 
 def candidates(table: pa.Table, window_seconds: int) -> pa.Table:
@@ -146,33 +176,36 @@ def candidates(table: pa.Table, window_seconds: int) -> pa.Table:
     times = [table.column(n) for n in ("end", "start") if n in table.column_names]
     if not times:
         return CANDIDATES.empty_table()
-    t = _ints(pc.coalesce(*times) if len(times) > 1 else times[0])
+    t = _ints(times[0])
+    if len(times) > 1 and times[0].null_count:
+        t = np.where(t < 0, _ints(times[1]), t)
     sport, dport, proto = (_ints(table.column(n)) for n in ("srcport", "dstport", "protocol"))
-    eni, src, dst = (table.column(n) for n in ("interface-id", "srcaddr", "dstaddr"))
-    present = pc.and_(pc.and_(pc.is_valid(eni), pc.is_valid(src)), pc.is_valid(dst))
-    valid = (t >= 0) & (proto >= 0) & (sport >= 0) & (dport >= 0) & _flag(present)
     low, high = EPHEMERAL
     action = table.column("action")
     # a request leaves from an ephemeral port to a lower one; its reply comes back the other way
-    req = valid & _flag(is_value(action, "ACCEPT")) & (sport >= low) & (sport <= high) & (dport < sport)
-    rep = valid & _flag(is_value(action, "REJECT")) & (dport >= low) & (dport <= high) & (sport < dport)
+    req = _equals(action, "ACCEPT") & (sport >= low) & (sport <= high) & (dport < sport) & (dport >= 0)
+    rep = _equals(action, "REJECT") & (dport >= low) & (dport <= high) & (sport < dport) & (sport >= 0)
+    eni, src, dst = (table.column(n) for n in ("interface-id", "srcaddr", "dstaddr"))
+    valid = (t >= 0) & (proto >= 0) & _present(eni) & _present(src) & _present(dst)
+    req &= valid
+    rep &= valid
     if not (req.any() or rep.any()):
         return CANDIDATES.empty_table()
     he, hs, hd = (_strings_hash(c) for c in (eni, src, dst))
     window = t // window_seconds * window_seconds
+    q, r = np.flatnonzero(req), np.flatnonzero(rep)
     # a request's reply comes back from where it went: its key is its own flow reversed
-    request_keys = _key(he[req], hd[req], hs[req], dport[req], sport[req], proto[req])
-    reply_keys = _key(he[rep], hs[rep], hd[rep], sport[rep], dport[rep], proto[rep])
-    rows = pa.array(np.flatnonzero(rep))
-    r = table.select(["interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol"]).take(rows)
-    text = [pc.cast(r.column(i), pa.string()) for i in range(6)]
+    request_keys = _key(he[q], hd[q], hs[q], dport[q], sport[q], proto[q])
+    reply_keys = _key(he[r], hs[r], hd[r], sport[r], dport[r], proto[r])
+    rejects = table.select(["interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol"]).take(pa.array(r))
+    text = [pc.cast(rejects.column(i), pa.string()) for i in range(6)]
     example = pc.binary_join_element_wise(
         text[0], " ", text[1], ":", text[3], " -> ", text[2], ":", text[4], " protocol ", text[5], " REJECT", ""
     )
-    n_req, n_rep = int(req.sum()), int(rep.sum())
+    n_req, n_rep = len(q), len(r)
     return pa.table(
         {
-            "window": np.concatenate([window[req], window[rep]]),
+            "window": np.concatenate([window[q], window[r]]),
             "hash": np.concatenate([request_keys, reply_keys]),
             "request": np.concatenate([np.ones(n_req, bool), np.zeros(n_rep, bool)]),
             "eni": pa.concat_arrays([pa.nulls(n_req, pa.string()), pc.cast(text[0], pa.string()).combine_chunks()]),
