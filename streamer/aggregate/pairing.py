@@ -4,12 +4,13 @@ A rejected reply and its accepted request are often in different objects
 (each direction is captured in its own aggregation window, delivered minutes
 apart). So every input leaves behind, per window, what may still pair:
 
-- requests: ACCEPTs from an ephemeral port (1024-65535) to a lower port, as a 64-bit hash of
-  the flow their reply would have (ENI, addresses and ports swapped, same
-  protocol): a sorted set of hashes per window, 8 bytes an entry;
-- replies that found no request yet: REJECTs to an ephemeral port from a lower one, with
-  their ENI, hash, count and example line (few: most rejects are scans of
-  service ports, which no reply goes to).
+- requests: TCP or UDP ACCEPTs from an ephemeral port (1024-65535) to a
+  lower port, as a 64-bit hash of the flow their reply would have (ENI,
+  addresses and ports swapped, same protocol): a sorted set of hashes per
+  window, 8 bytes an entry;
+- replies that found no request yet: REJECTs to an ephemeral port from a
+  lower one, with their ENI, hash, count and example line (few: most rejects
+  are scans of service ports, which no reply goes to).
 
 A reply pairs with a request when the request's window is the same or at most
 `lateness_seconds` earlier, whichever of the two arrives first. Each reject
@@ -39,7 +40,8 @@ import pyarrow.compute as pc
 
 from streamer.aggregate.columns import is_value
 
-#: the ports a reply goes back to (AWS's advice for NACL rules covering every client's ephemeral range)
+#: the ports a reply goes back to (AWS's advice for NACL rules covering every client's ephemeral range);
+#: only TCP (6) and UDP (17) flows have ports
 EPHEMERAL = (1024, 65535)
 #: every piece of the pairing state is named under this prefix
 PREFIX = "pairing/"
@@ -186,7 +188,7 @@ def candidates(table: pa.Table, window_seconds: int) -> pa.Table:
     req = _equals(action, "ACCEPT") & (sport >= low) & (sport <= high) & (dport < sport) & (dport >= 0)
     rep = _equals(action, "REJECT") & (dport >= low) & (dport <= high) & (sport < dport) & (sport >= 0)
     eni, src, dst = (table.column(n) for n in ("interface-id", "srcaddr", "dstaddr"))
-    valid = (t >= 0) & (proto >= 0) & _present(eni) & _present(src) & _present(dst)
+    valid = (t >= 0) & ((proto == 6) | (proto == 17)) & _present(eni) & _present(src) & _present(dst)
     req &= valid
     rep &= valid
     if not (req.any() or rep.any()):
