@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -141,7 +142,8 @@ def test_only_requests_from_an_ephemeral_port_and_replies_to_one_are_kept() -> N
     """A reject to a service port (a scan) is no reply, and an accept to an ephemeral port no request."""
     scan = InsightCase(ENI, "198.51.100.9", "10.0.1.5", 50000, 22, "REJECT", W + 5)
     served = InsightCase(ENI, "10.0.1.5", "52.94.1.10", 443, 50001, "ACCEPT", W + 5)  # a reply we sent
-    d = delta([scan, served])
+    sctp = dataclasses.replace(request(W + 5, port=50003), protocol=132)  # only TCP and UDP have ports
+    d = delta([scan, served, sctp, dataclasses.replace(reply(W + 6, port=50003), protocol=132)])
     assert d.pairs is None or d.pairs.num_rows == 0
     _, pairing = run([[request(W + 5)], [reply(W + 6, port=50002)]])
     assert pairing.entries() == 2  # one request, one reply waiting
