@@ -180,7 +180,7 @@ class CheckpointStore:
                     [(s, p, v) for (s, p), v in change.cursors.items()],
                 )
                 self._db.executemany(
-                    "DELETE FROM snapshots WHERE substr(name, 1, length(?1)) = ?1", [(p,) for p in change.drop_snapshots]
+                    "DELETE FROM snapshots WHERE name >= ? AND name < ?", [_range(p) for p in change.drop_snapshots]
                 )
                 self._db.executemany("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", list(change.snapshots.items()))
                 self._db.execute("COMMIT")
@@ -237,7 +237,7 @@ class CheckpointStore:
 
     def snapshots(self, prefix: str) -> dict[str, bytes]:
         """Every snapshot whose name starts with `prefix` (state kept in pieces)."""
-        rows = self._db.execute("SELECT name, value FROM snapshots WHERE substr(name, 1, length(?1)) = ?1", (prefix,))
+        rows = self._db.execute("SELECT name, value FROM snapshots WHERE name >= ? AND name < ?", _range(prefix))
         return {str(n): bytes(v) for n, v in rows}
 
     def prune(self, older_than_seconds: float) -> int:
@@ -257,6 +257,11 @@ class CheckpointStore:
         """The database file plus its write-ahead log."""
         wal = self.path.with_name(self.path.name + "-wal")
         return sum(p.stat().st_size for p in (self.path, wal) if p.exists())
+
+
+def _range(prefix: str) -> tuple[str, str]:
+    """The names starting with `prefix`, as a range the primary key answers (names compare as bytes)."""
+    return (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)) if prefix else ("", chr(0x10FFFF))
 
 
 def _by_namespace(done: list[Done]) -> dict[str, list[str]]:
