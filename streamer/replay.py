@@ -132,7 +132,7 @@ class _Pairs:
     def taking(self, parts: list[BatchResult]) -> Callable[[BatchResult], None]:
         def take(part: BatchResult) -> None:
             if part.insights is not None and part.insights.pairs is not None:
-                self.pairing, paired, _ = self.pairing.pair(part.insights.pairs)  # the pieces go
+                self.pairing, paired, _ = self.pairing.pair(part.insights.pairs, write=False)
                 part.insights.pairs = None
                 self.found.append(paired)
             parts.append(part)

@@ -9,8 +9,8 @@ apart). So every input leaves behind, per window, what may still pair:
   addresses and ports swapped, same protocol): a sorted set of hashes per
   window, 8 bytes an entry;
 - replies that found no request yet: REJECTs to an ephemeral port from a
-  lower one, with their ENI, hash, count and example line (few: most rejects
-  are scans of service ports, which no reply goes to).
+  lower one, with their ENI, hash and example line (few: most rejects are
+  scans of service ports, which no reply goes to).
 
 A reply pairs with a request when the request's window is the same or at most
 `lateness_seconds` earlier, whichever of the two arrives first. Each reject
@@ -274,8 +274,9 @@ class Pairing:
     #: the next requests piece's number (pieces of one window never share a name)
     seq: int = 0
 
-    def pair(self, found: pa.Table) -> tuple[Pairing, Paired, Pieces]:
-        """Pair one input's candidates with the state and among themselves."""
+    def pair(self, found: pa.Table, write: bool = True) -> tuple[Pairing, Paired, Pieces]:
+        """Pair one input's candidates with the state and among themselves (and, with `write`, the
+        pieces that commit the change)."""
         if not found.num_rows:
             return self, Paired({}, {}), Pieces()
         lateness = self.lateness_seconds
@@ -299,24 +300,27 @@ class Pairing:
         _tally(rep.filter(pa.array(hit)).select(["eni", "example"]), np.ones(int(hit.sum()), np.int64), counts, examples)
         changed: set[int] = set()
         # Replies waiting from earlier inputs against the requests this one added.
-        for w, table in self.replies.items():
+        for w, table in self.replies.items() if added else ():
+            near = [new for q, new in added.items() if 0 <= w - q <= lateness]
+            if not near:
+                continue
+            waiting_hashes = np.asarray(table.column("hash").to_numpy(), np.uint64)
             late = np.zeros(table.num_rows, bool)
-            for q, new in added.items():
-                if 0 <= w - q <= lateness:
-                    late |= _isin(np.asarray(table.column("hash").to_numpy(), np.uint64), new)
+            for new in near:
+                late |= _isin(waiting_hashes, new)
             if late.any():
                 _tally(table.filter(pa.array(late)), np.asarray(table.column("n").to_numpy())[late], counts, examples)
                 replies[w] = table.filter(pa.array(~late))
                 changed.add(w)
-        # Replies that found nothing wait, one row per (ENI, window, flow) with a count.
-        waiting = rep.filter(pa.array(~hit))
-        if waiting.num_rows:
-            g = waiting.group_by(["window", "eni", "hash"], use_threads=False).aggregate(
-                [([], "count_all"), ("example", "first")]
-            )
-            for w in pc.unique(g.column("window")).to_pylist():
-                mine = g.filter(pc.equal(g.column("window"), w))
-                new_rows = pa.table([mine.column(c) for c in ("eni", "hash", "count_all", "example_first")], schema=REPLIES)
+        # Replies that found nothing wait, a row each, in their window.
+        unpaired = np.flatnonzero(~hit)
+        if len(unpaired):
+            waiting = rep.take(pa.array(unpaired))
+            waiting_windows = rep_w[unpaired]
+            for w in np.unique(waiting_windows).tolist():
+                mine = waiting.filter(pa.array(waiting_windows == w))
+                n = pa.array(np.ones(mine.num_rows, np.int64))
+                new_rows = pa.table([mine.column("eni"), mine.column("hash"), n, mine.column("example")], schema=REPLIES)
                 replies[w] = pa.concat_tables([replies[w], new_rows]) if w in replies else new_rows
                 changed.add(w)
         # What may no longer pair goes; the rest is written as pieces.
@@ -326,17 +330,17 @@ class Pairing:
             replies.pop(w, None)
             if w in self.requests or w in self.replies:
                 pieces.drop.append(_window_prefix(w))
-        for q, new in added.items():
+        for q, new in added.items() if write else ():
             if q >= floor and len(new):
                 pieces.snapshots[f"{_window_prefix(q)}q{self.seq:012d}"] = new.tobytes()
         for w in changed:
             if w < floor:
                 continue
-            if replies[w].num_rows:
-                pieces.snapshots[f"{_window_prefix(w)}r"] = _encode_replies(replies[w])
-            else:
+            if not replies[w].num_rows:
                 del replies[w]
                 pieces.drop.append(f"{_window_prefix(w)}r")
+            elif write:
+                pieces.snapshots[f"{_window_prefix(w)}r"] = _encode_replies(replies[w])
         pieces.snapshots[META] = orjson.dumps({"newest": newest, "seq": self.seq + 1})
         after = Pairing(lateness, requests, replies, newest, self.seq + 1)
         return after, Paired(counts, examples), pieces
@@ -381,10 +385,12 @@ def _add_requests(requests: dict[int, np.ndarray], windows: np.ndarray, hashes: 
         h_part = np.sort(h_part)
         fresh = h_part[np.concatenate(([True], h_part[1:] != h_part[:-1]))]
         known = requests.get(w)
-        if known is not None:
-            fresh = fresh[~_isin(fresh, known)]
+        if known is not None and len(known):
+            at = np.searchsorted(known, fresh)
+            new = known[at.clip(0, len(known) - 1)] != fresh
+            fresh = fresh[new]
             if len(fresh):
-                requests[w] = np.insert(known, np.searchsorted(known, fresh), fresh)
+                requests[w] = np.insert(known, at[new], fresh)
         else:
             requests[w] = fresh
         if len(fresh):
