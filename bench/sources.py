@@ -4,7 +4,8 @@
     python bench/sources.py --objects 10 --kinesis-records 100
 
 The inputs are in moto before the process starts (a backlog, as after an
-outage or on a first start); the clock runs from the process being ready
+outage or on a first start), and each run has a fresh checkpoint; the clock
+runs from the process being ready
 until /metrics has counted every record. Kinesis records are gzip'd
 CloudWatch Logs documents of `--lines` flow-log lines each, read
 `--batch-records` per GetRecords, so that each shard has several batches to
@@ -39,7 +40,7 @@ from tests.integration.test_fleet import Fleet  # noqa: E402
 def timed(label: str, tmp: Path, source: dict[str, Any], total: int) -> dict[str, float]:
     folder = tmp / label
     folder.mkdir()
-    fleet = Fleet(folder, {"sources": [source]}, n=1)
+    fleet = Fleet(folder, {"checkpoint": {"path": str(folder / "state.db")}, "sources": [source]}, n=1)
     import yaml
 
     for r in fleet.replicas:  # one process on SQLite: no fleet section
@@ -101,9 +102,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=40)
     parser.add_argument("--records", type=int, default=40_000)
-    parser.add_argument("--kinesis-records", type=int, default=200, help="Kinesis records per shard (4 shards), 4x on 1 shard")
+    parser.add_argument("--kinesis-records", type=int, default=400, help="Kinesis records per shard (4 shards), 4x on 1 shard")
     parser.add_argument("--lines", type=int, default=1000, help="flow-log lines per Kinesis record")
-    parser.add_argument("--batch-records", type=int, default=20, help="Kinesis records per GetRecords")
+    parser.add_argument("--batch-records", type=int, default=100, help="Kinesis records per GetRecords")
     args = parser.parse_args()
 
     from moto.server import ThreadedMotoServer
