@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -40,3 +41,67 @@ def key(table: pa.Table, name: str) -> pa.ChunkedArray | pa.Array:
     if (pa.types.is_dictionary(col.type) and col.num_chunks == 1) or col.type == pa.string():
         return col
     return pc.cast(col, pa.string())  # several dictionaries would need unifying first: rare, so plain strings
+
+
+# --- as numpy arrays: a batch's integer and flag tests without an Arrow kernel call per test ----------
+
+
+def _chunks_of(col: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
+    return list(col.chunks) if isinstance(col, pa.ChunkedArray) else [col]
+
+
+def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def _valid_chunk(chunk: pa.Array) -> np.ndarray:
+    n = len(chunk)
+    bitmap = chunk.buffers()[0]
+    if not chunk.null_count or bitmap is None:
+        return np.ones(n, bool)
+    bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")
+    return bits[chunk.offset : chunk.offset + n].view(bool)
+
+
+def valid(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """True where not null (the validity bitmap unpacked, no kernel call)."""
+    return _joined([_valid_chunk(c) for c in _chunks_of(col)], bool)
+
+
+def _values(chunk: pa.Array) -> np.ndarray:
+    """An integer array's values buffer as numpy (zero copy; whatever lies under a null)."""
+    dtype = np.dtype(chunk.type.to_pandas_dtype())
+    data = chunk.buffers()[1]
+    if data is None:
+        return np.zeros(len(chunk), dtype)
+    return np.frombuffer(data, dtype)[chunk.offset : chunk.offset + len(chunk)]
+
+
+def ints(col: pa.ChunkedArray | pa.Array, null: int = -1) -> np.ndarray:
+    """An integer column as int64, `null` where null."""
+    parts = []
+    for chunk in _chunks_of(col):
+        if not pa.types.is_integer(chunk.type):
+            chunk = pc.cast(chunk, pa.int64())
+        values = _values(chunk).astype(np.int64)
+        if chunk.null_count:
+            values[~_valid_chunk(chunk)] = null
+        parts.append(values)
+    return _joined(parts, np.int64)
+
+
+def equals(col: pa.ChunkedArray | pa.Array, value: str) -> np.ndarray:
+    """col == value as numpy booleans, False where null; on a dictionary, a test of its codes."""
+    parts = []
+    for chunk in _chunks_of(col):
+        if pa.types.is_dictionary(chunk.type):
+            hit = pc.fill_null(pc.equal(chunk.dictionary, value), False).to_numpy(zero_copy_only=False)
+            codes = np.flatnonzero(np.asarray(hit, bool))
+            indices = _values(chunk.indices)
+            found = indices == codes[0] if len(codes) == 1 else np.isin(indices, codes)
+            parts.append(found & _valid_chunk(chunk) if chunk.null_count else found)
+        else:
+            parts.append(np.asarray(pc.fill_null(pc.equal(chunk, value), False).to_numpy(zero_copy_only=False), bool))
+    return _joined(parts, bool)

@@ -30,11 +30,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamer.aggregate import pairing
-from streamer.aggregate.columns import is_in, is_value
+from streamer.aggregate.columns import equals, ints, valid
 
 NACL = "nacl_return_rejects"
 GATEWAY = "gateway_endpoint_candidates"
@@ -118,7 +119,9 @@ def insight_batch(table: pa.Table, window_seconds: int) -> InsightBatch:
         parts.append(_ipv6(table))
     if "traffic-path" in have:
         parts.append(_paths(table))
-    return InsightBatch(fold(parts), pairs=pairs)
+    parts = [p for p in parts if p.num_rows]
+    # each part is one kind, a row per key already: put together, not folded
+    return InsightBatch(pa.concat_tables(parts) if parts else SCHEMA.empty_table(), pairs=pairs)
 
 
 def _str(table: pa.Table, name: str) -> pa.ChunkedArray:
@@ -140,17 +143,15 @@ def _nacl(table: pa.Table, window_seconds: int) -> pa.Table:
 
 
 def _gateway(table: pa.Table) -> pa.Table:
-    path = table.column("traffic-path")
-    mask = pc.and_(
-        pc.and_(
-            is_value(table.column("flow-direction"), "egress"),
-            is_in(table.column("pkt-dst-aws-service"), pa.array(GATEWAY_SERVICES)),
-        ),
-        pc.fill_null(pc.is_in(path, value_set=pa.array(GATEWAY_PATHS, path.type)), False),
-    )
-    if not pc.any(mask).as_py():
+    path = ints(table.column("traffic-path"))
+    mask = np.isin(path, GATEWAY_PATHS) & equals(table.column("flow-direction"), "egress")
+    if not mask.any():
         return SCHEMA.empty_table()
-    table = table.filter(mask)
+    service = table.column("pkt-dst-aws-service")
+    mask &= np.logical_or.reduce([equals(service, name) for name in GATEWAY_SERVICES])
+    if not mask.any():
+        return SCHEMA.empty_table()
+    table = table.take(np.flatnonzero(mask))
     picked = pa.table({"vpc": _vpc(table), "service": _str(table, "pkt-dst-aws-service"), "bytes": _bytes(table)})
     g = picked.group_by(["vpc", "service"], use_threads=False).aggregate([([], "count_all"), ("bytes", "sum")])
     return _rows(GATEWAY, g.column("vpc"), g.column("service"), g.column("count_all"), g.column("bytes_sum"))
@@ -158,40 +159,117 @@ def _gateway(table: pa.Table) -> pa.Table:
 
 def _ipv6(table: pa.Table) -> pa.Table:
     have = set(table.column_names)
-    inbound = is_value(table.column("flow-direction"), "ingress")
     if "tcp-flags" in have:
-        starts = pc.equal(pc.bit_wise_and(table.column("tcp-flags"), pa.scalar(18, table.column("tcp-flags").type)), 2)
+        flags = ints(table.column("tcp-flags"))
+        starts = (flags >= 0) & (flags & 18 == 2)
     else:
-        proto = table.column("protocol")
-        starts = pc.and_(
-            pc.is_in(proto, value_set=pa.array([6, 17], proto.type)),
-            pc.and_(pc.less(table.column("dstport"), 1024), pc.greater_equal(table.column("srcport"), 1024)),
-        )
-    mask = pc.and_(inbound, pc.fill_null(starts, False))
-    if not pc.any(mask).as_py():
+        proto, sport, dport = (ints(table.column(n)) for n in ("protocol", "srcport", "dstport"))
+        starts = ((proto == 6) | (proto == 17)) & (dport >= 0) & (dport < 1024) & (sport >= 1024)
+    rows = np.flatnonzero(starts & equals(table.column("flow-direction"), "ingress"))  # integer tests first
+    if not len(rows):
         return SCHEMA.empty_table()
-    table = table.select(["interface-id", "action", "srcaddr"]).filter(mask)  # the regex runs on connection starts only
-    table = table.filter(pc.fill_null(pc.match_substring_regex(table.column("srcaddr"), _GLOBAL_IPV6), False))
-    if not table.num_rows:
+    rows = rows[_global_ipv6(table.column("srcaddr"), rows)]
+    eni, action = table.column("interface-id"), table.column("action")
+    rows = rows[valid(eni)[rows] & valid(action)[rows]]
+    if not len(rows):
         return SCHEMA.empty_table()
-    picked = pa.table({"eni": _str(table, "interface-id"), "action": _str(table, "action")})
-    picked = picked.filter(pc.and_(pc.is_valid(picked.column("eni")), pc.is_valid(picked.column("action"))))
+    grouped = _count(eni, action, rows, None)
+    if grouped is not None:
+        return _rows(IPV6, *grouped[:3], None)
+    picked = pa.table({"eni": _str(table, "interface-id"), "action": _str(table, "action")}).take(rows)
     g = picked.group_by(["eni", "action"], use_threads=False).aggregate([([], "count_all")])
     return _rows(IPV6, g.column("eni"), g.column("action"), g.column("count_all"), None)
 
 
+def _global_ipv6(col: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> np.ndarray:
+    """Whether each of `rows` of an address column matches `_GLOBAL_IPV6`: on a plain string column, read
+    from its bytes (a regex over every connection start would cost more than the rest of the signal)."""
+    if isinstance(col, pa.ChunkedArray):
+        if col.num_chunks != 1:
+            return _global_ipv6(col.combine_chunks(), rows)
+        col = col.chunk(0)
+    if col.type != pa.string() or col.buffers()[2] is None:
+        hit = pc.fill_null(pc.match_substring_regex(col.take(rows), _GLOBAL_IPV6), False)
+        return np.asarray(hit.to_numpy(zero_copy_only=False), bool)
+    offsets = np.frombuffer(col.buffers()[1], np.int32)[col.offset : col.offset + len(col) + 1]
+    data = np.frombuffer(col.buffers()[2], np.uint8)
+    start, end = offsets[rows].astype(np.int64), offsets[rows + 1].astype(np.int64)
+    ok = end - start >= 5
+    at = np.where(ok, start, 0)[:, None] + np.arange(5)  # the first 5 bytes (row 0's where shorter: masked)
+    head = data[np.minimum(at, len(data) - 1)] if len(data) else np.zeros((len(rows), 5), np.uint8)
+    hexdigit = (head >= 48) & (head <= 57) | (head >= 65) & (head <= 70) | (head >= 97) & (head <= 102)
+    first = (head[:, 0] == ord("2")) | (head[:, 0] == ord("3"))
+    out: np.ndarray = ok & first & hexdigit[:, 1:4].all(axis=1) & (head[:, 4] == ord(":")) & valid(col)[rows]
+    return out
+
+
 def _paths(table: pa.Table) -> pa.Table:
-    path = table.column("traffic-path")
-    names = pa.array([None, *[PATH_NAMES[i] for i in range(1, 9)]], pa.string())
-    known = pc.fill_null(pc.and_(pc.greater_equal(path, 1), pc.less_equal(path, 8)), False)
-    if not pc.any(known).as_py():
+    path = ints(table.column("traffic-path"))
+    known = (path >= 1) & (path <= 8)
+    if not known.any():
         return SCHEMA.empty_table()
+    rows = np.flatnonzero(known)
+    names = pa.array([None, *[PATH_NAMES[i] for i in range(1, 9)]], pa.string())
+    nbytes = ints(table.column("bytes"), 0) if "bytes" in table.column_names else np.zeros(table.num_rows, np.int64)
     vpc = table.column("vpc-id") if "vpc-id" in table.column_names else pa.nulls(table.num_rows, pa.string())
-    picked = pa.table({"vpc": vpc, "path": path, "bytes": _bytes(table)}).filter(known)
+    grouped = _count(vpc, pa.array(np.where(known, path, 0)), rows, nbytes)
+    if grouped is not None:
+        vpcs, paths, records, total = grouped
+        return _rows(PATHS, pc.fill_null(vpcs, "-"), pc.take(names, paths), records, total)
+    picked = pa.table({"vpc": vpc, "path": path, "bytes": nbytes}).take(rows)
     g = picked.group_by(["vpc", "path"], use_threads=False).aggregate([([], "count_all"), ("bytes", "sum")])
-    labels = pc.take(names, pc.cast(g.column("path"), pa.int64()))
     vpcs = pc.fill_null(pc.cast(g.column("vpc"), pa.string()), "-")  # a few groups: cheap to convert now
-    return _rows(PATHS, vpcs, labels, g.column("count_all"), g.column("bytes_sum"))
+    return _rows(PATHS, vpcs, pc.take(names, g.column("path")), g.column("count_all"), g.column("bytes_sum"))
+
+
+def _codes(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array] | None:
+    """A key column as small integer codes and the values they stand for: a dictionary's indices (nulls:
+    code -1 for null), or a small non-negative integer column's values; None otherwise."""
+    if isinstance(col, pa.ChunkedArray):
+        if col.num_chunks != 1:
+            return None
+        col = col.chunk(0)
+    if pa.types.is_dictionary(col.type):
+        codes = ints(col.indices)
+        if col.null_count:
+            codes[~valid(col)] = -1
+        return codes, col.dictionary
+    if pa.types.is_null(col.type):
+        return np.full(len(col), -1, np.int64), pa.array([], pa.string())
+    if pa.types.is_integer(col.type) and not col.null_count and len(col):
+        values = ints(col)
+        if values.min() >= 0 and values.max() < 256:
+            return values, pa.array(np.arange(int(values.max()) + 1), pa.int64())
+    return None
+
+
+def _count(
+    key1: pa.ChunkedArray | pa.Array, key2: pa.ChunkedArray | pa.Array, rows: np.ndarray, nbytes: np.ndarray | None
+) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray] | None:
+    """Records (and bytes) of `rows` per (key1, key2), counted on integer codes with bincount (no hash
+    group-by; the keys are dictionary codes or small integers); None when a key is neither.
+
+    Bytes are summed exactly: bincount's float64 weights take the low and high 32 bits apart, each sum
+    exact below 2^53 (fewer than 2^21 rows a batch)."""
+    first, second = _codes(key1), _codes(key2)
+    if first is None or second is None or len(rows) >= 1 << 21:
+        return None
+    (a, values_a), (b, values_b) = first, second
+    width = len(values_b) + 1
+    key = (a[rows] + 1) * width + (b[rows] + 1)  # +1: code -1 (null) is group 0
+    size = (len(values_a) + 1) * width
+    records = np.bincount(key, minlength=size)
+    groups = np.flatnonzero(records)
+    total = np.zeros(len(groups), np.int64)
+    if nbytes is not None:
+        chosen = nbytes[rows]
+        low = np.bincount(key, weights=(chosen & 0xFFFFFFFF).astype(np.float64), minlength=size)
+        high = np.bincount(key, weights=(chosen >> 32).astype(np.float64), minlength=size)
+        total = low[groups].astype(np.int64) + (high[groups].astype(np.int64) << 32)
+    at_a, at_b = groups // width - 1, groups % width - 1
+    labels_a = values_a.take(pa.array(at_a.clip(0), mask=at_a < 0))
+    labels_b = values_b.take(pa.array(at_b.clip(0), mask=at_b < 0))
+    return labels_a, labels_b, records[groups].astype(np.int64), total
 
 
 def _bytes(table: pa.Table) -> pa.ChunkedArray | pa.Array:

@@ -32,13 +32,22 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamer.aggregate.columns import is_value
+from streamer.aggregate.columns import equals, ints, valid
+
+try:
+    from streamer.decode import _scan
+except ImportError:  # built without a C compiler
+    _scan = None  # type: ignore[assignment]
+
+#: the native string hash (None: no native part, one built before it, or STREAMER_NATIVE=0)
+_native_hash = getattr(_scan, "hash_strings", None) if os.environ.get("STREAMER_NATIVE", "1") != "0" else None
 
 #: the ports a reply goes back to (AWS's advice for NACL rules covering every client's ephemeral range);
 #: only TCP (6) and UDP (17) flows have ports
@@ -76,34 +85,37 @@ def _mix(h: np.ndarray) -> np.ndarray:
 
 
 def _strings_hash(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A uint64 per value of a string column (0 where null): each distinct value hashed once (ENIs and
-    addresses repeat within a batch), spread to the rows through the dictionary codes."""
+    """A uint64 per value of a string column (nulls hash as ""): a dictionary column hashes its few distinct
+    values and spreads them through its codes; a plain one hashes every value (natively when built: no
+    dictionary_encode pass, which costs more than the hashing)."""
     chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
     out = [np.zeros(0, np.uint64)]
     for chunk in chunks:
-        encoded = chunk if pa.types.is_dictionary(chunk.type) else pc.dictionary_encode(chunk)
-        indices = pc.fill_null(encoded.indices, 0) if encoded.indices.null_count else encoded.indices
-        codes = np.asarray(indices.to_numpy(zero_copy_only=False))
-        values = pc.cast(encoded.dictionary, pa.string())
-        out.append(_string_hash(values)[codes] if len(values) else np.zeros(len(chunk), np.uint64))
-    return out[1] if len(out) == 2 else np.concatenate(out)
-
-
-def _equals(col: pa.ChunkedArray | pa.Array, value: str) -> np.ndarray:
-    """col == value as numpy booleans (False where null); on a dictionary, one test per distinct value."""
-    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
-    out = [np.zeros(0, bool)]
-    for chunk in chunks:
-        if pa.types.is_dictionary(chunk.type) and not chunk.indices.null_count:
-            hit = np.asarray(pc.fill_null(pc.equal(chunk.dictionary, value), False).to_numpy(zero_copy_only=False), bool)
-            out.append(hit[np.asarray(chunk.indices.to_numpy())] if len(hit) else np.zeros(len(chunk), bool))
+        if pa.types.is_dictionary(chunk.type):
+            indices = pc.fill_null(chunk.indices, 0) if chunk.indices.null_count else chunk.indices
+            codes = np.asarray(indices.to_numpy(zero_copy_only=False))
+            values = chunk.dictionary
+            out.append(hash_strings(values)[codes] if len(values) else np.zeros(len(chunk), np.uint64))
         else:
-            out.append(_flag(is_value(chunk, value)))
+            out.append(hash_strings(chunk))
     return out[1] if len(out) == 2 else np.concatenate(out)
+
+
+def hash_strings(col: pa.Array) -> np.ndarray:
+    """`_string_hash` of every value, by `_scan.hash_strings` when the native part is built and on."""
+    if col.type != pa.string():
+        col = pc.cast(col, pa.string())
+    if _native_hash is None:
+        return _string_hash(col)
+    offsets, data = col.buffers()[1:3]
+    if offsets is None:  # an empty array may have no buffers
+        return np.zeros(len(col), np.uint64)
+    return np.frombuffer(_native_hash(offsets, data if data is not None else b"", col.offset, len(col)), np.uint64)
 
 
 def _string_hash(col: pa.Array) -> np.ndarray:
-    """sum(byte_j * P^(len-1-j)) mod 2^64 per string, for all strings at once: prefix sums of
+    """The reference string hash (`_scan.hash_strings` computes the same natively):
+    sum(byte_j * P^(len-1-j)) mod 2^64 per string, for all strings at once: prefix sums of
     byte_j * P^-j over the data buffer (P is odd, so invertible mod 2^64), differenced at the offsets."""
     n = len(col)
     offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset : col.offset + n + 1].astype(np.int64)
@@ -138,27 +150,8 @@ def _powers(size: int) -> tuple[np.ndarray, np.ndarray]:
     return inverse, powers
 
 
-def _ints(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """int64 values, -1 where null (no port, protocol or time is negative)."""
-    if col.type != pa.int64():
-        col = pc.cast(col, pa.int64())
-    if col.null_count:
-        col = pc.fill_null(col, -1)
-    out: np.ndarray = np.asarray(col.to_numpy(), np.int64) if isinstance(col, pa.Array) else _chunks(col)
-    return out
-
-
-def _chunks(col: pa.ChunkedArray) -> np.ndarray:
-    parts = [np.asarray(c.to_numpy(), np.int64) for c in col.chunks]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-
-
 def _flag(mask: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(mask.to_numpy(zero_copy_only=False), bool)
-
-
-def _present(col: pa.ChunkedArray | pa.Array) -> np.ndarray | bool:
-    return _flag(pc.is_valid(col)) if col.null_count else True
 
 
 _K = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
@@ -178,24 +171,32 @@ def candidates(table: pa.Table, window_seconds: int) -> pa.Table:
     times = [table.column(n) for n in ("end", "start") if n in table.column_names]
     if not times:
         return CANDIDATES.empty_table()
-    t = _ints(times[0])
+    t = ints(times[0])
     if len(times) > 1 and times[0].null_count:
-        t = np.where(t < 0, _ints(times[1]), t)
-    sport, dport, proto = (_ints(table.column(n)) for n in ("srcport", "dstport", "protocol"))
+        t = np.where(t < 0, ints(times[1]), t)
+    sport, dport, proto = (ints(table.column(n)) for n in ("srcport", "dstport", "protocol"))
     low, high = EPHEMERAL
-    action = table.column("action")
-    # a request leaves from an ephemeral port to a lower one; its reply comes back the other way
-    req = _equals(action, "ACCEPT") & (sport >= low) & (sport <= high) & (dport < sport) & (dport >= 0)
-    rep = _equals(action, "REJECT") & (dport >= low) & (dport <= high) & (sport < dport) & (sport >= 0)
-    eni, src, dst = (table.column(n) for n in ("interface-id", "srcaddr", "dstaddr"))
-    valid = (t >= 0) & ((proto == 6) | (proto == 17)) & _present(eni) & _present(src) & _present(dst)
-    req &= valid
-    rep &= valid
+    # The integer tests first (cheap); the strings are looked at only if some row passes them.
+    # A request leaves from an ephemeral port to a lower one; its reply comes back the other way.
+    ok = (t >= 0) & ((proto == 6) | (proto == 17))
+    req = ok & (sport >= low) & (sport <= high) & (dport < sport) & (dport >= 0)
+    rep = ok & (dport >= low) & (dport <= high) & (sport < dport) & (sport >= 0)
     if not (req.any() or rep.any()):
+        return CANDIDATES.empty_table()
+    action = table.column("action")
+    req &= equals(action, "ACCEPT")
+    rep &= equals(action, "REJECT")
+    eni, src, dst = (table.column(n) for n in ("interface-id", "srcaddr", "dstaddr"))
+    for col in (eni, src, dst):
+        if col.null_count:
+            present = valid(col)
+            req &= present
+            rep &= present
+    q, r = np.flatnonzero(req), np.flatnonzero(rep)
+    if not (len(q) or len(r)):
         return CANDIDATES.empty_table()
     he, hs, hd = (_strings_hash(c) for c in (eni, src, dst))
     window = t // window_seconds * window_seconds
-    q, r = np.flatnonzero(req), np.flatnonzero(rep)
     # a request's reply comes back from where it went: its key is its own flow reversed
     request_keys = _key(he[q], hd[q], hs[q], dport[q], sport[q], proto[q])
     reply_keys = _key(he[r], hs[r], hd[r], sport[r], dport[r], proto[r])

@@ -8,8 +8,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamer.aggregate import insights as ins
 from streamer.aggregate.batch import columns, delta_of, reducer
@@ -139,3 +143,46 @@ def test_tcp_flag_samples_without_flow_direction_get_no_ipv6_or_path_signal(rela
     assert rows
     assert "tcp-flags" in rows[0]  # decoded, not ignored
     assert all(section == {} for section in run(pa.Table.from_pylist(rows)).values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.sampled_from(["2600:1f18::1", "3fff:0::", "2001:db8::1", "fe80::1", "203.0.113.9", "2a0:", "2AbC:x", "", "2"]),
+            st.text(alphabet="0123456789abcdefABCDEFgG:.", max_size=8),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.integers(0, 5),
+)
+def test_the_global_ipv6_test_on_bytes_is_the_regex(values: list[str | None], front: int) -> None:
+    col = pa.array(values, pa.string()).slice(min(front, len(values) - 1))
+    rows = np.arange(len(col))
+    want = pc.fill_null(pc.match_substring_regex(col, ins._GLOBAL_IPV6), False).to_pylist()
+    assert ins._global_ipv6(col, rows).tolist() == want
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.none(), st.sampled_from(["vpc-a", "vpc-b", "vpc-c"])), st.integers(0, 8), st.integers(0, 2**62)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_counting_on_codes_is_the_group_by(rows: list[tuple[str | None, int, int]]) -> None:
+    """Exact byte sums too: values up to 2^62 (bincount's float64 weights would round them)."""
+    vpc = pa.array([r[0] for r in rows], pa.string())
+    path = pa.array([r[1] for r in rows], pa.int64())
+    nbytes = np.array([r[2] for r in rows], np.int64)
+    picked = np.arange(0, len(rows), 2)
+    got = ins._count(vpc.dictionary_encode(), path, picked, nbytes)
+    assert got is not None
+    mine = sorted(zip(got[0].to_pylist(), got[1].to_pylist(), got[2].tolist(), got[3].tolist(), strict=True), key=str)
+    table = pa.table({"vpc": vpc, "path": path, "bytes": nbytes}).take(picked)
+    g = table.group_by(["vpc", "path"]).aggregate([([], "count_all"), ("bytes", "sum")])
+    want = sorted(zip(*(g.column(c).to_pylist() for c in ("vpc", "path", "count_all", "bytes_sum")), strict=True), key=str)
+    assert mine == want
