@@ -75,13 +75,17 @@ _INV = np.uint64(pow(1_000_003, -1, 2**64))
 
 
 def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: every input bit moves every output bit."""
-    h = h ^ (h >> np.uint64(30))
-    h = h * np.uint64(0xBF58476D1CE4E5B9)
-    h = h ^ (h >> np.uint64(27))
-    h = h * np.uint64(0x94D049BB133111EB)
-    out: np.ndarray = h ^ (h >> np.uint64(31))
-    return out
+    """splitmix64's finalizer: every input bit moves every output bit (in place on `h`, which it returns:
+    one temporary instead of five)."""
+    t = h >> np.uint64(30)
+    h ^= t
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    np.right_shift(h, np.uint64(27), out=t)
+    h ^= t
+    h *= np.uint64(0x94D049BB133111EB)
+    np.right_shift(h, np.uint64(31), out=t)
+    h ^= t
+    return h
 
 
 def _strings_hash(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -131,7 +135,7 @@ def _string_hash(col: pa.Array) -> np.ndarray:
         np.cumsum(data * inverse[1 : size + 1], dtype=np.uint64, out=sums[1:])
         h = (sums[offsets[1:]] - sums[offsets[:-1]]) * powers[offsets[1:]]
         lengths = (offsets[1:] - offsets[:-1]).astype(np.uint64)
-        return _mix(h ^ (lengths * _MUL))
+        return _mix(h ^ (lengths * _MUL))  # a new array: mixed in place
 
 
 _POWERS: tuple[np.ndarray, np.ndarray] = (np.ones(1, np.uint64), np.ones(1, np.uint64))
@@ -158,11 +162,21 @@ _K = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x
 
 
 def _key(eni: np.ndarray, a: np.ndarray, b: np.ndarray, port_a: np.ndarray, port_b: np.ndarray, proto: np.ndarray) -> np.ndarray:
-    """The flow's 64-bit hash: its ports and protocol packed exactly into one integer, the (already
-    mixed) string hashes weighted by position, so (a, b) and (b, a) differ."""
-    packed = ((port_a << 24) | (port_b << 8) | (proto & 0xFF)).astype(np.uint64)
+    """The flow's 64-bit hash: its ports and protocol packed exactly into one integer
+    (port_a << 24 | port_b << 8 | protocol), the (already mixed) string hashes weighted by position, so
+    (a, b) and (b, a) differ. Arguments are fresh arrays (gathered rows): `eni` and `port_a` are reused."""
+    packed = port_a.astype(np.uint64)
+    packed <<= np.uint64(16)
+    packed |= port_b.astype(np.uint64)
+    packed <<= np.uint64(8)
+    packed |= (proto & 0xFF).astype(np.uint64)
     with np.errstate(over="ignore"):
-        return _mix(eni * _K[0] + a * _K[1] + b * _K[2] + _mix(packed))
+        h = eni
+        h *= _K[0]
+        h += a * _K[1]
+        h += b * _K[2]
+        h += _mix(packed)
+        return _mix(h)
 
 
 def candidates(table: pa.Table, window_seconds: int) -> pa.Table:

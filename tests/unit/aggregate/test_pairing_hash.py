@@ -52,3 +52,26 @@ def test_bad_offsets_raise_instead_of_reading_out_of_bounds() -> None:
         text._scan.hash_strings(np.array([0, 3, 2, 4], np.int32).tobytes(), b"abcd", 0, 3)
     with pytest.raises(ValueError, match="too short"):
         text._scan.hash_strings(offsets, b"abcd", 0, 5)
+
+
+@pytest.mark.parametrize("native_on", [True, False])
+def test_a_flows_key_is_the_one_earlier_builds_committed(native_on: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests committed before this build (as pieces, or by another replica) must still pair: the key
+    of a request and of its rejected reply is the same fixed number, with the native hash and without."""
+    if not native_on:
+        monkeypatch.setattr(pairing, "_native_hash", None)
+    table = pa.table(
+        {
+            "interface-id": pa.array(["eni-0abc", "eni-0abc"]).dictionary_encode(),
+            "srcaddr": ["10.0.1.5", "52.94.1.10"],
+            "dstaddr": ["52.94.1.10", "10.0.1.5"],
+            "srcport": pa.array([50001, 443], pa.int32()),
+            "dstport": pa.array([443, 50001], pa.int32()),
+            "protocol": pa.array([6, 6], pa.int32()),
+            "action": pa.array(["ACCEPT", "REJECT"]).dictionary_encode(),
+            "end": [1764000060, 1764000120],
+        }
+    )
+    found = pairing.candidates(table, 60)
+    assert found.column("hash").to_pylist() == [3347842645855010868, 3347842645855010868]
+    assert found.column("request").to_pylist() == [True, False]
