@@ -144,13 +144,14 @@ def _nacl(table: pa.Table, window_seconds: int) -> pa.Table:
 
 def _gateway(table: pa.Table) -> pa.Table:
     path = ints(table.column("traffic-path"))
-    mask = np.isin(path, GATEWAY_PATHS) & equals(table.column("flow-direction"), "egress")
+    mask = np.logical_or.reduce([path == p for p in GATEWAY_PATHS]) & equals(table.column("flow-direction"), "egress")
     if not mask.any():
         return SCHEMA.empty_table()
     service = table.column("pkt-dst-aws-service")
     mask &= np.logical_or.reduce([equals(service, name) for name in GATEWAY_SERVICES])
     if not mask.any():
         return SCHEMA.empty_table()
+    table = table.select([n for n in ("vpc-id", "pkt-dst-aws-service", "bytes") if n in table.column_names])
     table = table.take(np.flatnonzero(mask))
     picked = pa.table({"vpc": _vpc(table), "service": _str(table, "pkt-dst-aws-service"), "bytes": _bytes(table)})
     g = picked.group_by(["vpc", "service"], use_threads=False).aggregate([([], "count_all"), ("bytes", "sum")])

@@ -24,8 +24,11 @@ rewrites only the waiting replies of windows that changed
 loses nothing, a retried input (not committed, or a duplicate) pairs nothing
 twice, and a commit writes what its input added, not the whole state.
 
-Hashes are computed on whole batches with numpy over Arrow's buffers (no
-per-record Python).
+Hashes are computed on whole batches over Arrow's buffers (no per-record
+Python): the address strings by `_scan.hash_strings` when the native part is
+built, else by numpy (`_string_hash`, the reference: both give the same
+hashes, so builds with and without a compiler pair with each other's state);
+the cheap integer tests (protocol, ports, action) come first.
 """
 
 from __future__ import annotations
