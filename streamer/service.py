@@ -23,6 +23,7 @@ from streamer.aggregate.anomaly import Settings
 from streamer.aggregate.detection import DETECTOR_SNAPSHOT, SNAPSHOT_NAME, Detection
 from streamer.aggregate.eventtime import EventClock
 from streamer.aws import AwsClients
+from streamer.commit_group import Limits
 from streamer.config import Config
 from streamer.export.alerts import Alerter
 from streamer.export.http import build_app, serve
@@ -173,6 +174,11 @@ class Service:
                 interface_idle_seconds=self.config.metrics.interface_idle_seconds,
                 insights_window_seconds=self.config.anomaly.window_seconds if self.config.insights.enabled else None,
                 partials_window_seconds=self.config.anomaly.window_seconds if fleet else None,
+                group=Limits(
+                    self.config.checkpoint.group_commit_max_inputs,
+                    self.config.checkpoint.group_commit_max_bytes,
+                    self.config.checkpoint.group_commit_delay_seconds,
+                ),
             )
             self.pipeline = pipeline
             self.alerter = alerter
