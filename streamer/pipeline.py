@@ -43,8 +43,9 @@ from streamer.store.base import Commit, Done, LeaseLost, Refused, StateStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-#: inputs read and decoded at once (more wait, not yet downloading); sources bound what they hand over by bytes
-READERS = 8
+#: inputs read and decoded at once beyond the decode workers (more wait, not yet downloading); sources bound
+#: what they hand over by bytes. Each one holds its chunks in flight: more readers than cores only add memory.
+SPARE_READERS = 1
 
 
 class _Stopped(Exception):
@@ -153,7 +154,7 @@ class Pipeline:
         self._groups: Grouper[_Input, _Result] = Grouper(group or Limits(), self._commit_group, lambda: self._decoding)
         # Each input's reading thread waits on its download: never in the loop's default executor, which the
         # downloads themselves need (aiohttp resolves names there), or many inputs in flight would deadlock.
-        self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="ingest")
+        self._readers = ThreadPoolExecutor((pool._max_workers or 1) + SPARE_READERS, thread_name_prefix="ingest")
 
     async def process(self, source: str, delivery: Delivery) -> str:
         inputs, size = self.telemetry.inputs_in_flight.labels(source), self.telemetry.bytes_in_flight.labels(source)

@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "synth": {"schema"},
     "stack": {"aws"},
     "commit_group": set(),
+    "memory": set(),
     "sources": {"aws", "decode", "schema", "settings", "store"},
     "config": {"defaults", "schema", "settings", "sources"},
     "pipeline": {"aggregate", "commit_group", "decode", "export", "ingest", "schema", "sources", "store"},
