@@ -167,7 +167,8 @@ async def test_a_group_ends_exactly_where_its_inputs_committed_one_by_one_end(
     assert_same_state(grouped.store.load_state(), grouped.pipe.state)
     assert grouped.anomalies == alone.anomalies
     a, b = grouped.pipe.detection, alone.pipe.detection
-    assert a is not None and b is not None
+    assert a is not None
+    assert b is not None
     assert a.snapshot() == b.snapshot()  # open windows, event clock, detector baselines and scores
     assert a.anomalies_total == b.anomalies_total
 
