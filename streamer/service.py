@@ -174,11 +174,7 @@ class Service:
                 interface_idle_seconds=self.config.metrics.interface_idle_seconds,
                 insights_window_seconds=self.config.anomaly.window_seconds if self.config.insights.enabled else None,
                 partials_window_seconds=self.config.anomaly.window_seconds if fleet else None,
-                group=Limits(
-                    self.config.checkpoint.group_commit_max_inputs,
-                    self.config.checkpoint.group_commit_max_bytes,
-                    self.config.checkpoint.group_commit_delay_seconds,
-                ),
+                group=self._group_limits(),
             )
             self.pipeline = pipeline
             self.alerter = alerter
@@ -243,6 +239,11 @@ class Service:
             store.close()
             await self.clients.close()
             log.info("stopped")
+
+    def _group_limits(self) -> Limits:
+        """When inputs decoded close together stop waiting for each other and commit (commit_group.py)."""
+        cp = self.config.checkpoint
+        return Limits(cp.group_commit_max_inputs, cp.group_commit_max_bytes, cp.group_commit_delay_seconds)
 
     async def _join_fleet(self, store: Store, alerter: Alerter) -> tuple[Coordinator, LeaderDetector]:
         """Leases and the leader's detector over the shared database (see fleet.py)."""
