@@ -56,13 +56,14 @@ def child_inproc_windows(path: str, with_insights: bool = False) -> dict[str, fl
     from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
     from streamer.aggregate.counters import Counters
     from streamer.aggregate.detection import Detection
+    from streamer.aggregate.pairing import Pairing
     from streamer.aggregate.windows import merge
     from streamer.decode.objects import ObjectReader
     from streamer.ingest import Ingestor
     from streamer.replay import read_chunks
 
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         counters = Counters()
         parts: list[BatchResult] = []
         with open(path, "rb") as handle:
@@ -72,18 +73,59 @@ def child_inproc_windows(path: str, with_insights: bool = False) -> dict[str, fl
             )
         for part in parts:
             counters.add(part.counters)
-        if with_insights:
-            delta_of(parts)
+        pairing, candidates = None, 0
+        if with_insights:  # as the live pipeline: the input's NACL candidates paired with the state
+            delta = delta_of(parts)
+            candidates = delta.pairs.num_rows if delta.pairs is not None else 0
+            pairing, _ = delta.pair_with(Pairing(900))
         # As the live pipeline: the object's partials folded into one, then folded into the state.
         detection, _ = Detection.create(Settings(), 900).advance(merge([p.windows for p in parts if p.windows is not None]))
         detection.flush()
         counters.table()
-        seconds = time.perf_counter() - start
-    return {"records": result.rows, "seconds": seconds}
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    out = {"records": result.rows, "seconds": seconds, "cpu_seconds": cpu}
+    if pairing is not None:  # what stays pending after the input, for the README's sizing
+        out["pending_entries"] = pairing.entries()
+        out["pending_bytes"] = pairing.nbytes()
+        out["candidates"] = candidates
+    return out
 
 
 def child_inproc_insights(path: str) -> dict[str, float]:
     return child_inproc_windows(path, with_insights=True)
+
+
+def child_pairing(path: str) -> dict[str, float]:
+    """The NACL pairing state over a file delivered as objects of one decoded batch each (as S3 delivers
+    a stream of objects): its peak size, and what each commit writes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
+    from streamer.aggregate.pairing import Pairing
+    from streamer.decode.objects import ObjectReader
+    from streamer.ingest import Ingestor
+    from streamer.replay import read_chunks
+
+    pairing = Pairing(900)
+    sizes = {"peak_entries": 0.0, "peak_bytes": 0.0, "written": 0.0, "max_written": 0.0, "commits": 0.0}
+
+    def commit(part: BatchResult) -> None:
+        nonlocal pairing
+        pairing, pieces = delta_of([part]).pair_with(pairing)
+        written = sum(len(v) for v in pieces.snapshots.values())
+        sizes["peak_entries"] = max(sizes["peak_entries"], pairing.entries())
+        sizes["peak_bytes"] = max(sizes["peak_bytes"], pairing.nbytes())
+        sizes["max_written"] = max(sizes["max_written"], written)
+        sizes["written"] += written
+        sizes["commits"] += 1
+
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool, open(path, "rb") as handle:
+        start = time.perf_counter()
+        result = Ingestor(ObjectReader(columns=columns(False, True)), reducer(None, None, 60), pool).run(
+            read_chunks(handle), commit
+        )
+        seconds = time.perf_counter() - start
+    return {"records": result.rows, "seconds": seconds, **sizes}
 
 
 def child_baseline(path: str) -> dict[str, float]:
@@ -207,6 +249,8 @@ def measure(argv: list[str], expect_json: bool = True) -> dict[str, float]:
 
 
 REPEAT = 3
+#: the live path without and with the network insights
+KINDS = ("inproc_windows", "inproc_insights")
 
 
 def best(runs: list[dict[str, float]], key: str) -> dict[str, float]:
@@ -248,6 +292,7 @@ CHILDREN = {
     "inproc": child_inproc,
     "inproc_windows": child_inproc_windows,
     "inproc_insights": child_inproc_insights,
+    "pairing": child_pairing,
     "baseline": child_baseline,
     "decompress": child_decompress,
     "polars": child_polars,
@@ -264,6 +309,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply record counts (quick runs: 0.1)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the fastest is reported")
     parser.add_argument("--insights", action="store_true", help="only the cost of the network insights, on v5")
+    parser.add_argument("--pairing", action="store_true", help="only the NACL pairing state's size, on the 6 M v2 file")
     parser.add_argument("--cold-start", action="store_true", help="only the start-up time of two short commands")
     parser.add_argument("--delivery", action="store_true", help="only many objects through S3+SQS (see bench/delivery.py)")
     parser.add_argument("--objects", type=int, default=40, help="--delivery: objects per spread")
@@ -298,11 +344,27 @@ def main() -> None:
 
     v5 = ensure_file(f"v5-{n(1_000_000)}.log.gz", n(1_000_000), "v5")
     if args.insights:
-        off, on = run_child("inproc_windows", v5), run_child("inproc_insights", v5)
+        # interleaved, so both see the same load on a shared machine; the fastest of each
+        child = [sys.executable, str(Path(__file__)), "--child"]
+        runs = [[measure([*child, kind, str(v5)]) for kind in KINDS] for _ in range(REPEAT)]
+        off, on = (best([r[i] for r in runs], "seconds") for i in range(2))
+        cpu_off, cpu_on = (min(r[i]["cpu_seconds"] for r in runs) for i in range(2))
         r_off, r_on = off["records"] / off["seconds"], on["records"] / on["seconds"]
         print(f"v5 1M, live path, insights off: {r_off / 1e6:.2f} M/s ({off['rss_mib']:.0f} MiB)")
         print(f"v5 1M, live path, insights on:  {r_on / 1e6:.2f} M/s ({on['rss_mib']:.0f} MiB)")
         print(f"insights cost: {100 * (1 - r_on / r_off):.0f}% slower")
+        print(f"CPU seconds, insights off / on: {cpu_off:.2f} / {cpu_on:.2f} ({100 * (cpu_on / cpu_off - 1):.0f}% more)")
+        pending = on["pending_entries"]
+        print(f"NACL pairing state after the file: {pending:,.0f} entries, {on['pending_bytes'] / max(pending, 1):.1f} B each")
+        return
+    if args.pairing:
+        v2_6m = ensure_file(f"v2-{n(6_000_000)}.log.gz", n(6_000_000), "v2")
+        got = run_child("pairing", v2_6m)
+        peak = got["peak_entries"]
+        print(f"v2 6M as {got['commits']:.0f} objects: NACL pairing state peak {peak:,.0f} entries, ", end="")
+        print(f"{got['peak_bytes'] / 2**20:.1f} MiB ({got['peak_bytes'] / max(peak, 1):.1f} B each)")
+        mean, most = got["written"] / got["commits"] / 1024, got["max_written"] / 1024
+        print(f"pieces written per commit: {mean:.0f} KiB mean, {most:.0f} KiB max")
         return
     v2 = ensure_file(f"v2-{n(2_000_000)}.log.gz", n(2_000_000), "v2")
     v2_6m = ensure_file(f"v2-{n(6_000_000)}.log.gz", n(6_000_000), "v2")
@@ -323,6 +385,9 @@ def main() -> None:
         r_w = add(f"{name}: + event-time windows (live service path)", windows["records"], windows["seconds"], windows["rss_mib"])
         r_i = add(f"{name}: + network insights", with_insights["records"], with_insights["seconds"], with_insights["rss_mib"])
         rows.append((f"{name}: insights cost {100 * (1 - r_i / r_w):.0f}% of the live path's rate", 0, 0, 0))
+        pending = with_insights["pending_entries"]
+        mib = with_insights["pending_bytes"] / 2**20
+        rows.append((f"{name}: NACL pairing state {pending:,.0f} entries, {mib:.1f} MiB", 0, 0, 0))
         r_base = add(f"{name}: plain Python split+dict (in-process)", base["records"], base["seconds"], base["rss_mib"])
         r_dec = add(f"{name}: ISA-L decompression alone", dec["records"], dec["seconds"], dec["rss_mib"])
         rows.append((f"{name}: ratio streamer/plain = {r_in / r_base:.1f}x, streamer/decompress = {r_in / r_dec:.2f}", 0, 0, 0))

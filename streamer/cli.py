@@ -87,7 +87,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
             insights_window = None if args.no_insights else args.window_seconds
             wanted = columns(detection is not None, insights_window is not None)
             reader = ObjectReader(log_format=log_format, columns=wanted)
-            state, anomalies = replay_counts(inputs, reader, pool, progress, detection, insights_window_seconds=insights_window)
+            state, anomalies = replay_counts(
+                inputs,
+                reader,
+                pool,
+                progress,
+                detection,
+                insights_window_seconds=insights_window,
+                lateness_seconds=args.lateness_seconds,
+            )
             progress.close()
             doc = output.summary(state)
             if insights_window is not None:

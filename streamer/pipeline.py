@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
 from streamer.aggregate.detection import Detection
+from streamer.aggregate.pairing import PARTIAL_SOURCE, PREFIX, Pairing, encode_candidates
 from streamer.aggregate.state import FlowState
 from streamer.aggregate.windows import WindowBatch, encode_partial, merge
 from streamer.commit_group import Grouper, Limits, Member
@@ -124,6 +125,7 @@ class Pipeline:
         insights_window_seconds: int | None = None,
         partials_window_seconds: int | None = None,
         group: Limits | None = None,
+        pairing: Pairing | None = None,
     ) -> None:
         self.state = state
         self.store = store
@@ -141,6 +143,8 @@ class Pipeline:
         self.columns = columns(windowed, insights_window_seconds is not None)
         self.window_seconds = detection.windows.window_seconds if detection is not None else partials_window_seconds
         self.insights_window_seconds = insights_window_seconds
+        #: NACL return-reject pairing state, committed with the counters as snapshot pieces
+        self.pairing = pairing
         #: inputs (and event-time ticks) committed (tests and readiness wait on this, not on sleeps)
         self.commits = 0
         #: transactions that committed a group of inputs
@@ -200,6 +204,8 @@ class Pipeline:
         )
         if self.partials_window_seconds is not None and window_parts:
             change.partials.append((source, encode_partial(window_parts)))
+        if self.partials_window_seconds is not None and self.insights_window_seconds is not None and delta.pairs is not None:
+            change.partials.append((PARTIAL_SOURCE, encode_candidates(delta.pairs)))  # the leader pairs them
         try:
             committed, anomalies = await self._groups.submit(_Input(source, change, window_parts), delivery.size)
         except LeaseLost as exc:  # another replica reads this partition now and counts it
@@ -254,7 +260,7 @@ class Pipeline:
             live = members
             while True:
                 # In a thread: folding and snapshotting a big state takes long enough to stall scrapes.
-                changes, after, anomalies = await asyncio.to_thread(self._plan, [m.item for m in live], now)
+                changes, after, paired, anomalies = await asyncio.to_thread(self._plan, [m.item for m in live], now)
                 started = time.perf_counter()
                 try:
                     refused = await self.store.call(self.store.store.commit_group, changes)
@@ -278,24 +284,37 @@ class Pipeline:
             self.group_commits += 1
             if after is not None:
                 self.detection = after
+            self.pairing = paired
             for member, change, found in zip(live, changes, anomalies, strict=False):
                 self.state.forget(change.forget)
                 self.state.apply(change.delta)
                 member.result.set_result((True, found))
 
-    def _plan(self, inputs: list[_Input], now: float) -> tuple[list[Commit], Detection | None, list[list[Anomaly]]]:
-        """Each input capped and its windows advanced as if committed one by one after the ones before it,
-        plus one change holding the group's detection snapshot (written once per group)."""
+    def _plan(
+        self, inputs: list[_Input], now: float
+    ) -> tuple[list[Commit], Detection | None, Pairing | None, list[list[Anomaly]]]:
+        """Each input paired, capped and its windows advanced as if committed one by one after the ones
+        before it, plus one change holding the group's detection snapshot (written once per group). The
+        inputs' own changes are left as they were (a refused claim plans the group again)."""
         seen = FlowState(seen=dict(self.state.seen))  # capping reads and moves membership only
-        detection = self.detection
+        detection, pairing = self.detection, self.pairing
         changes: list[Commit] = []
         anomalies: list[list[Anomaly]] = []
         for item in inputs:
-            change = dataclasses.replace(item.change, snapshots=dict(item.change.snapshots))
+            delta = item.change.delta
+            change = dataclasses.replace(
+                item.change, snapshots=dict(item.change.snapshots), drop_snapshots=list(item.change.drop_snapshots)
+            )
+            if pairing is not None and delta.pairs is not None:
+                delta = dataclasses.replace(delta, insight_examples=dict(delta.insight_examples))  # pairing adds to it
+                pairing, pieces = delta.pair_with(pairing)
+                for prefix in pieces.drop:  # dropped before written, like the stores do
+                    change.snapshots = {n: v for n, v in change.snapshots.items() if not n.startswith(prefix)}
+                change.drop_snapshots.extend(pieces.drop)
+                change.snapshots.update(pieces.snapshots)
+            change.delta = delta
             if self.max_interfaces is not None:
-                change.delta, change.forget = seen.capped(
-                    item.change.delta, self.max_interfaces, self.interface_idle_seconds, now
-                )
+                change.delta, change.forget = seen.capped(delta, self.max_interfaces, self.interface_idle_seconds, now)
                 for eni in change.forget:
                     del seen.seen[eni]
                 seen.seen.update(change.delta.seen)
@@ -306,12 +325,15 @@ class Pipeline:
             anomalies.append(found)
         if self.detection is not None and detection is not None:
             changes.append(Commit(snapshots=detection.snapshot_parts(self.detection)))
-        return changes, detection, anomalies
+        return changes, detection, pairing, anomalies
 
     async def _reload_if_stale(self) -> None:
         """Live counters from the store after a commit whose outcome is unknown (under the commit lock)."""
         if self._stale:
             self.state = await self.store.call(self.store.store.load_state)
+            if self.pairing is not None:
+                pieces = await self.store.call(self.store.store.snapshots, PREFIX)
+                self.pairing = await asyncio.to_thread(Pairing.restore, pieces, self.pairing.lateness_seconds)
             self._stale = False
             log.info("live state reloaded from the checkpoint after a commit with an unknown outcome")
 

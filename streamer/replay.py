@@ -18,9 +18,11 @@ from typing import BinaryIO
 
 import pyarrow as pa
 
+from streamer.aggregate import insights as ins
 from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.batch import COLUMNS, COLUMNS_WITH_WINDOWS, BatchResult, delta_of, reducer
 from streamer.aggregate.detection import Detection
+from streamer.aggregate.pairing import Paired, Pairing
 from streamer.aggregate.state import FlowState
 from streamer.decode.objects import ObjectReader
 from streamer.ingest import Ingestor, account
@@ -85,6 +87,7 @@ def replay_counts(
     detection: Detection | None = None,
     max_future_skew_seconds: int = 300,
     insights_window_seconds: int | None = None,
+    lateness_seconds: int = 900,  # defaults.LATENESS_SECONDS (the cli passes its own)
 ) -> tuple[FlowState, list[Anomaly]]:
     """Counters over all inputs, and with `detection` the anomalies they contain.
 
@@ -92,18 +95,21 @@ def replay_counts(
     order, so event time advances as it did live (records only: hours-old data
     is never late); at the end every window is closed so that a spike in the
     last minutes is reported too. A record ahead of the wall clock by more than
-    `max_future_skew_seconds` counts, but moves no event time.
+    `max_future_skew_seconds` counts, but moves no event time. NACL return
+    rejects pair across all inputs, within `lateness_seconds`.
     """
     state = FlowState()
     anomalies: list[Anomaly] = []
     cutoff = int(time.time()) + max_future_skew_seconds
     reduce = reducer(detection.windows.window_seconds if detection is not None else None, cutoff, insights_window_seconds)
     ingest: Ingestor[BatchResult] = Ingestor(reader, reduce, pool)
+    pairs = _Pairs(Pairing(lateness_seconds))
     for item in inputs:
         parts: list[BatchResult] = []
         with open_input(item) as handle:
-            result = ingest.run(read_chunks(handle, progress), parts.append)
+            result = ingest.run(read_chunks(handle, progress), pairs.taking(parts))
         delta = delta_of(parts)
+        pairs.count(delta)
         windows = [p.windows for p in parts if p.windows is not None]
         if detection is not None:
             detection, found = detection.advance(windows)
@@ -114,6 +120,30 @@ def replay_counts(
         detection, found = detection.flush()
         anomalies.extend(found)
     return state, sorted(anomalies, key=lambda a: (a.window_start, a.interface_id))
+
+
+class _Pairs:
+    """NACL pairing as batches come (nothing is committed: a big file's candidates are never all held)."""
+
+    def __init__(self, pairing: Pairing) -> None:
+        self.pairing = pairing
+        self.found: list[Paired] = []
+
+    def taking(self, parts: list[BatchResult]) -> Callable[[BatchResult], None]:
+        def take(part: BatchResult) -> None:
+            if part.insights is not None and part.insights.pairs is not None:
+                self.pairing, paired, _ = self.pairing.pair(part.insights.pairs, write=False)
+                part.insights.pairs = None
+                self.found.append(paired)
+            parts.append(part)
+
+        return take
+
+    def count(self, delta: FlowState) -> None:
+        """Add what the input's batches paired to its delta."""
+        for paired in self.found:
+            delta.insights = ins.add_pairs(delta.insights, delta.insight_examples, paired)
+        self.found = []
 
 
 def replay_records(

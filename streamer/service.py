@@ -10,18 +10,24 @@ read again on the next start) and the store is closed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from streamer.aggregate import insights as ins
 from streamer.aggregate.anomaly import Settings
 from streamer.aggregate.detection import DETECTOR_SNAPSHOT, SNAPSHOT_NAME, Detection
 from streamer.aggregate.eventtime import EventClock
+from streamer.aggregate.pairing import PREFIX as PAIRING_PREFIX
+from streamer.aggregate.pairing import Paired, Pairing
+from streamer.aggregate.state import FlowState
 from streamer.aws import AwsClients
 from streamer.commit_group import Limits
 from streamer.config import Config
@@ -175,6 +181,7 @@ class Service:
                 insights_window_seconds=self.config.anomaly.window_seconds if self.config.insights.enabled else None,
                 partials_window_seconds=self.config.anomaly.window_seconds if fleet else None,
                 group=self._group_limits(),
+                **(await self._restore_pairing(store, fleet)),
             )
             self.pipeline = pipeline
             self.alerter = alerter
@@ -182,7 +189,7 @@ class Service:
             self.registry.register(FlowCollector(lambda: pipeline.state, self.config.metrics.max_interfaces))
             if self.config.insights.enabled:
                 price = self.config.insights.nat_gateway_price_per_gb
-                self.registry.register(InsightsCollector(lambda: pipeline.state, price))
+                self.registry.register(InsightsCollector(lambda: _with_paired(pipeline.state, leader), price))
             members = lambda: pipeline.state.seen.keys()  # noqa: E731
             current = (lambda: leader.detection) if leader is not None else (lambda: pipeline.detection)
             self.registry.register(DetectionCollector(current, members, self.config.metrics.max_interfaces))
@@ -260,6 +267,7 @@ class Service:
             lambda blob: Detection.restore(blob, settings, cfg.lateness_seconds, self.event_clock()),
             alerter,
             store.call,
+            pairing_lateness_seconds=cfg.lateness_seconds if self.config.insights.enabled else None,
         )
         self.registry.register(LeaseCollector(coordinator))
         log.info("replica %s joined a fleet of %d", coordinator.replica_id, len(coordinator.live))
@@ -277,6 +285,14 @@ class Service:
         cfg = self.config.anomaly
         names = frozenset(self.config.source_name(i) for i in range(len(self.config.sources)))
         return EventClock(cfg.lateness_seconds, cfg.idle_timeout_seconds, True, names, started_at=time.time())
+
+    async def _restore_pairing(self, store: Store, fleet: bool) -> dict[str, Any]:
+        """The NACL pairing state of one process (insights on). A fleet's replicas send their candidates
+        to the leader instead, which pairs what every replica saw (store/leader.py)."""
+        if not self.config.insights.enabled or fleet:
+            return {}
+        pieces = await store.call(store.store.snapshots, PAIRING_PREFIX)
+        return {"pairing": await asyncio.to_thread(Pairing.restore, pieces, self.config.anomaly.lateness_seconds)}
 
     async def _restore_detection(self, store: Store) -> Detection:
         cfg = self.config.anomaly
@@ -353,6 +369,15 @@ class RestartBackoff:
         delay = self.next
         self.next = min(self.next * 2, self.limit)
         return delay
+
+
+def _with_paired(state: FlowState, leader: LeaderDetector | None) -> FlowState:
+    """A replica's insights, plus, on the fleet's leader, the NACL return rejects it paired for everyone."""
+    if leader is None or leader.totals is None or not leader.totals.counts:
+        return state
+    examples = dict(state.insight_examples)
+    insights = ins.add_pairs(state.insights, examples, Paired(dict(leader.totals.counts), dict(leader.totals.examples)))
+    return dataclasses.replace(state, insights=insights, insight_examples=examples)
 
 
 def _readiness(source: Source) -> Callable[[], float]:

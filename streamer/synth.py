@@ -257,10 +257,10 @@ def insight_cases(start: int) -> tuple[list[InsightCase], dict[str, object]]:
         InsightCase(nacl, "52.94.1.10", "10.0.1.5", 443, 50001, "REJECT", w + 61),
         InsightCase(nacl, "10.0.1.5", "52.94.1.11", 50002, 443, "ACCEPT", w + 7, direction="egress"),
         InsightCase(nacl, "52.94.1.11", "10.0.1.5", 443, 50002, "REJECT", w + 8),
-        # near misses: a reject with no accepted request; a reply two windows after its request; another ENI's accept
+        # near misses: a reject with no accepted request; a reply a window before its request's; another ENI's accept
         InsightCase(nacl, "198.51.100.9", "10.0.1.5", 443, 50003, "REJECT", w + 9),
         InsightCase(nacl, "10.0.1.5", "52.94.1.12", 50004, 443, "ACCEPT", w + 10, direction="egress"),
-        InsightCase(nacl, "52.94.1.12", "10.0.1.5", 443, 50004, "REJECT", w + 130),
+        InsightCase(nacl, "52.94.1.12", "10.0.1.5", 443, 50004, "REJECT", w - 50),
         InsightCase(other, "10.0.2.5", "52.94.1.13", 50005, 443, "ACCEPT", w + 11, direction="egress"),
         InsightCase(nacl, "52.94.1.13", "10.0.2.5", 443, 50005, "REJECT", w + 12),
         # Gateway endpoint: S3 via the NAT gateway (1) and the internet gateway (8), DynamoDB via NAT.

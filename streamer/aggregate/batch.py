@@ -65,4 +65,7 @@ def delta_of(parts: list[BatchResult]) -> FlowState:
         delta.insights = insights.fold(f.sums for f in found)
         for f in found:
             insights.merge_examples(delta.insight_examples, f.examples)
+        pairs = [f.pairs for f in found if f.pairs is not None and f.pairs.num_rows]
+        if pairs:
+            delta.pairs = pa.concat_tables(pairs)
     return delta

@@ -6,13 +6,14 @@ no per-record Python) into rows of one long table of exact sums,
 committed with them. A signal is computed only when the format carries the
 fields it needs; a format without them simply gets no rows.
 
-- `nacl_return_rejects` (key1 = ENI): a REJECT whose reversed flow
-  (addresses and ports swapped, same protocol) has an ACCEPT on the same ENI
-  in the same or an adjacent window. Security groups are stateful and never
-  evaluate replies; NACLs are stateless, so this is a NACL dropping replies
-  (usually a missing rule for the ephemeral ports 1024-65535). Matched within
-  one decoded chunk of an input (tens of thousands of records): a reply whose
-  request arrived in another chunk is not seen, so the count is a lower bound.
+- `nacl_return_rejects` (key1 = ENI): a REJECT to an ephemeral port
+  (1024-65535) whose reversed flow (addresses and ports swapped, same
+  protocol) was ACCEPTed on the same ENI in the same window or one at most
+  the lateness earlier. Security groups are stateful and never evaluate
+  replies; NACLs are stateless, so this is a NACL dropping replies (usually a
+  missing rule for the ephemeral ports). A batch yields only hashed
+  candidates; `pairing.Pairing` pairs them across chunks, inputs, replicas
+  and restarts (`add_pairs` folds in its counts).
 - `gateway_endpoint_candidates` (VPC, service): egress to S3 or DynamoDB
   (`pkt-dst-aws-service`) leaving through a NAT gateway (traffic-path 1) or an
   internet gateway (8): traffic a free gateway endpoint would carry.
@@ -32,6 +33,7 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamer.aggregate import pairing
 from streamer.aggregate.columns import is_in, is_value
 
 NACL = "nacl_return_rejects"
@@ -86,16 +88,17 @@ COLUMNS = (
     "vpc-id",
 )
 _FLOW = ("interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol")
-_REVERSED = {"srcaddr": "dstaddr", "dstaddr": "srcaddr", "srcport": "dstport", "dstport": "srcport"}
 _GLOBAL_IPV6 = r"^[23][0-9a-fA-F]{3}:"
 
 
 @dataclasses.dataclass
 class InsightBatch:
-    """One batch's insight sums, and an example record per ENI with NACL return rejects."""
+    """One batch's insight sums, and its NACL pairing candidates."""
 
     sums: pa.Table
     examples: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: NACL pairing candidates (`pairing.CANDIDATES`), paired across inputs by `pairing.Pairing`
+    pairs: pa.Table | None = None
 
 
 def insight_batch(table: pa.Table, window_seconds: int) -> InsightBatch:
@@ -104,10 +107,9 @@ def insight_batch(table: pa.Table, window_seconds: int) -> InsightBatch:
         return InsightBatch(SCHEMA.empty_table())
     have = set(table.column_names)
     parts: list[pa.Table] = []
-    examples: dict[str, str] = {}
+    pairs = None
     if have.issuperset((*_FLOW, "action")):
-        part, examples = _nacl(table, window_seconds)
-        parts.append(part)
+        pairs = _nacl(table, window_seconds)
     if have.issuperset(("pkt-dst-aws-service", "traffic-path", "flow-direction")):
         parts.append(_gateway(table))
     if have.issuperset(("interface-id", "action", "srcaddr", "flow-direction")) and (
@@ -116,7 +118,7 @@ def insight_batch(table: pa.Table, window_seconds: int) -> InsightBatch:
         parts.append(_ipv6(table))
     if "traffic-path" in have:
         parts.append(_paths(table))
-    return InsightBatch(fold(parts), examples)
+    return InsightBatch(fold(parts), pairs=pairs)
 
 
 def _str(table: pa.Table, name: str) -> pa.ChunkedArray:
@@ -130,65 +132,11 @@ def _vpc(table: pa.Table) -> pa.ChunkedArray | pa.Array:
     return pa.array(["-"] * table.num_rows, pa.string())
 
 
-def _times(table: pa.Table) -> pa.ChunkedArray | pa.Array:
-    cols = [table.column(n) for n in ("end", "start") if n in table.column_names]
-    if not cols:
-        return pa.nulls(table.num_rows, pa.int64())
-    return pc.coalesce(*cols) if len(cols) > 1 else cols[0]
-
-
-def _flows(table: pa.Table, mask: pa.ChunkedArray | pa.Array, window_seconds: int) -> pa.Table:
-    """The flow key columns and window of the rows in `mask` (few: filtered before anything is converted)."""
-    picked = table.select([*_FLOW, *[n for n in ("end", "start") if n in table.column_names]]).filter(mask)
-    window = pc.multiply(pc.divide(pc.cast(_times(picked), pa.int64()), window_seconds), window_seconds)
-    flows = pa.table({n: (_str(picked, n) if n == "interface-id" else picked.column(n)) for n in _FLOW}).append_column(
-        "window", window
-    )
-    valid = pc.is_valid(flows.column("window"))
-    for name in _FLOW:
-        valid = pc.and_(valid, pc.is_valid(flows.column(name)))
-    return flows.filter(valid)
-
-
-def _nacl(table: pa.Table, window_seconds: int) -> tuple[pa.Table, dict[str, str]]:
-    action = table.column("action")
-    is_reject = is_value(action, "REJECT")
-    if not pc.any(is_reject).as_py():
-        return SCHEMA.empty_table(), {}
-    rejects = _flows(table, is_reject, window_seconds)
-    if not rejects.num_rows:
-        return SCHEMA.empty_table(), {}
-    # Cheap semi-joins first: a request leaves from the port its rejected reply went to (an ephemeral
-    # port: very selective, and an integer), toward the address the reply came from.
-    candidate = pc.and_(
-        is_value(action, "ACCEPT"),
-        pc.fill_null(pc.is_in(table.column("srcport"), value_set=pc.unique(rejects.column("dstport"))), False),
-    )
-    if not pc.any(candidate).as_py():
-        return SCHEMA.empty_table(), {}
-    near = table.select([*_FLOW, *[n for n in ("end", "start") if n in table.column_names]]).filter(candidate)
-    to_them = pc.fill_null(pc.is_in(near.column("dstaddr"), value_set=pc.unique(rejects.column("srcaddr"))), False)
-    if not pc.any(to_them).as_py():
-        return SCHEMA.empty_table(), {}
-    accepts = _flows(near, to_them, window_seconds)
-    rejects = rejects.append_column("row", pa.array(range(rejects.num_rows), pa.int64()))
-    reversed_ = rejects.rename_columns([_REVERSED.get(n, n) for n in rejects.column_names])
-    reversed_ = reversed_.rename_columns(["reject_window" if n == "window" else n for n in reversed_.column_names])
-    joined = reversed_.join(accepts, list(_FLOW), join_type="inner", use_threads=False)
-    if not joined.num_rows:
-        return SCHEMA.empty_table(), {}
-    gap = pc.abs(pc.subtract(joined.column("reject_window"), joined.column("window")))
-    matched = joined.filter(pc.less_equal(gap, window_seconds))
-    rows = pc.unique(matched.column("row"))
-    hit = rejects.take(pc.take(rows, pc.sort_indices(rows)))  # each reject once, however many requests match
-    g = hit.group_by(["interface-id"], use_threads=False).aggregate([([], "count_all")])
-    sums = _rows(NACL, g.column("interface-id"), None, g.column("count_all"), None)
-    first = hit.group_by(["interface-id"], use_threads=False).aggregate([("row", "min")])
-    examples = {}
-    for eni, row in zip(first.column("interface-id").to_pylist(), first.column("row_min").to_pylist(), strict=True):
-        r = rejects.slice(int(row), 1).to_pylist()[0]  # one per ENI, for the JSON report
-        examples[eni] = f"{eni} {r['srcaddr']}:{r['srcport']} -> {r['dstaddr']}:{r['dstport']} protocol {r['protocol']} REJECT"
-    return sums, examples
+def _nacl(table: pa.Table, window_seconds: int) -> pa.Table:
+    """Accepted requests and rejected possible replies, hashed: `pairing.Pairing` pairs them across
+    chunks, inputs and replicas, not here."""
+    times = [n for n in ("end", "start") if n in table.column_names]
+    return pairing.candidates(table.select([*_FLOW, "action", *times]), window_seconds)
 
 
 def _gateway(table: pa.Table) -> pa.Table:
@@ -281,6 +229,16 @@ def fold(parts: Iterable[pa.Table]) -> pa.Table:
         return tables[0]
     g = pa.concat_tables(tables).group_by(list(KEYS), use_threads=False).aggregate([("records", "sum"), ("bytes", "sum")])
     return g.rename_columns(["kind", "key1", "key2", "records", "bytes"]).select(SCHEMA.names).cast(SCHEMA)
+
+
+def add_pairs(delta_sums: pa.Table, examples: dict[str, str], paired: pairing.Paired) -> pa.Table:
+    """`delta_sums` with the NACL counts of `paired` added (and their examples merged into `examples`)."""
+    if not paired.counts:
+        return delta_sums
+    enis = list(paired.counts)
+    rows = _rows(NACL, pa.array(enis, pa.string()), None, pa.array([paired.counts[e] for e in enis], pa.int64()), None)
+    merge_examples(examples, paired.examples)
+    return fold([delta_sums, rows])
 
 
 def merge_examples(into: dict[str, str], more: dict[str, str]) -> None:

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import Counters, combine
+from streamer.aggregate.pairing import Pairing, Pieces
 from streamer.decode.errors import ErrorCounts
 
 OTHER_INTERFACE = "other"
@@ -46,6 +47,8 @@ class FlowState:
     #: (name, label value) -> count: totals that are not per interface, so forgetting one never lowers them.
     #: Left empty, derived from `counters` (a delta, or a state built from counters alone).
     totals: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    #: a delta's NACL pairing candidates (`pairing.CANDIDATES`), consumed by `pair_with`; never applied or stored
+    pairs: pa.Table | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.totals:
@@ -62,6 +65,16 @@ class FlowState:
         if delta.insights.num_rows:
             self.insights = ins.fold([self.insights, delta.insights])
         ins.merge_examples(self.insight_examples, delta.insight_examples)
+
+    def pair_with(self, state: Pairing) -> tuple[Pairing, Pieces]:
+        """Pair this delta's candidates with `state`: its NACL counts and examples are added here; returns the
+        pairing state after it and the snapshot pieces to commit with it."""
+        if self.pairs is None:
+            return state, Pieces()
+        after, paired, pieces = state.pair(self.pairs)
+        self.insights = ins.add_pairs(self.insights, self.insight_examples, paired)
+        self.pairs = None
+        return after, pieces
 
     def add_errors(self, errors: ErrorCounts) -> None:
         for reason, count in errors.counts.items():

@@ -156,7 +156,7 @@ class InsightsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         nacl = CounterMetricFamily(
             "vpcflow_nacl_return_rejects",
-            "Rejected replies to accepted flows (same ENI, same or adjacent window): a stateless NACL dropping return traffic.",
+            "Rejected replies to accepted flows (same ENI, within the lateness): a stateless NACL dropping return traffic.",
             labels=["interface_id"],
         )
         gw_bytes = CounterMetricFamily(

@@ -12,12 +12,21 @@ Resharding: a child shard is read only once its parent(s) are drained
 number has been read); a drained shard is committed as SHARD_END.
 `start_position` applies to the very first start only; shards discovered
 later always start at TRIM_HORIZON so that no record is skipped.
+
+Several inputs move at once: every shard is read by its own task, and
+within a shard the next batch is fetched and unpacked while the one before
+it is decoded and committed. Batches of one shard are still handed over one
+at a time, in order, so its cursor only ever moves forward from what is
+committed. Reading ahead is bounded by the bytes the source holds
+(`max_bytes_in_flight`) and paced to AWS's 5 GetRecords/s per shard.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,6 +49,7 @@ from streamer.sources.base import (
     aws_error_reason,
     single_chunk,
 )
+from streamer.sources.inflight import BytesInFlight
 
 if TYPE_CHECKING:
     from types_aiobotocore_kinesis import KinesisClient
@@ -54,6 +64,8 @@ SHARD_LEASE = "kinesis_shard"
 #: AWS allows 5 GetRecords per second per shard.
 MIN_POLL_SECONDS = 0.2
 INVALID_PAYLOAD = "invalid_payload"
+#: batches a shard reads ahead of the one being committed, at most (besides the bytes bound)
+READ_AHEAD_BATCHES = 2
 
 
 class KinesisSourceConfig(AwsSourceSettings):
@@ -65,6 +77,9 @@ class KinesisSourceConfig(AwsSourceSettings):
     shard_refresh_seconds: float = Field(default=60, gt=0)
     #: Kinesis records per GetRecords call (one checkpoint commit each)
     batch_records: int = Field(default=10_000, ge=1, le=10_000)
+    #: batches read ahead of their commit are bounded by their summed size as read (compressed); a shard
+    #: holding nothing still reads its next batch, however large
+    max_bytes_in_flight: int = Field(default=16 << 20, ge=1)
 
     async def build(self, ctx: BuildContext) -> KinesisSource:
         kinesis = await ctx.clients.kinesis(self.region, self.endpoint_url)
@@ -79,6 +94,7 @@ class KinesisSource(Source):
         kinesis: KinesisClient,
         cursors: Callable[[], Awaitable[dict[str, str]]],
         coordinator: Coordinator | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(name)
         #: in a fleet, each replica reads the shards it holds a lease on (its fair share)
@@ -92,6 +108,15 @@ class KinesisSource(Source):
         self._first_start = True
         self._waiting = False
         self._iterating: set[str] = set()  # shards whose first iterator was obtained
+        self.clock = clock
+        #: pause before a failed commit is tried again (the batch is in memory)
+        self.retry_seconds = 5.0
+        #: per shard: batches read and not yet handed to the sink, and their bytes plus the one being committed
+        self.ahead: dict[str, int] = {}
+        self._held: dict[str, int] = {}
+        #: shards whose reading ahead waits for bytes to be given back
+        self.waiting: set[str] = set()
+        self._budget = BytesInFlight(config.max_bytes_in_flight)
 
     first_call_name = "ListShards"
 
@@ -183,37 +208,117 @@ class KinesisSource(Source):
         try:
             await self._read_shard_leased(sink, shard)
         finally:  # another replica (or a later task) reports this shard's lag from now on: no stale series here
+            self._iterating.discard(shard["ShardId"])
             sink.behind(self.name, shard["ShardId"], None)
 
     async def _read_shard_leased(self, sink: Sink, shard: ShardTypeDef) -> None:
         """Read one shard while its lease is held under the epoch it was taken with.
 
-        `committed` is the cursor this task last saw committed: each batch is a compare-and-set from it, so
-        a retry after an unknown outcome, or a batch read before the lease was lost and won back, never
-        counts twice nor moves the cursor backwards. A lost lease (or a new epoch) ends the task; the next
-        schedule starts a fresh one from the committed cursor.
+        A reader task fetches and unpacks batches ahead; this task commits them one after another. `committed`
+        is the cursor last seen committed: each batch is a compare-and-set from the cursor before it, so a retry
+        after an unknown outcome, or a batch read before the lease was lost and won back, never counts twice nor
+        moves the cursor backwards. A batch found counted already (DUPLICATE) drops what was read ahead and reads
+        on from the committed cursor; a lost lease (or a new epoch) ends the task, and the next schedule starts
+        a fresh one from the committed cursor.
         """
         shard_id = shard["ShardId"]
-        lease = self.lease_name(shard_id)
-        epoch = self.coordinator.epoch(SHARD_LEASE, lease)
-        ending = shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
-        iterator: str | None = None
+        epoch = self.coordinator.epoch(SHARD_LEASE, self.lease_name(shard_id))
         committed = self.positions.get(shard_id)
+        while True:
+            batches: asyncio.Queue[_Batch] = asyncio.Queue()
+            reader = asyncio.create_task(self._read_ahead(sink, shard, committed, batches))
+            try:
+                outcome = await self._commit_in_order(sink, shard_id, epoch, batches, reader)
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+                while not batches.empty():  # read ahead, never handed over: read again from the cursor
+                    self._drop(shard_id, batches.get_nowait())
+            if outcome != DUPLICATE:
+                return
+            try:  # the cursor moved on: that batch was counted; read on from there
+                committed = (await self._load_cursors()).get(shard_id)
+            except Exception as exc:  # the database is away: a fresh task starts from the cursor later
+                sink.source_error(self.name, "commit_failed", f"{self.config.stream_name}/{shard_id}: {exc}")
+                return
+            log.info("%s: shard %s was read up to %s already: reading on from there", self.name, shard_id, committed)
+            if committed is not None:
+                self.positions[shard_id] = committed
+            if committed == SHARD_END:
+                return
+
+    async def _commit_in_order(
+        self, sink: Sink, shard_id: str, epoch: int | None, batches: asyncio.Queue[_Batch], reader: asyncio.Task[None]
+    ) -> str:
+        """Hand the batches read ahead to the sink one at a time, in order: a batch goes only once the one before
+        it has committed, so a shard's cursor commits in order, and a batch whose commit fails is retried before
+        anything after it is handed over. Returns why it stopped (LEASE_LOST, DUPLICATE, or SHARD_END)."""
+        lease = self.lease_name(shard_id)
         while True:
             if not self.coordinator.owns(SHARD_LEASE, lease) or self.coordinator.epoch(SHARD_LEASE, lease) != epoch:
                 log.info("%s: shard %s is read by another replica now", self.name, shard_id)
-                self._iterating.discard(shard_id)
-                return
+                return LEASE_LOST
+            batch = await _next_batch(batches, reader)
+            self.ahead[shard_id] -= 1
+            self._budget.notify()  # the reader may fetch the next one
+            try:
+                if batch.cursor is not None:
+                    outcome = await self._deliver(sink, shard_id, batch, epoch)
+                    if outcome in (LEASE_LOST, DUPLICATE):
+                        return outcome  # LEASE_LOST: the new owner resumes from the committed cursor
+                if batch.behind is not None:
+                    sink.behind(self.name, shard_id, batch.behind)
+                sink.polled(self.name)
+            finally:
+                self._release(shard_id, batch.size)
+            if batch.drained:
+                log.info("%s: shard %s drained", self.name, shard_id)
+                return SHARD_END
+
+    def _may_read(self, shard_id: str) -> bool:
+        """Read ahead a few batches at most, and while the source holds fewer bytes than its bound; a shard
+        holding nothing always reads its next batch (every shard moves, however large the others' batches)."""
+        if self.ahead.get(shard_id, 0) >= READ_AHEAD_BATCHES:
+            return False
+        return self._held.get(shard_id, 0) == 0 or self._budget.held < self._budget.limit
+
+    def _take(self, shard_id: str, batch: _Batch) -> None:
+        self.ahead[shard_id] = self.ahead.get(shard_id, 0) + 1
+        self._held[shard_id] = self._held.get(shard_id, 0) + batch.size
+        self._budget.take(batch.size)
+
+    def _release(self, shard_id: str, size: int) -> None:
+        self._held[shard_id] -= size
+        self._budget.give(size)
+
+    def _drop(self, shard_id: str, batch: _Batch) -> None:
+        self.ahead[shard_id] -= 1
+        self._release(shard_id, batch.size)
+
+    async def _read_ahead(self, sink: Sink, shard: ShardTypeDef, position: str | None, batches: asyncio.Queue[_Batch]) -> None:
+        """Fetch and unpack the shard's batches from `position` on, in order, while earlier ones commit."""
+        shard_id = shard["ShardId"]
+        ending = shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
+        pace = Pace(MIN_POLL_SECONDS, self.clock)
+        iterator: str | None = None
+        while True:
+            if not self._may_read(shard_id):
+                self.waiting.add(shard_id)
+                try:
+                    await self._budget.wait_until(lambda: self._may_read(shard_id))
+                finally:
+                    self.waiting.discard(shard_id)
+            await asyncio.sleep(pace.delay())
             try:
                 if iterator is None:
-                    iterator = await self._iterator(shard_id, committed)
+                    iterator = await self._iterator(shard_id, position)
                     self._iterating.add(shard_id)
                     self._update_ready()
                 resp = await self.kinesis.get_records(ShardIterator=iterator, Limit=self.config.batch_records)
             except ClientError as exc:
                 code = aws_error_reason(exc)
                 if code == "ExpiredIteratorException":
-                    iterator = None
+                    iterator = None  # a new one from the last batch read (not committed: that one is queued)
                     continue
                 sink.source_error(self.name, code, f"{self.config.stream_name}/{shard_id}: {exc}")
                 await asyncio.sleep(1.0 if code == "ProvisionedThroughputExceededException" else 5.0)
@@ -223,63 +328,51 @@ class KinesisSource(Source):
                 await asyncio.sleep(5.0)
                 continue
             records = resp.get("Records", [])
-            if "MillisBehindLatest" in resp:
-                sink.behind(self.name, shard_id, resp["MillisBehindLatest"] / 1000)
             next_iterator = resp.get("NextShardIterator")
-            last = records[-1]["SequenceNumber"] if records else committed
+            last = records[-1]["SequenceNumber"] if records else position
             drained = next_iterator is None or (
                 not records and ending is not None and last is not None and int(last) >= int(ending)
             )
-            if records or drained:
-                cursor = SHARD_END if drained else str(last)
-                outcome = await self._deliver(sink, shard_id, records, committed, cursor, epoch)
-                if outcome == LEASE_LOST:
-                    self._iterating.discard(shard_id)
-                    return  # the lease moved on: the new owner resumes from the committed cursor
-                if outcome == DUPLICATE:  # the cursor moved on: this batch was counted; read on from there
-                    try:
-                        committed = (await self._load_cursors()).get(shard_id)
-                    except Exception as exc:  # the database is away: a fresh task starts from the cursor later
-                        sink.source_error(self.name, "commit_failed", f"{self.config.stream_name}/{shard_id}: {exc}")
-                        self._iterating.discard(shard_id)
-                        return
-                    log.info("%s: shard %s was read up to %s already: reading on from there", self.name, shard_id, committed)
-                    if committed is not None:
-                        self.positions[shard_id] = committed
-                    if committed == SHARD_END:
-                        self._iterating.discard(shard_id)
-                        return
-                    iterator = None
-                    continue
-                committed = cursor
-            sink.polled(self.name)
+            batch = await self._unpack(sink, shard_id, records, position, drained)
+            if "MillisBehindLatest" in resp:
+                batch.behind = resp["MillisBehindLatest"] / 1000
+            self._take(shard_id, batch)
+            batches.put_nowait(batch)
             if drained:
-                log.info("%s: shard %s drained", self.name, shard_id)
                 return
-            iterator = next_iterator
+            position, iterator = last, next_iterator
             if not records:
                 await asyncio.sleep(max(MIN_POLL_SECONDS, self.config.poll_interval_seconds))
 
-    async def _deliver(
-        self, sink: Sink, shard_id: str, records: list[RecordTypeDef], before: str | None, cursor: str, epoch: int | None
-    ) -> str:
-        """Commit one batch, moving the shard's cursor from `before` to `cursor`; returns the outcome
-        (LEASE_LOST: the lease was lost meanwhile; DUPLICATE: the cursor had moved on, nothing counted)."""
-        lines, bad = await asyncio.to_thread(payload_lines, [r["Data"] for r in records])
+    async def _unpack(
+        self, sink: Sink, shard_id: str, records: list[RecordTypeDef], before: str | None, drained: bool
+    ) -> _Batch:
+        """One GetRecords answer as the lines it carries and the cursor it moves to (None: nothing to commit)."""
+        size = sum(len(r["Data"]) for r in records)
+        lines, bad = await asyncio.to_thread(payload_lines, [r["Data"] for r in records]) if records else ([], 0)
         if bad:
             where = f"{self.config.stream_name}/{shard_id}"
             sink.source_error(self.name, INVALID_PAYLOAD, f"{where}: {bad} record(s) or event(s) are not CloudWatch payloads")
         body = ("\n".join(lines) + "\n").encode() if lines else b""
+        cursor = SHARD_END if drained else (records[-1]["SequenceNumber"] if records else None)
+        return _Batch(body, bad, before, cursor, drained, size)
+
+    async def _deliver(self, sink: Sink, shard_id: str, batch: _Batch, epoch: int | None) -> str:
+        """Commit one batch, moving the shard's cursor from `batch.before` to `batch.cursor`; returns the outcome
+        (LEASE_LOST: the lease was lost meanwhile; DUPLICATE: the cursor had moved on, nothing counted)."""
+        assert batch.cursor is not None
+        body = batch.body
         delivery = Delivery(
             location=f"kinesis://{self.config.stream_name}/{shard_id}",
             body=lambda: single_chunk(body),
-            cursors={(self.name, shard_id): cursor},
-            expected={(self.name, shard_id): before},
+            cursors={(self.name, shard_id): batch.cursor},
+            expected={(self.name, shard_id): batch.before},
             log_format=self.log_format,
             headerless=True,
-            errors={INVALID_PAYLOAD: bad} if bad else {},
+            errors={INVALID_PAYLOAD: batch.bad} if batch.bad else {},
             lease=(SHARD_LEASE, self.lease_name(shard_id)),
             epoch=epoch,
+            size=batch.size,
         )
         while True:
             try:
@@ -287,7 +380,57 @@ class KinesisSource(Source):
                 break
             except Exception as exc:  # the batch is in memory; retry the commit rather than skip it
                 sink.source_error(self.name, "commit_failed", f"{delivery.location}: {exc}")
-                await asyncio.sleep(5.0)
+                await asyncio.sleep(self.retry_seconds)
         if outcome not in (LEASE_LOST, DUPLICATE):
-            self.positions[shard_id] = cursor
+            self.positions[shard_id] = batch.cursor
         return outcome
+
+
+@dataclasses.dataclass
+class _Batch:
+    """One GetRecords answer, unpacked while the batch before it commits."""
+
+    body: bytes
+    #: records (or events in them) that are not CloudWatch payloads
+    bad: int
+    #: the shard's cursor before this batch (compare-and-set), and after it (None: an empty read, nothing to commit)
+    before: str | None
+    cursor: str | None
+    drained: bool
+    #: the records' bytes as read (compressed): held against `max_bytes_in_flight` until committed
+    size: int
+    #: MillisBehindLatest, in seconds
+    behind: float | None = None
+
+
+async def _next_batch(batches: asyncio.Queue[_Batch], reader: asyncio.Task[None]) -> _Batch:
+    """The next batch read ahead; a reader that failed (a bug: AWS errors are retried there) fails the shard too."""
+    if batches.empty() and not reader.done():
+        getter = asyncio.ensure_future(batches.get())
+        try:
+            await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+    if not batches.empty():
+        return batches.get_nowait()
+    reader.result()  # raises what the reader failed with
+    raise RuntimeError("a shard's reader ended before its last batch")
+
+
+class Pace:
+    """At most one call per `interval` (AWS allows five GetRecords a second per shard), however fast batches commit."""
+
+    def __init__(self, interval: float, clock: Callable[[], float]) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._next: float | None = None
+
+    def delay(self) -> float:
+        """How long to wait before the next call; the call is then counted as made at that time."""
+        now = self.clock()
+        wait = 0.0 if self._next is None else max(0.0, self._next - now)
+        self._next = now + wait + self.interval
+        return wait

@@ -3,15 +3,19 @@
 Every poll walks `AWSLogs/` down to the account/region folders (both key
 layouts, every account and region present), then lists only the day and
 hour partitions that overlap the lookback window. Objects not yet done
-(by key + ETag, in the checkpoint store) are handed to the pipeline, up to
-`max_concurrent_objects` at a time. An object that keeps failing to read
-is given up after a few attempts, counted, and never blocks the rest.
+(by key + ETag, in the checkpoint store) are handed to the pipeline oldest
+first, several at once so that the next GETs run while earlier objects
+decode: as many as fit in `max_bytes_in_flight` (an object larger than
+that goes alone), and at most `max_concurrent_objects`. An object that
+keeps failing to read is given up after a few attempts, counted, and never
+blocks the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -34,6 +38,7 @@ from streamer.sources.base import (
     SourceError,
     aws_error_reason,
 )
+from streamer.sources.inflight import BytesInFlight
 from streamer.sources.s3_objects import S3Object, object_delivery
 
 if TYPE_CHECKING:
@@ -59,8 +64,10 @@ class S3SourceConfig(AwsSourceSettings):
     poll_interval_seconds: float = Field(default=60, gt=0)
     #: how far back to look for late objects
     lookback_seconds: int = Field(default=21600, gt=0)
-    #: objects processed at once
-    max_concurrent_objects: int = Field(default=2, ge=1, le=32)
+    #: objects read and decoded at once, at most (the pipeline reads 8 at a time; more would only wait there)
+    max_concurrent_objects: int = Field(default=8, ge=1, le=32)
+    #: objects in flight are bounded by their summed size as stored (one larger object still goes alone)
+    max_bytes_in_flight: int = Field(default=16 << 20, ge=1)
 
     async def build(self, ctx: BuildContext) -> S3PollSource:
         s3 = await ctx.clients.s3(self.region, self.endpoint_url)
@@ -91,6 +98,9 @@ class S3PollSource(Source):
         self._clock = clock
         self._attempts: dict[str, int] = {}
         self.log_format = parse_log_format(config.log_format) if config.log_format else None
+        #: object bytes being read and decoded; keys of those objects
+        self.budget = BytesInFlight(config.max_bytes_in_flight)
+        self.in_flight: set[str] = set()
 
     first_call_name = "ListObjectsV2"
 
@@ -117,20 +127,27 @@ class S3PollSource(Source):
         objects = [o for o in objects if self.partition_of(o.key) in owned]
         done = await self._done_among([o.done_key for o in objects])
         todo = sorted((o for o in objects if o.done_key not in done), key=lambda o: (o.last_modified, o.key))
-        gate = asyncio.Semaphore(self.config.max_concurrent_objects)
 
         async def one(obj: S3Object) -> None:
-            async with gate:
-                try:
-                    await self._process(sink, obj)
-                except Exception as exc:  # never cancel the poll's other objects: this one is tried next poll
-                    sink.source_error(self.name, COMMIT_FAILED, f"s3://{obj.bucket}/{obj.key}: {type(exc).__name__}: {exc}")
+            try:
+                await self._process(sink, obj)
+            except Exception as exc:  # never cancel the poll's other objects: this one is tried next poll
+                sink.source_error(self.name, COMMIT_FAILED, f"s3://{obj.bucket}/{obj.key}: {type(exc).__name__}: {exc}")
+            finally:
+                self.in_flight.discard(obj.done_key)
+                self.budget.give(obj.size)
 
         async with asyncio.TaskGroup() as group:
-            for obj in todo:
+            for obj in todo:  # started in order, each once it fits
+                await self.budget.wait_until(functools.partial(self._room_for, obj))
+                self.budget.take(obj.size)
+                self.in_flight.add(obj.done_key)
                 group.create_task(one(obj))
         sink.polled(self.name)
         return len(todo)
+
+    def _room_for(self, obj: S3Object) -> bool:
+        return self.budget.fits(obj.size) and len(self.in_flight) < self.config.max_concurrent_objects
 
     def partition_name(self, index: int) -> str:
         return f"{self.name}/{index}"

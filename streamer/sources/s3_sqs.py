@@ -6,6 +6,13 @@ another replica does not pick it up meanwhile. Keys in events are
 URL-encoded (`unquote_plus`). `s3:TestEvent` and non-create events are
 deleted without work; a message that cannot be parsed, or that was received
 more than `max_receive_count` times, is counted, logged and deleted.
+
+Held messages are kept invisible ten receipts per ChangeMessageVisibilityBatch
+call. On a stop, the messages received but not finished (never started, or
+abandoned midway) are made visible again at once, so another consumer or the
+restarted one takes them without waiting out their visibility timeout; the
+objects a message names are done in the checkpoint, so a redelivery of one
+that was committed before the stop counts nothing twice.
 """
 
 from __future__ import annotations
@@ -29,11 +36,15 @@ from streamer.sources.s3_objects import S3Object, object_delivery
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_sqs import SQSClient
-    from types_aiobotocore_sqs.type_defs import MessageTypeDef
+    from types_aiobotocore_sqs.type_defs import ChangeMessageVisibilityBatchRequestEntryTypeDef, MessageTypeDef
 
 log = logging.getLogger(__name__)
 #: messages held at once, as a multiple of `max_messages` (a receive), besides the bytes-in-flight bound
 MESSAGES_IN_FLIGHT_PER_RECEIVE = 2
+#: receipts per ChangeMessageVisibilityBatch call (the API's maximum)
+VISIBILITY_BATCH = 10
+#: how long a stop waits to make unfinished messages visible again (else they reappear after their timeout)
+RELEASE_SECONDS = 5.0
 
 
 class S3SqsSourceConfig(AwsSourceSettings):
@@ -167,6 +178,10 @@ class S3SqsSource(Source):
         self.extended = 0
         #: receipts of messages received and not yet finished
         self._held: set[str] = set()
+        #: receipts of messages whose work was cancelled midway (a stop): made visible again on the way out
+        self._abandoned: set[str] = set()
+        #: messages made visible again on a stop
+        self.released = 0
         #: object bytes of the messages being worked, and whether another message may start
         self._in_flight = 0
         self._room = asyncio.Event()
@@ -197,6 +212,7 @@ class S3SqsSource(Source):
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, keeper, watcher, return_exceptions=True)
+            await self._release(sink, self._held | self._abandoned)
 
     async def _watch_backlog(self, sink: Sink) -> None:
         """Queue depth at a modest interval (an operator's backlog alert reads it)."""
@@ -262,6 +278,10 @@ class S3SqsSource(Source):
     async def _work(self, sink: Sink, message: MessageTypeDef, size: int) -> None:
         try:
             await self._handle(sink, message)
+        except asyncio.CancelledError:  # stopped midway: given back on the way out, unless it was being deleted
+            if message["ReceiptHandle"] in self._held:
+                self._abandoned.add(message["ReceiptHandle"])
+            raise
         except Exception as exc:  # nobody awaits this task: report here (the message is not deleted, SQS redelivers)
             log.exception("%s: message %s failed", self.name, message.get("MessageId"))
             sink.source_error(self.name, "crashed", f"message {message.get('MessageId')}: {type(exc).__name__}: {exc}")
@@ -275,18 +295,43 @@ class S3SqsSource(Source):
     async def _keep_invisible(self, sink: Sink, held: set[str]) -> None:
         while True:
             await asyncio.sleep(self.config.keepalive_seconds)
-            for receipt in list(held):
-                if receipt not in held:  # finished (and deleted) since this round began
-                    continue
-                try:
-                    await self.sqs.change_message_visibility(
-                        QueueUrl=self.config.queue_url,
-                        ReceiptHandle=receipt,
-                        VisibilityTimeout=self.config.visibility_timeout_seconds,
-                    )
-                    self.extended += 1
-                except (ClientError, BotoCoreError, OSError) as exc:  # only risks a redelivery, which is deduplicated
-                    sink.source_error(self.name, aws_error_reason(exc), f"extending visibility: {exc}")
+            receipts = list(held)
+            for start in range(0, len(receipts), VISIBILITY_BATCH):
+                chunk = [r for r in receipts[start : start + VISIBILITY_BATCH] if r in held]  # not finished since
+                self.extended += await self._change_visibility(sink, chunk, self.config.visibility_timeout_seconds)
+
+    async def _release(self, sink: Sink, receipts: set[str]) -> None:
+        """Make unfinished messages visible again (a stop), within RELEASE_SECONDS."""
+        if not receipts:
+            return
+        ordered = sorted(receipts)
+        try:
+            async with asyncio.timeout(RELEASE_SECONDS):
+                for start in range(0, len(ordered), VISIBILITY_BATCH):
+                    self.released += await self._change_visibility(sink, ordered[start : start + VISIBILITY_BATCH], 0)
+        except TimeoutError:
+            sink.source_error(self.name, "TimeoutError", f"{self.config.queue_url}: giving back unfinished messages timed out")
+        log.info("%s: %d unfinished message(s) made visible again", self.name, self.released)
+
+    async def _change_visibility(self, sink: Sink, receipts: list[str], seconds: int) -> int:
+        """One ChangeMessageVisibilityBatch; returns how many receipts it changed. A failure only risks a
+        redelivery (deduplicated by the objects' done keys) or a later one (the timeout runs out)."""
+        if not receipts:
+            return 0
+        entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
+            {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": seconds} for i, r in enumerate(receipts)
+        ]
+        try:
+            resp = await self.sqs.change_message_visibility_batch(QueueUrl=self.config.queue_url, Entries=entries)
+        except (ClientError, BotoCoreError, OSError) as exc:
+            sink.source_error(self.name, aws_error_reason(exc), f"changing visibility: {exc}")
+            return 0
+        for failed in resp.get("Failed", []):
+            code = failed.get("Code", "failed")
+            if code == "ReceiptHandleIsInvalid" and receipts[int(failed["Id"])] not in self._held | self._abandoned:
+                continue  # deleted meanwhile (it finished while the call was on its way)
+            sink.source_error(self.name, code, f"changing visibility: {failed.get('Message', '')}")
+        return len(resp.get("Successful", []))
 
     async def _handle(self, sink: Sink, message: MessageTypeDef) -> None:
         receipt = message["ReceiptHandle"]
@@ -313,6 +358,7 @@ class S3SqsSource(Source):
         await self._delete(sink, receipt)
 
     async def _delete(self, sink: Sink, receipt: str) -> None:
+        self._held.discard(receipt)  # finished: neither extended nor given back from now on
         try:
             await self.sqs.delete_message(QueueUrl=self.config.queue_url, ReceiptHandle=receipt)
         except (ClientError, BotoCoreError, OSError) as exc:

@@ -46,6 +46,8 @@ class Commit:
     done: list[Done] = dataclasses.field(default_factory=list)
     cursors: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
     snapshots: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    #: name prefixes of snapshots this commit deletes, before it writes `snapshots` (state kept in pieces)
+    drop_snapshots: list[str] = dataclasses.field(default_factory=list)
     #: idle interfaces whose counters and membership are dropped
     forget: list[str] = dataclasses.field(default_factory=list)
     #: fleet: the lease (kind, name) this input was read under; the commit fails if it is no longer held
@@ -74,7 +76,9 @@ class Refused:
 def merged(changes: Sequence[Commit]) -> Commit:
     """The changes of a group whose claims all held, as one change: the effect of committing them in order.
 
-    Deltas add up; later cursors, snapshots and membership times win; forgotten interfaces are
+    Deltas add up; later cursors, snapshots and membership times win (the stores drop snapshot prefixes
+    before writing, so a prefix a later change drops also removes what an earlier one wrote under it);
+    forgotten interfaces are
     never ones an earlier change of the same group counted (capping forgets only interfaces idle
     at the group's one `now`), so deleting them all before the upserts is exact. The claims
     themselves (done keys, expected cursors, leases) are the stores' to check, in order.
@@ -87,6 +91,10 @@ def merged(changes: Sequence[Commit]) -> Commit:
         delta.apply(change.delta)
         out.done.extend(change.done)
         out.cursors.update(change.cursors)
+        for prefix in change.drop_snapshots:  # what a later change drops goes, even if an earlier one wrote it
+            for name in [n for n in out.snapshots if n.startswith(prefix)]:
+                del out.snapshots[name]
+        out.drop_snapshots.extend(change.drop_snapshots)
         out.snapshots.update(change.snapshots)
         out.forget.extend(eni for eni in change.forget if eni not in out.forget)
         out.expected.update(change.expected)
@@ -118,6 +126,8 @@ class StateStore(Protocol):
     def cursors(self, source: str) -> dict[str, str]: ...
 
     def snapshot(self, name: str) -> bytes | None: ...
+
+    def snapshots(self, prefix: str) -> dict[str, bytes]: ...
 
     def prune(self, older_than_seconds: float) -> int: ...
 

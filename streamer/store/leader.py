@@ -28,6 +28,7 @@ import orjson
 
 from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
+from streamer.aggregate.pairing import PARTIAL_SOURCE, PREFIX, TOTALS_SNAPSHOT, Pairing, Pieces, Totals, decode_candidates
 from streamer.aggregate.windows import decode_partial
 from streamer.export.alerts import ActiveAlert, Alerter
 from streamer.store.base import CheckpointError, LeaseLost
@@ -58,6 +59,7 @@ class LeaderDetector:
         alerter: Alerter,
         call: Callable[..., Any],
         clock: Callable[[], float] = time.time,
+        pairing_lateness_seconds: int | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.fresh = fresh
@@ -66,6 +68,10 @@ class LeaderDetector:
         self._call = call
         self.clock = clock
         self.detection: Detection | None = None
+        #: NACL return-reject pairing over every replica's candidates (insights on), and what it counted
+        self.pairing_lateness_seconds = pairing_lateness_seconds
+        self.pairing: Pairing | None = None
+        self.totals: Totals | None = None
         self._epoch: int | None = None  # the leader lease's epoch `detection` was restored under
         self.steps = 0
         #: the last step applied partials: the next one follows without waiting a tick
@@ -105,15 +111,17 @@ class LeaderDetector:
             self._epoch = epoch
         assert self.detection is not None
         taken = await self._call(store.take_partials, SLICE_PARTIALS, SLICE_BYTES)
-        detection, anomalies, consumed, blob = await asyncio.to_thread(_apply, self.detection, taken, self.clock())
+        pairs = _Pairs(self.pairing, self.totals)
+        detection, anomalies, consumed, blob = await asyncio.to_thread(_apply, self.detection, taken, self.clock(), pairs)
         alerts = self.alerter.preview(anomalies)
-        snapshots = {SNAPSHOT_NAME: blob, ALERTS_SNAPSHOT: _encode_alerts(alerts)}
+        snapshots = {SNAPSHOT_NAME: blob, ALERTS_SNAPSHOT: _encode_alerts(alerts), **pairs.snapshots()}
         try:
-            await self._call(store.commit_detection, LEADER, consumed, snapshots, epoch)
+            await self._call(store.commit_detection, LEADER, consumed, snapshots, epoch, pairs.pieces.drop)
         except BaseException:
             self._step_down()  # committed or not, lease lost or not: the next step restores from the database
             raise
         self.detection = detection
+        self.pairing, self.totals = pairs.pairing, pairs.totals
         self.alerter.notify(anomalies)
         self.steps += 1
         self.backlog = bool(taken)  # there may be more: look again now (an empty queue waits a tick)
@@ -122,6 +130,12 @@ class LeaderDetector:
     async def _take_over(self, store: PostgresStore) -> None:
         blob = await self._call(store.snapshot, SNAPSHOT_NAME)
         self.detection = self.fresh() if blob is None else await asyncio.to_thread(self.restore, blob)  # big: off the loop
+        if self.pairing_lateness_seconds is not None:
+            lateness = self.pairing_lateness_seconds
+            pieces = await self._call(store.snapshots, PREFIX)
+            self.pairing = await asyncio.to_thread(Pairing.restore, pieces, lateness)
+            totals = await self._call(store.snapshot, TOTALS_SNAPSHOT)
+            self.totals = Totals() if totals is None else Totals.restore(totals)
         alerts = await self._call(store.snapshot, ALERTS_SNAPSHOT)
         self.alerter.active = _decode_alerts(alerts) if alerts else {}
         log.info(
@@ -136,22 +150,54 @@ class LeaderDetector:
         if self.detection is not None:
             log.info("%s is no longer the leader", self.coordinator.replica_id)
         self.detection = None
+        self.pairing = self.totals = None
         self._epoch = None
         self.alerter.active = {}
         self.alerter.resolved = []
 
 
+@dataclasses.dataclass
+class _Pairs:
+    """The pairing state a slice moves on (a copy: the leader keeps its own until the slice is committed)."""
+
+    pairing: Pairing | None
+    totals: Totals | None
+    #: the snapshot pieces of every step of the slice, committed with it
+    pieces: Pieces = dataclasses.field(default_factory=Pieces)
+
+    def __post_init__(self) -> None:
+        if self.totals is not None:
+            self.totals = Totals(dict(self.totals.counts), dict(self.totals.examples))
+
+    def apply(self, body: bytes) -> None:
+        if self.pairing is not None and self.totals is not None:
+            self.pairing, paired, pieces = self.pairing.pair(decode_candidates(body))
+            self.totals.add(paired)
+            self.pieces.then(pieces)
+
+    def snapshots(self) -> dict[str, bytes]:
+        if self.pairing is None or self.totals is None:
+            return {}
+        return {**self.pieces.snapshots, TOTALS_SNAPSHOT: self.totals.snapshot()}
+
+
 def _apply(
-    detection: Detection, taken: list[tuple[int, str, bytes]], now: float
+    detection: Detection, taken: list[tuple[int, str, bytes]], now: float, pairs: _Pairs | None = None
 ) -> tuple[Detection, list[Anomaly], list[int], bytes]:
     """One slice, on a worker thread: partials in queue order until the slice's time is up (at least one),
-    then the wall-clock tick and the snapshot. Returns the new state, its anomalies, the ids applied."""
+    then the wall-clock tick and the snapshot. Returns the new state, its anomalies, the ids applied.
+    Partials of NACL pairing candidates go to `pairs` instead (their snapshots are taken by the caller)."""
     deadline = time.monotonic() + SLICE_SECONDS
     anomalies: list[Anomaly] = []
     consumed: list[int] = []
     for i, source, body in taken:
         if consumed and time.monotonic() > deadline:
             break
+        if source == PARTIAL_SOURCE:
+            if pairs is not None:
+                pairs.apply(body)
+            consumed.append(i)
+            continue
         detection, found = detection.advance([decode_partial(body)], source, now)
         anomalies.extend(found)
         consumed.append(i)

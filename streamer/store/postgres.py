@@ -334,6 +334,8 @@ class PostgresStore:
                 "INSERT INTO cursors VALUES (%s, %s, %s) ON CONFLICT (source, partition) DO UPDATE SET value = excluded.value",
                 blind,
             )
+        if change.drop_snapshots:
+            cur.execute(_DROP_SNAPSHOTS, (change.drop_snapshots,))
         if change.snapshots:
             cur.executemany(
                 "INSERT INTO snapshots VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -362,6 +364,15 @@ class PostgresStore:
             row = conn.execute("SELECT value FROM snapshots WHERE name = %s", (name,)).fetchone()
             conn.rollback()
         return None if row is None else bytes(row[0])
+
+    def snapshots(self, prefix: str) -> dict[str, bytes]:
+        """Every snapshot whose name starts with `prefix` (state kept in pieces)."""
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT name, value FROM snapshots WHERE left(name, length(%s)) = %s", (prefix, prefix)
+            ).fetchall()
+            conn.rollback()
+        return {str(n): bytes(v) for n, v in rows}
 
     def prune(self, older_than_seconds: float) -> int:
         with self._pool.connection() as conn:
@@ -471,15 +482,23 @@ class PostgresStore:
         return [(int(i), str(s), bytes(b)) for i, s, b in rows]
 
     def commit_detection(
-        self, lease: tuple[str, str], consumed: list[int], snapshots: dict[str, bytes], epoch: int | None = None
+        self,
+        lease: tuple[str, str],
+        consumed: list[int],
+        snapshots: dict[str, bytes],
+        epoch: int | None = None,
+        drop_snapshots: list[str] | None = None,
     ) -> None:
-        """The leader's step, fenced by its lease (and epoch): consumed partials go, the new detection state stays."""
+        """The leader's step, fenced by its lease (and epoch): consumed partials go, the new detection state
+        stays (snapshots under `drop_snapshots` prefixes go first)."""
         with self._pool.connection() as conn, conn.cursor() as cur:
             try:
                 if not self._holds(cur, *lease, self.replica_id, epoch):
                     raise LeaseLost(f"lease {lease[0]}/{lease[1]} is no longer {self.replica_id}'s")
                 if consumed:
                     cur.execute("DELETE FROM window_partials WHERE id = ANY(%s)", (consumed,))
+                if drop_snapshots:
+                    cur.execute(_DROP_SNAPSHOTS, (drop_snapshots,))
                 cur.executemany(
                     "INSERT INTO snapshots VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                     list(snapshots.items()),
@@ -488,6 +507,10 @@ class PostgresStore:
             except BaseException:
                 conn.rollback()
                 raise
+
+
+#: snapshots under any of the given name prefixes (collation-proof: no range or LIKE on names)
+_DROP_SNAPSHOTS = "DELETE FROM snapshots WHERE EXISTS (SELECT 1 FROM unnest(%s::text[]) AS p WHERE left(name, length(p)) = p)"
 
 
 def _swap_cursors(cur: psycopg.Cursor[Any], change: Commit) -> bool:

@@ -214,6 +214,9 @@ class CheckpointStore:
             "INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)",
             [(s, p, v) for (s, p), v in change.cursors.items()],
         )
+        self._db.executemany(
+            "DELETE FROM snapshots WHERE name >= ? AND name < ?", [_range(p) for p in change.drop_snapshots]
+        )
         self._db.executemany("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", list(change.snapshots.items()))
 
     def _vacuum_quietly(self) -> None:
@@ -264,6 +267,11 @@ class CheckpointStore:
         row = self._db.execute("SELECT value FROM snapshots WHERE name = ?", (name,)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def snapshots(self, prefix: str) -> dict[str, bytes]:
+        """Every snapshot whose name starts with `prefix` (state kept in pieces)."""
+        rows = self._db.execute("SELECT name, value FROM snapshots WHERE name >= ? AND name < ?", _range(prefix))
+        return {str(n): bytes(v) for n, v in rows}
+
     def prune(self, older_than_seconds: float) -> int:
         """Forget done keys older than the retention, and give freed pages back; returns how many keys."""
         cutoff = time.time() - older_than_seconds
@@ -281,6 +289,11 @@ class CheckpointStore:
         """The database file plus its write-ahead log."""
         wal = self.path.with_name(self.path.name + "-wal")
         return sum(p.stat().st_size for p in (self.path, wal) if p.exists())
+
+
+def _range(prefix: str) -> tuple[str, str]:
+    """The names starting with `prefix`, as a range the primary key answers (names compare as bytes)."""
+    return (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)) if prefix else ("", chr(0x10FFFF))
 
 
 def _by_namespace(done: list[Done]) -> dict[str, list[str]]:

@@ -282,7 +282,8 @@ def test_sigkill_then_restart_keeps_network_insights_exact(aws: str, tmp_path: P
     now = dt.datetime.now(dt.UTC)
     n_objects = 30
     for i in range(n_objects):
-        cases, expected = insight_cases(int(now.timestamp()) - 3600 + i * 120)
+        # 17 minutes apart, beyond the 900 s lateness: the same flows in two objects never pair with each other
+        cases, expected = insight_cases(int(now.timestamp()) - 1020 * (n_objects + 1) + i * 1020)
         text = " ".join(V5_ALL_FIELDS) + "\n" + "\n".join(to_lines(insight_table(cases)).to_pylist()) + "\n"
         s3.put_object(Bucket="flow-logs", Key=aws_key(now, "daily", n=i), Body=gzip.compress(text.encode()))
     h = Harness(tmp_path, {"type": "s3", "bucket": "flow-logs", "endpoint_url": aws, "poll_interval_seconds": 0.2})

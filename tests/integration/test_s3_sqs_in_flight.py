@@ -163,3 +163,75 @@ async def test_many_small_objects_are_held_a_few_receives_at_a_time_not_hoarded(
             await runner
     finally:
         await clients.close()
+
+
+def sqs_config(url: str, aws: str, **extra: Any) -> S3SqsSourceConfig:
+    settings = {"type": "s3_sqs", "queue_url": url, "endpoint_url": aws, "wait_time_seconds": 1, **extra}
+    return S3SqsSourceConfig.model_validate(settings)
+
+
+async def test_a_stop_makes_messages_received_but_unfinished_visible_again_at_once(aws: str) -> None:
+    """Without it, what a stopping replica had received ahead would stay invisible for the visibility timeout
+    (300 s here): the restart or another consumer takes it at once instead."""
+    sqs = boto("sqs", aws)
+    url = sqs.create_queue(QueueName="stop")["QueueUrl"]
+    for key in ("a", "b", "c"):
+        sqs.send_message(QueueUrl=url, MessageBody=event(key, 3 * MIB))
+    clients = AwsClients()
+    sink = HoldingSink()
+    try:
+        config = sqs_config(url, aws, max_messages=3, max_bytes_in_flight=MIB)
+        source = await config.build(BuildContext("sqs", clients, nothing, nothing, nothing))  # type: ignore[arg-type]
+        runner = asyncio.create_task(source.run(sink))
+        # One object is worked (larger than the bound, it goes alone); the other two wait, received ahead.
+        await until(lambda: len(sink.started) == 1 and queue(sqs, url) == ("0", "3"), "three held, one started")
+        runner.cancel()  # what SIGTERM does to a source
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        assert source.released == 3  # the two never started, and the one abandoned midway (nothing deleted)
+        assert sink.done == []
+        assert queue(sqs, url) == ("3", "0")
+        again = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", [])
+        assert sorted(json.loads(m["Body"])["Records"][0]["s3"]["object"]["key"] for m in again) == ["a", "b", "c"]
+    finally:
+        await clients.close()
+
+
+async def test_held_messages_stay_invisible_past_their_timeout_extended_ten_per_call(aws: str) -> None:
+    sqs = boto("sqs", aws)
+    url = sqs.create_queue(QueueName="slow")["QueueUrl"]
+    for n in range(12):
+        sqs.send_message(QueueUrl=url, MessageBody=event(f"k{n}", 1000))
+    clients = AwsClients()
+    sink = HoldingSink()
+    single: list[int] = []
+    batches: list[int] = []
+    try:
+        config = sqs_config(url, aws, visibility_timeout_seconds=10, visibility_keepalive_seconds=1)
+        source = await config.build(BuildContext("sqs", clients, nothing, nothing, nothing))  # type: ignore[arg-type]
+        # The real client's calls, seen as botocore emits them: how many receipts each extension carried.
+        events = source.sqs.meta.events  # type: ignore[attr-defined]
+        one, many = "provide-client-params.sqs.ChangeMessageVisibility", "provide-client-params.sqs.ChangeMessageVisibilityBatch"
+        events.register(one, lambda params, **_: single.append(1))
+        events.register(many, lambda params, **_: batches.append(len(params["Entries"])))
+        runner = asyncio.create_task(source.run(sink))
+        await until(lambda: len(sink.started) == 12, "twelve slow objects in flight")
+        base = source.extended
+        # Eleven rounds of extensions of all twelve, a second apart: longer than the 10 s timeout since receipt.
+        await until(lambda: source.extended >= base + 12 * 11, "eleven rounds of extensions", seconds=60)
+        assert queue(sqs, url) == ("0", "12")
+        assert sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", []) == []
+        assert len(sink.started) == 12  # none reappeared (and was received again) meanwhile
+        assert single == []
+        assert max(batches) == 10
+        assert sum(batches) >= 12 * 11
+        for location in sink.started:
+            sink.release[location].set()
+        await until(lambda: len(sink.done) == 12, "every object")
+        await until(lambda: queue(sqs, url) == ("0", "0"), "every message deleted")
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        assert source.released == 0
+    finally:
+        await clients.close()

@@ -213,3 +213,30 @@ def test_replay_json_reports_network_insights(tmp_path: Path) -> None:
     s3 = insights["gateway_endpoint_candidates"]["vpc-0insight000000001"]["S3"]
     assert (s3["records"], s3["bytes"], s3["estimated_nat_cost_usd"]) == (2, 4 * 2**30, 0.2)
     assert "insights" not in json.loads(streamer("replay", "--output", "json", "--no-insights", str(path)).stdout)
+
+
+def test_replay_json_pairs_across_its_files_and_the_example_is_a_counted_reject(tmp_path: Path) -> None:
+    """The replies in the first file wait for the requests in the second; a reject nothing pairs with,
+    read first on the same ENI, is neither counted nor the example."""
+    from streamer.schema import V5_ALL_FIELDS
+    from streamer.synth import InsightCase, insight_table, to_lines
+
+    eni, t = "eni-0pair000000000009", 1_764_000_000
+
+    def write(name: str, cases: list[InsightCase]) -> None:
+        text = " ".join(V5_ALL_FIELDS) + "\n" + "\n".join(to_lines(insight_table(cases)).to_pylist()) + "\n"
+        (tmp_path / name).write_bytes(gzip.compress(text.encode()))
+
+    write(
+        "a.log.gz",
+        [
+            InsightCase(eni, "198.51.100.7", "10.0.1.5", 443, 50007, "REJECT", t),  # no request ever
+            InsightCase(eni, "52.94.1.10", "10.0.1.5", 443, 50001, "REJECT", t + 240),
+            InsightCase(eni, "52.94.1.10", "10.0.1.5", 443, 50001, "REJECT", t + 250),
+        ],
+    )
+    write("b.log.gz", [InsightCase(eni, "10.0.1.5", "52.94.1.10", 50001, 443, "ACCEPT", t + 5, direction="egress")])
+    doc = json.loads(streamer("replay", "--output", "json", str(tmp_path)).stdout)
+    nacl = doc["insights"]["nacl_return_rejects"]
+    assert nacl[eni]["records"] == 2
+    assert nacl[eni]["example"] == f"{eni} 52.94.1.10:443 -> 10.0.1.5:50001 protocol 6 REJECT"

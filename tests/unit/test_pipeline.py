@@ -190,7 +190,8 @@ async def test_sigterm_stops_a_kinesis_shard_whose_commit_fails_instead_of_retry
     config = KinesisSourceConfig(type="kinesis", stream_name="s")
     source = KinesisSource("kinesis", config, None, lambda: asyncio.sleep(0, {}))  # type: ignore[arg-type]
     record = {"Data": gzip.compress(orjson.dumps({"logEvents": [{"id": "1", "message": "x"}]})), "SequenceNumber": "1"}
-    task = asyncio.create_task(source._deliver(pipe, "shard-0", [record], None, "1", None))  # type: ignore[list-item]
+    batch = await source._unpack(pipe, "shard-0", [record], None, False)  # type: ignore[list-item]
+    task = asyncio.create_task(source._deliver(pipe, "shard-0", batch, None))
     await asyncio.to_thread(store.committing.wait, 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.aggregate.anomaly import Anomaly, Settings
 from streamer.aggregate.detection import DETECTOR_SNAPSHOT, SNAPSHOT_NAME, Detection
+from streamer.aggregate.pairing import PREFIX, Pairing
 from streamer.aggregate.state import OTHER_INTERFACE, FlowState
 from streamer.commit_group import Limits
 from streamer.export.telemetry import Telemetry
@@ -95,6 +96,7 @@ class Run:
             clock=lambda: self.now,
             insights_window_seconds=60,
             group=group,
+            pairing=Pairing(lateness_seconds=60),
         )
 
     def close(self) -> None:
@@ -174,6 +176,9 @@ async def test_a_group_ends_exactly_where_its_inputs_committed_one_by_one_end(
 
     for name in (SNAPSHOT_NAME, DETECTOR_SNAPSHOT):
         assert grouped.store.snapshot(name) == alone.store.snapshot(name)
+    pieces = grouped.store.snapshots(PREFIX)
+    assert pieces == alone.store.snapshots(PREFIX)  # NACL pairing state: the same pieces, nothing left over
+    assert pieces
     # and the checkpoint holds the live detection (a restart resumes where /metrics was)
     assert grouped.store.snapshot(SNAPSHOT_NAME) == a.snapshot(with_detector=False)
     assert grouped.store.snapshot(DETECTOR_SNAPSHOT) == a.detector.snapshot()

@@ -13,6 +13,7 @@ import pytest
 
 from streamer.aggregate import insights as ins
 from streamer.aggregate.batch import columns, delta_of, reducer
+from streamer.aggregate.pairing import Pairing
 from streamer.aggregate.state import OTHER_INTERFACE, FlowState
 from streamer.schema import DEFAULT_FIELDS, V5_ALL_FIELDS
 from streamer.synth import insight_cases, insight_table, to_lines
@@ -49,6 +50,7 @@ def run(table: pa.Table, chunks: int = 1) -> dict[str, Any]:
     step = -(-table.num_rows // chunks)
     parts = [reducer(None, None, 60)(table.slice(i, step)) for i in range(0, table.num_rows, step)]
     delta = delta_of(parts)
+    delta.pair_with(Pairing(900))
     return ins.report(delta.insights, delta.insight_examples, 0.045)
 
 
@@ -79,11 +81,11 @@ def test_a_format_without_the_fields_gets_no_signal_and_no_error() -> None:
 
 
 def test_sums_fold_exactly_however_the_input_is_cut() -> None:
-    """Batches are reduced separately: every signal but NACL matching (which pairs within a batch) adds up."""
+    """Batches are reduced separately and every signal adds up: NACL pairs across batches too."""
     table = decoded(V5_ALL_FIELDS)
-    whole, cut = run(table), run(table, chunks=7)
-    for section in ("gateway_endpoint_candidates", "ipv6_internet_inbound", "traffic_path_bytes"):
-        assert whole[section] == cut[section]
+    whole = run(table)
+    for chunks in (2, 7, table.num_rows):
+        assert run(table, chunks=chunks) == whole
 
 
 def test_per_eni_insights_share_the_counters_cap() -> None:

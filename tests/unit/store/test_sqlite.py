@@ -122,3 +122,18 @@ def test_a_group_checks_each_claim_in_order_and_a_refused_one_writes_nothing(tmp
     by_eni = store.load_state().counters.by_interface()
     assert {eni: v["REJECT"]["records"] for eni, v in by_eni.items()} == {"eni-a": 3, "eni-b": 3, "eni-c": 4}
     store.close()
+
+
+def test_snapshots_under_a_prefix_are_read_together_and_dropped_by_prefix_with_a_commit(tmp_path: Path) -> None:
+    """State kept in pieces: a commit drops prefixes before it writes; a duplicate commit drops nothing."""
+    store = CheckpointStore(tmp_path / "state.db")
+    pieces = {"p/w/1/q1": b"a", "p/w/1/q2": b"b", "p/w/2/q1": b"c", "p/meta": b"m", "p.totals": b"t", "q": b"x"}
+    assert store.commit(Commit(done=[Done("s3", "k1")], snapshots=pieces))
+    assert store.snapshots("p/") == {n: v for n, v in pieces.items() if n.startswith("p/")}
+    assert not store.commit(Commit(done=[Done("s3", "k1")], drop_snapshots=["p/w/1/"]))  # counted before: no change
+    assert store.snapshots("p/w/1/") == {"p/w/1/q1": b"a", "p/w/1/q2": b"b"}
+    assert store.commit(Commit(done=[Done("s3", "k2")], drop_snapshots=["p/w/1/", "p/w/2/"], snapshots={"p/w/2/q3": b"d"}))
+    assert store.snapshots("p/") == {"p/w/2/q3": b"d", "p/meta": b"m"}
+    assert store.snapshot("p.totals") == b"t"
+    assert store.snapshot("q") == b"x"
+    store.close()

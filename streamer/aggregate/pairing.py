@@ -1,0 +1,450 @@
+"""NACL return rejects paired across chunks, inputs, replicas and restarts.
+
+A rejected reply and its accepted request are often in different objects
+(each direction is captured in its own aggregation window, delivered minutes
+apart). So every input leaves behind, per window, what may still pair:
+
+- requests: TCP or UDP ACCEPTs from an ephemeral port (1024-65535) to a
+  lower port, as a 64-bit hash of the flow their reply would have (ENI,
+  addresses and ports swapped, same protocol): a sorted set of hashes per
+  window, 8 bytes an entry;
+- replies that found no request yet: REJECTs to an ephemeral port from a
+  lower one, with their ENI, hash and example line (few: most rejects are
+  scans of service ports, which no reply goes to).
+
+A reply pairs with a request when the request's window is the same or at most
+`lateness_seconds` earlier, whichever of the two arrives first. Each reject
+record counts once. Windows older than the newest window seen minus the
+lateness are dropped: a record that late is late for the detector too.
+
+The state is committed with the counters as snapshot pieces (see `Pieces`):
+each commit appends only the requests it adds (`pairing/w/<window>/q<seq>`),
+rewrites only the waiting replies of windows that changed
+(`pairing/w/<window>/r`), and drops old windows by name prefix. So a kill -9
+loses nothing, a retried input (not committed, or a duplicate) pairs nothing
+twice, and a commit writes what its input added, not the whole state.
+
+Hashes are computed on whole batches with numpy over Arrow's buffers (no
+per-record Python).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from streamer.aggregate.columns import is_value
+
+#: the ports a reply goes back to (AWS's advice for NACL rules covering every client's ephemeral range);
+#: only TCP (6) and UDP (17) flows have ports
+EPHEMERAL = (1024, 65535)
+#: every piece of the pairing state is named under this prefix
+PREFIX = "pairing/"
+META = PREFIX + "meta"
+#: one input's candidates: requests (window, hash) and replies (also ENI and the example line)
+CANDIDATES = pa.schema(
+    [
+        pa.field("window", pa.int64()),
+        pa.field("hash", pa.uint64()),
+        pa.field("request", pa.bool_()),
+        pa.field("eni", pa.string()),
+        pa.field("example", pa.string()),
+    ]
+)
+REPLIES = pa.schema(
+    [pa.field("eni", pa.string()), pa.field("hash", pa.uint64()), pa.field("n", pa.int64()), pa.field("example", pa.string())]
+)
+_MUL = np.uint64(0x9E3779B97F4A7C15)
+#: the string hash's base (odd: invertible mod 2^64) and its inverse
+_P = np.uint64(1_000_003)
+_INV = np.uint64(pow(1_000_003, -1, 2**64))
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: every input bit moves every output bit."""
+    h = h ^ (h >> np.uint64(30))
+    h = h * np.uint64(0xBF58476D1CE4E5B9)
+    h = h ^ (h >> np.uint64(27))
+    h = h * np.uint64(0x94D049BB133111EB)
+    out: np.ndarray = h ^ (h >> np.uint64(31))
+    return out
+
+
+def _strings_hash(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A uint64 per value of a string column (0 where null): each distinct value hashed once (ENIs and
+    addresses repeat within a batch), spread to the rows through the dictionary codes."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    out = [np.zeros(0, np.uint64)]
+    for chunk in chunks:
+        encoded = chunk if pa.types.is_dictionary(chunk.type) else pc.dictionary_encode(chunk)
+        indices = pc.fill_null(encoded.indices, 0) if encoded.indices.null_count else encoded.indices
+        codes = np.asarray(indices.to_numpy(zero_copy_only=False))
+        values = pc.cast(encoded.dictionary, pa.string())
+        out.append(_string_hash(values)[codes] if len(values) else np.zeros(len(chunk), np.uint64))
+    return out[1] if len(out) == 2 else np.concatenate(out)
+
+
+def _equals(col: pa.ChunkedArray | pa.Array, value: str) -> np.ndarray:
+    """col == value as numpy booleans (False where null); on a dictionary, one test per distinct value."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    out = [np.zeros(0, bool)]
+    for chunk in chunks:
+        if pa.types.is_dictionary(chunk.type) and not chunk.indices.null_count:
+            hit = np.asarray(pc.fill_null(pc.equal(chunk.dictionary, value), False).to_numpy(zero_copy_only=False), bool)
+            out.append(hit[np.asarray(chunk.indices.to_numpy())] if len(hit) else np.zeros(len(chunk), bool))
+        else:
+            out.append(_flag(is_value(chunk, value)))
+    return out[1] if len(out) == 2 else np.concatenate(out)
+
+
+def _string_hash(col: pa.Array) -> np.ndarray:
+    """sum(byte_j * P^(len-1-j)) mod 2^64 per string, for all strings at once: prefix sums of
+    byte_j * P^-j over the data buffer (P is odd, so invertible mod 2^64), differenced at the offsets."""
+    n = len(col)
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset : col.offset + n + 1].astype(np.int64)
+    data_buffer = col.buffers()[2]
+    first, last = int(offsets[0]), int(offsets[-1])
+    raw = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    data = raw[first:last].astype(np.uint64)
+    offsets -= first
+    size = len(data)
+    inverse, powers = _powers(size)
+    with np.errstate(over="ignore"):
+        sums = np.zeros(size + 1, np.uint64)
+        np.cumsum(data * inverse[1 : size + 1], dtype=np.uint64, out=sums[1:])
+        h = (sums[offsets[1:]] - sums[offsets[:-1]]) * powers[offsets[1:]]
+        lengths = (offsets[1:] - offsets[:-1]).astype(np.uint64)
+        return _mix(h ^ (lengths * _MUL))
+
+
+_POWERS: tuple[np.ndarray, np.ndarray] = (np.ones(1, np.uint64), np.ones(1, np.uint64))
+
+
+def _powers(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """P^-k and P^k for k = 0..size at least (computed once, grown when a batch needs more)."""
+    global _POWERS
+    inverse, powers = _POWERS
+    if len(powers) <= size:
+        n = max(size + 1, 2 * len(powers))
+        with np.errstate(over="ignore"):
+            inverse = np.cumprod(np.concatenate(([np.uint64(1)], np.full(n - 1, _INV, np.uint64))), dtype=np.uint64)
+            powers = np.cumprod(np.concatenate(([np.uint64(1)], np.full(n - 1, _P, np.uint64))), dtype=np.uint64)
+        _POWERS = (inverse, powers)  # one assignment: threads see the old pair or the new one
+    return inverse, powers
+
+
+def _ints(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """int64 values, -1 where null (no port, protocol or time is negative)."""
+    if col.type != pa.int64():
+        col = pc.cast(col, pa.int64())
+    if col.null_count:
+        col = pc.fill_null(col, -1)
+    out: np.ndarray = np.asarray(col.to_numpy(), np.int64) if isinstance(col, pa.Array) else _chunks(col)
+    return out
+
+
+def _chunks(col: pa.ChunkedArray) -> np.ndarray:
+    parts = [np.asarray(c.to_numpy(), np.int64) for c in col.chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _flag(mask: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(mask.to_numpy(zero_copy_only=False), bool)
+
+
+def _present(col: pa.ChunkedArray | pa.Array) -> np.ndarray | bool:
+    return _flag(pc.is_valid(col)) if col.null_count else True
+
+
+_K = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
+
+
+def _key(eni: np.ndarray, a: np.ndarray, b: np.ndarray, port_a: np.ndarray, port_b: np.ndarray, proto: np.ndarray) -> np.ndarray:
+    """The flow's 64-bit hash: its ports and protocol packed exactly into one integer, the (already
+    mixed) string hashes weighted by position, so (a, b) and (b, a) differ."""
+    packed = ((port_a << 24) | (port_b << 8) | (proto & 0xFF)).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        return _mix(eni * _K[0] + a * _K[1] + b * _K[2] + _mix(packed))
+
+
+def candidates(table: pa.Table, window_seconds: int) -> pa.Table:
+    """One batch's requests and possible replies (`CANDIDATES`): needs interface-id, srcaddr, dstaddr,
+    srcport, dstport, protocol, action and end or start."""
+    times = [table.column(n) for n in ("end", "start") if n in table.column_names]
+    if not times:
+        return CANDIDATES.empty_table()
+    t = _ints(times[0])
+    if len(times) > 1 and times[0].null_count:
+        t = np.where(t < 0, _ints(times[1]), t)
+    sport, dport, proto = (_ints(table.column(n)) for n in ("srcport", "dstport", "protocol"))
+    low, high = EPHEMERAL
+    action = table.column("action")
+    # a request leaves from an ephemeral port to a lower one; its reply comes back the other way
+    req = _equals(action, "ACCEPT") & (sport >= low) & (sport <= high) & (dport < sport) & (dport >= 0)
+    rep = _equals(action, "REJECT") & (dport >= low) & (dport <= high) & (sport < dport) & (sport >= 0)
+    eni, src, dst = (table.column(n) for n in ("interface-id", "srcaddr", "dstaddr"))
+    valid = (t >= 0) & ((proto == 6) | (proto == 17)) & _present(eni) & _present(src) & _present(dst)
+    req &= valid
+    rep &= valid
+    if not (req.any() or rep.any()):
+        return CANDIDATES.empty_table()
+    he, hs, hd = (_strings_hash(c) for c in (eni, src, dst))
+    window = t // window_seconds * window_seconds
+    q, r = np.flatnonzero(req), np.flatnonzero(rep)
+    # a request's reply comes back from where it went: its key is its own flow reversed
+    request_keys = _key(he[q], hd[q], hs[q], dport[q], sport[q], proto[q])
+    reply_keys = _key(he[r], hs[r], hd[r], sport[r], dport[r], proto[r])
+    rejects = table.select(["interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol"]).take(pa.array(r))
+    text = [pc.cast(rejects.column(i), pa.string()) for i in range(6)]
+    example = pc.binary_join_element_wise(
+        text[0], " ", text[1], ":", text[3], " -> ", text[2], ":", text[4], " protocol ", text[5], " REJECT", ""
+    )
+    n_req, n_rep = len(q), len(r)
+    return pa.table(
+        {
+            "window": np.concatenate([window[q], window[r]]),
+            "hash": np.concatenate([request_keys, reply_keys]),
+            "request": np.concatenate([np.ones(n_req, bool), np.zeros(n_rep, bool)]),
+            "eni": pa.concat_arrays([pa.nulls(n_req, pa.string()), pc.cast(text[0], pa.string()).combine_chunks()]),
+            "example": pa.concat_arrays([pa.nulls(n_req, pa.string()), example.combine_chunks()]),
+        },
+        schema=CANDIDATES,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Paired:
+    """What one input's pairing counted: rejects per ENI and an example record per ENI."""
+
+    counts: dict[str, int]
+    examples: dict[str, str]
+
+
+@dataclasses.dataclass
+class Pieces:
+    """The snapshot pieces one pairing step writes, and the name prefixes it drops (before writing)."""
+
+    snapshots: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    drop: list[str] = dataclasses.field(default_factory=list)
+
+    def then(self, later: Pieces) -> None:
+        """Fold a later step's pieces into these (what it drops goes, even if written here)."""
+        for prefix in later.drop:
+            for name in [n for n in self.snapshots if n.startswith(prefix)]:
+                del self.snapshots[name]
+        self.drop.extend(later.drop)
+        self.snapshots.update(later.snapshots)
+
+
+def _window_prefix(window: int) -> str:
+    return f"{PREFIX}w/{window:012d}/"
+
+
+def _isin(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    if not len(sorted_set):
+        return np.zeros(len(values), bool)
+    at = np.searchsorted(sorted_set, values).clip(0, len(sorted_set) - 1)
+    found: np.ndarray = sorted_set[at] == values
+    return found
+
+
+def _encode_replies(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    with pa.ipc.new_stream(buf, REPLIES) as w:
+        w.write_table(table)
+    return buf.getvalue()
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairing:
+    """Requests and waiting replies that may still pair (immutable: a new one per input)."""
+
+    lateness_seconds: int
+    #: window -> sorted distinct hashes of the requests seen in it
+    requests: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+    #: window -> its waiting replies (`REPLIES`)
+    replies: dict[int, pa.Table] = dataclasses.field(default_factory=dict)
+    #: the newest window seen: the state keeps `lateness_seconds` before it
+    newest: int | None = None
+    #: the next requests piece's number (pieces of one window never share a name)
+    seq: int = 0
+
+    def pair(self, found: pa.Table, write: bool = True) -> tuple[Pairing, Paired, Pieces]:
+        """Pair one input's candidates with the state and among themselves (and, with `write`, the
+        pieces that commit the change)."""
+        if not found.num_rows:
+            return self, Paired({}, {}), Pieces()
+        lateness = self.lateness_seconds
+        windows = np.asarray(found.column("window").to_numpy(), np.int64)
+        hashes = np.asarray(found.column("hash").to_numpy(), np.uint64)
+        is_req = _flag(found.column("request"))
+        newest = int(windows.max()) if self.newest is None else max(int(windows.max()), self.newest)
+        requests, replies = dict(self.requests), dict(self.replies)
+        pieces = Pieces()
+        added = _add_requests(requests, windows[is_req], hashes[is_req])
+        counts: dict[str, int] = {}
+        examples: dict[str, str] = {}
+        # New replies against every request known, old and new.
+        rep = found.filter(pa.array(~is_req))
+        rep_w, rep_h = windows[~is_req], hashes[~is_req]
+        hit = np.zeros(len(rep_h), bool)
+        for q, known in requests.items():
+            near = (rep_w >= q) & (rep_w - q <= lateness) & ~hit
+            if near.any():
+                hit[near] = _isin(rep_h[near], known)
+        _tally(rep.filter(pa.array(hit)).select(["eni", "example"]), np.ones(int(hit.sum()), np.int64), counts, examples)
+        changed: set[int] = set()
+        # Replies waiting from earlier inputs against the requests this one added.
+        for w, table in self.replies.items() if added else ():
+            near = [new for q, new in added.items() if 0 <= w - q <= lateness]
+            if not near:
+                continue
+            waiting_hashes = np.asarray(table.column("hash").to_numpy(), np.uint64)
+            late = np.zeros(table.num_rows, bool)
+            for new in near:
+                late |= _isin(waiting_hashes, new)
+            if late.any():
+                _tally(table.filter(pa.array(late)), np.asarray(table.column("n").to_numpy())[late], counts, examples)
+                replies[w] = table.filter(pa.array(~late))
+                changed.add(w)
+        # Replies that found nothing wait, a row each, in their window.
+        unpaired = np.flatnonzero(~hit)
+        if len(unpaired):
+            waiting = rep.take(pa.array(unpaired))
+            waiting_windows = rep_w[unpaired]
+            for w in np.unique(waiting_windows).tolist():
+                mine = waiting.filter(pa.array(waiting_windows == w))
+                n = pa.array(np.ones(mine.num_rows, np.int64))
+                new_rows = pa.table([mine.column("eni"), mine.column("hash"), n, mine.column("example")], schema=REPLIES)
+                replies[w] = pa.concat_tables([replies[w], new_rows]) if w in replies else new_rows
+                changed.add(w)
+        # What may no longer pair goes; the rest is written as pieces.
+        floor = newest - lateness
+        for w in [w for w in {*requests, *replies} if w < floor]:
+            requests.pop(w, None)
+            replies.pop(w, None)
+            if w in self.requests or w in self.replies:
+                pieces.drop.append(_window_prefix(w))
+        for q, new in added.items() if write else ():
+            if q >= floor and len(new):
+                pieces.snapshots[f"{_window_prefix(q)}q{self.seq:012d}"] = new.tobytes()
+        for w in changed:
+            if w < floor:
+                continue
+            if not replies[w].num_rows:
+                del replies[w]
+                pieces.drop.append(f"{_window_prefix(w)}r")
+            elif write:
+                pieces.snapshots[f"{_window_prefix(w)}r"] = _encode_replies(replies[w])
+        pieces.snapshots[META] = orjson.dumps({"newest": newest, "seq": self.seq + 1})
+        after = Pairing(lateness, requests, replies, newest, self.seq + 1)
+        return after, Paired(counts, examples), pieces
+
+    def entries(self) -> int:
+        return sum(len(a) for a in self.requests.values()) + sum(int(t.num_rows) for t in self.replies.values())
+
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.requests.values()) + sum(int(t.nbytes) for t in self.replies.values())
+
+    @classmethod
+    def restore(cls, pieces: dict[str, bytes], lateness_seconds: int) -> Pairing:
+        """The state from the pieces committed under `PREFIX` (none: an empty state)."""
+        if META not in pieces:
+            return cls(lateness_seconds)
+        meta = orjson.loads(pieces[META])
+        parts: dict[int, list[np.ndarray]] = {}
+        replies: dict[int, pa.Table] = {}
+        for name, blob in pieces.items():
+            if name == META:
+                continue
+            window_text, part = name[len(PREFIX) + 2 :].split("/")
+            window = int(window_text)
+            if part == "r":
+                replies[window] = pa.ipc.open_stream(blob).read_all().cast(REPLIES)
+            else:
+                parts.setdefault(window, []).append(np.frombuffer(blob, np.uint64))
+        requests = {w: np.unique(np.concatenate(p)) for w, p in parts.items()}
+        return cls(lateness_seconds, requests, replies, int(meta["newest"]), int(meta["seq"]))
+
+
+def _add_requests(requests: dict[int, np.ndarray], windows: np.ndarray, hashes: np.ndarray) -> dict[int, np.ndarray]:
+    """Merge new requests into `requests` (copies of the windows touched); returns what is new per window."""
+    added: dict[int, np.ndarray] = {}
+    if not len(hashes):
+        return added
+    order = np.argsort(windows, kind="stable")  # timsort: records come about in time order, so near linear
+    windows, hashes = windows[order], hashes[order]
+    cuts = np.flatnonzero(windows[1:] != windows[:-1]) + 1
+    for w_part, h_part in zip(np.split(windows, cuts), np.split(hashes, cuts), strict=True):
+        w = int(w_part[0])
+        h_part = np.sort(h_part)
+        fresh = h_part[np.concatenate(([True], h_part[1:] != h_part[:-1]))]
+        known = requests.get(w)
+        if known is not None and len(known):
+            at = np.searchsorted(known, fresh)
+            new = known[at.clip(0, len(known) - 1)] != fresh
+            fresh = fresh[new]
+            if len(fresh):
+                requests[w] = np.insert(known, at[new], fresh)
+        else:
+            requests[w] = fresh
+        if len(fresh):
+            added[w] = fresh
+    return added
+
+
+def _tally(hit: pa.Table, n: np.ndarray, counts: dict[str, int], examples: dict[str, str]) -> None:
+    """Add paired rejects (`eni`, `example` columns; `n` records each) to the per-ENI counts and examples."""
+    if not hit.num_rows:
+        return
+    g = pa.table({"eni": hit.column("eni"), "n": n, "example": hit.column("example")})
+    g = g.group_by(["eni"], use_threads=False).aggregate([("n", "sum"), ("example", "first")])
+    for eni, total, text in zip(*(g.column(c).to_pylist() for c in ("eni", "n_sum", "example_first")), strict=True):
+        counts[eni] = counts.get(eni, 0) + total
+        examples.setdefault(eni, text)
+
+
+# --- the fleet: replicas send candidates to the leader, which pairs them all ------------------------
+
+#: the `source` of a window partial that carries one input's pairing candidates instead of windows
+PARTIAL_SOURCE = "~nacl_pairs"
+#: the leader's running counts of paired rejects (and examples), committed with its pairing state
+TOTALS_SNAPSHOT = "pairing.totals"
+
+
+def encode_candidates(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    with pa.ipc.new_stream(buf, CANDIDATES) as w:
+        w.write_table(table.cast(CANDIDATES))
+    return buf.getvalue()
+
+
+def decode_candidates(blob: bytes) -> pa.Table:
+    return pa.ipc.open_stream(blob).read_all().cast(CANDIDATES)
+
+
+@dataclasses.dataclass
+class Totals:
+    """Rejects the fleet's leader paired, per ENI, with an example each: exported by the leader."""
+
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    examples: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def add(self, paired: Paired) -> None:
+        for eni, n in paired.counts.items():
+            self.counts[eni] = self.counts.get(eni, 0) + n
+        for eni, text in paired.examples.items():
+            self.examples.setdefault(eni, text)
+
+    def snapshot(self) -> bytes:
+        return orjson.dumps({"counts": self.counts, "examples": self.examples})
+
+    @classmethod
+    def restore(cls, blob: bytes) -> Totals:
+        doc = orjson.loads(blob)
+        return cls(dict(doc["counts"]), dict(doc["examples"]))

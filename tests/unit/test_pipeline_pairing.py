@@ -1,0 +1,87 @@
+"""NACL pairing state committed with the counters (real SQLite checkpoint): a restart keeps it, a retried
+input pairs nothing twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamer.aggregate import insights as ins
+from streamer.aggregate.pairing import PREFIX, Pairing
+from streamer.aggregate.state import FlowState
+from streamer.export.telemetry import Telemetry
+from streamer.pipeline import DUPLICATE, Pipeline, Store
+from streamer.sources.base import Delivery, single_chunk
+from streamer.store.base import Done
+from streamer.store.sqlite import CheckpointStore
+from tests.unit.aggregate.test_pairing import ENI, LATENESS, W, body, reply, request
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as p:
+        yield p
+
+
+def open_pipeline(path: Path, pool: ThreadPoolExecutor) -> Pipeline:
+    """A process starting on the checkpoint at `path`, as the service does (state and pairing restored)."""
+    store = CheckpointStore(path)
+    pairing = Pairing.restore(store.snapshots(PREFIX), LATENESS)
+    telemetry = Telemetry(CollectorRegistry())
+    return Pipeline(store.load_state(), Store(store), telemetry, pool, insights_window_seconds=60, pairing=pairing)
+
+
+def delivery(key: str, data: bytes) -> Delivery:
+    return Delivery(location=f"s3://b/{key}", body=lambda: single_chunk(data), done=[Done("s3", f"b/{key}#etag")])
+
+
+def nacl(state: FlowState) -> dict[str, int]:
+    return {r["key1"]: r["records"] for r in state.insights.to_pylist() if r["kind"] == ins.NACL}
+
+
+@pytest.mark.parametrize("reply_first", [False, True])
+async def test_a_pair_across_a_restart_counts_once_and_a_retry_adds_nothing(
+    tmp_path: Path, pool: ThreadPoolExecutor, reply_first: bool
+) -> None:
+    first, second = ("reply", [reply(W + 6)]), ("request", [request(W + 5)])
+    if not reply_first:
+        first, second = second, first
+    pipe = open_pipeline(tmp_path / "state.db", pool)
+    assert await pipe.process("s3", delivery(first[0], body(first[1]))) == "ok"
+    pipe.store.close()  # the process ends; the next one starts on the checkpoint
+    pipe = open_pipeline(tmp_path / "state.db", pool)
+    assert await pipe.process("s3", delivery(second[0], body(second[1]))) == "ok"
+    assert nacl(pipe.state) == {ENI: 1}
+    # the same inputs again (a retried delivery): nothing pairs twice
+    for name, cases in (first, second):
+        assert await pipe.process("s3", delivery(name, body(cases))) == DUPLICATE
+    assert nacl(pipe.state) == {ENI: 1}
+    pipe.store.close()
+    pipe = open_pipeline(tmp_path / "state.db", pool)
+    assert nacl(pipe.state) == {ENI: 1}
+    assert pipe.pairing is not None
+    assert not pipe.pairing.replies  # the reply paired: it waits no more
+    pipe.store.close()
+
+
+async def test_the_state_is_committed_in_pieces_and_old_windows_go_with_the_counters(
+    tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    """Each commit appends its own requests; a piece once written is never rewritten; windows older than
+    the newest minus the lateness leave the checkpoint in the commit that moves past them."""
+    pipe = open_pipeline(tmp_path / "state.db", pool)
+    assert await pipe.process("s3", delivery("a", body([request(W + 5, port=p) for p in range(50001, 50051)]))) == "ok"
+    first = pipe.store.store.snapshots(PREFIX)
+    assert await pipe.process("s3", delivery("b", body([request(W + 65, port=p) for p in range(50001, 50051)]))) == "ok"
+    second = pipe.store.store.snapshots(PREFIX)
+    assert {n: v for n, v in second.items() if n in first and "/q" in n} == {n: v for n, v in first.items() if "/q" in n}
+    assert [len(v) for n, v in second.items() if n not in first] == [50 * 8]  # its 50 requests, 8 bytes each
+    late = W + 2 * LATENESS
+    assert await pipe.process("s3", delivery("c", body([request(late, port=50001)]))) == "ok"
+    windows = {n.split("/")[2] for n in pipe.store.store.snapshots(PREFIX) if "/w/" in n}
+    assert windows == {f"{late - late % 60:012d}"}
+    pipe.store.close()
