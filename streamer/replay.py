@@ -71,6 +71,12 @@ def read_chunks(handle: BinaryIO, progress: Callable[[int], None] | None = None)
         yield chunk
 
 
+def _read(item: Input, progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    """An input's chunks, the file open only while they are read."""
+    with open_input(item) as handle:
+        yield from read_chunks(handle, progress)
+
+
 def open_input(item: Input) -> BinaryIO:
     if item.path is None:
         return sys.stdin.buffer
@@ -99,14 +105,11 @@ def replay_counts(
     cutoff = int(time.time()) + max_future_skew_seconds
     reduce = reducer(detection.windows.window_seconds if detection is not None else None, cutoff, insights_window_seconds)
     ingest: Ingestor[BatchResult] = Ingestor(reader, reduce, pool)
-    for item in inputs:
-        parts: list[BatchResult] = []
-        with open_input(item) as handle:
-            result = ingest.run(read_chunks(handle, progress), parts.append)
-        delta = delta_of(parts)
-        windows = [p.windows for p in parts if p.windows is not None]
+    bodies = (_read(item, progress) for item in inputs)
+    for item, result in zip(inputs, ingest.run_many(bodies), strict=True):
+        delta = delta_of(result.results)
         if detection is not None:
-            detection, found = detection.advance(windows)
+            detection, found = detection.advance([p.windows for p in result.results if p.windows is not None])
             anomalies.extend(found)
         account(result, delta, item.name)
         state.apply(delta)
