@@ -29,6 +29,8 @@ SUFFIXES = (".log", ".log.gz", ".parquet", ".gz")
 #: what a Firehose stream names its S3 objects (no fixed suffix): <stream>-<n>-YYYY-MM-DD-HH-MM-SS-<uuid>
 FIREHOSE_NAME = re.compile(r".+-\d+-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-[0-9a-fA-F-]{36}(\.gz)?")
 READ_BYTES = 1 << 20
+#: batches' partials held before they are folded into the totals (each is a few thousand rows at most)
+FOLD_PARTS = 64
 
 
 class InputError(Exception):
@@ -106,13 +108,17 @@ def replay_counts(
     reduce = reducer(detection.windows.window_seconds if detection is not None else None, cutoff, insights_window_seconds)
     ingest: Ingestor[BatchResult] = Ingestor(reader, reduce, pool)
     bodies = (_read(item, progress) for item in inputs)
+    parts: list[BatchResult] = []  # several inputs' partials, folded together: one fold per input would cost more
     for item, result in zip(inputs, ingest.run_many(bodies), strict=True):
-        delta = delta_of(result.results)
         if detection is not None:
             detection, found = detection.advance([p.windows for p in result.results if p.windows is not None])
             anomalies.extend(found)
-        account(result, delta, item.name)
-        state.apply(delta)
+        account(result, state, item.name)
+        parts.extend(result.results)
+        if len(parts) >= FOLD_PARTS:
+            state.apply(delta_of(parts))
+            parts = []
+    state.apply(delta_of(parts))
     if detection is not None:
         detection, found = detection.flush()
         anomalies.extend(found)
