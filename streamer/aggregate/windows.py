@@ -27,6 +27,7 @@ import dataclasses
 import io
 import time
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -204,10 +205,64 @@ def merge(batches: list[WindowBatch]) -> list[WindowBatch]:
     ]
 
 
+_STAT_SUMS = [n for n in STATS.names if n not in (*KEY, "vpc_id", "subnet_id")]
+
+
 def fold_stats(tables: list[pa.Table]) -> pa.Table:
-    return _fold(
-        tables, list(KEY), [n for n in STATS.names if n not in (*KEY, "vpc_id", "subnet_id")], STATS, ["vpc_id", "subnet_id"]
-    )
+    tables = [t for t in tables if t.num_rows]
+    if len(tables) > 1:
+        dense = _fold_stats_dense(pa.concat_tables(tables))
+        if dense is not None:
+            return dense
+    return _fold(tables, list(KEY), _STAT_SUMS, STATS, ["vpc_id", "subnet_id"])
+
+
+def _fold_stats_dense(table: pa.Table) -> pa.Table | None:
+    """`_fold` of stats rows by counting into dense arrays over (interface code, window code), or None when
+    that grid would be much larger than the rows.
+
+    Folding an input's partials (hundreds of thousands of rows) is on one
+    thread after its last batch; Arrow's hash aggregation spends most of it
+    on the generic machinery, where two integer codes and numpy sums (exact,
+    int64) do the same in a third of the time. The Arrow fold stays the
+    reference (tests/unit/aggregate/test_windows.py checks both agree).
+    """
+    enis = pc.dictionary_encode(table.column("interface_id")).combine_chunks()
+    starts = pc.dictionary_encode(table.column("window_start")).combine_chunks()
+    n_enis, n_starts = len(enis.dictionary), len(starts.dictionary)
+    cells = n_enis * n_starts
+    if enis.null_count or starts.null_count or cells > 4 * table.num_rows + (1 << 16):
+        return None
+    cell = enis.indices.to_numpy().astype(np.int64) * n_starts + starts.indices.to_numpy()
+    seen = np.zeros(cells, bool)
+    seen[cell] = True
+    used = np.flatnonzero(seen)
+    columns: dict[str, pa.Array] = {
+        "interface_id": enis.dictionary.take(pa.array(used // n_starts)),
+        "window_start": starts.dictionary.take(pa.array(used % n_starts)),
+    }
+    for name in ("vpc_id", "subnet_id"):
+        columns[name] = _max_string(table.column(name), cell, cells, used)
+    for name in _STAT_SUMS:
+        total = np.zeros(cells, np.int64)
+        np.add.at(total, cell, table.column(name).to_numpy())
+        columns[name] = pa.array(total[used])
+    return pa.table(columns).select(STATS.names).cast(STATS)
+
+
+def _max_string(col: pa.ChunkedArray, cell: np.ndarray, cells: int, used: np.ndarray) -> pa.Array:
+    """Arrow's hash "max" of a string column per cell (null where a cell has no value), by ranks."""
+    if col.null_count == len(col):
+        return pa.nulls(len(used), pa.string())
+    codes = pc.dictionary_encode(col).combine_chunks()
+    order = pc.sort_indices(codes.dictionary).to_numpy()
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    row_rank = np.where(codes.is_valid().to_numpy(zero_copy_only=False), rank[codes.indices.fill_null(0).to_numpy()], -1)
+    best = np.full(cells, -1, np.int64)
+    np.maximum.at(best, cell, row_rank)
+    top = best[used]
+    return codes.dictionary.take(pa.array(order[np.maximum(top, 0)], mask=top < 0))
 
 
 def fold_context(tables: list[pa.Table], column: str, schema: pa.Schema) -> pa.Table:
