@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -134,3 +135,19 @@ def test_a_read_failure_in_a_later_object_passes_through(pool: ThreadPoolExecuto
     results = Ingestor(ObjectReader(), lambda t: t, pool).run_many([[text(3)], body()])
     with pytest.raises(ConnectionResetError, match="peer went away"):
         list(results)
+
+
+def test_the_next_object_decodes_while_the_previous_one_finishes(pool: ThreadPoolExecutor) -> None:
+    """No pause at object boundaries: the first object's only batch finishes only once the second object's
+    batch has started on the other worker (waiting with a deadline, so a regression fails instead of hanging)."""
+    second_started = threading.Event()
+
+    def reduce(table: pa.Table) -> bool:
+        if "eni-b" in table.column("interface-id").to_pylist():
+            second_started.set()
+            return True
+        return second_started.wait(timeout=30)
+
+    objects = [[text(5)], [text(5).replace(b"eni-a", b"eni-b")]]
+    results = list(Ingestor(ObjectReader(), reduce, pool).run_many(objects))
+    assert [r.results for r in results] == [[True], [True]]

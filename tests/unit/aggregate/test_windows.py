@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -296,3 +297,16 @@ def test_corpus_batches_counted_on_codes_equal_arrows_group_by(corpus: Path, mon
         for kind, column in (("sources", "srcaddr"), ("ports", "dstport")):
             by = [*order, (column, "ascending")]
             assert getattr(dense, kind).sort_by(by).equals(getattr(arrow, kind).sort_by(by))
+
+
+def test_streamer_dense_0_counts_batches_with_arrows_group_by() -> None:
+    """The switch to compare with the reference, as the README says."""
+    import subprocess
+    import sys
+
+    code = "from streamer.aggregate import windows; print(windows.DENSE)"
+    got = [
+        subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, check=True).stdout.strip()
+        for env in ({"STREAMER_DENSE": "1"}, {"STREAMER_DENSE": "0"})
+    ]
+    assert got == [b"True", b"False"]
