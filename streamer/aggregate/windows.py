@@ -109,6 +109,10 @@ def window_batch(table: pa.Table, window_seconds: int, max_time: int | None = No
     action = key(table, "action")
     reject = is_value(action, "REJECT")
     interfaces = key(table, "interface-id")
+    if isinstance(interfaces, pa.ChunkedArray) and pa.types.is_dictionary(interfaces.type):
+        words = interfaces.chunk(0).dictionary  # key(): one chunk
+        if pc.count_distinct(words).as_py() != len(words):  # a value twice (Parquet): grouping codes would split it
+            interfaces = pc.cast(interfaces, pa.string())
     dense = _dense(table, interfaces, start, action, reject, window_seconds) if DENSE else None
     if dense is not None:
         stats, sources, ports = dense

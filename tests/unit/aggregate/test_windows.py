@@ -310,3 +310,19 @@ def test_streamer_dense_0_counts_batches_with_arrows_group_by() -> None:
         for env in ({"STREAMER_DENSE": "1"}, {"STREAMER_DENSE": "0"})
     ]
     assert got == [b"True", b"False"]
+
+
+def test_a_dictionary_that_repeats_a_value_still_gives_one_row_per_interface_and_window() -> None:
+    """A dictionary from elsewhere (Parquet) may hold a value twice; the codes would then split one ENI in two."""
+    interfaces = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int32()), pa.array(["eni-a", "eni-a"]))
+    table = pa.table(
+        {
+            "interface-id": interfaces,
+            "action": ["REJECT", "REJECT", "ACCEPT"],
+            "end": pa.array([100, 100, 100], pa.int64()),
+            "packets": pa.array([1, 2, 3], pa.int64()),
+            "bytes": pa.array([10, 20, 30], pa.int64()),
+        }
+    )
+    stats = window_batch(table, 60).stats.to_pylist()
+    assert [(r["interface_id"], r["records"], r["rejected_packets"]) for r in stats] == [("eni-a", 3, 3)]
