@@ -5,7 +5,9 @@
 Stages: ISA-L inflate; cutting line chunks; parsing each chunk (the native
 tokenizer when built, else Arrow's CSV reader; STREAMER_NATIVE=0 forces
 Arrow) for the counters' columns, then the live path's columns; the
-counters' group-by; the live path's windows and insights reduce. Each stage is reported as the
+counters' group-by; the live path's windows and insights reduce, the
+window partials alone, folding them and the detector's step (STREAMER_DENSE=0
+times Arrow's group-by for the partials). Each stage is reported as the
 records/s it alone would allow. With two cores, inflate runs on one and the
 rest is spread over both, so the whole cannot beat the slowest of
 "inflate" and "everything / 2". Nothing here asserts.
@@ -20,8 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from streamer.aggregate.anomaly import Settings  # noqa: E402
 from streamer.aggregate.batch import columns, reducer  # noqa: E402
 from streamer.aggregate.counters import COLUMNS, count_batch  # noqa: E402
+from streamer.aggregate.detection import Detection  # noqa: E402
+from streamer.aggregate.windows import merge, window_batch  # noqa: E402
 from streamer.decode.errors import ErrorCounts  # noqa: E402
 from streamer.decode.gzip import gunzip_stream  # noqa: E402
 from streamer.decode.objects import line_chunks, line_parts  # noqa: E402
@@ -70,7 +75,15 @@ def main() -> None:
             timed("  counters group-by", records, lambda t=tables: [count_batch(x) for x in t])
         else:
             reduce = reducer(60, None, 60)
-            timed("  counters + windows + insights reduce", records, lambda t=tables, r=reduce: [r(x) for x in t])
+            results, _ = timed("  counters + windows + insights reduce", records, lambda t=tables, r=reduce: [r(x) for x in t])
+            timed("  window partials alone", records, lambda t=tables: [window_batch(x, 60) for x in t])
+            batches = [r.windows for r in results if r.windows is not None]
+            folded, _ = timed("  fold the partials (one thread, after the last chunk)", records, lambda b=batches: merge(b))
+            timed(
+                "  detector: close and score every window (one thread)",
+                records,
+                lambda f=folded: Detection.create(Settings(), 900).advance(f)[0].flush(),
+            )
 
 
 if __name__ == "__main__":

@@ -245,6 +245,9 @@ async def _stack_outputs(stack: str, region: str | None, endpoint_url: str | Non
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from streamer.memory import bound_process_memory
+
+    bound_process_memory()  # before pyarrow is imported
     from streamer.settings import ConfigError
 
     try:

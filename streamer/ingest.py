@@ -1,9 +1,10 @@
-"""Run one object through decode and partial aggregation on a worker pool.
+"""Run objects through decode and partial aggregation on a worker pool.
 
 The calling thread inflates gzip and cuts line chunks (ISA-L releases the
 GIL); workers parse each chunk with Arrow and reduce it to small partial
 tables. At most `2 * workers + 2` chunks are in flight, which bounds memory, and
-results are merged in order on the calling thread. Both replay and the live
+results are merged in order on the calling thread. Several objects in a row
+(`run_many`) flow through without a pause between them. Both replay and the live
 service go through here, so they count identically.
 """
 
@@ -61,54 +62,106 @@ class Ingestor(Generic[R]):
         are kept. What the *input iterator* raises (a network read, a shutdown)
         or `sink` raises is not the object's fault and passes through unchanged.
         """
-        result: ObjectResult[R] = ObjectResult(ErrorCounts(), 0, [])
-        pending: deque[Future[tuple[R, int, ErrorCounts]]] = deque()
+        (result,) = self._drive([raw], sink)
+        return result
 
-        def collect(fut: Future[tuple[R, int, ErrorCounts]]) -> None:
-            value, rows, errors = fut.result()
-            result.rows += rows
-            result.errors.merge(errors)
-            if sink is None:
-                result.results.append(value)
+    def run_many(
+        self, objects: Iterable[Iterable[bytes]], each: Callable[[R], None] | None = None
+    ) -> Iterator[ObjectResult[R]]:
+        """`run` over objects in order, one result each (results kept), as each object's last batch is in;
+        `each` sees every result in order as soon as it is in (e.g. to drop what need not be kept).
+
+        The next object's chunks go to the workers while the previous one's
+        finish, as if they were one object: waiting for each object's last
+        batch before inflating the next would leave a core idle at every
+        object boundary, which is most of the time for small objects.
+        Objects fail one by one, under `run`'s rule.
+        """
+        return self._drive(objects, each, keep=True)
+
+    def _drive(
+        self, objects: Iterable[Iterable[bytes]], sink: Callable[[R], None] | None, keep: bool = False
+    ) -> Iterator[ObjectResult[R]]:
+        jobs: deque[_Job[R]] = deque()  # objects not handed out yet, in order
+        pending: deque[tuple[_Job[R], Future[tuple[R, int, ErrorCounts]]]] = deque()
+
+        def collect() -> None:
+            job, fut = pending.popleft()
+            if job.dropping:  # a unit before it failed: it is dropped, unseen
+                if not fut.cancel():
+                    fut.exception()  # running: wait, so that the in-flight bound holds
                 return
             try:
-                sink(value)
-            except Exception as exc:  # e.g. stdout closed under `replay --output records | head`
-                raise _NotTheInput(exc) from exc
-
-        failure: Exception | None = None
-        units = self.reader.units(_reading(raw))
-        try:
-            while True:
+                value, rows, errors = fut.result()
+            except Exception as exc:  # a unit failed on a worker: it and the object's units after it are dropped
+                job.failure, job.dropping = exc, True
+                return
+            job.result.rows += rows
+            job.result.errors.merge(errors)
+            if sink is not None:
                 try:
-                    unit = next(units)
-                except StopIteration:
-                    break
-                except Exception as exc:  # the object went bad here: what was cut before still counts
-                    failure = exc
-                    break
-                pending.append(self.pool.submit(self._work, unit))
-                while len(pending) >= self.depth:
-                    collect(pending.popleft())
+                    sink(value)
+                except Exception as exc:  # e.g. stdout closed under `replay --output records | head`
+                    raise _NotTheInput(exc) from exc
+            if sink is None or keep:
+                job.result.results.append(value)
+
+        def finished() -> Iterator[ObjectResult[R]]:
+            while jobs and jobs[0].read and not (pending and pending[0][0] is jobs[0]):
+                job = jobs.popleft()
+                if job.failure is not None:
+                    job.result.failure = as_decode_error(job.failure)
+                yield job.result
+
+        try:
+            for raw in objects:
+                job: _Job[R] = _Job(ObjectResult(ErrorCounts(), 0, []))
+                jobs.append(job)
+                units = self.reader.units(_reading(raw))
+                try:
+                    while job.failure is None:
+                        try:
+                            unit = next(units)
+                        except StopIteration:
+                            break
+                        except Exception as exc:  # the object went bad here: what was cut before still counts
+                            job.failure = exc
+                            break
+                        pending.append((job, self.pool.submit(self._work, unit)))
+                        while len(pending) >= self.depth:
+                            collect()
+                        yield from finished()
+                finally:
+                    if isinstance(units, Generator):  # a failure left it part-way: release its spool now
+                        units.close()
+                job.read = True
+                yield from finished()
             while pending:
-                collect(pending.popleft())
-        except Exception as exc:  # a unit failed on a worker: it and the units after it are dropped
-            failure = exc
+                collect()
+                yield from finished()
         except _NotTheInput as exc:
             raise exc.error  # noqa: B904 - the reader's (or sink's) own exception, as it was raised
         finally:
-            for fut in pending:
+            for _, fut in pending:
                 fut.cancel()
-            if isinstance(units, Generator):  # a failure left it part-way: release its spool now
-                units.close()
-        if failure is not None:
-            result.failure = as_decode_error(failure)
-        return result
 
     def _work(self, unit: Unit) -> tuple[R, int, ErrorCounts]:
         errors = ErrorCounts()
         table = unit(errors)
         return self.reduce(table), table.num_rows, errors
+
+
+@dataclasses.dataclass
+class _Job(Generic[R]):
+    """One object on its way through `Ingestor._drive`."""
+
+    result: ObjectResult[R]
+    #: every unit of the object was submitted (or cutting it failed)
+    read: bool = False
+    #: what ended the object early (cutting it, or one of its units)
+    failure: Exception | None = None
+    #: a unit failed: the object's units still pending are dropped (what was cut before a cutting failure counts)
+    dropping: bool = False
 
 
 class _NotTheInput(BaseException):

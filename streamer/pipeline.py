@@ -1,16 +1,19 @@
-"""decode -> aggregate -> checkpoint -> apply, for one delivery at a time.
+"""decode -> aggregate -> checkpoint -> apply, for many deliveries at once.
 
-The event loop streams the delivery's bytes; a worker thread runs the same
-Ingestor as `replay`, pulling chunks back from the loop. When the input is
-decoded, its delta and positions are committed in one SQLite transaction
-(on the store's own thread), and only then applied to the live state that
-/metrics reads. The source acknowledges upstream after `process` returns.
+The event loop streams each delivery's bytes; a worker thread runs the same
+Ingestor as `replay`, pulling chunks back from the loop. Decoded inputs that
+are ready close together commit as one group (`commit_group`): one
+transaction holding every input's claim and their merged deltas (on the
+store's own thread), and only then is the group applied to the live state
+that /metrics reads. The source acknowledges upstream after `process`
+returns, which is after its input's group committed.
 
 Commit-and-apply is one shielded step: a cancellation (SIGTERM) arriving
-while the transaction runs waits for it and for the apply, so live state
-never lags the checkpoint (a stale state's next snapshot would overwrite
-the committed one). `tick` lets event time follow the wall clock when
-sources go quiet, through the same lock and the same commit.
+while a group's transaction runs waits for it and for the apply, so live
+state never lags the checkpoint (a stale state's next snapshot would
+overwrite the committed one); inputs not yet in a group are abandoned. `tick`
+lets event time follow the wall clock when sources go quiet, through the
+same lock.
 """
 
 from __future__ import annotations
@@ -32,16 +35,18 @@ from streamer.aggregate.detection import Detection
 from streamer.aggregate.pairing import PARTIAL_SOURCE, PREFIX, Pairing, encode_candidates
 from streamer.aggregate.state import FlowState
 from streamer.aggregate.windows import WindowBatch, encode_partial, merge
+from streamer.commit_group import Grouper, Limits, Member
 from streamer.decode.objects import ObjectReader
 from streamer.export.telemetry import Telemetry
 from streamer.ingest import Ingestor, ObjectResult, account
 from streamer.sources.base import DUPLICATE, LEASE_LOST, Delivery, SourceError
-from streamer.store.base import Commit, Done, LeaseLost, StateStore
+from streamer.store.base import Commit, Done, LeaseLost, Refused, StateStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-#: inputs read and decoded at once (more wait, not yet downloading); sources bound what they hand over by bytes
-READERS = 8
+#: inputs read and decoded at once beyond the decode workers (more wait, not yet downloading); sources bound
+#: what they hand over by bytes. Each one holds its chunks in flight: more readers than cores only add memory.
+SPARE_READERS = 1
 
 
 class _Stopped(Exception):
@@ -89,6 +94,19 @@ class Store:
         self.store.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Input:
+    """A decoded input waiting for its group: its change before capping, and its window parts."""
+
+    source: str
+    change: Commit
+    window_parts: list[WindowBatch]
+
+
+#: a group member's result: committed (False: counted before) and the anomalies its windows closed
+_Result = tuple[bool, list[Anomaly]]
+
+
 class Pipeline:
     """The Sink every source hands its deliveries to."""
 
@@ -106,6 +124,7 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         insights_window_seconds: int | None = None,
         partials_window_seconds: int | None = None,
+        group: Limits | None = None,
         pairing: Pairing | None = None,
     ) -> None:
         self.state = state
@@ -126,15 +145,20 @@ class Pipeline:
         self.insights_window_seconds = insights_window_seconds
         #: NACL return-reject pairing state, committed with the counters as snapshot pieces
         self.pairing = pairing
-        #: commits that landed (tests and readiness wait on this, not on sleeps)
+        #: inputs (and event-time ticks) committed (tests and readiness wait on this, not on sleeps)
         self.commits = 0
+        #: transactions that committed a group of inputs
+        self.group_commits = 0
         #: a commit failed with an unknown outcome: live state is reloaded from the store before the next one
         self._stale = False
         # Decoding runs concurrently; advancing the shared window state and committing it do not.
         self._commit_lock = asyncio.Lock()
+        #: inputs between arrival and their group: a group waits for them only while some are decoding
+        self._decoding = 0
+        self._groups: Grouper[_Input, _Result] = Grouper(group or Limits(), self._commit_group, lambda: self._decoding)
         # Each input's reading thread waits on its download: never in the loop's default executor, which the
         # downloads themselves need (aiohttp resolves names there), or many inputs in flight would deadlock.
-        self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="ingest")
+        self._readers = ThreadPoolExecutor((pool._max_workers or 1) + SPARE_READERS, thread_name_prefix="ingest")
 
     async def process(self, source: str, delivery: Delivery) -> str:
         inputs, size = self.telemetry.inputs_in_flight.labels(source), self.telemetry.bytes_in_flight.labels(source)
@@ -147,10 +171,14 @@ class Pipeline:
             size.dec(delivery.size)
 
     async def _process(self, source: str, delivery: Delivery) -> str:
-        if delivery.done and await self._already_done(delivery.done):
-            self.telemetry.finished(source, DUPLICATE, 0, None)
-            return DUPLICATE
-        result, delta, max_end, window_parts = await self._decode(delivery)
+        self._decoding += 1
+        try:
+            if delivery.done and await self._already_done(delivery.done):
+                self.telemetry.finished(source, DUPLICATE, 0, None)
+                return DUPLICATE
+            result, delta, max_end, window_parts = await self._decode(delivery)
+        finally:
+            self._decoding -= 1
         outcome = account(result, delta, delivery.location)
         for reason, count in delivery.errors.items():
             delta.count(reason, count)
@@ -179,7 +207,7 @@ class Pipeline:
         if self.partials_window_seconds is not None and self.insights_window_seconds is not None and delta.pairs is not None:
             change.partials.append((PARTIAL_SOURCE, encode_candidates(delta.pairs)))  # the leader pairs them
         try:
-            committed, anomalies = await self._shielded(self._commit_and_apply(source, change, window_parts))
+            committed, anomalies = await self._groups.submit(_Input(source, change, window_parts), delivery.size)
         except LeaseLost as exc:  # another replica reads this partition now and counts it
             log.warning("%s: not counted here: %s", delivery.location, exc)
             self.telemetry.finished(source, LEASE_LOST, 0, None)
@@ -218,53 +246,86 @@ class Pipeline:
             self.detection = after
             return closed, anomalies
 
-    async def _commit_and_apply(
-        self, source: str, change: Commit, window_parts: list[WindowBatch]
-    ) -> tuple[bool, list[Anomaly]]:
-        """Under the lock: advance windows, commit, then apply to live state. Runs shielded."""
+    async def _commit_group(self, members: list[Member[_Input, _Result]]) -> None:
+        """Under the lock: cap, advance windows, commit the group, then apply it to live state.
+
+        An input whose claim is refused (counted before, or its lease lost) is dropped and the rest are
+        planned and committed again, so capping and detection end as if the survivors had committed one
+        by one. A failure with an unknown outcome fails every input of the group (sources retry; the
+        claims find each retry counted or not).
+        """
         async with self._commit_lock:
             now = self.clock()
-            after: Detection | None = None
-            anomalies: list[Anomaly] = []
             await self._reload_if_stale()
-            paired = None
-            if self.pairing is not None and change.delta.pairs is not None:
-                paired, pieces = await asyncio.to_thread(change.delta.pair_with, self.pairing)
-                change.snapshots.update(pieces.snapshots)
-                change.drop_snapshots.extend(pieces.drop)
-            if self.max_interfaces is not None:
-                change.delta, change.forget = self.state.capped(
-                    change.delta, self.max_interfaces, self.interface_idle_seconds, now
-                )
-            if self.detection is not None:
+            live = members
+            while True:
                 # In a thread: folding and snapshotting a big state takes long enough to stall scrapes.
-                after, anomalies, parts = await asyncio.to_thread(_advance, self.detection, window_parts, source, now)
-                change.snapshots.update(parts)
-            started = time.perf_counter()
-            try:
-                committed = await self.store.call(self.store.store.commit, change)
-            except LeaseLost:
-                raise  # checked before writing: nothing was committed
-            except Exception:
-                # The server may have committed before the connection failed: /metrics would be low if it did
-                # (the retry finds it counted), high if it did not and we applied it. Read back what is there.
-                self._stale = True
-                if self.detection is not None:  # its detector part may have landed: the next commit rewrites it
-                    self.detection = dataclasses.replace(self.detection, detector_unsaved=True)
-                with contextlib.suppress(Exception):  # the database is away: reloaded before the next commit
-                    await self._reload_if_stale()
-                raise
+                changes, after, paired, anomalies = await asyncio.to_thread(self._plan, [m.item for m in live], now)
+                started = time.perf_counter()
+                try:
+                    refused = await self.store.call(self.store.store.commit_group, changes)
+                except Exception:
+                    # The server may have committed before the connection failed: /metrics would be low if it did
+                    # (the retry finds it counted), high if it did not and we applied it. Read back what is there.
+                    self._stale = True
+                    if self.detection is not None:  # its detector part may have landed: the next commit rewrites it
+                        self.detection = dataclasses.replace(self.detection, detector_unsaved=True)
+                    with contextlib.suppress(Exception):  # the database is away: reloaded before the next commit
+                        await self._reload_if_stale()
+                    raise
+                if not refused:
+                    break
+                live = _drop(live, refused)
+                if not live:
+                    return
             self.telemetry.commit_seconds.observe(time.perf_counter() - started)
-            if not committed:
-                return False, []  # counted before: nothing changes
-            self.commits += 1
+            self.telemetry.commit_inputs.observe(len(live))
+            self.commits += len(live)
+            self.group_commits += 1
             if after is not None:
                 self.detection = after
-            if paired is not None:
-                self.pairing = paired
-            self.state.forget(change.forget)
-            self.state.apply(change.delta)
-            return True, anomalies
+            self.pairing = paired
+            for member, change, found in zip(live, changes, anomalies, strict=False):
+                self.state.forget(change.forget)
+                self.state.apply(change.delta)
+                member.result.set_result((True, found))
+
+    def _plan(
+        self, inputs: list[_Input], now: float
+    ) -> tuple[list[Commit], Detection | None, Pairing | None, list[list[Anomaly]]]:
+        """Each input paired, capped and its windows advanced as if committed one by one after the ones
+        before it, plus one change holding the group's detection snapshot (written once per group). The
+        inputs' own changes are left as they were (a refused claim plans the group again)."""
+        seen = FlowState(seen=dict(self.state.seen))  # capping reads and moves membership only
+        detection, pairing = self.detection, self.pairing
+        changes: list[Commit] = []
+        anomalies: list[list[Anomaly]] = []
+        for item in inputs:
+            delta = item.change.delta
+            change = dataclasses.replace(
+                item.change, snapshots=dict(item.change.snapshots), drop_snapshots=list(item.change.drop_snapshots)
+            )
+            if pairing is not None and delta.pairs is not None:
+                delta = dataclasses.replace(delta, insight_examples=dict(delta.insight_examples))  # pairing adds to it
+                pairing, pieces = delta.pair_with(pairing)
+                for prefix in pieces.drop:  # dropped before written, like the stores do
+                    change.snapshots = {n: v for n, v in change.snapshots.items() if not n.startswith(prefix)}
+                change.drop_snapshots.extend(pieces.drop)
+                change.snapshots.update(pieces.snapshots)
+            change.delta = delta
+            if self.max_interfaces is not None:
+                change.delta, change.forget = seen.capped(delta, self.max_interfaces, self.interface_idle_seconds, now)
+                for eni in change.forget:
+                    del seen.seen[eni]
+                seen.seen.update(change.delta.seen)
+            found: list[Anomaly] = []
+            if detection is not None:
+                detection, found = detection.advance(item.window_parts, item.source, now)
+            changes.append(change)
+            anomalies.append(found)
+        if self.detection is not None and detection is not None:
+            changes.append(Commit(snapshots=detection.snapshot_parts(self.detection)))
+        return changes, detection, pairing, anomalies
 
     async def _reload_if_stale(self) -> None:
         """Live counters from the store after a commit whose outcome is unknown (under the commit lock)."""
@@ -363,11 +424,17 @@ class Pipeline:
             await body.close()
 
 
-def _advance(
-    detection: Detection, parts: list[WindowBatch], source: str, now: float
-) -> tuple[Detection, list[Anomaly], dict[str, bytes]]:
-    after, anomalies = detection.advance(parts, source, now)
-    return after, anomalies, after.snapshot_parts(detection)
+def _drop(members: list[Member[_Input, _Result]], refused: list[Refused]) -> list[Member[_Input, _Result]]:
+    """Resolve the refused members (counted before, or their lease lost); the others, in order."""
+    gone = {r.index: r for r in refused}
+    for index, member in enumerate(members):
+        if index in gone:
+            why = gone[index].lease_lost
+            if why is None:
+                member.result.set_result((False, []))
+            else:
+                member.result.set_exception(LeaseLost(why))
+    return [m for i, m in enumerate(members) if i not in gone]
 
 
 class _Body:

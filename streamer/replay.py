@@ -31,6 +31,8 @@ SUFFIXES = (".log", ".log.gz", ".parquet", ".gz")
 #: what a Firehose stream names its S3 objects (no fixed suffix): <stream>-<n>-YYYY-MM-DD-HH-MM-SS-<uuid>
 FIREHOSE_NAME = re.compile(r".+-\d+-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-[0-9a-fA-F-]{36}(\.gz)?")
 READ_BYTES = 1 << 20
+#: batches' partials held before they are folded into the totals (each is a few thousand rows at most)
+FOLD_PARTS = 64
 
 
 class InputError(Exception):
@@ -73,6 +75,12 @@ def read_chunks(handle: BinaryIO, progress: Callable[[int], None] | None = None)
         yield chunk
 
 
+def _read(item: Input, progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    """An input's chunks, the file open only while they are read."""
+    with open_input(item) as handle:
+        yield from read_chunks(handle, progress)
+
+
 def open_input(item: Input) -> BinaryIO:
     if item.path is None:
         return sys.stdin.buffer
@@ -104,18 +112,18 @@ def replay_counts(
     reduce = reducer(detection.windows.window_seconds if detection is not None else None, cutoff, insights_window_seconds)
     ingest: Ingestor[BatchResult] = Ingestor(reader, reduce, pool)
     pairs = _Pairs(Pairing(lateness_seconds))
-    for item in inputs:
-        parts: list[BatchResult] = []
-        with open_input(item) as handle:
-            result = ingest.run(read_chunks(handle, progress), pairs.taking(parts))
-        delta = delta_of(parts)
-        pairs.count(delta)
-        windows = [p.windows for p in parts if p.windows is not None]
+    bodies = (_read(item, progress) for item in inputs)
+    parts: list[BatchResult] = []  # several inputs' partials, folded together: one fold per input would cost more
+    for item, result in zip(inputs, ingest.run_many(bodies, pairs.take), strict=True):
         if detection is not None:
-            detection, found = detection.advance(windows)
+            detection, found = detection.advance([p.windows for p in result.results if p.windows is not None])
             anomalies.extend(found)
-        account(result, delta, item.name)
-        state.apply(delta)
+        account(result, state, item.name)
+        parts.extend(result.results)
+        if len(parts) >= FOLD_PARTS:
+            state.apply(pairs.counted(delta_of(parts)))
+            parts = []
+    state.apply(pairs.counted(delta_of(parts)))
     if detection is not None:
         detection, found = detection.flush()
         anomalies.extend(found)
@@ -123,27 +131,25 @@ def replay_counts(
 
 
 class _Pairs:
-    """NACL pairing as batches come (nothing is committed: a big file's candidates are never all held)."""
+    """NACL pairing as batches come, in input order (nothing is committed: a big file's candidates are never
+    all held, each batch's are dropped once paired)."""
 
     def __init__(self, pairing: Pairing) -> None:
         self.pairing = pairing
         self.found: list[Paired] = []
 
-    def taking(self, parts: list[BatchResult]) -> Callable[[BatchResult], None]:
-        def take(part: BatchResult) -> None:
-            if part.insights is not None and part.insights.pairs is not None:
-                self.pairing, paired, _ = self.pairing.pair(part.insights.pairs, write=False)
-                part.insights.pairs = None
-                self.found.append(paired)
-            parts.append(part)
+    def take(self, part: BatchResult) -> None:
+        if part.insights is not None and part.insights.pairs is not None:
+            self.pairing, paired, _ = self.pairing.pair(part.insights.pairs, write=False)
+            part.insights.pairs = None
+            self.found.append(paired)
 
-        return take
-
-    def count(self, delta: FlowState) -> None:
-        """Add what the input's batches paired to its delta."""
+    def counted(self, delta: FlowState) -> FlowState:
+        """`delta` with what was paired since the last call added."""
         for paired in self.found:
             delta.insights = ins.add_pairs(delta.insights, delta.insight_examples, paired)
         self.found = []
+        return delta
 
 
 def replay_records(

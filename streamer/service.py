@@ -29,6 +29,7 @@ from streamer.aggregate.pairing import PREFIX as PAIRING_PREFIX
 from streamer.aggregate.pairing import Paired, Pairing
 from streamer.aggregate.state import FlowState
 from streamer.aws import AwsClients
+from streamer.commit_group import Limits
 from streamer.config import Config
 from streamer.export.alerts import Alerter
 from streamer.export.http import build_app, serve
@@ -179,6 +180,7 @@ class Service:
                 interface_idle_seconds=self.config.metrics.interface_idle_seconds,
                 insights_window_seconds=self.config.anomaly.window_seconds if self.config.insights.enabled else None,
                 partials_window_seconds=self.config.anomaly.window_seconds if fleet else None,
+                group=self._group_limits(),
                 **(await self._restore_pairing(store, fleet)),
             )
             self.pipeline = pipeline
@@ -244,6 +246,11 @@ class Service:
             store.close()
             await self.clients.close()
             log.info("stopped")
+
+    def _group_limits(self) -> Limits:
+        """When inputs decoded close together stop waiting for each other and commit (commit_group.py)."""
+        cp = self.config.checkpoint
+        return Limits(cp.group_commit_max_inputs, cp.group_commit_max_bytes, cp.group_commit_delay_seconds)
 
     async def _join_fleet(self, store: Store, alerter: Alerter) -> tuple[Coordinator, LeaderDetector]:
         """Leases and the leader's detector over the shared database (see fleet.py)."""

@@ -60,6 +60,13 @@ class CheckpointConfig(Model):
     pool_size: int = Field(default=4, ge=2, le=32)
     #: how long to remember finished S3 objects (must exceed any lookback)
     retention_seconds: int = Field(default=7 * 86400, gt=0)
+    # Group commit: inputs decoded close together commit in one transaction (see commit_group.py).
+    #: at most this many inputs per transaction
+    group_commit_max_inputs: int = Field(default=16, ge=1, le=1024)
+    #: at most about this many input bytes per transaction (a larger input goes alone)
+    group_commit_max_bytes: int = Field(default=64 << 20, ge=1)
+    #: a ready input waits at most this long for others still decoding (0: never waits)
+    group_commit_delay_seconds: float = Field(default=0.15, ge=0, le=5)
     # PostgreSQL only (see store/pgtimeouts.py): no call to the database waits longer than these.
     #: connecting, and waiting for a (checked) connection from the pool
     connect_timeout_seconds: int = Field(default=10, ge=2, le=300)

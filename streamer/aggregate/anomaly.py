@@ -15,13 +15,15 @@ to the threshold, so a long attack does not quickly become "normal".
 ENIs idle for `idle_seconds` (event time; a day by default, the service's
 `metrics.interface_idle_seconds`) are forgotten.
 
-Baselines live in an Arrow table and each closing window updates all its ENIs
-at once (a join plus numpy), so replaying a day of 2,000 ENIs takes seconds.
+Baselines live in an Arrow table between inputs; while windows close they are
+numpy arrays indexed by an integer code per ENI, and each closing window
+updates all its ENIs at once, so replaying a day of 2,000 ENIs takes seconds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import struct
 
 import numpy as np
@@ -115,71 +117,102 @@ class Detector:
         return {r["interface_id"]: (r["score"], r["window_start"]) for r in self.score_table.to_pylist()}
 
     def observe(self, closed: Closed) -> tuple[Detector, list[Anomaly]]:
-        """Score closed windows (in window order) and update baselines; returns the next detector."""
+        """Score closed windows (in window order) and update baselines; returns the next detector.
+
+        Every ENI involved (baselines, scores, closed rows) gets an integer code
+        once; baselines and scores then live in numpy arrays indexed by code,
+        and each window updates its ENIs' slots in place. Joining and
+        re-filtering the baseline table per window cost more than the
+        arithmetic, for 60 windows per input.
+        """
         stats = closed.stats
         if not stats.num_rows:
             return self, []
-        base, scores, anomalies = self.baseline_table, self.score_table, []
-        for start in sorted(set(stats.column("window_start").to_pylist())):  # a few per input, not per ENI
-            rows = stats.filter(pc.equal(stats.column("window_start"), start))
-            base, scores, found = self._step(base, scores, rows, int(start), closed)
-            anomalies.extend(found)
-        newest = int(pc.max(stats.column("window_start")).as_py())
-        active = pc.greater_equal(base.column("last_window"), newest - self.settings.idle_seconds)
-        base = base.filter(active)
-        scores = scores.filter(pc.is_in(scores.column("interface_id"), base.column("interface_id")))
-        return dataclasses.replace(self, baseline_table=base, score_table=scores), anomalies
-
-    def _step(
-        self, base: pa.Table, scores: pa.Table, rows: pa.Table, start: int, closed: Closed
-    ) -> tuple[pa.Table, pa.Table, list[Anomaly]]:
         s = self.settings
-        joined = rows.join(base, "interface_id", join_type="left outer")
-        mean = np.nan_to_num(joined.column("mean").to_numpy(zero_copy_only=False).astype(float))
-        var = np.nan_to_num(joined.column("var").to_numpy(zero_copy_only=False).astype(float))
-        windows = np.nan_to_num(joined.column("windows").to_numpy(zero_copy_only=False).astype(float)).astype(np.int64)
-        last = joined.column("last_window").to_numpy(zero_copy_only=False).astype(float)
-        # Windows with no traffic since the last one count as zeros, in closed form (q = 1 - alpha):
-        # mean_k = q^k mean, var_k = q^k var + mean^2 q^k (1 - q^k).
-        gap = np.where(
-            np.isnan(last), 0, np.clip((start - np.nan_to_num(last)) // s.window_seconds - 1, 0, MAX_GAP_WINDOWS)
-        ).astype(np.int64)
-        qk = (1 - s.alpha) ** gap
-        var = qk * var + mean * mean * qk * (1 - qk)
-        mean = qk * mean
-        windows = windows + gap
-        observed = joined.column("rejected_records").to_numpy(zero_copy_only=False).astype(float)
-        spread = np.maximum(np.maximum(np.sqrt(var), np.sqrt(mean)), 1.0)
-        score = (observed - mean) / spread
-        warmed = windows >= s.warmup_windows
-        spike = warmed & (score >= s.score_threshold) & (observed >= s.min_rejected_records)
-        anomalies = [self._anomaly(joined, int(i), start, mean[i], spread[i], score[i], closed) for i in np.flatnonzero(spike)]
-        # A spike moves the baseline only up to the threshold.
-        value = np.where(warmed, np.minimum(observed, mean + s.score_threshold * spread), observed)
-        diff = value - mean
-        incr = s.alpha * diff
-        updated = pa.table(
+        base, old_scores = self.baseline_table, self.score_table
+        starts = stats.column("window_start").to_numpy()
+        if len(starts) > 1 and bool(np.any(starts[1:] < starts[:-1])):
+            stats = stats.take(np.argsort(starts, kind="stable"))
+            starts = stats.column("window_start").to_numpy()
+        ids = pa.chunked_array(
+            [
+                *base.column("interface_id").chunks,
+                *old_scores.column("interface_id").chunks,
+                *stats.column("interface_id").chunks,
+            ],
+            pa.string(),
+        )
+        encoded = pc.dictionary_encode(ids).combine_chunks()
+        names, codes = encoded.dictionary, encoded.indices.to_numpy()
+        base_codes = codes[: base.num_rows]
+        score_codes = codes[base.num_rows : base.num_rows + old_scores.num_rows]
+        row_codes = codes[base.num_rows + old_scores.num_rows :]
+        k = len(names)
+        mean, var = np.zeros(k), np.zeros(k)
+        windows = np.zeros(k, np.int64)
+        last = np.full(k, np.nan)
+        mean[base_codes] = _floats(base.column("mean"))
+        var[base_codes] = _floats(base.column("var"))
+        windows[base_codes] = _floats(base.column("windows")).astype(np.int64)
+        last[base_codes] = _floats(base.column("last_window"))
+        score, score_start, scored = np.zeros(k), np.zeros(k, np.int64), np.zeros(k, bool)
+        score[score_codes] = _floats(old_scores.column("score"))
+        score_start[score_codes] = old_scores.column("window_start").to_numpy(zero_copy_only=False)
+        scored[score_codes] = True
+        observed_all = _floats(stats.column("rejected_records"))
+        bounds = [0, *(np.flatnonzero(starts[1:] != starts[:-1]) + 1).tolist(), len(starts)]
+        anomalies: list[Anomaly] = []
+        for a, b in itertools.pairwise(bounds):  # a few windows per input, not per ENI
+            start = int(starts[a])
+            idx = row_codes[a:b]
+            m, v, w, l_ = mean[idx], var[idx], windows[idx], last[idx]
+            # Windows with no traffic since the last one count as zeros, in closed form (q = 1 - alpha):
+            # mean_k = q^k mean, var_k = q^k var + mean^2 q^k (1 - q^k).
+            gap = np.where(
+                np.isnan(l_), 0, np.clip((start - np.nan_to_num(l_)) // s.window_seconds - 1, 0, MAX_GAP_WINDOWS)
+            ).astype(np.int64)
+            qk = (1 - s.alpha) ** gap
+            v = qk * v + m * m * qk * (1 - qk)
+            m = qk * m
+            w = w + gap
+            observed = observed_all[a:b]
+            spread = np.maximum(np.maximum(np.sqrt(v), np.sqrt(m)), 1.0)
+            sc = (observed - m) / spread
+            warmed = w >= s.warmup_windows
+            spike = warmed & (sc >= s.score_threshold) & (observed >= s.min_rejected_records)
+            found = [self._anomaly(stats, a + int(i), start, m[i], spread[i], sc[i], closed) for i in np.flatnonzero(spike)]
+            anomalies.extend(sorted(found, key=lambda x: x.interface_id))
+            # A spike moves the baseline only up to the threshold.
+            value = np.where(warmed, np.minimum(observed, m + s.score_threshold * spread), observed)
+            diff = value - m
+            incr = s.alpha * diff
+            mean[idx] = m + incr
+            var[idx] = (1 - s.alpha) * (v + diff * incr)
+            windows[idx] = w + 1
+            last[idx] = start
+            score[idx[warmed]] = sc[warmed]
+            score_start[idx[warmed]] = start
+            scored[idx[warmed]] = True
+        newest = int(starts[-1])
+        keep = np.flatnonzero(last >= newest - s.idle_seconds)  # NaN (no baseline) compares False
+        base = pa.table(
             {
-                "interface_id": joined.column("interface_id"),
-                "mean": mean + incr,
-                "var": (1 - s.alpha) * (var + diff * incr),
-                "windows": windows + 1,
-                "last_window": np.full(len(mean), start, dtype=np.int64),
+                "interface_id": names.take(pa.array(keep)),
+                "mean": mean[keep],
+                "var": var[keep],
+                "windows": windows[keep],
+                "last_window": last[keep].astype(np.int64),
             },
             schema=BASELINES,
         )
-        keep = pc.invert(pc.is_in(base.column("interface_id"), updated.column("interface_id")))
-        base = pa.concat_tables([base.filter(keep), updated])
-        warm_ids = updated.column("interface_id").filter(pa.array(warmed))
-        new_scores = pa.table(
-            {"interface_id": warm_ids, "score": score[warmed], "window_start": np.full(int(warmed.sum()), start, dtype=np.int64)},
-            schema=SCORES,
+        kept = keep[scored[keep]]
+        scores = pa.table(
+            {"interface_id": names.take(pa.array(kept)), "score": score[kept], "window_start": score_start[kept]}, schema=SCORES
         )
-        scores = pa.concat_tables([scores.filter(pc.invert(pc.is_in(scores.column("interface_id"), warm_ids))), new_scores])
-        return base, scores, anomalies
+        return dataclasses.replace(self, baseline_table=base, score_table=scores), anomalies
 
-    def _anomaly(self, joined: pa.Table, i: int, start: int, mean: float, spread: float, score: float, closed: Closed) -> Anomaly:
-        row = joined.slice(int(i), 1).to_pylist()[0]
+    def _anomaly(self, stats: pa.Table, i: int, start: int, mean: float, spread: float, score: float, closed: Closed) -> Anomaly:
+        row = stats.slice(i, 1).to_pylist()[0]
         eni = row["interface_id"]
         return Anomaly(
             interface_id=eni,
@@ -208,3 +241,7 @@ class Detector:
         base = pa.ipc.open_stream(blob[8 : 8 + size]).read_all().cast(BASELINES)
         scores = pa.ipc.open_stream(blob[8 + size :]).read_all().cast(SCORES)
         return cls(settings, base, scores)
+
+
+def _floats(col: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=float)

@@ -81,13 +81,14 @@ class ObjectReader:
             return
         # Chunks stay as their parts here: the decode worker joins them, not the thread that inflates.
         chunks = line_parts(chain([head], pieces), self.chunk_bytes)
-        first = _first_nonempty(join(p) for p in chunks)
+        first = _first_nonempty(chunks)
         if first is None:
             return
-        if not self.headerless and _looks_binary(first[:4096]):  # headerless lines came out of JSON: never a file
+        # Only the head of the first chunk is looked at (and copied): joining or stripping all of it would
+        # cost two or three copies of a chunk per object on this thread, most of a small object's time.
+        if not self.headerless and _looks_binary(_prefix(first, 4096)):  # headerless lines came out of JSON: never a file
             raise UnknownFormatError("binary data that is neither gzip nor Parquet")
-        first_line = first.lstrip().split(b"\n", 1)[0]
-        decoder = self._decoder_for(first_line)
+        decoder = self._decoder_for(_first_line(first))
         for chunk in chain([first], chunks):
             yield _text_unit(decoder, chunk)
 
@@ -193,11 +194,39 @@ def _first_nonblank(stream: Iterator[bytes]) -> bytes | None:
     return None
 
 
-def _first_nonempty(stream: Iterator[bytes]) -> bytes | None:
+def _first_nonempty(stream: Iterator[bytes | Parts]) -> bytes | Parts | None:
     for piece in stream:
-        if piece:
+        if _size(piece):
             return piece
     return None
+
+
+def _size(chunk: bytes | Parts) -> int:
+    return len(chunk) if isinstance(chunk, bytes) else sum(len(p) for p in chunk)
+
+
+def _prefix(chunk: bytes | Parts, size: int) -> bytes:
+    """The first `size` bytes of a chunk (all of it when shorter), copying no more than that."""
+    if isinstance(chunk, bytes):
+        return chunk[:size]
+    out: list[bytes] = []
+    for part in chunk:
+        if size <= 0:
+            break
+        out.append(bytes(part[:size]))
+        size -= len(out[-1])
+    return b"".join(out)
+
+
+def _first_line(chunk: bytes | Parts) -> bytes:
+    """`join(chunk).lstrip().split(b"\\n", 1)[0]`, reading only as far as that line ends."""
+    total = _size(chunk)
+    size = 4096
+    while True:
+        head = _prefix(chunk, size).lstrip()
+        if b"\n" in head or size >= total:
+            return head.split(b"\n", 1)[0]
+        size *= 4
 
 
 def line_chunks(pieces: Iterable[bytes], size: int = CHUNK_BYTES) -> Iterator[bytes]:

@@ -39,8 +39,14 @@ class Telemetry:
         )
         self.commit_seconds = Histogram(
             "streamer_commit_seconds",
-            "Time to commit one input's state and positions to the checkpoint.",
+            "Time to commit one group of inputs' state and positions to the checkpoint.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=registry,
+        )
+        self.commit_inputs = Histogram(
+            "streamer_commit_inputs",
+            "Inputs committed together in one transaction (group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=registry,
         )
         self.polls = Counter(

@@ -8,7 +8,10 @@ pipeline and the sources see only this module.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from streamer.aggregate.state import FlowState
@@ -58,12 +61,65 @@ class Commit:
     partials: list[tuple[str, bytes]] = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass(frozen=True)
+class Refused:
+    """One input of a group whose claim failed: nothing of the group was written.
+
+    `lease_lost` is why its lease is no longer held; None means counted before
+    (a done key that exists, or a compare-and-set cursor that moved).
+    """
+
+    index: int
+    lease_lost: str | None = None
+
+
+def merged(changes: Sequence[Commit]) -> Commit:
+    """The changes of a group whose claims all held, as one change: the effect of committing them in order.
+
+    Deltas add up; later cursors, snapshots and membership times win (the stores drop snapshot prefixes
+    before writing, so a prefix a later change drops also removes what an earlier one wrote under it);
+    forgotten interfaces are
+    never ones an earlier change of the same group counted (capping forgets only interfaces idle
+    at the group's one `now`), so deleting them all before the upserts is exact. The claims
+    themselves (done keys, expected cursors, leases) are the stores' to check, in order.
+    """
+    if len(changes) == 1:
+        return changes[0]
+    delta = FlowState()
+    out = Commit(delta)
+    for change in changes:
+        delta.apply(change.delta)
+        out.done.extend(change.done)
+        out.cursors.update(change.cursors)
+        for prefix in change.drop_snapshots:  # what a later change drops goes, even if an earlier one wrote it
+            for name in [n for n in out.snapshots if n.startswith(prefix)]:
+                del out.snapshots[name]
+        out.drop_snapshots.extend(change.drop_snapshots)
+        out.snapshots.update(change.snapshots)
+        out.forget.extend(eni for eni in change.forget if eni not in out.forget)
+        out.expected.update(change.expected)
+        out.partials.extend(change.partials)
+    return out
+
+
+def pause_in_transaction(changes: Sequence[Commit]) -> None:
+    """Test-only seam: STREAMER_TEST_COMMIT_PAUSE=PATH makes a group of two or more inputs stop inside its
+    transaction (written, not committed), note its size in PATH, and wait there (a test kills the process)."""
+    path = os.environ.get("STREAMER_TEST_COMMIT_PAUSE")
+    inputs = sum(1 for c in changes if c.done or c.expected)
+    if path and inputs >= 2:
+        Path(path).write_text(f"{inputs}\n")
+        time.sleep(float(os.environ.get("STREAMER_TEST_COMMIT_PAUSE_SECONDS", "30")))
+
+
 class StateStore(Protocol):
     """What the pipeline and the sources need from a checkpoint: SQLite (one process) or PostgreSQL (a fleet)."""
 
     def load_state(self) -> FlowState: ...
 
     def commit(self, change: Commit) -> bool: ...
+
+    def commit_group(self, changes: Sequence[Commit]) -> list[Refused]: ...
 
     def done_among(self, namespace: str, keys: Iterable[str]) -> set[str]: ...
 

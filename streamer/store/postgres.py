@@ -1,8 +1,9 @@
 """The fleet's checkpoint: one PostgreSQL shared by every replica, behind the SQLite store's interface.
 
-Each input commits in one transaction, exactly as with SQLite: its claim (the
-done key, or the cursor under a lease), the counter deltas, and its window
-partial for the leader. What is per replica and what is shared:
+A group of inputs commits in one transaction, exactly as with SQLite: each
+one's claim (the done key, or the cursor under a lease), their counter deltas
+merged into one staged upsert per table, and their window partials for the
+leader. What is per replica and what is shared:
 
 - per replica (`replica_id`): counters, skipped-line counts, insight sums and
   interface membership. Each replica exports what it committed; a replica
@@ -40,7 +41,7 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ import pyarrow as pa
 from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import SCHEMA, Counters
 from streamer.aggregate.state import LOG_STATUS, FlowState
-from streamer.store.base import CheckpointError, Commit, LeaseLost
+from streamer.store.base import CheckpointError, Commit, LeaseLost, Refused, merged, pause_in_transaction
 from streamer.store.pgtimeouts import GuardedPool, Health, Timeouts
 
 #: numbered migrations; each runs once, in order, in its own transaction
@@ -220,26 +221,26 @@ class PostgresStore:
     def commit(self, change: Commit) -> bool:
         """One input in one transaction. False (nothing changed) when a claim exists already;
         LeaseLost when the input's lease is no longer this replica's."""
+        refused = self.commit_group([change])
+        if refused and refused[0].lease_lost is not None:
+            raise LeaseLost(refused[0].lease_lost)
+        return not refused
+
+    def commit_group(self, changes: Sequence[Commit]) -> list[Refused]:
+        """Several inputs in one transaction: every claim (lease and epoch, done keys, compare-and-set
+        cursors) is checked first, in order; if one is refused, the transaction is rolled back and the
+        refusals returned. Else the merged change is written with one staged upsert per table."""
         me = self.replica_id
         now = time.time()
         try:
             with self._pool.connection() as conn, conn.cursor() as cur:
                 try:
-                    if change.lease is not None and not self._holds(cur, *change.lease, me, change.epoch):
+                    refused = self._claim(cur, changes, me, now)
+                    if refused:
                         conn.rollback()
-                        raise LeaseLost(f"lease {change.lease[0]}/{change.lease[1]} is no longer {me}'s")
-                    for d in change.done:
-                        cur.execute(
-                            "INSERT INTO done VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                            (d.namespace, d.key, d.outcome, now),
-                        )
-                        if cur.rowcount == 0:
-                            conn.rollback()
-                            return False  # counted before, here or by another replica
-                    if not _swap_cursors(cur, change):
-                        conn.rollback()
-                        return False  # the cursor moved on: counted before
-                    self._write(cur, change, me)
+                        return refused
+                    self._write(cur, merged(changes), me)
+                    pause_in_transaction(changes)
                     conn.commit()
                     if next(self._commits) in self._ambiguous:
                         raise CheckpointError(f"{self._where}: connection lost after COMMIT (test seam)")
@@ -248,7 +249,38 @@ class PostgresStore:
                     raise
         except psycopg.Error as exc:
             raise CheckpointError(f"{self._where}: commit failed: {_message(exc)}") from exc
-        return True
+        return []
+
+    def _claim(self, cur: psycopg.Cursor[Any], changes: Sequence[Commit], me: str, now: float) -> list[Refused]:
+        """Every input's claim, in order, inside the transaction (the caller rolls back if any is refused).
+
+        Done keys go in with one statement for the whole group; a key another input of the group claimed
+        first refuses the later one, like a key already in the table.
+        """
+        refused: dict[int, Refused] = {}
+        for index, change in enumerate(changes):
+            if change.lease is not None and not self._holds(cur, *change.lease, me, change.epoch):
+                refused[index] = Refused(index, f"lease {change.lease[0]}/{change.lease[1]} is no longer {me}'s")
+        first: dict[tuple[str, str], int] = {}
+        for index, change in enumerate(changes):
+            for d in change.done:
+                if first.setdefault((d.namespace, d.key), index) != index:
+                    refused.setdefault(index, Refused(index))
+        rows = [(d.namespace, d.key, d.outcome) for i, c in enumerate(changes) if i not in refused for d in c.done]
+        if rows:
+            cur.execute(
+                "INSERT INTO done SELECT n, k, o, %s FROM unnest(%s::text[], %s::text[], %s::text[]) AS claims(n, k, o) "
+                "ON CONFLICT DO NOTHING RETURNING namespace, key",
+                (now, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+            )
+            inserted = {(str(n), str(k)) for n, k in cur.fetchall()}
+            for index, change in enumerate(changes):
+                if index not in refused and any((d.namespace, d.key) not in inserted for d in change.done):
+                    refused[index] = Refused(index)  # counted before, here or by another replica
+        for index, change in enumerate(changes):
+            if index not in refused and not _swap_cursors(cur, change):
+                refused[index] = Refused(index)  # the cursor moved on: counted before
+        return [refused[i] for i in sorted(refused)]
 
     def _write(self, cur: psycopg.Cursor[Any], change: Commit, me: str) -> None:
         if change.forget:  # one statement per table, however many interfaces go

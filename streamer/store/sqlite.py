@@ -1,4 +1,4 @@
-"""The embedded checkpoint store: one SQLite transaction per finished input.
+"""The embedded checkpoint store: one SQLite transaction per group of finished inputs.
 
 "These positions are done" is committed together with the state they
 produced (counter deltas, window snapshots), and only then is the input
@@ -12,7 +12,10 @@ Positions come in two kinds:
 
 The done-key check is part of the transaction: a commit whose key is already
 done (another source on the same bucket got there first) is rolled back and
-reported as a duplicate, so an object is never counted twice.
+reported as a duplicate, so an object is never counted twice. A group of
+inputs (`commit_group`) has every claim checked first; if one is refused the
+whole transaction is rolled back and the refusals reported, for the caller
+to commit the others again.
 
 All calls are blocking; the service runs them on one dedicated thread.
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,7 +33,7 @@ import pyarrow as pa
 from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import SCHEMA, Counters
 from streamer.aggregate.state import LOG_STATUS, FlowState
-from streamer.store.base import CheckpointError, Commit, Done
+from streamer.store.base import CheckpointError, Commit, Done, Refused, merged, pause_in_transaction
 
 log = logging.getLogger(__name__)
 
@@ -128,61 +131,22 @@ class CheckpointStore:
         Returns False, changing nothing, when one of its done keys is already
         done: the input was counted before (by this or another source).
         """
-        counters = change.delta.counters.table().to_pylist()
+        return not self.commit_group([change])
+
+    def commit_group(self, changes: Sequence[Commit]) -> list[Refused]:
+        """Several inputs in one transaction: every claim is checked first, in order; if one is refused
+        (counted before), nothing is written and the refusals are returned. Else the merged change is
+        written with one statement per table, and [] is returned."""
         now = time.time()
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for namespace, keys in _by_namespace(change.done).items():
-                    if self._done_batch(namespace, keys):
-                        self._db.execute("ROLLBACK")
-                        return False
-                if not self._cursors_at(change.expected):
+                refused = self._refused(changes)
+                if refused:
                     self._db.execute("ROLLBACK")
-                    return False  # the cursor moved on: counted before
-                self._db.executemany(
-                    "DELETE FROM counters WHERE interface_id = ?", [(eni,) for eni in change.forget]
-                )
-                self._db.executemany("DELETE FROM interfaces WHERE interface_id = ?", [(eni,) for eni in change.forget])
-                self._db.executemany(
-                    f"DELETE FROM insights WHERE key1 = ? AND kind IN ({','.join('?' * len(ins.ENI_KINDS))})",
-                    [(eni, *ins.ENI_KINDS) for eni in change.forget],
-                )
-                self._db.executemany(
-                    "INSERT INTO insights VALUES (:kind, :key1, :key2, :records, :bytes) "
-                    "ON CONFLICT DO UPDATE SET records = records + excluded.records, bytes = bytes + excluded.bytes",
-                    change.delta.insights.to_pylist(),
-                )
-                self._db.executemany(
-                    "INSERT INTO interfaces VALUES (?, ?) ON CONFLICT DO UPDATE SET last_seen = excluded.last_seen",
-                    list(change.delta.seen.items()),
-                )
-                self._db.executemany(
-                    "INSERT INTO counters VALUES (:interface_id, :action, :log_status, :records, :packets, :bytes) "
-                    "ON CONFLICT DO UPDATE SET records = records + excluded.records, "
-                    "packets = packets + excluded.packets, bytes = bytes + excluded.bytes",
-                    counters,
-                )
-                self._db.executemany(
-                    "INSERT INTO totals VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET value = value + excluded.value",
-                    [(name, key, n) for (name, key), n in change.delta.totals.items()],
-                )
-                self._db.executemany(
-                    "INSERT INTO decode_errors VALUES (?, ?) ON CONFLICT DO UPDATE SET count = count + excluded.count",
-                    list(change.delta.decode_errors.items()),
-                )
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)",
-                    [(d.namespace, d.key, d.outcome, now) for d in change.done],
-                )
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)",
-                    [(s, p, v) for (s, p), v in change.cursors.items()],
-                )
-                self._db.executemany(
-                    "DELETE FROM snapshots WHERE name >= ? AND name < ?", [_range(p) for p in change.drop_snapshots]
-                )
-                self._db.executemany("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", list(change.snapshots.items()))
+                    return refused
+                self._write(merged(changes), now)
+                pause_in_transaction(changes)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -192,7 +156,68 @@ class CheckpointStore:
         self._commits += 1
         if self._commits % VACUUM_EVERY_COMMITS == 0:
             self._vacuum_quietly()  # after COMMIT: a vacuum failure must not report a landed commit as failed
-        return True
+        return []
+
+    def _refused(self, changes: Sequence[Commit]) -> list[Refused]:
+        """Each claim against the checkpoint as the earlier changes of the group leave it."""
+        refused: list[Refused] = []
+        claimed: set[tuple[str, str]] = set()
+        moved: dict[tuple[str, str], str | None] = {}
+        for index, change in enumerate(changes):
+            keys = {(d.namespace, d.key) for d in change.done}
+            done = bool(keys & claimed) or any(
+                self._done_batch(namespace, batch) for namespace, batch in _by_namespace(change.done).items()
+            )
+            if done or not self._cursors_at(change.expected, moved):
+                refused.append(Refused(index))
+                continue
+            claimed |= keys
+            moved.update((key, change.cursors.get(key, before)) for key, before in change.expected.items())
+        return refused
+
+    def _write(self, change: Commit, now: float) -> None:
+        counters = change.delta.counters.table().to_pylist()
+        self._db.executemany("DELETE FROM counters WHERE interface_id = ?", [(eni,) for eni in change.forget])
+        self._db.executemany("DELETE FROM interfaces WHERE interface_id = ?", [(eni,) for eni in change.forget])
+        self._db.executemany(
+            f"DELETE FROM insights WHERE key1 = ? AND kind IN ({','.join('?' * len(ins.ENI_KINDS))})",
+            [(eni, *ins.ENI_KINDS) for eni in change.forget],
+        )
+        self._db.executemany(
+            "INSERT INTO insights VALUES (:kind, :key1, :key2, :records, :bytes) "
+            "ON CONFLICT DO UPDATE SET records = records + excluded.records, bytes = bytes + excluded.bytes",
+            change.delta.insights.to_pylist(),
+        )
+        self._db.executemany(
+            "INSERT INTO interfaces VALUES (?, ?) ON CONFLICT DO UPDATE SET last_seen = excluded.last_seen",
+            list(change.delta.seen.items()),
+        )
+        self._db.executemany(
+            "INSERT INTO counters VALUES (:interface_id, :action, :log_status, :records, :packets, :bytes) "
+            "ON CONFLICT DO UPDATE SET records = records + excluded.records, "
+            "packets = packets + excluded.packets, bytes = bytes + excluded.bytes",
+            counters,
+        )
+        self._db.executemany(
+            "INSERT INTO totals VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET value = value + excluded.value",
+            [(name, key, n) for (name, key), n in change.delta.totals.items()],
+        )
+        self._db.executemany(
+            "INSERT INTO decode_errors VALUES (?, ?) ON CONFLICT DO UPDATE SET count = count + excluded.count",
+            list(change.delta.decode_errors.items()),
+        )
+        self._db.executemany(
+            "INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)",
+            [(d.namespace, d.key, d.outcome, now) for d in change.done],
+        )
+        self._db.executemany(
+            "INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)",
+            [(s, p, v) for (s, p), v in change.cursors.items()],
+        )
+        self._db.executemany(
+            "DELETE FROM snapshots WHERE name >= ? AND name < ?", [_range(p) for p in change.drop_snapshots]
+        )
+        self._db.executemany("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", list(change.snapshots.items()))
 
     def _vacuum_quietly(self) -> None:
         try:
@@ -200,9 +225,16 @@ class CheckpointStore:
         except sqlite3.Error as exc:
             log.warning("%s: returning free pages failed (tried again later): %s", self.path, exc)
 
-    def _cursors_at(self, expected: dict[tuple[str, str], str | None]) -> bool:
-        """Compare-and-set, as in the fleet's store: every expected cursor still has its expected value."""
+    def _cursors_at(
+        self, expected: dict[tuple[str, str], str | None], moved: dict[tuple[str, str], str | None]
+    ) -> bool:
+        """Compare-and-set, as in the fleet's store: every expected cursor still has its expected value
+        (`moved`: the values earlier changes of the same group set)."""
         for (source, partition), before in expected.items():
+            if (source, partition) in moved:
+                if moved[(source, partition)] != before:
+                    return False
+                continue
             row = self._db.execute("SELECT value FROM cursors WHERE source = ? AND partition = ?", (source, partition)).fetchone()
             if (None if row is None else row[0]) != before:
                 return False

@@ -231,7 +231,13 @@ def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck() -> None:
 
 
 #: What each source's code calls, as IAM actions.
-API_TO_ACTION = {"list_objects_v2": "s3:ListBucket", "get_object": "s3:GetObject"}
+#: SQS's batch calls have no IAM action of their own: they are authorized by their one-message action
+API_TO_ACTION = {
+    "list_objects_v2": "s3:ListBucket",
+    "get_object": "s3:GetObject",
+    "change_message_visibility_batch": "sqs:ChangeMessageVisibility",
+    "delete_message_batch": "sqs:DeleteMessage",
+}
 CALL = re.compile(r"\b(s3|sqs|kinesis|logs|ec2)\.(?!get_paginator)(\w+)\(|get_paginator\(\"(\w+)\"\)")
 SERVICE_OF_PAGINATOR = {"list_objects_v2": "s3", "filter_log_events": "logs"}
 POLICY_FOR_SOURCE = {

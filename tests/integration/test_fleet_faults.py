@@ -266,8 +266,8 @@ async def test_commits_with_an_unknown_outcome_leave_kinesis_exact(
     aws: str, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The 2nd and 5th commits land on the server, then raise on the client (a connection dropped
-    before the reply): the batch is retried, found counted (its cursor moved), and /metrics is neither
-    low (the retry counts nothing) nor high (the first attempt is not applied twice)."""
+    before the reply): the batches of those groups are retried, found counted (their cursors moved), and
+    /metrics is neither low (the retry counts nothing) nor high (the first attempt is not applied twice)."""
     monkeypatch.setenv("STREAMER_TEST_AMBIGUOUS_COMMITS", "2,5")
     logs = kinesis_stream(aws, shards=2)
     truth = Truth()
@@ -286,9 +286,11 @@ async def test_commits_with_an_unknown_outcome_leave_kinesis_exact(
         metrics = await more_polls(service.port, 6)
         assert exported_totals(metrics) == truth.totals
         errors = {dict(k)["reason"]: v for k, v in metrics.get("streamer_source_errors_total", {}).items()}
-        assert errors.get("commit_failed") == 2  # the seam fired twice
+        # The seam fired twice; each time every batch of that transaction's group saw the failure (both shards'
+        # batches can share one), and each retry found its batch counted.
+        assert 2 <= errors.get("commit_failed", 0) <= 4
         outcomes = {dict(k)["outcome"]: v for k, v in metrics["streamer_objects_total"].items()}
-        assert outcomes.get("duplicate") == 2  # each retry found its batch counted
+        assert outcomes.get("duplicate") == errors["commit_failed"]
     assert_cursors_only_moved_forward(pg_url)
 
 

@@ -114,6 +114,31 @@ def test_corrupt_object_is_reported_and_others_still_count(tmp_path: Path, sampl
     assert doc["errors"]["truncated"] == 1
 
 
+def test_many_files_give_what_the_same_records_give_as_one_file(tmp_path: Path) -> None:
+    """Replay works many inputs back to back and folds their partials in groups (streamer/replay.py): the
+    report is the one of the same records in one file, insights included, a bad file in the middle aside."""
+    from streamer.schema import V5_ALL_FIELDS
+    from streamer.synth import TrafficProfile, generate_table, to_lines
+
+    profile = TrafficProfile(records=14_000, enis=300, ipv6_ratio=0.2, fields=V5_ALL_FIELDS)
+    lines = to_lines(generate_table(profile)).to_pylist()
+    header = " ".join(V5_ALL_FIELDS) + "\n"
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "all.log.gz").write_bytes(gzip.compress((header + "\n".join(lines) + "\n").encode()))
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(70):  # more files than replay folds at once
+        (many / f"{i:03d}.log.gz").write_bytes(
+            gzip.compress((header + "\n".join(lines[i * 200 : i * 200 + 200]) + "\n").encode())
+        )
+    (many / "035b.log.gz").write_bytes(gzip.compress(b"x" * 1000)[:20])
+    docs = [json.loads(streamer("replay", "--output", "json", str(tmp_path / d)).stdout) for d in ("one", "many")]
+    assert sum(docs[0]["log_status"].values()) == 14_000
+    assert docs[1].pop("errors") == {"truncated": 1}
+    assert docs[0].pop("errors") == {}
+    assert docs[1] == docs[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

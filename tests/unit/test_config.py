@@ -135,3 +135,11 @@ def test_database_timeouts_have_defaults_and_bad_ones_fail_naming_the_key() -> N
         parse_config({**BASE, "checkpoint": {"connect_timeout_seconds": 1}}, {})
     with pytest.raises(ConfigError, match=r"checkpoint\.keepalive_count"):
         parse_config({**BASE, "checkpoint": {"keepalive_count": "many"}}, {})
+
+
+def test_group_commit_bounds_have_defaults_and_bad_ones_fail_naming_the_key() -> None:
+    cp = parse_config(BASE, {}).checkpoint
+    assert (cp.group_commit_max_inputs, cp.group_commit_max_bytes, cp.group_commit_delay_seconds) == (16, 64 << 20, 0.15)
+    for key, bad in (("group_commit_max_inputs", 0), ("group_commit_max_bytes", -1), ("group_commit_delay_seconds", 60)):
+        with pytest.raises(ConfigError, match=rf"^checkpoint\.{key}: "):
+            parse_config({**BASE, "checkpoint": {key: bad}}, {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -90,3 +91,63 @@ def test_what_the_sink_raises_passes_through_unchanged(pool: ThreadPoolExecutor)
 
     with pytest.raises(BrokenPipeError):
         Ingestor(ObjectReader(), lambda t: t, pool).run([text(10)], sink)
+
+
+def test_several_objects_in_a_row_give_what_each_gives_alone(pool: ThreadPoolExecutor) -> None:
+    """`run_many` keeps the next object's chunks decoding while the previous one finishes; results stay per object."""
+    reader = ObjectReader(chunk_bytes=len(LINE) * 7)
+    objects = [gzip.compress(text(n)) for n in (30, 1, 0, 55)] + [text(12)]
+    ingest = Ingestor(reader, lambda t: int(t.num_rows), pool)
+    alone = [ingest.run([o]) for o in objects]
+    together = list(ingest.run_many([[o] for o in objects]))
+    assert [(r.rows, r.results, r.failure) for r in together] == [(r.rows, r.results, r.failure) for r in alone]
+    assert [r.rows for r in together] == [30, 1, 0, 55, 12]
+
+
+def test_one_bad_object_among_several_fails_alone(pool: ThreadPoolExecutor) -> None:
+    def reduce(table: pa.Table) -> int:
+        if "eni-bad" in table.column("interface-id").to_pylist():
+            raise TypeError("boom")
+        return int(table.num_rows)
+
+    reader = ObjectReader(chunk_bytes=len(LINE) * 10)
+    bad = LINE.replace(b"eni-a", b"eni-bad")
+    truncated = gzip.compress(text(5000))
+    objects = [
+        [text(20)],
+        [text(10), LINE * 10, bad * 10, LINE * 30],  # its third chunk fails: the two before count, the rest not
+        [truncated[: len(truncated) // 2]],  # cut short: what was cut before the end counts
+        [text(25)],
+    ]
+    results = list(Ingestor(reader, reduce, pool).run_many(objects))
+    assert [r.failure.reason if r.failure else None for r in results] == [None, "decode_failed", "truncated", None]
+    assert sum(results[0].results) == 20
+    assert sum(results[1].results) == 20
+    assert 0 < sum(results[2].results) < 5000
+    assert sum(results[3].results) == 25
+
+
+def test_a_read_failure_in_a_later_object_passes_through(pool: ThreadPoolExecutor) -> None:
+    def body() -> Iterator[bytes]:
+        yield text(5)[:50]
+        raise ConnectionResetError("peer went away")
+
+    results = Ingestor(ObjectReader(), lambda t: t, pool).run_many([[text(3)], body()])
+    with pytest.raises(ConnectionResetError, match="peer went away"):
+        list(results)
+
+
+def test_the_next_object_decodes_while_the_previous_one_finishes(pool: ThreadPoolExecutor) -> None:
+    """No pause at object boundaries: the first object's only batch finishes only once the second object's
+    batch has started on the other worker (waiting with a deadline, so a regression fails instead of hanging)."""
+    second_started = threading.Event()
+
+    def reduce(table: pa.Table) -> bool:
+        if "eni-b" in table.column("interface-id").to_pylist():
+            second_started.set()
+            return True
+        return second_started.wait(timeout=30)
+
+    objects = [[text(5)], [text(5).replace(b"eni-a", b"eni-b")]]
+    results = list(Ingestor(ObjectReader(), reduce, pool).run_many(objects))
+    assert [r.results for r in results] == [[True], [True]]

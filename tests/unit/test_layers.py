@@ -28,10 +28,14 @@ ALLOWED: dict[str, set[str]] = {
     "replay": {"aggregate", "decode", "ingest", "output", "schema"},
     "synth": {"schema"},
     "stack": {"aws"},
+    "commit_group": set(),
+    "memory": set(),
     "sources": {"aws", "decode", "schema", "settings", "store"},
     "config": {"defaults", "schema", "settings", "sources"},
-    "pipeline": {"aggregate", "decode", "export", "ingest", "schema", "sources", "store"},
-    "service": {"aggregate", "aws", "config", "decode", "export", "pipeline", "schema", "settings", "sources", "store"},
+    "pipeline": {"aggregate", "commit_group", "decode", "export", "ingest", "schema", "sources", "store"},
+    "service": {
+        "aggregate", "aws", "commit_group", "config", "decode", "export", "pipeline", "schema", "settings", "sources", "store"
+    },
 }
 #: commands on top may import anything below them
 TOP = {"", "cli", "__main__", "demo"}  # "" is the package itself

@@ -21,7 +21,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from streamer.pipeline import DUPLICATE, Pipeline, Store
 from streamer.schema import DEFAULT_FIELDS
 from streamer.sources.base import Delivery, SourceError, single_chunk
 from streamer.sources.kinesis import KinesisSource, KinesisSourceConfig
-from streamer.store.base import Commit, Done
+from streamer.store.base import Commit, Done, Refused
 from streamer.store.sqlite import CheckpointStore
 
 NOW = int(time.time())
@@ -57,10 +57,10 @@ class SlowStore(CheckpointStore):
         super().__init__(path)
         self.committing = threading.Event()
 
-    def commit(self, change: Commit) -> bool:
+    def commit_group(self, changes: Sequence[Commit]) -> list[Refused]:
         self.committing.set()
         time.sleep(0.5)
-        return super().commit(change)
+        return super().commit_group(changes)
 
 
 @pytest.fixture
@@ -163,7 +163,7 @@ class FailingStore(CheckpointStore):
         super().__init__(path)
         self.committing = threading.Event()
 
-    def commit(self, change: Commit) -> bool:
+    def commit_group(self, changes: Sequence[Commit]) -> list[Refused]:
         self.committing.set()
         time.sleep(0.5)
         raise sqlite3.OperationalError("disk I/O error")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from streamer.aws import AwsClients
+from streamer.commit_group import Limits
 from streamer.config import parse_config
 from streamer.pipeline import Store
 from streamer.service import CLEAN_RUN_SECONDS, RestartBackoff, Service
@@ -39,6 +40,12 @@ def test_detector_baselines_expire_with_their_interfaces(tmp_path: Path) -> None
     }
     service = Service(parse_config(doc, {}), AwsClients())
     assert service._settings().idle_seconds == 1234
+
+
+def test_group_commit_bounds_come_from_the_checkpoint_section(tmp_path: Path) -> None:
+    cp = {"path": str(tmp_path / "state.db"), "group_commit_max_inputs": 4, "group_commit_max_bytes": 1000}
+    doc = {"checkpoint": {**cp, "group_commit_delay_seconds": 0.5}, "sources": [{"type": "s3", "bucket": "flow-logs"}]}
+    assert Service(parse_config(doc, {}), AwsClients())._group_limits() == Limits(4, 1000, 0.5)
 
 
 class _PruneFails(CheckpointStore):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
+import math
 
-from streamer.aggregate.anomaly import Detector, Settings
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamer.aggregate.anomaly import MAX_GAP_WINDOWS, Baseline, Detector, Settings
 from streamer.aggregate.detection import DETECTOR_SNAPSHOT, SNAPSHOT_NAME, Detection
-from streamer.aggregate.windows import window_batch
+from streamer.aggregate.windows import PORTS, SOURCES, STATS, Closed, window_batch
 
 SETTINGS = Settings(window_seconds=60, score_threshold=4, min_rejected_records=50, warmup_windows=5, alpha=0.2)
 
@@ -113,3 +118,90 @@ def test_a_one_blob_snapshot_is_written_in_parts_at_the_next_commit() -> None:
     assert DETECTOR_SNAPSHOT in parts
     again = Detection.restore(parts[SNAPSHOT_NAME], SETTINGS, 0, detector=parts[DETECTOR_SNAPSHOT])
     assert again.detector.baselines == det.detector.baselines
+
+
+def _reference(
+    settings: Settings, inputs: list[list[dict[str, int]]]
+) -> tuple[dict[str, Baseline], dict[str, float], list[tuple[str, int, float]]]:
+    """The detector's rule, ENI by ENI in plain Python: what the vectorized detector must compute."""
+    s = settings
+    base: dict[str, Baseline] = {}
+    scores: dict[str, float] = {}
+    found: list[tuple[str, int, float]] = []
+    window = 0
+    for windows in inputs:
+        newest = None
+        for per_eni in windows:
+            start = window * s.window_seconds
+            window += 1
+            for eni, observed in sorted(per_eni.items()):
+                b = base.get(eni, Baseline())
+                gap = (
+                    0 if b.last_window is None else min(max((start - b.last_window) // s.window_seconds - 1, 0), MAX_GAP_WINDOWS)
+                )
+                qk = (1 - s.alpha) ** gap
+                var, mean, seen = qk * b.var + b.mean * b.mean * qk * (1 - qk), qk * b.mean, b.windows + gap
+                spread = max(math.sqrt(var), math.sqrt(mean), 1.0)
+                score = (observed - mean) / spread
+                warmed = seen >= s.warmup_windows
+                if warmed and score >= s.score_threshold and observed >= s.min_rejected_records:
+                    found.append((eni, start, score))
+                value = min(observed, mean + s.score_threshold * spread) if warmed else observed
+                diff = value - mean
+                base[eni] = Baseline(mean + s.alpha * diff, (1 - s.alpha) * (var + diff * s.alpha * diff), seen + 1, start)
+                if warmed:
+                    scores[eni] = score
+            newest = start if per_eni else newest
+        if newest is not None:
+            base = {e: b for e, b in base.items() if b.last_window is not None and b.last_window >= newest - s.idle_seconds}
+            scores = {e: v for e, v in scores.items() if e in base}
+    return base, scores, found
+
+
+def _closed(windows: list[dict[str, int]], first: int, settings: Settings) -> Closed:
+    rows = [(eni, (first + i) * settings.window_seconds, n) for i, per_eni in enumerate(windows) for eni, n in per_eni.items()]
+    rows.reverse()  # the detector must not rely on the order of closed rows
+    n = len(rows)
+    stats = pa.table(
+        {
+            "interface_id": [r[0] for r in rows],
+            "window_start": pa.array([r[1] for r in rows], pa.int64()),
+            "vpc_id": pa.nulls(n, pa.string()),
+            "subnet_id": pa.nulls(n, pa.string()),
+            "records": pa.array([r[2] + 1 for r in rows], pa.int64()),
+            "rejected_records": pa.array([r[2] for r in rows], pa.int64()),
+            "rejected_packets": pa.array([r[2] for r in rows], pa.int64()),
+            "rejected_bytes": pa.array([40 * r[2] for r in rows], pa.int64()),
+            "accepted_records": pa.array([1] * n, pa.int64()),
+        },
+        schema=STATS,
+    )
+    return Closed(stats, SOURCES.empty_table(), PORTS.empty_table())
+
+
+_ENIS = st.sampled_from(["eni-a", "eni-b", "eni-c", "eni-d", "eni-e"])
+_WINDOW = st.dictionaries(_ENIS, st.integers(0, 300), max_size=5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(inputs=st.lists(st.lists(_WINDOW, max_size=6), max_size=6), restart=st.integers(0, 6))
+def test_the_vectorized_detector_computes_the_rule_eni_by_eni(inputs: list[list[dict[str, int]]], restart: int) -> None:
+    rule = Settings(
+        window_seconds=60, score_threshold=2.0, min_rejected_records=20, warmup_windows=3, alpha=0.3, idle_seconds=300
+    )
+    det, found, window = Detector(rule), [], 0
+    for i, windows in enumerate(inputs):
+        if i == restart:  # a restart in between: baselines and scores come back from the snapshot
+            det = Detector.restore(det.snapshot(), rule)
+        det, anomalies = det.observe(_closed(windows, window, rule))
+        found.extend((a.interface_id, a.window_start, a.score) for a in anomalies)
+        window += len(windows)
+    base, scores, expected = _reference(rule, inputs)
+    assert [(e, w) for e, w, _ in found] == [(e, w) for e, w, _ in expected]
+    assert [x for _, _, x in found] == pytest.approx([x for _, _, x in expected])
+    assert set(det.baselines) == set(base)
+    for eni, b in base.items():
+        got = det.baselines[eni]
+        assert (got.windows, got.last_window) == (b.windows, b.last_window)
+        assert (got.mean, got.var) == (pytest.approx(b.mean), pytest.approx(b.var, abs=1e-9))
+    assert {e: v for e, (v, _) in det.scores.items()} == pytest.approx(scores)

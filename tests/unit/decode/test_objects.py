@@ -56,6 +56,20 @@ def test_header_order_wins_over_default() -> None:
     ]
 
 
+@pytest.mark.parametrize("piece", [3, 17, 4096, 1 << 20])
+def test_the_header_is_found_in_a_first_chunk_made_of_many_pieces(piece: int) -> None:
+    """The header is read from the head of the first chunk, without joining it: whatever the pieces, and after
+    many blank lines (more than the first look reads), it is the same header."""
+    header = b"\n \n" * 3000 + b"interface-id action bytes packets\n"
+    line = b"eni-x REJECT 10 1\n"
+    data = header + line * 300
+    rows, errors, failure = decode_bytes([data[i : i + piece] for i in range(0, len(data), piece)], chunk_bytes=5000)
+    assert failure is None
+    assert errors.counts == {}
+    assert len(rows) == 300
+    assert rows[0] == {"interface-id": "eni-x", "action": "REJECT", "bytes": 10, "packets": 1}
+
+
 def test_unknown_field_in_header_names_the_field() -> None:
     rows, _, failure = decode_bytes(b"version interface-id frobnicate\n2 eni-a x\n")
     assert rows == []

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from streamer.aggregate.counters import Counters, count_batch
 from streamer.aggregate.state import LOG_STATUS, FlowState
-from streamer.store.base import Commit, Done
+from streamer.store.base import Commit, Done, Refused
 from streamer.store.sqlite import VACUUM_EVERY_COMMITS, CheckpointStore
 from tests.unit.aggregate.test_state import delta
 
@@ -97,6 +97,30 @@ def test_a_failed_vacuum_after_a_commit_does_not_report_the_commit_as_failed(tmp
     for n in range(store_module.VACUUM_EVERY_COMMITS):
         assert store.commit(Commit(done=[Done("s3", f"k{n}")])) is True
     assert store.prune(0) >= 0  # pruning gives pages back the same way
+    store.close()
+
+
+def test_a_group_checks_each_claim_in_order_and_a_refused_one_writes_nothing(tmp_path: Path) -> None:
+    """Consecutive batches of one shard in one group chain their cursors; a stale batch or a done key
+    already claimed (before, or earlier in the group) is refused, and then nothing of the group is written."""
+    store = CheckpointStore(tmp_path / "state.db")
+    shard = ("stream", "shardId-0")
+    assert store.commit(Commit(delta({"eni-a": 1}), [Done("s3", "old")]))
+    first = Commit(delta({"eni-a": 2}), cursors={shard: "10"}, expected={shard: None})
+    second = Commit(delta({"eni-b": 3}), cursors={shard: "20"}, expected={shard: "10"})
+    stale = Commit(delta({"eni-a": 100}), cursors={shard: "10"}, expected={shard: None})  # first's batch again
+    new = Commit(delta({"eni-c": 4}), [Done("s3", "new")])
+    twice = Commit(delta({"eni-c": 100}), [Done("s3", "new")])
+    again = Commit(delta({"eni-c": 100}), [Done("s3", "old")])
+    assert store.commit_group([first, stale, new, twice, second, again]) == [Refused(1), Refused(3), Refused(5)]
+    assert store.cursors("stream") == {}
+    assert store.done_among("s3", ["new"]) == set()
+    assert store.load_state().counters.total_records(("REJECT",)) == 1  # nothing of the group
+    assert store.commit_group([first, new, second]) == []
+    assert store.cursors("stream") == {"shardId-0": "20"}
+    assert store.done_among("s3", ["old", "new"]) == {"old", "new"}
+    by_eni = store.load_state().counters.by_interface()
+    assert {eni: v["REJECT"]["records"] for eni, v in by_eni.items()} == {"eni-a": 3, "eni-b": 3, "eni-c": 4}
     store.close()
 
 
