@@ -172,9 +172,10 @@ def _key(eni: np.ndarray, a: np.ndarray, b: np.ndarray, port_a: np.ndarray, port
         return _mix(eni * _K[0] + a * _K[1] + b * _K[2] + _mix(packed))
 
 
-def candidates(table: pa.Table, window_seconds: int) -> pa.Table:
+def candidates(table: pa.Table, window_seconds: int, max_time: int | None = None) -> pa.Table:
     """One batch's requests and possible replies (`CANDIDATES`): needs interface-id, srcaddr, dstaddr,
-    srcport, dstport, protocol, action and end or start."""
+    srcport, dstport, protocol, action and end or start. A record later than `max_time` (the wall clock
+    plus the allowed skew) is none: its window would make every window kept look older than the lateness."""
     times = [table.column(n) for n in ("end", "start") if n in table.column_names]
     if not times:
         return CANDIDATES.empty_table()
@@ -189,6 +190,8 @@ def candidates(table: pa.Table, window_seconds: int) -> pa.Table:
     rep = _equals(action, "REJECT") & (dport >= low) & (dport <= high) & (sport < dport) & (sport >= 0)
     eni, src, dst = (table.column(n) for n in ("interface-id", "srcaddr", "dstaddr"))
     valid = (t >= 0) & ((proto == 6) | (proto == 17)) & _present(eni) & _present(src) & _present(dst)
+    if max_time is not None:
+        valid &= t <= max_time
     req &= valid
     rep &= valid
     if not (req.any() or rep.any()):

@@ -126,3 +126,17 @@ async def test_after_a_commit_with_an_unknown_outcome_the_retry_pairs_exactly_on
     pipe = open_pipeline(tmp_path / "state.db", pool)
     assert nacl(pipe.state) == {ENI: 1}
     pipe.store.close()
+
+
+async def test_a_record_far_ahead_of_the_wall_clock_moves_no_pairing_state(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    """A record beyond the allowed skew (year 2100) counts, but, as for the windows, moves no event time: it
+    does not make every window of the pairing state look older than the lateness (they would all be dropped,
+    and nothing would pair across inputs any more)."""
+    pipe = open_pipeline(tmp_path / "state.db", pool)
+    assert await pipe.process("s3", delivery("request", body([request(W + 5)]))) == "ok"
+    assert await pipe.process("s3", delivery("bogus", body([reply(4_102_444_800, port=50002)]))) == "ok"
+    assert await pipe.process("s3", delivery("reply", body([reply(W + 6)]))) == "ok"
+    assert nacl(pipe.state) == {ENI: 1}
+    assert pipe.pairing is not None
+    assert pipe.pairing.newest == W
+    pipe.store.close()
