@@ -134,7 +134,9 @@ async def test_a_record_far_ahead_of_the_wall_clock_moves_no_pairing_state(tmp_p
     and nothing would pair across inputs any more)."""
     pipe = open_pipeline(tmp_path / "state.db", pool)
     assert await pipe.process("s3", delivery("request", body([request(W + 5)]))) == "ok"
-    assert await pipe.process("s3", delivery("bogus", body([reply(4_102_444_800, port=50002)]))) == "ok"
+    far, other = 4_102_444_800, "eni-0far0000000000001"  # year 2100: a pair there counts nothing
+    bogus = [request(far, port=50002, eni=other), reply(far + 5, port=50002, eni=other)]
+    assert await pipe.process("s3", delivery("bogus", body(bogus))) == "ok"
     assert await pipe.process("s3", delivery("reply", body([reply(W + 6)]))) == "ok"
     assert nacl(pipe.state) == {ENI: 1}
     assert pipe.pairing is not None
