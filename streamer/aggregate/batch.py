@@ -43,7 +43,7 @@ def reducer(
     insights when `insights_window_seconds` is.
 
     `max_time` is the newest event time windows trust (wall clock plus the
-    allowed skew); later records still count, but in no window.
+    allowed skew); later records still count, but in no window and in no NACL pairing.
     """
 
     def reduce(table: pa.Table) -> BatchResult:
@@ -51,7 +51,7 @@ def reducer(
         if "end" in table.column_names and table.num_rows:
             max_end = pc.max(table.column("end")).as_py()
         part = windows.window_batch(table, window_seconds, max_time) if window_seconds else None
-        found = insights.insight_batch(table, insights_window_seconds) if insights_window_seconds else None
+        found = insights.insight_batch(table, insights_window_seconds, max_time) if insights_window_seconds else None
         return BatchResult(counters.count_batch(table), max_end, part, found)
 
     return reduce

@@ -102,15 +102,15 @@ class InsightBatch:
     pairs: pa.Table | None = None
 
 
-def insight_batch(table: pa.Table, window_seconds: int) -> InsightBatch:
-    """All four signals of one decoded batch."""
+def insight_batch(table: pa.Table, window_seconds: int, max_time: int | None = None) -> InsightBatch:
+    """All four signals of one decoded batch (records later than `max_time` are no pairing candidates)."""
     if not table.num_rows:
         return InsightBatch(SCHEMA.empty_table())
     have = set(table.column_names)
     parts: list[pa.Table] = []
     pairs = None
     if have.issuperset((*_FLOW, "action")):
-        pairs = _nacl(table, window_seconds)
+        pairs = _nacl(table, window_seconds, max_time)
     if have.issuperset(("pkt-dst-aws-service", "traffic-path", "flow-direction")):
         parts.append(_gateway(table))
     if have.issuperset(("interface-id", "action", "srcaddr", "flow-direction")) and (
@@ -135,11 +135,11 @@ def _vpc(table: pa.Table) -> pa.ChunkedArray | pa.Array:
     return pa.array(["-"] * table.num_rows, pa.string())
 
 
-def _nacl(table: pa.Table, window_seconds: int) -> pa.Table:
+def _nacl(table: pa.Table, window_seconds: int, max_time: int | None) -> pa.Table:
     """Accepted requests and rejected possible replies, hashed: `pairing.Pairing` pairs them across
     chunks, inputs and replicas, not here."""
     times = [n for n in ("end", "start") if n in table.column_names]
-    return pairing.candidates(table.select([*_FLOW, "action", *times]), window_seconds)
+    return pairing.candidates(table.select([*_FLOW, "action", *times]), window_seconds, max_time)
 
 
 def _gateway(table: pa.Table) -> pa.Table:

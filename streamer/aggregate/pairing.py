@@ -182,9 +182,10 @@ def _key(eni: np.ndarray, a: np.ndarray, b: np.ndarray, port_a: np.ndarray, port
         return _mix(h)
 
 
-def candidates(table: pa.Table, window_seconds: int) -> pa.Table:
+def candidates(table: pa.Table, window_seconds: int, max_time: int | None = None) -> pa.Table:
     """One batch's requests and possible replies (`CANDIDATES`): needs interface-id, srcaddr, dstaddr,
-    srcport, dstport, protocol, action and end or start."""
+    srcport, dstport, protocol, action and end or start. A record later than `max_time` (the wall clock
+    plus the allowed skew) is none: its window would make every window kept look older than the lateness."""
     times = [table.column(n) for n in ("end", "start") if n in table.column_names]
     if not times:
         return CANDIDATES.empty_table()
@@ -196,6 +197,8 @@ def candidates(table: pa.Table, window_seconds: int) -> pa.Table:
     # The integer tests first (cheap); the strings are looked at only if some row passes them.
     # A request leaves from an ephemeral port to a lower one; its reply comes back the other way.
     ok = (t >= 0) & ((proto == 6) | (proto == 17))
+    if max_time is not None:
+        ok &= t <= max_time
     req = ok & (sport >= low) & (sport <= high) & (dport < sport) & (dport >= 0)
     rep = ok & (dport >= low) & (dport <= high) & (sport < dport) & (sport >= 0)
     if not (req.any() or rep.any()):

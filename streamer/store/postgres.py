@@ -255,7 +255,8 @@ class PostgresStore:
         """Every input's claim, in order, inside the transaction (the caller rolls back if any is refused).
 
         Done keys go in with one statement for the whole group; a key another input of the group claimed
-        first refuses the later one, like a key already in the table.
+        first refuses the later one, like a key already in the table (an input refused for its lease
+        claims nothing).
         """
         refused: dict[int, Refused] = {}
         for index, change in enumerate(changes):
@@ -263,6 +264,8 @@ class PostgresStore:
                 refused[index] = Refused(index, f"lease {change.lease[0]}/{change.lease[1]} is no longer {me}'s")
         first: dict[tuple[str, str], int] = {}
         for index, change in enumerate(changes):
+            if index in refused:  # not counted here: its keys are not claimed, a later input's claim stands
+                continue
             for d in change.done:
                 if first.setdefault((d.namespace, d.key), index) != index:
                     refused.setdefault(index, Refused(index))

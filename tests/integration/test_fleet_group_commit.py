@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -144,3 +145,21 @@ def insight_delivery(key: str, i: int) -> Delivery:
     text = " ".join(V5_ALL_FIELDS) + "\n" + "\n".join(to_lines(insight_table(cases)).to_pylist()) + "\n"
     data = gzip.compress(text.encode())
     return Delivery(location=f"s3://b/{key}", body=lambda: single_chunk(data), done=[Done("s3", key)], size=len(data))
+
+
+async def test_a_key_claimed_first_by_an_input_whose_lease_is_lost_leaves_it_to_the_next_claim(pg_url: str) -> None:
+    """An object listed under a partition lease another replica now holds, and the same object from a source
+    without a lease (an S3 event), in one group: the first is not counted here (LEASE_LOST), so its claim is
+    none: the second counts the object, once."""
+    with members(pg_url, "r1", "r2") as (r1, r2):
+        theirs = await r2.store.call(r2.pg.acquire, "s3_partition", "s/0", 30)
+        assert theirs is not None
+        pipe = Pipeline(
+            FlowState(), r1.store, r1.telemetry, r1.pool, partials_window_seconds=60, group=Limits(delay_seconds=HOUR)
+        )
+        listed = dataclasses.replace(object_delivery("k1", "eni-k1", 30), lease=("s3_partition", "s/0"), epoch=theirs)
+        deliveries = [listed, object_delivery("k1", "eni-k1", 30)]
+        outcomes = await asyncio.gather(*(pipe.process("s", d) for d in deliveries))
+        assert outcomes == [LEASE_LOST, "ok"]
+        assert totals_of(await r1.store.call(r1.pg.load_state)) == {("eni-k1", "REJECT"): [30, 30, 1200]}
+        assert sql(pg_url, "SELECT key FROM done ORDER BY key") == [("k1",)]

@@ -3,7 +3,7 @@ input pairs nothing twice."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from streamer.aggregate.state import FlowState
 from streamer.export.telemetry import Telemetry
 from streamer.pipeline import DUPLICATE, Pipeline, Store
 from streamer.sources.base import Delivery, single_chunk
-from streamer.store.base import Done
+from streamer.store.base import CheckpointError, Commit, Done, Refused
 from streamer.store.sqlite import CheckpointStore
 from tests.unit.aggregate.test_pairing import ENI, LATENESS, W, body, reply, request
 
@@ -84,4 +84,61 @@ async def test_the_state_is_committed_in_pieces_and_old_windows_go_with_the_coun
     assert await pipe.process("s3", delivery("c", body([request(late, port=50001)]))) == "ok"
     windows = {n.split("/")[2] for n in pipe.store.store.snapshots(PREFIX) if "/w/" in n}
     assert windows == {f"{late - late % 60:012d}"}
+    pipe.store.close()
+
+
+class _Ambiguous(CheckpointStore):
+    """A checkpoint whose next group commit fails with an unknown outcome: landed (`landed`) or not."""
+
+    def __init__(self, path: Path, landed: bool) -> None:
+        super().__init__(path)
+        self.landed = landed
+        self.fail_next = False
+
+    def commit_group(self, changes: Sequence[Commit]) -> list[Refused]:
+        if not self.fail_next:
+            return super().commit_group(changes)
+        self.fail_next = False
+        if self.landed:
+            super().commit_group(changes)
+        raise CheckpointError("connection lost; did it commit?")
+
+
+@pytest.mark.parametrize("landed", [False, True])
+async def test_after_a_commit_with_an_unknown_outcome_the_retry_pairs_exactly_once(
+    tmp_path: Path, pool: ThreadPoolExecutor, landed: bool
+) -> None:
+    """The pairing state is read back from the checkpoint with the counters: a retry of an input whose commit
+    landed is a duplicate and pairs nothing, one that did not land pairs once."""
+    store = _Ambiguous(tmp_path / "state.db", landed)
+    telemetry = Telemetry(CollectorRegistry())
+    pipe = Pipeline(FlowState(), Store(store), telemetry, pool, insights_window_seconds=60, pairing=Pairing(LATENESS))
+    assert await pipe.process("s3", delivery("request", body([request(W + 5)]))) == "ok"
+    store.fail_next = True
+    with pytest.raises(CheckpointError):
+        await pipe.process("s3", delivery("reply", body([reply(W + 6)])))
+    again = await pipe.process("s3", delivery("reply", body([reply(W + 6)])))
+    assert again == (DUPLICATE if landed else "ok")
+    assert nacl(pipe.state) == {ENI: 1}
+    assert pipe.pairing is not None
+    assert not pipe.pairing.replies
+    pipe.store.close()
+    pipe = open_pipeline(tmp_path / "state.db", pool)
+    assert nacl(pipe.state) == {ENI: 1}
+    pipe.store.close()
+
+
+async def test_a_record_far_ahead_of_the_wall_clock_moves_no_pairing_state(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    """A record beyond the allowed skew (year 2100) counts, but, as for the windows, moves no event time: it
+    does not make every window of the pairing state look older than the lateness (they would all be dropped,
+    and nothing would pair across inputs any more)."""
+    pipe = open_pipeline(tmp_path / "state.db", pool)
+    assert await pipe.process("s3", delivery("request", body([request(W + 5)]))) == "ok"
+    far, other = 4_102_444_800, "eni-0far0000000000001"  # year 2100: a pair there counts nothing
+    bogus = [request(far, port=50002, eni=other), reply(far + 5, port=50002, eni=other)]
+    assert await pipe.process("s3", delivery("bogus", body(bogus))) == "ok"
+    assert await pipe.process("s3", delivery("reply", body([reply(W + 6)]))) == "ok"
+    assert nacl(pipe.state) == {ENI: 1}
+    assert pipe.pairing is not None
+    assert pipe.pairing.newest == W
     pipe.store.close()
