@@ -268,6 +268,8 @@ class Service:
             alerter,
             store.call,
             pairing_lateness_seconds=cfg.lateness_seconds if self.config.insights.enabled else None,
+            max_interfaces=self.config.metrics.max_interfaces,
+            interface_idle_seconds=self.config.metrics.interface_idle_seconds,
         )
         self.registry.register(LeaseCollector(coordinator))
         log.info("replica %s joined a fleet of %d", coordinator.replica_id, len(coordinator.live))

@@ -453,8 +453,6 @@ def _tally(hit: pa.Table, n: np.ndarray, counts: dict[str, int], examples: dict[
 
 #: the `source` of a window partial that carries one input's pairing candidates instead of windows
 PARTIAL_SOURCE = "~nacl_pairs"
-#: the leader's running counts of paired rejects (and examples), committed with its pairing state
-TOTALS_SNAPSHOT = "pairing.totals"
 
 
 def encode_candidates(table: pa.Table) -> bytes:
@@ -466,25 +464,3 @@ def encode_candidates(table: pa.Table) -> bytes:
 
 def decode_candidates(blob: bytes) -> pa.Table:
     return pa.ipc.open_stream(blob).read_all().cast(CANDIDATES)
-
-
-@dataclasses.dataclass
-class Totals:
-    """Rejects the fleet's leader paired, per ENI, with an example each: exported by the leader."""
-
-    counts: dict[str, int] = dataclasses.field(default_factory=dict)
-    examples: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    def add(self, paired: Paired) -> None:
-        for eni, n in paired.counts.items():
-            self.counts[eni] = self.counts.get(eni, 0) + n
-        for eni, text in paired.examples.items():
-            self.examples.setdefault(eni, text)
-
-    def snapshot(self) -> bytes:
-        return orjson.dumps({"counts": self.counts, "examples": self.examples})
-
-    @classmethod
-    def restore(cls, blob: bytes) -> Totals:
-        doc = orjson.loads(blob)
-        return cls(dict(doc["counts"]), dict(doc["examples"]))

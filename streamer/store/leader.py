@@ -28,7 +28,8 @@ import orjson
 
 from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
-from streamer.aggregate.pairing import PARTIAL_SOURCE, PREFIX, TOTALS_SNAPSHOT, Pairing, Pieces, Totals, decode_candidates
+from streamer.aggregate.nacl_totals import TOTALS_SNAPSHOT, Totals
+from streamer.aggregate.pairing import PARTIAL_SOURCE, PREFIX, Pairing, Pieces, decode_candidates
 from streamer.aggregate.windows import decode_partial
 from streamer.export.alerts import ActiveAlert, Alerter
 from streamer.store.base import CheckpointError, LeaseLost
@@ -60,6 +61,8 @@ class LeaderDetector:
         call: Callable[..., Any],
         clock: Callable[[], float] = time.time,
         pairing_lateness_seconds: int | None = None,
+        max_interfaces: int | None = None,
+        interface_idle_seconds: float = 86400,
     ) -> None:
         self.coordinator = coordinator
         self.fresh = fresh
@@ -72,6 +75,9 @@ class LeaderDetector:
         self.pairing_lateness_seconds = pairing_lateness_seconds
         self.pairing: Pairing | None = None
         self.totals: Totals | None = None
+        #: the paired counts' per-ENI cap and idle time (metrics.max_interfaces, metrics.interface_idle_seconds)
+        self.max_interfaces = max_interfaces
+        self.interface_idle_seconds = interface_idle_seconds
         self._epoch: int | None = None  # the leader lease's epoch `detection` was restored under
         self.steps = 0
         #: the last step applied partials: the next one follows without waiting a tick
@@ -111,7 +117,7 @@ class LeaderDetector:
             self._epoch = epoch
         assert self.detection is not None
         taken = await self._call(store.take_partials, SLICE_PARTIALS, SLICE_BYTES)
-        pairs = _Pairs(self.pairing, self.totals)
+        pairs = _Pairs(self.pairing, self.totals, self.max_interfaces, self.interface_idle_seconds)
         detection, anomalies, consumed, blob = await asyncio.to_thread(_apply, self.detection, taken, self.clock(), pairs)
         alerts = self.alerter.preview(anomalies)
         snapshots = {SNAPSHOT_NAME: blob, ALERTS_SNAPSHOT: _encode_alerts(alerts), **pairs.snapshots()}
@@ -135,7 +141,7 @@ class LeaderDetector:
             pieces = await self._call(store.snapshots, PREFIX)
             self.pairing = await asyncio.to_thread(Pairing.restore, pieces, lateness)
             totals = await self._call(store.snapshot, TOTALS_SNAPSHOT)
-            self.totals = Totals() if totals is None else Totals.restore(totals)
+            self.totals = Totals() if totals is None else Totals.restore(totals, self.clock())
         alerts = await self._call(store.snapshot, ALERTS_SNAPSHOT)
         self.alerter.active = _decode_alerts(alerts) if alerts else {}
         log.info(
@@ -162,22 +168,36 @@ class _Pairs:
 
     pairing: Pairing | None
     totals: Totals | None
+    #: the totals' per-ENI cap (None: none) and idle time
+    max_interfaces: int | None = None
+    idle_seconds: float = 86400
     #: the snapshot pieces of every step of the slice, committed with it
     pieces: Pieces = dataclasses.field(default_factory=Pieces)
+    #: the slice counted or forgot something: the totals' snapshot is rewritten (else it is left as it is)
+    changed: bool = False
 
     def __post_init__(self) -> None:
         if self.totals is not None:
-            self.totals = Totals(dict(self.totals.counts), dict(self.totals.examples))
+            self.totals = self.totals.copy()
+            self.changed = self.totals.stale
 
-    def apply(self, body: bytes) -> None:
+    def apply(self, body: bytes, now: float) -> None:
         if self.pairing is not None and self.totals is not None:
             self.pairing, paired, pieces = self.pairing.pair(decode_candidates(body))
-            self.totals.add(paired)
+            self.changed |= self.totals.add(paired, self.max_interfaces, now)
             self.pieces.then(pieces)
+
+    def tick(self, now: float) -> None:
+        """The end of the slice: members idle by the leader's clock are forgotten."""
+        if self.totals is not None and self.totals.forget_idle(now, self.idle_seconds):
+            self.changed = True
 
     def snapshots(self) -> dict[str, bytes]:
         if self.pairing is None or self.totals is None:
             return {}
+        if not self.changed:
+            return dict(self.pieces.snapshots)
+        self.totals.stale = False  # written with this slice (the leader keeps this copy only if it commits)
         return {**self.pieces.snapshots, TOTALS_SNAPSHOT: self.totals.snapshot()}
 
 
@@ -195,7 +215,7 @@ def _apply(
             break
         if source == PARTIAL_SOURCE:
             if pairs is not None:
-                pairs.apply(body)
+                pairs.apply(body, now)
             consumed.append(i)
             continue
         detection, found = detection.advance([decode_partial(body)], source, now)
@@ -203,6 +223,8 @@ def _apply(
         consumed.append(i)
     detection, found = detection.tick(now)
     anomalies.extend(found)
+    if pairs is not None:
+        pairs.tick(now)
     return detection, anomalies, consumed, detection.snapshot()
 
 
