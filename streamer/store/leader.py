@@ -13,6 +13,11 @@ never starves the heartbeat and a lost lease wastes at most one slice. Any
 failed step, and any change of the lease's epoch (lost and won back, even
 between two steps), drops the in-memory state: the next step restores it
 from the database, never carrying on from a state another leader moved past.
+
+With insights on, it also pairs the NACL candidates every replica commits;
+the counts it exports are capped and forgotten when idle like every per-ENI
+series (aggregate/nacl_totals.py), and a slice rewrites their snapshot only
+when it counted or forgot something.
 """
 
 from __future__ import annotations

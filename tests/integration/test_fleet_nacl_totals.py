@@ -9,6 +9,7 @@ by the next leader, also from a snapshot written before the cap.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import orjson
 import pytest
@@ -20,13 +21,17 @@ from streamer.aggregate.detection import Detection
 from streamer.aggregate.nacl_totals import TOTALS_SNAPSHOT
 from streamer.aggregate.pairing import PARTIAL_SOURCE
 from streamer.aggregate.state import OTHER_INTERFACE, FlowState
+from streamer.aws import AwsClients
 from streamer.export.alerts import Alerter
 from streamer.export.metrics import InsightsCollector
-from streamer.service import _with_paired
+from streamer.pipeline import Store
+from streamer.service import Service, _with_paired
 from streamer.settings import AlertsConfig
 from streamer.store.base import Commit
 from streamer.store.leader import LeaderDetector
 from streamer.store.leases import LEADER
+from streamer.store.postgres import PostgresStore
+from tests.integration.conftest import service_config
 from tests.integration.test_fleet_faults import Member, members, sql
 from tests.unit.aggregate.test_pairing import LATENESS
 from tests.unit.store.test_leader import pairs_of
@@ -153,3 +158,16 @@ async def test_a_leader_upgraded_from_totals_without_membership_keeps_their_seri
         clock.now = 5100.0
         assert await one.step() == 0
         assert exported(one) == {"eni-a": 4, OTHER_INTERFACE: 2}
+
+
+async def test_the_service_gives_its_leader_the_metrics_cap_and_idle_time(pg_url: str, tmp_path: Path) -> None:
+    source = {"type": "kinesis", "name": "stream", "stream_name": "flowlogs"}
+    config = service_config(
+        tmp_path, [source], checkpoint={"url": pg_url}, metrics={"max_interfaces": 7, "interface_idle_seconds": 60}
+    )
+    store = Store(PostgresStore(pg_url, "r1"), threads=1)
+    try:
+        _, leader = await Service(config, AwsClients())._join_fleet(store, Alerter(AlertsConfig(), CollectorRegistry()))
+        assert (leader.max_interfaces, leader.interface_idle_seconds, leader.pairing_lateness_seconds) == (7, 60, 900)
+    finally:
+        store.close()
