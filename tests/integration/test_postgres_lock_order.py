@@ -9,6 +9,7 @@ by luck.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -121,3 +122,34 @@ def test_a_deadlock_that_still_happens_is_retried_and_counts_once(
     assert counted(pg_url) == {"a": 1}
     assert done_keys(pg_url) == ["x", "z"]
     assert a.problem is None
+
+
+def test_a_renewal_and_a_group_under_two_leases_wait_for_each_other_instead_of_deadlocking(
+    pg_url: str, replicas: tuple[PostgresStore, PostgresStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The heartbeat renews leases a and b while a group commits inputs read under b, then a (the order they
+    finished in). Another session's share lock on b holds the renewal at b after it locked a; the group's check
+    of b passes (shares do not conflict), and it waits on a. When b is free, a renewal going on to b would wait
+    on the group, and the group on the renewal. Both lock in the names' order: the group waits at a, the
+    renewal finishes, the group commits; no transaction is aborted and tried again."""
+    store, _ = replicas
+    kind = "kinesis_shard"
+    epochs = {name: store.acquire(kind, name, 60) for name in ("a", "b")}
+    other = psycopg.connect(pg_url)
+    try:
+        other.execute("SELECT 1 FROM leases WHERE name = 'b' FOR SHARE")
+        inputs = [dataclasses.replace(change([name]), lease=(kind, name), epoch=epochs[name]) for name in ("b", "a")]
+        with ThreadPoolExecutor(2) as pool:
+            renewal = pool.submit(store.heartbeat, [(kind, "a"), (kind, "b")], 60)
+            wait_until(lambda: waiting_on_locks(pg_url) == 1, "the renewal waiting at b")
+            commit = pool.submit(store.commit_group, inputs)
+            wait_until(lambda: waiting_on_locks(pg_url) == 2, "the group waiting at a")
+            other.rollback()
+            kept, _ = renewal.result(timeout=60)
+            refused = commit.result(timeout=60)
+    finally:
+        other.close()
+    assert kept == {(kind, "a"), (kind, "b")}
+    assert refused == []
+    assert counted(pg_url) == {"a": 2}
+    assert not [r for r in caplog.records if "tried again" in r.getMessage()]
