@@ -178,6 +178,8 @@ class S3SqsSource(Source):
         self.log_format = parse_log_format(config.log_format) if config.log_format else None
         #: visibility extensions made (every message held is kept invisible while it is worked)
         self.extended = 0
+        #: keep-alive rounds run (each extends every message held then; tests wait on it)
+        self.keepalive_rounds = 0
         #: receipts of messages received and not yet finished
         self._held: set[str] = set()
         #: receipts of messages whose work was cancelled midway (a stop): made visible again on the way out
@@ -318,6 +320,7 @@ class S3SqsSource(Source):
             for start in range(0, len(receipts), VISIBILITY_BATCH):
                 chunk = [r for r in receipts[start : start + VISIBILITY_BATCH] if r in held]  # not finished since
                 self.extended += await self._change_visibility(sink, chunk, self.config.visibility_timeout_seconds)
+            self.keepalive_rounds += 1
 
     async def _release(self, sink: Sink, receipts: set[str]) -> None:
         """Make unfinished messages visible again (a stop), within RELEASE_SECONDS."""

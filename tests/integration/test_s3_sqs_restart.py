@@ -92,9 +92,9 @@ async def test_a_restart_after_a_crash_right_after_a_receive_receives_again_and_
         assert [len(call) for call in calls[before:]] == [1] * (len(calls) - before)  # the one message held now
         sink.release["s3://b/big"].set()
         await until(lambda: queue(sqs, url) == ("0", "0"), "the message deleted")
-        settled = len(calls)
-        await asyncio.sleep(2.5)  # two keep-alive periods: nothing of either run is extended any more
-        assert len(calls) == settled
+        settled, rounds = len(calls), source.keepalive_rounds
+        await until(lambda: source.keepalive_rounds >= rounds + 2, "two more keep-alive rounds")
+        assert len(calls) == settled  # nothing of either run is extended any more
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
             await runner
@@ -130,7 +130,8 @@ async def test_a_restart_after_a_crash_with_objects_in_flight_counts_every_objec
                 await source.run(sink)
             runner = asyncio.create_task(source.run(sink))
             await until(lambda: queue(sqs, url) == ("0", "0"), "every message deleted", seconds=60)
-            await asyncio.sleep(2.5)  # two keep-alive periods after the last deletion
+            rounds = source.keepalive_rounds
+            await until(lambda: source.keepalive_rounds >= rounds + 2, "two keep-alive rounds after the last deletion")
             runner.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await runner
