@@ -144,7 +144,7 @@ class GuardedPool:
     """A psycopg pool whose `connection()` is bounded by the timeouts, and that knows whether the database answers.
 
     Connection-level failures (refused, lost, cancelled, cut) leave it as `DatabaseUnavailable`, one line. A
-    transaction the server aborted to break a deadlock or a serialization conflict (SQLSTATE class 40, which
+    transaction the server aborted to break a deadlock or a serialization conflict (SQLSTATE 40P01, 40001, which
     psycopg also files under OperationalError) leaves it as `TransactionConflict`: the database answered.
     """
 
@@ -229,10 +229,14 @@ class GuardedPool:
         self.watchdog.close()
 
 
+#: SQLSTATEs of a transaction the server aborted to let another go on: serialization failure, deadlock detected
+_CONFLICTS = frozenset({"40001", "40P01"})
+
+
 def _rolled_back(exc: psycopg.Error) -> bool:
-    """SQLSTATE class 40 (transaction rollback: deadlock detected, serialization failure): the server aborted the
-    transaction and said so. psycopg files these under OperationalError, but not all under TransactionRollback."""
-    return (exc.sqlstate or "").startswith("40")
+    """The server aborted the transaction for a conflict and said so (nothing of it was written). psycopg files
+    these under OperationalError; not every class-40 state qualifies (40003: completion unknown)."""
+    return exc.sqlstate in _CONFLICTS
 
 
 def _line(exc: BaseException) -> str:

@@ -224,7 +224,9 @@ class PostgresStore:
             seen: dict[str, float] = dict(
                 conn.execute("SELECT interface_id, last_seen FROM interfaces WHERE replica_id = %s", me).fetchall()
             )
-            found = conn.execute("SELECT kind, key1, key2, records, bytes FROM insights WHERE replica_id = %s", me).fetchall()
+            found = conn.execute(
+                "SELECT kind, key1, key2, records, bytes FROM insights WHERE replica_id = %s", me
+            ).fetchall()
             sums = conn.execute("SELECT name, key, value FROM totals WHERE replica_id = %s", me).fetchall()
         table = pa.Table.from_pylist([dict(zip(SCHEMA.names, r, strict=True)) for r in rows], SCHEMA)
         insights = pa.Table.from_pylist([dict(zip(ins.SCHEMA.names, r, strict=True)) for r in found], ins.SCHEMA)
