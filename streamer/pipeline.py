@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
-from streamer.aggregate.detection import Detection
+from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
 from streamer.aggregate.pairing import PARTIAL_SOURCE, PREFIX, Pairing, encode_candidates
 from streamer.aggregate.state import FlowState
 from streamer.aggregate.windows import WindowBatch, encode_partial, merge
@@ -151,6 +151,8 @@ class Pipeline:
         self.group_commits = 0
         #: a commit failed with an unknown outcome: live state is reloaded from the store before the next one
         self._stale = False
+        #: that commit's windows snapshot, detection and alerts: live (and sent) if the snapshot is what landed
+        self._unconfirmed: tuple[bytes, Detection, list[Anomaly]] | None = None
         # Decoding runs concurrently; advancing the shared window state and committing it do not.
         self._commit_lock = asyncio.Lock()
         #: inputs between arrival and their group: a group waits for them only while some are decoding
@@ -234,6 +236,7 @@ class Pipeline:
 
     async def _tick(self) -> tuple[int, list[Anomaly]]:
         async with self._commit_lock:
+            await self._reload_if_stale()  # never commit windows over the ones an unknown commit may have written
             assert self.detection is not None
             before = self.detection
             after, anomalies = before.tick(self.clock())
@@ -270,6 +273,9 @@ class Pipeline:
                     self._stale = True
                     if self.detection is not None:  # its detector part may have landed: the next commit rewrites it
                         self.detection = dataclasses.replace(self.detection, detector_unsaved=True)
+                        if after is not None:  # if it landed, its inputs' retries are duplicates: keep what it did
+                            found = [a for each in anomalies for a in each]
+                            self._unconfirmed = (changes[-1].snapshots[SNAPSHOT_NAME], after, found)
                     with contextlib.suppress(Exception):  # the database is away: reloaded before the next commit
                         await self._reload_if_stale()
                     raise
@@ -328,8 +334,19 @@ class Pipeline:
         return changes, detection, pairing, anomalies
 
     async def _reload_if_stale(self) -> None:
-        """Live counters from the store after a commit whose outcome is unknown (under the commit lock)."""
+        """Live counters from the store after a commit whose outcome is unknown (under the commit lock).
+
+        If that commit landed, its inputs are done: their retries are duplicates and never reach the detector.
+        The windows it wrote are then the plan's own (byte for byte), so the plan's detection becomes the live
+        one and the alerts it closed go out now; otherwise the live detection stays as it was."""
         if self._stale:
+            if self._unconfirmed is not None:
+                written, after, found = self._unconfirmed
+                if await self.store.call(self.store.store.snapshot, SNAPSHOT_NAME) == written:
+                    self.detection = after
+                    if found and self.on_anomalies is not None:
+                        self.on_anomalies(found)
+                self._unconfirmed = None
             self.state = await self.store.call(self.store.store.load_state)
             if self.pairing is not None:
                 pieces = await self.store.call(self.store.store.snapshots, PREFIX)

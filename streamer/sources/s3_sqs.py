@@ -12,7 +12,9 @@ call. On a stop, the messages received but not finished (never started, or
 abandoned midway) are made visible again at once, so another consumer or the
 restarted one takes them without waiting out their visibility timeout; the
 objects a message names are done in the checkpoint, so a redelivery of one
-that was committed before the stop counts nothing twice.
+that was committed before the stop counts nothing twice. A run that crashed
+gives back what it held the same way, and the run the service restarts holds
+nothing of it.
 """
 
 from __future__ import annotations
@@ -176,6 +178,8 @@ class S3SqsSource(Source):
         self.log_format = parse_log_format(config.log_format) if config.log_format else None
         #: visibility extensions made (every message held is kept invisible while it is worked)
         self.extended = 0
+        #: keep-alive rounds run (each extends every message held then; tests wait on it)
+        self.keepalive_rounds = 0
         #: receipts of messages received and not yet finished
         self._held: set[str] = set()
         #: receipts of messages whose work was cancelled midway (a stop): made visible again on the way out
@@ -200,6 +204,7 @@ class S3SqsSource(Source):
         """Receive ahead while objects are read: messages are worked concurrently, up to
         `max_bytes_in_flight` of object bytes (a larger object goes alone), so decoding and the next
         download overlap and both cores stay busy on many small objects."""
+        self._start_clean()
         keeper = asyncio.create_task(self._keep_invisible(sink, self._held))
         watcher = asyncio.create_task(self._watch_backlog(sink))
         try:
@@ -213,6 +218,22 @@ class S3SqsSource(Source):
                 task.cancel()
             await asyncio.gather(*tasks, keeper, watcher, return_exceptions=True)
             await self._release(sink, self._held | self._abandoned)
+            self._start_clean()
+
+    def _start_clean(self) -> None:
+        """Forget what a run held (the service restarts a crashed source on the same object).
+
+        On the way out its messages were given back, or reappear when their visibility timeout runs out, and
+        are received again under new receipts (their objects' done keys make a second commit count nothing).
+        Kept, the old receipts would be extended by the next run's keep-alive (SQS takes an old receipt for a
+        message's visibility: it would stay hidden) and given back again at its stop; and the bytes of tasks
+        cancelled before they ever ran (a crash right after a receive) would stay in flight, over the bound,
+        so that the next run never received again."""
+        self._held.clear()
+        self._abandoned.clear()
+        self._working.clear()
+        self._in_flight = 0
+        self._room.set()
 
     async def _watch_backlog(self, sink: Sink) -> None:
         """Queue depth at a modest interval (an operator's backlog alert reads it)."""
@@ -299,6 +320,7 @@ class S3SqsSource(Source):
             for start in range(0, len(receipts), VISIBILITY_BATCH):
                 chunk = [r for r in receipts[start : start + VISIBILITY_BATCH] if r in held]  # not finished since
                 self.extended += await self._change_visibility(sink, chunk, self.config.visibility_timeout_seconds)
+            self.keepalive_rounds += 1
 
     async def _release(self, sink: Sink, receipts: set[str]) -> None:
         """Make unfinished messages visible again (a stop), within RELEASE_SECONDS."""

@@ -25,6 +25,11 @@ class DatabaseUnavailable(CheckpointError):
     """The database did not answer (refused, lost, or silent past a timeout): worth retrying once it answers."""
 
 
+class TransactionConflict(CheckpointError):
+    """The database aborted a transaction to break a deadlock or a serialization conflict: nothing of it was
+    written (its outcome is known), so it can be tried again at once; the database itself is fine."""
+
+
 class LeaseLost(Exception):
     """The lease an input was read under is held by another replica now: nothing was committed."""
 

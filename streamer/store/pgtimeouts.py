@@ -38,7 +38,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from streamer.store.base import DatabaseUnavailable
+from streamer.store.base import DatabaseUnavailable, TransactionConflict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +143,9 @@ class Health:
 class GuardedPool:
     """A psycopg pool whose `connection()` is bounded by the timeouts, and that knows whether the database answers.
 
-    Connection-level failures (refused, lost, cancelled, cut) leave it as `DatabaseUnavailable`, one line.
+    Connection-level failures (refused, lost, cancelled, cut) leave it as `DatabaseUnavailable`, one line. A
+    transaction the server aborted to break a deadlock or a serialization conflict (SQLSTATE 40P01, 40001, which
+    psycopg also files under OperationalError) leaves it as `TransactionConflict`: the database answered.
     """
 
     def __init__(
@@ -203,6 +205,10 @@ class GuardedPool:
             with conn:
                 yield conn
         except psycopg.OperationalError as exc:  # no answer, lost, refused or cancelled by the timeout
+            if _rolled_back(exc):  # deadlock or serialization failure: the server answered
+                self.watchdog.disarm(token)
+                self.health.problem = None
+                raise TransactionConflict(f"{self.where}: {_line(exc)}") from exc
             answered = self.watchdog.disarm(token)
             self.health.problem = _line(exc) if answered else f"no answer from the database within {limit:g} s"
             raise DatabaseUnavailable(f"{self.where}: {self.health.problem}") from exc
@@ -221,6 +227,16 @@ class GuardedPool:
     def close(self, timeout: float = 5.0) -> None:
         self._pool.close(timeout=timeout)
         self.watchdog.close()
+
+
+#: SQLSTATEs of a transaction the server aborted to let another go on: serialization failure, deadlock detected
+_CONFLICTS = frozenset({"40001", "40P01"})
+
+
+def _rolled_back(exc: psycopg.Error) -> bool:
+    """The server aborted the transaction for a conflict and said so (nothing of it was written). psycopg files
+    these under OperationalError; not every class-40 state qualifies (40003: completion unknown)."""
+    return exc.sqlstate in _CONFLICTS
 
 
 def _line(exc: BaseException) -> str:

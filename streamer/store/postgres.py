@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
+import random
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -51,8 +53,22 @@ import pyarrow as pa
 from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import SCHEMA, Counters
 from streamer.aggregate.state import LOG_STATUS, FlowState
-from streamer.store.base import CheckpointError, Commit, LeaseLost, Refused, merged, pause_in_transaction
+from streamer.store.base import (
+    CheckpointError,
+    Commit,
+    LeaseLost,
+    Refused,
+    TransactionConflict,
+    merged,
+    pause_in_transaction,
+)
 from streamer.store.pgtimeouts import GuardedPool, Health, Timeouts
+
+log = logging.getLogger(__name__)
+#: a transaction the server aborted (deadlock, serialization failure) is claimed again up to this many times in all
+COMMIT_ATTEMPTS = 5
+#: the pause before claiming again, times the attempt number, with jitter (the other side finishes meanwhile)
+CONFLICT_PAUSE_SECONDS = 0.05
 
 #: numbered migrations; each runs once, in order, in its own transaction
 MIGRATIONS: list[str] = [
@@ -229,7 +245,23 @@ class PostgresStore:
     def commit_group(self, changes: Sequence[Commit]) -> list[Refused]:
         """Several inputs in one transaction: every claim (lease and epoch, done keys, compare-and-set
         cursors) is checked first, in order; if one is refused, the transaction is rolled back and the
-        refusals returned. Else the merged change is written with one staged upsert per table."""
+        refusals returned. Else the merged change is written with one staged upsert per table.
+
+        Rows several replicas may lock (leases, done keys, cursors, snapshots) are locked in one global
+        order, so two groups sharing keys wait for each other instead of deadlocking. A transaction the
+        server aborts anyway (a deadlock with another session, a serialization failure) wrote nothing:
+        it is claimed again from the start, a few times, before the failure is reported."""
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                return self._commit_group_once(changes)
+            except TransactionConflict as exc:
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+                log.warning("%s: commit tried again (%d of %d): %s", self._where, attempt + 1, COMMIT_ATTEMPTS, exc)
+                time.sleep(random.uniform(0.5, 1.0) * CONFLICT_PAUSE_SECONDS * attempt)
+        raise AssertionError("unreachable")
+
+    def _commit_group_once(self, changes: Sequence[Commit]) -> list[Refused]:
         me = self.replica_id
         now = time.time()
         try:
@@ -252,15 +284,19 @@ class PostgresStore:
         return []
 
     def _claim(self, cur: psycopg.Cursor[Any], changes: Sequence[Commit], me: str, now: float) -> list[Refused]:
-        """Every input's claim, in order, inside the transaction (the caller rolls back if any is refused).
+        """Every input's claim inside the transaction (the caller rolls back if any is refused).
 
-        Done keys go in with one statement for the whole group; a key another input of the group claimed
-        first refuses the later one, like a key already in the table (an input refused for its lease
-        claims nothing).
+        Each kind of row is locked in sorted order whatever the order of the inputs: leases (shared), then
+        done keys, then cursors. Done keys go in with one statement for the whole group; a key another input
+        of the group claimed first refuses the later one, like a key already in the table (an input refused
+        for its lease claims nothing). Cursors of one partition are swapped in the inputs' order.
         """
         refused: dict[int, Refused] = {}
+        holds: dict[tuple[str, str, int | None], bool] = {}
+        for lease, epoch in sorted({(c.lease, c.epoch) for c in changes if c.lease is not None}, key=_lease_order):
+            holds[(*lease, epoch)] = self._holds(cur, *lease, me, epoch)
         for index, change in enumerate(changes):
-            if change.lease is not None and not self._holds(cur, *change.lease, me, change.epoch):
+            if change.lease is not None and not holds[(*change.lease, change.epoch)]:
                 refused[index] = Refused(index, f"lease {change.lease[0]}/{change.lease[1]} is no longer {me}'s")
         first: dict[tuple[str, str], int] = {}
         for index, change in enumerate(changes):
@@ -269,19 +305,24 @@ class PostgresStore:
             for d in change.done:
                 if first.setdefault((d.namespace, d.key), index) != index:
                     refused.setdefault(index, Refused(index))
-        rows = [(d.namespace, d.key, d.outcome) for i, c in enumerate(changes) if i not in refused for d in c.done]
+        rows = sorted({(d.namespace, d.key, d.outcome) for i, c in enumerate(changes) if i not in refused for d in c.done})
         if rows:
             cur.execute(
-                "INSERT INTO done SELECT n, k, o, %s FROM unnest(%s::text[], %s::text[], %s::text[]) AS claims(n, k, o) "
-                "ON CONFLICT DO NOTHING RETURNING namespace, key",
+                "INSERT INTO done SELECT n, k, o, %s FROM unnest(%s::text[], %s::text[], %s::text[]) "
+                "WITH ORDINALITY AS claims(n, k, o, i) ORDER BY i ON CONFLICT DO NOTHING RETURNING namespace, key",
                 (now, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
             )
             inserted = {(str(n), str(k)) for n, k in cur.fetchall()}
             for index, change in enumerate(changes):
                 if index not in refused and any((d.namespace, d.key) not in inserted for d in change.done):
                     refused[index] = Refused(index)  # counted before, here or by another replica
-        for index, change in enumerate(changes):
-            if index not in refused and not _swap_cursors(cur, change):
+        swaps = sorted(
+            (source, partition, index, before, change.cursors.get((source, partition), before))
+            for index, change in enumerate(changes)
+            for (source, partition), before in change.expected.items()
+        )
+        for source, partition, index, before, after in swaps:
+            if index not in refused and not _swap_cursor(cur, source, partition, before, after):
                 refused[index] = Refused(index)  # the cursor moved on: counted before
         return [refused[i] for i in sorted(refused)]
 
@@ -331,7 +372,7 @@ class PostgresStore:
                 "DO UPDATE SET records = insights.records + excluded.records, bytes = insights.bytes + excluded.bytes",
                 (me,),
             )
-        blind = [(s, p, v) for (s, p), v in change.cursors.items() if (s, p) not in change.expected]
+        blind = sorted((s, p, v) for (s, p), v in change.cursors.items() if (s, p) not in change.expected)
         if blind:
             cur.executemany(
                 "INSERT INTO cursors VALUES (%s, %s, %s) ON CONFLICT (source, partition) DO UPDATE SET value = excluded.value",
@@ -342,7 +383,7 @@ class PostgresStore:
         if change.snapshots:
             cur.executemany(
                 "INSERT INTO snapshots VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                list(change.snapshots.items()),
+                sorted(change.snapshots.items()),
             )
         if change.partials:
             cur.executemany("INSERT INTO window_partials (source, body) VALUES (%s, %s)", change.partials)
@@ -401,13 +442,16 @@ class PostgresStore:
         thread); returns the leases still held and the live replicas."""
         with self._lease_pool.connection() as conn, conn.cursor() as cur:
             cur.execute(
-                f"INSERT INTO replicas VALUES (%s, {DB_NOW}) "
-                "ON CONFLICT (replica_id) DO UPDATE SET seen_at = excluded.seen_at",
+                f"INSERT INTO replicas VALUES (%s, {DB_NOW}) ON CONFLICT (replica_id) DO UPDATE SET seen_at = excluded.seen_at",
                 (self.replica_id,),
             )
+            # Locked in the commits' order (sorted), so a renewal and a commit of a group holding several
+            # leases wait for each other rather than each holding a row the other needs.
             cur.execute(
-                f"UPDATE leases SET expires_at = {DB_NOW} + %s WHERE owner = %s AND expires_at > {DB_NOW} "
-                "AND (kind, name) IN (SELECT * FROM unnest(%s::text[], %s::text[])) RETURNING kind, name",
+                f"UPDATE leases SET expires_at = {DB_NOW} + %s FROM (SELECT kind, name FROM leases "
+                f"WHERE owner = %s AND expires_at > {DB_NOW} "
+                "AND (kind, name) IN (SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY kind, name FOR UPDATE) AS mine "
+                "WHERE leases.kind = mine.kind AND leases.name = mine.name RETURNING leases.kind, leases.name",
                 (lease_seconds, self.replica_id, [k for k, _ in held], [n for _, n in held]),
             )
             kept = {(str(k), str(n)) for k, n in cur.fetchall()}
@@ -516,21 +560,24 @@ class PostgresStore:
 _DROP_SNAPSHOTS = "DELETE FROM snapshots WHERE EXISTS (SELECT 1 FROM unnest(%s::text[]) AS p WHERE left(name, length(p)) = p)"
 
 
-def _swap_cursors(cur: psycopg.Cursor[Any], change: Commit) -> bool:
-    """Compare-and-set each expected cursor to its new value; False if one has moved (nothing written yet
-    that the caller does not roll back)."""
-    for (source, partition), before in change.expected.items():
-        after = change.cursors.get((source, partition), before)
-        if before is None:
-            cur.execute("INSERT INTO cursors VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (source, partition, after))
-        else:
-            cur.execute(
-                "UPDATE cursors SET value = %s WHERE source = %s AND partition = %s AND value = %s",
-                (after, source, partition, before),
-            )
-        if cur.rowcount != 1:
-            return False
-    return True
+def _swap_cursor(cur: psycopg.Cursor[Any], source: str, partition: str, before: str | None, after: str | None) -> bool:
+    """Compare-and-set one expected cursor to its new value; False if it has moved (nothing written that the
+    caller does not roll back)."""
+    if before is None:
+        cur.execute("INSERT INTO cursors VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (source, partition, after))
+    else:
+        cur.execute(
+            "UPDATE cursors SET value = %s WHERE source = %s AND partition = %s AND value = %s",
+            (after, source, partition, before),
+        )
+    return cur.rowcount == 1
+
+
+def _lease_order(held: tuple[tuple[str, str] | None, int | None]) -> tuple[str, str, int]:
+    """Leases sort by name (the lock order); an epoch only tells two readings of one lease apart."""
+    lease, epoch = held
+    assert lease is not None
+    return (*lease, -1 if epoch is None else epoch)
 
 
 def _ambiguous_commits() -> frozenset[int]:
