@@ -445,12 +445,13 @@ class PostgresStore:
                 f"INSERT INTO replicas VALUES (%s, {DB_NOW}) ON CONFLICT (replica_id) DO UPDATE SET seen_at = excluded.seen_at",
                 (self.replica_id,),
             )
-            # Locked in the commits' order (sorted), so a renewal and a commit of a group holding several
-            # leases wait for each other rather than each holding a row the other needs.
+            # Locked in the commits' order (Python's sort: code points, which is the "C" collation's byte order
+            # in UTF-8, whatever the database's default collation), so a renewal and a commit of a group holding
+            # several leases wait for each other rather than each holding a row the other needs.
             cur.execute(
                 f"UPDATE leases SET expires_at = {DB_NOW} + %s FROM (SELECT kind, name FROM leases "
                 f"WHERE owner = %s AND expires_at > {DB_NOW} "
-                "AND (kind, name) IN (SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY kind, name FOR UPDATE) AS mine "
+                "AND (kind, name) IN (SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY kind COLLATE "C", name COLLATE "C" FOR UPDATE) AS mine "
                 "WHERE leases.kind = mine.kind AND leases.name = mine.name RETURNING leases.kind, leases.name",
                 (lease_seconds, self.replica_id, [k for k, _ in held], [n for _, n in held]),
             )
