@@ -196,7 +196,8 @@ def candidates(table: pa.Table, window_seconds: int, max_time: int | None = None
     times = [table.column(n) for n in ("end", "start") if n in table.column_names]
     if not times or not table.num_rows:
         return CANDIDATES.empty_table()
-    t = _values_or_ints(times[0])
+    # a null end is -1 (not what lies under the null, 0 from the tokenizer): then the start, else none
+    t = ints(times[0]) if times[0].null_count else _values_or_ints(times[0])
     if len(times) > 1 and times[0].null_count:
         t = np.where(t < 0, ints(times[1]), t)
     select = _select_native if _native_candidates is not None else _select_reference
