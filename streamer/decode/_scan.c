@@ -607,7 +607,9 @@ static PyObject *nacl_candidates(PyObject *self, PyObject *args) {
         int request = c == 1 && s >= 1024 && s <= 65535 && d >= 0 && d < s;
         int reply = c == 2 && d >= 1024 && d <= 65535 && s >= 0 && s < d;
         if (!request && !reply) continue;
-        if (so[i + 1] < so[i] || so[i + 1] > so[n] || d_o[i + 1] < d_o[i] || d_o[i + 1] > d_o[n]) {
+        /* each end checked against both ends of the array: rows not looked at were not checked */
+        if (so[i] < so[0] || so[i + 1] < so[i] || so[i + 1] > so[n] || d_o[i] < d_o[0] || d_o[i + 1] < d_o[i] ||
+            d_o[i + 1] > d_o[n]) {
             ok = 0;
             break;
         }

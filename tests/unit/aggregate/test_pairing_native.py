@@ -85,3 +85,22 @@ def test_requests_come_sorted_by_window_then_key_each_once() -> None:
     keys = list(zip(found.column("window").to_pylist(), found.column("hash").to_pylist(), strict=True))
     assert keys == sorted(set(keys))
     assert [w for w, _ in keys] == [0, 60, 60, 60, 120, 120]
+
+
+def test_offsets_out_of_order_before_a_candidate_are_an_error_not_a_read_outside_the_data() -> None:
+    """Only candidate rows' offsets are looked at: a row skipped before one must not let it start before
+    the data (a start of -2^30 read 1 GiB before the buffer: a crash)."""
+    import numpy as np
+
+    from streamer.decode import _scan
+
+    def i32(*v: int) -> np.ndarray:
+        return np.array(v, np.int32)
+
+    bad, good = i32(0, -(1 << 30), 5), i32(0, 2, 5)
+    args = (np.array([10, 10], np.int64), i32(40000, 443), i32(443, 40000), i32(6, 6), b"", i32(5, 1))
+    rest = (np.array([1, 2], np.uint8), i32(0, 0), np.array([1], np.uint64))
+    with pytest.raises(ValueError, match="monotonic"):
+        _scan.nacl_candidates(*args, *rest, bad, b"abcde", 0, good, b"abcde", 0, 60, 1 << 62)
+    with pytest.raises(ValueError, match="monotonic"):
+        _scan.nacl_candidates(*args, *rest, good, b"abcde", 0, bad, b"abcde", 0, 60, 1 << 62)
