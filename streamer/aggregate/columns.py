@@ -97,11 +97,30 @@ def equals(col: pa.ChunkedArray | pa.Array, value: str) -> np.ndarray:
     parts = []
     for chunk in _chunks_of(col):
         if pa.types.is_dictionary(chunk.type):
-            hit = pc.fill_null(pc.equal(chunk.dictionary, value), False).to_numpy(zero_copy_only=False)
-            codes = np.flatnonzero(np.asarray(hit, bool))
+            codes = _codes_of(chunk.dictionary, value)
             indices = _values(chunk.indices)
             found = indices == codes[0] if len(codes) == 1 else np.isin(indices, codes)
             parts.append(found & _valid_chunk(chunk) if chunk.null_count else found)
         else:
             parts.append(np.asarray(pc.fill_null(pc.equal(chunk, value), False).to_numpy(zero_copy_only=False), bool))
     return _joined(parts, bool)
+
+
+#: a dictionary this small is searched in Python (a few microseconds) rather than by an Arrow kernel call
+_SMALL_DICTIONARY = 16
+
+
+def _codes_of(words: pa.Array, value: str) -> np.ndarray:
+    """The codes of a dictionary whose word is `value`."""
+    if len(words) <= _SMALL_DICTIONARY and words.type == pa.string():
+        return np.array([i for i, w in enumerate(words.to_pylist()) if w == value], np.int64)
+    return np.flatnonzero(np.asarray(pc.fill_null(pc.equal(words, value), False).to_numpy(zero_copy_only=False), bool))
+
+
+def int_values(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """An integer column as numpy without a copy when it is one chunk with no nulls (its own dtype), else
+    `ints` (int64, -1 where null): for tests and keys that work on any integer width."""
+    chunks = _chunks_of(col)
+    if len(chunks) == 1 and not chunks[0].null_count and pa.types.is_integer(chunks[0].type):
+        return _values(chunks[0])
+    return ints(col)

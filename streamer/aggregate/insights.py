@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamer.aggregate import pairing
-from streamer.aggregate.columns import equals, ints, valid
+from streamer.aggregate.columns import equals, int_values, ints, valid
 
 NACL = "nacl_return_rejects"
 GATEWAY = "gateway_endpoint_candidates"
@@ -143,16 +143,26 @@ def _nacl(table: pa.Table, window_seconds: int, max_time: int | None) -> pa.Tabl
 
 
 def _gateway(table: pa.Table) -> pa.Table:
-    path = ints(table.column("traffic-path"))
-    mask = np.logical_or.reduce([path == p for p in GATEWAY_PATHS]) & equals(table.column("flow-direction"), "egress")
+    path = int_values(table.column("traffic-path"))
+    mask = np.logical_or.reduce([path == p for p in GATEWAY_PATHS])
+    if not mask.any():
+        return SCHEMA.empty_table()
+    mask &= equals(table.column("flow-direction"), "egress")
     if not mask.any():
         return SCHEMA.empty_table()
     service = table.column("pkt-dst-aws-service")
     mask &= np.logical_or.reduce([equals(service, name) for name in GATEWAY_SERVICES])
-    if not mask.any():
+    rows = np.flatnonzero(mask)
+    if not len(rows):
         return SCHEMA.empty_table()
+    nbytes = ints(table.column("bytes"), 0) if "bytes" in table.column_names else np.zeros(table.num_rows, np.int64)
+    vpc = table.column("vpc-id") if "vpc-id" in table.column_names else pa.nulls(table.num_rows, pa.string())
+    grouped = _count(_codes(vpc), _codes(service), rows, nbytes)
+    if grouped is not None:
+        vpcs, services, records, total = grouped
+        return _rows(GATEWAY, pc.fill_null(vpcs, "-"), services, records, total)
     table = table.select([n for n in ("vpc-id", "pkt-dst-aws-service", "bytes") if n in table.column_names])
-    table = table.take(np.flatnonzero(mask))
+    table = table.take(rows)
     picked = pa.table({"vpc": _vpc(table), "service": _str(table, "pkt-dst-aws-service"), "bytes": _bytes(table)})
     g = picked.group_by(["vpc", "service"], use_threads=False).aggregate([([], "count_all"), ("bytes", "sum")])
     return _rows(GATEWAY, g.column("vpc"), g.column("service"), g.column("count_all"), g.column("bytes_sum"))
@@ -161,20 +171,22 @@ def _gateway(table: pa.Table) -> pa.Table:
 def _ipv6(table: pa.Table) -> pa.Table:
     have = set(table.column_names)
     if "tcp-flags" in have:
-        flags = ints(table.column("tcp-flags"))
-        starts = (flags >= 0) & (flags & 18 == 2)
+        flags = int_values(table.column("tcp-flags"))
+        starts = (flags & 18 == 2) & (flags >= 0)
     else:
-        proto, sport, dport = (ints(table.column(n)) for n in ("protocol", "srcport", "dstport"))
+        proto, sport, dport = (int_values(table.column(n)) for n in ("protocol", "srcport", "dstport"))
         starts = ((proto == 6) | (proto == 17)) & (dport >= 0) & (dport < 1024) & (sport >= 1024)
     rows = np.flatnonzero(starts & equals(table.column("flow-direction"), "ingress"))  # integer tests first
     if not len(rows):
         return SCHEMA.empty_table()
     rows = rows[_global_ipv6(table.column("srcaddr"), rows)]
     eni, action = table.column("interface-id"), table.column("action")
-    rows = rows[valid(eni)[rows] & valid(action)[rows]]
+    for col in (eni, action):
+        if col.null_count:
+            rows = rows[valid(col)[rows]]
     if not len(rows):
         return SCHEMA.empty_table()
-    grouped = _count(eni, action, rows, None)
+    grouped = _count(_codes(eni), _codes(action), rows, None)
     if grouped is not None:
         return _rows(IPV6, *grouped[:3], None)
     picked = pa.table({"eni": _str(table, "interface-id"), "action": _str(table, "action")}).take(rows)
@@ -184,7 +196,8 @@ def _ipv6(table: pa.Table) -> pa.Table:
 
 def _global_ipv6(col: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> np.ndarray:
     """Whether each of `rows` of an address column matches `_GLOBAL_IPV6`: on a plain string column, read
-    from its bytes (a regex over every connection start would cost more than the rest of the signal)."""
+    from its bytes, a test at a time on the rows still in (a regex over every connection start would cost
+    more than the rest of the signal; most addresses are IPv4 and fail the fifth byte)."""
     if isinstance(col, pa.ChunkedArray):
         if col.num_chunks != 1:
             return _global_ipv6(col.combine_chunks(), rows)
@@ -194,36 +207,45 @@ def _global_ipv6(col: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> np.ndarra
         return np.asarray(hit.to_numpy(zero_copy_only=False), bool)
     offsets = np.frombuffer(col.buffers()[1], np.int32)[col.offset : col.offset + len(col) + 1]
     data = np.frombuffer(col.buffers()[2], np.uint8)
-    start, end = offsets[rows].astype(np.int64), offsets[rows + 1].astype(np.int64)
-    ok = end - start >= 5
-    at = np.where(ok, start, 0)[:, None] + np.arange(5)  # the first 5 bytes (row 0's where shorter: masked)
-    head = data[np.minimum(at, len(data) - 1)] if len(data) else np.zeros((len(rows), 5), np.uint8)
+    start = offsets[rows]
+    out: np.ndarray = offsets[rows + 1] - start >= 5
+    if col.null_count:
+        out &= valid(col)[rows]
+    at = np.flatnonzero(out)
+    colon = data[start[at] + 4] == ord(":")  # "2600:" has its colon here; "203.0" a dot, "34.1" a digit
+    out[at[~colon]] = False
+    at = at[colon]
+    head = data[start[at, None] + np.arange(4)]
     hexdigit = (head >= 48) & (head <= 57) | (head >= 65) & (head <= 70) | (head >= 97) & (head <= 102)
-    first = (head[:, 0] == ord("2")) | (head[:, 0] == ord("3"))
-    out: np.ndarray = ok & first & hexdigit[:, 1:4].all(axis=1) & (head[:, 4] == ord(":")) & valid(col)[rows]
+    out[at] = ((head[:, 0] == ord("2")) | (head[:, 0] == ord("3"))) & hexdigit[:, 1:].all(axis=1)
     return out
 
 
 def _paths(table: pa.Table) -> pa.Table:
-    path = ints(table.column("traffic-path"))
+    path = int_values(table.column("traffic-path"))
     known = (path >= 1) & (path <= 8)
-    if not known.any():
-        return SCHEMA.empty_table()
     rows = np.flatnonzero(known)
+    if not len(rows):
+        return SCHEMA.empty_table()
     names = pa.array([None, *[PATH_NAMES[i] for i in range(1, 9)]], pa.string())
     nbytes = ints(table.column("bytes"), 0) if "bytes" in table.column_names else np.zeros(table.num_rows, np.int64)
     vpc = table.column("vpc-id") if "vpc-id" in table.column_names else pa.nulls(table.num_rows, pa.string())
-    grouped = _count(vpc, pa.array(np.where(known, path, 0)), rows, nbytes)
+    # a known path's number is its own code (rows not known are never looked at)
+    grouped = _count(_codes(vpc), (path, pa.array(np.arange(9), pa.int64())), rows, nbytes)
     if grouped is not None:
         vpcs, paths, records, total = grouped
         return _rows(PATHS, pc.fill_null(vpcs, "-"), pc.take(names, paths), records, total)
-    picked = pa.table({"vpc": vpc, "path": path, "bytes": nbytes}).take(rows)
+    picked = pa.table({"vpc": vpc, "path": ints(table.column("traffic-path")), "bytes": nbytes}).take(rows)
     g = picked.group_by(["vpc", "path"], use_threads=False).aggregate([([], "count_all"), ("bytes", "sum")])
     vpcs = pc.fill_null(pc.cast(g.column("vpc"), pa.string()), "-")  # a few groups: cheap to convert now
     return _rows(PATHS, vpcs, pc.take(names, g.column("path")), g.column("count_all"), g.column("bytes_sum"))
 
 
-def _codes(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array] | None:
+#: a key column as small integer codes (-1 null) and the values they stand for
+Codes = tuple[np.ndarray, pa.Array]
+
+
+def _codes(col: pa.ChunkedArray | pa.Array) -> Codes | None:
     """A key column as small integer codes and the values they stand for: a dictionary's indices (nulls:
     code -1 for null), or a small non-negative integer column's values; None otherwise."""
     if isinstance(col, pa.ChunkedArray):
@@ -231,46 +253,54 @@ def _codes(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array] | Non
             return None
         col = col.chunk(0)
     if pa.types.is_dictionary(col.type):
+        if not col.null_count:
+            return int_values(col.indices), col.dictionary
         codes = ints(col.indices)
-        if col.null_count:
-            codes[~valid(col)] = -1
+        codes[~valid(col)] = -1
         return codes, col.dictionary
     if pa.types.is_null(col.type):
         return np.full(len(col), -1, np.int64), pa.array([], pa.string())
     if pa.types.is_integer(col.type) and not col.null_count and len(col):
-        values = ints(col)
+        values = int_values(col)
         if values.min() >= 0 and values.max() < 256:
             return values, pa.array(np.arange(int(values.max()) + 1), pa.int64())
     return None
 
 
 def _count(
-    key1: pa.ChunkedArray | pa.Array, key2: pa.ChunkedArray | pa.Array, rows: np.ndarray, nbytes: np.ndarray | None
+    first: Codes | None, second: Codes | None, rows: np.ndarray, nbytes: np.ndarray | None
 ) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray] | None:
-    """Records (and bytes) of `rows` per (key1, key2), counted on integer codes with bincount (no hash
-    group-by; the keys are dictionary codes or small integers); None when a key is neither.
+    """Records (and bytes) of `rows` per (key1, key2), given as codes (`_codes`), counted with bincount
+    (no hash group-by); None when a key has no codes.
 
     Bytes are summed exactly: bincount's float64 weights take the low and high 32 bits apart, each sum
     exact below 2^53 (fewer than 2^21 rows a batch)."""
-    first, second = _codes(key1), _codes(key2)
     if first is None or second is None or len(rows) >= 1 << 21:
         return None
     (a, values_a), (b, values_b) = first, second
     width = len(values_b) + 1
-    key = (a[rows] + 1) * width + (b[rows] + 1)  # +1: code -1 (null) is group 0
+    key = (a[rows].astype(np.int64) + 1) * width + (b[rows] + 1)  # +1: code -1 (null) is group 0
     size = (len(values_a) + 1) * width
-    records = np.bincount(key, minlength=size)
-    groups = np.flatnonzero(records)
+    if len(rows) < size:  # few rows (most batches): their distinct keys, not a count per possible key
+        groups, records = np.unique(key, return_counts=True)
+        inverse = np.searchsorted(groups, key) if nbytes is not None else None
+    else:
+        counted = np.bincount(key, minlength=size)
+        groups = np.flatnonzero(counted)
+        records, inverse = counted[groups], None
     total = np.zeros(len(groups), np.int64)
     if nbytes is not None:
         chosen = nbytes[rows]
-        low = np.bincount(key, weights=(chosen & 0xFFFFFFFF).astype(np.float64), minlength=size)
-        high = np.bincount(key, weights=(chosen >> 32).astype(np.float64), minlength=size)
-        total = low[groups].astype(np.int64) + (high[groups].astype(np.int64) << 32)
+        index, size = (inverse, len(groups)) if inverse is not None else (key, size)
+        low = np.bincount(index, weights=(chosen & 0xFFFFFFFF).astype(np.float64), minlength=size)
+        high = np.bincount(index, weights=(chosen >> 32).astype(np.float64), minlength=size)
+        if inverse is None:
+            low, high = low[groups], high[groups]
+        total = low.astype(np.int64) + (high.astype(np.int64) << 32)
     at_a, at_b = groups // width - 1, groups % width - 1
     labels_a = values_a.take(pa.array(at_a.clip(0), mask=at_a < 0))
     labels_b = values_b.take(pa.array(at_b.clip(0), mask=at_b < 0))
-    return labels_a, labels_b, records[groups].astype(np.int64), total
+    return labels_a, labels_b, records.astype(np.int64), total
 
 
 def _bytes(table: pa.Table) -> pa.ChunkedArray | pa.Array:

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import os
+from collections.abc import Callable
 
 import numpy as np
 import orjson
@@ -51,6 +53,8 @@ except ImportError:  # built without a C compiler
 
 #: the native string hash (None: no native part, one built before it, or STREAMER_NATIVE=0)
 _native_hash = getattr(_scan, "hash_strings", None) if os.environ.get("STREAMER_NATIVE", "1") != "0" else None
+#: the native candidate selection (None likewise)
+_native_candidates = getattr(_scan, "nacl_candidates", None) if os.environ.get("STREAMER_NATIVE", "1") != "0" else None
 
 #: the ports a reply goes back to (AWS's advice for NACL rules covering every client's ephemeral range);
 #: only TCP (6) and UDP (17) flows have ports
@@ -185,16 +189,46 @@ def _key(eni: np.ndarray, a: np.ndarray, b: np.ndarray, port_a: np.ndarray, port
 def candidates(table: pa.Table, window_seconds: int, max_time: int | None = None) -> pa.Table:
     """One batch's requests and possible replies (`CANDIDATES`): needs interface-id, srcaddr, dstaddr,
     srcport, dstport, protocol, action and end or start. A record later than `max_time` (the wall clock
-    plus the allowed skew) is none: its window would make every window kept look older than the lateness."""
+    plus the allowed skew) is none: its window would make every window kept look older than the lateness.
+
+    Selected and keyed in one native pass (`_scan.nacl_candidates`) when built, else by numpy
+    (`_select_reference`, the reference: both give the same table)."""
     times = [table.column(n) for n in ("end", "start") if n in table.column_names]
-    if not times:
+    if not times or not table.num_rows:
         return CANDIDATES.empty_table()
-    t = ints(times[0])
+    # a null end is -1 (not what lies under the null, 0 from the tokenizer): then the start, else none
+    t = ints(times[0]) if times[0].null_count else _values_or_ints(times[0])
     if len(times) > 1 and times[0].null_count:
         t = np.where(t < 0, ints(times[1]), t)
+    select = _select_native if _native_candidates is not None else _select_reference
+    got = select(table, t, window_seconds, max_time)
+    if got is None:
+        return CANDIDATES.empty_table()
+    request_windows, request_keys, r, reply_windows, reply_keys = got
+    request_windows, request_keys = _distinct(request_windows, request_keys)
+    n_req, n_rep = len(request_keys), len(r)
+    eni, example = _examples(table, r)
+    return pa.table(
+        {
+            "window": np.concatenate([request_windows, reply_windows]),
+            "hash": np.concatenate([request_keys, reply_keys]),
+            "request": np.concatenate([np.ones(n_req, bool), np.zeros(n_rep, bool)]),
+            "eni": pa.concat_arrays([pa.nulls(n_req, pa.string()), eni]),
+            "example": pa.concat_arrays([pa.nulls(n_req, pa.string()), example]),
+        },
+        schema=CANDIDATES,
+    )
+
+
+#: the requests' windows and keys; the replies' rows, windows and keys
+Selected = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _select_reference(table: pa.Table, t: np.ndarray, window_seconds: int, max_time: int | None) -> Selected | None:
+    """The candidates' rows, windows and keys by numpy: the cheap integer tests first, then the strings
+    hashed and keyed (the reference `_scan.nacl_candidates` must equal)."""
     sport, dport, proto = (ints(table.column(n)) for n in ("srcport", "dstport", "protocol"))
     low, high = EPHEMERAL
-    # The integer tests first (cheap); the strings are looked at only if some row passes them.
     # A request leaves from an ephemeral port to a lower one; its reply comes back the other way.
     ok = (t >= 0) & ((proto == 6) | (proto == 17))
     if max_time is not None:
@@ -202,7 +236,7 @@ def candidates(table: pa.Table, window_seconds: int, max_time: int | None = None
     req = ok & (sport >= low) & (sport <= high) & (dport < sport) & (dport >= 0)
     rep = ok & (dport >= low) & (dport <= high) & (sport < dport) & (sport >= 0)
     if not (req.any() or rep.any()):
-        return CANDIDATES.empty_table()
+        return None
     action = table.column("action")
     req &= equals(action, "ACCEPT")
     rep &= equals(action, "REJECT")
@@ -214,28 +248,116 @@ def candidates(table: pa.Table, window_seconds: int, max_time: int | None = None
             rep &= present
     q, r = np.flatnonzero(req), np.flatnonzero(rep)
     if not (len(q) or len(r)):
-        return CANDIDATES.empty_table()
+        return None
     he, hs, hd = (_strings_hash(c) for c in (eni, src, dst))
     window = t // window_seconds * window_seconds
     # a request's reply comes back from where it went: its key is its own flow reversed
     request_keys = _key(he[q], hd[q], hs[q], dport[q], sport[q], proto[q])
     reply_keys = _key(he[r], hs[r], hd[r], sport[r], dport[r], proto[r])
-    rejects = table.select(["interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol"]).take(pa.array(r))
-    text = [pc.cast(rejects.column(i), pa.string()) for i in range(6)]
+    return window[q], request_keys, r, window[r], reply_keys
+
+
+def _select_native(table: pa.Table, t: np.ndarray, window_seconds: int, max_time: int | None) -> Selected | None:
+    """`_select_reference` in one pass of `_scan.nacl_candidates`: the columns go as their buffers and
+    dictionary codes (no copy per row but where a column is neither), nulls as one byte per row."""
+    assert _native_candidates is not None  # chosen by `candidates` only then
+    ports = [_single(table.column(c)) for c in ("srcport", "dstport", "protocol")]
+    eni, action, src, dst = (_single(table.column(c)) for c in ("interface-id", "action", "srcaddr", "dstaddr"))
+    src, dst = (c if c.type == pa.string() else pc.cast(c, pa.string()) for c in (src, dst))
+    action_codes, action_kinds = _coded(action, _action_kinds)
+    eni_codes, eni_hashes = _coded(eni, hash_strings)
+    if not action_kinds.any():
+        return None
+    nulls = [c for c in (*ports, eni, action, src, dst) if c.null_count]
+    present = np.logical_and.reduce([valid(c) for c in nulls]).view(np.uint8) if nulls else b""
+    (src_offsets, src_data), (dst_offsets, dst_data) = (c.buffers()[1:3] for c in (src, dst))
+    got = _native_candidates(
+        t, *(_values_or_ints(c) for c in ports), present, action_codes, action_kinds, eni_codes, eni_hashes,
+        src_offsets, src_data or b"", src.offset, dst_offsets, dst_data or b"", dst.offset,
+        window_seconds, _NEVER if max_time is None else max_time,
+    )  # fmt: skip
+    n_req, n_rep, rows, windows, keys = got
+    if not (n_req or n_rep):
+        return None
+    n = table.num_rows
+    rows_at, windows_at, keys_at = (np.frombuffer(b, d) for b, d in ((rows, np.int32), (windows, np.int64), (keys, np.uint64)))
+    back = slice(n - 1, n - n_rep - 1 if n_rep < n else None, -1)  # replies were written from the back
+    return windows_at[:n_req], keys_at[:n_req], rows_at[back].astype(np.int64), windows_at[back], keys_at[back]
+
+
+def _coded(col: pa.Array, per_value: Callable[[pa.Array], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A string column as int32 codes and `per_value` of the words they stand for: a dictionary's own
+    indices and words; any other column is its own words (code i is row i)."""
+    if pa.types.is_dictionary(col.type):
+        codes = _values_or_ints(col.indices)
+        return (codes if codes.dtype == np.int32 else codes.astype(np.int32)), per_value(col.dictionary)
+    words = col if col.type == pa.string() else pc.cast(col, pa.string())
+    return np.arange(len(col), dtype=np.int32), per_value(words)
+
+
+def _action_kinds(words: pa.Array) -> np.ndarray:
+    """1 ACCEPT, 2 REJECT, 0 anything else (or null), a byte per word."""
+    kinds: np.ndarray = (equals(words, "ACCEPT").astype(np.uint8) | (equals(words, "REJECT").astype(np.uint8) << 1)).astype(
+        np.uint8
+    )
+    return kinds
+
+
+#: `max_time` when there is none
+_NEVER = 2**63 - 1
+
+
+def _distinct(windows: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Requests sorted by window, then key, each once: sorted and deduplicated here, on the batch's worker
+    thread, the state's merge (`_add_requests`, one thread for every input) only merges sorted runs."""
+    if len(keys) < 2:
+        return windows, keys
+    if windows[0] == windows[-1] and (windows == windows[0]).all():  # most batches: one window
+        keys = np.sort(keys)
+    else:
+        order = np.argsort(windows, kind="stable")
+        windows, keys = windows[order], keys[order]
+        cuts = [0, *(np.flatnonzero(windows[1:] != windows[:-1]) + 1).tolist(), len(keys)]
+        for start, end in itertools.pairwise(cuts):
+            keys[start:end].sort()
+    keep = np.ones(len(keys), bool)
+    keep[1:] = (keys[1:] != keys[:-1]) | (windows[1:] != windows[:-1])
+    return windows[keep], keys[keep]
+
+
+def _single(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
+
+
+def _values_or_ints(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """An int32 or int64 column's values as they are (no copy; anything under a null), else as int64 with
+    -1 for null."""
+    chunk = _single(col)
+    if chunk.type in (pa.int32(), pa.int64()) and chunk.buffers()[1] is not None:
+        return np.frombuffer(chunk.buffers()[1], chunk.type.to_pandas_dtype())[chunk.offset : chunk.offset + len(chunk)]
+    return ints(chunk)
+
+
+def _examples(table: pa.Table, rows: np.ndarray) -> tuple[pa.Array, pa.Array]:
+    """The interface ids and example lines ("eni src:port -> dst:port protocol p REJECT") of `rows`."""
+    if not len(rows):
+        return pa.array([], pa.string()), pa.array([], pa.string())
+    at = pa.array(rows)
+    cols = ("interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol")
+    text = [_text_at(_single(table.column(c)), rows, at) for c in cols]
     example = pc.binary_join_element_wise(
         text[0], " ", text[1], ":", text[3], " -> ", text[2], ":", text[4], " protocol ", text[5], " REJECT", ""
     )
-    n_req, n_rep = len(q), len(r)
-    return pa.table(
-        {
-            "window": np.concatenate([window[q], window[r]]),
-            "hash": np.concatenate([request_keys, reply_keys]),
-            "request": np.concatenate([np.ones(n_req, bool), np.zeros(n_rep, bool)]),
-            "eni": pa.concat_arrays([pa.nulls(n_req, pa.string()), pc.cast(text[0], pa.string()).combine_chunks()]),
-            "example": pa.concat_arrays([pa.nulls(n_req, pa.string()), example.combine_chunks()]),
-        },
-        schema=CANDIDATES,
-    )
+    return text[0], example
+
+
+def _text_at(col: pa.Array, rows: np.ndarray, at: pa.Array) -> pa.Array:
+    if pa.types.is_dictionary(col.type):  # the few rows' words, not the whole column decoded
+        return pc.cast(col.dictionary.take(pa.array(ints(col.indices, 0)[rows])), pa.string())
+    taken = col.take(at)
+    return taken if taken.type == pa.string() else pc.cast(taken, pa.string())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,12 +523,8 @@ def _add_requests(requests: dict[int, np.ndarray], windows: np.ndarray, hashes: 
     added: dict[int, np.ndarray] = {}
     if not len(hashes):
         return added
-    order = np.argsort(windows, kind="stable")  # timsort: records come about in time order, so near linear
-    windows, hashes = windows[order], hashes[order]
-    cuts = np.flatnonzero(windows[1:] != windows[:-1]) + 1
-    for w_part, h_part in zip(np.split(windows, cuts), np.split(hashes, cuts), strict=True):
-        w = int(w_part[0])
-        h_part = np.sort(h_part)
+    for w, h_part in _by_window(windows, hashes):
+        h_part = np.sort(h_part, kind="stable")  # sorted runs (one per batch, `_distinct`): merged
         fresh = h_part[np.concatenate(([True], h_part[1:] != h_part[:-1]))]
         known = requests.get(w)
         if known is not None and len(known):
@@ -420,6 +538,26 @@ def _add_requests(requests: dict[int, np.ndarray], windows: np.ndarray, hashes: 
         if len(fresh):
             added[w] = fresh
     return added
+
+
+#: more stretches of one window than this in an input: sorted by window first instead
+_MAX_STRETCHES = 4096
+
+
+def _by_window(windows: np.ndarray, hashes: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """`hashes` per window. Candidates come as batches' requests grouped by window (`_distinct`), so the
+    stretches of one window are sliced and joined (no sort of the whole input by window); an input in any
+    other order (one from an older replica) is sorted by window first."""
+    cuts = np.flatnonzero(windows[1:] != windows[:-1]) + 1
+    if len(cuts) >= _MAX_STRETCHES:
+        order = np.argsort(windows, kind="stable")
+        windows, hashes = windows[order], hashes[order]
+        cuts = np.flatnonzero(windows[1:] != windows[:-1]) + 1
+    bounds = [0, *cuts.tolist(), len(hashes)]
+    stretches: dict[int, list[np.ndarray]] = {}
+    for start, end in itertools.pairwise(bounds):
+        stretches.setdefault(int(windows[start]), []).append(hashes[start:end])
+    return [(w, parts[0] if len(parts) == 1 else np.concatenate(parts)) for w, parts in stretches.items()]
 
 
 def _merged(known: np.ndarray, fresh: np.ndarray, at: np.ndarray) -> np.ndarray:

@@ -4,9 +4,10 @@
  * scan(parts, kinds, header) reads a chunk given as one buffer or a tuple of
  * buffers (each ending at a line end but maybe the last: the chunk's parts,
  * never joined), whose fields are described by `kinds`, one byte per field in
- * order: 0 skip, 1 integer, 2 string, 3 dictionary-encoded string. Only wanted
- * fields are converted; the rest are stepped over. "-" is null. Lines equal to
- * `header` (a repeated header line) are skipped. The GIL is released while
+ * order: 0 skip, 1 integer, 2 string, 3 dictionary-encoded string, 4 integer
+ * that must fit in an int32. Only wanted fields are converted; the rest are
+ * stepped over. "-" is null. Lines equal to `header` (a repeated header line)
+ * are skipped. The GIL is released while
  * scanning, so decode threads run in parallel.
  *
  * It returns None as soon as the chunk is not clean: a line with another
@@ -18,14 +19,16 @@
  * accepted, as Arrow's CSV reader accepts them.
  *
  * Otherwise it returns (rows, columns) with one tuple per wanted field:
- *   integer:    (null_count, validity, int64 values)
+ *   integer:    (null_count, validity, int64 values; int32 for kind 4, whose larger values make the
+ *               chunk not clean)
  *   string:     (null_count, validity, int32 offsets, data)
  *   dictionary: (null_count, validity, int32 indices, int32 dict offsets, dict data)
  * where validity is an Arrow bitmap (bytes) or None when nothing is null, so
  * that pyarrow.Array.from_buffers wraps the buffers without copying them.
  *
  * hash_strings(offsets, data, offset, length) hashes every value of an Arrow string array to a uint64
- * for the NACL pairing (see the function).
+ * for the NACL pairing, and nacl_candidates(...) selects and keys one batch's pairing candidates (see
+ * each function). VERSION says which of these a build has.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -36,7 +39,7 @@
 #include <emmintrin.h>
 #endif
 
-enum { SKIP = 0, INTEGER = 1, STRING = 2, DICTIONARY = 3 };
+enum { SKIP = 0, INTEGER = 1, STRING = 2, DICTIONARY = 3, INT32 = 4 };
 
 typedef struct {
     const char *ptr;
@@ -189,7 +192,7 @@ static inline int token(Cursor *c, const char *t, int32_t n, int at_eol, const c
             clear_bit((uint8_t *)PyBytes_AS_STRING(col->validity), row);
             col->nulls++;
         }
-        if (kind == INTEGER) {
+        if (kind == INTEGER || kind == INT32) {
             int64_t v = 0;
             if (!is_null) {
                 if (n > 18) return 0;
@@ -199,10 +202,21 @@ static inline int token(Cursor *c, const char *t, int32_t n, int at_eol, const c
                     v = v * 10 + d;
                 }
             }
-            ((int64_t *)PyBytes_AS_STRING(col->values))[row] = v;
+            if (kind == INTEGER) {
+                ((int64_t *)PyBytes_AS_STRING(col->values))[row] = v;
+            } else {
+                if (v > INT32_MAX) return 0; /* out of the field's range: Arrow's path says so */
+                ((int32_t *)PyBytes_AS_STRING(col->values))[row] = (int32_t)v;
+            }
         } else if (kind == STRING) {
             if (!is_null) {
-                memcpy(PyBytes_AS_STRING(col->data) + col->data_len, t, (size_t)n);
+                char *to = PyBytes_AS_STRING(col->data) + col->data_len;
+#ifdef __SSE2__
+                if (n <= 16 && part_end - t >= 16) /* an address: one 16-byte move (the buffer has 16 spare) */
+                    _mm_storeu_si128((__m128i *)to, _mm_loadu_si128((const __m128i *)t));
+                else
+#endif
+                    memcpy(to, t, (size_t)n);
                 col->data_len += n;
             }
             ((int32_t *)PyBytes_AS_STRING(col->values))[row + 1] = (int32_t)col->data_len;
@@ -273,7 +287,7 @@ static PyObject *column_result(Column *col, Py_ssize_t rows) {
         if (validity == NULL) return NULL;
     }
     PyObject *out = NULL;
-    if (col->kind == INTEGER) {
+    if (col->kind == INTEGER || col->kind == INT32) {
         out = Py_BuildValue("(nNO)", col->nulls, validity, col->values);
     } else if (col->kind == STRING) {
         if (_PyBytes_Resize(&col->data, col->data_len) < 0) {
@@ -320,7 +334,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     const uint8_t *kind = kinds.buf;
     Py_ssize_t nfields = kinds.len;
     for (Py_ssize_t i = 0; i < nfields; i++) {
-        if (kind[i] > DICTIONARY) {
+        if (kind[i] > INT32) {
             PyErr_Format(PyExc_ValueError, "unknown field kind %d", kind[i]);
             goto fail;
         }
@@ -358,12 +372,12 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         col->validity = PyBytes_FromStringAndSize(NULL, (bound + 7) / 8);
         if (col->validity == NULL) goto fail;
         memset(PyBytes_AS_STRING(col->validity), 0xFF, (size_t)(bound + 7) / 8);
-        Py_ssize_t width = col->kind == INTEGER ? 8 : 4;
+        Py_ssize_t width = col->kind == INTEGER ? 8 : 4; /* INT32 values, offsets and indices: 4 */
         col->values = PyBytes_FromStringAndSize(NULL, width * (bound + (col->kind == STRING)));
         if (col->values == NULL) goto fail;
         if (col->kind == STRING) {
             ((int32_t *)PyBytes_AS_STRING(col->values))[0] = 0;
-            col->data = PyBytes_FromStringAndSize(NULL, total);
+            col->data = PyBytes_FromStringAndSize(NULL, total + 16); /* 16 spare: see STRING in token */
             if (col->data == NULL) goto fail;
         } else if (col->kind == DICTIONARY && !dict_init(&col->dict)) {
             goto nomem;
@@ -385,7 +399,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     if (list == NULL) goto fail;
     for (Py_ssize_t i = 0; i < wanted; i++) {
         Column *col = &cols[i];
-        Py_ssize_t width = col->kind == INTEGER ? 8 : 4;
+        Py_ssize_t width = col->kind == INTEGER ? 8 : 4; /* INT32 values, offsets and indices: 4 */
         if (_PyBytes_Resize(&col->values, width * (rows + (col->kind == STRING))) < 0) {
             Py_DECREF(list);
             goto fail;
@@ -421,6 +435,10 @@ done:
 #define P2 (P1 * P1)
 #define P3 (P2 * P1)
 #define P4 (P3 * P1)
+#define P5 (P4 * P1)
+#define P6 (P5 * P1)
+#define P7 (P6 * P1)
+#define P8 (P7 * P1)
 
 static inline uint64_t mix64(uint64_t h) {
     h ^= h >> 30;
@@ -428,6 +446,20 @@ static inline uint64_t mix64(uint64_t h) {
     h ^= h >> 27;
     h *= 0x94D049BB133111EBULL;
     return h ^ (h >> 31);
+}
+
+static inline uint64_t hash_value(const uint8_t *bytes, int32_t start, int32_t end) {
+    uint64_t v = 0;
+    int32_t j = start;
+    for (; j + 8 <= end; j += 8) /* eight bytes a step: an eighth of the dependent multiplies */
+        v = v * P8 + bytes[j] * P7 + bytes[j + 1] * P6 + bytes[j + 2] * P5 + bytes[j + 3] * P4 + bytes[j + 4] * P3 +
+            bytes[j + 5] * P2 + bytes[j + 6] * P1 + bytes[j + 7];
+    if (j + 4 <= end) {
+        v = v * P4 + bytes[j] * P3 + bytes[j + 1] * P2 + bytes[j + 2] * P1 + bytes[j + 3];
+        j += 4;
+    }
+    for (; j < end; j++) v = v * P1 + bytes[j];
+    return mix64(v ^ ((uint64_t)(end - start) * 0x9E3779B97F4A7C15ULL));
 }
 
 static PyObject *hash_strings(PyObject *self, PyObject *args) {
@@ -463,12 +495,7 @@ static PyObject *hash_strings(PyObject *self, PyObject *args) {
             ok = 0;
             break;
         }
-        uint64_t v = 0;
-        int32_t j = start;
-        for (; j + 4 <= end; j += 4) /* four bytes a step: a quarter of the dependent multiplies */
-            v = v * P4 + bytes[j] * P3 + bytes[j + 1] * P2 + bytes[j + 2] * P1 + bytes[j + 3];
-        for (; j < end; j++) v = v * P1 + bytes[j];
-        h[i] = mix64(v ^ ((uint64_t)(end - start) * 0x9E3779B97F4A7C15ULL));
+        h[i] = hash_value(bytes, start, end);
     }
     Py_END_ALLOW_THREADS
     if (!ok) {
@@ -481,9 +508,136 @@ done:
     return out;
 }
 
+/*
+ * nacl_candidates(t, sport, dport, proto, present, action, action_kinds, eni, eni_hashes, src_offsets, src_data,
+ *                 src_offset, dst_offsets, dst_data, dst_offset, window_seconds, max_time)
+ *     -> (requests, replies, rows, windows, hashes)
+ *
+ * One batch's NACL pairing candidates in one pass (streamer.aggregate.pairing._select_reference is the
+ * numpy reference; both give the same rows, windows and keys). Per row: `t` the record's time (int64, < 0
+ * none), ports and protocol (int32 or int64 each, by buffer size), `present` a byte per row, 0 where a
+ * needed field is null (empty: none is), `action` an int32 code whose kind `action_kinds[code]` is 1 ACCEPT,
+ * 2 REJECT or 0, `eni` an int32 code whose string hash is `eni_hashes[code]`, and the two address columns as
+ * Arrow string arrays. A request is an ACCEPT from an ephemeral port to a lower port, a reply a REJECT to an
+ * ephemeral port from a lower one, TCP or UDP, with 0 <= t <= max_time. A request's key is the hash of its
+ * reversed flow, a reply's of its own flow (pairing._key). Requests fill the outputs from the front in row
+ * order, replies from the back (the last reply first). The GIL is released.
+ */
+#define K0 0x9E3779B97F4A7C15ULL
+#define K1 0xC2B2AE3D27D4EB4FULL
+#define K2 0x165667B19E3779F9ULL
+
+static inline uint64_t flow_key(uint64_t eni, uint64_t a, uint64_t b, int64_t port_a, int64_t port_b, int64_t proto) {
+    uint64_t packed = (((uint64_t)port_a << 16 | (uint64_t)port_b) << 8) | ((uint64_t)proto & 0xFF);
+    return mix64(eni * K0 + a * K1 + b * K2 + mix64(packed));
+}
+
+static inline int64_t int_at(const Py_buffer *b, int wide, Py_ssize_t i) {
+    return wide ? ((const int64_t *)b->buf)[i] : (int64_t)((const int32_t *)b->buf)[i];
+}
+
+/* An Arrow string array's offsets checked like hash_strings does: 0 ok, -1 with an error set. */
+static int check_strings(const Py_buffer *offsets, const Py_buffer *data, Py_ssize_t offset, Py_ssize_t n) {
+    if (offset < 0 || (offset + n + 1) * (Py_ssize_t)sizeof(int32_t) > offsets->len) {
+        PyErr_SetString(PyExc_ValueError, "offsets buffer too short");
+        return -1;
+    }
+    const int32_t *off = (const int32_t *)offsets->buf + offset;
+    if (off[0] < 0 || off[n] > data->len || off[n] < off[0]) {
+        PyErr_SetString(PyExc_ValueError, "offset outside the data buffer");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *nacl_candidates(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer t, sport, dport, proto, present, action, kinds, eni, eni_hashes, src_off, src_data, dst_off, dst_data;
+    Py_ssize_t src_offset, dst_offset;
+    long long window_seconds, max_time;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*y*ny*y*nLL", &t, &sport, &dport, &proto, &present, &action, &kinds,
+                          &eni, &eni_hashes, &src_off, &src_data, &src_offset, &dst_off, &dst_data, &dst_offset,
+                          &window_seconds, &max_time))
+        return NULL;
+    PyObject *result = NULL, *rows_out = NULL, *windows_out = NULL, *hashes_out = NULL;
+    Py_ssize_t n = t.len / 8;
+    int wide[3];
+    const Py_buffer *ints[3] = {&sport, &dport, &proto};
+    for (int k = 0; k < 3; k++) {
+        if (ints[k]->len != 4 * n && ints[k]->len != 8 * n) {
+            PyErr_SetString(PyExc_ValueError, "a port or protocol buffer of the wrong size");
+            goto done;
+        }
+        wide[k] = ints[k]->len == 8 * n && n > 0;
+    }
+    if (t.len != 8 * n || action.len != 4 * n || eni.len != 4 * n || (present.len != 0 && present.len != n) ||
+        window_seconds <= 0) {
+        PyErr_SetString(PyExc_ValueError, "a time, presence, action or interface buffer of the wrong size, or no window");
+        goto done;
+    }
+    if (check_strings(&src_off, &src_data, src_offset, n) < 0 || check_strings(&dst_off, &dst_data, dst_offset, n) < 0)
+        goto done;
+    rows_out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int32_t));
+    windows_out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t));
+    hashes_out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(uint64_t));
+    if (rows_out == NULL || windows_out == NULL || hashes_out == NULL) goto done;
+    int32_t *rows = (int32_t *)PyBytes_AS_STRING(rows_out);
+    int64_t *windows = (int64_t *)PyBytes_AS_STRING(windows_out);
+    uint64_t *hashes = (uint64_t *)PyBytes_AS_STRING(hashes_out);
+    const int64_t *time = t.buf;
+    const uint8_t *here = present.len ? present.buf : NULL, *kind = kinds.buf;
+    const int32_t *act = action.buf, *eni_code = eni.buf;
+    const uint64_t *eni_hash = eni_hashes.buf;
+    Py_ssize_t n_kinds = kinds.len, n_enis = eni_hashes.len / 8;
+    const int32_t *so = (const int32_t *)src_off.buf + src_offset, *d_o = (const int32_t *)dst_off.buf + dst_offset;
+    const uint8_t *sd = src_data.buf, *dd = dst_data.buf;
+    Py_ssize_t front = 0, back = n;
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t at = time[i];
+        if (at < 0 || at > max_time || (here && !here[i])) continue;
+        int32_t a = act[i], e = eni_code[i];
+        if (a < 0 || a >= n_kinds || e < 0 || e >= n_enis) continue; /* not a word of the dictionary: no candidate */
+        int c = kind[a];
+        if (c == 0) continue;
+        int64_t p = int_at(&proto, wide[2], i);
+        if (p != 6 && p != 17) continue;
+        int64_t s = int_at(&sport, wide[0], i), d = int_at(&dport, wide[1], i);
+        int request = c == 1 && s >= 1024 && s <= 65535 && d >= 0 && d < s;
+        int reply = c == 2 && d >= 1024 && d <= 65535 && s >= 0 && s < d;
+        if (!request && !reply) continue;
+        /* each end checked against both ends of the array: rows not looked at were not checked */
+        if (so[i] < so[0] || so[i + 1] < so[i] || so[i + 1] > so[n] || d_o[i] < d_o[0] || d_o[i + 1] < d_o[i] ||
+            d_o[i + 1] > d_o[n]) {
+            ok = 0;
+            break;
+        }
+        uint64_t hs = hash_value(sd, so[i], so[i + 1]), hd = hash_value(dd, d_o[i], d_o[i + 1]);
+        Py_ssize_t slot = request ? front++ : --back;
+        rows[slot] = (int32_t)i;
+        windows[slot] = at / window_seconds * window_seconds;
+        hashes[slot] = request ? flow_key(eni_hash[e], hd, hs, d, s, p) : flow_key(eni_hash[e], hs, hd, s, d, p);
+    }
+    Py_END_ALLOW_THREADS
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "offsets not monotonic");
+        goto done;
+    }
+    result = Py_BuildValue("(nnOOO)", front, n - back, rows_out, windows_out, hashes_out);
+done:
+    Py_XDECREF(rows_out);
+    Py_XDECREF(windows_out);
+    Py_XDECREF(hashes_out);
+    Py_buffer *all[] = {&t, &sport, &dport, &proto, &present, &action, &kinds, &eni, &eni_hashes, &src_off, &src_data, &dst_off, &dst_data};
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) PyBuffer_Release(all[k]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "scan(parts, kinds, header) -> (rows, columns) | None: see the module source."},
     {"hash_strings", hash_strings, METH_VARARGS, "hash_strings(offsets, data, offset, length) -> bytes: see the source."},
+    {"nacl_candidates", nacl_candidates, METH_VARARGS, "nacl_candidates(...) -> (requests, replies, rows, windows, hashes): see the source."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -491,4 +645,9 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_scan", "Native tokenizer for clean flow-log chunks.", -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__scan(void) { return PyModule_Create(&module); }
+/* VERSION 2: field kind 4 (int32) and nacl_candidates */
+PyMODINIT_FUNC PyInit__scan(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", 2) < 0) Py_CLEAR(m);
+    return m;
+}

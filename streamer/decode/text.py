@@ -47,7 +47,9 @@ except ImportError:  # built without a C compiler: Arrow alone
 
 #: Whether clean chunks take the native tokenizer (STREAMER_NATIVE=0 turns it off, e.g. to compare).
 NATIVE = _scan is not None and os.environ.get("STREAMER_NATIVE", "1") != "0"
-_SKIP, _INTEGER, _STRING, _DICTIONARY = 0, 1, 2, 3
+_SKIP, _INTEGER, _STRING, _DICTIONARY, _INT32 = 0, 1, 2, 3, 4
+#: a build that parses int32 fields itself (kind 4): no int64 column to cast and range-check afterwards
+_NATIVE_INT32 = getattr(_scan, "VERSION", 1) >= 2
 _MAX_PARTS = 64  # as in _scan.c
 
 
@@ -87,6 +89,8 @@ class TextDecoder:
         self._kinds = bytes(
             _SKIP
             if f not in wanted
+            else _INT32
+            if FIELDS[f].type == pa.int32() and _NATIVE_INT32
             else _INTEGER
             if FIELDS[f].numeric
             else _DICTIONARY
@@ -94,6 +98,7 @@ class TextDecoder:
             else _STRING
             for f in fields
         )
+        self._wanted_kinds = [k for k in self._kinds if k != _SKIP]  # in `self.columns` order
         self.native = NATIVE
         self._as_text = pcsv.ConvertOptions(
             include_columns=list(self.columns),
@@ -139,12 +144,13 @@ class TextDecoder:
         rows, cols = got
         arrays: list[pa.Array] = []
         try:
-            for name, (nulls, bitmap, *buffers) in zip(self.columns, cols, strict=True):
+            for name, kind, (nulls, bitmap, *buffers) in zip(self.columns, self._wanted_kinds, cols, strict=True):
                 validity = None if bitmap is None else pa.py_buffer(bitmap)
                 target = FIELDS[name].type
-                if FIELDS[name].numeric:  # buffers: int64 values
-                    arr = pa.Array.from_buffers(pa.int64(), rows, [validity, pa.py_buffer(buffers[0])], nulls)
-                    arrays.append(arr if target == pa.int64() else arr.cast(target))  # out of int32 range: Arrow's path
+                if FIELDS[name].numeric:  # buffers: int32 values (kind 4) or int64 ones
+                    width = pa.int32() if kind == _INT32 else pa.int64()
+                    arr = pa.Array.from_buffers(width, rows, [validity, pa.py_buffer(buffers[0])], nulls)
+                    arrays.append(arr if target == width else arr.cast(target))  # out of int32 range: Arrow's path
                 elif len(buffers) == 2:  # offsets, data
                     arrays.append(pa.Array.from_buffers(pa.string(), rows, [validity, *map(pa.py_buffer, buffers)], nulls))
                 else:  # codes, the dictionary's offsets and data

@@ -175,3 +175,28 @@ def test_a_pending_request_takes_8_bytes() -> None:
     _, pairing = run([[request(W + 5, port=p) for p in range(50001, 50101)]])
     assert pairing.entries() == 100
     assert pairing.nbytes() == 100 * 8
+
+
+def test_a_record_without_an_end_takes_its_start_and_one_without_either_is_none() -> None:
+    """`end` null (as the tokenizer and Parquet leave it: 0 under the null) falls back to `start`; a record
+    with neither time is no candidate, on the native and the numpy path alike."""
+    import pyarrow as pa
+
+    from streamer.aggregate import pairing as p
+
+    table = pa.table(
+        {
+            "interface-id": [ENI] * 3,
+            "srcaddr": ["10.0.1.5", "52.94.1.10", "52.94.1.10"],
+            "dstaddr": ["52.94.1.10", "10.0.1.5", "10.0.1.5"],
+            "srcport": pa.array([50001, 443, 443], pa.int32()),
+            "dstport": pa.array([443, 50001, 50002], pa.int32()),
+            "protocol": pa.array([6, 6, 6], pa.int32()),
+            "action": ["ACCEPT", "REJECT", "REJECT"],
+            "start": pa.array([W + 1, W + 30, None], pa.int64()),
+            "end": pa.array([W + 2, None, None], pa.int64()),
+        }
+    )
+    got = p.candidates(table, 60)
+    assert got.column("request").to_pylist() == [True, False]
+    assert got.column("window").to_pylist() == [W, W]

@@ -1,0 +1,106 @@
+"""The native candidate selection (`_scan.nacl_candidates`) gives the same table as the numpy reference,
+on any batch: nulls anywhere, dictionary or plain columns, int32 or int64 ports, sliced arrays, records
+without a time or beyond `max_time`. A build without a C compiler (or STREAMER_NATIVE=0) runs the
+reference, and its candidates must pair with the native build's committed state."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamer.aggregate import pairing
+
+
+@pytest.fixture(autouse=True)
+def native_built() -> None:
+    if pairing._native_candidates is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the native part was not built in CI (streamer/decode/_scan.c needs a C compiler)")
+        pytest.skip("native part not built")
+
+
+ENIS = st.one_of(st.none(), st.sampled_from(["eni-0a", "eni-0b", "eni-0c"]))
+ADDRESSES = st.one_of(st.none(), st.sampled_from(["10.0.1.5", "52.94.1.10", "2600:1f18::1", "", "10.0.1.50"]))
+PORTS = st.one_of(st.none(), st.sampled_from([0, 22, 443, 1023, 1024, 50001, 65535, 65536]), st.integers(-5, 70000))
+PROTOCOLS = st.one_of(st.none(), st.sampled_from([1, 6, 17, 262]))
+ACTIONS = st.one_of(st.none(), st.sampled_from(["ACCEPT", "REJECT", "-", "accept"]))
+TIMES = st.one_of(st.none(), st.integers(-120, 1_000))
+ROW = st.tuples(ENIS, ADDRESSES, ADDRESSES, PORTS, PORTS, PROTOCOLS, ACTIONS, TIMES, TIMES)
+
+
+def batch(rows: list[tuple[object, ...]], dictionary: bool, wide: bool, front: int) -> pa.Table:
+    names = ("interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol", "action", "end", "start")
+    ports = pa.int64() if wide else pa.int32()
+    types = (pa.string(), pa.string(), pa.string(), ports, ports, ports, pa.string(), pa.int64(), pa.int64())
+    cols = [pa.array([r[i] for r in rows], t) for i, t in enumerate(types)]
+    if dictionary:
+        cols[0], cols[6] = cols[0].dictionary_encode(), cols[6].dictionary_encode()
+    front = min(front, len(rows) - 1)
+    return pa.table(dict(zip(names, [c.slice(front) for c in cols], strict=True)))  # sliced: offsets != 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(ROW, min_size=1, max_size=60),
+    st.booleans(),
+    st.booleans(),
+    st.integers(0, 3),
+    st.one_of(st.none(), st.integers(0, 1_000)),
+)
+def test_native_and_numpy_candidates_are_equal(
+    rows: list[tuple[object, ...]], dictionary: bool, wide: bool, front: int, max_time: int | None
+) -> None:
+    table = batch(rows, dictionary, wide, front)
+    native = pairing.candidates(table, 60, max_time)
+    saved = pairing._native_candidates
+    pairing._native_candidates = None
+    try:
+        reference = pairing.candidates(table, 60, max_time)
+    finally:
+        pairing._native_candidates = saved
+    assert native.to_pylist() == reference.to_pylist()
+
+
+def test_requests_come_sorted_by_window_then_key_each_once() -> None:
+    """What `_add_requests` merges: each batch's requests already in order (repeats of one flow in one
+    window are one request)."""
+    n = 8
+    table = pa.table(
+        {
+            "interface-id": ["eni-0a"] * n,
+            "srcaddr": ["10.0.1.5", "10.0.1.6", "10.0.1.5", "10.0.1.7", "10.0.1.5", "10.0.1.6", "10.0.1.8", "10.0.1.5"],
+            "dstaddr": ["52.94.1.10"] * n,
+            "srcport": pa.array([50001] * n, pa.int32()),
+            "dstport": pa.array([443] * n, pa.int32()),
+            "protocol": pa.array([6] * n, pa.int32()),
+            "action": ["ACCEPT"] * n,
+            "end": [130, 70, 130, 10, 70, 130, 70, 130],
+        }
+    )
+    found = pairing.candidates(table, 60)
+    keys = list(zip(found.column("window").to_pylist(), found.column("hash").to_pylist(), strict=True))
+    assert keys == sorted(set(keys))
+    assert [w for w, _ in keys] == [0, 60, 60, 60, 120, 120]
+
+
+def test_offsets_out_of_order_before_a_candidate_are_an_error_not_a_read_outside_the_data() -> None:
+    """Only candidate rows' offsets are looked at: a row skipped before one must not let it start before
+    the data (a start of -2^30 read 1 GiB before the buffer: a crash)."""
+    import numpy as np
+
+    from streamer.decode import _scan
+
+    def i32(*v: int) -> np.ndarray:
+        return np.array(v, np.int32)
+
+    bad, good = i32(0, -(1 << 30), 5), i32(0, 2, 5)
+    args = (np.array([10, 10], np.int64), i32(40000, 443), i32(443, 40000), i32(6, 6), b"", i32(5, 1))
+    rest = (np.array([1, 2], np.uint8), i32(0, 0), np.array([1], np.uint64))
+    with pytest.raises(ValueError, match="monotonic"):
+        _scan.nacl_candidates(*args, *rest, bad, b"abcde", 0, good, b"abcde", 0, 60, 1 << 62)
+    with pytest.raises(ValueError, match="monotonic"):
+        _scan.nacl_candidates(*args, *rest, good, b"abcde", 0, bad, b"abcde", 0, 60, 1 << 62)
