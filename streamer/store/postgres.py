@@ -451,7 +451,8 @@ class PostgresStore:
             cur.execute(
                 f"UPDATE leases SET expires_at = {DB_NOW} + %s FROM (SELECT kind, name FROM leases "
                 f"WHERE owner = %s AND expires_at > {DB_NOW} "
-                "AND (kind, name) IN (SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY kind COLLATE "C", name COLLATE "C" FOR UPDATE) AS mine "
+                "AND (kind, name) IN (SELECT * FROM unnest(%s::text[], %s::text[])) "
+                'ORDER BY kind COLLATE "C", name COLLATE "C" FOR UPDATE) AS mine '
                 "WHERE leases.kind = mine.kind AND leases.name = mine.name RETURNING leases.kind, leases.name",
                 (lease_seconds, self.replica_id, [k for k, _ in held], [n for _, n in held]),
             )
