@@ -420,7 +420,8 @@ def partial(seed: int, start_epoch: int, enis: int = 20, records: int = 400) -> 
     return encode_partial([window_batch(table, 60, int(time.time()) + 300)])
 
 
-def leader_of(m: Member) -> LeaderDetector:
+def leader_of(m: Member, **options: Any) -> LeaderDetector:
+    """A leader detector on `m`'s store and coordinator (`options`: LeaderDetector's keywords)."""
     settings = Settings(window_seconds=60)
     return LeaderDetector(
         m.coordinator,
@@ -428,6 +429,7 @@ def leader_of(m: Member) -> LeaderDetector:
         lambda blob: Detection.restore(blob, settings, 3600),
         Alerter(AlertsConfig(), CollectorRegistry()),
         m.store.call,
+        **options,
     )
 
 

@@ -16,8 +16,6 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamer.aggregate.anomaly import Settings
-from streamer.aggregate.detection import Detection
 from streamer.aggregate.nacl_totals import TOTALS_SNAPSHOT
 from streamer.aggregate.pairing import PARTIAL_SOURCE
 from streamer.aggregate.state import OTHER_INTERFACE, FlowState
@@ -33,6 +31,7 @@ from streamer.store.leases import LEADER
 from streamer.store.postgres import PostgresStore
 from tests.integration.conftest import service_config
 from tests.integration.test_fleet_faults import Member, members, sql
+from tests.integration.test_fleet_faults import leader_of as fleet_leader
 from tests.unit.aggregate.test_pairing import LATENESS
 from tests.unit.store.test_leader import pairs_of
 
@@ -52,18 +51,7 @@ class Clock:
 
 
 def leader_of(m: Member, clock: Clock) -> LeaderDetector:
-    settings = Settings(window_seconds=60)
-    return LeaderDetector(
-        m.coordinator,
-        lambda: Detection.create(settings, 3600),
-        lambda blob: Detection.restore(blob, settings, 3600),
-        Alerter(AlertsConfig(), CollectorRegistry()),
-        m.store.call,
-        clock=clock,
-        pairing_lateness_seconds=LATENESS,
-        max_interfaces=CAP,
-        interface_idle_seconds=IDLE,
-    )
+    return fleet_leader(m, clock=clock, pairing_lateness_seconds=LATENESS, max_interfaces=CAP, interface_idle_seconds=IDLE)
 
 
 def exported(leader: LeaderDetector) -> dict[str, float]:

@@ -3,7 +3,7 @@ input pairs nothing twice."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,9 +16,10 @@ from streamer.aggregate.state import FlowState
 from streamer.export.telemetry import Telemetry
 from streamer.pipeline import DUPLICATE, Pipeline, Store
 from streamer.sources.base import Delivery, single_chunk
-from streamer.store.base import CheckpointError, Commit, Done, Refused
+from streamer.store.base import CheckpointError, Done
 from streamer.store.sqlite import CheckpointStore
 from tests.unit.aggregate.test_pairing import ENI, LATENESS, W, body, reply, request
+from tests.unit.test_pipeline_ambiguous import Ambiguous
 
 
 @pytest.fixture
@@ -87,30 +88,13 @@ async def test_the_state_is_committed_in_pieces_and_old_windows_go_with_the_coun
     pipe.store.close()
 
 
-class _Ambiguous(CheckpointStore):
-    """A checkpoint whose next group commit fails with an unknown outcome: landed (`landed`) or not."""
-
-    def __init__(self, path: Path, landed: bool) -> None:
-        super().__init__(path)
-        self.landed = landed
-        self.fail_next = False
-
-    def commit_group(self, changes: Sequence[Commit]) -> list[Refused]:
-        if not self.fail_next:
-            return super().commit_group(changes)
-        self.fail_next = False
-        if self.landed:
-            super().commit_group(changes)
-        raise CheckpointError("connection lost; did it commit?")
-
-
 @pytest.mark.parametrize("landed", [False, True])
 async def test_after_a_commit_with_an_unknown_outcome_the_retry_pairs_exactly_once(
     tmp_path: Path, pool: ThreadPoolExecutor, landed: bool
 ) -> None:
     """The pairing state is read back from the checkpoint with the counters: a retry of an input whose commit
     landed is a duplicate and pairs nothing, one that did not land pairs once."""
-    store = _Ambiguous(tmp_path / "state.db", landed)
+    store = Ambiguous(tmp_path / "state.db", landed)
     telemetry = Telemetry(CollectorRegistry())
     pipe = Pipeline(FlowState(), Store(store), telemetry, pool, insights_window_seconds=60, pairing=Pairing(LATENESS))
     assert await pipe.process("s3", delivery("request", body([request(W + 5)]))) == "ok"
