@@ -28,6 +28,7 @@ fields it needs; a format without them simply gets no rows.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable
 
 import numpy as np
@@ -36,6 +37,11 @@ import pyarrow.compute as pc
 
 from streamer.aggregate import pairing
 from streamer.aggregate.columns import equals, int_values, ints, valid
+
+try:
+    from streamer.decode import _scan
+except ImportError:  # built without a C compiler
+    _scan = None  # type: ignore[assignment]
 
 NACL = "nacl_return_rejects"
 GATEWAY = "gateway_endpoint_candidates"
@@ -88,6 +94,8 @@ COLUMNS = (
     "pkt-dst-aws-service",
     "vpc-id",
 )
+#: the native IPv6, traffic-path and gateway counts (None: no native part, an older one, or STREAMER_NATIVE=0)
+_native_counts = getattr(_scan, "insight_counts", None) if os.environ.get("STREAMER_NATIVE", "1") != "0" else None
 _FLOW = ("interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol")
 _GLOBAL_IPV6 = r"^[23][0-9a-fA-F]{3}:"
 
@@ -111,14 +119,16 @@ def insight_batch(table: pa.Table, window_seconds: int, max_time: int | None = N
     pairs = None
     if have.issuperset((*_FLOW, "action")):
         pairs = _nacl(table, window_seconds, max_time)
-    if have.issuperset(("pkt-dst-aws-service", "traffic-path", "flow-direction")):
-        parts.append(_gateway(table))
-    if have.issuperset(("interface-id", "action", "srcaddr", "flow-direction")) and (
+    gateway = have.issuperset(("pkt-dst-aws-service", "traffic-path", "flow-direction"))
+    ipv6 = have.issuperset(("interface-id", "action", "srcaddr", "flow-direction")) and (
         "tcp-flags" in have or have.issuperset(("protocol", "srcport", "dstport"))
-    ):
-        parts.append(_ipv6(table))
-    if "traffic-path" in have:
-        parts.append(_paths(table))
+    )
+    paths = "traffic-path" in have
+    counted = _native_signals(table, ipv6, paths, gateway) if _native_counts is not None else None
+    if counted is not None:
+        parts.extend(counted)
+    else:
+        parts.extend(signal(table) for signal, wanted in ((_gateway, gateway), (_ipv6, ipv6), (_paths, paths)) if wanted)
     parts = [p for p in parts if p.num_rows]
     # each part is one kind, a row per key already: put together, not folded
     return InsightBatch(pa.concat_tables(parts) if parts else SCHEMA.empty_table(), pairs=pairs)
@@ -327,6 +337,102 @@ def _rows(
         },
         schema=SCHEMA,
     )
+
+
+def _native_signals(table: pa.Table, ipv6: bool, paths: bool, gateway: bool) -> list[pa.Table] | None:
+    """`_gateway`, `_ipv6` and `_paths` (those wanted) in one pass of `_scan.insight_counts`, on the key
+    columns' dictionary codes; None when a key column is not one dictionary (then the numpy signals run)."""
+    assert _native_counts is not None
+    if not (ipv6 or paths or gateway):
+        return []
+    n = table.num_rows
+    have = set(table.column_names)
+
+    def coded(name: str) -> tuple[np.ndarray, pa.Array] | None:
+        col = table.column(name)
+        if col.num_chunks != 1 or not pa.types.is_dictionary(col.type) or col.type.value_type != pa.string():
+            return None
+        chunk = col.chunk(0)
+        if not chunk.null_count and chunk.indices.type == pa.int32():
+            return int_values(chunk.indices), chunk.dictionary  # as decoded: no copy
+        codes = ints(chunk.indices)
+        if chunk.null_count:
+            codes[~valid(chunk)] = -1
+        return codes.astype(np.int32), chunk.dictionary
+
+    def integers(name: str) -> np.ndarray | bytes:
+        return int_values(table.column(name)) if name in have else b""
+
+    direction = coded("flow-direction") if ipv6 or gateway else None
+    vpc = coded("vpc-id") if "vpc-id" in have else (np.full(n, -1, np.int32), pa.array([], pa.string()))
+    service = coded("pkt-dst-aws-service") if gateway else None
+    eni = coded("interface-id") if ipv6 else None
+    action = coded("action") if ipv6 else None
+    if ((ipv6 or gateway) and direction is None) or vpc is None or (gateway and service is None):
+        return None
+    if ipv6 and (eni is None or action is None):
+        return None
+    src = table.column("srcaddr") if ipv6 else None
+    if src is not None:
+        src = src.combine_chunks() if src.num_chunks != 1 else src.chunk(0)
+        if src.type != pa.string():
+            return None
+    nothing = (np.zeros(0, np.int32), pa.array([], pa.string()))
+    (dir_codes, dir_words), (svc_codes, svc_words) = direction or nothing, service or nothing
+    (eni_codes, eni_words), (action_codes, action_words) = eni or nothing, action or nothing
+    ingress, egress = (equals(dir_words, w).astype(np.uint8) for w in ("ingress", "egress"))
+    dir_kinds = (ingress | (egress << 1)).astype(np.uint8)
+    svc_kinds = np.logical_or.reduce([equals(svc_words, w) for w in GATEWAY_SERVICES]).astype(np.uint8) if len(svc_words) else b""
+    flags = integers("tcp-flags") if ipv6 and "tcp-flags" in have else b""
+    by_ports = ipv6 and not len(flags)
+    counts = _native_counts(
+        n, flags, *(integers(c) if by_ports else b"" for c in ("protocol", "srcport", "dstport")),
+        dir_codes, dir_kinds, *_string_buffers(src), src.offset if src is not None else 0,
+        valid(src).view(np.uint8) if src is not None and src.null_count else b"",
+        eni_codes, len(eni_words), action_codes, len(action_words),
+        integers("traffic-path") if paths or gateway else b"", vpc[0], len(vpc[1]), svc_codes, svc_kinds,
+        _int64s(table.column("bytes")) if "bytes" in have and (paths or gateway) else b"",
+        ipv6, paths, gateway,
+    )  # fmt: skip
+    ipv6_n, path_n, path_b, gw_n, gw_b = (np.frombuffer(b, np.int64) for b in counts)
+    out = []
+    if gateway:
+        out.append(_cells(GATEWAY, gw_n, gw_b, vpc[1], svc_words, len(svc_words), vpc_first=True))
+    if ipv6:
+        out.append(_cells(IPV6, ipv6_n, None, eni_words, action_words, len(action_words), vpc_first=False))
+    if paths:
+        names = pa.array([None, *[PATH_NAMES[i] for i in range(1, 9)]], pa.string())
+        out.append(_cells(PATHS, path_n, path_b, vpc[1], names, 9, vpc_first=True))
+    return out
+
+
+def _string_buffers(col: pa.Array | None) -> tuple[object, object]:
+    """A string array's offsets and data buffers (an empty one may have no data buffer)."""
+    if col is None:
+        return b"", b""
+    offsets, data = col.buffers()[1:3]
+    return offsets, data if data is not None else b""
+
+
+def _int64s(col: pa.ChunkedArray) -> np.ndarray:
+    """An integer column as int64, 0 where null: as decoded (no copy) when it is one int64 chunk without nulls."""
+    values = int_values(col)
+    return values if values.dtype == np.int64 and not col.null_count else ints(col, 0)
+
+
+def _cells(
+    kind: str, records: np.ndarray, nbytes: np.ndarray | None, first: pa.Array, second: pa.Array, width: int, vpc_first: bool
+) -> pa.Table:
+    """The non-empty cells of a count grid (cell = row * width + column) as rows of `kind`: a VPC first key
+    has a null row first (shown as "-"), an interface first key has none."""
+    cells = np.flatnonzero(records)
+    if not len(cells):
+        return SCHEMA.empty_table()
+    row, col = cells // width - (1 if vpc_first else 0), cells % width
+    key1 = first.take(pa.array(row.clip(0), mask=row < 0)) if len(first) else pa.nulls(len(cells), pa.string())
+    if vpc_first:
+        key1 = pc.fill_null(key1, "-")
+    return _rows(kind, key1, second.take(pa.array(col)), records[cells], nbytes[cells] if nbytes is not None else None)
 
 
 def fold(parts: Iterable[pa.Table]) -> pa.Table:

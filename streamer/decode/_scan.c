@@ -27,8 +27,9 @@
  * that pyarrow.Array.from_buffers wraps the buffers without copying them.
  *
  * hash_strings(offsets, data, offset, length) hashes every value of an Arrow string array to a uint64
- * for the NACL pairing, and nacl_candidates(...) selects and keys one batch's pairing candidates (see
- * each function). VERSION says which of these a build has.
+ * for the NACL pairing, nacl_candidates(...) selects and keys one batch's pairing candidates, and
+ * insight_counts(...) counts the other three insights of a batch (see each function). VERSION says
+ * which of these a build has.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -634,9 +635,131 @@ done:
     return result;
 }
 
+/*
+ * insight_counts(n, flags, proto, sport, dport, direction, direction_kinds, src_offsets, src_data, src_offset,
+ *                src_present, eni, n_eni, action, n_action, path, vpc, n_vpc, service, service_kinds, nbytes,
+ *                do_ipv6, do_paths, do_gateway) -> (ipv6, path_records, path_bytes, gateway_records, gateway_bytes)
+ *
+ * The IPv6, traffic-path and gateway signals of one batch in one pass (streamer.aggregate.insights: `_ipv6`,
+ * `_paths` and `_gateway` are the numpy reference; both count the same). Integer columns are int32 or int64
+ * buffers (by size; empty: absent, -1 null), string key columns int32 dictionary codes (-1 null) with a
+ * kind byte per word where the signal tests the word (direction 1 ingress 2 egress; service 1 S3 or
+ * DynamoDB), `src_present` a byte per row (empty: all present), `nbytes` int64 (empty: 0). Each output is
+ * an int64 count per cell: IPv6 starts per (eni, action) at eni * n_action + action; records and bytes per
+ * (vpc + 1, path 1..8) at (vpc + 1) * 9 + path; per (vpc + 1, service) at (vpc + 1) * n_service + service.
+ * The GIL is released.
+ */
+static inline int int_width(const Py_buffer *b, Py_ssize_t n) { return b->len == 8 * n ? 8 : b->len == 4 * n ? 4 : 0; }
+
+static inline int64_t int_of(const Py_buffer *b, int width, Py_ssize_t i) {
+    return width == 8 ? ((const int64_t *)b->buf)[i] : (int64_t)((const int32_t *)b->buf)[i];
+}
+
+static inline int hex_digit(uint8_t c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+static PyObject *insight_counts(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_ssize_t n, src_offset, n_eni, n_action, n_vpc;
+    Py_buffer flags, proto, sport, dport, direction, dir_kinds, src_off, src_data, src_present, eni, action, path, vpc,
+        service, svc_kinds, nbytes;
+    int do_ipv6, do_paths, do_gateway;
+    if (!PyArg_ParseTuple(args, "ny*y*y*y*y*y*y*y*ny*y*ny*ny*y*ny*y*y*ppp", &n, &flags, &proto, &sport, &dport,
+                          &direction, &dir_kinds, &src_off, &src_data, &src_offset, &src_present, &eni, &n_eni, &action,
+                          &n_action, &path, &vpc, &n_vpc, &service, &svc_kinds, &nbytes, &do_ipv6, &do_paths,
+                          &do_gateway))
+        return NULL;
+    PyObject *result = NULL, *out[5] = {NULL, NULL, NULL, NULL, NULL};
+    Py_buffer *all[] = {&flags, &proto, &sport, &dport, &direction, &dir_kinds, &src_off, &src_data, &src_present,
+                        &eni, &action, &path, &vpc, &service, &svc_kinds, &nbytes};
+    int w_flags = int_width(&flags, n), w_proto = int_width(&proto, n), w_sport = int_width(&sport, n),
+        w_dport = int_width(&dport, n), w_path = int_width(&path, n);
+    Py_ssize_t n_dir = dir_kinds.len, n_svc = svc_kinds.len;
+    if (n < 0 || n_eni < 0 || n_action < 0 || n_vpc < 0) goto bad;
+    /* each signal's columns, checked only when the signal is counted */
+    if (do_ipv6) {
+        int by_flags = flags.len != 0;
+        if ((by_flags && !w_flags) || (!by_flags && (!w_proto || !w_sport || !w_dport)) || direction.len != 4 * n ||
+            eni.len != 4 * n || action.len != 4 * n || (src_present.len != 0 && src_present.len != n) ||
+            check_strings(&src_off, &src_data, src_offset, n) < 0)
+            goto bad;
+    }
+    if ((do_paths || do_gateway) && (!w_path || (vpc.len != 0 && vpc.len != 4 * n) || (nbytes.len != 0 && nbytes.len != 8 * n)))
+        goto bad;
+    if (do_gateway && (direction.len != 4 * n || service.len != 4 * n)) goto bad;
+    Py_ssize_t sizes[5] = {do_ipv6 ? n_eni * n_action : 0, do_paths ? (n_vpc + 1) * 9 : 0, do_paths ? (n_vpc + 1) * 9 : 0,
+                           do_gateway ? (n_vpc + 1) * n_svc : 0, do_gateway ? (n_vpc + 1) * n_svc : 0};
+    for (int k = 0; k < 5; k++) {
+        out[k] = PyBytes_FromStringAndSize(NULL, sizes[k] * (Py_ssize_t)sizeof(int64_t));
+        if (out[k] == NULL) goto done;
+        memset(PyBytes_AS_STRING(out[k]), 0, (size_t)sizes[k] * sizeof(int64_t));
+    }
+    int64_t *ipv6 = (int64_t *)PyBytes_AS_STRING(out[0]), *path_n = (int64_t *)PyBytes_AS_STRING(out[1]),
+            *path_b = (int64_t *)PyBytes_AS_STRING(out[2]), *gw_n = (int64_t *)PyBytes_AS_STRING(out[3]),
+            *gw_b = (int64_t *)PyBytes_AS_STRING(out[4]);
+    const int32_t *dir = direction.buf, *e_code = eni.buf, *a_code = action.buf, *v_code = vpc.len ? vpc.buf : NULL,
+                  *s_code = service.buf;
+    const uint8_t *dir_kind = dir_kinds.buf, *svc_kind = svc_kinds.buf, *present = src_present.len ? src_present.buf : NULL;
+    const int64_t *bytes_of = nbytes.len ? nbytes.buf : NULL;
+    const int32_t *so = do_ipv6 ? (const int32_t *)src_off.buf + src_offset : NULL;
+    const uint8_t *sd = src_data.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int d = -1; /* the row's direction kind, when a signal needs it */
+        if (do_ipv6 || do_gateway) {
+            int32_t c = dir[i];
+            d = c >= 0 && c < n_dir ? dir_kind[c] : 0;
+        }
+        if (do_paths || do_gateway) {
+            int64_t p = int_of(&path, w_path, i);
+            int32_t v = v_code ? v_code[i] : -1;
+            if (v < -1 || v >= n_vpc) v = -1; /* not a word of the dictionary: as null */
+            int64_t b = bytes_of ? bytes_of[i] : 0;
+            if (do_paths && p >= 1 && p <= 8) {
+                path_n[(v + 1) * 9 + p]++;
+                path_b[(v + 1) * 9 + p] += b;
+            }
+            if (do_gateway && (p == 1 || p == 8) && d == 2) {
+                int32_t s = s_code[i];
+                if (s >= 0 && s < n_svc && svc_kind[s] == 1) {
+                    gw_n[(v + 1) * n_svc + s]++;
+                    gw_b[(v + 1) * n_svc + s] += b;
+                }
+            }
+        }
+        if (do_ipv6 && d == 1) {
+            int starts;
+            if (w_flags) {
+                int64_t f = int_of(&flags, w_flags, i);
+                starts = f >= 0 && (f & 18) == 2;
+            } else {
+                int64_t p = int_of(&proto, w_proto, i), sp = int_of(&sport, w_sport, i), dp = int_of(&dport, w_dport, i);
+                starts = (p == 6 || p == 17) && dp >= 0 && dp < 1024 && sp >= 1024;
+            }
+            if (!starts || (present && !present[i])) continue;
+            int32_t start = so[i], end = so[i + 1];
+            if (start < so[0] || end > so[n] || end - start < 5) continue;
+            const uint8_t *h = sd + start;
+            if (h[4] != ':' || (h[0] != '2' && h[0] != '3') || !hex_digit(h[1]) || !hex_digit(h[2]) || !hex_digit(h[3]))
+                continue;
+            int32_t e = e_code[i], a = a_code[i];
+            if (e >= 0 && e < n_eni && a >= 0 && a < n_action) ipv6[(Py_ssize_t)e * n_action + a]++;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("(OOOOO)", out[0], out[1], out[2], out[3], out[4]);
+    goto done;
+bad:
+    PyErr_SetString(PyExc_ValueError, "insight_counts: a buffer of the wrong size");
+done:
+    for (int k = 0; k < 5; k++) Py_XDECREF(out[k]);
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) PyBuffer_Release(all[k]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "scan(parts, kinds, header) -> (rows, columns) | None: see the module source."},
     {"hash_strings", hash_strings, METH_VARARGS, "hash_strings(offsets, data, offset, length) -> bytes: see the source."},
+    {"insight_counts", insight_counts, METH_VARARGS, "insight_counts(...) -> five int64 count buffers: see the source."},
     {"nacl_candidates", nacl_candidates, METH_VARARGS, "nacl_candidates(...) -> (requests, replies, rows, windows, hashes): see the source."},
     {NULL, NULL, 0, NULL},
 };
@@ -645,9 +768,9 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_scan", "Native tokenizer for clean flow-log chunks.", -1, methods, NULL, NULL, NULL, NULL,
 };
 
-/* VERSION 2: field kind 4 (int32) and nacl_candidates */
+/* VERSION 2: field kind 4 (int32) and nacl_candidates; 3: insight_counts */
 PyMODINIT_FUNC PyInit__scan(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", 2) < 0) Py_CLEAR(m);
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", 3) < 0) Py_CLEAR(m);
     return m;
 }
