@@ -144,3 +144,30 @@ def test_a_buffer_of_the_wrong_size_is_an_error_not_a_read_outside_it() -> None:
             True,
             False,
         )
+
+
+def test_high_cardinality_keys_cost_memory_by_rows_not_by_the_key_grid() -> None:
+    """A misdeclared format can put a high-cardinality column where vpc-id and pkt-dst-aws-service are
+    expected: the count grid (vpc x service words) must not grow with the product of the two dictionaries
+    (a 32 MB text block would ask for hundreds of GB), whatever the rows hold."""
+    import tracemalloc
+
+    n = 3000
+    words = [f"w-{i}" for i in range(n)]
+    table = pa.table(
+        {
+            "flow-direction": pa.array(["egress"] * n, pa.string()).dictionary_encode(),
+            "traffic-path": pa.array([8] * n, pa.int32()),
+            "pkt-dst-aws-service": pa.array(["S3", *words[1:]], pa.string()).dictionary_encode(),
+            "vpc-id": pa.array(words, pa.string()).dictionary_encode(),
+            "bytes": pa.array([1] * n, pa.int64()),
+        }
+    )
+    tracemalloc.start()
+    try:
+        native, reference = both(table)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert native == reference
+    assert peak < 16 << 20, f"{peak >> 20} MB traced for {n} rows"
