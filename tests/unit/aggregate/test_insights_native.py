@@ -190,4 +190,5 @@ def test_word_counts_whose_grid_overflows_are_an_error_not_a_write_outside_it() 
         "    print('refused', exc)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
-    assert done.returncode == 0 and "refused" in done.stdout, (done.returncode, done.stdout, done.stderr)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert "refused" in done.stdout, done.stdout
