@@ -380,6 +380,11 @@ def _native_signals(table: pa.Table, ipv6: bool, paths: bool, gateway: bool) -> 
     nothing = (np.zeros(0, np.int32), pa.array([], pa.string()))
     (dir_codes, dir_words), (svc_codes, svc_words) = direction or nothing, service or nothing
     (eni_codes, eni_words), (action_codes, action_words) = eni or nothing, action or nothing
+    # the count grids grow with the product of two dictionaries, not with the rows: a high-cardinality column
+    # (a misdeclared format, a slice of a large dictionary) goes to the numpy signals, which count by rows
+    cells = (len(vpc[1]) + 1) * ((9 if paths else 0) + (len(svc_words) if gateway else 0))
+    if cells + (len(eni_words) * len(action_words) if ipv6 else 0) > 32 * n + 65536:
+        return None
     ingress, egress = (equals(dir_words, w).astype(np.uint8) for w in ("ingress", "egress"))
     dir_kinds = (ingress | (egress << 1)).astype(np.uint8)
     svc_kinds = np.logical_or.reduce([equals(svc_words, w) for w in GATEWAY_SERVICES]).astype(np.uint8) if len(svc_words) else b""

@@ -671,10 +671,13 @@ static PyObject *insight_counts(PyObject *self, PyObject *args) {
     PyObject *result = NULL, *out[5] = {NULL, NULL, NULL, NULL, NULL};
     Py_buffer *all[] = {&flags, &proto, &sport, &dport, &direction, &dir_kinds, &src_off, &src_data, &src_present,
                         &eni, &action, &path, &vpc, &service, &svc_kinds, &nbytes};
+    Py_ssize_t n_dir = dir_kinds.len, n_svc = svc_kinds.len;
+    /* codes are int32, so no dictionary has more words; with these bounds no size below overflows */
+    if (n < 0 || n > PY_SSIZE_T_MAX / 8 || n_eni < 0 || n_eni > INT32_MAX || n_action < 0 || n_action > INT32_MAX ||
+        n_vpc < 0 || n_vpc >= INT32_MAX || n_svc > INT32_MAX)
+        goto bad;
     int w_flags = int_width(&flags, n), w_proto = int_width(&proto, n), w_sport = int_width(&sport, n),
         w_dport = int_width(&dport, n), w_path = int_width(&path, n);
-    Py_ssize_t n_dir = dir_kinds.len, n_svc = svc_kinds.len;
-    if (n < 0 || n_eni < 0 || n_action < 0 || n_vpc < 0) goto bad;
     /* each signal's columns, checked only when the signal is counted */
     if (do_ipv6) {
         int by_flags = flags.len != 0;
@@ -689,6 +692,10 @@ static PyObject *insight_counts(PyObject *self, PyObject *args) {
     Py_ssize_t sizes[5] = {do_ipv6 ? n_eni * n_action : 0, do_paths ? (n_vpc + 1) * 9 : 0, do_paths ? (n_vpc + 1) * 9 : 0,
                            do_gateway ? (n_vpc + 1) * n_svc : 0, do_gateway ? (n_vpc + 1) * n_svc : 0};
     for (int k = 0; k < 5; k++) {
+        if (sizes[k] > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(int64_t)) {
+            PyErr_NoMemory();
+            goto done;
+        }
         out[k] = PyBytes_FromStringAndSize(NULL, sizes[k] * (Py_ssize_t)sizeof(int64_t));
         if (out[k] == NULL) goto done;
         memset(PyBytes_AS_STRING(out[k]), 0, (size_t)sizes[k] * sizeof(int64_t));

@@ -144,3 +144,51 @@ def test_a_buffer_of_the_wrong_size_is_an_error_not_a_read_outside_it() -> None:
             True,
             False,
         )
+
+
+def test_high_cardinality_keys_cost_memory_by_rows_not_by_the_key_grid() -> None:
+    """A misdeclared format can put a high-cardinality column where vpc-id and pkt-dst-aws-service are
+    expected: the count grid (vpc x service words) must not grow with the product of the two dictionaries
+    (a 32 MB text block would ask for hundreds of GB), whatever the rows hold."""
+    import tracemalloc
+
+    n = 3000
+    words = [f"w-{i}" for i in range(n)]
+    table = pa.table(
+        {
+            "flow-direction": pa.array(["egress"] * n, pa.string()).dictionary_encode(),
+            "traffic-path": pa.array([8] * n, pa.int32()),
+            "pkt-dst-aws-service": pa.array(["S3", *words[1:]], pa.string()).dictionary_encode(),
+            "vpc-id": pa.array(words, pa.string()).dictionary_encode(),
+            "bytes": pa.array([1] * n, pa.int64()),
+        }
+    )
+    tracemalloc.start()
+    try:
+        native, reference = both(table)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert native == reference
+    assert peak < 16 << 20, f"{peak >> 20} MB traced for {n} rows"
+
+
+def test_word_counts_whose_grid_overflows_are_an_error_not_a_write_outside_it() -> None:
+    """n_eni * n_action (and n * 8) are products of caller-given sizes: one that wraps must not size the
+    output small and then index it by the codes (a write outside it). Run apart: the bug is a segfault."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from streamer.aggregate import insights as ins\n"
+        "i32 = lambda *v: np.array(v, np.int32)\n"
+        "try:\n"
+        "    ins._native_counts(1, i32(2), b'', b'', b'', i32(0), np.array([1], np.uint8), i32(0, 5), b'2600:', 0, b'',\n"
+        "                       i32(1), 2**40, i32(0), 2**24, b'', b'', 0, b'', b'', b'', True, False, False)\n"
+        "except (ValueError, MemoryError) as exc:\n"
+        "    print('refused', exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert "refused" in done.stdout, done.stdout
