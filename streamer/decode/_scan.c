@@ -723,13 +723,13 @@ static PyObject *insight_counts(PyObject *self, PyObject *args) {
             int64_t b = bytes_of ? bytes_of[i] : 0;
             if (do_paths && p >= 1 && p <= 8) {
                 path_n[(v + 1) * 9 + p]++;
-                path_b[(v + 1) * 9 + p] += b;
+                path_b[(v + 1) * 9 + p] = (int64_t)((uint64_t)path_b[(v + 1) * 9 + p] + (uint64_t)b); /* wraps as numpy */
             }
             if (do_gateway && (p == 1 || p == 8) && d == 2) {
                 int32_t s = s_code[i];
                 if (s >= 0 && s < n_svc && svc_kind[s] == 1) {
                     gw_n[(v + 1) * n_svc + s]++;
-                    gw_b[(v + 1) * n_svc + s] += b;
+                    gw_b[(v + 1) * n_svc + s] = (int64_t)((uint64_t)gw_b[(v + 1) * n_svc + s] + (uint64_t)b);
                 }
             }
         }

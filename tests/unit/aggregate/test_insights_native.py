@@ -72,6 +72,7 @@ def both(table: pa.Table) -> tuple[list[dict[str, object]], list[dict[str, objec
         reference = ins.insight_batch(table, 60).sums
     finally:
         ins._native_counts = saved
+
     def rows(t: pa.Table) -> list[dict[str, object]]:  # the order of a kind's rows carries no meaning
         return sorted(t.to_pylist(), key=lambda r: (r["kind"], r["key1"], r["key2"]))
 
