@@ -78,6 +78,25 @@ def process_peak_mib(pid: int) -> float:
     return 0.0
 
 
+def one_process(fleet: Fleet) -> None:
+    """Make the fleet's replicas (one) a single process on SQLite: no fleet section in its config."""
+    import yaml
+
+    for r in fleet.replicas:
+        doc = yaml.safe_load(r.config.read_text())
+        del doc["fleet"]
+        r.config.write_text(yaml.safe_dump(doc))
+
+
+def wait_ready(fleet: Fleet, label: str, seconds: float = 120) -> None:
+    """Until every replica answers /readyz (polled every 50 ms), or exit with their logs."""
+    deadline = time.monotonic() + seconds
+    while not all(ready(r) for r in fleet.replicas):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{label}: not ready in {seconds:.0f} s:\n{fleet.logs()}")
+        time.sleep(0.05)
+
+
 def ready(replica: Replica) -> bool:
     try:
         return int(urllib.request.urlopen(f"http://127.0.0.1:{replica.port}/readyz", timeout=2).status) == 200
@@ -140,19 +159,10 @@ def service_run(
     folder = tmp / label
     folder.mkdir()
     fleet = Fleet(folder, config, n=replicas)
-    if "url" not in checkpoint:  # one process on SQLite: no fleet section
-        import yaml
-
-        for r in fleet.replicas:
-            doc = yaml.safe_load(r.config.read_text())
-            del doc["fleet"]
-            r.config.write_text(yaml.safe_dump(doc))
+    if "url" not in checkpoint:
+        one_process(fleet)
     with fleet:
-        deadline = time.monotonic() + 120
-        while not all(ready(r) for r in fleet.replicas):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{label}: not ready in 120 s:\n{fleet.logs()}")
-            time.sleep(0.1)
+        wait_ready(fleet, label)
         bodies = [notification(bucket, key, size, etag) for key, size, etag in uploaded]
         started = time.perf_counter()
         for i in range(0, len(bodies), 10):

@@ -32,7 +32,7 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.delivery import counted, process_peak_mib, ready  # noqa: E402
+from bench.delivery import counted, one_process, process_peak_mib, wait_ready  # noqa: E402
 from tests.integration.conftest import aws_key, boto  # noqa: E402
 from tests.integration.test_fleet import Fleet  # noqa: E402
 
@@ -41,18 +41,9 @@ def timed(label: str, tmp: Path, source: dict[str, Any], total: int) -> dict[str
     folder = tmp / label
     folder.mkdir()
     fleet = Fleet(folder, {"checkpoint": {"path": str(folder / "state.db")}, "sources": [source]}, n=1)
-    import yaml
-
-    for r in fleet.replicas:  # one process on SQLite: no fleet section
-        doc = yaml.safe_load(r.config.read_text())
-        del doc["fleet"]
-        r.config.write_text(yaml.safe_dump(doc))
+    one_process(fleet)
     with fleet:
-        deadline = time.monotonic() + 120
-        while not all(ready(r) for r in fleet.replicas):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{label}: not ready in 120 s:\n{fleet.logs()}")
-            time.sleep(0.05)
+        wait_ready(fleet, label)
         started = time.perf_counter()
         deadline = time.monotonic() + 600
         while counted(fleet) < total:

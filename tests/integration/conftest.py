@@ -37,6 +37,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def until(predicate, what: str, seconds: float = 30, context=lambda: "") -> None:  # type: ignore[no-untyped-def]
+    """Wait (on the loop) until `predicate()` holds, failing the test after `seconds` with `what` and `context()`."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what} ({context()})"
+        await asyncio.sleep(0.02)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Any]:
     """One real PostgreSQL for the session (see postgres.py)."""

@@ -19,7 +19,7 @@ import pytest
 from streamer.aws import AwsClients
 from streamer.sources.base import DUPLICATE, BuildContext, Delivery
 from streamer.sources.kinesis import KinesisSource, KinesisSourceConfig
-from tests.integration.conftest import boto
+from tests.integration.conftest import boto, until
 
 pytestmark = pytest.mark.integration
 
@@ -78,13 +78,6 @@ class HoldingSink:
 
     def queue_backlog(self, source: str, waiting: int, held: int, oldest_age_seconds: float | None) -> None:
         raise AssertionError("not a queue")
-
-
-async def until(predicate, what: str, seconds: float = 30, context=lambda: "") -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what} ({context()})"
-        await asyncio.sleep(0.02)
 
 
 def stream(aws: str, shards: int, per_shard: int) -> tuple[list[str], dict[str, list[str]]]:

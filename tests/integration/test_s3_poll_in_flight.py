@@ -15,7 +15,7 @@ import pytest
 from streamer.aws import AwsClients
 from streamer.sources.base import Delivery
 from streamer.sources.s3_poll import S3PollSource, S3SourceConfig
-from tests.integration.conftest import aws_key, boto
+from tests.integration.conftest import aws_key, boto, until
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +49,6 @@ class HoldingSink:
 
     def queue_backlog(self, source: str, waiting: int, held: int, oldest_age_seconds: float | None) -> None:
         raise AssertionError("not a queue")
-
-
-async def until(predicate, what: str, seconds: float = 30, context=lambda: "") -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what} ({context()})"
-        await asyncio.sleep(0.02)
 
 
 async def nothing_done(keys: list[str]) -> set[str]:

@@ -16,7 +16,7 @@ import pytest
 from streamer.aws import AwsClients
 from streamer.sources.base import BuildContext, Delivery
 from streamer.sources.s3_sqs import S3SqsSourceConfig
-from tests.integration.conftest import boto
+from tests.integration.conftest import boto, until
 
 pytestmark = pytest.mark.integration
 
@@ -57,13 +57,6 @@ class HoldingSink:
 def event(key: str, size: int) -> str:
     obj = {"key": key, "size": size, "eTag": "abc"}
     return json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": obj}}]})
-
-
-async def until(predicate, what: str, seconds: float = 30, context=lambda: "") -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what} ({context()})"
-        await asyncio.sleep(0.02)
 
 
 def queue(sqs: Any, url: str) -> tuple[str, str]:
