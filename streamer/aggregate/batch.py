@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamer.aggregate import counters, insights, windows
+from streamer.aggregate.pairing import Candidates
 from streamer.aggregate.state import FlowState
 
 #: Columns the live pipeline needs decoded, without and with windows.
@@ -67,5 +68,5 @@ def delta_of(parts: list[BatchResult]) -> FlowState:
             insights.merge_examples(delta.insight_examples, f.examples)
         pairs = [f.pairs for f in found if f.pairs is not None and f.pairs.num_rows]
         if pairs:
-            delta.pairs = pa.concat_tables(pairs)
+            delta.pairs = Candidates.join(pairs)
     return delta

@@ -85,10 +85,15 @@ def ints(col: pa.ChunkedArray | pa.Array, null: int = -1) -> np.ndarray:
     for chunk in _chunks_of(col):
         if not pa.types.is_integer(chunk.type):
             chunk = pc.cast(chunk, pa.int64())
-        values = _values(chunk).astype(np.int64)
-        if chunk.null_count:
+        values = _values(chunk)
+        if not chunk.null_count:
+            parts.append(values.astype(np.int64))
+        elif values.dtype.kind == "i":  # one pass: the values where valid, `null` where not (signed: as int64)
+            parts.append(np.where(_valid_chunk(chunk), values, np.int64(null)))
+        else:
+            values = values.astype(np.int64)
             values[~_valid_chunk(chunk)] = null
-        parts.append(values)
+            parts.append(values)
     return _joined(parts, np.int64)
 
 
@@ -115,6 +120,27 @@ def _codes_of(words: pa.Array, value: str) -> np.ndarray:
     if len(words) <= _SMALL_DICTIONARY and words.type == pa.string():
         return np.array([i for i, w in enumerate(words.to_pylist()) if w == value], np.int64)
     return np.flatnonzero(np.asarray(pc.fill_null(pc.equal(words, value), False).to_numpy(zero_copy_only=False), bool))
+
+
+def word_kinds(words: pa.Array, kinds: dict[str, int]) -> np.ndarray:
+    """A byte per dictionary word: `kinds[word]`, 0 for any other word (or null). A small dictionary is
+    read in Python (microseconds); a large one is compared by Arrow, a kind at a time."""
+    if len(words) <= _SMALL_DICTIONARY and words.type == pa.string():
+        return np.array([kinds.get(w, 0) if w is not None else 0 for w in words.to_pylist()], np.uint8)
+    out = np.zeros(len(words), np.uint8)
+    for word, kind in kinds.items():
+        out[equals(words, word)] = kind
+    return out
+
+
+def codes_or_null(col: pa.Array) -> np.ndarray:
+    """A dictionary array's int32 codes, -1 where null (as decoded, no copy, when there is no null)."""
+    codes = _values(col.indices)
+    if codes.dtype != np.int32:
+        codes = codes.astype(np.int32)
+    if not col.null_count:
+        return codes
+    return np.where(_valid_chunk(col), codes, np.int32(-1))
 
 
 def int_values(col: pa.ChunkedArray | pa.Array) -> np.ndarray:

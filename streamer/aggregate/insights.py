@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamer.aggregate import pairing
-from streamer.aggregate.columns import equals, int_values, ints, valid
+from streamer.aggregate.columns import codes_or_null, equals, int_values, ints, valid, word_kinds
 
 try:
     from streamer.decode import _scan
@@ -76,6 +76,8 @@ SCHEMA = pa.schema(
     ]
 )
 KEYS = ("kind", "key1", "key2")
+#: no sums (a table is immutable: one is shared)
+_EMPTY = SCHEMA.empty_table()
 #: Columns of a decoded table the insights read (each signal uses those the format has).
 COLUMNS = (
     "interface-id",
@@ -106,14 +108,14 @@ class InsightBatch:
 
     sums: pa.Table
     examples: dict[str, str] = dataclasses.field(default_factory=dict)
-    #: NACL pairing candidates (`pairing.CANDIDATES`), paired across inputs by `pairing.Pairing`
-    pairs: pa.Table | None = None
+    #: NACL pairing candidates, paired across inputs by `pairing.Pairing`
+    pairs: pairing.Candidates | None = None
 
 
 def insight_batch(table: pa.Table, window_seconds: int, max_time: int | None = None) -> InsightBatch:
     """All four signals of one decoded batch (records later than `max_time` are no pairing candidates)."""
     if not table.num_rows:
-        return InsightBatch(SCHEMA.empty_table())
+        return InsightBatch(_EMPTY)
     have = set(table.column_names)
     parts: list[pa.Table] = []
     pairs = None
@@ -131,7 +133,8 @@ def insight_batch(table: pa.Table, window_seconds: int, max_time: int | None = N
         parts.extend(signal(table) for signal, wanted in ((_gateway, gateway), (_ipv6, ipv6), (_paths, paths)) if wanted)
     parts = [p for p in parts if p.num_rows]
     # each part is one kind, a row per key already: put together, not folded
-    return InsightBatch(pa.concat_tables(parts) if parts else SCHEMA.empty_table(), pairs=pairs)
+    sums = parts[0] if len(parts) == 1 else pa.concat_tables(parts) if parts else _EMPTY
+    return InsightBatch(sums, pairs=pairs)
 
 
 def _str(table: pa.Table, name: str) -> pa.ChunkedArray:
@@ -145,7 +148,7 @@ def _vpc(table: pa.Table) -> pa.ChunkedArray | pa.Array:
     return pa.array(["-"] * table.num_rows, pa.string())
 
 
-def _nacl(table: pa.Table, window_seconds: int, max_time: int | None) -> pa.Table:
+def _nacl(table: pa.Table, window_seconds: int, max_time: int | None) -> pairing.Candidates:
     """Accepted requests and rejected possible replies, hashed: `pairing.Pairing` pairs them across
     chunks, inputs and replicas, not here."""
     times = [n for n in ("end", "start") if n in table.column_names]
@@ -237,7 +240,7 @@ def _paths(table: pa.Table) -> pa.Table:
     rows = np.flatnonzero(known)
     if not len(rows):
         return SCHEMA.empty_table()
-    names = pa.array([None, *[PATH_NAMES[i] for i in range(1, 9)]], pa.string())
+    names = _PATH_WORDS
     nbytes = ints(table.column("bytes"), 0) if "bytes" in table.column_names else np.zeros(table.num_rows, np.int64)
     vpc = table.column("vpc-id") if "vpc-id" in table.column_names else pa.nulls(table.num_rows, pa.string())
     # a known path's number is its own code (rows not known are never looked at)
@@ -353,12 +356,7 @@ def _native_signals(table: pa.Table, ipv6: bool, paths: bool, gateway: bool) -> 
         if col.num_chunks != 1 or not pa.types.is_dictionary(col.type) or col.type.value_type != pa.string():
             return None
         chunk = col.chunk(0)
-        if not chunk.null_count and chunk.indices.type == pa.int32():
-            return int_values(chunk.indices), chunk.dictionary  # as decoded: no copy
-        codes = ints(chunk.indices)
-        if chunk.null_count:
-            codes[~valid(chunk)] = -1
-        return codes.astype(np.int32), chunk.dictionary
+        return codes_or_null(chunk), chunk.dictionary
 
     def integers(name: str) -> np.ndarray | bytes:
         return int_values(table.column(name)) if name in have else b""
@@ -377,17 +375,15 @@ def _native_signals(table: pa.Table, ipv6: bool, paths: bool, gateway: bool) -> 
         src = src.combine_chunks() if src.num_chunks != 1 else src.chunk(0)
         if src.type != pa.string():
             return None
-    nothing = (np.zeros(0, np.int32), pa.array([], pa.string()))
-    (dir_codes, dir_words), (svc_codes, svc_words) = direction or nothing, service or nothing
-    (eni_codes, eni_words), (action_codes, action_words) = eni or nothing, action or nothing
+    (dir_codes, dir_words), (svc_codes, svc_words) = direction or _NOTHING, service or _NOTHING
+    (eni_codes, eni_words), (action_codes, action_words) = eni or _NOTHING, action or _NOTHING
     # the count grids grow with the product of two dictionaries, not with the rows: a high-cardinality column
     # (a misdeclared format, a slice of a large dictionary) goes to the numpy signals, which count by rows
     cells = (len(vpc[1]) + 1) * ((9 if paths else 0) + (len(svc_words) if gateway else 0))
     if cells + (len(eni_words) * len(action_words) if ipv6 else 0) > 32 * n + 65536:
         return None
-    ingress, egress = (equals(dir_words, w).astype(np.uint8) for w in ("ingress", "egress"))
-    dir_kinds = (ingress | (egress << 1)).astype(np.uint8)
-    svc_kinds = np.logical_or.reduce([equals(svc_words, w) for w in GATEWAY_SERVICES]).astype(np.uint8) if len(svc_words) else b""
+    dir_kinds = word_kinds(dir_words, _DIRECTIONS)
+    svc_kinds = word_kinds(svc_words, _SERVICES) if len(svc_words) else b""
     flags = integers("tcp-flags") if ipv6 and "tcp-flags" in have else b""
     by_ports = ipv6 and not len(flags)
     counts = _native_counts(
@@ -400,15 +396,24 @@ def _native_signals(table: pa.Table, ipv6: bool, paths: bool, gateway: bool) -> 
         ipv6, paths, gateway,
     )  # fmt: skip
     ipv6_n, path_n, path_b, gw_n, gw_b = (np.frombuffer(b, np.int64) for b in counts)
-    out = []
+    grids: list[Cells | None] = []
     if gateway:
-        out.append(_cells(GATEWAY, gw_n, gw_b, vpc[1], svc_words, len(svc_words), vpc_first=True))
+        grids.append(_cells(GATEWAY, gw_n, gw_b, vpc[1], svc_words, len(svc_words), vpc_first=True))
     if ipv6:
-        out.append(_cells(IPV6, ipv6_n, None, eni_words, action_words, len(action_words), vpc_first=False))
+        grids.append(_cells(IPV6, ipv6_n, None, eni_words, action_words, len(action_words), vpc_first=False))
     if paths:
-        names = pa.array([None, *[PATH_NAMES[i] for i in range(1, 9)]], pa.string())
-        out.append(_cells(PATHS, path_n, path_b, vpc[1], names, 9, vpc_first=True))
-    return out
+        grids.append(_cells(PATHS, path_n, path_b, vpc[1], _PATH_WORDS, 9, vpc_first=True))
+    return _cells_table([g for g in grids if g is not None])
+
+
+#: a key column that is absent: no codes, no words
+_NOTHING = (np.zeros(0, np.int32), pa.array([], pa.string()))
+_DIRECTIONS = {"ingress": 1, "egress": 2}
+_SERVICES = dict.fromkeys(GATEWAY_SERVICES, 1)
+#: path names at their numbers (0 is no path)
+_PATH_WORDS = pa.array([None, *[PATH_NAMES[i] for i in range(1, 9)]], pa.string())
+#: one signal's non-empty cells: its kind, both keys, records and bytes (None: 0)
+Cells = tuple[str, pa.Array, pa.Array, np.ndarray, np.ndarray | None]
 
 
 def _string_buffers(col: pa.Array | None) -> tuple[object, object]:
@@ -427,17 +432,48 @@ def _int64s(col: pa.ChunkedArray) -> np.ndarray:
 
 def _cells(
     kind: str, records: np.ndarray, nbytes: np.ndarray | None, first: pa.Array, second: pa.Array, width: int, vpc_first: bool
-) -> pa.Table:
-    """The non-empty cells of a count grid (cell = row * width + column) as rows of `kind`: a VPC first key
-    has a null row first (shown as "-"), an interface first key has none."""
+) -> Cells | None:
+    """The non-empty cells of a count grid (cell = row * width + column) with their keys: a VPC first key
+    has a null row first (shown as "-"), an interface first key has none. None: no cell counted."""
     cells = np.flatnonzero(records)
     if not len(cells):
-        return SCHEMA.empty_table()
+        return None
     row, col = cells // width - (1 if vpc_first else 0), cells % width
-    key1 = first.take(pa.array(row.clip(0), mask=row < 0)) if len(first) else pa.nulls(len(cells), pa.string())
-    if vpc_first:
+    if not len(first):
+        key1 = pa.nulls(len(cells), pa.string())
+    elif (row < 0).any():
+        key1 = first.take(pa.array(row.clip(0), mask=row < 0))
+    else:
+        key1 = first.take(pa.array(row))
+    if vpc_first and key1.null_count:
         key1 = pc.fill_null(key1, "-")
-    return _rows(kind, key1, second.take(pa.array(col)), records[cells], nbytes[cells] if nbytes is not None else None)
+    return kind, key1, second.take(pa.array(col)), records[cells], nbytes[cells] if nbytes is not None else None
+
+
+def _cells_table(parts: list[Cells]) -> list[pa.Table]:
+    """The signals' cells as one table of `SCHEMA` (one Arrow table a batch, not one a signal)."""
+    if not parts:
+        return []
+    if len(parts) == 1:
+        kind, key1, key2, records, nbytes = parts[0]
+        return [_rows(kind, key1, key2, records, nbytes)]
+    kinds = [kind for kind, key1, *_ in parts for _ in range(len(key1))]
+    sums = [p[4] if p[4] is not None else np.zeros(len(p[3]), np.int64) for p in parts]
+    table = pa.table(
+        {
+            "kind": pa.array(kinds, pa.string()),
+            "key1": pa.concat_arrays([_as_string(p[1]) for p in parts]),
+            "key2": pa.concat_arrays([_as_string(p[2]) for p in parts]),
+            "records": np.concatenate([p[3] for p in parts]).astype(np.int64, copy=False),
+            "bytes": np.concatenate(sums).astype(np.int64, copy=False),
+        },
+        schema=SCHEMA,
+    )
+    return [table]
+
+
+def _as_string(col: pa.Array) -> pa.Array:
+    return col if col.type == pa.string() else pc.cast(col, pa.string())
 
 
 def fold(parts: Iterable[pa.Table]) -> pa.Table:

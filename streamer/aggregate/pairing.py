@@ -44,7 +44,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamer.aggregate.columns import equals, ints, valid
+from streamer.aggregate.columns import equals, ints, valid, word_kinds
 
 try:
     from streamer.decode import _scan
@@ -186,16 +186,77 @@ def _key(eni: np.ndarray, a: np.ndarray, b: np.ndarray, port_a: np.ndarray, port
         return _mix(h)
 
 
-def candidates(table: pa.Table, window_seconds: int, max_time: int | None = None) -> pa.Table:
-    """One batch's requests and possible replies (`CANDIDATES`): needs interface-id, srcaddr, dstaddr,
-    srcport, dstport, protocol, action and end or start. A record later than `max_time` (the wall clock
-    plus the allowed skew) is none: its window would make every window kept look older than the lateness.
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+    """One batch's (or one input's) pairing candidates as they come from `candidates`: requests as windows
+    and keys, replies as windows, keys, ENIs and example lines. Arrays, not one flagged table: the pairing
+    step takes the two apart without a filter, and a batch builds no table for its requests."""
+
+    request_windows: np.ndarray
+    request_keys: np.ndarray
+    reply_windows: np.ndarray
+    reply_keys: np.ndarray
+    #: the replies' `eni` and `example` (`_REPLY_TEXT`), a row per reply
+    reply_text: pa.Table
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.request_keys) + len(self.reply_keys)
+
+    @classmethod
+    def empty(cls) -> Candidates:
+        return _NONE
+
+    @classmethod
+    def join(cls, parts: list[Candidates]) -> Candidates:
+        """Several batches' candidates as one input's (in order: each batch's requests stay a sorted stretch)."""
+        parts = [p for p in parts if p.num_rows]
+        if len(parts) <= 1:
+            return parts[0] if parts else _NONE
+        texts = [p.reply_text for p in parts if p.reply_text.num_rows]
+        windows, keys, reply_windows, reply_keys = (np.concatenate([getattr(p, f) for p in parts]) for f in _ARRAYS)
+        return cls(windows, keys, reply_windows, reply_keys, pa.concat_tables(texts) if texts else _NO_TEXT)
+
+    def table(self) -> pa.Table:
+        """As one `CANDIDATES` table: what a replica sends the leader (and what tests look at)."""
+        n_req, n_rep = len(self.request_keys), len(self.reply_keys)
+        return pa.table(
+            {
+                "window": np.concatenate([self.request_windows, self.reply_windows]),
+                "hash": np.concatenate([self.request_keys, self.reply_keys]),
+                "request": np.concatenate([np.ones(n_req, bool), np.zeros(n_rep, bool)]),
+                "eni": pa.concat_arrays([pa.nulls(n_req, pa.string()), *self.reply_text.column("eni").chunks]),
+                "example": pa.concat_arrays([pa.nulls(n_req, pa.string()), *self.reply_text.column("example").chunks]),
+            },
+            schema=CANDIDATES,
+        )
+
+    @classmethod
+    def of_table(cls, table: pa.Table) -> Candidates:
+        """A `CANDIDATES` table's rows, in any order (a replica of any version sent it)."""
+        windows = np.asarray(table.column("window").to_numpy(), np.int64)
+        hashes = np.asarray(table.column("hash").to_numpy(), np.uint64)
+        is_req = _flag(table.column("request"))
+        replies = table.filter(pa.array(~is_req)).select(["eni", "example"])
+        return cls(windows[is_req], hashes[is_req], windows[~is_req], hashes[~is_req], replies.cast(_REPLY_TEXT))
+
+
+_ARRAYS = ("request_windows", "request_keys", "reply_windows", "reply_keys")
+_REPLY_TEXT = pa.schema([pa.field("eni", pa.string()), pa.field("example", pa.string())])
+_NO_TEXT = _REPLY_TEXT.empty_table()
+_NONE = Candidates(np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.uint64), _NO_TEXT)
+
+
+def candidates(table: pa.Table, window_seconds: int, max_time: int | None = None) -> Candidates:
+    """One batch's requests and possible replies: needs interface-id, srcaddr, dstaddr, srcport, dstport,
+    protocol, action and end or start. A record later than `max_time` (the wall clock plus the allowed
+    skew) is none: its window would make every window kept look older than the lateness.
 
     Selected and keyed in one native pass (`_scan.nacl_candidates`) when built, else by numpy
-    (`_select_reference`, the reference: both give the same table)."""
+    (`_select_reference`, the reference: both give the same candidates)."""
     times = [table.column(n) for n in ("end", "start") if n in table.column_names]
     if not times or not table.num_rows:
-        return CANDIDATES.empty_table()
+        return _NONE
     # a null end is -1 (not what lies under the null, 0 from the tokenizer): then the start, else none
     t = ints(times[0]) if times[0].null_count else _values_or_ints(times[0])
     if len(times) > 1 and times[0].null_count:
@@ -203,21 +264,10 @@ def candidates(table: pa.Table, window_seconds: int, max_time: int | None = None
     select = _select_native if _native_candidates is not None else _select_reference
     got = select(table, t, window_seconds, max_time)
     if got is None:
-        return CANDIDATES.empty_table()
+        return _NONE
     request_windows, request_keys, r, reply_windows, reply_keys = got
-    request_windows, request_keys = _distinct(request_windows, request_keys)
-    n_req, n_rep = len(request_keys), len(r)
-    eni, example = _examples(table, r)
-    return pa.table(
-        {
-            "window": np.concatenate([request_windows, reply_windows]),
-            "hash": np.concatenate([request_keys, reply_keys]),
-            "request": np.concatenate([np.ones(n_req, bool), np.zeros(n_rep, bool)]),
-            "eni": pa.concat_arrays([pa.nulls(n_req, pa.string()), eni]),
-            "example": pa.concat_arrays([pa.nulls(n_req, pa.string()), example]),
-        },
-        schema=CANDIDATES,
-    )
+    request_windows, request_keys = _distinct(request_windows, request_keys, window_seconds)
+    return Candidates(request_windows, request_keys, reply_windows, reply_keys, _examples(table, r))
 
 
 #: the requests' windows and keys; the replies' rows, windows and keys
@@ -282,7 +332,8 @@ def _select_native(table: pa.Table, t: np.ndarray, window_seconds: int, max_time
     n = table.num_rows
     rows_at, windows_at, keys_at = (np.frombuffer(b, d) for b, d in ((rows, np.int32), (windows, np.int64), (keys, np.uint64)))
     back = slice(n - 1, n - n_rep - 1 if n_rep < n else None, -1)  # replies were written from the back
-    return windows_at[:n_req], keys_at[:n_req], rows_at[back].astype(np.int64), windows_at[back], keys_at[back]
+    # the replies are copied out: a view would keep the whole batch's buffers alive as long as the candidates
+    return windows_at[:n_req], keys_at[:n_req], rows_at[back].astype(np.int64), windows_at[back].copy(), keys_at[back].copy()
 
 
 def _coded(col: pa.Array, per_value: Callable[[pa.Array], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -297,25 +348,26 @@ def _coded(col: pa.Array, per_value: Callable[[pa.Array], np.ndarray]) -> tuple[
 
 def _action_kinds(words: pa.Array) -> np.ndarray:
     """1 ACCEPT, 2 REJECT, 0 anything else (or null), a byte per word."""
-    kinds: np.ndarray = (equals(words, "ACCEPT").astype(np.uint8) | (equals(words, "REJECT").astype(np.uint8) << 1)).astype(
-        np.uint8
-    )
-    return kinds
+    return word_kinds(words, _ACTIONS)
 
 
+_ACTIONS = {"ACCEPT": 1, "REJECT": 2}
 #: `max_time` when there is none
 _NEVER = 2**63 - 1
 
 
-def _distinct(windows: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _distinct(windows: np.ndarray, keys: np.ndarray, window_seconds: int) -> tuple[np.ndarray, np.ndarray]:
     """Requests sorted by window, then key, each once: sorted and deduplicated here, on the batch's worker
     thread, the state's merge (`_add_requests`, one thread for every input) only merges sorted runs."""
     if len(keys) < 2:
-        return windows, keys
+        return windows.copy(), keys.copy()  # not views of the batch's buffers (see `_select_native`)
     if windows[0] == windows[-1] and (windows == windows[0]).all():  # most batches: one window
         keys = np.sort(keys)
     else:
-        order = np.argsort(windows, kind="stable")
+        # a batch spans few windows: their numbers from the first fit 16 bits, which numpy sorts by radix
+        steps = (windows - windows.min()) // window_seconds
+        few = steps.max() < 1 << 16
+        order = np.argsort(steps.astype(np.uint16) if few else windows, kind="stable")
         windows, keys = windows[order], keys[order]
         cuts = [0, *(np.flatnonzero(windows[1:] != windows[:-1]) + 1).tolist(), len(keys)]
         for start, end in itertools.pairwise(cuts):
@@ -340,17 +392,51 @@ def _values_or_ints(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return ints(chunk)
 
 
-def _examples(table: pa.Table, rows: np.ndarray) -> tuple[pa.Array, pa.Array]:
-    """The interface ids and example lines ("eni src:port -> dst:port protocol p REJECT") of `rows`."""
+#: replies in a batch up to this many get their example lines from Python strings (an Arrow kernel call
+#: costs more than formatting a few lines); more (a scan of ephemeral ports) from Arrow, by whole columns
+_FEW_EXAMPLES = 64
+_EXAMPLE_COLUMNS = ("interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol")
+
+
+def _examples(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """The interface ids and example lines ("eni src:port -> dst:port protocol p REJECT") of `rows`
+    (`_REPLY_TEXT`)."""
     if not len(rows):
-        return pa.array([], pa.string()), pa.array([], pa.string())
+        return _NO_TEXT
+    if len(rows) <= _FEW_EXAMPLES:
+        at = pa.array(rows)
+        eni, src, dst, sport, dport, proto = (_words_at(_single(table.column(c)), rows, at) for c in _EXAMPLE_COLUMNS)
+        lines = [
+            None if None in (e, s, d, sp, dp, p) else f"{e} {s}:{sp} -> {d}:{dp} protocol {p} REJECT"
+            for e, s, d, sp, dp, p in zip(eni, src, dst, sport, dport, proto, strict=True)
+        ]
+        return pa.table([pa.array(eni, pa.string()), pa.array(lines, pa.string())], schema=_REPLY_TEXT)
     at = pa.array(rows)
-    cols = ("interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol")
-    text = [_text_at(_single(table.column(c)), rows, at) for c in cols]
+    text = [_text_at(_single(table.column(c)), rows, at) for c in _EXAMPLE_COLUMNS]
     example = pc.binary_join_element_wise(
         text[0], " ", text[1], ":", text[3], " -> ", text[2], ":", text[4], " protocol ", text[5], " REJECT", ""
     )
-    return text[0], example
+    return pa.table([text[0], example], schema=_REPLY_TEXT)
+
+
+def _words_at(col: pa.Array, rows: np.ndarray, at: pa.Array) -> list[object]:
+    """The values at a few `rows` (`at` as Arrow) as Python strings: an integer as its decimal text, None
+    where null. A dictionary's words are looked up by code (its `to_pylist` converts the whole dictionary)."""
+    if pa.types.is_integer(col.type):
+        return [None if v is None else str(v) for v in col.take(at).to_pylist()]
+    if not pa.types.is_dictionary(col.type):
+        taken: list[object] = col.take(at).to_pylist()
+        return taken
+    if not len(col.dictionary):
+        return [None] * len(rows)
+    indices = col.indices
+    codes = np.frombuffer(indices.buffers()[1], indices.type.to_pandas_dtype())[indices.offset :][rows]
+    # a code under a null may be anything
+    words: list[object] = col.dictionary.take(pa.array(codes.clip(0, len(col.dictionary) - 1))).to_pylist()
+    if not col.null_count:
+        return words
+    present = valid(col)[rows].tolist()
+    return [w if ok else None for w, ok in zip(words, present, strict=True)]
 
 
 def _text_at(col: pa.Array, rows: np.ndarray, at: pa.Array) -> pa.Array:
@@ -417,30 +503,29 @@ class Pairing:
     #: the next requests piece's number (pieces of one window never share a name)
     seq: int = 0
 
-    def pair(self, found: pa.Table, write: bool = True) -> tuple[Pairing, Paired, Pieces]:
+    def pair(self, found: Candidates, write: bool = True) -> tuple[Pairing, Paired, Pieces]:
         """Pair one input's candidates with the state and among themselves (and, with `write`, the
         pieces that commit the change)."""
         if not found.num_rows:
             return self, Paired({}, {}), Pieces()
         lateness = self.lateness_seconds
-        windows = np.asarray(found.column("window").to_numpy(), np.int64)
-        hashes = np.asarray(found.column("hash").to_numpy(), np.uint64)
-        is_req = _flag(found.column("request"))
-        newest = int(windows.max()) if self.newest is None else max(int(windows.max()), self.newest)
+        rep_w, rep_h = found.reply_windows, found.reply_keys
+        top = max(int(w.max()) for w in (found.request_windows, rep_w) if len(w))
+        newest = top if self.newest is None else max(top, self.newest)
         requests, replies = dict(self.requests), dict(self.replies)
         pieces = Pieces()
-        added = _add_requests(requests, windows[is_req], hashes[is_req])
+        added = _add_requests(requests, found.request_windows, found.request_keys)
         counts: dict[str, int] = {}
         examples: dict[str, str] = {}
         # New replies against every request known, old and new.
-        rep = found.filter(pa.array(~is_req))
-        rep_w, rep_h = windows[~is_req], hashes[~is_req]
+        rep = found.reply_text
         hit = np.zeros(len(rep_h), bool)
-        for q, known in requests.items():
-            near = (rep_w >= q) & (rep_w - q <= lateness) & ~hit
-            if near.any():
-                hit[near] = _isin(rep_h[near], known)
-        _tally(rep.filter(pa.array(hit)).select(["eni", "example"]), np.ones(int(hit.sum()), np.int64), counts, examples)
+        for q, known in requests.items() if len(rep_h) else ():
+            close = (rep_w >= q) & (rep_w - q <= lateness) & ~hit
+            if close.any():
+                hit[close] = _isin(rep_h[close], known)
+        if hit.any():
+            _tally(rep.filter(pa.array(hit)), np.ones(int(hit.sum()), np.int64), counts, examples)
         changed: set[int] = set()
         # Replies waiting from earlier inputs against the requests this one added.
         for w, table in self.replies.items() if added else ():
@@ -460,13 +545,14 @@ class Pairing:
         if len(unpaired):
             unpaired = unpaired[np.argsort(rep_w[unpaired], kind="stable")]  # by window: one take, then slices
             waiting = rep.take(pa.array(unpaired))
-            waiting_windows = rep_w[unpaired]
+            waiting_windows, waiting_hashes = rep_w[unpaired], rep_h[unpaired]
             cuts = np.flatnonzero(waiting_windows[1:] != waiting_windows[:-1]) + 1
             for start, end in zip([0, *cuts.tolist()], [*cuts.tolist(), len(unpaired)], strict=True):
                 w = int(waiting_windows[start])
                 mine = waiting.slice(start, end - start)
                 n = pa.array(np.ones(mine.num_rows, np.int64))
-                new_rows = pa.table([mine.column("eni"), mine.column("hash"), n, mine.column("example")], schema=REPLIES)
+                keys = pa.array(waiting_hashes[start:end], pa.uint64())
+                new_rows = pa.table([mine.column("eni"), keys, n, mine.column("example")], schema=REPLIES)
                 replies[w] = pa.concat_tables([replies[w], new_rows]) if w in replies else new_rows
                 changed.add(w)
         # What may no longer pair goes; the rest is written as pieces.
@@ -593,12 +679,12 @@ def _tally(hit: pa.Table, n: np.ndarray, counts: dict[str, int], examples: dict[
 PARTIAL_SOURCE = "~nacl_pairs"
 
 
-def encode_candidates(table: pa.Table) -> bytes:
+def encode_candidates(found: Candidates) -> bytes:
     buf = io.BytesIO()
     with pa.ipc.new_stream(buf, CANDIDATES) as w:
-        w.write_table(table.cast(CANDIDATES))
+        w.write_table(found.table())
     return buf.getvalue()
 
 
-def decode_candidates(blob: bytes) -> pa.Table:
-    return pa.ipc.open_stream(blob).read_all().cast(CANDIDATES)
+def decode_candidates(blob: bytes) -> Candidates:
+    return Candidates.of_table(pa.ipc.open_stream(blob).read_all().cast(CANDIDATES))

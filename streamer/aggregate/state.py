@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import Counters, combine
-from streamer.aggregate.pairing import Pairing, Pieces
+from streamer.aggregate.pairing import Candidates, Pairing, Pieces
 from streamer.decode.errors import ErrorCounts
 
 OTHER_INTERFACE = "other"
@@ -47,8 +47,8 @@ class FlowState:
     #: (name, label value) -> count: totals that are not per interface, so forgetting one never lowers them.
     #: Left empty, derived from `counters` (a delta, or a state built from counters alone).
     totals: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
-    #: a delta's NACL pairing candidates (`pairing.CANDIDATES`), consumed by `pair_with`; never applied or stored
-    pairs: pa.Table | None = dataclasses.field(default=None, compare=False)
+    #: a delta's NACL pairing candidates, consumed by `pair_with`; never applied or stored
+    pairs: Candidates | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.totals:

@@ -82,7 +82,7 @@ def test_a_pair_split_across_the_chunks_of_one_input_counts() -> None:
     assert nacl(state) == {ENI: 1}
     d = delta(cases, chunk_bytes=1024)  # the request and the reply in different batches
     assert d.pairs is not None
-    assert len(set(d.pairs.column("window").to_pylist())) == 1
+    assert len(set(d.pairs.table().column("window").to_pylist())) == 1
     d.pair_with(Pairing(LATENESS))
     assert nacl(d) == {ENI: 1}
 
@@ -197,6 +197,6 @@ def test_a_record_without_an_end_takes_its_start_and_one_without_either_is_none(
             "end": pa.array([W + 2, None, None], pa.int64()),
         }
     )
-    got = p.candidates(table, 60)
+    got = p.candidates(table, 60).table()
     assert got.column("request").to_pylist() == [True, False]
     assert got.column("window").to_pylist() == [W, W]

@@ -72,6 +72,6 @@ def test_a_flows_key_is_the_one_earlier_builds_committed(native_on: bool, monkey
             "end": [1764000060, 1764000120],
         }
     )
-    found = pairing.candidates(table, 60)
+    found = pairing.candidates(table, 60).table()
     assert found.column("hash").to_pylist() == [3347842645855010868, 3347842645855010868]
     assert found.column("request").to_pylist() == [True, False]

@@ -30,6 +30,11 @@ PROTOCOLS = st.one_of(st.none(), st.sampled_from([1, 6, 17, 262]))
 ACTIONS = st.one_of(st.none(), st.sampled_from(["ACCEPT", "REJECT", "-", "accept"]))
 TIMES = st.one_of(st.none(), st.integers(-120, 1_000))
 ROW = st.tuples(ENIS, ADDRESSES, ADDRESSES, PORTS, PORTS, PROTOCOLS, ACTIONS, TIMES, TIMES)
+#: a row likely to be a reply (rare among random rows)
+REPLY = st.tuples(
+    ENIS, ADDRESSES, ADDRESSES, st.sampled_from([0, 22, 443]), st.sampled_from([1024, 50001, 65535]),
+    st.sampled_from([6, 17]), st.just("REJECT"), st.integers(0, 1_000), TIMES,
+)  # fmt: skip
 
 
 def batch(rows: list[tuple[object, ...]], dictionary: bool, wide: bool, front: int) -> pa.Table:
@@ -55,14 +60,40 @@ def test_native_and_numpy_candidates_are_equal(
     rows: list[tuple[object, ...]], dictionary: bool, wide: bool, front: int, max_time: int | None
 ) -> None:
     table = batch(rows, dictionary, wide, front)
-    native = pairing.candidates(table, 60, max_time)
+    native = pairing.candidates(table, 60, max_time).table()
     saved = pairing._native_candidates
     pairing._native_candidates = None
     try:
-        reference = pairing.candidates(table, 60, max_time)
+        reference = pairing.candidates(table, 60, max_time).table()
     finally:
         pairing._native_candidates = saved
     assert native.to_pylist() == reference.to_pylist()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(ROW, REPLY), min_size=1, max_size=80), st.booleans(), st.booleans(), st.integers(0, 3))
+def test_few_replies_get_the_same_example_lines_from_python_as_from_arrow(
+    rows: list[tuple[object, ...]], dictionary: bool, wide: bool, front: int
+) -> None:
+    """A batch's few replies are formatted in Python, many by Arrow kernels: the same lines either way."""
+    table = batch(rows, dictionary, wide, front)
+    few = pairing.candidates(table, 60).reply_text
+    saved = pairing._FEW_EXAMPLES
+    pairing._FEW_EXAMPLES = 0
+    try:
+        many = pairing.candidates(table, 60).reply_text
+    finally:
+        pairing._FEW_EXAMPLES = saved
+    assert few.to_pylist() == many.to_pylist()
+    assert few.schema == many.schema
+
+
+def test_a_few_replies_example_lines_read_as_their_records() -> None:
+    """Formatted in Python: plain or dictionary columns, int32 or int64 ports."""
+    rows = [("eni-0a", "52.94.1.10", "10.0.1.5", 443, 50001, 6, "REJECT", 70, None)] * 3
+    for dictionary, wide in ((False, False), (True, True)):
+        lines = pairing.candidates(batch(rows, dictionary, wide, 0), 60).reply_text.column("example").to_pylist()
+        assert lines == ["eni-0a 52.94.1.10:443 -> 10.0.1.5:50001 protocol 6 REJECT"] * 3
 
 
 def test_requests_come_sorted_by_window_then_key_each_once() -> None:
@@ -81,7 +112,7 @@ def test_requests_come_sorted_by_window_then_key_each_once() -> None:
             "end": [130, 70, 130, 10, 70, 130, 70, 130],
         }
     )
-    found = pairing.candidates(table, 60)
+    found = pairing.candidates(table, 60).table()
     keys = list(zip(found.column("window").to_pylist(), found.column("hash").to_pylist(), strict=True))
     assert keys == sorted(set(keys))
     assert [w for w, _ in keys] == [0, 60, 60, 60, 120, 120]
