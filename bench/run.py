@@ -73,14 +73,16 @@ def child_inproc_windows(path: str, with_insights: bool = False) -> dict[str, fl
             )
         for part in parts:
             counters.add(part.counters)
-        pairing, candidates = None, 0
+        pairing, candidates, paired = None, 0, None
         if with_insights:  # as the live pipeline: the input's NACL candidates paired with the state
             delta = delta_of(parts)
             candidates = delta.pairs.num_rows if delta.pairs is not None else 0
-            pairing, _ = delta.pair_with(Pairing(900))
+            paired = pool.submit(delta.pair_with, Pairing(900))  # beside the detector, as the pipeline's plan does
         # As the live pipeline: the object's partials folded into one, then folded into the state.
         detection, _ = Detection.create(Settings(), 900).advance(merge([p.windows for p in parts if p.windows is not None]))
         detection.flush()
+        if paired is not None:
+            pairing, _ = paired.result()
         counters.table()
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     out = {"records": result.rows, "seconds": seconds, "cpu_seconds": cpu}

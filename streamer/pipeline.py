@@ -19,6 +19,7 @@ same lock.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -32,7 +33,7 @@ from typing import Any, TypeVar
 from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
-from streamer.aggregate.pairing import PARTIAL_SOURCE, PREFIX, Pairing, encode_candidates
+from streamer.aggregate.pairing import PARTIAL_SOURCE, PREFIX, Pairing, Pieces, encode_candidates
 from streamer.aggregate.state import FlowState
 from streamer.aggregate.windows import WindowBatch, encode_partial, merge
 from streamer.commit_group import Grouper, Limits, Member
@@ -161,6 +162,8 @@ class Pipeline:
         # Each input's reading thread waits on its download: never in the loop's default executor, which the
         # downloads themselves need (aiohttp resolves names there), or many inputs in flight would deadlock.
         self._readers = ThreadPoolExecutor((pool._max_workers or 1) + SPARE_READERS, thread_name_prefix="ingest")
+        #: a group's NACL pairing runs here while its windows advance the detector (`_plan`)
+        self._pairer = ThreadPoolExecutor(1, thread_name_prefix="pairing")
 
     async def process(self, source: str, delivery: Delivery) -> str:
         inputs, size = self.telemetry.inputs_in_flight.labels(source), self.telemetry.bytes_in_flight.labels(source)
@@ -304,16 +307,29 @@ class Pipeline:
         inputs' own changes are left as they were (a refused claim plans the group again)."""
         seen = FlowState(seen=dict(self.state.seen))  # capping reads and moves membership only
         detection, pairing = self.detection, self.pairing
-        changes: list[Commit] = []
+        deltas = [item.change.delta for item in inputs]
+        # Pairing and detection depend on nothing of each other: with both on, the group's pairing runs on its
+        # own thread while the windows advance the detector here (both mostly numpy and Arrow, which let go
+        # of the GIL), so a commit waits for the longer of the two, not for both.
+        pairs = self._pairer.submit(_pair_all, pairing, deltas) if pairing is not None and detection is not None else None
         anomalies: list[list[Anomaly]] = []
-        for item in inputs:
-            delta = item.change.delta
+        try:
+            for item in inputs:
+                found: list[Anomaly] = []
+                if detection is not None:
+                    detection, found = detection.advance(item.window_parts, item.source, now)
+                anomalies.append(found)
+        except BaseException:
+            if pairs is not None:  # not left running into the next plan
+                concurrent.futures.wait([pairs])
+            raise
+        each, pairing = pairs.result() if pairs is not None else _pair_all(pairing, deltas)
+        changes: list[Commit] = []
+        for item, (delta, pieces) in zip(inputs, each, strict=True):
             change = dataclasses.replace(
                 item.change, snapshots=dict(item.change.snapshots), drop_snapshots=list(item.change.drop_snapshots)
             )
-            if pairing is not None and delta.pairs is not None:
-                delta = dataclasses.replace(delta, insight_examples=dict(delta.insight_examples))  # pairing adds to it
-                pairing, pieces = delta.pair_with(pairing)
+            if pieces is not None:
                 for prefix in pieces.drop:  # dropped before written, like the stores do
                     change.snapshots = {n: v for n, v in change.snapshots.items() if not n.startswith(prefix)}
                 change.drop_snapshots.extend(pieces.drop)
@@ -324,11 +340,7 @@ class Pipeline:
                 for eni in change.forget:
                     del seen.seen[eni]
                 seen.seen.update(change.delta.seen)
-            found: list[Anomaly] = []
-            if detection is not None:
-                detection, found = detection.advance(item.window_parts, item.source, now)
             changes.append(change)
-            anomalies.append(found)
         if self.detection is not None and detection is not None:
             changes.append(Commit(snapshots=detection.snapshot_parts(self.detection)))
         return changes, detection, pairing, anomalies
@@ -395,6 +407,7 @@ class Pipeline:
     def close(self) -> None:
         """Stop the reading threads (the service's decode pool is its own to shut down)."""
         self._readers.shutdown(wait=False, cancel_futures=True)
+        self._pairer.shutdown(wait=False)  # a plan in flight (if any) still gets its pairing
 
     def queue_backlog(self, source: str, waiting: int, held: int, oldest_age_seconds: float | None) -> None:
         self.telemetry.queue_messages.labels(source, "waiting").set(waiting)
@@ -439,6 +452,20 @@ class Pipeline:
         finally:
             stop.set()
             await body.close()
+
+
+def _pair_all(pairing: Pairing | None, deltas: list[FlowState]) -> tuple[list[tuple[FlowState, Pieces | None]], Pairing | None]:
+    """Each delta paired after the ones before it (copies: a refused claim plans the group again from the
+    originals), with the snapshot pieces that commit its pairing; and the pairing state after them all."""
+    out: list[tuple[FlowState, Pieces | None]] = []
+    for delta in deltas:
+        if pairing is None or delta.pairs is None:
+            out.append((delta, None))
+            continue
+        delta = dataclasses.replace(delta, insight_examples=dict(delta.insight_examples))  # pairing adds to it
+        pairing, pieces = delta.pair_with(pairing)
+        out.append((delta, pieces))
+    return out, pairing
 
 
 def _drop(members: list[Member[_Input, _Result]], refused: list[Refused]) -> list[Member[_Input, _Result]]:

@@ -3,14 +3,18 @@ input pairs nothing twice."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.aggregate import insights as ins
+from streamer.aggregate.anomaly import Settings
+from streamer.aggregate.detection import Detection
 from streamer.aggregate.pairing import PREFIX, Pairing
 from streamer.aggregate.state import FlowState
 from streamer.export.telemetry import Telemetry
@@ -126,3 +130,49 @@ async def test_a_record_far_ahead_of_the_wall_clock_moves_no_pairing_state(tmp_p
     assert pipe.pairing is not None
     assert pipe.pairing.newest == W
     pipe.store.close()
+
+
+async def test_with_detection_on_a_groups_pairing_runs_beside_the_detector_and_counts_the_same(
+    tmp_path: Path, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_plan` pairs a group on the pipeline's pairing thread while the windows advance the detector: each
+    waits here until the other has started (in turn, one would wait in vain), and the pair and the
+    windows come out as they would one after the other."""
+    pairing_started, advancing = threading.Event(), threading.Event()
+    met: dict[str, object] = {}
+    pair, advance = Pairing.pair, Detection.advance
+
+    def pairing_beside(self: Pairing, *args: Any, **kwargs: Any) -> Any:
+        pairing_started.set()
+        met["pairing saw the detector"] = advancing.wait(10)
+        met["pairing thread"] = threading.current_thread().name
+        return pair(self, *args, **kwargs)
+
+    def advancing_beside(self: Detection, *args: Any, **kwargs: Any) -> Any:
+        advancing.set()
+        met["detector saw the pairing"] = pairing_started.wait(10)
+        return advance(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pairing, "pair", pairing_beside)
+    monkeypatch.setattr(Detection, "advance", advancing_beside)
+    store = CheckpointStore(tmp_path / "state.db")
+    detection = Detection.create(Settings(), LATENESS)
+    pipe = Pipeline(
+        store.load_state(), Store(store), Telemetry(CollectorRegistry()), pool, detection=detection,
+        insights_window_seconds=60, pairing=Pairing(LATENESS), clock=lambda: W + 120,
+    )  # fmt: skip
+    try:
+        assert await pipe.process("s3", delivery("request", body([request(W + 5)]))) == "ok"
+        assert met["pairing saw the detector"] is True
+        assert met["detector saw the pairing"] is True
+        assert str(met["pairing thread"]).startswith("pairing")
+        pairing_started.clear(), advancing.clear()
+        assert await pipe.process("s3", delivery("reply", body([reply(W + 6)]))) == "ok"
+        assert nacl(pipe.state) == {ENI: 1}
+        assert pipe.detection is not None
+        assert pipe.detection is not detection  # the windows advanced too
+        assert pipe.pairing is not None
+        assert not pipe.pairing.replies
+    finally:
+        pipe.close()
+        store.close()
