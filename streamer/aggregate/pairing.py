@@ -654,6 +654,9 @@ def _merged(known: np.ndarray, fresh: np.ndarray, at: np.ndarray) -> np.ndarray:
     replay's peak RSS grew by tens of MiB)."""
     n = len(known) + len(fresh)
     out = np.frombuffer(pa.allocate_buffer(n * 8), np.uint64) if n else np.zeros(0, np.uint64)
+    if not len(known) or not len(fresh):  # a new window (or nothing new): a copy, no scatter
+        out[:] = fresh if len(fresh) else known
+        return out
     where = at + np.arange(len(fresh))
     rest = np.ones(n, bool)
     rest[where] = False
