@@ -16,7 +16,8 @@ from streamer.aggregate.anomaly import Settings
 from streamer.aggregate.detection import Detection
 from streamer.aggregate.pairing import PREFIX, Pairing
 from streamer.export.telemetry import Telemetry
-from streamer.pipeline import DUPLICATE, Pipeline, Store
+from streamer.pipeline import Pipeline, Store
+from streamer.sources.base import DUPLICATE
 from streamer.store.sqlite import CheckpointStore
 from tests.unit.aggregate.test_pairing import ENI, LATENESS, W, body, reply, request
 from tests.unit.test_pipeline_pairing import delivery, nacl
