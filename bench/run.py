@@ -73,13 +73,15 @@ def child_inproc_windows(path: str, with_insights: bool = False) -> dict[str, fl
             )
         for part in parts:
             counters.add(part.counters)
+        # As the live pipeline: the object's partials folded into one (on its reading thread), then folded into
+        # the state (in the commit's plan), the input's NACL candidates paired beside that on the pairing thread.
+        windows = merge([p.windows for p in parts if p.windows is not None])
         pairing, candidates, paired = None, 0, None
-        if with_insights:  # as the live pipeline: the input's NACL candidates paired with the state
+        if with_insights:
             delta = delta_of(parts)
             candidates = delta.pairs.num_rows if delta.pairs is not None else 0
-            paired = pool.submit(delta.pair_with, Pairing(900))  # beside the detector, as the pipeline's plan does
-        # As the live pipeline: the object's partials folded into one, then folded into the state.
-        detection, _ = Detection.create(Settings(), 900).advance(merge([p.windows for p in parts if p.windows is not None]))
+            paired = pool.submit(delta.pair_with, Pairing(900))
+        detection, _ = Detection.create(Settings(), 900).advance(windows)
         detection.flush()
         if paired is not None:
             pairing, _ = paired.result()

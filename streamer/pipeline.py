@@ -322,6 +322,8 @@ class Pipeline:
         except BaseException:
             if pairs is not None:  # not left running into the next plan
                 concurrent.futures.wait([pairs])
+                if not pairs.cancelled() and pairs.exception() is not None:
+                    log.warning("the pairing failed too: %s", pairs.exception())
             raise
         each, pairing = pairs.result() if pairs is not None else _pair_all(pairing, deltas)
         changes: list[Commit] = []

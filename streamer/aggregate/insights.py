@@ -132,7 +132,7 @@ def insight_batch(table: pa.Table, window_seconds: int, max_time: int | None = N
     else:
         parts.extend(signal(table) for signal, wanted in ((_gateway, gateway), (_ipv6, ipv6), (_paths, paths)) if wanted)
     parts = [p for p in parts if p.num_rows]
-    # each part is one kind, a row per key already: put together, not folded
+    # a row per (kind, key) already: put together, not folded
     sums = parts[0] if len(parts) == 1 else pa.concat_tables(parts) if parts else _EMPTY
     return InsightBatch(sums, pairs=pairs)
 

@@ -186,7 +186,7 @@ def _key(eni: np.ndarray, a: np.ndarray, b: np.ndarray, port_a: np.ndarray, port
         return _mix(h)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays: compared by identity
 class Candidates:
     """One batch's (or one input's) pairing candidates as they come from `candidates`: requests as windows
     and keys, replies as windows, keys, ENIs and example lines. Arrays, not one flagged table: the pairing
