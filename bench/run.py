@@ -71,14 +71,15 @@ def child_inproc_windows(path: str, with_insights: bool = False) -> dict[str, fl
             result = Ingestor(reader, reducer(60, None, 60 if with_insights else None), pool).run(
                 read_chunks(handle), parts.append
             )
-        for part in parts:
-            counters.add(part.counters)
-        # As the live pipeline: the object's partials folded into one (on its reading thread), then folded into
-        # the state (in the commit's plan), the input's NACL candidates paired beside that on the pairing thread.
+        # As the live pipeline: the object's partials folded into one on its reading thread while its delta is
+        # built on a decode thread, then folded into the state in the commit's plan, the input's NACL
+        # candidates paired beside that on the pairing thread.
+        built = pool.submit(delta_of, parts)
         windows = merge([p.windows for p in parts if p.windows is not None])
+        delta = built.result()
+        counters.merge(delta.counters)
         pairing, candidates, paired = None, 0, None
         if with_insights:
-            delta = delta_of(parts)
             candidates = delta.pairs.num_rows if delta.pairs is not None else 0
             paired = pool.submit(delta.pair_with, Pairing(900))
         detection, _ = Detection.create(Settings(), 900).advance(windows)

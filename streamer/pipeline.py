@@ -442,9 +442,18 @@ class Pipeline:
         def work() -> tuple[ObjectResult[BatchResult], FlowState, int | None, list[WindowBatch]]:
             parts: list[BatchResult] = []
             result = ingest.run(_pull(body, loop, stop), parts.append)
-            delta = delta_of(parts)
             ends = [p.max_end for p in parts if p.max_end is not None and p.max_end <= max_time]
-            windows = merge([p.windows for p in parts if p.windows is not None])
+            partials = [p.windows for p in parts if p.windows is not None]
+            # The delta (counters, insights, pairing candidates) is built on a decode thread while the window
+            # partials fold here: independent, and for a big input each takes long enough to matter.
+            pending = self.pool.submit(delta_of, parts) if partials else None
+            try:
+                windows = merge(partials)
+            except BaseException:
+                if pending is not None:
+                    concurrent.futures.wait([pending])
+                raise
+            delta = pending.result() if pending is not None else delta_of(parts)
             return result, delta, max(ends) if ends else None, windows
 
         try:

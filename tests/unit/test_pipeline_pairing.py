@@ -176,3 +176,46 @@ async def test_with_detection_on_a_groups_pairing_runs_beside_the_detector_and_c
     finally:
         pipe.close()
         store.close()
+
+
+async def test_with_windows_on_an_inputs_delta_is_built_on_a_decode_thread_while_its_partials_fold(
+    tmp_path: Path, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The input's reading thread folds its window partials while a decode thread builds its delta: each
+    waits here until the other has started (in turn, one would wait in vain); the counts are as before."""
+    import streamer.pipeline as pipeline_module
+
+    building, folding = threading.Event(), threading.Event()
+    met: dict[str, object] = {}
+    delta_of, merge = pipeline_module.delta_of, pipeline_module.merge
+
+    def building_beside(*args: Any) -> Any:
+        building.set()
+        met["delta saw the fold"] = folding.wait(10)
+        met["delta thread"] = threading.current_thread()
+        return delta_of(*args)
+
+    def folding_beside(*args: Any) -> Any:
+        folding.set()
+        met["fold saw the delta"] = building.wait(10)
+        met["fold thread"] = threading.current_thread()
+        return merge(*args)
+
+    monkeypatch.setattr(pipeline_module, "delta_of", building_beside)
+    monkeypatch.setattr(pipeline_module, "merge", folding_beside)
+    store = CheckpointStore(tmp_path / "state.db")
+    pipe = Pipeline(
+        store.load_state(), Store(store), Telemetry(CollectorRegistry()), pool,
+        detection=Detection.create(Settings(), LATENESS), insights_window_seconds=60, pairing=Pairing(LATENESS),
+        clock=lambda: W + 120,
+    )  # fmt: skip
+    try:
+        assert await pipe.process("s3", delivery("both", body([request(W + 5), reply(W + 6)]))) == "ok"
+        assert met["delta saw the fold"] is True
+        assert met["fold saw the delta"] is True
+        assert met["delta thread"] is not met["fold thread"]
+        assert nacl(pipe.state) == {ENI: 1}
+        assert sum(pipe.state.counters.table().column("records").to_pylist()) == 2
+    finally:
+        pipe.close()
+        store.close()
