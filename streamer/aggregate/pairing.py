@@ -188,20 +188,25 @@ def _key(eni: np.ndarray, a: np.ndarray, b: np.ndarray, port_a: np.ndarray, port
 
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays: compared by identity
 class Candidates:
-    """One batch's (or one input's) pairing candidates as they come from `candidates`: requests as windows
-    and keys, replies as windows, keys, ENIs and example lines. Arrays, not one flagged table: the pairing
-    step takes the two apart without a filter, and a batch builds no table for its requests."""
+    """One batch's (or one input's) pairing candidates as they come from `candidates`: requests as a sorted
+    set of keys per window (a batch's, several batches' joined without a copy), replies as windows, keys,
+    ENIs and example lines. Arrays, not one flagged table: the pairing step takes the two apart without a
+    filter, a batch builds no table for its requests, and a request's window is not repeated per request."""
 
-    request_windows: np.ndarray
-    request_keys: np.ndarray
+    #: (window, its request keys): each batch's sorted and distinct, any number per window
+    requests: list[tuple[int, np.ndarray]]
     reply_windows: np.ndarray
     reply_keys: np.ndarray
     #: the replies' `eni` and `example` (`_REPLY_TEXT`), a row per reply
     reply_text: pa.Table
 
     @property
+    def num_requests(self) -> int:
+        return sum(len(keys) for _, keys in self.requests)
+
+    @property
     def num_rows(self) -> int:
-        return len(self.request_keys) + len(self.reply_keys)
+        return self.num_requests + len(self.reply_keys)
 
     @classmethod
     def empty(cls) -> Candidates:
@@ -209,21 +214,26 @@ class Candidates:
 
     @classmethod
     def join(cls, parts: list[Candidates]) -> Candidates:
-        """Several batches' candidates as one input's (in order: each batch's requests stay a sorted stretch)."""
+        """Several batches' candidates as one input's (their requests' sets listed, not copied)."""
         parts = [p for p in parts if p.num_rows]
         if len(parts) <= 1:
             return parts[0] if parts else _NONE
         texts = [p.reply_text for p in parts if p.reply_text.num_rows]
-        windows, keys, reply_windows, reply_keys = (np.concatenate([getattr(p, f) for p in parts]) for f in _ARRAYS)
-        return cls(windows, keys, reply_windows, reply_keys, pa.concat_tables(texts) if texts else _NO_TEXT)
+        return cls(
+            [stretch for p in parts for stretch in p.requests],
+            np.concatenate([p.reply_windows for p in parts]),
+            np.concatenate([p.reply_keys for p in parts]),
+            pa.concat_tables(texts) if texts else _NO_TEXT,
+        )
 
     def table(self) -> pa.Table:
         """As one `CANDIDATES` table: what a replica sends the leader (and what tests look at)."""
-        n_req, n_rep = len(self.request_keys), len(self.reply_keys)
+        n_req, n_rep = self.num_requests, len(self.reply_keys)
+        request_windows = [np.full(len(keys), w, np.int64) for w, keys in self.requests]
         return pa.table(
             {
-                "window": np.concatenate([self.request_windows, self.reply_windows]),
-                "hash": np.concatenate([self.request_keys, self.reply_keys]),
+                "window": np.concatenate([*request_windows, self.reply_windows]),
+                "hash": np.concatenate([*(keys for _, keys in self.requests), self.reply_keys]),
                 "request": np.concatenate([np.ones(n_req, bool), np.zeros(n_rep, bool)]),
                 "eni": pa.concat_arrays([pa.nulls(n_req, pa.string()), *self.reply_text.column("eni").chunks]),
                 "example": pa.concat_arrays([pa.nulls(n_req, pa.string()), *self.reply_text.column("example").chunks]),
@@ -233,18 +243,33 @@ class Candidates:
 
     @classmethod
     def of_table(cls, table: pa.Table) -> Candidates:
-        """A `CANDIDATES` table's rows, in any order (a replica of any version sent it)."""
+        """A `CANDIDATES` table's rows, in any order (a replica of any version sent it): its requests
+        grouped by window (the pairing step sorts each window's keys)."""
         windows = np.asarray(table.column("window").to_numpy(), np.int64)
         hashes = np.asarray(table.column("hash").to_numpy(), np.uint64)
         is_req = _flag(table.column("request"))
         replies = table.filter(pa.array(~is_req)).select(["eni", "example"])
-        return cls(windows[is_req], hashes[is_req], windows[~is_req], hashes[~is_req], replies.cast(_REPLY_TEXT))
+        request_windows, request_keys = windows[is_req], hashes[is_req]
+        order = np.argsort(request_windows, kind="stable")
+        return cls(
+            _stretches(request_windows[order], request_keys[order]),
+            windows[~is_req],
+            hashes[~is_req],
+            replies.cast(_REPLY_TEXT),
+        )
 
 
-_ARRAYS = ("request_windows", "request_keys", "reply_windows", "reply_keys")
+def _stretches(windows: np.ndarray, keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Keys grouped by window as (window, slice of `keys`), given windows in order."""
+    if not len(keys):
+        return []
+    cuts = [0, *(np.flatnonzero(windows[1:] != windows[:-1]) + 1).tolist(), len(keys)]
+    return [(int(windows[start]), keys[start:end]) for start, end in itertools.pairwise(cuts)]
+
+
 _REPLY_TEXT = pa.schema([pa.field("eni", pa.string()), pa.field("example", pa.string())])
 _NO_TEXT = _REPLY_TEXT.empty_table()
-_NONE = Candidates(np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.uint64), _NO_TEXT)
+_NONE = Candidates([], np.zeros(0, np.int64), np.zeros(0, np.uint64), _NO_TEXT)
 
 
 def candidates(table: pa.Table, window_seconds: int, max_time: int | None = None) -> Candidates:
@@ -266,8 +291,8 @@ def candidates(table: pa.Table, window_seconds: int, max_time: int | None = None
     if got is None:
         return _NONE
     request_windows, request_keys, r, reply_windows, reply_keys = got
-    request_windows, request_keys = _distinct(request_windows, request_keys, window_seconds)
-    return Candidates(request_windows, request_keys, reply_windows, reply_keys, _examples(table, r))
+    requests = _stretches(*_distinct(request_windows, request_keys, window_seconds))
+    return Candidates(requests, reply_windows, reply_keys, _examples(table, r))
 
 
 #: the requests' windows and keys; the replies' rows, windows and keys
@@ -510,11 +535,11 @@ class Pairing:
             return self, Paired({}, {}), Pieces()
         lateness = self.lateness_seconds
         rep_w, rep_h = found.reply_windows, found.reply_keys
-        top = max(int(w.max()) for w in (found.request_windows, rep_w) if len(w))
+        top = max([w for w, keys in found.requests if len(keys)] + ([int(rep_w.max())] if len(rep_w) else []))
         newest = top if self.newest is None else max(top, self.newest)
         requests, replies = dict(self.requests), dict(self.replies)
         pieces = Pieces()
-        added = _add_requests(requests, found.request_windows, found.request_keys)
+        added = _add_requests(requests, found.requests)
         counts: dict[str, int] = {}
         examples: dict[str, str] = {}
         # New replies against every request known, old and new.
@@ -604,13 +629,16 @@ class Pairing:
         return cls(lateness_seconds, requests, replies, int(meta["newest"]), int(meta["seq"]))
 
 
-def _add_requests(requests: dict[int, np.ndarray], windows: np.ndarray, hashes: np.ndarray) -> dict[int, np.ndarray]:
+def _add_requests(requests: dict[int, np.ndarray], stretches: list[tuple[int, np.ndarray]]) -> dict[int, np.ndarray]:
     """Merge new requests into `requests` (copies of the windows touched); returns what is new per window."""
     added: dict[int, np.ndarray] = {}
-    if not len(hashes):
-        return added
-    for w, h_part in _by_window(windows, hashes):
-        h_part = np.sort(h_part, kind="stable")  # sorted runs (one per batch, `_distinct`): merged
+    by_window: dict[int, list[np.ndarray]] = {}
+    for w, keys in stretches:
+        if len(keys):
+            by_window.setdefault(w, []).append(keys)
+    for w, parts in by_window.items():
+        # sorted runs (one per batch, `_distinct`), merged by a stable sort; a wire input's any order is sorted
+        h_part = np.sort(parts[0] if len(parts) == 1 else np.concatenate(parts), kind="stable")
         fresh = h_part[np.concatenate(([True], h_part[1:] != h_part[:-1]))]
         known = requests.get(w)
         if known is not None and len(known):
@@ -624,26 +652,6 @@ def _add_requests(requests: dict[int, np.ndarray], windows: np.ndarray, hashes: 
         if len(fresh):
             added[w] = fresh
     return added
-
-
-#: more stretches of one window than this in an input: sorted by window first instead
-_MAX_STRETCHES = 4096
-
-
-def _by_window(windows: np.ndarray, hashes: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """`hashes` per window. Candidates come as batches' requests grouped by window (`_distinct`), so the
-    stretches of one window are sliced and joined (no sort of the whole input by window); an input in any
-    other order (one from an older replica) is sorted by window first."""
-    cuts = np.flatnonzero(windows[1:] != windows[:-1]) + 1
-    if len(cuts) >= _MAX_STRETCHES:
-        order = np.argsort(windows, kind="stable")
-        windows, hashes = windows[order], hashes[order]
-        cuts = np.flatnonzero(windows[1:] != windows[:-1]) + 1
-    bounds = [0, *cuts.tolist(), len(hashes)]
-    stretches: dict[int, list[np.ndarray]] = {}
-    for start, end in itertools.pairwise(bounds):
-        stretches.setdefault(int(windows[start]), []).append(hashes[start:end])
-    return [(w, parts[0] if len(parts) == 1 else np.concatenate(parts)) for w, parts in stretches.items()]
 
 
 def _merged(known: np.ndarray, fresh: np.ndarray, at: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ def _run(found: Candidates) -> tuple[object, ...]:
 
 def test_candidates_from_the_wire_in_any_order_pair_as_computed() -> None:
     found = _found()
-    assert len(found.request_keys)
+    assert found.num_requests
     assert len(found.reply_keys)
     table = found.table()
     for seed in range(5):
