@@ -3,8 +3,11 @@ pair exactly as the candidates the replica computed."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from streamer.aggregate import pairing
 from streamer.aggregate.pairing import Candidates, Pairing
@@ -50,3 +53,26 @@ def test_candidates_from_the_wire_in_any_order_pair_as_computed() -> None:
     counts = _run(found)[0]
     assert isinstance(counts, dict)
     assert sum(counts.values()) > 0
+
+
+def test_an_inputs_joined_batches_go_on_the_wire_as_before_and_pair_the_same_from_it() -> None:
+    """Joined batches keep their requests' sets side by side (one window in several): on the wire that is
+    every batch's requests in turn, then every batch's replies (as when the arrays were concatenated, so
+    replicas of either version read it), and the leader pairs what it reads as the replica would."""
+    full = _found()
+    table = full.table()
+    cuts = [0, 90, 200, table.num_rows]  # three batches, windows spread over each
+    batches = [Candidates.of_table(table.slice(a, b - a)) for a, b in itertools.pairwise(cuts)]
+    joined = Candidates.join(batches)
+    windows = [w for w, _ in joined.requests]
+    assert len(windows) > len(set(windows))  # a window in several stretches
+    wire = joined.table()
+    each = [b.table() for b in batches]
+    is_req = wire.column("request").to_pylist()
+    n_req = sum(is_req)
+    assert is_req == [True] * n_req + [False] * (wire.num_rows - n_req)
+    requests = pa.concat_tables([t.filter(t.column("request")) for t in each])
+    replies = pa.concat_tables([t.filter(pc.invert(t.column("request"))) for t in each])
+    assert wire.slice(0, n_req).equals(requests)
+    assert wire.slice(n_req).equals(replies)
+    assert _run(pairing.decode_candidates(pairing.encode_candidates(joined))) == _run(joined) == _run(full)
