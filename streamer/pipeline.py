@@ -452,6 +452,8 @@ class Pipeline:
             except BaseException:
                 if pending is not None:
                     concurrent.futures.wait([pending])
+                    if not pending.cancelled() and pending.exception() is not None:
+                        log.warning("%s: building the delta failed too: %s", delivery.location, pending.exception())
                 raise
             delta = pending.result() if pending is not None else delta_of(parts)
             return result, delta, max(ends) if ends else None, windows

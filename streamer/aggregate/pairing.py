@@ -283,7 +283,7 @@ def candidates(table: pa.Table, window_seconds: int, max_time: int | None = None
     if not times or not table.num_rows:
         return _NONE
     # a null end is -1 (not what lies under the null, 0 from the tokenizer): then the start, else none
-    t = ints(times[0]) if times[0].null_count else _values_or_ints(times[0])
+    t = (ints(times[0]) if times[0].null_count else _values_or_ints(times[0])).astype(np.int64, copy=False)
     if len(times) > 1 and times[0].null_count:
         t = np.where(t < 0, ints(times[1]), t)
     select = _select_native if _native_candidates is not None else _select_reference

@@ -135,3 +135,11 @@ def test_offsets_out_of_order_before_a_candidate_are_an_error_not_a_read_outside
         _scan.nacl_candidates(*args, *rest, bad, b"abcde", 0, good, b"abcde", 0, 60, 1 << 62)
     with pytest.raises(ValueError, match="monotonic"):
         _scan.nacl_candidates(*args, *rest, good, b"abcde", 0, bad, b"abcde", 0, 60, 1 << 62)
+
+
+def test_an_int32_time_column_selects_as_an_int64_one() -> None:
+    """A source whose times come as int32 (not the decoders': they cast to int64) is no error."""
+    rows = [("eni-0a", "52.94.1.10", "10.0.1.5", 443, 50001, 6, "REJECT", 70, None)]
+    wide = batch(rows, False, False, 0)
+    narrow = wide.set_column(wide.column_names.index("end"), "end", wide.column("end").cast(pa.int32()))
+    assert pairing.candidates(narrow, 60).table().to_pylist() == pairing.candidates(wide, 60).table().to_pylist()
