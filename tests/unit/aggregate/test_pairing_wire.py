@@ -76,3 +76,12 @@ def test_an_inputs_joined_batches_go_on_the_wire_as_before_and_pair_the_same_fro
     assert wire.slice(0, n_req).equals(requests)
     assert wire.slice(n_req).equals(replies)
     assert _run(pairing.decode_candidates(pairing.encode_candidates(joined))) == _run(joined) == _run(full)
+
+
+def test_an_inputs_batches_are_joined_by_listing_their_request_sets_not_copying_them() -> None:
+    parts = [_found() for _ in range(3)]
+    joined = Candidates.join(parts)
+    listed = [keys for part in parts for _, keys in part.requests]
+    assert len(listed) > 3
+    assert len(joined.requests) == len(listed)
+    assert all(a is b for (_, a), b in zip(joined.requests, listed, strict=True))
