@@ -209,10 +209,6 @@ class Candidates:
         return self.num_requests + len(self.reply_keys)
 
     @classmethod
-    def empty(cls) -> Candidates:
-        return _NONE
-
-    @classmethod
     def join(cls, parts: list[Candidates]) -> Candidates:
         """Several batches' candidates as one input's (their requests' sets listed, not copied)."""
         parts = [p for p in parts if p.num_rows]
