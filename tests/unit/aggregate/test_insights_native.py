@@ -13,14 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.aggregate import insights as ins
+from tests.native import require_native
 
 
 @pytest.fixture(autouse=True)
 def native_built() -> None:
-    if ins._native_counts is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the native part was not built in CI (streamer/decode/_scan.c needs a C compiler)")
-        pytest.skip("native part not built")
+    require_native(ins._native_counts is not None)
 
 
 def maybe(values: st.SearchStrategy[object]) -> st.SearchStrategy[object]:

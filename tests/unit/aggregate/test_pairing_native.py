@@ -5,22 +5,18 @@ reference, and its candidates must pair with the native build's committed state.
 
 from __future__ import annotations
 
-import os
-
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.aggregate import pairing
+from tests.native import require_native
 
 
 @pytest.fixture(autouse=True)
 def native_built() -> None:
-    if pairing._native_candidates is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the native part was not built in CI (streamer/decode/_scan.c needs a C compiler)")
-        pytest.skip("native part not built")
+    require_native(pairing._native_candidates is not None)
 
 
 ENIS = st.one_of(st.none(), st.sampled_from(["eni-0a", "eni-0b", "eni-0c"]))

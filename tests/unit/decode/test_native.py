@@ -8,7 +8,6 @@ and repairs them. Either way the tables and error counts are equal.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,14 +20,12 @@ from streamer.decode.errors import ErrorCounts
 from streamer.decode.objects import ObjectReader, line_parts
 from streamer.decode.text import TextDecoder, join
 from streamer.schema import DEFAULT_FIELDS, FIELDS, V5_ALL_FIELDS
+from tests.native import require_native
 
 
 @pytest.fixture(autouse=True)
 def native_built() -> None:
-    if text._scan is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the native tokenizer was not built in CI (streamer/decode/_scan.c needs a C compiler)")
-        pytest.skip("the native tokenizer is not built here (no C compiler at install time)")
+    require_native(text._scan is not None, "the native tokenizer")
 
 
 def both(fields: tuple[str, ...], chunk: bytes, columns: tuple[str, ...] | None = None) -> tuple[pa.Table, pa.Table, bool]:
