@@ -53,8 +53,13 @@ class ObjectReader:
 
         Raises a DecodeError subclass when the object as a whole is unusable;
         units already yielded stay valid (callers discard them on error).
+        Headerless input is never sniffed: its lines are event messages already
+        taken out of JSON, so one that looks like JSON, gzip or Parquet is one bad line.
         """
         stream = iter(raw)
+        if self.headerless:
+            yield from self._line_units(stream)
+            return
         first = _head(stream, _SNIFF_BYTES)
         if not first:
             return
@@ -79,22 +84,26 @@ class ObjectReader:
         if stripped.startswith(b"{"):
             yield from self._json_units(chain([head], pieces))
             return
+        yield from self._line_units(chain([head], pieces))
+
+    def _line_units(self, pieces: Iterator[bytes]) -> Iterator[Unit]:
         # Chunks stay as their parts here: the decode worker joins them, not the thread that inflates.
-        chunks = line_parts(chain([head], pieces), self.chunk_bytes)
+        chunks = line_parts(pieces, self.chunk_bytes)
         first = _first_nonempty(chunks)
         if first is None:
             return
-        # Only the head of the first chunk is looked at (and copied): joining or stripping all of it would
-        # cost two or three copies of a chunk per object on this thread, most of a small object's time.
-        if not self.headerless and _looks_binary(_prefix(first, 4096)):  # headerless lines came out of JSON: never a file
-            raise UnknownFormatError("binary data that is neither gzip nor Parquet")
-        decoder = self._decoder_for(_first_line(first))
+        if self.headerless:  # lines that came out of JSON: never a file, never a header
+            decoder = self.decoder()
+        else:
+            # Only the head of the first chunk is looked at (and copied): joining or stripping all of it would
+            # cost two or three copies of a chunk per object on this thread, most of a small object's time.
+            if _looks_binary(_prefix(first, 4096)):
+                raise UnknownFormatError("binary data that is neither gzip nor Parquet")
+            decoder = self._decoder_for(_first_line(first))
         for chunk in chain([first], chunks):
             yield _text_unit(decoder, chunk)
 
     def _decoder_for(self, first_line: bytes) -> TextDecoder:
-        if self.headerless:
-            return self.decoder()
         try:
             fields = header_fields(first_line.decode("utf-8", "replace"))
         except UnknownFieldError as exc:

@@ -27,7 +27,16 @@ from hypothesis import strategies as st
 
 from tests.firehose_data import firehose_bodies
 from tests.integration.conftest import Truth, exported_totals, free_port, objects_by_outcome, scrape
-from tests.integration.test_firehose import KEY, firehose_request, http_records, http_source, records_total, wait_until_ready
+from tests.integration.test_firehose import (
+    KEY,
+    firehose_request,
+    flow_lines,
+    http_records,
+    http_source,
+    payload,
+    records_total,
+    wait_until_ready,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -135,6 +144,19 @@ def test_bad_requests_and_records_ahead_of_valid_ones_cost_only_themselves(strea
     assert "restarting" not in log
     assert "Traceback" not in log
     assert sum("request mixed:" in line for line in log.splitlines()) == 1  # logged once, with the request id
+
+
+def test_an_event_message_that_is_json_costs_itself_wherever_it_is(streamer: Streamer) -> None:
+    """Issue 29.1: five flow lines after a JSON message counted 0 (read as a JSON stream), before it 5."""
+    truth = Truth()
+    first = gzip.compress(payload(['{"x":1}', *flow_lines(truth, 5, 1)]))
+    last = gzip.compress(payload([*flow_lines(truth, 5, 2), '{"x":1}']))
+    assert streamer.post(firehose_request("json-first", [first])) == 200
+    assert streamer.post(firehose_request("json-last", [last])) == 200
+    metrics = streamer.metrics()
+    assert exported_totals(metrics) == truth.totals
+    assert records_total(metrics) == 10
+    assert decode_errors(metrics) == 2
 
 
 def test_mutated_requests_never_get_a_500_nor_a_traceback(tmp_path_factory: pytest.TempPathFactory) -> None:

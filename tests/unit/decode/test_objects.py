@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import gzip
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from streamer.decode.objects import line_chunks
+from streamer.decode.errors import ErrorCounts
+from streamer.decode.objects import ObjectReader, line_chunks
+from streamer.ingest import Ingestor
 from streamer.schema import DEFAULT_FIELDS
 from tests.helpers import decode_bytes
 
@@ -139,3 +142,30 @@ def test_cloudwatch_payload_and_control_message() -> None:
     assert [r["action"] for r in rows] == ["REJECT"]
     rows, _, _ = decode_bytes(orjson.dumps({**doc, "messageType": "CONTROL_MESSAGE"}))
     assert rows == []
+
+
+def decode_headerless(data: bytes) -> tuple[list[dict[str, object]], ErrorCounts, object]:
+    """As a Kinesis batch, a CloudWatch sweep or a Firehose request hands on its event messages."""
+    tables: list[pa.Table] = []
+    with ThreadPoolExecutor(2) as pool:
+        result = Ingestor(ObjectReader(headerless=True), lambda t: t, pool).run([data], tables.append)
+    return [row for table in tables for row in table.to_pylist()], result.errors, result.failure
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        b'{"x":1}',  # an event message that is JSON
+        b'  {"messageType": "DATA_MESSAGE", "logEvents": []}',
+        b"PAR1 not a Parquet file",  # starts like the Parquet magic
+        b"version account-id interface-id",  # looks like a header: still just a bad line
+    ],
+)
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_headerless_lines_are_never_sniffed_an_odd_message_is_one_bad_line(odd: bytes, where: str) -> None:
+    flows = text(5, header=False)
+    data = odd + b"\n" + flows if where == "first" else flows + odd + b"\n"
+    rows, errors, failure = decode_headerless(data)
+    assert failure is None
+    assert sorted(int(str(r["packets"])) for r in rows) == list(range(5))
+    assert sum(errors.counts.values()) == 1
