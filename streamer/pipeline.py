@@ -417,8 +417,9 @@ class Pipeline:
         if oldest_age_seconds is not None:
             self.telemetry.queue_age.labels(source).set(oldest_age_seconds)
 
-    def source_error(self, source: str, reason: str, message: str) -> None:
-        log.warning("%s: %s: %s", source, reason, message)
+    def source_error(self, source: str, reason: str, message: str, *, logged: bool = True) -> None:
+        if logged:
+            log.warning("%s: %s: %s", source, reason, message)
         self.telemetry.source_error(source, reason)
 
     async def _already_done(self, done: list[Done]) -> bool:

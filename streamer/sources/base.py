@@ -125,8 +125,8 @@ class Sink(Protocol):
         """Mark a delivery done without reading it (it failed too often)."""
         ...
 
-    def source_error(self, source: str, reason: str, message: str) -> None:
-        """Count and log a source-side failure."""
+    def source_error(self, source: str, reason: str, message: str, *, logged: bool = True) -> None:
+        """Count and log a source-side failure (`logged=False`: count only, the source throttles its lines)."""
         ...
 
     def polled(self, source: str) -> None:

@@ -52,6 +52,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from streamer.decode.cloudwatch import Documents, document_lines
 from streamer.decode.errors import ErrorCounts
 from streamer.decode.gzip import GZIP_MAGIC
+from streamer.logs import Throttle, printable, quieted
 from streamer.schema import parse_log_format
 from streamer.settings import SourceSettings, check_log_format
 from streamer.sources.base import BuildContext, Delivery, Sink, Source
@@ -70,6 +71,8 @@ STEP_BYTES = 1 << 20
 DRAIN_SECONDS = 5.0
 #: after refusing a request whose body we did not read (503, 408, 413), how long its rest is read and dropped
 LINGER_SECONDS = 1.0
+#: a warning a client can repeat at will (a wrong key, no key) is logged at most once per this; all are counted
+WARN_INTERVAL_SECONDS = 60.0
 #: fault-injection seam for the crash test: seconds to wait between the commit and the response
 _RESPONSE_DELAY_ENV = "STREAMER_TEST_FIREHOSE_RESPONSE_DELAY_SECONDS"
 
@@ -86,6 +89,9 @@ class FirehoseHttpSourceConfig(SourceSettings):
     access_keys: list[SecretStr] | None = None
     #: a file holding the key(s), one per line, blank lines ignored (a mounted Secret)
     access_key_file: Path | None = None
+    #: `access_key` (default): every request must carry one of the keys. `none`: no key is checked, for a
+    #: listener reachable only through an authenticating proxy or a private network (a WARNING says so)
+    authentication: Literal["access_key", "none"] = "access_key"
     #: largest request accepted: the body plus what its gzip'd records inflate to (caps gzip bombs too)
     max_request_bytes: int = Field(default=64 << 20, ge=1024)
     #: requests handled at once; beyond this 503 (Firehose retries it)
@@ -123,6 +129,8 @@ class FirehoseHttpSourceConfig(SourceSettings):
     def _key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("is empty: an empty key would let anyone in (an unset secret?)")
+        if value is not None and (weak := key_weakness(value.get_secret_value())):
+            raise ValueError(weak)
         return value
 
     @field_validator("access_keys")
@@ -134,36 +142,75 @@ class FirehoseHttpSourceConfig(SourceSettings):
             for i, key in enumerate(value):
                 if not key.get_secret_value().strip():
                     raise ValueError(f"key {i} is empty: an empty key would let anyone in")
+                if weak := key_weakness(key.get_secret_value()):
+                    raise ValueError(f"key {i} {weak}")
         return value
 
     @model_validator(mode="after")
     def _key_and_tls(self) -> FirehoseHttpSourceConfig:
         given = [self.access_key is not None, self.access_keys is not None, self.access_key_file is not None]
-        if sum(given) != 1:
-            raise ValueError("give exactly one of access_key, access_keys and access_key_file (Firehose sends it)")
-        if self.access_key_file is not None and not self.keys_from_file():
-            raise ValueError(f"access_key_file {self.access_key_file}: holds no key (one per line)")
+        if self.authentication == "none":
+            if any(given):
+                raise ValueError("authentication: none takes no access_key, access_keys nor access_key_file")
+        elif sum(given) != 1:
+            raise ValueError(
+                "give exactly one of access_key, access_keys and access_key_file (Firehose sends it), "
+                "or authentication: none behind a gate of your own"
+            )
+        if self.access_key_file is not None:
+            keys = self.keys_from_file()
+            if not keys:
+                raise ValueError(f"access_key_file {self.access_key_file}: holds no key (one per line)")
+            for line, key in _numbered_keys(self.access_key_file):
+                if weak := key_weakness(key):
+                    raise ValueError(f"access_key_file {self.access_key_file}: line {line} {weak}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
         return self
 
     def keys_from_file(self) -> list[str]:
         assert self.access_key_file is not None
-        try:
-            return [line.strip() for line in self.access_key_file.read_text().splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError):
-            return []
+        return [key for _, key in _numbered_keys(self.access_key_file)]
 
     def accepted_keys(self) -> list[str]:
-        """Every accepted key (never empty: validation refuses that)."""
+        """Every accepted key (empty only with `authentication: none`)."""
         if self.access_key is not None:
             return [self.access_key.get_secret_value()]
         if self.access_keys is not None:
             return [k.get_secret_value() for k in self.access_keys]
-        return self.keys_from_file()
+        if self.access_key_file is not None:
+            return self.keys_from_file()
+        return []
 
     async def build(self, ctx: BuildContext) -> FirehoseHttpSource:
         return FirehoseHttpSource(ctx.name, self)
+
+
+#: a key must be at least this long: Firehose sends it in clear (under TLS) with every request, and it is all that
+#: stands between the internet and the counters
+MIN_KEY_CHARS = 16
+#: what a key must not be, or contain, once lowercased and stripped of all but letters and digits
+_PLACEHOLDERS = frozenset({"changeme", "replaceme", "placeholder", "youraccesskey", "yourkey", "yoursecret", "accesskey"})
+_PLACEHOLDER_WORDS = ("changeme", "replaceme", "placeholder", "youraccesskey", "yourkey", "yoursecret")
+
+
+def key_weakness(key: str) -> str | None:
+    """Why a key is refused at start (never the key itself: it would end up in a log), or None."""
+    folded = "".join(c for c in key.lower() if c.isalnum())
+    if folded in _PLACEHOLDERS or any(word in folded for word in _PLACEHOLDER_WORDS):
+        return "is a placeholder: set the key the Firehose stream sends"
+    if len(key.strip()) < MIN_KEY_CHARS:
+        return f"is {len(key.strip())} characters: use at least {MIN_KEY_CHARS} (e.g. openssl rand -hex 24)"
+    return None
+
+
+def _numbered_keys(path: Path) -> list[tuple[int, str]]:
+    """(line number, key) for each non-blank line of a key file; none when it cannot be read."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [(i, line.strip()) for i, line in enumerate(lines, 1) if line.strip()]
 
 
 class BadRequest(Exception):
@@ -190,6 +237,8 @@ class FirehoseHttpSource(Source):
         self.listening = asyncio.Event()
         self._response_delay = float(os.environ.get(_RESPONSE_DELAY_ENV, "0") or 0)
         self.port: int | None = None
+        self._unauthorized_log = Throttle(WARN_INTERVAL_SECONDS)
+        self._keyless_log = Throttle(WARN_INTERVAL_SECONDS)
 
     @property
     def host(self) -> str:
@@ -221,6 +270,15 @@ class FirehoseHttpSource(Source):
             self.ready = True
             self.listening.set()
             log.info("%s: accepting Firehose deliveries on %s:%s%s", self.name, self.host, self.port, self.config.path)
+            if self.config.authentication == "none":
+                log.warning(
+                    "%s: authentication: none: any request to %s:%s%s is counted without a key; only safe behind an"
+                    " authenticating proxy or on a private network",
+                    self.name,
+                    self.host,
+                    self.port,
+                    self.config.path,
+                )
             await asyncio.Event().wait()
         finally:
             self._stopping = True
@@ -245,14 +303,13 @@ class FirehoseHttpSource(Source):
 
     async def _handle(self, sink: Sink, request: web.Request) -> web.Response:
         request_id = _printable(request.headers.get("X-Amz-Firehose-Request-Id", ""))
+        shown = printable(request_id) or "?"  # what a log line may echo of it
         if self._stopping:
             return self._reply(503, request_id, "shutting down", close=True)
-        if not self._authorized(request.headers.get(ACCESS_KEY_HEADER, "").encode("utf-8", "surrogateescape")):
-            where = f"request {request_id or '?'} from {request.remote}"
-            sink.source_error(self.name, "unauthorized", f"{where}: missing or wrong access key")
+        if not self._let_in(sink, request, shown):
             return self._reply(401, request_id, "missing or wrong access key", close=True)
         if self._busy >= self.config.max_concurrent_requests:  # its body is never read: Firehose retries it
-            sink.source_error(self.name, "busy", f"request {request_id or '?'}: {self._busy} requests in progress")
+            sink.source_error(self.name, "busy", f"request {shown}: {self._busy} requests in progress")
             return self._reply(503, request_id, "busy, retry", close=True)
         self._busy += 1
         try:
@@ -260,18 +317,41 @@ class FirehoseHttpSource(Source):
         finally:
             self._busy -= 1
 
+    def _let_in(self, sink: Sink, request: web.Request, shown: str) -> bool:
+        """The key check. What fails it is counted, each time, but logged at most once a minute (a client
+        can repeat it at will); with `authentication: none`, so is a request that carries no key."""
+        given = request.headers.get(ACCESS_KEY_HEADER, "")
+        if self.config.authentication == "none":
+            if not given and (quiet := self._keyless_log.allow()) is not None:
+                log.warning(
+                    "%s: request %s from %s carries no access key: counted, as authentication is none%s",
+                    self.name,
+                    shown,
+                    request.remote,
+                    quieted(quiet),
+                )
+            return True
+        if self._authorized(given.encode("utf-8", "surrogateescape")):
+            return True
+        quiet = self._unauthorized_log.allow()
+        message = f"request {shown} from {request.remote}: missing or wrong access key{quieted(quiet or 0)}"
+        sink.source_error(self.name, "unauthorized", message, logged=quiet is not None)
+        return False
+
     async def _serve(self, sink: Sink, request: web.Request, request_id: str) -> web.Response:
+        shown = printable(request_id) or "?"
         try:
             request_id, data = await self._receive(request)
             request_id = _printable(request_id)
+            shown = printable(request_id)
         except TimeoutError:
-            sink.source_error(self.name, "timeout", f"request {request_id or '?'}: body not received in time")
+            sink.source_error(self.name, "timeout", f"request {shown}: body not received in time")
             return self._reply(408, request_id, "body not received in time", close=True)
         except TooLarge as exc:
-            sink.source_error(self.name, "too_large", f"request {request_id or '?'}: {exc}")
+            sink.source_error(self.name, "too_large", f"request {shown}: {exc}")
             return self._reply(413, request_id, str(exc), close=True)
         except BadRequest as exc:
-            sink.source_error(self.name, "bad_request", f"request {request_id or '?'}: {exc}")
+            sink.source_error(self.name, "bad_request", f"request {shown}: {exc}")
             return self._reply(400, request_id, str(exc))
         if self._stopping:  # stopping while the body came in: commit nothing, Firehose retries
             return self._reply(503, request_id, "shutting down")
@@ -279,14 +359,14 @@ class FirehoseHttpSource(Source):
             log.warning(
                 "%s: request %s: %d of %d record(s) skipped %s, e.g. %s",
                 self.name,
-                request_id,
+                shown,
                 sum(data.errors.values()),
                 data.records,
                 data.errors,
-                data.example,
+                printable(data.example or "", 200),
             )
         delivery = Delivery(
-            location=f"firehose://{self.name}/{request_id}",
+            location=f"firehose://{self.name}/{shown}",
             body=data.stream,
             done=[Done(NAMESPACE, request_id)],
             arrived_at=self._clock(),

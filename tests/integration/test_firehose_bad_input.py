@@ -60,8 +60,8 @@ class Streamer:
             )
         wait_until_ready(self.http_port, self.proc)
 
-    def post(self, body: bytes, gzip_body: bool = False) -> int:
-        headers = {"X-Amz-Firehose-Access-Key": KEY, "Content-Type": "application/json"}
+    def post(self, body: bytes, gzip_body: bool = False, **extra: str) -> int:
+        headers = {"X-Amz-Firehose-Access-Key": KEY, "Content-Type": "application/json", **extra}
         if gzip_body:
             headers["Content-Encoding"] = "gzip"
             body = gzip.compress(body)
@@ -157,6 +157,26 @@ def test_an_event_message_that_is_json_costs_itself_wherever_it_is(streamer: Str
     assert exported_totals(metrics) == truth.totals
     assert records_total(metrics) == 10
     assert decode_errors(metrics) == 2
+
+
+FORGED = "2026-12-07 10:00:00,000 WARNING streamer.pipeline: forged"
+
+
+def test_a_request_id_cannot_forge_a_log_line_and_401s_cannot_flood_the_log(streamer: Streamer) -> None:
+    """Issue 29.6: a body requestId holding a newline made a line of its own; each 401 logged ~8 KB, unthrottled."""
+    body = json.dumps({"requestId": f"r1\n{FORGED}", "records": BAD_RECORDS[:1]}).encode()
+    assert streamer.post(body) == 200
+    header_id = "h" + "x" * 8000  # a header holds no control character (aiohttp answers 400), but 8 KB, yes
+    for _ in range(50):
+        assert streamer.post(body, **{"X-Amz-Firehose-Access-Key": "wrong-" + KEY, "X-Amz-Firehose-Request-Id": header_id}) == 401
+    assert source_errors(streamer.metrics()) == {"unauthorized": 50}  # every one counted
+    assert streamer.stop() == 0
+    lines = streamer.log.read_text().splitlines()
+    assert not [line for line in lines if line.startswith(FORGED)]
+    assert sum("request r1\\x0a2026" in line for line in lines) == 1  # the id is there, escaped
+    unauthorized = [line for line in lines if "unauthorized" in line]
+    assert len(unauthorized) == 1  # throttled: the first, then at most one a minute
+    assert all(len(line) < 1000 for line in lines)
 
 
 def test_mutated_requests_never_get_a_500_nor_a_traceback(tmp_path_factory: pytest.TempPathFactory) -> None:

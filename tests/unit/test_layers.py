@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "stack": {"aws"},
     "commit_group": set(),
     "memory": set(),
-    "sources": {"aws", "decode", "schema", "settings", "store"},
+    "sources": {"aws", "decode", "logs", "schema", "settings", "store"},
     "config": {"defaults", "schema", "settings", "sources"},
     "pipeline": {"aggregate", "commit_group", "decode", "export", "ingest", "schema", "sources", "store"},
     "service": {

@@ -21,6 +21,7 @@ from streamer.sources.firehose_http import BadRequest, FirehoseHttpSource, Fireh
 from tests.firehose_data import firehose_bodies
 
 KEY = "k3y-that-must-never-be-logged"
+OLD_KEY = "old-k3y-being-rotated-out"
 
 
 class HeldSink:
@@ -39,7 +40,7 @@ class HeldSink:
     async def give_up(self, source: str, delivery: Delivery, reason: str) -> None:
         raise AssertionError("not used")
 
-    def source_error(self, source: str, reason: str, message: str) -> None:
+    def source_error(self, source: str, reason: str, message: str, *, logged: bool = True) -> None:
         self.errors.append((reason, message))
 
     def polled(self, source: str) -> None:
@@ -119,11 +120,21 @@ def source_doc(**extra: object) -> dict[str, object]:
         ({"access_key": "   "}, {}, r"^sources\.0\.access_key: is empty"),
         ({"access_key": "set-in-yaml"}, {"STREAMER__SOURCES__0__ACCESS_KEY": ""}, r"^sources\.0\.access_key: is empty"),
         ({"access_keys": []}, {}, r"^sources\.0\.access_keys: lists no key"),
-        ({"access_keys": ["a", ""]}, {}, r"^sources\.0\.access_keys: key 1 is empty"),
-        ({"access_key": "a", "access_keys": ["b"]}, {}, r"^sources\.0: give exactly one of access_key, access_keys"),
+        ({"access_keys": [KEY, ""]}, {}, r"^sources\.0\.access_keys: key 1 is empty"),
+        ({"access_key": KEY, "access_keys": [KEY]}, {}, r"^sources\.0: give exactly one of access_key, access_keys"),
         ({}, {}, r"^sources\.0: give exactly one of"),
-        ({"access_key": "a", "max_concurrent_requests": 0}, {}, r"^sources\.0\.max_concurrent_requests: "),
-        ({"access_key": "a", "body_timeout_seconds": 0}, {}, r"^sources\.0\.body_timeout_seconds: "),
+        ({"access_key": KEY, "max_concurrent_requests": 0}, {}, r"^sources\.0\.max_concurrent_requests: "),
+        ({"access_key": KEY, "body_timeout_seconds": 0}, {}, r"^sources\.0\.body_timeout_seconds: "),
+        # issue 29.8: the example's placeholder, and keys too short to be secret
+        ({"access_key": "change-me"}, {}, r"^sources\.0\.access_key: is a placeholder"),
+        ({"access_key": "CHANGE_ME_0123456789"}, {}, r"^sources\.0\.access_key: is a placeholder"),
+        ({"access_key": KEY}, {"STREAMER__SOURCES__0__ACCESS_KEY": "changeme"}, r"^sources\.0\.access_key: is a placeholder"),
+        ({"access_key": "short-key"}, {}, r"^sources\.0\.access_key: is 9 characters: use at least 16"),
+        ({"access_keys": [KEY, "your-access-key"]}, {}, r"^sources\.0\.access_keys: key 1 is a placeholder"),
+        ({"access_keys": [KEY, "abc"]}, {}, r"^sources\.0\.access_keys: key 1 is 3 characters: use at least 16"),
+        # issue 31.5: no key only when asked for explicitly, and then no key at all
+        ({"authentication": "none", "access_key": KEY}, {}, r"^sources\.0: authentication: none takes no access_key"),
+        ({"authentication": "nothing"}, {}, r"^sources\.0\.authentication: "),
     ],
 )
 def test_an_empty_or_missing_key_is_refused_at_start_naming_the_key(
@@ -135,14 +146,27 @@ def test_an_empty_or_missing_key_is_refused_at_start_naming_the_key(
 
 def test_a_key_file_holds_one_key_per_line_and_an_empty_one_is_refused(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
-    keys.write_text("\n  old-key  \n\nnew-key\n")
+    keys.write_text("\n  old-key-0123456789  \n\nnew-key-0123456789\n")
     config = parse_config(source_doc(access_key_file=str(keys)), {})
-    assert config.sources[0].accepted_keys() == ["old-key", "new-key"]  # type: ignore[union-attr]
+    assert config.sources[0].accepted_keys() == ["old-key-0123456789", "new-key-0123456789"]  # type: ignore[union-attr]
     keys.write_text("\n \n")
     with pytest.raises(ConfigError, match=r"^sources\.0: access_key_file .* holds no key"):
         parse_config(source_doc(access_key_file=str(keys)), {})
-    env = {"STREAMER__SOURCES__0__ACCESS_KEYS__0": "k0", "STREAMER__SOURCES__0__ACCESS_KEYS__1": "k1"}
-    assert parse_config(source_doc(), env).sources[0].accepted_keys() == ["k0", "k1"]  # type: ignore[union-attr]
+    keys.write_text("new-key-0123456789\nchange-me\n")
+    with pytest.raises(ConfigError, match=r"^sources\.0: access_key_file .*: line 2 is a placeholder"):
+        parse_config(source_doc(access_key_file=str(keys)), {})
+    keys.write_text("new-key-0123456789\nshort\n")
+    with pytest.raises(ConfigError, match=r"^sources\.0: access_key_file .*: line 2 is 5 characters: use at least 16"):
+        parse_config(source_doc(access_key_file=str(keys)), {})
+    env = {"STREAMER__SOURCES__0__ACCESS_KEYS__0": "k0" * 8, "STREAMER__SOURCES__0__ACCESS_KEYS__1": "k1" * 8}
+    assert parse_config(source_doc(), env).sources[0].accepted_keys() == ["k0" * 8, "k1" * 8]  # type: ignore[union-attr]
+
+
+def test_a_refused_key_is_never_echoed_in_the_error() -> None:
+    for key in ("short-secret", "change-me"):
+        with pytest.raises(ConfigError) as refused:
+            parse_config(source_doc(access_key=key), {})
+        assert key not in str(refused.value)
 
 
 def gz(doc: object) -> bytes:
@@ -200,7 +224,7 @@ class RecordingSink(HeldSink):
 async def test_a_request_with_bad_records_among_good_ones_answers_200_and_counts_both(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    config = FirehoseHttpSourceConfig(type="firehose_http", listen_address="127.0.0.1:0", access_keys=["old", "new"])
+    config = FirehoseHttpSourceConfig(type="firehose_http", listen_address="127.0.0.1:0", access_keys=[OLD_KEY, KEY])
     source = FirehoseHttpSource("firehose", config)
     sink = RecordingSink()
     task = await started(source, sink)
@@ -209,7 +233,7 @@ async def test_a_request_with_bad_records_among_good_ones_answers_200_and_counts
     try:
         with caplog.at_level(logging.WARNING):
             async with aiohttp.ClientSession() as http:
-                for key in ("old", "new"):  # both keys accepted while the stream's key is rotated
+                for key in (OLD_KEY, KEY):  # both keys accepted while the stream's key is rotated
                     async with http.post(
                         f"http://127.0.0.1:{source.port}/", data=body, headers={"X-Amz-Firehose-Access-Key": key}
                     ) as resp:
@@ -368,3 +392,30 @@ async def test_undecodable_header_bytes_and_lone_surrogates_get_an_answer_not_a_
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_authentication_none_lets_keyless_requests_in_and_says_so_throttled(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 31.5: only when asked for; a WARNING at start, and for requests without a key (at most one a minute)."""
+    config = parse_config(source_doc(authentication="none"), {}).sources[0]
+    assert isinstance(config, FirehoseHttpSourceConfig)
+    source = FirehoseHttpSource("firehose", config)
+    sink = RecordingSink()
+    with caplog.at_level(logging.WARNING):
+        task = await started(source, sink)
+        try:
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{source.port}/"
+                for i in range(20):
+                    async with http.post(url, data=request(f"keyless-{i}")) as resp:
+                        assert resp.status == 200
+                async with http.post(url, data=request("keyed"), headers={ACCESS_KEY: "any"}) as resp:
+                    assert resp.status == 200
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert len(sink.deliveries) == 21
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("authentication: none" in w and "without a key" in w for w in warnings) == 1  # at start
+    assert sum("carries no access key" in w for w in warnings) == 1  # the first; 19 more within the minute
+    assert sink.errors == []
