@@ -61,6 +61,8 @@ from streamer.store.base import Done
 log = logging.getLogger(__name__)
 
 NAMESPACE = "firehose"
+#: done keys of request ids that are not plain text (a lone surrogate or a NUL, sent as a JSON escape)
+ESCAPED_NAMESPACE = "firehose-json"
 INVALID_PAYLOAD = "invalid_payload"
 ACCESS_KEY_HEADER = "X-Amz-Firehose-Access-Key"
 #: the records' lines are handed on in chunks of about this much (never all joined at once)
@@ -341,8 +343,8 @@ class FirehoseHttpSource(Source):
     async def _serve(self, sink: Sink, request: web.Request, request_id: str) -> web.Response:
         shown = printable(request_id) or "?"
         try:
-            request_id, data = await self._receive(request)
-            request_id = _printable(request_id)
+            raw_id, data = await self._receive(request)
+            request_id = _printable(raw_id)  # echoed in the answer; the done key is made from the id as sent
             shown = printable(request_id)
         except TimeoutError:
             sink.source_error(self.name, "timeout", f"request {shown}: body not received in time")
@@ -368,7 +370,7 @@ class FirehoseHttpSource(Source):
         delivery = Delivery(
             location=f"firehose://{self.name}/{shown}",
             body=data.stream,
-            done=[Done(NAMESPACE, request_id)],
+            done=[done_key(raw_id)],
             arrived_at=self._clock(),
             log_format=self.log_format,
             headerless=True,
@@ -553,6 +555,27 @@ def _record_text(data: bytes, errors: ErrorCounts) -> bytes:
     errors.merge(documents.errors)
     lines = document_lines(docs, errors)
     return "\n".join(lines).encode()
+
+
+def done_key(request_id: str) -> Done:
+    """The request's done key, one per requestId (injective).
+
+    An ordinary id (text both stores can hold) is its own key, as it always
+    was, so an upgrade re-counts no retry. Any other id (a lone surrogate or a
+    NUL, from a JSON escape; PostgreSQL text takes neither) is its JSON string,
+    ASCII with every escape, in a namespace of its own that no ordinary id reaches.
+    """
+    if "\x00" not in request_id and (request_id.isascii() or _encodes(request_id)):
+        return Done(NAMESPACE, request_id)
+    return Done(ESCAPED_NAMESPACE, json.dumps(request_id))
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _printable(text: str) -> str:

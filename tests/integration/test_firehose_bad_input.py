@@ -159,6 +159,17 @@ def test_an_event_message_that_is_json_costs_itself_wherever_it_is(streamer: Str
     assert decode_errors(metrics) == 2
 
 
+def test_request_ids_that_differ_only_in_half_characters_each_count_once(streamer: Streamer) -> None:
+    """Issue 29.7: the second of "h-\\ud800" and "h-\\udbff" was dropped as a duplicate of the first."""
+    truth = Truth()
+    for i, request_id in enumerate(["h-\ud800", "h-\udbff", "h-\x00"]):
+        assert streamer.post(firehose_request(request_id, [gzip.compress(payload(flow_lines(truth, 5, i)))])) == 200
+    assert streamer.post(firehose_request("h-\ud800", [gzip.compress(payload(flow_lines(None, 5, 0)))])) == 200  # a retry
+    metrics = streamer.metrics()
+    assert objects_by_outcome(metrics) == {"ok": 3, "duplicate": 1}
+    assert exported_totals(metrics) == truth.totals
+
+
 FORGED = "2026-12-07 10:00:00,000 WARNING streamer.pipeline: forged"
 
 

@@ -13,11 +13,19 @@ import aiohttp
 import orjson
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamer.config import ConfigError, parse_config
 from streamer.sources.base import Delivery
 from streamer.sources.firehose_http import ACCESS_KEY_HEADER as ACCESS_KEY
-from streamer.sources.firehose_http import BadRequest, FirehoseHttpSource, FirehoseHttpSourceConfig, TooLarge, records_lines
+from streamer.sources.firehose_http import (
+    BadRequest,
+    FirehoseHttpSource,
+    FirehoseHttpSourceConfig,
+    TooLarge,
+    done_key,
+    records_lines,
+)
 from tests.firehose_data import firehose_bodies
 
 KEY = "k3y-that-must-never-be-logged"
@@ -419,3 +427,39 @@ async def test_authentication_none_lets_keyless_requests_in_and_says_so_throttle
     assert sum("authentication: none" in w and "without a key" in w for w in warnings) == 1  # at start
     assert sum("carries no access key" in w for w in warnings) == 1  # the first; 19 more within the minute
     assert sink.errors == []
+
+
+LONE_SURROGATES = ["h-\ud800", "h-\udbff", "h-\ufffd", "h-\\ud800", "h-\x00", "h-\\x00", "h-\\u0000", "h-"]
+
+
+async def test_different_request_ids_never_share_a_done_key_and_ordinary_ones_keep_theirs() -> None:
+    """Issue 29.7: "h-\\ud800" and "h-\\udbff" (JSON escapes for half a character) were both done key "h-\ufffd"."""
+    config = FirehoseHttpSourceConfig(type="firehose_http", listen_address="127.0.0.1:0", access_key=KEY)
+    source = FirehoseHttpSource("firehose", config)
+    sink = RecordingSink()
+    task = await started(source, sink)
+    ordinary = ["8f9b3c2e-1d4a-4c5b-9e8f-0a1b2c3d4e5f", "é-ü", "a b"]
+    try:
+        async with aiohttp.ClientSession() as http:
+            for request_id in [*LONE_SURROGATES, *ordinary]:
+                body = json.dumps({"requestId": request_id, "records": []}).encode()  # ensure_ascii: escapes as sent
+                async with http.post(f"http://127.0.0.1:{source.port}/", data=body, headers={ACCESS_KEY: KEY}) as resp:
+                    assert resp.status == 200
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    keys = [(d.done[0].namespace, d.done[0].key) for d in sink.deliveries]
+    assert len(set(keys)) == len(keys) == len(LONE_SURROGATES) + len(ordinary)
+    assert keys[-3:] == [("firehose", r) for r in ordinary]  # as before: an upgrade re-counts no retry
+    for _, key in keys:  # what both stores can hold (PostgreSQL text takes no NUL and no lone surrogate)
+        assert "\x00" not in key
+        key.encode("utf-8")
+
+
+@given(st.text(), st.text())
+def test_the_done_key_mapping_is_injective(a: str, b: str) -> None:
+    if a != b:
+        assert done_key(a) != done_key(b)
+    done_key(a).key.encode("utf-8")  # both stores can hold it
+    assert "\x00" not in done_key(a).key
