@@ -56,6 +56,7 @@ from streamer.logs import Throttle, printable, quieted
 from streamer.schema import parse_log_format
 from streamer.settings import SourceSettings, check_log_format
 from streamer.sources.base import BuildContext, Delivery, Sink, Source
+from streamer.sources.http_listener import CappedListener
 from streamer.store.base import Done
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,9 @@ class FirehoseHttpSourceConfig(SourceSettings):
     max_request_bytes: int = Field(default=64 << 20, ge=1024)
     #: requests handled at once; beyond this 503 (Firehose retries it)
     max_concurrent_requests: int = Field(default=4, ge=1, le=1024)
+    #: connections held at once (each is a file descriptor); beyond this a new one replaces the oldest that is
+    #: not inside a request. Lowered at start, with a warning, to what the open-file limit (ulimit -n) leaves
+    max_connections: int = Field(default=256, ge=1, le=65536)
     #: a connection must send a request's headers within this (also how long an idle one is kept:
     #: above an ALB's 60 s idle timeout, so the ALB, not us, closes idle connections)
     header_timeout_seconds: float = Field(default=75.0, gt=0)
@@ -247,7 +251,11 @@ class FirehoseHttpSource(Source):
         return self.config.listen_address.rpartition(":")[0] or "0.0.0.0"
 
     async def run(self, sink: Sink) -> None:
-        app = web.Application(client_max_size=self.config.max_request_bytes + STEP_BYTES)
+        def report(reason: str, message: str, logged: bool) -> None:
+            sink.source_error(self.name, reason, message, logged=logged)
+
+        listener = CappedListener(self.name, self.config.max_connections, report, self._tls())
+        app = web.Application(client_max_size=self.config.max_request_bytes + STEP_BYTES, middlewares=[listener.middleware])
 
         async def handle(request: web.Request) -> web.Response:
             return await self._handle(sink, request)
@@ -265,10 +273,9 @@ class FirehoseHttpSource(Source):
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, int(self.config.listen_address.rpartition(":")[2]), ssl_context=self._tls())
-            await site.start()
-            sockets = getattr(site._server, "sockets", None) or []
-            self.port = int(sockets[0].getsockname()[1]) if sockets else None
+            assert runner.server is not None
+            await listener.start(runner.server, self.host, int(self.config.listen_address.rpartition(":")[2]))
+            self.port = listener.port
             self.ready = True
             self.listening.set()
             log.info("%s: accepting Firehose deliveries on %s:%s%s", self.name, self.host, self.port, self.config.path)
@@ -287,6 +294,7 @@ class FirehoseHttpSource(Source):
             self.ready = False
             with contextlib.suppress(TimeoutError):  # new requests get 503 meanwhile
                 await asyncio.wait_for(self._idle.wait(), DRAIN_SECONDS)
+            await listener.stop()
             await runner.cleanup()
 
     def _tls(self) -> ssl.SSLContext | None:

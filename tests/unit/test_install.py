@@ -109,3 +109,16 @@ def test_the_bench_extra_brings_the_peers_bench_measures() -> None:
     runner = (ROOT / "bench" / "run.py").read_text()
     assert '"polars": child_polars' in runner
     assert '"duckdb": child_duckdb' in runner
+
+
+def test_the_aiohttp_floor_admits_no_release_that_holds_a_silent_connection_for_ever() -> None:
+    """aiohttp before 3.14.4 armed no timer until a connection's first request (issue 29.5); the behaviour itself:
+    tests/integration/test_firehose_connections.py::test_a_connection_that_never_sends_a_request_is_closed_after_..."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (aiohttp,) = [Requirement(d) for d in project["dependencies"] if Requirement(d).name == "aiohttp"]
+    assert "3.14.3" not in aiohttp.specifier
+    assert pins()["aiohttp"] in aiohttp.specifier
