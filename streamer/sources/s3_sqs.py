@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote_plus
 
@@ -47,6 +48,8 @@ MESSAGES_IN_FLIGHT_PER_RECEIVE = 2
 VISIBILITY_BATCH = 10
 #: how long a stop waits to make unfinished messages visible again (else they reappear after their timeout)
 RELEASE_SECONDS = 5.0
+#: a helper loop that failed is started again after at most this (the keep-alive sooner, if its interval is shorter)
+HELPER_RESTART_SECONDS = 5.0
 
 
 class S3SqsSourceConfig(AwsSourceSettings):
@@ -205,8 +208,13 @@ class S3SqsSource(Source):
         `max_bytes_in_flight` of object bytes (a larger object goes alone), so decoding and the next
         download overlap and both cores stay busy on many small objects."""
         self._start_clean()
-        keeper = asyncio.create_task(self._keep_invisible(sink, self._held))
-        watcher = asyncio.create_task(self._watch_backlog(sink))
+        keepalive_pause = min(HELPER_RESTART_SECONDS, self.config.keepalive_seconds)
+        keeper = asyncio.create_task(
+            self._supervised(sink, "visibility_keepalive", lambda: self._keep_invisible(sink, self._held), keepalive_pause)
+        )
+        watcher = asyncio.create_task(
+            self._supervised(sink, "backlog_watch", lambda: self._watch_backlog(sink), HELPER_RESTART_SECONDS)
+        )
         try:
             while True:
                 await self.receive_once(sink)
@@ -234,6 +242,22 @@ class S3SqsSource(Source):
         self._working.clear()
         self._in_flight = 0
         self._room.set()
+
+    async def _supervised(self, sink: Sink, what: str, loop: Callable[[], Awaitable[None]], pause: float) -> None:
+        """Run a helper loop for as long as the source runs, starting it again `pause` after any failure.
+
+        The loops handle the AWS and network errors they expect; anything else (a bug, an answer of a
+        shape no one foresaw) used to end their task unseen, as nobody awaits it before the source stops:
+        held messages were no longer extended, so they reappeared to other consumers while being worked,
+        and the queue depth froze. Each failure is logged with its traceback and counted (`{what}_failed`).
+        """
+        while True:
+            try:
+                await loop()
+            except Exception as exc:
+                log.error("%s: %s failed: %s; restarting it in %g s", self.name, what, exc, pause, exc_info=True)
+                sink.source_error(self.name, f"{what}_failed", f"{type(exc).__name__}: {exc}", logged=False)
+            await asyncio.sleep(pause)
 
     async def _watch_backlog(self, sink: Sink) -> None:
         """Queue depth at a modest interval (an operator's backlog alert reads it)."""
