@@ -11,7 +11,9 @@ nothing; a kill -9 between the commit and the response is exactly that case.
 Responses: 200 `{requestId, timestamp}` after the commit, also when some
 records could not be read (each is one `invalid_payload` decode error, the
 others count); 401 for a missing or wrong key (compared in constant time with
-every accepted key, never logged); 400 only for a body that is not a Firehose
+every accepted key, never logged; every 401 counted, logged at most once a
+minute; keys that are placeholders or shorter than MIN_KEY_CHARS are refused
+at start; `authentication: none` checks no key, and says so); 400 only for a body that is not a Firehose
 request (not JSON, no requestId, no records list), with nothing counted; 413
 when the body plus what its gzip'd records inflate to is above
 `max_request_bytes` (both inflated by us, in bounded steps, so a gzip bomb
@@ -26,6 +28,11 @@ filter) or flow-log text (a flow log publishing straight to Firehose, in
 
 Firehose only talks HTTPS: terminate TLS in front (an ALB, an ingress) or
 give `tls_cert_file` and `tls_key_file`.
+
+The listener holds at most `max_connections` (see http_listener), so slow
+clients cannot use up the process's files. What a request sends (its ids,
+a record's error) is escaped and cut before a log line echoes it. The done key
+is the requestId itself (`done_key`: injective, also for ids that are not text).
 """
 
 from __future__ import annotations
