@@ -259,7 +259,7 @@ class FirehoseHttpSource(Source):
 
     async def run(self, sink: Sink) -> None:
         def report(reason: str, message: str, logged: bool) -> None:
-            sink.source_error(self.name, reason, message, logged=logged)
+            _source_error(sink, self.name, reason, message, logged)
 
         listener = CappedListener(self.name, self.config.max_connections, report, self._tls())
         app = web.Application(client_max_size=self.config.max_request_bytes + STEP_BYTES, middlewares=[listener.middleware])
@@ -352,7 +352,7 @@ class FirehoseHttpSource(Source):
             return True
         quiet = self._unauthorized_log.allow()
         message = f"request {shown} from {request.remote}: missing or wrong access key{quieted(quiet or 0)}"
-        sink.source_error(self.name, "unauthorized", message, logged=quiet is not None)
+        _source_error(sink, self.name, "unauthorized", message, logged=quiet is not None)
         return False
 
     async def _serve(self, sink: Sink, request: web.Request, request_id: str) -> web.Response:
@@ -473,6 +473,15 @@ class FirehoseHttpSource(Source):
         if close:  # the body may be unread: do not wait for it to keep the connection
             response.force_close()
         return response
+
+
+def _source_error(sink: Sink, source: str, reason: str, message: str, logged: bool) -> None:
+    """Counted always, logged when `logged`; the keyword goes only with False, so a Sink that predates it
+    still takes every error that is logged."""
+    if logged:
+        sink.source_error(source, reason, message)
+    else:
+        sink.source_error(source, reason, message, logged=False)
 
 
 def _gzipped(request: web.Request) -> bool:
