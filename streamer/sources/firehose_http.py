@@ -11,13 +11,13 @@ nothing; a kill -9 between the commit and the response is exactly that case.
 Responses: 200 `{requestId, timestamp}` after the commit, also when some
 records could not be read (each is one `invalid_payload` decode error, the
 others count); 401 for a missing or wrong key (compared in constant time with
-every accepted key, never logged; every 401 counted, logged at most once a
-minute; keys that are placeholders or shorter than MIN_KEY_CHARS are refused
-at start; `authentication: none` checks no key, and says so); 400 only for a body that is not a Firehose
-request (not JSON, no requestId, no records list), with nothing counted; 413
-when the body plus what its gzip'd records inflate to is above
-`max_request_bytes` (both inflated by us, in bounded steps, so a gzip bomb
-costs at most the limit); 503 beyond `max_concurrent_requests` and while
+every accepted key, never logged; each 401 counted, a line logged at most
+once a minute; a placeholder key, or one shorter than MIN_KEY_CHARS, is
+refused at start; `authentication: none` checks no key, and says so); 400
+only for a body that is not a Firehose request (not JSON, no requestId, no
+records list), with nothing counted; 413 when the body plus what its gzip'd
+records inflate to is above `max_request_bytes` (both inflated by us, in
+bounded steps, so a gzip bomb costs at most the limit); 503 beyond `max_concurrent_requests` and while
 shutting down (nothing committed: Firehose retries); 408 for a body slower
 than `body_timeout_seconds`; 500 only if the commit failed. Shutdown drains:
 requests being committed finish (up to `DRAIN_SECONDS`) while new ones get 503.
