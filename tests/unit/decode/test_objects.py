@@ -10,6 +10,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamer.decode.errors import ErrorCounts
 from streamer.decode.objects import ObjectReader, line_chunks
@@ -169,3 +171,19 @@ def test_headerless_lines_are_never_sniffed_an_odd_message_is_one_bad_line(odd: 
     assert failure is None
     assert sorted(int(str(r["packets"])) for r in rows) == list(range(5))
     assert sum(errors.counts.values()) == 1
+
+
+ODD_MESSAGES = st.sampled_from(
+    [b'{"x":1}', b"{", b"[1, 2]", b"PAR1", b"\x1f\x8b\x08 not gzip", b"version interface-id", b"garbage", b"1 2 3"]
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 999), ODD_MESSAGES), min_size=1, max_size=40))
+def test_headerless_batches_count_every_flow_line_and_one_error_per_odd_message(items: list[int | bytes]) -> None:
+    """Whatever comes first or in between, a flow line counts and anything else is one bad line."""
+    lines = [LINE.format(i=i, a="ACCEPT").encode().rstrip(b"\n") if isinstance(i, int) else i for i in items]
+    rows, errors, failure = decode_headerless(b"\n".join(lines) + b"\n")
+    assert failure is None
+    assert sorted(int(str(r["packets"])) for r in rows) == sorted(i for i in items if isinstance(i, int))
+    assert sum(errors.counts.values()) == sum(isinstance(i, bytes) for i in items)
