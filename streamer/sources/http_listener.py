@@ -192,15 +192,18 @@ class CappedListener:
                 sock, _ = await loop.sock_accept(listening)
             except ConnectionAbortedError:
                 continue  # gone before we took it
-            except OSError as exc:
-                if exc.errno not in _EXHAUSTED:
-                    raise
+            except OSError as exc:  # out of files (or memory), or anything else: never the end of accepting
+                reason = "open_files" if exc.errno in _EXHAUSTED else "accept_failed"
                 quiet = self._exhausted_log.allow()
-                message = f"cannot accept a connection: {exc.strerror}; trying again in {ACCEPT_RETRY_SECONDS} s"
-                self._report("open_files", message + quieted(quiet or 0), quiet is not None)
+                message = f"cannot accept a connection: {exc}; trying again in {ACCEPT_RETRY_SECONDS} s"
+                self._report(reason, message + quieted(quiet or 0), quiet is not None)
                 await asyncio.sleep(ACCEPT_RETRY_SECONDS)
                 continue
-            self._admit(sock)
+            try:
+                self._admit(sock)
+            except Exception:  # a bug here must cost one connection, not the listener
+                log.exception("%s: admitting a connection failed", self.name)
+                sock.close()
 
     def _admit(self, sock: socket.socket) -> None:
         for key in [key for key, c in self._connections.items() if c.closed]:
