@@ -3,7 +3,8 @@
     python bench/run.py --baseline ecfff93          # the previous release
     python bench/run.py --baseline ecfff93 --repeat 7 --scale 0.5
 
-The revision is built once into bench/data/baseline/<sha>/ (`git archive` of it, a venv, `pip install`
+The revision is built once into ~/.cache/streamer-bench/baseline/<sha>/ (outside the tree: no linter or
+test run walks into it) (`git archive` of it, a venv, `pip install`
 with that revision's constraints.txt, native tokenizer included; pip's cache is reused), then both sides
 run the same generated files as `streamer replay --output json`, each run its own child of this process,
 alternating which side goes first (ABBA), with the same environment and working directory.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CACHE = HERE / "data" / "baseline"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "streamer-bench" / "baseline"
 
 #: a row more than this far below 1.0 is flagged
 TOLERANCE = 0.05
@@ -149,7 +150,7 @@ class Row:
     def verdict(self) -> str:
         erratic = max(cv(self.today), cv(self.base)) > ERRATIC_CV
         if self.ratio() < 1 - TOLERANCE:
-            return "SLOWER" + (" (erratic)" if erratic else "")
+            return "REGRESSED" + (" (erratic)" if erratic else "")
         return "erratic" if erratic else "ok"
 
     def line(self) -> str:

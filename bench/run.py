@@ -308,7 +308,7 @@ def regression_check(rev: str, scale: float, repeat: int) -> None:
     lines = compare(rev, files, one, repeat, lambda m: print(m, file=sys.stderr, flush=True))
     print("\n".join(lines))
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}")
-    if any("SLOWER" in line or "COUNTS DIFFER" in line for line in lines):
+    if any("REGRESSED" in line or "COUNTS DIFFER" in line for line in lines):
         raise SystemExit(1)
 
 
