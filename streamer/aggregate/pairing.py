@@ -44,7 +44,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamer.aggregate.columns import equals, ints, valid, word_kinds
+from streamer.aggregate.columns import equals, int_array, ints, valid, word_kinds
 
 try:
     from streamer.decode import _scan
@@ -425,14 +425,14 @@ def _examples(table: pa.Table, rows: np.ndarray) -> pa.Table:
     if not len(rows):
         return _NO_TEXT
     if len(rows) <= _FEW_EXAMPLES:
-        at = pa.array(rows)
+        at = int_array(rows)
         eni, src, dst, sport, dport, proto = (_words_at(_single(table.column(c)), rows, at) for c in _EXAMPLE_COLUMNS)
         lines = [
             None if None in (e, s, d, sp, dp, p) else f"{e} {s}:{sp} -> {d}:{dp} protocol {p} REJECT"
             for e, s, d, sp, dp, p in zip(eni, src, dst, sport, dport, proto, strict=True)
         ]
         return pa.table([pa.array(eni, pa.string()), pa.array(lines, pa.string())], schema=_REPLY_TEXT)
-    at = pa.array(rows)
+    at = int_array(rows)
     text = [_text_at(_single(table.column(c)), rows, at) for c in _EXAMPLE_COLUMNS]
     example = pc.binary_join_element_wise(
         text[0], " ", text[1], ":", text[3], " -> ", text[2], ":", text[4], " protocol ", text[5], " REJECT", ""
@@ -453,7 +453,7 @@ def _words_at(col: pa.Array, rows: np.ndarray, at: pa.Array) -> list[object]:
     indices = col.indices
     codes = np.frombuffer(indices.buffers()[1], indices.type.to_pandas_dtype())[indices.offset :][rows]
     # a code under a null may be anything
-    words: list[object] = col.dictionary.take(pa.array(codes.clip(0, len(col.dictionary) - 1))).to_pylist()
+    words: list[object] = col.dictionary.take(int_array(codes.clip(0, len(col.dictionary) - 1))).to_pylist()
     if not col.null_count:
         return words
     present = valid(col)[rows].tolist()
@@ -462,7 +462,7 @@ def _words_at(col: pa.Array, rows: np.ndarray, at: pa.Array) -> list[object]:
 
 def _text_at(col: pa.Array, rows: np.ndarray, at: pa.Array) -> pa.Array:
     if pa.types.is_dictionary(col.type):  # the few rows' words, not the whole column decoded
-        return pc.cast(col.dictionary.take(pa.array(ints(col.indices, 0)[rows])), pa.string())
+        return pc.cast(col.dictionary.take(int_array(ints(col.indices, 0)[rows])), pa.string())
     taken = col.take(at)
     return taken if taken.type == pa.string() else pc.cast(taken, pa.string())
 
@@ -565,14 +565,14 @@ class Pairing:
         unpaired = np.flatnonzero(~hit)
         if len(unpaired):
             unpaired = unpaired[np.argsort(rep_w[unpaired], kind="stable")]  # by window: one take, then slices
-            waiting = rep.take(pa.array(unpaired))
+            waiting = rep.take(int_array(unpaired))
             waiting_windows, waiting_hashes = rep_w[unpaired], rep_h[unpaired]
             cuts = np.flatnonzero(waiting_windows[1:] != waiting_windows[:-1]) + 1
             for start, end in zip([0, *cuts.tolist()], [*cuts.tolist(), len(unpaired)], strict=True):
                 w = int(waiting_windows[start])
                 mine = waiting.slice(start, end - start)
-                n = pa.array(np.ones(mine.num_rows, np.int64))
-                keys = pa.array(waiting_hashes[start:end], pa.uint64())
+                n = int_array(np.ones(mine.num_rows, np.int64))
+                keys = int_array(waiting_hashes[start:end])
                 new_rows = pa.table([mine.column("eni"), keys, n, mine.column("example")], schema=REPLIES)
                 replies[w] = pa.concat_tables([replies[w], new_rows]) if w in replies else new_rows
                 changed.add(w)
