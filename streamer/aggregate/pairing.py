@@ -498,7 +498,8 @@ def _window_prefix(window: int) -> str:
 def _isin(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     if not len(sorted_set):
         return np.zeros(len(values), bool)
-    at = np.searchsorted(sorted_set, values).clip(0, len(sorted_set) - 1)
+    at = np.searchsorted(sorted_set, values)
+    np.minimum(at, len(sorted_set) - 1, out=at)  # not clip(): its checks cost more than the search
     found: np.ndarray = sorted_set[at] == values
     return found
 
@@ -538,29 +539,27 @@ class Pairing:
         added = _add_requests(requests, found.requests)
         counts: dict[str, int] = {}
         examples: dict[str, str] = {}
-        # New replies against every request known, old and new.
+        # New replies against every request known, old and new (only windows a reply may reach).
         rep = found.reply_text
         hit = np.zeros(len(rep_h), bool)
-        for q, known in requests.items() if len(rep_h) else ():
+        reach = (int(rep_w.min()) - lateness, int(rep_w.max())) if len(rep_h) else (1, 0)
+        for q, known in requests.items():
+            if not reach[0] <= q <= reach[1]:
+                continue
             close = (rep_w >= q) & (rep_w - q <= lateness) & ~hit
             if close.any():
                 hit[close] = _isin(rep_h[close], known)
         if hit.any():
             _tally(rep.filter(pa.array(hit)), np.ones(int(hit.sum()), np.int64), counts, examples)
         changed: set[int] = set()
-        # Replies waiting from earlier inputs against the requests this one added.
-        for w, table in self.replies.items() if added else ():
-            near = [new for q, new in added.items() if 0 <= w - q <= lateness]
-            if not near:
-                continue
-            waiting_hashes = np.asarray(table.column("hash").to_numpy(), np.uint64)
-            late = np.zeros(table.num_rows, bool)
-            for new in near:
-                late |= _isin(waiting_hashes, new)
-            if late.any():
-                _tally(table.filter(pa.array(late)), np.asarray(table.column("n").to_numpy())[late], counts, examples)
-                replies[w] = table.filter(pa.array(~late))
-                changed.add(w)
+        # Replies waiting from earlier inputs against the requests this one added: every waiting reply at
+        # once against each window added (a few numpy calls per window added, not per pair of windows).
+        late_by_window = _late(self.replies, added, lateness) if added and self.replies else {}
+        for w, late in late_by_window.items():
+            table = self.replies[w]
+            _tally(table.filter(pa.array(late)), np.asarray(table.column("n").to_numpy())[late], counts, examples)
+            replies[w] = table.filter(pa.array(~late))
+            changed.add(w)
         # Replies that found nothing wait, a row each, in their window.
         unpaired = np.flatnonzero(~hit)
         if len(unpaired):
@@ -623,6 +622,25 @@ class Pairing:
                 parts.setdefault(window, []).append(np.frombuffer(blob, np.uint64))
         requests = {w: np.unique(np.concatenate(p)) for w, p in parts.items()}
         return cls(lateness_seconds, requests, replies, int(meta["newest"]), int(meta["seq"]))
+
+
+def _late(waiting: dict[int, pa.Table], added: dict[int, np.ndarray], lateness: int) -> dict[int, np.ndarray]:
+    """Which waiting replies a request just added pairs with (same key, its window the same or at most
+    `lateness` earlier): a mask per waiting window that has any, in `waiting`'s order."""
+    windows = list(waiting)
+    hashes = [np.asarray(waiting[w].column("hash").to_numpy(), np.uint64) for w in windows]
+    every = np.concatenate(hashes) if len(hashes) > 1 else hashes[0]
+    at = np.repeat(np.asarray(windows, np.int64), [len(h) for h in hashes])
+    late = np.zeros(len(every), bool)
+    for q, new in added.items():
+        near = (at >= q) & (at - q <= lateness)
+        if near.any():
+            late |= near & _isin(every, new)
+    if not late.any():
+        return {}
+    cuts = np.cumsum([0, *(len(h) for h in hashes)])
+    masks = (late[cuts[i] : cuts[i + 1]] for i in range(len(windows)))
+    return {w: mask for w, mask in zip(windows, masks, strict=True) if mask.any()}
 
 
 def _add_requests(requests: dict[int, np.ndarray], stretches: list[tuple[int, np.ndarray]]) -> dict[int, np.ndarray]:
