@@ -55,6 +55,8 @@ except ImportError:  # built without a C compiler
 _native_hash = getattr(_scan, "hash_strings", None) if os.environ.get("STREAMER_NATIVE", "1") != "0" else None
 #: the native candidate selection (None likewise)
 _native_candidates = getattr(_scan, "nacl_candidates", None) if os.environ.get("STREAMER_NATIVE", "1") != "0" else None
+#: the native merge of a window's request set with a batch's (None likewise)
+_native_merge = getattr(_scan, "merge_keys", None) if os.environ.get("STREAMER_NATIVE", "1") != "0" else None
 
 #: the ports a reply goes back to (AWS's advice for NACL rules covering every client's ephemeral range);
 #: only TCP (6) and UDP (17) flows have ports
@@ -650,22 +652,46 @@ def _add_requests(requests: dict[int, np.ndarray], stretches: list[tuple[int, np
     for w, keys in stretches:
         if len(keys):
             by_window.setdefault(w, []).append(keys)
+    merge = _merge_native if _native_merge is not None else _merge_reference
     for w, parts in by_window.items():
         # sorted runs (one per batch, `_distinct`), merged by a stable sort; a wire input's any order is sorted
         h_part = np.sort(parts[0] if len(parts) == 1 else np.concatenate(parts), kind="stable")
         fresh = h_part[np.concatenate(([True], h_part[1:] != h_part[:-1]))]
         known = requests.get(w)
-        if known is not None and len(known):
-            at = np.searchsorted(known, fresh)
-            new = known[np.minimum(at, len(known) - 1)] != fresh
-            fresh = fresh[new]
-            if len(fresh):
-                requests[w] = _merged(known, fresh, at[new])
-        else:
-            requests[w] = _merged(np.zeros(0, np.uint64), fresh, np.zeros(len(fresh), np.int64))
+        merged, fresh = merge(known if known is not None else _NO_KEYS, fresh)
         if len(fresh):
+            requests[w] = merged
             added[w] = fresh
     return added
+
+
+_NO_KEYS = np.zeros(0, np.uint64)
+
+
+def _merge_reference(known: np.ndarray, fresh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A window's request set with a batch's (both sorted, distinct): the union (`known` itself when nothing
+    is new) and the keys that are new. `_scan.merge_keys` computes the same in one pass."""
+    if not len(known):
+        return _merged(known, fresh, np.zeros(len(fresh), np.int64)), fresh
+    at = np.searchsorted(known, fresh)
+    new = known[np.minimum(at, len(known) - 1)] != fresh
+    fresh = fresh[new]
+    return (_merged(known, fresh, at[new]) if len(fresh) else known), fresh
+
+
+def _merge_native(known: np.ndarray, fresh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_merge_reference` by `_scan.merge_keys`: the union is written into a block from Arrow's allocator
+    (see `_merged`), cut to its size when some keys were known already."""
+    assert _native_merge is not None
+    n = len(known) + len(fresh)
+    out = np.frombuffer(pa.allocate_buffer(n * 8), np.uint64) if n else np.zeros(0, np.uint64)
+    added = np.empty(len(fresh), np.uint64)
+    size, n_added = _native_merge(np.ascontiguousarray(known), np.ascontiguousarray(fresh), out, added)
+    if not n_added:
+        return known, added[:0]
+    if size < n:  # keys known already: the set in a block of its own size, not a view of a larger one
+        out = _merged(out[:size], _NO_KEYS, _NO_KEYS.astype(np.int64))
+    return out, added[:n_added]
 
 
 def _merged(known: np.ndarray, fresh: np.ndarray, at: np.ndarray) -> np.ndarray:

@@ -28,8 +28,8 @@
  *
  * hash_strings(offsets, data, offset, length) hashes every value of an Arrow string array to a uint64
  * for the NACL pairing, nacl_candidates(...) selects and keys one batch's pairing candidates, and
- * insight_counts(...) counts the other three insights of a batch (see each function). VERSION says
- * which of these a build has.
+ * insight_counts(...) counts the other three insights of a batch, and merge_keys(...) merges a batch's
+ * requests into the pairing's set of a window (see each function). VERSION says which of these a build has.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -763,11 +763,70 @@ done:
     return result;
 }
 
+/*
+ * merge_keys(known, new, out, added) -> (merged, fresh)
+ *
+ * The NACL pairing's request sets (pairing._add_requests; `_merge_reference` is the numpy reference):
+ * `known` and `new` are sorted uint64 arrays, each without repeats; `out` (room for both) gets their union,
+ * sorted, `added` (room for `new`) the keys of `new` not in `known`, in order. One pass over both, where a
+ * binary search per new key and a scatter cost several. Returns how many of each were written. The GIL is
+ * released.
+ */
+static PyObject *merge_keys(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer known, fresh, out, added;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*", &known, &fresh, &out, &added)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t nk = known.len / 8, nf = fresh.len / 8;
+    if (known.len % 8 || fresh.len % 8 || out.len < known.len + fresh.len || added.len < fresh.len) {
+        PyErr_SetString(PyExc_ValueError, "key buffers of the wrong size");
+        goto done;
+    }
+    const uint64_t *k = known.buf, *f = fresh.buf;
+    uint64_t *o = out.buf, *a = added.buf;
+    Py_ssize_t i = 0, j = 0, m = 0, n_added = 0;
+    Py_BEGIN_ALLOW_THREADS
+    while (i < nk && j < nf) {
+        uint64_t x = k[i], y = f[j];
+        if (x < y) {
+            o[m++] = x;
+            i++;
+        } else if (y < x) {
+            o[m++] = y;
+            a[n_added++] = y;
+            j++;
+        } else {
+            o[m++] = x;
+            i++;
+            j++;
+        }
+    }
+    if (i < nk) {
+        memcpy(o + m, k + i, (size_t)(nk - i) * 8);
+        m += nk - i;
+    }
+    if (j < nf) {
+        memcpy(o + m, f + j, (size_t)(nf - j) * 8);
+        memcpy(a + n_added, f + j, (size_t)(nf - j) * 8);
+        m += nf - j;
+        n_added += nf - j;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("(nn)", m, n_added);
+done:
+    PyBuffer_Release(&known);
+    PyBuffer_Release(&fresh);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&added);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "scan(parts, kinds, header) -> (rows, columns) | None: see the module source."},
     {"hash_strings", hash_strings, METH_VARARGS, "hash_strings(offsets, data, offset, length) -> bytes: see the source."},
     {"insight_counts", insight_counts, METH_VARARGS, "insight_counts(...) -> five int64 count buffers: see the source."},
     {"nacl_candidates", nacl_candidates, METH_VARARGS, "nacl_candidates(...) -> (requests, replies, rows, windows, hashes): see the source."},
+    {"merge_keys", merge_keys, METH_VARARGS, "merge_keys(known, new, out, added) -> (merged, fresh): see the source."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -775,9 +834,9 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_scan", "Native tokenizer for clean flow-log chunks.", -1, methods, NULL, NULL, NULL, NULL,
 };
 
-/* VERSION 2: field kind 4 (int32) and nacl_candidates; 3: insight_counts */
+/* VERSION 2: field kind 4 (int32) and nacl_candidates; 3: insight_counts; 4: merge_keys */
 PyMODINIT_FUNC PyInit__scan(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", 3) < 0) Py_CLEAR(m);
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", 4) < 0) Py_CLEAR(m);
     return m;
 }
