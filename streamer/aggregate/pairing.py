@@ -55,8 +55,9 @@ except ImportError:  # built without a C compiler
 _native_hash = getattr(_scan, "hash_strings", None) if os.environ.get("STREAMER_NATIVE", "1") != "0" else None
 #: the native candidate selection (None likewise)
 _native_candidates = getattr(_scan, "nacl_candidates", None) if os.environ.get("STREAMER_NATIVE", "1") != "0" else None
-#: the native merge of a window's request set with a batch's (None likewise)
+#: the native merge of a window's request set with a batch's, and sort of a batch's requests (None likewise)
 _native_merge = getattr(_scan, "merge_keys", None) if os.environ.get("STREAMER_NATIVE", "1") != "0" else None
+_native_sort = getattr(_scan, "sort_requests", None) if os.environ.get("STREAMER_NATIVE", "1") != "0" else None
 
 #: the ports a reply goes back to (AWS's advice for NACL rules covering every client's ephemeral range);
 #: only TCP (6) and UDP (17) flows have ports
@@ -384,6 +385,10 @@ def _distinct(windows: np.ndarray, keys: np.ndarray, window_seconds: int) -> tup
     thread, the state's merge (`_add_requests`, one thread for every input) only merges sorted runs."""
     if len(keys) < 2:
         return windows.copy(), keys.copy()  # not views of the batch's buffers (see `_select_native`)
+    if _native_sort is not None:  # a radix sort in one call (`_scan.sort_requests`; what follows is the reference)
+        out_windows, out_keys = np.empty(len(keys), np.int64), np.empty(len(keys), np.uint64)
+        n = _native_sort(np.ascontiguousarray(windows, np.int64), np.ascontiguousarray(keys, np.uint64), out_windows, out_keys)
+        return out_windows[:n], out_keys[:n]
     if windows[0] == windows[-1] and (windows == windows[0]).all():  # most batches: one window
         keys = np.sort(keys)
     else:

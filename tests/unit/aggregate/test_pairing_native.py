@@ -168,3 +168,24 @@ def test_the_native_merge_refuses_an_output_too_small() -> None:
     keys = np.arange(4, dtype=np.uint64)
     with pytest.raises(ValueError, match="wrong size"):
         _scan.merge_keys(keys, keys, np.empty(7, np.uint64), np.empty(4, np.uint64))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(-3, 40), st.integers(0, 30)), max_size=80), st.booleans())
+def test_native_and_numpy_orders_of_a_batch_s_requests_are_equal(rows: list[tuple[int, int]], huge: bool) -> None:
+    """`_scan.sort_requests` against `_distinct`'s numpy path: by window, then key, each pair once (windows
+    far apart and keys near 2^64 too)."""
+    import numpy as np
+
+    require_native(pairing._native_sort is not None)
+    shift = 2**64 - 40 if huge else 0
+    windows = np.array([w * 60 * (2**30 if huge else 1) for w, _ in rows], np.int64)
+    keys = np.array([k + shift for _, k in rows], np.uint64)
+    native = pairing._distinct(windows, keys, 60)
+    saved, pairing._native_sort = pairing._native_sort, None
+    try:
+        reference = pairing._distinct(windows, keys, 60)
+    finally:
+        pairing._native_sort = saved
+    assert native[0].tolist() == reference[0].tolist()
+    assert native[1].tolist() == reference[1].tolist()
