@@ -15,18 +15,20 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import pyarrow as pa
 
 from streamer.aggregate import insights as ins
-from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.batch import COLUMNS, COLUMNS_WITH_WINDOWS, BatchResult, delta_of, reducer
-from streamer.aggregate.detection import Detection
 from streamer.aggregate.pairing import Candidates, Paired, Pairing
 from streamer.aggregate.state import FlowState
 from streamer.decode.objects import ObjectReader
 from streamer.ingest import Ingestor, account
+
+if TYPE_CHECKING:  # a replay without --alerts never loads the detector
+    from streamer.aggregate.anomaly import Anomaly
+    from streamer.aggregate.detection import Detection
 
 SUFFIXES = (".log", ".log.gz", ".parquet", ".gz")
 #: what a Firehose stream names its S3 objects (no fixed suffix): <stream>-<n>-YYYY-MM-DD-HH-MM-SS-<uuid>

@@ -54,6 +54,8 @@ def test_one_line_replay_loads_no_masked_arrays(tmp_path: Path) -> None:
     modules = loaded("replay", "--output", "json", str(path))
     assert "streamer.aggregate.pairing" in modules  # the insights ran
     assert "numpy.ma" not in modules
+    assert "streamer.aggregate.detection" not in modules  # no --alerts: no detector
+    assert "streamer.aggregate.anomaly" not in modules
 
 
 def test_config_from_an_outputs_file_loads_no_aws_client_or_pydantic(tmp_path: Path) -> None:
