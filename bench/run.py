@@ -3,6 +3,7 @@
     python bench/run.py                 # 2 M v2, 1 M v5, 6 M v2 (whole process)
     python bench/run.py --big           # also a 10 M-record file, for peak RSS
     python bench/run.py --delivery      # many objects through S3+SQS, SQLite and PostgreSQL (bench/delivery.py)
+    python bench/run.py --baseline REV  # regression check: today ÷ REV, whole process, interleaved (bench/baseline.py)
 
 Files are generated once into bench/data/ (realistic: ~2,000 ENIs with a
 skewed distribution, ~5% REJECT, some IPv6 and NODATA rows, zlib level 6 like
@@ -293,6 +294,24 @@ def print_cold_start() -> None:
     print(f"cold start: `streamer --help` {cold['help']:.3f} s, `streamer replay` of one line {cold['replay']:.3f} s")
 
 
+def regression_check(rev: str, scale: float, repeat: int) -> None:
+    """Today ÷ REV on the same files, whole process, interleaved (bench/baseline.py); exits 1 on a flagged row."""
+    sys.path.insert(0, str(ROOT))
+    from bench.baseline import compare
+
+    files = {
+        f"v2 {6 * scale:g}M": ensure_file(f"v2-{int(6_000_000 * scale)}.log.gz", int(6_000_000 * scale), "v2"),
+        f"v5 {3 * scale:g}M": ensure_file(f"v5-{int(3_000_000 * scale)}.log.gz", int(3_000_000 * scale), "v5"),
+    }
+    one = DATA / "one-line.log"
+    one.write_bytes(ONE_LINE)
+    lines = compare(rev, files, one, repeat, lambda m: print(m, file=sys.stderr, flush=True))
+    print("\n".join(lines))
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}")
+    if any("REGRESSED" in line or "COUNTS DIFFER" in line for line in lines):
+        raise SystemExit(1)
+
+
 CHILDREN = {
     "inproc": child_inproc,
     "inproc_windows": child_inproc_windows,
@@ -316,6 +335,7 @@ def main() -> None:
     parser.add_argument("--insights", action="store_true", help="only the cost of the network insights, on v5")
     parser.add_argument("--pairing", action="store_true", help="only the NACL pairing state's size, on the 6 M v2 file")
     parser.add_argument("--cold-start", action="store_true", help="only the start-up time of two short commands")
+    parser.add_argument("--baseline", metavar="REV", help="only the regression check against git revision REV (e.g. ecfff93)")
     parser.add_argument("--delivery", action="store_true", help="only many objects through S3+SQS (see bench/delivery.py)")
     parser.add_argument("--objects", type=int, default=40, help="--delivery: objects per spread")
     parser.add_argument("--records", type=int, default=40_000, help="--delivery: records per object")
@@ -332,6 +352,10 @@ def main() -> None:
 
     if args.cold_start:
         print_cold_start()
+        return
+
+    if args.baseline:
+        regression_check(args.baseline, args.scale, args.repeat or 5)
         return
 
     if args.delivery:

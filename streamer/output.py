@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 import pyarrow as pa
 
-from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.state import FlowState
+
+if TYPE_CHECKING:  # a replay without --alerts never loads the detector
+    from streamer.aggregate.anomaly import Anomaly
 
 ACTIONS = ("ACCEPT", "REJECT")
 

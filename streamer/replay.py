@@ -6,26 +6,29 @@ against other tools. Inputs are files, directories (recursed) or `-`.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import pyarrow as pa
 
 from streamer.aggregate import insights as ins
-from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.batch import COLUMNS, COLUMNS_WITH_WINDOWS, BatchResult, delta_of, reducer
-from streamer.aggregate.detection import Detection
-from streamer.aggregate.pairing import Paired, Pairing
+from streamer.aggregate.pairing import Candidates, Paired, Pairing
 from streamer.aggregate.state import FlowState
 from streamer.decode.objects import ObjectReader
 from streamer.ingest import Ingestor, account
+
+if TYPE_CHECKING:  # a replay without --alerts never loads the detector
+    from streamer.aggregate.anomaly import Anomaly
+    from streamer.aggregate.detection import Detection
 
 SUFFIXES = (".log", ".log.gz", ".parquet", ".gz")
 #: what a Firehose stream names its S3 objects (no fixed suffix): <stream>-<n>-YYYY-MM-DD-HH-MM-SS-<uuid>
@@ -111,19 +114,20 @@ def replay_counts(
     cutoff = int(time.time()) + max_future_skew_seconds
     reduce = reducer(detection.windows.window_seconds if detection is not None else None, cutoff, insights_window_seconds)
     ingest: Ingestor[BatchResult] = Ingestor(reader, reduce, pool)
-    pairs = _Pairs(Pairing(lateness_seconds))
     bodies = (_read(item, progress) for item in inputs)
     parts: list[BatchResult] = []  # several inputs' partials, folded together: one fold per input would cost more
-    for item, result in zip(inputs, ingest.run_many(bodies, pairs.take), strict=True):
-        if detection is not None:
-            detection, found = detection.advance([p.windows for p in result.results if p.windows is not None])
-            anomalies.extend(found)
-        account(result, state, item.name)
-        parts.extend(result.results)
-        if len(parts) >= FOLD_PARTS:
-            state.apply(pairs.counted(delta_of(parts)))
-            parts = []
-    state.apply(pairs.counted(delta_of(parts)))
+    with ThreadPoolExecutor(1, thread_name_prefix="pairing") as thread:
+        pairs = _Pairs(Pairing(lateness_seconds), thread)
+        for item, result in zip(inputs, ingest.run_many(bodies, pairs.take), strict=True):
+            if detection is not None:
+                detection, found = detection.advance([p.windows for p in result.results if p.windows is not None])
+                anomalies.extend(found)
+            account(result, state, item.name)
+            parts.extend(result.results)
+            if len(parts) >= FOLD_PARTS:
+                state.apply(pairs.counted(delta_of(parts)))
+                parts = []
+        state.apply(pairs.counted(delta_of(parts)))
     if detection is not None:
         detection, found = detection.flush()
         anomalies.extend(found)
@@ -132,20 +136,34 @@ def replay_counts(
 
 class _Pairs:
     """NACL pairing as batches come, in input order (nothing is committed: a big file's candidates are never
-    all held, each batch's are dropped once paired)."""
+    all held, each batch's are dropped once paired).
 
-    def __init__(self, pairing: Pairing) -> None:
+    The pairing runs on its own thread, a batch at a time in order: on the reading thread it held up the
+    inflating that every batch waits for. At most `AHEAD` batches' candidates wait for it."""
+
+    AHEAD = 4
+
+    def __init__(self, pairing: Pairing, thread: ThreadPoolExecutor) -> None:
         self.pairing = pairing
+        self.thread = thread
+        self.pending: collections.deque[Future[Paired]] = collections.deque()
         self.found: list[Paired] = []
 
     def take(self, part: BatchResult) -> None:
         if part.insights is not None and part.insights.pairs is not None:
-            self.pairing, paired, _ = self.pairing.pair(part.insights.pairs, write=False)
+            self.pending.append(self.thread.submit(self._pair, part.insights.pairs))
             part.insights.pairs = None
-            self.found.append(paired)
+            while len(self.pending) > self.AHEAD:
+                self.found.append(self.pending.popleft().result())
+
+    def _pair(self, found: Candidates) -> Paired:
+        self.pairing, paired, _ = self.pairing.pair(found, write=False)  # one thread: in order
+        return paired
 
     def counted(self, delta: FlowState) -> FlowState:
         """`delta` with what was paired since the last call added."""
+        while self.pending:
+            self.found.append(self.pending.popleft().result())
         for paired in self.found:
             delta.insights = ins.add_pairs(delta.insights, delta.insight_examples, paired)
         self.found = []

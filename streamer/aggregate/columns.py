@@ -15,6 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
+def int_array(values: np.ndarray) -> pa.Array:
+    """An integer numpy array as Arrow, without a copy and without `pa.array`'s masked-array check, which
+    imports numpy.ma (a tenth of a one-line replay's start; tests/unit/test_cli_imports.py)."""
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
 def _per_value(col: pa.ChunkedArray | pa.Array, test: Callable[[pa.Array], pa.Array]) -> pa.ChunkedArray | pa.Array:
     if not pa.types.is_dictionary(col.type):
         return test(col)

@@ -44,7 +44,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamer.aggregate.columns import equals, ints, valid, word_kinds
+from streamer.aggregate.columns import equals, int_array, ints, valid, word_kinds
 
 try:
     from streamer.decode import _scan
@@ -55,6 +55,9 @@ except ImportError:  # built without a C compiler
 _native_hash = getattr(_scan, "hash_strings", None) if os.environ.get("STREAMER_NATIVE", "1") != "0" else None
 #: the native candidate selection (None likewise)
 _native_candidates = getattr(_scan, "nacl_candidates", None) if os.environ.get("STREAMER_NATIVE", "1") != "0" else None
+#: the native merge of a window's request set with a batch's, and sort of a batch's requests (None likewise)
+_native_merge = getattr(_scan, "merge_keys", None) if os.environ.get("STREAMER_NATIVE", "1") != "0" else None
+_native_sort = getattr(_scan, "sort_requests", None) if os.environ.get("STREAMER_NATIVE", "1") != "0" else None
 
 #: the ports a reply goes back to (AWS's advice for NACL rules covering every client's ephemeral range);
 #: only TCP (6) and UDP (17) flows have ports
@@ -382,6 +385,10 @@ def _distinct(windows: np.ndarray, keys: np.ndarray, window_seconds: int) -> tup
     thread, the state's merge (`_add_requests`, one thread for every input) only merges sorted runs."""
     if len(keys) < 2:
         return windows.copy(), keys.copy()  # not views of the batch's buffers (see `_select_native`)
+    if _native_sort is not None:  # a radix sort in one call (`_scan.sort_requests`; what follows is the reference)
+        out_windows, out_keys = np.empty(len(keys), np.int64), np.empty(len(keys), np.uint64)
+        n = _native_sort(np.ascontiguousarray(windows, np.int64), np.ascontiguousarray(keys, np.uint64), out_windows, out_keys)
+        return out_windows[:n], out_keys[:n]
     if windows[0] == windows[-1] and (windows == windows[0]).all():  # most batches: one window
         keys = np.sort(keys)
     else:
@@ -425,14 +432,14 @@ def _examples(table: pa.Table, rows: np.ndarray) -> pa.Table:
     if not len(rows):
         return _NO_TEXT
     if len(rows) <= _FEW_EXAMPLES:
-        at = pa.array(rows)
+        at = int_array(rows)
         eni, src, dst, sport, dport, proto = (_words_at(_single(table.column(c)), rows, at) for c in _EXAMPLE_COLUMNS)
         lines = [
             None if None in (e, s, d, sp, dp, p) else f"{e} {s}:{sp} -> {d}:{dp} protocol {p} REJECT"
             for e, s, d, sp, dp, p in zip(eni, src, dst, sport, dport, proto, strict=True)
         ]
         return pa.table([pa.array(eni, pa.string()), pa.array(lines, pa.string())], schema=_REPLY_TEXT)
-    at = pa.array(rows)
+    at = int_array(rows)
     text = [_text_at(_single(table.column(c)), rows, at) for c in _EXAMPLE_COLUMNS]
     example = pc.binary_join_element_wise(
         text[0], " ", text[1], ":", text[3], " -> ", text[2], ":", text[4], " protocol ", text[5], " REJECT", ""
@@ -453,7 +460,7 @@ def _words_at(col: pa.Array, rows: np.ndarray, at: pa.Array) -> list[object]:
     indices = col.indices
     codes = np.frombuffer(indices.buffers()[1], indices.type.to_pandas_dtype())[indices.offset :][rows]
     # a code under a null may be anything
-    words: list[object] = col.dictionary.take(pa.array(codes.clip(0, len(col.dictionary) - 1))).to_pylist()
+    words: list[object] = col.dictionary.take(int_array(codes.clip(0, len(col.dictionary) - 1))).to_pylist()
     if not col.null_count:
         return words
     present = valid(col)[rows].tolist()
@@ -462,7 +469,7 @@ def _words_at(col: pa.Array, rows: np.ndarray, at: pa.Array) -> list[object]:
 
 def _text_at(col: pa.Array, rows: np.ndarray, at: pa.Array) -> pa.Array:
     if pa.types.is_dictionary(col.type):  # the few rows' words, not the whole column decoded
-        return pc.cast(col.dictionary.take(pa.array(ints(col.indices, 0)[rows])), pa.string())
+        return pc.cast(col.dictionary.take(int_array(ints(col.indices, 0)[rows])), pa.string())
     taken = col.take(at)
     return taken if taken.type == pa.string() else pc.cast(taken, pa.string())
 
@@ -498,7 +505,8 @@ def _window_prefix(window: int) -> str:
 def _isin(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     if not len(sorted_set):
         return np.zeros(len(values), bool)
-    at = np.searchsorted(sorted_set, values).clip(0, len(sorted_set) - 1)
+    at = np.searchsorted(sorted_set, values)
+    np.minimum(at, len(sorted_set) - 1, out=at)  # not clip(): its checks cost more than the search
     found: np.ndarray = sorted_set[at] == values
     return found
 
@@ -538,41 +546,39 @@ class Pairing:
         added = _add_requests(requests, found.requests)
         counts: dict[str, int] = {}
         examples: dict[str, str] = {}
-        # New replies against every request known, old and new.
+        # New replies against every request known, old and new (only windows a reply may reach).
         rep = found.reply_text
         hit = np.zeros(len(rep_h), bool)
-        for q, known in requests.items() if len(rep_h) else ():
+        reach = (int(rep_w.min()) - lateness, int(rep_w.max())) if len(rep_h) else (1, 0)
+        for q, known in requests.items():
+            if not reach[0] <= q <= reach[1]:
+                continue
             close = (rep_w >= q) & (rep_w - q <= lateness) & ~hit
             if close.any():
                 hit[close] = _isin(rep_h[close], known)
         if hit.any():
             _tally(rep.filter(pa.array(hit)), np.ones(int(hit.sum()), np.int64), counts, examples)
         changed: set[int] = set()
-        # Replies waiting from earlier inputs against the requests this one added.
-        for w, table in self.replies.items() if added else ():
-            near = [new for q, new in added.items() if 0 <= w - q <= lateness]
-            if not near:
-                continue
-            waiting_hashes = np.asarray(table.column("hash").to_numpy(), np.uint64)
-            late = np.zeros(table.num_rows, bool)
-            for new in near:
-                late |= _isin(waiting_hashes, new)
-            if late.any():
-                _tally(table.filter(pa.array(late)), np.asarray(table.column("n").to_numpy())[late], counts, examples)
-                replies[w] = table.filter(pa.array(~late))
-                changed.add(w)
+        # Replies waiting from earlier inputs against the requests this one added: every waiting reply at
+        # once against each window added (a few numpy calls per window added, not per pair of windows).
+        late_by_window = _late(self.replies, added, lateness) if added and self.replies else {}
+        for w, late in late_by_window.items():
+            table = self.replies[w]
+            _tally(table.filter(pa.array(late)), np.asarray(table.column("n").to_numpy())[late], counts, examples)
+            replies[w] = table.filter(pa.array(~late))
+            changed.add(w)
         # Replies that found nothing wait, a row each, in their window.
         unpaired = np.flatnonzero(~hit)
         if len(unpaired):
             unpaired = unpaired[np.argsort(rep_w[unpaired], kind="stable")]  # by window: one take, then slices
-            waiting = rep.take(pa.array(unpaired))
+            waiting = rep.take(int_array(unpaired))
             waiting_windows, waiting_hashes = rep_w[unpaired], rep_h[unpaired]
             cuts = np.flatnonzero(waiting_windows[1:] != waiting_windows[:-1]) + 1
             for start, end in zip([0, *cuts.tolist()], [*cuts.tolist(), len(unpaired)], strict=True):
                 w = int(waiting_windows[start])
                 mine = waiting.slice(start, end - start)
-                n = pa.array(np.ones(mine.num_rows, np.int64))
-                keys = pa.array(waiting_hashes[start:end], pa.uint64())
+                n = int_array(np.ones(mine.num_rows, np.int64))
+                keys = int_array(waiting_hashes[start:end])
                 new_rows = pa.table([mine.column("eni"), keys, n, mine.column("example")], schema=REPLIES)
                 replies[w] = pa.concat_tables([replies[w], new_rows]) if w in replies else new_rows
                 changed.add(w)
@@ -625,6 +631,25 @@ class Pairing:
         return cls(lateness_seconds, requests, replies, int(meta["newest"]), int(meta["seq"]))
 
 
+def _late(waiting: dict[int, pa.Table], added: dict[int, np.ndarray], lateness: int) -> dict[int, np.ndarray]:
+    """Which waiting replies a request just added pairs with (same key, its window the same or at most
+    `lateness` earlier): a mask per waiting window that has any, in `waiting`'s order."""
+    windows = list(waiting)
+    hashes = [np.asarray(waiting[w].column("hash").to_numpy(), np.uint64) for w in windows]
+    every = np.concatenate(hashes) if len(hashes) > 1 else hashes[0]
+    at = np.repeat(np.asarray(windows, np.int64), [len(h) for h in hashes])
+    late = np.zeros(len(every), bool)
+    for q, new in added.items():
+        near = (at >= q) & (at - q <= lateness)
+        if near.any():
+            late |= near & _isin(every, new)
+    if not late.any():
+        return {}
+    cuts = np.cumsum([0, *(len(h) for h in hashes)])
+    masks = (late[cuts[i] : cuts[i + 1]] for i in range(len(windows)))
+    return {w: mask for w, mask in zip(windows, masks, strict=True) if mask.any()}
+
+
 def _add_requests(requests: dict[int, np.ndarray], stretches: list[tuple[int, np.ndarray]]) -> dict[int, np.ndarray]:
     """Merge new requests into `requests` (copies of the windows touched); returns what is new per window."""
     added: dict[int, np.ndarray] = {}
@@ -632,22 +657,46 @@ def _add_requests(requests: dict[int, np.ndarray], stretches: list[tuple[int, np
     for w, keys in stretches:
         if len(keys):
             by_window.setdefault(w, []).append(keys)
+    merge = _merge_native if _native_merge is not None else _merge_reference
     for w, parts in by_window.items():
         # sorted runs (one per batch, `_distinct`), merged by a stable sort; a wire input's any order is sorted
         h_part = np.sort(parts[0] if len(parts) == 1 else np.concatenate(parts), kind="stable")
         fresh = h_part[np.concatenate(([True], h_part[1:] != h_part[:-1]))]
         known = requests.get(w)
-        if known is not None and len(known):
-            at = np.searchsorted(known, fresh)
-            new = known[np.minimum(at, len(known) - 1)] != fresh
-            fresh = fresh[new]
-            if len(fresh):
-                requests[w] = _merged(known, fresh, at[new])
-        else:
-            requests[w] = _merged(np.zeros(0, np.uint64), fresh, np.zeros(len(fresh), np.int64))
+        merged, fresh = merge(known if known is not None else _NO_KEYS, fresh)
         if len(fresh):
+            requests[w] = merged
             added[w] = fresh
     return added
+
+
+_NO_KEYS = np.zeros(0, np.uint64)
+
+
+def _merge_reference(known: np.ndarray, fresh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A window's request set with a batch's (both sorted, distinct): the union (`known` itself when nothing
+    is new) and the keys that are new. `_scan.merge_keys` computes the same in one pass."""
+    if not len(known):
+        return _merged(known, fresh, np.zeros(len(fresh), np.int64)), fresh
+    at = np.searchsorted(known, fresh)
+    new = known[np.minimum(at, len(known) - 1)] != fresh
+    fresh = fresh[new]
+    return (_merged(known, fresh, at[new]) if len(fresh) else known), fresh
+
+
+def _merge_native(known: np.ndarray, fresh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_merge_reference` by `_scan.merge_keys`: the union is written into a block from Arrow's allocator
+    (see `_merged`), cut to its size when some keys were known already."""
+    assert _native_merge is not None
+    n = len(known) + len(fresh)
+    out = np.frombuffer(pa.allocate_buffer(n * 8), np.uint64) if n else np.zeros(0, np.uint64)
+    added = np.empty(len(fresh), np.uint64)
+    size, n_added = _native_merge(np.ascontiguousarray(known), np.ascontiguousarray(fresh), out, added)
+    if not n_added:
+        return known, added[:0]
+    if size < n:  # keys known already: the set in a block of its own size, not a view of a larger one
+        out = _merged(out[:size], _NO_KEYS, _NO_KEYS.astype(np.int64))
+    return out, added[:n_added]
 
 
 def _merged(known: np.ndarray, fresh: np.ndarray, at: np.ndarray) -> np.ndarray:

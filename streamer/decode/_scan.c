@@ -28,8 +28,8 @@
  *
  * hash_strings(offsets, data, offset, length) hashes every value of an Arrow string array to a uint64
  * for the NACL pairing, nacl_candidates(...) selects and keys one batch's pairing candidates, and
- * insight_counts(...) counts the other three insights of a batch (see each function). VERSION says
- * which of these a build has.
+ * insight_counts(...) counts the other three insights of a batch, sort_requests(...) orders a batch's
+ * requests and merge_keys(...) merges them into the pairing's set of a window (see each function). VERSION says which of these a build has.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -763,11 +763,158 @@ done:
     return result;
 }
 
+/*
+ * merge_keys(known, new, out, added) -> (merged, fresh)
+ *
+ * The NACL pairing's request sets (pairing._add_requests; `_merge_reference` is the numpy reference):
+ * `known` and `new` are sorted uint64 arrays, each without repeats; `out` (room for both) gets their union,
+ * sorted, `added` (room for `new`) the keys of `new` not in `known`, in order. One pass over both, where a
+ * binary search per new key and a scatter cost several. Returns how many of each were written. The GIL is
+ * released.
+ */
+static PyObject *merge_keys(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer known, fresh, out, added;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*", &known, &fresh, &out, &added)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t nk = known.len / 8, nf = fresh.len / 8;
+    if (known.len % 8 || fresh.len % 8 || out.len < known.len + fresh.len || added.len < fresh.len) {
+        PyErr_SetString(PyExc_ValueError, "key buffers of the wrong size");
+        goto done;
+    }
+    const uint64_t *k = known.buf, *f = fresh.buf;
+    uint64_t *o = out.buf, *a = added.buf;
+    Py_ssize_t i = 0, j = 0, m = 0, n_added = 0;
+    Py_BEGIN_ALLOW_THREADS
+    while (i < nk && j < nf) {
+        uint64_t x = k[i], y = f[j];
+        if (x < y) {
+            o[m++] = x;
+            i++;
+        } else if (y < x) {
+            o[m++] = y;
+            a[n_added++] = y;
+            j++;
+        } else {
+            o[m++] = x;
+            i++;
+            j++;
+        }
+    }
+    if (i < nk) {
+        memcpy(o + m, k + i, (size_t)(nk - i) * 8);
+        m += nk - i;
+    }
+    if (j < nf) {
+        memcpy(o + m, f + j, (size_t)(nf - j) * 8);
+        memcpy(a + n_added, f + j, (size_t)(nf - j) * 8);
+        m += nf - j;
+        n_added += nf - j;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("(nn)", m, n_added);
+done:
+    PyBuffer_Release(&known);
+    PyBuffer_Release(&fresh);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&added);
+    return result;
+}
+
+/*
+ * sort_requests(windows, keys, out_windows, out_keys) -> n
+ *
+ * One batch's NACL requests (int64 windows, uint64 keys, as many of each) sorted by window, then key, each
+ * pair once, into the out buffers (room for all); returns how many were written. pairing._distinct's numpy
+ * path is the reference. An LSD radix sort: the key's eight bytes, then the window's (sign bit flipped),
+ * a byte that is the same in every pair skipped (a batch's windows differ in one or two). The GIL is released.
+ */
+static PyObject *sort_requests(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer win, key, out_win, out_key;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*", &win, &key, &out_win, &out_key)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = key.len / 8, kept = 0;
+    uint64_t *tmp = NULL;
+    size_t(*hist)[256] = NULL;
+    if (key.len % 8 || win.len != key.len || out_win.len < win.len || out_key.len < key.len) {
+        PyErr_SetString(PyExc_ValueError, "request buffers of the wrong size");
+        goto done;
+    }
+    if (n > 0) {
+        tmp = malloc((size_t)n * 16);
+        hist = calloc(16, sizeof *hist);
+        if (tmp == NULL || hist == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (n > 0) {
+        const uint64_t SIGN = 1ULL << 63;
+        /* three places a pass reads from or writes to: the input, the output, the scratch */
+        uint64_t *in_w = win.buf, *in_k = key.buf, *o_w = out_win.buf, *o_k = out_key.buf;
+        uint64_t *t_w = tmp, *t_k = tmp + n;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint64_t k = in_k[i], w = in_w[i] ^ SIGN;
+            for (int b = 0; b < 8; b++) {
+                hist[b][(k >> (8 * b)) & 255]++;
+                hist[8 + b][(w >> (8 * b)) & 255]++;
+            }
+        }
+        uint64_t *src_w = in_w, *src_k = in_k;
+        for (int pass = 0; pass < 16; pass++) {
+            size_t *h = hist[pass];
+            int shift = 8 * (pass & 7);
+            int same = 0;
+            for (int x = 0; x < 256; x++) {
+                if (h[x] == (size_t)n) same = 1;
+            }
+            if (same) continue;
+            size_t at = 0;
+            for (int x = 0; x < 256; x++) {
+                size_t c = h[x];
+                h[x] = at;
+                at += c;
+            }
+            uint64_t *dst_w = src_w == o_w ? t_w : o_w, *dst_k = src_k == o_k ? t_k : o_k;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                uint64_t w = src_w[i], k = src_k[i];
+                uint64_t digit = pass < 8 ? (k >> shift) & 255 : ((w ^ SIGN) >> shift) & 255;
+                size_t to = h[digit]++;
+                dst_w[to] = w;
+                dst_k[to] = k;
+            }
+            src_w = dst_w;
+            src_k = dst_k;
+        }
+        /* each pair once, into the output (in place when the last pass wrote there) */
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (kept && src_w[i] == o_w[kept - 1] && src_k[i] == o_k[kept - 1]) continue;
+            o_w[kept] = src_w[i];
+            o_k[kept] = src_k[i];
+            kept++;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    result = PyLong_FromSsize_t(kept);
+done:
+    free(tmp);
+    free(hist);
+    PyBuffer_Release(&win);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&out_win);
+    PyBuffer_Release(&out_key);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "scan(parts, kinds, header) -> (rows, columns) | None: see the module source."},
     {"hash_strings", hash_strings, METH_VARARGS, "hash_strings(offsets, data, offset, length) -> bytes: see the source."},
     {"insight_counts", insight_counts, METH_VARARGS, "insight_counts(...) -> five int64 count buffers: see the source."},
     {"nacl_candidates", nacl_candidates, METH_VARARGS, "nacl_candidates(...) -> (requests, replies, rows, windows, hashes): see the source."},
+    {"merge_keys", merge_keys, METH_VARARGS, "merge_keys(known, new, out, added) -> (merged, fresh): see the source."},
+    {"sort_requests", sort_requests, METH_VARARGS, "sort_requests(windows, keys, out_windows, out_keys) -> n: see the source."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -775,9 +922,9 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_scan", "Native tokenizer for clean flow-log chunks.", -1, methods, NULL, NULL, NULL, NULL,
 };
 
-/* VERSION 2: field kind 4 (int32) and nacl_candidates; 3: insight_counts */
+/* VERSION 2: field kind 4 (int32) and nacl_candidates; 3: insight_counts; 4: merge_keys and sort_requests */
 PyMODINIT_FUNC PyInit__scan(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", 3) < 0) Py_CLEAR(m);
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", 4) < 0) Py_CLEAR(m);
     return m;
 }

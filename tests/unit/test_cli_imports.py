@@ -46,6 +46,18 @@ def test_replay_loads_no_config_service_or_aws_module(tmp_path: Path) -> None:
     assert "pyarrow.parquet" not in modules  # only a Parquet object needs it
 
 
+def test_one_line_replay_loads_no_masked_arrays(tmp_path: Path) -> None:
+    """The line is a rejected possible reply: its example and waiting row go to Arrow without numpy.ma
+    (`pa.array` of a numpy array imports it: a tenth of the start-up)."""
+    path = tmp_path / "one.log"
+    path.write_text(LINE)
+    modules = loaded("replay", "--output", "json", str(path))
+    assert "streamer.aggregate.pairing" in modules  # the insights ran
+    assert "numpy.ma" not in modules
+    assert "streamer.aggregate.detection" not in modules  # no --alerts: no detector
+    assert "streamer.aggregate.anomaly" not in modules
+
+
 def test_config_from_an_outputs_file_loads_no_aws_client_or_pydantic(tmp_path: Path) -> None:
     path = tmp_path / "outputs.json"
     path.write_text(json.dumps({"SourceType": "s3_sqs", "Region": "us-east-1", "QueueUrl": "https://sqs/q"}))

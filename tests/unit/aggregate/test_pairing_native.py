@@ -139,3 +139,53 @@ def test_an_int32_time_column_selects_as_an_int64_one() -> None:
     wide = batch(rows, False, False, 0)
     narrow = wide.set_column(wide.column_names.index("end"), "end", wide.column("end").cast(pa.int32()))
     assert pairing.candidates(narrow, 60).table().to_pylist() == pairing.candidates(wide, 60).table().to_pylist()
+
+
+KEYS = st.lists(st.integers(0, 40), max_size=40).map(lambda v: sorted(set(v)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(KEYS, KEYS.filter(bool), st.booleans())
+def test_native_and_numpy_merges_of_a_window_s_requests_are_equal(known: list[int], new: list[int], huge: bool) -> None:
+    """`_scan.merge_keys` against `_merge_reference`: the union and what is new, in order (keys near 2^64
+    too: unsigned order)."""
+    import numpy as np
+
+    require_native(pairing._native_merge is not None)
+    shift = 2**64 - 64 if huge else 0
+    a, b = (np.array([k + shift for k in v], np.uint64) for v in (known, new))
+    union, fresh = pairing._merge_native(a, b)
+    ref_union, ref_fresh = pairing._merge_reference(a, b)
+    assert union.tolist() == ref_union.tolist()
+    assert fresh.tolist() == ref_fresh.tolist()
+
+
+def test_the_native_merge_refuses_an_output_too_small() -> None:
+    import numpy as np
+
+    from streamer.decode import _scan
+
+    keys = np.arange(4, dtype=np.uint64)
+    with pytest.raises(ValueError, match="wrong size"):
+        _scan.merge_keys(keys, keys, np.empty(7, np.uint64), np.empty(4, np.uint64))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(-3, 40), st.integers(0, 30)), max_size=80), st.booleans())
+def test_native_and_numpy_orders_of_a_batch_s_requests_are_equal(rows: list[tuple[int, int]], huge: bool) -> None:
+    """`_scan.sort_requests` against `_distinct`'s numpy path: by window, then key, each pair once (windows
+    far apart and keys near 2^64 too)."""
+    import numpy as np
+
+    require_native(pairing._native_sort is not None)
+    shift = 2**64 - 40 if huge else 0
+    windows = np.array([w * 60 * (2**30 if huge else 1) for w, _ in rows], np.int64)
+    keys = np.array([k + shift for _, k in rows], np.uint64)
+    native = pairing._distinct(windows, keys, 60)
+    saved, pairing._native_sort = pairing._native_sort, None
+    try:
+        reference = pairing._distinct(windows, keys, 60)
+    finally:
+        pairing._native_sort = saved
+    assert native[0].tolist() == reference[0].tolist()
+    assert native[1].tolist() == reference[1].tolist()
