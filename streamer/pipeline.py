@@ -185,6 +185,8 @@ class Pipeline:
         finally:
             self._decoding -= 1
         outcome = account(result, delta, delivery.location)
+        if result.errors.unknown_fields:
+            self.telemetry.unknown_fields(result.errors.unknown_fields, delivery.location)
         for reason, count in delivery.errors.items():
             delta.count(reason, count)
         future = sum(p.future for p in window_parts)

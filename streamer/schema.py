@@ -7,9 +7,14 @@ field as a string; we type the numeric ones so that sums are exact int64.
 
 Versions 2-5 come from the AWS VPC user guide; v6 (Transit Gateway), v7
 (ECS) and v8 (reject-reason) from AWS's later additions as seen in the
-samples of Elastic Beats and Vector; the fields after reject-reason follow
-the names Vector's parser accepts (their exact introducing versions are not
-documented in anything we could read, so they are all tagged 9).
+samples of Elastic Beats and Vector. v9 resource-id, v10 encryption-status
+(0 cleartext, 1 Nitro, 2 application, 3 both: an int) and v11 (June 2026:
+interface-type, next-hop-*, and the EC2 tag fields, whose keys the flow log's
+TagFieldSpecifications name, at most two per resource type) as AWS announced
+them; names as Vector's parser accepts them.
+
+A field that is not here never costs a record: it is read as a string,
+reported (`unknown_fields`), and left out of every signal.
 """
 
 from __future__ import annotations
@@ -97,19 +102,19 @@ _CATALOGUE: tuple[tuple[str, int, pa.DataType], ...] = (
     ("ecs-task-id", 7, _S),
     ("reject-reason", 8, _S),
     ("resource-id", 9, _S),
-    ("encryption-status", 9, _I32),
-    ("instance-tag", 9, _S),
-    ("instance-tag-2", 9, _S),
-    ("interface-tag", 9, _S),
-    ("interface-tag-2", 9, _S),
-    ("asg-tag", 9, _S),
-    ("asg-tag-2", 9, _S),
-    ("interface-type", 9, _S),
-    ("next-hop-interface-id", 9, _S),
-    ("next-hop-subnet-id", 9, _S),
-    ("next-hop-az-id", 9, _S),
-    ("next-hop-vpc-id", 9, _S),
-    ("next-hop-interface-type", 9, _S),
+    ("encryption-status", 10, _I32),
+    ("interface-type", 11, _S),
+    ("next-hop-interface-id", 11, _S),
+    ("next-hop-subnet-id", 11, _S),
+    ("next-hop-az-id", 11, _S),
+    ("next-hop-vpc-id", 11, _S),
+    ("next-hop-interface-type", 11, _S),
+    ("instance-tag", 11, _S),
+    ("instance-tag-2", 11, _S),
+    ("interface-tag", 11, _S),
+    ("interface-tag-2", 11, _S),
+    ("asg-tag", 11, _S),
+    ("asg-tag-2", 11, _S),
 )
 
 FIELDS: dict[str, Field] = {name: Field(name, version, typ) for name, version, typ in _CATALOGUE}
@@ -149,14 +154,18 @@ MILLISECONDS_THRESHOLD = 100_000_000_000
 
 
 class UnknownFieldError(ValueError):
-    """A header or LogFormat names a field that is not in the catalogue."""
+    """A LogFormat token that cannot be a field name at all (not merely one we do not know)."""
 
     def __init__(self, name: str, where: str) -> None:
-        super().__init__(f"unknown flow-log field {name!r} in {where}")
+        super().__init__(f"{name!r} in {where} is not a flow-log field name")
         self.field = name
 
 
 _LOGFORMAT_TOKEN = re.compile(r"\$\{([^}]*)\}")
+#: what a field name looks like (AWS's are lowercase words joined by hyphens), known or not
+_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+#: the longest name we take for a field we do not know (a longer token is not a header)
+MAX_NAME_CHARS = 64
 
 
 def normalize_name(token: str) -> str:
@@ -164,18 +173,30 @@ def normalize_name(token: str) -> str:
     return token.strip().lower().replace("_", "-")
 
 
+def field(name: str) -> Field:
+    """The catalogue entry of `name`; a name we do not know is a string field (version 0)."""
+    known = FIELDS.get(name)
+    return known if known is not None else Field(name, 0, _S)
+
+
+def unknown(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The names of a layout that are not in the catalogue, in order."""
+    return tuple(n for n in names if n not in FIELDS)
+
+
 def parse_log_format(text: str) -> tuple[str, ...]:
     """Field names of an AWS LogFormat (`${version} ${interface-id}`) or a plain list.
 
-    Raises UnknownFieldError naming the first unknown field, ValueError when empty
-    or when a field repeats.
+    A name not in the catalogue is kept (read as a string, used by nothing).
+    Raises UnknownFieldError for a token that is no field name at all,
+    ValueError when empty or when a field repeats.
     """
     tokens = _LOGFORMAT_TOKEN.findall(text) if "${" in text else text.split()
     names = tuple(normalize_name(t) for t in tokens)
     if not names:
         raise ValueError("empty log format")
     for name in names:
-        if name not in FIELDS:
+        if name not in FIELDS and not is_field_name(name):
             raise UnknownFieldError(name, "log format")
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -183,21 +204,29 @@ def parse_log_format(text: str) -> tuple[str, ...]:
     return names
 
 
+def is_field_name(name: str) -> bool:
+    """`name` (normalized) looks like a flow-log field name, known or not."""
+    return len(name) <= MAX_NAME_CHARS and _NAME.fullmatch(name) is not None
+
+
 def header_fields(line: str) -> tuple[str, ...] | None:
     """Field names if `line` is a header line, else None.
 
-    A line is a header when its first token is a field name (no record starts
-    with a field name). Unknown names after that raise UnknownFieldError.
+    A line is a header when its first token is a field name we know (no
+    record starts with one), or when every token looks like a field name
+    and some are ones we know (a header that starts with next year's field).
+    Names we do not know are kept: they are read as strings.
     """
     tokens = line.split()
-    if not tokens or normalize_name(tokens[0]) not in FIELDS:
+    if not tokens:
         return None
     names = tuple(normalize_name(t) for t in tokens)
-    for name in names:
-        if name not in FIELDS:
-            raise UnknownFieldError(name, "header line")
+    if names[0] not in FIELDS and not (all(map(is_field_name, names)) and any(n in FIELDS for n in names)):
+        return None
+    if len(set(names)) != len(names) or not all(n in FIELDS or is_field_name(n) for n in names):
+        return None  # a repeated or impossible name: a record (or garbage), not a header
     return names
 
 
 def arrow_schema(names: tuple[str, ...]) -> pa.Schema:
-    return pa.schema([pa.field(n, FIELDS[n].type) for n in names])
+    return pa.schema([pa.field(n, field(n).type) for n in names])

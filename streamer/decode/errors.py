@@ -6,7 +6,6 @@
     ├── UnknownFormatError      neither text, gzip, Parquet nor a CloudWatch payload
     ├── InvalidPayloadError     a CloudWatch Logs payload with the wrong shape (`"logEvents": 1`)
     ├── UnsupportedColumnError  a Parquet column whose type cannot become the field's (a list, a struct)
-    ├── UnknownFieldInInputError  a header line names a field the catalogue does not know
     └── DecodeFailedError       anything else decoding raised (see `as_decode_error`)
 
 Line-level problems never raise: they are counted in an ErrorCounts by a
@@ -76,6 +75,9 @@ class ErrorCounts:
 
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
     examples: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: field names the input's layout has and the catalogue does not: read as strings, used by nothing,
+    #: reported once per object (a set, so merging an object's units never counts one twice)
+    unknown_fields: set[str] = dataclasses.field(default_factory=set)
 
     def add(self, reason: str, count: int = 1, example: str | None = None) -> None:
         if count <= 0:
@@ -87,13 +89,8 @@ class ErrorCounts:
     def merge(self, other: ErrorCounts) -> None:
         for reason, count in other.counts.items():
             self.add(reason, count, other.examples.get(reason))
+        self.unknown_fields |= other.unknown_fields
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
-
-
-class UnknownFieldInInputError(DecodeError):
-    """A header line names a field the catalogue does not know."""
-
-    reason = "unknown_field"

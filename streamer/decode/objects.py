@@ -20,11 +20,11 @@ from itertools import chain
 import pyarrow as pa
 
 from streamer.decode.cloudwatch import MAX_JSON_BYTES, Documents, document_lines
-from streamer.decode.errors import ErrorCounts, UnknownFieldInInputError, UnknownFormatError
+from streamer.decode.errors import ErrorCounts, UnknownFormatError
 from streamer.decode.gzip import GZIP_MAGIC, gunzip_stream
 from streamer.decode.parquet import PARQUET_MAGIC, iter_parquet, parquet_fields
 from streamer.decode.text import Parts, TextDecoder, join
-from streamer.schema import DEFAULT_FIELDS, UnknownFieldError, header_fields
+from streamer.schema import DEFAULT_FIELDS, FIELDS, header_fields, unknown
 
 #: Target size of one chunk of text handed to the parser.
 CHUNK_BYTES = 4 << 20
@@ -100,14 +100,12 @@ class ObjectReader:
             if _looks_binary(_prefix(first, 4096)):
                 raise UnknownFormatError("binary data that is neither gzip nor Parquet")
             decoder = self._decoder_for(_first_line(first))
+        strangers = set(unknown(decoder.fields))
         for chunk in chain([first], chunks):
-            yield _text_unit(decoder, chunk)
+            yield _text_unit(decoder, chunk, strangers)
 
     def _decoder_for(self, first_line: bytes) -> TextDecoder:
-        try:
-            fields = header_fields(first_line.decode("utf-8", "replace"))
-        except UnknownFieldError as exc:
-            raise UnknownFieldInInputError(str(exc)) from exc
+        fields = header_fields(first_line.decode("utf-8", "replace"))
         if fields is not None:
             return TextDecoder(fields, self.columns, header_line=first_line, use_threads=self.use_threads)
         fields = self.log_format or DEFAULT_FIELDS
@@ -124,6 +122,7 @@ class ObjectReader:
         chunk plus the largest document (a larger one is an error, skipped).
         """
         decoder = self.decoder()
+        strangers = set(unknown(decoder.fields))
         documents = Documents(MAX_JSON_BYTES)
         held = 0
         parts: list[bytes] = []
@@ -135,9 +134,9 @@ class ObjectReader:
             docs = documents.feed(b"".join(parts))
             parts, held = [], 0
             if docs:
-                yield _json_unit(decoder, docs, documents.take_errors())
+                yield _json_unit(decoder, docs, documents.take_errors(), strangers)
         docs = documents.feed(b"".join(parts)) + documents.close()
-        yield _json_unit(decoder, docs, documents.take_errors())
+        yield _json_unit(decoder, docs, documents.take_errors(), strangers)
 
     def _parquet_units(self, raw: Iterator[bytes]) -> Iterator[Unit]:
         with tempfile.SpooledTemporaryFile(max_size=32 << 20) as spool:
@@ -145,25 +144,31 @@ class ObjectReader:
                 spool.write(piece)
             spool.seek(0)
             pfile, fields = parquet_fields(spool)  # type: ignore[arg-type]
-            if not fields:
+            if not any(f in FIELDS for f in fields):
                 raise UnknownFormatError("Parquet file has no flow-log columns")
-            errors = ErrorCounts()
+            strangers = set(unknown(fields))
+            errors = ErrorCounts(unknown_fields=set(strangers))
             for table in iter_parquet(pfile, fields, self.columns, errors):
                 yield _ready_unit(table, errors)
-                errors = ErrorCounts()
+                errors = ErrorCounts(unknown_fields=set(strangers))
 
 
-def _json_unit(decoder: TextDecoder, docs: list[object], found: ErrorCounts) -> Unit:
+def _json_unit(decoder: TextDecoder, docs: list[object], found: ErrorCounts, strangers: set[str]) -> Unit:
     def unit(errors: ErrorCounts) -> pa.Table:
         errors.merge(found)
+        errors.unknown_fields |= strangers
         lines = document_lines(docs, errors)
         return decoder.decode(("\n".join(lines) + "\n").encode() if lines else b"", errors)
 
     return unit
 
 
-def _text_unit(decoder: TextDecoder, chunk: bytes | Parts) -> Unit:
-    return lambda errors: decoder.decode(chunk, errors)
+def _text_unit(decoder: TextDecoder, chunk: bytes | Parts, strangers: set[str]) -> Unit:
+    def unit(errors: ErrorCounts) -> pa.Table:
+        errors.unknown_fields |= strangers
+        return decoder.decode(chunk, errors)
+
+    return unit
 
 
 def _ready_unit(table: pa.Table, found: ErrorCounts) -> Unit:

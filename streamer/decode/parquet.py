@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from streamer.decode.bounds import drop_impossible_counts
 from streamer.decode.errors import INVALID_NUMBER, ErrorCounts, UnknownFormatError, UnsupportedColumnError
-from streamer.schema import BY_PARQUET_NAME, FIELDS, arrow_schema
+from streamer.schema import BY_PARQUET_NAME, FIELDS, arrow_schema, field, is_field_name, normalize_name
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -38,8 +38,18 @@ def parquet_fields(source: BinaryIO) -> tuple[pq.ParquetFile, tuple[str, ...]]:
         pfile = pq.ParquetFile(source)
     except _UNREADABLE as exc:
         raise UnknownFormatError(f"unreadable Parquet: {exc}") from exc
-    names = tuple(BY_PARQUET_NAME[c].name for c in pfile.schema_arrow.names if c in BY_PARQUET_NAME)
+    names = tuple(name for c in pfile.schema_arrow.names if (name := _field_name(c)) is not None)
     return pfile, names
+
+
+def _field_name(column: str) -> str | None:
+    """The AWS name of a Parquet column: a catalogue field, or one we do not know written the AWS way
+    (lowercase, underscores); None for anything else (a pandas index column)."""
+    known = BY_PARQUET_NAME.get(column)
+    if known is not None:
+        return known.name
+    name = normalize_name(column)
+    return name if is_field_name(name) and name.replace("-", "_") == column else None
 
 
 def iter_parquet(
@@ -49,7 +59,7 @@ def iter_parquet(
     wanted = [f for f in fields if columns is None or f in columns]
     schema = arrow_schema(tuple(wanted))
     try:
-        batches = pfile.iter_batches(batch_size=131_072, columns=[FIELDS[f].parquet_name for f in wanted])
+        batches = pfile.iter_batches(batch_size=131_072, columns=[field(f).parquet_name for f in wanted])
         for batch in batches:
             yield _coerce(pa.Table.from_batches([batch]), wanted, schema, errors)
     except _UNREADABLE as exc:
@@ -60,8 +70,8 @@ def _coerce(table: pa.Table, wanted: list[str], schema: pa.Schema, errors: Error
     ok = None
     cols: dict[str, pa.ChunkedArray] = {}
     for name in wanted:
-        col = table.column(FIELDS[name].parquet_name)
-        target = FIELDS[name].type
+        col = table.column(field(name).parquet_name)
+        target = field(name).type
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             col = pc.if_else(pc.is_in(col, pa.array(_MISSING)), pa.scalar(None, col.type), col)
             if pa.types.is_integer(target):
@@ -79,10 +89,15 @@ def _coerce(table: pa.Table, wanted: list[str], schema: pa.Schema, errors: Error
     return drop_impossible_counts(pa.table([_cast(out.column(f.name), f) for f in schema], schema=schema), errors)
 
 
-def _cast(col: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
-    """A column as its catalogue type; a column of another kind (a list, a struct, floats for a count) fails the file."""
+def _cast(col: pa.ChunkedArray, target: pa.Field) -> pa.ChunkedArray:
+    """A column as its catalogue type; a column of another kind (a list, a struct, floats for a count) fails the file.
+
+    A column we do not know is used by nothing: one that cannot be a string is all nulls, never a failure.
+    """
     try:
-        return col.cast(field.type)
+        return col.cast(target.type)
     except (pa.ArrowNotImplementedError, pa.ArrowTypeError, pa.ArrowInvalid) as exc:
-        name = FIELDS[field.name].parquet_name
-        raise UnsupportedColumnError(f"Parquet column {name} of type {col.type} cannot be read as {field.type}: {exc}") from exc
+        if target.name not in FIELDS:
+            return pa.chunked_array([pa.nulls(len(col), target.type)])
+        name = field(target.name).parquet_name
+        raise UnsupportedColumnError(f"Parquet column {name} of type {col.type} cannot be read as {target.type}: {exc}") from exc

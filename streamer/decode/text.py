@@ -29,7 +29,7 @@ import pyarrow.csv as pcsv
 
 from streamer.decode.bounds import drop_impossible_counts
 from streamer.decode.errors import INVALID_NUMBER, INVALID_UTF8, WRONG_FIELD_COUNT, ErrorCounts
-from streamer.schema import DICTIONARY_FIELDS, FIELDS, MILLISECONDS_THRESHOLD, arrow_schema
+from streamer.schema import DICTIONARY_FIELDS, MILLISECONDS_THRESHOLD, arrow_schema, field
 
 #: One CSV block per chunk keeps each dictionary column in one piece, so
 #: group-bys need no dictionary unification.
@@ -81,7 +81,7 @@ class TextDecoder:
         self._read = pcsv.ReadOptions(column_names=list(fields), use_threads=use_threads, block_size=_BLOCK_BYTES)
         self._typed = pcsv.ConvertOptions(
             include_columns=list(self.columns),
-            column_types={f: _DICT if f in DICTIONARY_FIELDS else FIELDS[f].type for f in self.columns},
+            column_types={f: _DICT if f in DICTIONARY_FIELDS else field(f).type for f in self.columns},
             null_values=["-"],
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
@@ -90,9 +90,9 @@ class TextDecoder:
             _SKIP
             if f not in wanted
             else _INT32
-            if FIELDS[f].type == pa.int32() and _NATIVE_INT32
+            if field(f).type == pa.int32() and _NATIVE_INT32
             else _INTEGER
-            if FIELDS[f].numeric
+            if field(f).numeric
             else _DICTIONARY
             if f in DICTIONARY_FIELDS
             else _STRING
@@ -146,8 +146,8 @@ class TextDecoder:
         try:
             for name, kind, (nulls, bitmap, *buffers) in zip(self.columns, self._wanted_kinds, cols, strict=True):
                 validity = None if bitmap is None else pa.py_buffer(bitmap)
-                target = FIELDS[name].type
-                if FIELDS[name].numeric:  # buffers: int32 values (kind 4) or int64 ones
+                target = field(name).type
+                if field(name).numeric:  # buffers: int32 values (kind 4) or int64 ones
                     width = pa.int32() if kind == _INT32 else pa.int64()
                     arr = pa.Array.from_buffers(width, rows, [validity, pa.py_buffer(buffers[0])], nulls)
                     arrays.append(arr if target == width else arr.cast(target))  # out of int32 range: Arrow's path
@@ -183,13 +183,13 @@ class TextDecoder:
     def _parse_checked(self, chunk: bytes, errors: ErrorCounts, bad_rows: list[str]) -> pa.Table:
         """Read as strings, drop rows with non-numeric numbers, then cast."""
         table = self._parse(chunk, self._as_text, bad_rows)
-        numeric = [f for f in self.columns if FIELDS[f].numeric]
+        numeric = [f for f in self.columns if field(f).numeric]
         if numeric and table.num_rows:
             ok = None
             for name in numeric:
                 col = table.column(name)
                 digits = pc.fill_null(pc.match_substring_regex(col, _NUMBER), False)
-                if FIELDS[name].type != pa.int64():  # 18 digits fit int64, not int32: compare the value too
+                if field(name).type != pa.int64():  # 18 digits fit int64, not int32: compare the value too
                     value = pc.cast(pc.if_else(digits, col, "0"), pa.int64())
                     digits = pc.and_(digits, pc.less_equal(value, _INT32_MAX))
                 valid = pc.or_(pc.is_null(col), digits)

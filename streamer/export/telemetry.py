@@ -8,9 +8,19 @@ record end inside).
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+log = logging.getLogger(__name__)
+
+#: distinct field names streamer_unknown_fields_total keeps as labels; the rest count under OTHER_FIELD
+MAX_UNKNOWN_FIELDS = 32
+OTHER_FIELD = "other"
+#: a label value longer than this is cut (header names come from input)
+_FIELD_CHARS = 64
 
 DELAY_BUCKETS = (60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 21600, 86400)
 
@@ -95,6 +105,34 @@ class Telemetry:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
         )
+
+        self.unknown_fields_total = Counter(
+            "streamer_unknown_fields",
+            "Inputs whose header or LogFormat names a field the catalogue does not know (read as a string, used by "
+            f'nothing), once per input and field; past {MAX_UNKNOWN_FIELDS} names, field="{OTHER_FIELD}".',
+            ["field"],
+            registry=registry,
+        )
+        self._unknown_names: set[str] = set()
+        self._unknown_logged = False
+
+    def unknown_fields(self, names: Iterable[str], location: str) -> None:
+        """Count one input's unknown fields; each name is logged the first time it is seen (bounded like the labels)."""
+        for name in sorted(names):
+            name = name[:_FIELD_CHARS]
+            if name not in self._unknown_names and len(self._unknown_names) < MAX_UNKNOWN_FIELDS:
+                self._unknown_names.add(name)
+                log.warning(
+                    "%s: field %r is not in the catalogue: read as a string and used by nothing (records still count)",
+                    location,
+                    name,
+                )
+            elif name not in self._unknown_names and not self._unknown_logged:
+                self._unknown_logged = True
+                log.warning(
+                    "%s: more than %d unknown field names: the rest count as %r", location, MAX_UNKNOWN_FIELDS, OTHER_FIELD
+                )
+            self.unknown_fields_total.labels(name if name in self._unknown_names else OTHER_FIELD).inc()
 
     def finished(self, source: str, outcome: str, records: int, delay_seconds: float | None) -> None:
         self.objects.labels(source, outcome).inc()

@@ -34,7 +34,7 @@ def test_shipped_examples_are_valid(name: str, tmp_path: Path) -> None:
             "sources.0.poll_intervl_seconds: unknown key",
         ),
         ({"sources": [{"type": "s3", "bucket": "abc", "poll_interval_seconds": 0}]}, "sources.0.poll_interval_seconds: "),
-        ({"sources": [{"type": "s3", "bucket": "abc", "log_format": "${version} ${nope}"}]}, "'nope'"),
+        ({"sources": [{"type": "s3", "bucket": "abc", "log_format": "${version} ${no pe}"}]}, "'no pe'"),
         ({"sources": []}, "sources:"),
         ({"sources": [{"type": "s3", "bucket": "abc"}], "htp": {}}, "htp: unknown key"),
         ({"http": {"listen_address": "nowhere"}, **BASE}, "http.listen_address"),
