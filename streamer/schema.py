@@ -149,6 +149,9 @@ DICTIONARY_FIELDS = frozenset(
     }
 )
 
+#: EC2 tag values (v11): free text chosen by users, so they may hold spaces (see decode/text.py `_fit_tags`)
+TAG_FIELDS = frozenset(("instance-tag", "instance-tag-2", "interface-tag", "interface-tag-2", "asg-tag", "asg-tag-2"))
+
 #: Timestamps above this are epoch milliseconds (year 5138 in seconds).
 MILLISECONDS_THRESHOLD = 100_000_000_000
 

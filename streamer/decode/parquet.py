@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from streamer.decode.bounds import drop_impossible_counts
 from streamer.decode.errors import INVALID_NUMBER, ErrorCounts, UnknownFormatError, UnsupportedColumnError
+from streamer.decode.tgw import ATTACHMENT, attachment_as_interface, needs_attachment
 from streamer.schema import BY_PARQUET_NAME, FIELDS, arrow_schema, field, is_field_name, normalize_name
 
 if TYPE_CHECKING:
@@ -56,12 +57,15 @@ def iter_parquet(
     pfile: pq.ParquetFile, fields: tuple[str, ...], columns: Collection[str] | None, errors: ErrorCounts
 ) -> Iterator[pa.Table]:
     """Batches of the wanted columns, renamed and coerced to catalogue types."""
-    wanted = [f for f in fields if columns is None or f in columns]
+    asked = set(fields) if columns is None else set(columns)
+    tgw = needs_attachment(fields, columns)
+    wanted = [f for f in fields if f in asked or (tgw and f == ATTACHMENT)]
     schema = arrow_schema(tuple(wanted))
     try:
         batches = pfile.iter_batches(batch_size=131_072, columns=[field(f).parquet_name for f in wanted])
         for batch in batches:
-            yield _coerce(pa.Table.from_batches([batch]), wanted, schema, errors)
+            table = _coerce(pa.Table.from_batches([batch]), wanted, schema, errors)
+            yield attachment_as_interface(table, ATTACHMENT in asked) if tgw else table
     except _UNREADABLE as exc:
         raise UnknownFormatError(f"unreadable Parquet data: {exc}") from exc
 

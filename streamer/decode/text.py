@@ -29,7 +29,8 @@ import pyarrow.csv as pcsv
 
 from streamer.decode.bounds import drop_impossible_counts
 from streamer.decode.errors import INVALID_NUMBER, INVALID_UTF8, WRONG_FIELD_COUNT, ErrorCounts
-from streamer.schema import DICTIONARY_FIELDS, MILLISECONDS_THRESHOLD, arrow_schema, field
+from streamer.decode.tgw import ATTACHMENT, attachment_as_interface, needs_attachment
+from streamer.schema import DICTIONARY_FIELDS, MILLISECONDS_THRESHOLD, TAG_FIELDS, arrow_schema, field
 
 #: One CSV block per chunk keeps each dictionary column in one piece, so
 #: group-bys need no dictionary unification.
@@ -51,6 +52,8 @@ _SKIP, _INTEGER, _STRING, _DICTIONARY, _INT32 = 0, 1, 2, 3, 4
 #: a build that parses int32 fields itself (kind 4): no int64 column to cast and range-check afterwards
 _NATIVE_INT32 = getattr(_scan, "VERSION", 1) >= 2
 _MAX_PARTS = 64  # as in _scan.c
+#: stands for a space inside a tag value while a repaired row is re-read as space-separated text
+_SPACE_HELD = "\x1f"
 
 
 #: A chunk as the buffers it was cut into (each ends a line but maybe the last), joined only if needed.
@@ -75,7 +78,15 @@ class TextDecoder:
     ) -> None:
         self.fields = fields
         wanted = set(fields) if columns is None else set(columns)
+        #: Transit Gateway logs: the attachment stands in for the interface (read even when not asked for)
+        self._tgw = needs_attachment(fields, columns)
+        self._keep_attachment = ATTACHMENT in wanted
+        if self._tgw:
+            wanted.add(ATTACHMENT)
         self.columns = tuple(f for f in fields if f in wanted)
+        tags = [i for i, f in enumerate(fields) if f in TAG_FIELDS]
+        #: where the EC2 tag fields sit (first, last): values with spaces are fitted there (`_fit_tags`)
+        self._tag_span = (tags[0], tags[-1]) if tags else None
         self.schema = arrow_schema(self.columns)
         self._header = header_line.rstrip(b"\r\n") if header_line else None
         self._read = pcsv.ReadOptions(column_names=list(fields), use_threads=use_threads, block_size=_BLOCK_BYTES)
@@ -116,7 +127,7 @@ class TextDecoder:
         if self.native:
             scanned = self._scan(chunk)
             if scanned is not None:
-                return drop_impossible_counts(_normalize_times(scanned), errors)
+                return self._finish(scanned, errors)
         chunk = join(chunk)
         if self._header is not None and self._header in chunk:
             chunk = _drop_lines(chunk, self._header)
@@ -132,7 +143,11 @@ class TextDecoder:
             repaired = self._repair(bad_rows, errors)
             if repaired is not None:
                 table = pa.concat_tables([table.cast(self.schema), repaired])
-        return drop_impossible_counts(_normalize_times(table), errors)
+        return self._finish(table, errors)
+
+    def _finish(self, table: pa.Table, errors: ErrorCounts) -> pa.Table:
+        table = drop_impossible_counts(_normalize_times(table), errors)
+        return attachment_as_interface(table, self._keep_attachment) if self._tgw else table
 
     def _scan(self, chunk: bytes | Parts) -> pa.Table | None:
         """The native tokenizer's table, or None when the chunk needs Arrow's slower, forgiving path."""
@@ -164,7 +179,8 @@ class TextDecoder:
         return pa.Table.from_arrays(arrays, names=list(self.columns))
 
     def empty(self) -> pa.Table:
-        return self.schema.empty_table()
+        table = self.schema.empty_table()
+        return attachment_as_interface(table, self._keep_attachment) if self._tgw else table
 
     def _parse(self, chunk: bytes, convert: pcsv.ConvertOptions, bad_rows: list[str]) -> pa.Table:
         if not chunk:
@@ -205,8 +221,11 @@ class TextDecoder:
     def _repair(self, bad_rows: list[str], errors: ErrorCounts) -> pa.Table | None:
         """Rows with the wrong field count: fix whitespace runs, count the rest."""
         fixed: list[str] = []
+        spaced = False
         for text in bad_rows:  # only rows Arrow rejected: not the main path
             tokens = text.split()
+            if len(tokens) > len(self.fields) and (fitted := self._fit_tags(tokens)) is not None:
+                tokens, spaced = fitted, True
             if len(tokens) == len(self.fields):
                 fixed.append(" ".join(tokens))
             elif tokens:
@@ -217,7 +236,31 @@ class TextDecoder:
         table = self._parse_checked(("\n".join(fixed) + "\n").encode(), errors, leftovers)
         for text in leftovers:
             errors.add(WRONG_FIELD_COUNT, 1, text)
+        if spaced:
+            for i, name in enumerate(table.column_names):
+                if name in TAG_FIELDS:
+                    table = table.set_column(i, name, pc.replace_substring(table.column(i), _SPACE_HELD, " "))
         return table
+
+    def _fit_tags(self, tokens: list[str]) -> list[str] | None:
+        """A record whose EC2 tag value holds spaces, as one token per field; None if it cannot be told.
+
+        AWS writes a tag's value as it is (spaces included: nothing we could read says it escapes them),
+        so the extra tokens belong to the tag fields. Every field before the first tag field and after
+        the last one still sits at its place. With one tag field, the extra tokens are its value; with
+        several side by side, which one holds the spaces cannot be told, so they are all unknown ("-"):
+        the record still counts. Tag fields with other fields between them: not repaired.
+        """
+        if self._tag_span is None:
+            return None
+        first, last = self._tag_span
+        after = len(self.fields) - last - 1
+        head, middle, tail = tokens[:first], tokens[first : len(tokens) - after], tokens[len(tokens) - after :]
+        if first == last:
+            return [*head, _SPACE_HELD.join(middle), *tail]
+        if all(f in TAG_FIELDS for f in self.fields[first : last + 1]):
+            return [*head, *["-"] * (last - first + 1), *tail]
+        return None
 
 
 def _drop_lines(chunk: bytes, line: bytes) -> bytes:
