@@ -363,6 +363,14 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         total += len;
         for (const char *p = buf, *end = buf + len; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++) bound++;
     }
+    /* A clean line holds at least one byte and a separator per field: more lines than that leaves room
+       for are not all clean. Arrow's path takes them, before buffers sized by the line count are made
+       (a chunk of millions of tiny lines would otherwise cost tens of times its size here). */
+    if ((bound - nparts) * 2 * nfields > total + 2 * nfields) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
     cols = calloc((size_t)(wanted ? wanted : 1), sizeof(Column));
     if (cols == NULL) goto nomem;
     Py_ssize_t c = 0;

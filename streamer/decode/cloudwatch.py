@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from streamer.decode.errors import (
     INVALID_JSON,
     INVALID_PAYLOAD,
+    RECORD_TOO_LARGE,
+    DecodeError,
     ErrorCounts,
     InvalidPayloadError,
     UnknownFormatError,
 )
-from streamer.decode.gzip import GZIP_MAGIC, gunzip_stream
+from streamer.decode.gzip import GZIP_MAGIC, MAX_PIECE_BYTES, gunzip_stream
 
 
 @dataclasses.dataclass
@@ -84,24 +89,126 @@ def _events(doc: dict[str, object]) -> tuple[str, list[object]]:
     return message_type, events
 
 
-def payload_lines(records: list[bytes]) -> tuple[list[str], int]:
-    """Flow-log lines of subscription records (each a gzip'd, or plain, CloudWatch Logs document),
-    and how many records (or events in them) were not such documents. CONTROL_MESSAGEs give no lines.
+#: What one record (a gzip'd CloudWatch Logs payload) may inflate to. CloudWatch's own payloads stay far
+#: below it; a record past it (a gzip bomb: 1 MiB can inflate to 1 GiB) is one error, never held whole.
+MAX_RECORD_BYTES = 16 << 20
+#: A payload up to this size is parsed by orjson: a Python object for every event, about 20x its size but
+#: briefly and for one record. A larger one is read by Arrow's JSON reader into columns (about its own
+#: size), so that a record of many tiny events never becomes millions of Python objects.
+SMALL_PAYLOAD_BYTES = 256 << 10
 
-    The unit is the record: whatever one raises, it alone is skipped.
+_PAYLOAD_SCHEMA = pa.schema(
+    [
+        ("messageType", pa.string()),
+        ("logEvents", pa.list_(pa.struct([("message", pa.string())]))),
+        ("message", pa.string()),  # a `{"message": "..."}` wrapper (Firehose records)
+    ]
+)
+
+
+class RecordTooLargeError(DecodeError):
+    reason = RECORD_TOO_LARGE
+
+
+def inflate_record(data: bytes, limit: int = MAX_RECORD_BYTES) -> bytes:
+    """A record's bytes, gunzipped if gzip'd; RecordTooLargeError past `limit` (never inflating much more)."""
+    if data[:2] != GZIP_MAGIC:
+        return data
+    parts: list[bytes] = []
+    held = 0
+    for piece in gunzip_stream([data], max_piece=min(MAX_PIECE_BYTES, limit + 1)):
+        held += len(piece)
+        if held > limit:
+            raise RecordTooLargeError(f"inflates past {limit} bytes")
+        parts.append(piece)
+    return b"".join(parts)
+
+
+def unpack_records(
+    records: Sequence[bytes], start: int = 0, limit: int = 1 << 62, max_record_bytes: int = MAX_RECORD_BYTES
+) -> tuple[int, bytes, ErrorCounts]:
+    """Flow-log text of subscription records (each a gzip'd, or plain, CloudWatch Logs document) from
+    `start` on, until the text reaches `limit` bytes (at least one record): the index after the last
+    record read, its lines (each ending in a newline), and what could not be read.
+
+    What is held is bounded by the text: `limit` plus one record's, and a record inflates to at most
+    `max_record_bytes` (past it: one `record_too_large`). The unit is the record: whatever one raises,
+    it alone is skipped (one `invalid_payload`); an event of the wrong shape in it is one too.
+    CONTROL_MESSAGEs give nothing.
     """
-    lines: list[str] = []
-    bad = 0
-    for data in records:
+    parts: list[bytes] = []
+    errors = ErrorCounts()
+    held = 0
+    at = start
+    while at < len(records) and (at == start or held < limit):
+        data, at = records[at], at + 1
+        found = ErrorCounts()
         try:
-            document = b"".join(gunzip_stream([data])) if data[:2] == GZIP_MAGIC else data
-            payload = parse_payload(document)
-        except Exception:  # any record that is not a payload, however it fails, is one bad record
-            bad += 1
+            text = payload_text(inflate_record(data, max_record_bytes), found, wrappers=False)
+        except RecordTooLargeError as exc:
+            errors.add(RECORD_TOO_LARGE, 1, f"record {at - 1}: {exc}")
             continue
-        lines.extend(payload.lines)
-        bad += payload.bad_events
-    return lines, bad
+        except Exception as exc:  # any record that is not a payload, however it fails, is one bad record
+            errors.add(INVALID_PAYLOAD, 1, f"record {at - 1}: {type(exc).__name__}: {exc}")
+            continue
+        errors.merge(found)
+        parts.append(text)
+        held += len(text)
+    return at, b"".join(parts), errors
+
+
+def payload_text(data: bytes, errors: ErrorCounts, wrappers: bool = True) -> bytes:
+    """Flow-log lines (each ending in a newline) of one record's JSON, with bad events counted in `errors`.
+
+    `wrappers`: the record may hold several documents back to back and `{"message": ...}` wrappers
+    (Firehose); else it is exactly one CloudWatch Logs payload (Kinesis), and anything else raises.
+    A record over SMALL_PAYLOAD_BYTES is read into Arrow columns; one that Arrow cannot read as payloads
+    (an event of the wrong type in it) raises as a whole: its events are never turned into Python objects.
+    """
+    if len(data) > SMALL_PAYLOAD_BYTES:
+        return _arrow_payload_text(data, errors, wrappers)
+    if not wrappers:
+        payload = parse_payload(data)
+        errors.add(INVALID_PAYLOAD, payload.bad_events, "an event that is not {\"message\": \"<text>\"}")
+        return "".join(f"{line}\n" for line in payload.lines).encode()
+    documents = Documents()
+    docs = documents.feed(data) + documents.close()
+    errors.merge(documents.errors)
+    lines = document_lines(docs, errors)
+    return "".join(f"{line}\n" for line in lines).encode()
+
+
+def _arrow_payload_text(data: bytes, errors: ErrorCounts, wrappers: bool) -> bytes:
+    import pyarrow.json as pj  # only for large records
+
+    options = pj.ParseOptions(explicit_schema=_PAYLOAD_SCHEMA, unexpected_field_behavior="ignore", newlines_in_values=True)
+    read = pj.ReadOptions(use_threads=False, block_size=len(data) + 64)  # one block: a document never straddles two
+    try:
+        table = pj.read_json(pa.py_buffer(data), read_options=read, parse_options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InvalidPayloadError(f"a large record ({len(data)} bytes) that is not CloudWatch Logs payloads: {exc}") from exc
+    events = table.column("logEvents")
+    payloads = pc.is_valid(events)
+    if not wrappers and (table.num_rows != 1 or not payloads[0].as_py()):
+        raise UnknownFormatError("not one CloudWatch Logs payload")
+    data_message = pc.fill_null(pc.equal(table.column("messageType"), "DATA_MESSAGE"), True)
+    messages = pc.list_flatten(events.filter(pc.and_(payloads, data_message))).combine_chunks()
+    lines = messages.field("message") if len(messages) else pa.array([], pa.string())
+    errors.add(INVALID_PAYLOAD, lines.null_count, "an event that is not {\"message\": \"<text>\"}")
+    if wrappers:
+        wrapped = table.column("message").filter(pc.invert(payloads))
+        errors.add(INVALID_JSON, wrapped.null_count, "a document that is neither a payload nor {\"message\": ...}")
+        lines = pa.concat_arrays([lines, *wrapped.combine_chunks().chunks]) if len(wrapped) else lines
+    return _joined(lines.drop_null())
+
+
+def _joined(lines: pa.Array) -> bytes:
+    """`"".join(line + "\\n")` of a string array, in Arrow (no Python string per line)."""
+    if not len(lines):
+        return b""
+    ended = pa.concat_arrays([lines.cast(pa.string()), pa.array([""], pa.string())])
+    whole = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(ended)], pa.int32()), ended), "\n")[0]
+    return bytes(whole.as_buffer().to_pybytes())  # bytes() of bytes is the same object: no copy
 
 
 #: One JSON document (a CloudWatch Logs payload) larger than this is one error, never held whole.

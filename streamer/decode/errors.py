@@ -25,7 +25,9 @@ INVALID_UTF8 = "invalid_utf8"
 INVALID_JSON = "invalid_json"
 #: a CloudWatch Logs payload (or one of its events) whose fields have the wrong types
 INVALID_PAYLOAD = "invalid_payload"
-REASONS = (WRONG_FIELD_COUNT, INVALID_NUMBER, INVALID_UTF8, INVALID_JSON, INVALID_PAYLOAD)
+#: a record (a gzip'd CloudWatch Logs payload) that inflates past the cap (decode/cloudwatch.py MAX_RECORD_BYTES)
+RECORD_TOO_LARGE = "record_too_large"
+REASONS = (WRONG_FIELD_COUNT, INVALID_NUMBER, INVALID_UTF8, INVALID_JSON, INVALID_PAYLOAD, RECORD_TOO_LARGE)
 
 
 class DecodeError(Exception):

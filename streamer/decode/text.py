@@ -66,6 +66,26 @@ def join(chunk: bytes | Parts) -> bytes:
     return chunk[0] if len(chunk) == 1 and isinstance(chunk[0], bytes) else b"".join(chunk)
 
 
+#: Rows with the wrong field count whose text is kept for repair, per chunk. Past this they are only
+#: counted: a chunk of millions of tiny bad lines (a payload of one-byte events) never becomes
+#: millions of Python strings, about 20x the chunk.
+MAX_KEPT_BAD_ROWS = 10_000
+
+
+class BadRows(list[str]):
+    """The text of rows Arrow rejected, up to MAX_KEPT_BAD_ROWS; `dropped` counts the rest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def keep(self, text: str) -> None:
+        if len(self) < MAX_KEPT_BAD_ROWS:
+            self.append(text)
+        else:
+            self.dropped += 1
+
+
 class TextDecoder:
     """Decodes chunks of complete lines that follow one field layout."""
 
@@ -133,12 +153,13 @@ class TextDecoder:
             chunk = _drop_lines(chunk, self._header)
         if not chunk.isascii() or b"\x00" in chunk:
             chunk = _drop_undecodable_lines(chunk, errors)
-        bad_rows: list[str] = []
+        bad_rows = BadRows()
         try:
             table = self._parse(chunk, self._typed, bad_rows)
         except pa.ArrowInvalid:
-            bad_rows.clear()
+            bad_rows = BadRows()
             table = self._parse_checked(chunk, errors, bad_rows)
+        errors.add(WRONG_FIELD_COUNT, bad_rows.dropped, "(beyond the first lines of a chunk with the wrong field count)")
         if bad_rows:
             repaired = self._repair(bad_rows, errors)
             if repaired is not None:
@@ -182,12 +203,12 @@ class TextDecoder:
         table = self.schema.empty_table()
         return attachment_as_interface(table, self._keep_attachment) if self._tgw else table
 
-    def _parse(self, chunk: bytes, convert: pcsv.ConvertOptions, bad_rows: list[str]) -> pa.Table:
+    def _parse(self, chunk: bytes, convert: pcsv.ConvertOptions, bad_rows: BadRows) -> pa.Table:
         if not chunk:
             return self.empty() if convert is self._typed else self._as_text_empty()
 
         def on_invalid(row: pcsv.InvalidRow) -> str:
-            bad_rows.append(row.text)
+            bad_rows.keep(row.text)
             return "skip"
 
         parse = pcsv.ParseOptions(delimiter=" ", quote_char=False, invalid_row_handler=on_invalid)
@@ -196,7 +217,7 @@ class TextDecoder:
     def _as_text_empty(self) -> pa.Table:
         return pa.schema([pa.field(f, pa.string()) for f in self.columns]).empty_table()
 
-    def _parse_checked(self, chunk: bytes, errors: ErrorCounts, bad_rows: list[str]) -> pa.Table:
+    def _parse_checked(self, chunk: bytes, errors: ErrorCounts, bad_rows: BadRows) -> pa.Table:
         """Read as strings, drop rows with non-numeric numbers, then cast."""
         table = self._parse(chunk, self._as_text, bad_rows)
         numeric = [f for f in self.columns if field(f).numeric]
@@ -232,7 +253,7 @@ class TextDecoder:
                 errors.add(WRONG_FIELD_COUNT, 1, text)
         if not fixed:
             return None
-        leftovers: list[str] = []
+        leftovers = BadRows()
         table = self._parse_checked(("\n".join(fixed) + "\n").encode(), errors, leftovers)
         for text in leftovers:
             errors.add(WRONG_FIELD_COUNT, 1, text)

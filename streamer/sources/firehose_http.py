@@ -56,7 +56,7 @@ import orjson
 from aiohttp import web
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from streamer.decode.cloudwatch import Documents, document_lines
+from streamer.decode.cloudwatch import payload_text
 from streamer.decode.errors import ErrorCounts
 from streamer.decode.gzip import GZIP_MAGIC
 from streamer.logs import Throttle, printable, quieted
@@ -571,14 +571,13 @@ def _inflate(data: bytes, budget: int) -> bytes:
 
 
 def _record_text(data: bytes, errors: ErrorCounts) -> bytes:
-    """A record's flow-log lines: a CloudWatch Logs payload's events, or the record's own lines."""
+    """A record's flow-log lines: a CloudWatch Logs payload's events, or the record's own lines.
+
+    A large payload's events are read into Arrow columns, never into a Python object each (payload_text).
+    """
     if data.lstrip()[:1] != b"{":
         return data.rstrip(b"\n")
-    documents = Documents()
-    docs = documents.feed(data) + documents.close()
-    errors.merge(documents.errors)
-    lines = document_lines(docs, errors)
-    return "\n".join(lines).encode()
+    return payload_text(data, errors)[:-1]
 
 
 def done_key(request_id: str) -> Done:

@@ -34,7 +34,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field
 
 from streamer.aws import AwsClients
-from streamer.decode.cloudwatch import payload_lines
+from streamer.decode.cloudwatch import unpack_records
 from streamer.schema import parse_log_format
 from streamer.settings import AwsSourceSettings
 from streamer.sources.base import (
@@ -77,8 +77,8 @@ class KinesisSourceConfig(AwsSourceSettings):
     shard_refresh_seconds: float = Field(default=60, gt=0)
     #: Kinesis records per GetRecords call (one checkpoint commit each)
     batch_records: int = Field(default=10_000, ge=1, le=10_000)
-    #: batches read ahead of their commit are bounded by their summed size as read (compressed); a shard
-    #: holding nothing still reads its next batch, however large
+    #: batches read ahead of their commit are bounded by the text they hold (inflated, not as read); a
+    #: GetRecords answer with more is cut into batches of about this much, each committing its last record
     max_bytes_in_flight: int = Field(default=16 << 20, ge=1)
 
     async def build(self, ctx: BuildContext) -> KinesisSource:
@@ -302,12 +302,7 @@ class KinesisSource(Source):
         pace = Pace(MIN_POLL_SECONDS, self.clock)
         iterator: str | None = None
         while True:
-            if not self._may_read(shard_id):
-                self.waiting.add(shard_id)
-                try:
-                    await self._budget.wait_until(lambda: self._may_read(shard_id))
-                finally:
-                    self.waiting.discard(shard_id)
+            await self._wait_for_room(shard_id)
             await asyncio.sleep(pace.delay())
             try:
                 if iterator is None:
@@ -333,29 +328,61 @@ class KinesisSource(Source):
             drained = next_iterator is None or (
                 not records and ending is not None and last is not None and int(last) >= int(ending)
             )
-            batch = await self._unpack(sink, shard_id, records, position, drained)
-            if "MillisBehindLatest" in resp:
-                batch.behind = resp["MillisBehindLatest"] / 1000
-            self._take(shard_id, batch)
-            batches.put_nowait(batch)
+            behind = resp["MillisBehindLatest"] / 1000 if "MillisBehindLatest" in resp else None
+            await self._unpack_in_pieces(sink, shard_id, records, position, drained, behind, batches)
             if drained:
                 return
             position, iterator = last, next_iterator
             if not records:
                 await asyncio.sleep(max(MIN_POLL_SECONDS, self.config.poll_interval_seconds))
 
-    async def _unpack(
-        self, sink: Sink, shard_id: str, records: list[RecordTypeDef], before: str | None, drained: bool
-    ) -> _Batch:
-        """One GetRecords answer as the lines it carries and the cursor it moves to (None: nothing to commit)."""
-        size = sum(len(r["Data"]) for r in records)
-        lines, bad = await asyncio.to_thread(payload_lines, [r["Data"] for r in records]) if records else ([], 0)
-        if bad:
-            where = f"{self.config.stream_name}/{shard_id}"
-            sink.source_error(self.name, INVALID_PAYLOAD, f"{where}: {bad} record(s) or event(s) are not CloudWatch payloads")
-        body = ("\n".join(lines) + "\n").encode() if lines else b""
-        cursor = SHARD_END if drained else (records[-1]["SequenceNumber"] if records else None)
-        return _Batch(body, bad, before, cursor, drained, size)
+    async def _unpack_in_pieces(
+        self,
+        sink: Sink,
+        shard_id: str,
+        records: list[RecordTypeDef],
+        before: str | None,
+        drained: bool,
+        behind: float | None,
+        batches: asyncio.Queue[_Batch],
+    ) -> None:
+        """Queue one GetRecords answer as batches of about `max_bytes_in_flight` of inflated text each.
+
+        What a batch holds is its text, so that is what counts against `max_bytes_in_flight`: 10 MB of
+        gzip'd records can inflate to far more. An answer whose text is larger is cut into several
+        batches, each committing the cursor of its last record, and each waiting for room before it is
+        inflated. So a shard holds at most the bound plus one batch, whatever the compression ratio.
+        """
+        data = [r["Data"] for r in records]
+        at = 0
+        while True:
+            if at:  # the first piece was waited for before GetRecords
+                await self._wait_for_room(shard_id)
+            end, body, errors = (
+                await asyncio.to_thread(unpack_records, data, at, self.config.max_bytes_in_flight) if data else (0, b"", None)
+            )
+            last = end >= len(data)
+            bad = dict(errors.counts) if errors is not None else {}
+            if bad and errors is not None:
+                where = f"{self.config.stream_name}/{shard_id}"
+                example = next(iter(errors.examples.values()), "")
+                for reason, count in bad.items():
+                    sink.source_error(self.name, reason, f"{where}: {count} record(s) or event(s) skipped, e.g. {example}")
+            cursor = SHARD_END if drained and last else (records[end - 1]["SequenceNumber"] if records else None)
+            batch = _Batch(body, bad, before, cursor, drained and last, len(body), behind if last else None)
+            self._take(shard_id, batch)
+            batches.put_nowait(batch)
+            if last:
+                return
+            before, at = cursor, end
+
+    async def _wait_for_room(self, shard_id: str) -> None:
+        if not self._may_read(shard_id):
+            self.waiting.add(shard_id)
+            try:
+                await self._budget.wait_until(lambda: self._may_read(shard_id))
+            finally:
+                self.waiting.discard(shard_id)
 
     async def _deliver(self, sink: Sink, shard_id: str, batch: _Batch, epoch: int | None) -> str:
         """Commit one batch, moving the shard's cursor from `batch.before` to `batch.cursor`; returns the outcome
@@ -369,7 +396,7 @@ class KinesisSource(Source):
             expected={(self.name, shard_id): batch.before},
             log_format=self.log_format,
             headerless=True,
-            errors={INVALID_PAYLOAD: batch.bad} if batch.bad else {},
+            errors=dict(batch.bad),
             lease=(SHARD_LEASE, self.lease_name(shard_id)),
             epoch=epoch,
             size=batch.size,
@@ -391,13 +418,13 @@ class _Batch:
     """One GetRecords answer, unpacked while the batch before it commits."""
 
     body: bytes
-    #: records (or events in them) that are not CloudWatch payloads
-    bad: int
+    #: records (or events in them) that are not CloudWatch payloads, by reason (invalid_payload, record_too_large)
+    bad: dict[str, int]
     #: the shard's cursor before this batch (compare-and-set), and after it (None: an empty read, nothing to commit)
     before: str | None
     cursor: str | None
     drained: bool
-    #: the records' bytes as read (compressed): held against `max_bytes_in_flight` until committed
+    #: the bytes it holds (its inflated text): held against `max_bytes_in_flight` until committed
     size: int
     #: MillisBehindLatest, in seconds
     behind: float | None = None

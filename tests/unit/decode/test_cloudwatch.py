@@ -7,10 +7,17 @@ import gzip
 
 import orjson
 
-from streamer.decode.cloudwatch import document_lines, payload_lines
+from streamer.decode.cloudwatch import document_lines, unpack_records
 from streamer.decode.errors import ErrorCounts
 
 LINE = "2 123456789012 eni-a 10.0.0.1 10.0.0.2 1024 22 6 1 40 1700000000 1700000060 REJECT OK"
+
+
+def payload_lines(records: list[bytes]) -> tuple[list[str], int]:
+    """Lines of Kinesis records as a list, and how many records or events were skipped."""
+    end, text, errors = unpack_records(records)
+    assert end == len(records)
+    return text.decode().splitlines(), errors.total
 
 
 def payload(events: object, **extra: object) -> dict[str, object]:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from streamer.decode.cloudwatch import payload_lines
+from streamer.decode.cloudwatch import unpack_records
 from streamer.decode.errors import DecodeError, DecodeFailedError, ErrorCounts
 from streamer.decode.objects import ObjectReader
 from streamer.schema import DEFAULT_FIELDS, FIELDS
@@ -37,6 +37,13 @@ JSON = st.recursive(
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
     max_leaves=8,
 )
+
+
+def payload_lines(records: list[bytes]) -> tuple[list[str], int]:
+    """Lines of Kinesis records as a list, and how many records or events were skipped."""
+    end, text, errors = unpack_records(records)
+    assert end == len(records)
+    return text.decode().splitlines(), errors.total
 
 
 def decode(data: bytes | list[bytes], reader: ObjectReader | None = None) -> tuple[int, ErrorCounts]:
