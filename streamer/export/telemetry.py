@@ -76,7 +76,7 @@ class Telemetry:
         )
         self.bytes_in_flight = Gauge(
             "streamer_input_bytes_in_flight",
-            "Stored (compressed) bytes of the inputs in flight, where the source knows them, by source.",
+            "Bytes of the inputs in flight as their source holds them (S3: as stored; Kinesis: inflated text), by source.",
             ["source"],
             registry=registry,
         )

@@ -77,7 +77,8 @@ class Delivery:
     #: compare-and-set: the value each cursor had when the input was read; if one moved since, the input
     #: was counted already and `process` returns DUPLICATE (re-read from the committed cursor)
     expected: dict[tuple[str, str], str | None] = dataclasses.field(default_factory=dict)
-    #: its size in bytes as stored (compressed), when known: shown as bytes in flight
+    #: its size in bytes as the source holds it (S3: as stored, compressed; Kinesis: its inflated text), when
+    #: known: shown as bytes in flight
     size: int = 0
 
 

@@ -18,7 +18,10 @@ within a shard the next batch is fetched and unpacked while the one before
 it is decoded and committed. Batches of one shard are still handed over one
 at a time, in order, so its cursor only ever moves forward from what is
 committed. Reading ahead is bounded by the bytes the source holds
-(`max_bytes_in_flight`) and paced to AWS's 5 GetRecords/s per shard.
+(`max_bytes_in_flight`: the batches' inflated text, not the records as read;
+a GetRecords answer with more is cut into several batches, each committing
+the cursor of its last record) and paced to AWS's 5 GetRecords/s per shard.
+A record inflates to at most 16 MiB (past it: one `record_too_large`).
 """
 
 from __future__ import annotations
