@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -190,7 +191,9 @@ async def test_sigterm_stops_a_kinesis_shard_whose_commit_fails_instead_of_retry
     config = KinesisSourceConfig(type="kinesis", stream_name="s")
     source = KinesisSource("kinesis", config, None, lambda: asyncio.sleep(0, {}))  # type: ignore[arg-type]
     record = {"Data": gzip.compress(orjson.dumps({"logEvents": [{"id": "1", "message": "x"}]})), "SequenceNumber": "1"}
-    batch = await source._unpack(pipe, "shard-0", [record], None, False)  # type: ignore[list-item]
+    batches: asyncio.Queue[Any] = asyncio.Queue()
+    await source._unpack_in_pieces(pipe, "shard-0", [record], None, False, None, batches)  # type: ignore[list-item]
+    batch = batches.get_nowait()
     task = asyncio.create_task(source._deliver(pipe, "shard-0", batch, None))
     await asyncio.to_thread(store.committing.wait, 10)
     task.cancel()
