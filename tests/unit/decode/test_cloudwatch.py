@@ -7,7 +7,7 @@ import gzip
 
 import orjson
 
-from streamer.decode.cloudwatch import document_lines, unpack_records
+from streamer.decode.cloudwatch import SMALL_PAYLOAD_BYTES, document_lines, payload_text, unpack_records
 from streamer.decode.errors import ErrorCounts
 
 LINE = "2 123456789012 eni-a 10.0.0.1 10.0.0.2 1024 22 6 1 40 1700000000 1700000060 REJECT OK"
@@ -64,3 +64,27 @@ def test_a_control_message_gives_nothing_whatever_its_events() -> None:
     errors = ErrorCounts()
     assert document_lines([payload(1, messageType="CONTROL_MESSAGE")], errors) == []
     assert errors.counts == {}
+
+
+def test_a_large_payload_reads_as_a_small_one_does() -> None:
+    """Past SMALL_PAYLOAD_BYTES a record is read by Arrow, not orjson: the same lines and errors."""
+    many = [LINE] * (SMALL_PAYLOAD_BYTES // len(LINE) + 10)
+    errors = ErrorCounts()
+    data = orjson.dumps(good(len(many)))
+    assert len(data) > SMALL_PAYLOAD_BYTES
+    assert payload_text(data, errors, wrappers=False) == (LINE + "\n").encode() * len(many)
+    assert errors.counts == {}
+    # Firehose: documents back to back, a control message, a wrapper, a document that is neither.
+    control = payload([{"message": "CWL CONTROL MESSAGE"}], messageType="CONTROL_MESSAGE")
+    body = b"".join(orjson.dumps(d) for d in (good(len(many)), control, {"message": LINE}, {"other": 1}))
+    assert payload_text(body, errors) == (LINE + "\n").encode() * (len(many) + 1)
+    assert errors.counts == {"invalid_json": 1}
+
+
+def test_a_large_payload_with_an_event_of_the_wrong_type_is_one_bad_record() -> None:
+    """Arrow reads a payload as typed columns: one event of another type fails the record as a whole."""
+    doc = good(SMALL_PAYLOAD_BYTES // len(LINE) + 10)
+    doc["logEvents"].append({"message": 5})  # type: ignore[attr-defined]
+    end, text, errors = unpack_records([gzip.compress(orjson.dumps(doc)), gzip.compress(orjson.dumps(good(1)))])
+    assert (end, text) == (2, (LINE + "\n").encode())
+    assert errors.counts == {"invalid_payload": 1}
