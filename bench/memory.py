@@ -130,11 +130,15 @@ def run_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
         before = peak_mib()
         rows = 0
         batches = 0
+        found: dict[str, int] = {}
         for text, _ in unpack(records, 16 << 20):
             batches += 1
-            rows += decode([text])[0]
+            got, errors = decode([text])
+            rows += got
+            for reason, n in errors.items():
+                found[reason] = found.get(reason, 0) + n
             del text
-        result |= {"batches": batches, "lines": rows}
+        result |= {"batches": batches, "valid_rows": rows, "errors": found}
     else:
         from streamer.sources.firehose_http import records_lines
 
@@ -145,7 +149,7 @@ def run_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
         before = peak_mib()
         found = records_lines(records, args.request_mib << 20)
         rows, errors = decode(found.chunks)
-        result |= {"lines": rows, "errors": errors}
+        result |= {"valid_rows": rows, "errors": errors}
     after = peak_mib()
     result |= {"peak_before_mib": round(before, 1), "peak_after_mib": round(after, 1), "growth_mib": round(after - before, 1)}
     return result
