@@ -169,7 +169,7 @@ def payload_text(data: bytes, errors: ErrorCounts, wrappers: bool = True) -> byt
         return _arrow_payload_text(data, errors, wrappers)
     if not wrappers:
         payload = parse_payload(data)
-        errors.add(INVALID_PAYLOAD, payload.bad_events, "an event that is not {\"message\": \"<text>\"}")
+        errors.add(INVALID_PAYLOAD, payload.bad_events, 'an event that is not {"message": "<text>"}')
         return "".join(f"{line}\n" for line in payload.lines).encode()
     documents = Documents()
     docs = documents.feed(data) + documents.close()
@@ -194,10 +194,10 @@ def _arrow_payload_text(data: bytes, errors: ErrorCounts, wrappers: bool) -> byt
     data_message = pc.fill_null(pc.equal(table.column("messageType"), "DATA_MESSAGE"), True)
     messages = pc.list_flatten(events.filter(pc.and_(payloads, data_message))).combine_chunks()
     lines = messages.flatten()[0] if len(messages) else pa.array([], pa.string())  # flatten: offsets applied
-    errors.add(INVALID_PAYLOAD, lines.null_count, "an event that is not {\"message\": \"<text>\"}")
+    errors.add(INVALID_PAYLOAD, lines.null_count, 'an event that is not {"message": "<text>"}')
     if wrappers:
         wrapped = table.column("message").filter(pc.invert(payloads))
-        errors.add(INVALID_JSON, wrapped.null_count, "a document that is neither a payload nor {\"message\": ...}")
+        errors.add(INVALID_JSON, wrapped.null_count, 'a document that is neither a payload nor {"message": ...}')
         lines = pa.concat_arrays([lines, wrapped.combine_chunks()]) if len(wrapped) else lines
     return _joined(lines.drop_null())
 
