@@ -8,6 +8,8 @@ own config model extends (each source keeps its model beside its runner in
 
 from __future__ import annotations
 
+import difflib
+import logging
 import socket
 from pathlib import Path
 from typing import Literal
@@ -15,7 +17,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from streamer import defaults
-from streamer.schema import UnknownFieldError, parse_log_format
+from streamer.schema import FIELDS, UnknownFieldError, parse_log_format, unknown
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -101,12 +105,20 @@ class FleetConfig(Model):
 
 
 def check_log_format(value: str | None) -> str | None:
-    """Validate an AWS LogFormat string (`${version} ${interface-id} ...`)."""
+    """Validate an AWS LogFormat string (`${version} ${interface-id} ...`).
+
+    A field the catalogue does not know is accepted (read as a string, used by nothing: next year's
+    field must not stop the service), with a warning that names the known field it may be a typo of.
+    """
     if value is not None:
         try:
-            parse_log_format(value)
+            names = parse_log_format(value)
         except (UnknownFieldError, ValueError) as exc:
             raise ValueError(str(exc)) from exc
+        for name in unknown(names):
+            near = difflib.get_close_matches(name, FIELDS, n=1)
+            hint = f" (a typo of {near[0]!r}?)" if near else ""
+            log.warning("log_format: field %r is not in the catalogue: read as a string and used by nothing%s", name, hint)
     return value
 
 

@@ -25,6 +25,7 @@ from streamer.aggregate.state import FlowState
 from streamer.export.telemetry import MAX_UNKNOWN_FIELDS, OTHER_FIELD, Telemetry
 from streamer.pipeline import Pipeline, Store
 from streamer.schema import DEFAULT_FIELDS, header_fields, parse_log_format
+from streamer.settings import check_log_format
 from streamer.sources.base import Delivery, single_chunk
 from streamer.store.base import Done
 from streamer.store.sqlite import CheckpointStore
@@ -168,3 +169,11 @@ async def test_the_object_counts_as_usual_and_the_field_is_counted_once(tmp_path
     assert pipe.state.counters.total_records() == 40
     assert pipe.state.decode_errors == {}
     assert registry.get_sample_value("streamer_unknown_fields_total", {"field": "shiny-new"}) == 1
+
+
+def test_a_log_format_with_an_unknown_field_starts_with_a_warning_naming_a_likely_typo(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert check_log_format("${version} ${interfce-id} ${next-year}") == "${version} ${interfce-id} ${next-year}"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("'interfce-id'" in m and "a typo of 'interface-id'" in m for m in messages)
+    assert any("'next-year'" in m and "typo" not in m for m in messages)
