@@ -204,6 +204,10 @@ class CappedListener:
             except Exception:  # a bug here must cost one connection, not the listener
                 log.exception("%s: admitting a connection failed", self.name)
                 sock.close()
+            # sock_accept returns without yielding while connections wait in the backlog: without this turn of
+            # the loop a burst is accepted whole before the connections it evicts are closed (on the next turn),
+            # over the cap and out of files, and nothing else on the loop runs meanwhile.
+            await asyncio.sleep(0)
 
     def _admit(self, sock: socket.socket) -> None:
         for key in [key for key, c in self._connections.items() if c.closed]:

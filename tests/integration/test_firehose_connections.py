@@ -204,6 +204,60 @@ def test_an_accept_without_files_waits_and_logs_once_then_accepts_again() -> Non
     assert sum("cannot accept" in line for line in result["lines"]) == 0  # the report is the caller's to log
 
 
+#: a listener at its cap in a process with 128 files; the parent holds a burst of connections in the backlog meanwhile
+BURST = r"""
+import asyncio, json, resource, sys
+from streamer.sources.http_listener import CappedListener
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+reports, made = [], []
+
+
+class Counted(asyncio.Protocol):
+    def connection_made(self, transport):
+        made.append(transport)
+
+
+async def main():
+    listener = CappedListener("t", 1000, lambda reason, message, logged: reports.append(reason))
+    await listener.start(Counted, "127.0.0.1", 0)  # the cap is lowered to leave RESERVED_FILES free
+    print(listener.port, listener.max_connections, flush=True)
+    while len(made) < listener.max_connections:
+        await asyncio.sleep(0.01)
+    print("full", flush=True)
+    sys.stdin.readline()  # blocks the loop: what the parent connects meanwhile waits in the backlog
+    while reports.count("connections_full") < 100:
+        await asyncio.sleep(0.01)
+    await listener.stop()
+    print(json.dumps(reports), flush=True)
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_burst_at_the_cap_never_holds_more_files_than_the_cap_leaves() -> None:
+    """A burst waiting in the backlog was accepted whole before the connections it evicted were closed (they
+    close on the next turn of the loop): the listener ran out of files, though the cap leaves RESERVED_FILES."""
+    proc = subprocess.Popen([sys.executable, "-c", BURST], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port, cap = map(int, proc.stdout.readline().split())
+        with ExitStack() as stack:
+            for _ in range(cap):
+                stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            assert proc.stdout.readline() == "full\n"
+            for _ in range(100):  # under BACKLOG: all wait there, made by the kernel
+                stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            reports = json.loads(proc.communicate("go\n", timeout=60)[0].splitlines()[-1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert reports.count("connections_full") == 100  # each made room by closing the oldest
+    assert "open_files" not in reports  # and the files it closed were free before the next accept
+
+
 async def test_at_the_cap_the_oldest_connection_outside_a_request_makes_room_never_one_inside() -> None:
     """In process: a delivery being committed keeps its connection whatever arrives; half-open ones make room."""
     config = FirehoseHttpSourceConfig(type="firehose_http", listen_address="127.0.0.1:0", access_key=KEY, max_connections=3)
