@@ -13,7 +13,8 @@ accepts by itself, instead of `loop.create_server` (aiohttp's TCPSite):
   one that sends its request at once. Only when every connection is inside a
   request is the new one closed. Connections in a request are marked by
   `middleware`.
-- The cap is lowered, with a warning, to what the open-file limit leaves.
+- The cap is lowered, with a warning, to what the open-file limit leaves
+  (the limit is the process's: listeners already started keep their share).
 - An accept that fails for want of files (EMFILE, ENFILE, ...) waits a while
   and tries again; it is counted every time and logged at most once a minute.
 """
@@ -71,6 +72,10 @@ def effective_cap(wanted: int, limit: int | None, open_now: int) -> int:
     if limit is None:
         return wanted
     return max(1, min(wanted, limit - open_now - RESERVED_FILES))
+
+
+#: listeners started and not stopped: each holds a share of the process's open-file limit
+_LISTENING: set[CappedListener] = set()
 
 
 class _Connection:
@@ -138,10 +143,12 @@ class CappedListener:
         """Bind (every address `host` resolves to) and start accepting; lowers the cap to fit the open-file limit."""
         self._factory = factory
         limit = open_files_limit()
-        cap = effective_cap(self.max_connections, limit, open_files())
+        # What another listener may still open is spoken for, as much as what is open now.
+        others = sum(max(0, other.max_connections - other._open()) for other in _LISTENING if other is not self)
+        cap = effective_cap(self.max_connections, limit, open_files() + others)
         if cap < self.max_connections:
             log.warning(
-                "%s: %s lowered from %d to %d: the open-file limit is %s (ulimit -n); raise it, or lower %s",
+                "%s: %s lowered from %d to %d: the open-file limit (ulimit -n) is %s, for every listener; raise it, or lower %s",
                 self.name,
                 setting,
                 self.max_connections,
@@ -166,9 +173,11 @@ class CappedListener:
             self._close_sockets()
             raise
         self._tasks = [asyncio.create_task(self._accept(sock)) for sock in self._sockets]
+        _LISTENING.add(self)
 
     async def stop(self) -> None:
         """Stop accepting (connections already made are the server's to close)."""
+        _LISTENING.discard(self)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -179,6 +188,9 @@ class CappedListener:
         for connection in list(self._connections.values()):
             if connection.transport is None:
                 connection.close()
+
+    def _open(self) -> int:
+        return sum(not connection.closed for connection in self._connections.values())
 
     def _close_sockets(self) -> None:
         for sock in self._sockets:

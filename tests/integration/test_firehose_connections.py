@@ -29,6 +29,7 @@ import yaml
 
 from streamer.sources.firehose_http import ACCESS_KEY_HEADER as ACCESS_KEY
 from streamer.sources.firehose_http import FirehoseHttpSource, FirehoseHttpSourceConfig
+from streamer.sources.http_listener import RESERVED_FILES
 from tests.integration.conftest import Truth, exported_totals, free_port, scrape
 from tests.integration.test_firehose import KEY, firehose_request, http_records, http_source, wait_until_ready
 from tests.unit.sources.test_firehose_http import HeldSink, request, started
@@ -256,6 +257,41 @@ def test_a_burst_at_the_cap_never_holds_more_files_than_the_cap_leaves() -> None
             proc.wait()
     assert reports.count("connections_full") == 100  # each made room by closing the oldest
     assert "open_files" not in reports  # and the files it closed were free before the next accept
+
+
+#: two listeners (two firehose_http sources) in one process with 128 files: what each may hold
+TWO = r"""
+import asyncio, json, resource
+from streamer.sources.http_listener import CappedListener
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+
+async def main():
+    first, second = (CappedListener(name, 1000, lambda reason, message, logged: None) for name in "ab")
+    await first.start(asyncio.Protocol, "127.0.0.1", 0)
+    await second.start(asyncio.Protocol, "127.0.0.1", 0)
+    caps = [first.max_connections, second.max_connections]
+    await first.stop()
+    await second.stop()
+    again = CappedListener("c", 1000, lambda reason, message, logged: None)  # a source restarted: the files are back
+    await again.start(asyncio.Protocol, "127.0.0.1", 0)
+    caps.append(again.max_connections)
+    await again.stop()
+    print(json.dumps(caps), flush=True)
+
+
+asyncio.run(main())
+"""
+
+
+def test_listeners_in_one_process_share_the_open_file_limit() -> None:
+    """Each listener lowered its cap as if it were alone: two full ones held twice what the limit leaves."""
+    out = subprocess.run([sys.executable, "-c", TWO], capture_output=True, text=True, timeout=60, check=True).stdout
+    first, second, again = json.loads(out.splitlines()[-1])
+    assert first > 1
+    assert first + second <= 128 - RESERVED_FILES
+    assert again >= first  # a stopped listener gives its share back
 
 
 async def test_at_the_cap_the_oldest_connection_outside_a_request_makes_room_never_one_inside() -> None:
