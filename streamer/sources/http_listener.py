@@ -27,6 +27,7 @@ import errno
 import logging
 import os
 import resource
+import select
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -95,6 +96,13 @@ class _Connection:
             self.transport.abort()  # a reset: the peer was not going to finish anyway
         elif self.starting is not None:
             self.starting.cancel()  # still in its TLS handshake
+
+
+def _waiting(listening: socket.socket) -> bool:
+    """Whether a connection waits to be accepted (poll: it takes no file, unlike epoll, nor a bound, unlike select)."""
+    poller = select.poll()
+    poller.register(listening, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class CappedListener:
@@ -207,9 +215,14 @@ class CappedListener:
             except OSError as exc:  # out of files (or memory), or anything else: never the end of accepting
                 reason = "open_files" if exc.errno in _EXHAUSTED else "accept_failed"
                 quiet = self._exhausted_log.allow()
-                message = f"cannot accept a connection: {exc}; trying again in {ACCEPT_RETRY_SECONDS} s"
+                # Out of files while holding idle ones (the rest of the process took the reserve): one of ours
+                # makes room, as at the cap, or slow clients keep deliveries out for header_timeout_seconds.
+                # (Linux fails an accept for want of a file even when no one waits: then nothing is closed.)
+                room = exc.errno in (errno.EMFILE, errno.ENFILE) and _waiting(listening) and self._evict_oldest_idle()
+                retry = "closed the oldest connection outside a request" if room else f"trying again in {ACCEPT_RETRY_SECONDS} s"
+                message = f"cannot accept a connection: {exc}; {retry}"
                 self._report(reason, message + quieted(quiet or 0), quiet is not None)
-                await asyncio.sleep(ACCEPT_RETRY_SECONDS)
+                await asyncio.sleep(0 if room else ACCEPT_RETRY_SECONDS)  # its file is closed on the next turn
                 continue
             try:
                 self._admit(sock)
@@ -225,20 +238,26 @@ class CappedListener:
         for key in [key for key, c in self._connections.items() if c.closed]:
             del self._connections[key]
         if len(self._connections) >= self.max_connections:
-            victim = next((c for c in self._connections.values() if c.transport not in self._in_request), None)
             quiet = self._full_log.allow()
-            if victim is None:
+            if not self._evict_oldest_idle():
                 sock.close()
                 message = f"{self.max_connections} connections, all inside a request: a new one closed"
                 self._report("connections_full", message + quieted(quiet or 0), quiet is not None)
                 return
-            del self._connections[id(victim)]
-            victim.close()
             message = f"{self.max_connections} connections: the oldest outside a request closed for a new one"
             self._report("connections_full", message + quieted(quiet or 0), quiet is not None)
         connection = _Connection(sock)
         self._connections[id(connection)] = connection
         connection.starting = asyncio.create_task(self._start(connection))
+
+    def _evict_oldest_idle(self) -> bool:
+        """Close the oldest connection that is not inside a request; False: there is none."""
+        for key, connection in self._connections.items():
+            if not connection.closed and connection.transport not in self._in_request:
+                del self._connections[key]
+                connection.close()
+                return True
+        return False
 
     async def _start(self, connection: _Connection) -> None:
         assert self._factory is not None

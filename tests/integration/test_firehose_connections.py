@@ -259,6 +259,67 @@ def test_a_burst_at_the_cap_never_holds_more_files_than_the_cap_leaves() -> None
     assert "open_files" not in reports  # and the files it closed were free before the next accept
 
 
+#: a listener holding idle connections in a process whose other files then use up the limit
+CROWDED = r"""
+import asyncio, json, resource, sys
+from streamer.sources.http_listener import CappedListener
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+reports, made = [], []
+
+
+class Counted(asyncio.Protocol):
+    def connection_made(self, transport):
+        made.append(transport)
+
+
+async def main():
+    listener = CappedListener("t", 1000, lambda reason, message, logged: reports.append(reason))
+    await listener.start(Counted, "127.0.0.1", 0)
+    print(listener.port, listener.max_connections, flush=True)
+    while len(made) < listener.max_connections:
+        await asyncio.sleep(0.01)
+    hog = []  # the store, AWS clients...: what the rest of the process opened since the start
+    try:
+        while True:
+            hog.append(open("/dev/null"))
+    except OSError:
+        pass
+    print("crowded", flush=True)
+    while len(made) <= listener.max_connections and reports.count("open_files") < 5:
+        await asyncio.sleep(0.05)
+    got_in, failed = len(made), reports.count("open_files")
+    while reports.count("open_files") < failed + 3:  # no file still: accept fails, though no one is waiting
+        await asyncio.sleep(0.05)
+    print(json.dumps({"made": got_in, "closed": sum(t.is_closing() for t in made)}), flush=True)
+    await listener.stop()
+
+
+asyncio.run(main())
+"""
+
+
+def test_out_of_files_with_idle_connections_held_an_idle_one_makes_room() -> None:
+    """The listener waited for a file while it held idle ones of its own: slow clients kept deliveries out for
+    header_timeout_seconds once anything else in the process had used up the reserve."""
+    proc = subprocess.Popen([sys.executable, "-c", CROWDED], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port, cap = map(int, proc.stdout.readline().split())
+        with ExitStack() as stack:
+            for _ in range(cap):
+                stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            assert proc.stdout.readline() == "crowded\n"
+            stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            result = json.loads(proc.communicate("", timeout=60)[0].splitlines()[-1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert result["made"] == cap + 1  # the new one got in
+    assert result["closed"] == 1  # the oldest idle one was closed for it, and no other one for nobody
+
+
 #: two listeners (two firehose_http sources) in one process with 128 files: what each may hold
 TWO = r"""
 import asyncio, json, resource
