@@ -15,8 +15,10 @@ accepts by itself, instead of `loop.create_server` (aiohttp's TCPSite):
   `middleware`.
 - The cap is lowered, with a warning, to what the open-file limit leaves
   (the limit is the process's: listeners already started keep their share).
-- An accept that fails for want of files (EMFILE, ENFILE, ...) waits a while
-  and tries again; it is counted every time and logged at most once a minute.
+- An accept that fails for want of files (EMFILE, ENFILE, ...) while a
+  connection waits closes the oldest one outside a request, as at the cap;
+  with none to close it waits a while and tries again. Each failure is
+  counted, and logged at most once a minute.
 """
 
 from __future__ import annotations
