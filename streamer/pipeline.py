@@ -193,7 +193,7 @@ class Pipeline:
         if future:
             example = next(p.future_example for p in window_parts if p.future_example)
             log.warning(
-                "%s: %d record(s) more than %d s ahead of the wall clock: counted, but they move no event time, e.g. %s",
+                "%s: %d record(s) more than %d s ahead of the wall clock: counted, but they move no event time, e.g. %r",
                 delivery.location,
                 future,
                 self.max_future_skew_seconds,

@@ -186,11 +186,12 @@ class FirehoseHttpSourceConfig(SourceSettings):
         return [key for _, key in _numbered_keys(self.access_key_file)]
 
     def accepted_keys(self) -> list[str]:
-        """Every accepted key (empty only with `authentication: none`)."""
+        """Every accepted key (empty only with `authentication: none`); stripped, as a header's value is, and as
+        the key file's lines are (a Secret made with `echo` ends in a newline no request can carry)."""
         if self.access_key is not None:
-            return [self.access_key.get_secret_value()]
+            return [self.access_key.get_secret_value().strip()]
         if self.access_keys is not None:
-            return [k.get_secret_value() for k in self.access_keys]
+            return [k.get_secret_value().strip() for k in self.access_keys]
         if self.access_key_file is not None:
             return self.keys_from_file()
         return []

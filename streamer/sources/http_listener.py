@@ -13,9 +13,12 @@ accepts by itself, instead of `loop.create_server` (aiohttp's TCPSite):
   one that sends its request at once. Only when every connection is inside a
   request is the new one closed. Connections in a request are marked by
   `middleware`.
-- The cap is lowered, with a warning, to what the open-file limit leaves.
-- An accept that fails for want of files (EMFILE, ENFILE, ...) waits a while
-  and tries again; it is counted every time and logged at most once a minute.
+- The cap is lowered, with a warning, to what the open-file limit leaves
+  (the limit is the process's: listeners already started keep their share).
+- An accept that fails for want of files (EMFILE, ENFILE, ...) while a
+  connection waits closes the oldest one outside a request, as at the cap;
+  with none to close it waits a while and tries again. Each failure is
+  counted, and logged at most once a minute.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import errno
 import logging
 import os
 import resource
+import select
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -73,6 +77,10 @@ def effective_cap(wanted: int, limit: int | None, open_now: int) -> int:
     return max(1, min(wanted, limit - open_now - RESERVED_FILES))
 
 
+#: listeners started and not stopped: each holds a share of the process's open-file limit
+_LISTENING: set[CappedListener] = set()
+
+
 class _Connection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -90,6 +98,13 @@ class _Connection:
             self.transport.abort()  # a reset: the peer was not going to finish anyway
         elif self.starting is not None:
             self.starting.cancel()  # still in its TLS handshake
+
+
+def _waiting(listening: socket.socket) -> bool:
+    """Whether a connection waits to be accepted (poll: it takes no file, unlike epoll, nor a bound, unlike select)."""
+    poller = select.poll()
+    poller.register(listening, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class CappedListener:
@@ -138,10 +153,12 @@ class CappedListener:
         """Bind (every address `host` resolves to) and start accepting; lowers the cap to fit the open-file limit."""
         self._factory = factory
         limit = open_files_limit()
-        cap = effective_cap(self.max_connections, limit, open_files())
+        # What another listener may still open is spoken for, as much as what is open now.
+        others = sum(max(0, other.max_connections - other._open()) for other in _LISTENING if other is not self)
+        cap = effective_cap(self.max_connections, limit, open_files() + others)
         if cap < self.max_connections:
             log.warning(
-                "%s: %s lowered from %d to %d: the open-file limit is %s (ulimit -n); raise it, or lower %s",
+                "%s: %s lowered from %d to %d: the open-file limit (ulimit -n) is %s, for every listener; raise it, or lower %s",
                 self.name,
                 setting,
                 self.max_connections,
@@ -166,9 +183,11 @@ class CappedListener:
             self._close_sockets()
             raise
         self._tasks = [asyncio.create_task(self._accept(sock)) for sock in self._sockets]
+        _LISTENING.add(self)
 
     async def stop(self) -> None:
         """Stop accepting (connections already made are the server's to close)."""
+        _LISTENING.discard(self)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -179,6 +198,9 @@ class CappedListener:
         for connection in list(self._connections.values()):
             if connection.transport is None:
                 connection.close()
+
+    def _open(self) -> int:
+        return sum(not connection.closed for connection in self._connections.values())
 
     def _close_sockets(self) -> None:
         for sock in self._sockets:
@@ -195,34 +217,49 @@ class CappedListener:
             except OSError as exc:  # out of files (or memory), or anything else: never the end of accepting
                 reason = "open_files" if exc.errno in _EXHAUSTED else "accept_failed"
                 quiet = self._exhausted_log.allow()
-                message = f"cannot accept a connection: {exc}; trying again in {ACCEPT_RETRY_SECONDS} s"
+                # Out of files while holding idle ones (the rest of the process took the reserve): one of ours
+                # makes room, as at the cap, or slow clients keep deliveries out for header_timeout_seconds.
+                # (Linux fails an accept for want of a file even when no one waits: then nothing is closed.)
+                room = exc.errno in (errno.EMFILE, errno.ENFILE) and _waiting(listening) and self._evict_oldest_idle()
+                retry = "closed the oldest connection outside a request" if room else f"trying again in {ACCEPT_RETRY_SECONDS} s"
+                message = f"cannot accept a connection: {exc}; {retry}"
                 self._report(reason, message + quieted(quiet or 0), quiet is not None)
-                await asyncio.sleep(ACCEPT_RETRY_SECONDS)
+                await asyncio.sleep(0 if room else ACCEPT_RETRY_SECONDS)  # its file is closed on the next turn
                 continue
             try:
                 self._admit(sock)
             except Exception:  # a bug here must cost one connection, not the listener
                 log.exception("%s: admitting a connection failed", self.name)
                 sock.close()
+            # sock_accept returns without yielding while connections wait in the backlog: without this turn of
+            # the loop a burst is accepted whole before the connections it evicts are closed (on the next turn),
+            # over the cap and out of files, and nothing else on the loop runs meanwhile.
+            await asyncio.sleep(0)
 
     def _admit(self, sock: socket.socket) -> None:
         for key in [key for key, c in self._connections.items() if c.closed]:
             del self._connections[key]
         if len(self._connections) >= self.max_connections:
-            victim = next((c for c in self._connections.values() if c.transport not in self._in_request), None)
             quiet = self._full_log.allow()
-            if victim is None:
+            if not self._evict_oldest_idle():
                 sock.close()
                 message = f"{self.max_connections} connections, all inside a request: a new one closed"
                 self._report("connections_full", message + quieted(quiet or 0), quiet is not None)
                 return
-            del self._connections[id(victim)]
-            victim.close()
             message = f"{self.max_connections} connections: the oldest outside a request closed for a new one"
             self._report("connections_full", message + quieted(quiet or 0), quiet is not None)
         connection = _Connection(sock)
         self._connections[id(connection)] = connection
         connection.starting = asyncio.create_task(self._start(connection))
+
+    def _evict_oldest_idle(self) -> bool:
+        """Close the oldest connection that is not inside a request; False: there is none."""
+        for key, connection in self._connections.items():
+            if not connection.closed and connection.transport not in self._in_request:
+                del self._connections[key]
+                connection.close()
+                return True
+        return False
 
     async def _start(self, connection: _Connection) -> None:
         assert self._factory is not None

@@ -29,6 +29,7 @@ import yaml
 
 from streamer.sources.firehose_http import ACCESS_KEY_HEADER as ACCESS_KEY
 from streamer.sources.firehose_http import FirehoseHttpSource, FirehoseHttpSourceConfig
+from streamer.sources.http_listener import RESERVED_FILES
 from tests.integration.conftest import Truth, exported_totals, free_port, scrape
 from tests.integration.test_firehose import KEY, firehose_request, http_records, http_source, wait_until_ready
 from tests.unit.sources.test_firehose_http import HeldSink, request, started
@@ -202,6 +203,156 @@ def test_an_accept_without_files_waits_and_logs_once_then_accepts_again() -> Non
     assert sum(logged for _, logged in exhausted) == 1  # then throttled
     assert sum("Too many open files" in line for line in result["lines"]) == 0  # asyncio's own loop never ran
     assert sum("cannot accept" in line for line in result["lines"]) == 0  # the report is the caller's to log
+
+
+#: a listener at its cap in a process with 128 files; the parent holds a burst of connections in the backlog meanwhile
+BURST = r"""
+import asyncio, json, resource, sys
+from streamer.sources.http_listener import CappedListener
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+reports, made = [], []
+
+
+class Counted(asyncio.Protocol):
+    def connection_made(self, transport):
+        made.append(transport)
+
+
+async def main():
+    listener = CappedListener("t", 1000, lambda reason, message, logged: reports.append(reason))
+    await listener.start(Counted, "127.0.0.1", 0)  # the cap is lowered to leave RESERVED_FILES free
+    print(listener.port, listener.max_connections, flush=True)
+    while len(made) < listener.max_connections:
+        await asyncio.sleep(0.01)
+    print("full", flush=True)
+    sys.stdin.readline()  # blocks the loop: what the parent connects meanwhile waits in the backlog
+    while reports.count("connections_full") < 100:
+        await asyncio.sleep(0.01)
+    await listener.stop()
+    print(json.dumps(reports), flush=True)
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_burst_at_the_cap_never_holds_more_files_than_the_cap_leaves() -> None:
+    """A burst waiting in the backlog was accepted whole before the connections it evicted were closed (they
+    close on the next turn of the loop): the listener ran out of files, though the cap leaves RESERVED_FILES."""
+    proc = subprocess.Popen([sys.executable, "-c", BURST], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port, cap = map(int, proc.stdout.readline().split())
+        with ExitStack() as stack:
+            for _ in range(cap):
+                stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            assert proc.stdout.readline() == "full\n"
+            for _ in range(100):  # under BACKLOG: all wait there, made by the kernel
+                stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            reports = json.loads(proc.communicate("go\n", timeout=60)[0].splitlines()[-1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert reports.count("connections_full") == 100  # each made room by closing the oldest
+    assert "open_files" not in reports  # and the files it closed were free before the next accept
+
+
+#: a listener holding idle connections in a process whose other files then use up the limit
+CROWDED = r"""
+import asyncio, json, resource, sys
+from streamer.sources.http_listener import CappedListener
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+reports, made = [], []
+
+
+class Counted(asyncio.Protocol):
+    def connection_made(self, transport):
+        made.append(transport)
+
+
+async def main():
+    listener = CappedListener("t", 1000, lambda reason, message, logged: reports.append(reason))
+    await listener.start(Counted, "127.0.0.1", 0)
+    print(listener.port, listener.max_connections, flush=True)
+    while len(made) < listener.max_connections:
+        await asyncio.sleep(0.01)
+    hog = []  # the store, AWS clients...: what the rest of the process opened since the start
+    try:
+        while True:
+            hog.append(open("/dev/null"))
+    except OSError:
+        pass
+    print("crowded", flush=True)
+    while len(made) <= listener.max_connections and reports.count("open_files") < 5:
+        await asyncio.sleep(0.05)
+    got_in, failed = len(made), reports.count("open_files")
+    while reports.count("open_files") < failed + 3:  # no file still: accept fails, though no one is waiting
+        await asyncio.sleep(0.05)
+    print(json.dumps({"made": got_in, "closed": sum(t.is_closing() for t in made)}), flush=True)
+    await listener.stop()
+
+
+asyncio.run(main())
+"""
+
+
+def test_out_of_files_with_idle_connections_held_an_idle_one_makes_room() -> None:
+    """The listener waited for a file while it held idle ones of its own: slow clients kept deliveries out for
+    header_timeout_seconds once anything else in the process had used up the reserve."""
+    proc = subprocess.Popen([sys.executable, "-c", CROWDED], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port, cap = map(int, proc.stdout.readline().split())
+        with ExitStack() as stack:
+            for _ in range(cap):
+                stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            assert proc.stdout.readline() == "crowded\n"
+            stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            result = json.loads(proc.communicate("", timeout=60)[0].splitlines()[-1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert result["made"] == cap + 1  # the new one got in
+    assert result["closed"] == 1  # the oldest idle one was closed for it, and no other one for nobody
+
+
+#: two listeners (two firehose_http sources) in one process with 128 files: what each may hold
+TWO = r"""
+import asyncio, json, resource
+from streamer.sources.http_listener import CappedListener
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+
+async def main():
+    first, second = (CappedListener(name, 1000, lambda reason, message, logged: None) for name in "ab")
+    await first.start(asyncio.Protocol, "127.0.0.1", 0)
+    await second.start(asyncio.Protocol, "127.0.0.1", 0)
+    caps = [first.max_connections, second.max_connections]
+    await first.stop()
+    await second.stop()
+    again = CappedListener("c", 1000, lambda reason, message, logged: None)  # a source restarted: the files are back
+    await again.start(asyncio.Protocol, "127.0.0.1", 0)
+    caps.append(again.max_connections)
+    await again.stop()
+    print(json.dumps(caps), flush=True)
+
+
+asyncio.run(main())
+"""
+
+
+def test_listeners_in_one_process_share_the_open_file_limit() -> None:
+    """Each listener lowered its cap as if it were alone: two full ones held twice what the limit leaves."""
+    out = subprocess.run([sys.executable, "-c", TWO], capture_output=True, text=True, timeout=60, check=True).stdout
+    first, second, again = json.loads(out.splitlines()[-1])
+    assert first > 1
+    assert first + second <= 128 - RESERVED_FILES
+    assert again >= first  # a stopped listener gives its share back
 
 
 async def test_at_the_cap_the_oldest_connection_outside_a_request_makes_room_never_one_inside() -> None:

@@ -157,6 +157,20 @@ async def test_a_broken_clock_record_counts_and_warns_once_per_object(
     pipe.store.close()
 
 
+async def test_a_future_record_echoed_in_the_warning_cannot_forge_or_hide_log_lines(
+    tmp_path: Path, pool: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The example names the record's interface, which is whatever the line said (a Firehose client's text)."""
+    pipe = pipeline(CheckpointStore(tmp_path / "state.db"), pool, max_future_skew_seconds=300)
+    forged = "eni-x\x1b[2K\x1b[1A\u2028ERROR\u202eforged"  # erase the line, go up, a line separator, bidi
+    with caplog.at_level(logging.WARNING, "streamer.pipeline"):
+        assert await pipe.process("s3", s3_delivery("forged.log.gz", lines(1, forged, NOW + 30 * 86400))) == "ok"
+    (warning,) = [r.getMessage() for r in caplog.records if "ahead of the wall clock" in r.getMessage()]
+    assert "eni-x" in warning
+    assert warning.isprintable()
+    pipe.store.close()
+
+
 class FailingStore(CheckpointStore):
     """The real SQLite store on a disk that fails: each commit takes a while, then raises."""
 

@@ -170,6 +170,26 @@ def test_a_key_file_holds_one_key_per_line_and_an_empty_one_is_refused(tmp_path:
     assert parse_config(source_doc(), env).sources[0].accepted_keys() == ["k0" * 8, "k1" * 8]  # type: ignore[union-attr]
 
 
+async def test_a_key_set_with_a_trailing_newline_is_the_key_firehose_sends() -> None:
+    """A Secret made with `echo key | kubectl create secret --from-file` puts "key\\n" in the environment. A header
+    cannot carry it (its value is stripped): every delivery was refused with 401, as the key file's lines are not."""
+    for environ in ({"STREAMER__SOURCES__0__ACCESS_KEY": KEY + "\n"}, {"STREAMER__SOURCES__0__ACCESS_KEYS__0": f" {KEY}\n"}):
+        config = parse_config(source_doc(), environ).sources[0]
+        assert isinstance(config, FirehoseHttpSourceConfig)
+        source = FirehoseHttpSource("firehose", config)
+        sink = HeldSink()
+        sink.release.set()
+        task = await started(source, sink)
+        try:
+            url = f"http://127.0.0.1:{source.port}/"
+            async with aiohttp.ClientSession() as http, http.post(url, data=request("r"), headers={ACCESS_KEY: KEY}) as resp:
+                assert resp.status == 200
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+
 def test_a_refused_key_is_never_echoed_in_the_error() -> None:
     for key in ("short-secret", "change-me"):
         with pytest.raises(ConfigError) as refused:
