@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection
+import threading
+from collections.abc import Collection, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -66,24 +67,42 @@ def join(chunk: bytes | Parts) -> bytes:
     return chunk[0] if len(chunk) == 1 and isinstance(chunk[0], bytes) else b"".join(chunk)
 
 
-#: Rows with the wrong field count whose text is kept for repair, per chunk. Past this they are only
-#: counted: a chunk of millions of tiny bad lines (a payload of one-byte events) never becomes
-#: millions of Python strings, about 20x the chunk.
+#: Rows with the wrong field count held as a Python string each, at most (per chunk). Past this they are
+#: packed into one string per this many: a chunk of millions of tiny bad lines (a payload of one-byte
+#: events) never becomes millions of Python strings (about 20x the chunk), and every row is still
+#: repaired (a v11 tag value with a space may be on every line).
 MAX_KEPT_BAD_ROWS = 10_000
 
 
-class BadRows(list[str]):
-    """The text of rows Arrow rejected, up to MAX_KEPT_BAD_ROWS; `dropped` counts the rest."""
+class BadRows:
+    """The text of rows Arrow rejected, in batches of at most MAX_KEPT_BAD_ROWS; all but the last packed
+    into one string each. Arrow may call `keep` from its reading threads."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.dropped = 0
+        self._rows: list[str] = []
+        self._packed: list[str] = []
+        self._lock = threading.Lock()
 
     def keep(self, text: str) -> None:
-        if len(self) < MAX_KEPT_BAD_ROWS:
-            self.append(text)
-        else:
-            self.dropped += 1
+        with self._lock:
+            self._rows.append(text)
+            if len(self._rows) >= MAX_KEPT_BAD_ROWS:
+                self._packed.append("\n".join(self._rows))  # a row never holds a newline
+                self._rows = []
+
+    def __bool__(self) -> bool:
+        return bool(self._rows or self._packed)
+
+    def batches(self) -> Iterator[list[str]]:
+        """The rows, at most MAX_KEPT_BAD_ROWS at a time."""
+        for packed in self._packed:
+            yield packed.split("\n")
+        if self._rows:
+            yield self._rows
+
+    def __iter__(self) -> Iterator[str]:
+        for batch in self.batches():
+            yield from batch
 
 
 class TextDecoder:
@@ -159,11 +178,10 @@ class TextDecoder:
         except pa.ArrowInvalid:
             bad_rows = BadRows()
             table = self._parse_checked(chunk, errors, bad_rows)
-        errors.add(WRONG_FIELD_COUNT, bad_rows.dropped, "(beyond the first lines of a chunk with the wrong field count)")
         if bad_rows:
-            repaired = self._repair(bad_rows, errors)
-            if repaired is not None:
-                table = pa.concat_tables([table.cast(self.schema), repaired])
+            repaired = [r for batch in bad_rows.batches() if (r := self._repair(batch, errors)) is not None]
+            if repaired:
+                table = pa.concat_tables([table.cast(self.schema), *repaired])
         return self._finish(table, errors)
 
     def _finish(self, table: pa.Table, errors: ErrorCounts) -> pa.Table:

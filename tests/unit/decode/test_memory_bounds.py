@@ -114,3 +114,19 @@ def test_lines_of_the_wrong_field_count_are_counted_without_holding_each() -> No
     assert errors.counts == {"wrong_field_count": 1_000_000}
     assert held < 8 * MIB  # a Python string per line would be ~60 MiB
     assert MAX_KEPT_BAD_ROWS <= 100_000
+
+
+def test_every_repairable_line_of_a_chunk_is_repaired_however_many() -> None:
+    """Keeping bad rows bounded must not cost the rows that can be repaired: a v11 tag value with a space
+    (or a double space) on every line of a chunk is common, and each such line still counts."""
+    n = 2 * MAX_KEPT_BAD_ROWS + 7
+    tagged = TextDecoder((*DEFAULT_FIELDS, "instance-tag"))
+    errors = ErrorCounts()
+    table = tagged.decode(f"{LINE} web server\n".encode() * n, errors)
+    assert errors.counts == {}
+    assert table.num_rows == n
+    assert set(table.column("instance-tag").to_pylist()) == {"web server"}
+    errors = ErrorCounts()
+    table = TextDecoder(DEFAULT_FIELDS).decode(f"{LINE.replace(' ACCEPT', '  ACCEPT')}\nx\n".encode() * n, errors)
+    assert errors.counts == {"wrong_field_count": n}
+    assert table.num_rows == n
