@@ -185,8 +185,6 @@ class Pipeline:
         finally:
             self._decoding -= 1
         outcome = account(result, delta, delivery.location)
-        if result.errors.unknown_fields:
-            self.telemetry.unknown_fields(result.errors.unknown_fields, delivery.location)
         for reason, count in delivery.errors.items():
             delta.count(reason, count)
         future = sum(p.future for p in window_parts)
@@ -224,6 +222,8 @@ class Pipeline:
             return DUPLICATE
         if future:
             self.telemetry.future_records.labels(source).inc(future)
+        if result.errors.unknown_fields:  # once per input: counted when it commits, like its records
+            self.telemetry.unknown_fields(result.errors.unknown_fields, delivery.location)
         if anomalies and self.on_anomalies is not None:
             self.on_anomalies(anomalies)
         delay = None if delivery.arrived_at is None or max_end is None else delivery.arrived_at - max_end

@@ -177,3 +177,27 @@ def test_a_log_format_with_an_unknown_field_starts_with_a_warning_naming_a_likel
     messages = [r.getMessage() for r in caplog.records]
     assert any("'interfce-id'" in m and "a typo of 'interface-id'" in m for m in messages)
     assert any("'next-year'" in m and "typo" not in m for m in messages)
+
+
+async def test_an_input_found_counted_already_adds_nothing_to_the_metric(tmp_path: Path) -> None:
+    """Counted when the input commits, like the records: a Kinesis batch delivered again after an unknown
+    commit outcome (or read by two replicas) is DUPLICATE and must not count its unknown fields twice."""
+    body = ("2 eni-a zz 3 120 REJECT OK\n" * 5).encode()
+    registry = CollectorRegistry()
+    with ThreadPoolExecutor(2) as pool:
+        pipe = Pipeline(FlowState(), Store(CheckpointStore(tmp_path / "c.db")), Telemetry(registry), pool, None)
+
+        def delivery() -> Delivery:
+            return Delivery(
+                location="kinesis://s/shard-0",
+                body=lambda: single_chunk(body),
+                cursors={("k", "shard-0"): "9"},
+                expected={("k", "shard-0"): None},
+                log_format=parse_log_format("version interface-id next-year packets bytes action log-status"),
+                headerless=True,
+            )
+
+        assert await pipe.process("k", delivery()) == "ok"
+        assert await pipe.process("k", delivery()) == "duplicate"
+    assert pipe.state.counters.total_records() == 5
+    assert registry.get_sample_value("streamer_unknown_fields_total", {"field": "next-year"}) == 1
