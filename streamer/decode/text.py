@@ -261,14 +261,24 @@ class TextDecoder:
         """Rows with the wrong field count: fix whitespace runs, count the rest."""
         fixed: list[str] = []
         spaced = False
+        wrong, example = 0, None
+        width = len(self.fields)
+        shortest = 2 * width - 1  # a token and a separator per field
         for text in bad_rows:  # only rows Arrow rejected: not the main path
+            if len(text) < shortest:  # too short for every field: not split (it may be millions of them)
+                if not text.isspace():
+                    wrong += 1
+                    example = example or text
+                continue
             tokens = text.split()
-            if len(tokens) > len(self.fields) and (fitted := self._fit_tags(tokens)) is not None:
+            if len(tokens) > width and (fitted := self._fit_tags(tokens)) is not None:
                 tokens, spaced = fitted, True
-            if len(tokens) == len(self.fields):
+            if len(tokens) == width:
                 fixed.append(" ".join(tokens))
             elif tokens:
-                errors.add(WRONG_FIELD_COUNT, 1, text)
+                wrong += 1  # counted at once: a batch may be thousands of one-byte lines
+                example = example or text
+        errors.add(WRONG_FIELD_COUNT, wrong, example)
         if not fixed:
             return None
         leftovers = BadRows()
