@@ -92,3 +92,34 @@ async def test_an_answer_with_more_text_than_the_bound_is_cut_into_batches(aws: 
         await stop(runner)
     finally:
         await clients.close()
+
+
+async def test_a_crash_between_the_batches_of_one_answer_neither_skips_nor_repeats_a_record(aws: str) -> None:
+    """The first batch of a cut answer commits, the process dies while the second is held: a fresh source
+    resumes after the first batch's last record, and every line counts once."""
+    shard, lines, _ = stream(aws, records=4)
+    per_record = PER_RECORD * (len(lines[0]) + 1)
+    clients = AwsClients()
+    sink = HoldingSink()
+
+    async def committed(*_: object) -> dict[str, str]:
+        return {s: c for s, c in sink.committed.items() if c is not None}
+
+    try:
+        source = await source_on(aws, clients, batch_records=10, max_bytes_in_flight=per_record * 3 // 2)
+        runner = asyncio.create_task(source.run(sink))
+        await until(lambda: len(sink.calls) == 1, "the first batch")
+        sink.calls[0].gate.set()
+        await until(lambda: len(sink.calls) == 2, "the second batch of the same answer")
+        await stop(runner)  # the second is never committed
+        assert sink.lines[shard] == lines[: 2 * PER_RECORD]
+        sink.calls.clear()
+        again = await source_on(aws, clients, cursors=committed, batch_records=10, max_bytes_in_flight=per_record * 3 // 2)
+        runner = asyncio.create_task(again.run(sink))
+        await until(lambda: len(sink.calls) == 1, "the rest, from the committed cursor")
+        sink.calls[0].gate.set()
+        await until(lambda: len(sink.lines[shard]) == len(lines), "every line")
+        assert sink.lines[shard] == lines
+        await stop(runner)
+    finally:
+        await clients.close()
