@@ -13,7 +13,7 @@ baselines from turning a handful of rejects into huge scores (a Poisson
 count's spread is about sqrt(mean)). A spike updates the baseline only up
 to the threshold, so a long attack does not quickly become "normal".
 ENIs idle for `idle_seconds` (event time; a day by default, the service's
-`metrics.interface_idle_seconds`) are forgotten.
+`metrics.interface_idle_seconds`, never less than the warm-up) are forgotten.
 
 Baselines live in an Arrow table between inputs; while windows close they are
 numpy arrays indexed by an integer code per ENI, and each closing window
@@ -44,8 +44,17 @@ class Settings:
     warmup_windows: int = 10
     alpha: float = 0.1
     #: event-time seconds without traffic after which an ENI's baseline is forgotten (the service passes
-    #: metrics.interface_idle_seconds: the detector holds what the active ENIs need, nothing more)
+    #: metrics.interface_idle_seconds: the detector holds what the active ENIs need, nothing more); never less
+    #: than the warm-up, see `baseline_idle_seconds`
     idle_seconds: float = IDLE_SECONDS
+
+    @property
+    def baseline_idle_seconds(self) -> float:
+        """How long a quiet ENI keeps its baseline: `idle_seconds`, but at least the warm-up
+        (`warmup_windows` windows). Shorter, an ENI that sends in bursts loses its baseline between bursts
+        and never warms up, so it never alerts. A floor here, not a config error: the same setting also
+        expires the ENI's series, where a short time is a fair choice (fewer series)."""
+        return max(self.idle_seconds, self.warmup_windows * self.window_seconds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +203,7 @@ class Detector:
             score_start[idx[warmed]] = start
             scored[idx[warmed]] = True
         newest = int(starts[-1])
-        keep = np.flatnonzero(last >= newest - s.idle_seconds)  # NaN (no baseline) compares False
+        keep = np.flatnonzero(last >= newest - s.baseline_idle_seconds)  # NaN (no baseline) compares False
         base = pa.table(
             {
                 "interface_id": names.take(pa.array(keep)),

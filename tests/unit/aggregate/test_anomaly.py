@@ -96,6 +96,19 @@ def test_baselines_of_idle_enis_expire_so_the_detector_holds_only_active_ones() 
     assert set(det.detector.scores) <= set(det.detector.baselines)
 
 
+def test_a_bursty_eni_warms_up_even_when_the_idle_time_is_shorter_than_the_warm_up() -> None:
+    """metrics.interface_idle_seconds of one window: an ENI that sends every fourth window would lose its
+    baseline between bursts and never warm up. Baselines are kept for the warm-up (5 windows) at least."""
+    settings = Settings(window_seconds=60, min_rejected_records=50, warmup_windows=5, alpha=0.2, idle_seconds=60)
+    windows: list[list[tuple[str, int]]] = []
+    for i in range(40):  # a steady ENI moves event time every window; the bursty one sends every fourth
+        windows.append([("eni-steady", 5), *([("eni-burst", 10)] if i % 4 == 0 else [])])
+    windows.append([("eni-steady", 5), ("eni-burst", 400)])
+    det, anomalies = run(Detection.create(settings, lateness_seconds=0), windows)
+    assert det.detector.baselines["eni-burst"].windows >= settings.warmup_windows
+    assert [(a.interface_id, a.window_start) for a in anomalies] == [("eni-burst", 40 * 60)]
+
+
 def test_snapshot_parts_write_the_detector_only_when_it_changed() -> None:
     det, _ = run(Detection.create(SETTINGS, lateness_seconds=0), [[("eni-a", 10 + i % 3)] for i in range(12)])
     parts = det.snapshot_parts(None)
