@@ -251,6 +251,7 @@ class Pipeline:
             if closed:  # a moved watermark alone rides along with the next input's commit
                 await self.store.call(self.store.store.commit, Commit(snapshots=after.snapshot_parts(before)))
                 self.commits += 1
+                after = after.saved()
             self.detection = after
             return closed, anomalies
 
@@ -294,7 +295,7 @@ class Pipeline:
             self.commits += len(live)
             self.group_commits += 1
             if after is not None:
-                self.detection = after
+                self.detection = after.saved()
             self.pairing = paired
             for member, change, found in zip(live, changes, anomalies, strict=False):
                 self.state.forget(change.forget)
@@ -359,7 +360,7 @@ class Pipeline:
             if self._unconfirmed is not None:
                 written, after, found = self._unconfirmed
                 if await self.store.call(self.store.store.snapshot, SNAPSHOT_NAME) == written:
-                    self.detection = after
+                    self.detection = after.saved()
                     if found and self.on_anomalies is not None:
                         self.on_anomalies(found)
                 self._unconfirmed = None

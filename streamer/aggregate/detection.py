@@ -55,7 +55,14 @@ class Detection:
 
     def _observe(self, windows: Windows, closed: Closed) -> tuple[Detection, list[Anomaly]]:
         detector, anomalies = self.detector.observe(closed)
-        return Detection(windows, detector, self.anomalies_total + len(anomalies)), anomalies
+        # A detector not yet written stays unwritten until a commit writes it: a step that closes nothing (a
+        # tick moving only the watermark) keeps the flag, or the next commit would write the windows alone.
+        unsaved = self.detector_unsaved and detector is self.detector
+        return Detection(windows, detector, self.anomalies_total + len(anomalies), unsaved), anomalies
+
+    def saved(self) -> Detection:
+        """This state once a commit wrote its `snapshot_parts` (the detector is in the store now)."""
+        return dataclasses.replace(self, detector_unsaved=False) if self.detector_unsaved else self
 
     def snapshot(self, with_detector: bool = True) -> bytes:
         """Windows and (unless told otherwise) the detector, in one blob."""
