@@ -35,7 +35,7 @@ class Detection:
     def create(cls, settings: Settings, lateness_seconds: int, clock: EventClock | None = None) -> Detection:
         """A fresh state; without `clock`, event time comes from the records only (replay)."""
         clock = clock or EventClock(lateness_seconds, follow_wall_clock=False)
-        return cls(Windows(settings.window_seconds, clock), Detector(settings))
+        return cls(Windows(settings.window_seconds, clock, idle_seconds=settings.idle_seconds), Detector(settings))
 
     def advance(
         self, batches: list[WindowBatch], source: str = REPLAY_SOURCE, now: float | None = None
@@ -90,7 +90,7 @@ class Detection:
         """From `snapshot()`, or from `snapshot_parts` (the windows' blob and the `detector` blob, if one was written)."""
         clock = clock or EventClock(lateness_seconds, follow_wall_clock=False)
         size, anomalies = struct.unpack(">QQ", blob[:16])
-        windows = Windows.restore(blob[16 : 16 + size], settings.window_seconds, clock, now)
+        windows = Windows.restore(blob[16 : 16 + size], settings.window_seconds, clock, now, settings.idle_seconds)
         embedded = blob[16 + size :]
         rest = embedded or detector
         return cls(windows, Detector.restore(rest, settings) if rest else Detector(settings), anomalies, bool(embedded))

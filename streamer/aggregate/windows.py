@@ -14,7 +14,12 @@ partials into `Windows`:
 - a partial row whose window already closed is *late*: counted in
   `late_records` (the totals elsewhere still include it) and not applied;
 - windows whose end is at or before the watermark close and are handed to
-  the detector, in window order.
+  the detector, in window order;
+- rejected totals per VPC and subnet (exported as counters) follow the active
+  subnets: one with nothing counted for `idle_seconds` of wall clock (the
+  service's `metrics.interface_idle_seconds`, as for ENIs) is forgotten, its
+  series disappear, and its records stay in its VPC's total, which never goes
+  down (a VPC goes when its last subnet does).
 
 `Windows.advance` does not mutate: it returns the next state, so that state
 can be checkpointed together with the positions that produced it and only
@@ -55,8 +60,17 @@ SOURCES = pa.schema(
 )
 PORTS = pa.schema([("interface_id", pa.string()), ("window_start", pa.int64()), ("dstport", pa.int32()), ("count", pa.int64())])
 SUBNETS = pa.schema(
-    [("vpc_id", pa.string()), ("subnet_id", pa.string()), ("rejected_records", pa.int64()), ("rejected_bytes", pa.int64())]
+    [
+        ("vpc_id", pa.string()),
+        ("subnet_id", pa.string()),
+        ("rejected_records", pa.int64()),
+        ("rejected_bytes", pa.int64()),
+        #: the wall time the subnet was last counted: idle for `Windows.idle_seconds`, it is forgotten
+        ("seen", pa.float64()),
+    ]
 )
+#: per VPC, the rejected records of its subnets forgotten so far (its total never goes down)
+VPCS = pa.schema([("vpc_id", pa.string()), ("rejected_records", pa.int64())])
 #: Columns of a decoded table that windows read.
 COLUMNS = ("interface-id", "action", "start", "end", "packets", "bytes", "srcaddr", "dstport", "vpc-id", "subnet-id")
 #: Whether batches' stats are counted on integer codes (`_stats_dense`); STREAMER_DENSE=0 forces Arrow's
@@ -402,6 +416,10 @@ class Windows:
     subnets: pa.Table = dataclasses.field(default_factory=SUBNETS.empty_table)
     late_records: int = 0
     future_records: int = 0
+    #: wall-clock seconds after which a subnet with nothing counted is forgotten
+    idle_seconds: float = 86400
+    #: rejected records of forgotten subnets, per VPC that still has others
+    vpcs: pa.Table = dataclasses.field(default_factory=VPCS.empty_table)
 
     @property
     def lateness_seconds(self) -> int:
@@ -413,10 +431,11 @@ class Windows:
 
     def tick(self, now: float | None = None) -> tuple[Windows, Closed]:
         """Let the wall clock move event time (idle sources, quiet periods) and close what that ends."""
-        clock = self.clock.advance(time.time() if now is None else now)
+        now = time.time() if now is None else now
+        clock = self.clock.advance(now)
         if clock is self.clock:
             return self, _nothing()
-        return dataclasses.replace(self, clock=clock).close(clock.watermark)
+        return dataclasses.replace(self, clock=clock)._forget_subnets(now).close(clock.watermark)
 
     def advance(
         self, batches: list[WindowBatch], source: str = REPLAY_SOURCE, now: float | None = None
@@ -426,7 +445,7 @@ class Windows:
         stats = fold_stats([b.stats for b in batches])
         sources = fold_context([b.sources for b in batches], "srcaddr", SOURCES)
         ports = fold_context([b.ports for b in batches], "dstport", PORTS)
-        subnets = self._subnets(stats)
+        subnets = self._subnets(stats, now)
         late = 0
         wm = self.watermark
         if wm is not None and stats.num_rows:
@@ -447,7 +466,7 @@ class Windows:
             late_records=self.late_records + late,
             future_records=self.future_records + sum(b.future for b in batches),
         )
-        return nxt.close(clock.watermark)
+        return nxt._forget_subnets(now).close(clock.watermark)
 
     def close(self, watermark: int | None) -> tuple[Windows, Closed]:
         """Split off every window that ends at or before `watermark` (None: nothing; flush: a big number)."""
@@ -468,8 +487,8 @@ class Windows:
         """Close everything (end of a replay)."""
         return self.close(2**62)
 
-    def _subnets(self, stats: pa.Table) -> pa.Table:
-        """Rejected totals per VPC/subnet (exact, late records included)."""
+    def _subnets(self, stats: pa.Table, now: float) -> pa.Table:
+        """Rejected totals per VPC/subnet (exact, late records included), each stamped `now`."""
         if not stats.num_rows:
             return self.subnets
         have = stats.filter(pc.is_valid(stats.column("vpc_id")))
@@ -478,13 +497,37 @@ class Windows:
         g = have.group_by(["vpc_id", "subnet_id"], use_threads=False).aggregate(
             [("rejected_records", "sum"), ("rejected_bytes", "sum")]
         )
-        part = g.rename_columns(["vpc_id", "subnet_id", "rejected_records", "rejected_bytes"]).select(SUBNETS.names).cast(SUBNETS)
-        return _fold([self.subnets, part], ["vpc_id", "subnet_id"], ["rejected_records", "rejected_bytes"], SUBNETS)
+        part = g.rename_columns(["vpc_id", "subnet_id", "rejected_records", "rejected_bytes"])
+        part = part.append_column("seen", pa.array(np.full(part.num_rows, now, np.float64))).select(SUBNETS.names).cast(SUBNETS)
+        return _fold([self.subnets, part], ["vpc_id", "subnet_id"], ["rejected_records", "rejected_bytes"], SUBNETS, ["seen"])
+
+    def _forget_subnets(self, now: float) -> Windows:
+        """Subnets with nothing counted for `idle_seconds` forgotten (their series go); their rejected records
+        stay in their VPC's total while the VPC has other subnets."""
+        if not self.subnets.num_rows:
+            return self
+        idle = pc.greater_equal(pc.subtract(pa.scalar(now, pa.float64()), self.subnets.column("seen")), self.idle_seconds)
+        if not pc.any(idle).as_py():
+            return self
+        gone, kept = self.subnets.filter(idle), self.subnets.filter(pc.invert(idle))
+        carried = gone.group_by(["vpc_id"], use_threads=False).aggregate([("rejected_records", "sum")])
+        carried = carried.rename_columns(["vpc_id", "rejected_records"]).select(VPCS.names).cast(VPCS)
+        vpcs = _fold([self.vpcs, carried], ["vpc_id"], ["rejected_records"], VPCS)
+        vpcs = vpcs.filter(pc.is_in(vpcs.column("vpc_id"), kept.column("vpc_id")))  # a VPC with no subnet left goes
+        return dataclasses.replace(self, subnets=kept, vpcs=vpcs)
+
+    def vpc_rejected_records(self) -> dict[str, int]:
+        """Rejected records per VPC: its subnets' and its forgotten subnets' (never goes down while it is held)."""
+        out: dict[str, int] = {}
+        for table in (self.subnets, self.vpcs):
+            for vpc, n in zip(table.column("vpc_id").to_pylist(), table.column("rejected_records").to_pylist(), strict=True):
+                out[vpc] = out.get(vpc, 0) + n
+        return out
 
     # --- snapshot -------------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        parts = [to_ipc(t) for t in (self.stats, self.sources, self.ports, self.subnets)]
+        parts = [to_ipc(t) for t in (self.stats, self.sources, self.ports, self.subnets, self.vpcs)]
         meta = {
             "clock": self.clock.snapshot(),
             "late_records": self.late_records,
@@ -494,8 +537,11 @@ class Windows:
         return orjson.dumps(meta) + b"\n" + b"".join(parts)
 
     @classmethod
-    def restore(cls, blob: bytes, window_seconds: int, clock: EventClock, now: float | None = None) -> Windows:
+    def restore(
+        cls, blob: bytes, window_seconds: int, clock: EventClock, now: float | None = None, idle_seconds: float = 86400
+    ) -> Windows:
         """Windows from a snapshot; `clock` gives the settings, the snapshot its marks and watermark."""
+        now = time.time() if now is None else now
         head, _, rest = blob.partition(b"\n")
         meta = orjson.loads(head)
         if "clock" in meta:
@@ -508,16 +554,20 @@ class Windows:
         for size in meta["sizes"]:
             tables.append(pa.ipc.open_stream(rest[pos : pos + size]).read_all())
             pos += size
-        stats, sources, ports, subnets = tables
+        stats, sources, ports, subnets = tables[:4]
+        if "seen" not in subnets.column_names:  # a snapshot from before subnets were forgotten: seen now
+            subnets = subnets.append_column("seen", pa.array(np.full(subnets.num_rows, now, np.float64)))
         return cls(
             window_seconds,
-            clock.restored(doc, time.time() if now is None else now),
+            clock.restored(doc, now),
             stats=stats,
             sources=sources,
             ports=ports,
-            subnets=subnets,
+            subnets=subnets.select(SUBNETS.names).cast(SUBNETS),
             late_records=meta["late_records"],
             future_records=meta.get("future_records", 0),
+            idle_seconds=idle_seconds,
+            vpcs=tables[4].cast(VPCS) if len(tables) > 4 else VPCS.empty_table(),
         )
 
 

@@ -123,9 +123,8 @@ class DetectionCollector(Collector):
                 labels = [row["vpc_id"], row["subnet_id"] or "-"]
                 subnet_records.add_metric(labels, row["rejected_records"])
                 subnet_bytes.add_metric(labels, row["rejected_bytes"])
-            by_vpc = subnets.group_by(["vpc_id"], use_threads=False).aggregate([("rejected_records", "sum")])
-            for row in by_vpc.to_pylist():
-                vpc_records.add_metric([row["vpc_id"]], row["rejected_records_sum"])
+        for vpc, n in sorted(det.windows.vpc_rejected_records().items()):
+            vpc_records.add_metric([vpc], n)
         late = CounterMetricFamily(
             "streamer_late_records",
             "Records that arrived after their window closed (still in the totals).",

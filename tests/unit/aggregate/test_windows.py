@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -23,10 +25,13 @@ from streamer.aggregate.windows import (
     _fold_stats_dense,
     fold_stats,
     merge,
+    to_ipc,
     window_batch,
 )
 from streamer.decode.objects import ObjectReader
 from streamer.ingest import Ingestor
+
+T0 = 1_764_000_000.0
 
 
 def replay_windows(window: int, lateness: int) -> Windows:
@@ -84,7 +89,53 @@ def test_subnet_view_counts_every_rejected_record_including_late_ones() -> None:
     w = replay_windows(60, 0)
     w, _ = w.advance([batch([("eni-a", "REJECT", 5000)])])
     w, _ = w.advance([batch([("eni-a", "REJECT", 10)])])  # late
-    assert w.subnets.to_pylist() == [{"vpc_id": "vpc-1", "subnet_id": "subnet-1", "rejected_records": 2, "rejected_bytes": 80}]
+    assert w.subnets.drop_columns(["seen"]).to_pylist() == [
+        {"vpc_id": "vpc-1", "subnet_id": "subnet-1", "rejected_records": 2, "rejected_bytes": 80}
+    ]
+
+
+def subnet_batch(subnet: str, end: int):  # type: ignore[no-untyped-def]
+    one = batch([("eni-" + subnet, "REJECT", end)])
+    return dataclasses.replace(one, stats=one.stats.set_column(3, "subnet_id", pa.array([subnet])))
+
+
+def test_idle_subnets_are_forgotten_like_enis_and_their_vpc_total_never_goes_down() -> None:
+    """One subnet after another over a week: the subnet view holds the subnets counted within the idle time
+    (wall clock, as ENIs), not every one ever seen; the VPC's total keeps the forgotten ones' records."""
+    day = 86400.0
+    w = Windows(60, EventClock(0, follow_wall_clock=False), idle_seconds=day)
+    totals = []
+    for i in range(14):  # a new subnet every half day, each counted once
+        w, _ = w.advance([subnet_batch(f"subnet-{i}", 1000 + i)], now=T0 + i * day / 2)
+        totals.append(w.vpc_rejected_records()["vpc-1"])
+    assert sorted(w.subnets.column("subnet_id").to_pylist()) == ["subnet-12", "subnet-13"]  # 11: a day idle, as ENIs
+    assert totals == list(range(1, 15))  # the VPC's counter only grows
+    again = Windows.restore(w.snapshot(), 60, EventClock(0, follow_wall_clock=False), T0 + 7 * day, day)
+    assert again.vpc_rejected_records() == {"vpc-1": 14}
+    assert again.subnets.equals(w.subnets)
+    # a tick of the wall clock forgets too (nothing new from anywhere); the VPC goes with its last subnet
+    ticking = Windows(60, EventClock(0, follow_wall_clock=True, sources=frozenset({"s"}), started_at=T0), idle_seconds=day)
+    ticking, _ = ticking.advance([subnet_batch("subnet-x", 1000)], "s", now=T0)
+    ticking, _ = ticking.tick(T0 + 2 * day)
+    assert ticking.subnets.num_rows == 0
+    assert ticking.vpc_rejected_records() == {}
+
+
+def test_a_snapshot_from_before_subnets_were_forgotten_restores_them_as_seen_now() -> None:
+    w, _ = replay_windows(60, 0).advance([batch([("eni-a", "REJECT", 5000)])])
+    meta, _, rest = w.snapshot().partition(b"\n")
+    doc = orjson.loads(meta)
+    sizes = doc["sizes"]
+    tables, pos = [], 0
+    for size in sizes:
+        tables.append(pa.ipc.open_stream(rest[pos : pos + size]).read_all())
+        pos += size
+    old_parts = [to_ipc(t) for t in tables[:3]] + [to_ipc(tables[3].drop_columns(["seen"]))]  # the old layout
+    doc["sizes"] = [len(p) for p in old_parts]
+    old = orjson.dumps(doc) + b"\n" + b"".join(old_parts)
+    again = Windows.restore(old, 60, EventClock(0, follow_wall_clock=False), T0)
+    assert again.subnets.column("seen").to_pylist() == [float(T0)]
+    assert again.vpc_rejected_records() == {"vpc-1": 1}
 
 
 def test_snapshot_round_trip() -> None:
