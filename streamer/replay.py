@@ -118,7 +118,8 @@ def replay_counts(
     parts: list[BatchResult] = []  # several inputs' partials, folded together: one fold per input would cost more
     with ThreadPoolExecutor(1, thread_name_prefix="pairing") as thread:
         pairs = _Pairs(Pairing(lateness_seconds), thread)
-        for item, result in zip(inputs, ingest.run_many(bodies, pairs.take), strict=True):
+        for item, result in zip(inputs, ingest.run_many(bodies), strict=True):
+            pairs.take(result.results)
             if detection is not None:
                 detection, found = detection.advance([p.windows for p in result.results if p.windows is not None])
                 anomalies.extend(found)
@@ -135,11 +136,13 @@ def replay_counts(
 
 
 class _Pairs:
-    """NACL pairing as batches come, in input order (nothing is committed: a big file's candidates are never
-    all held, each batch's are dropped once paired).
+    """NACL pairing input by input, by the live rule: an input's candidates (all its batches', joined) pair as
+    one, after the inputs before it. Batch by batch, the state's floor (the newest window minus the lateness)
+    would move between the batches of one object, and a pair live counts would be lost here. Nothing is
+    committed; an input's candidates are dropped once paired.
 
-    The pairing runs on its own thread, a batch at a time in order: on the reading thread it held up the
-    inflating that every batch waits for. At most `AHEAD` batches' candidates wait for it."""
+    The pairing runs on its own thread, an input at a time in order: on the reading thread it held up the
+    inflating that every batch waits for. At most `AHEAD` inputs' candidates wait for it."""
 
     AHEAD = 4
 
@@ -149,10 +152,15 @@ class _Pairs:
         self.pending: collections.deque[Future[Paired]] = collections.deque()
         self.found: list[Paired] = []
 
-    def take(self, part: BatchResult) -> None:
-        if part.insights is not None and part.insights.pairs is not None:
-            self.pending.append(self.thread.submit(self._pair, part.insights.pairs))
-            part.insights.pairs = None
+    def take(self, parts: list[BatchResult]) -> None:
+        """Pair one input's candidates (its batches' results, in order) on the pairing thread."""
+        found = []
+        for part in parts:
+            if part.insights is not None and part.insights.pairs is not None:
+                found.append(part.insights.pairs)
+                part.insights.pairs = None
+        if found:
+            self.pending.append(self.thread.submit(self._pair, Candidates.join(found)))
             while len(self.pending) > self.AHEAD:
                 self.found.append(self.pending.popleft().result())
 
