@@ -9,8 +9,13 @@ apart). So every input leaves behind, per window, what may still pair:
   addresses and ports swapped, same protocol): a sorted set of hashes per
   window, 8 bytes an entry;
 - replies that found no request yet: REJECTs to an ephemeral port from a
-  lower one, with their ENI, hash and example line (few: most rejects are
-  scans of service ports, which no reply goes to).
+  lower one, a row per (ENI, hash) with how many wait and an example line.
+  Most rejects are scans of service ports, which no reply goes to; but an
+  internet-facing ENI also rejects backscatter (replies to spoofed SYNs),
+  which no request ever answers. So a window holds at most
+  `max_waiting_replies` rows (`insights.max_waiting_replies_per_window`);
+  a reply already held counts up its row, a newcomer beyond the cap is
+  dropped and counted (`Paired.dropped`).
 
 A reply pairs with a request when the request's window is the same or at most
 `lateness_seconds` earlier, whichever of the two arrives first. Each reject
@@ -19,10 +24,14 @@ lateness are dropped: a record that late is late for the detector too.
 
 The state is committed with the counters as snapshot pieces (see `Pieces`):
 each commit appends only the requests it adds (`pairing/w/<window>/q<seq>`),
-rewrites only the waiting replies of windows that changed
-(`pairing/w/<window>/r`), and drops old windows by name prefix. So a kill -9
-loses nothing, a retried input (not committed, or a duplicate) pairs nothing
-twice, and a commit writes what its input added, not the whole state.
+the reply rows it adds or counts up (`.../r<seq>`) and the hashes of the
+waiting replies it paired (`.../p<seq>`, 8 bytes each), and drops old windows
+by name prefix. A window whose reply pieces hold more than twice its rows
+(plus `COMPACT_ROWS`) has them rewritten as one `r<seq>`. So a kill -9 loses
+nothing, a retried input (not committed, or a duplicate) pairs nothing twice,
+and a commit writes what its input changed, not the whole state. (A
+checkpoint from before kept a window's replies in one piece `.../r`, a row per
+reply: it restores as the first step of its window.)
 
 Hashes are computed on whole batches over Arrow's buffers (no per-record
 Python): the address strings by `_scan.hash_strings` when the native part is
@@ -78,6 +87,8 @@ CANDIDATES = pa.schema(
 REPLIES = pa.schema(
     [pa.field("eni", pa.string()), pa.field("hash", pa.uint64()), pa.field("n", pa.int64()), pa.field("example", pa.string())]
 )
+#: rows of waiting replies one window holds at most (`insights.max_waiting_replies_per_window`)
+MAX_WAITING_REPLIES = 20_000
 _MUL = np.uint64(0x9E3779B97F4A7C15)
 #: the string hash's base (odd: invertible mod 2^64) and its inverse
 _P = np.uint64(1_000_003)
@@ -476,10 +487,12 @@ def _text_at(col: pa.Array, rows: np.ndarray, at: pa.Array) -> pa.Array:
 
 @dataclasses.dataclass(frozen=True)
 class Paired:
-    """What one input's pairing counted: rejects per ENI and an example record per ENI."""
+    """What one input's pairing counted: rejects per ENI and an example record per ENI; and the unpaired
+    replies it could not keep waiting (their window held `max_waiting_replies` rows already)."""
 
     counts: dict[str, int]
     examples: dict[str, str]
+    dropped: int = 0
 
 
 @dataclasses.dataclass
@@ -525,12 +538,17 @@ class Pairing:
     lateness_seconds: int
     #: window -> sorted distinct hashes of the requests seen in it
     requests: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
-    #: window -> its waiting replies (`REPLIES`)
+    #: window -> its waiting replies (`REPLIES`), a row per (ENI, hash) with how many wait (a hash covers its ENI)
     replies: dict[int, pa.Table] = dataclasses.field(default_factory=dict)
     #: the newest window seen: the state keeps `lateness_seconds` before it
     newest: int | None = None
     #: the next requests piece's number (pieces of one window never share a name)
     seq: int = 0
+    #: rows a window holds at most in `replies` (newcomers beyond it are dropped, counted in `Paired.dropped`)
+    max_waiting_replies: int = MAX_WAITING_REPLIES
+    #: window -> rows its reply pieces hold in the store (appended rows and paired hashes): past twice what it
+    #: holds, the window's reply pieces are rewritten as one
+    written: dict[int, int] = dataclasses.field(default_factory=dict)
 
     def pair(self, found: Candidates, write: bool = True) -> tuple[Pairing, Paired, Pieces]:
         """Pair one input's candidates with the state and among themselves (and, with `write`, the
@@ -541,7 +559,7 @@ class Pairing:
         rep_w, rep_h = found.reply_windows, found.reply_keys
         top = max([w for w, keys in found.requests if len(keys)] + ([int(rep_w.max())] if len(rep_w) else []))
         newest = top if self.newest is None else max(top, self.newest)
-        requests, replies = dict(self.requests), dict(self.replies)
+        requests, replies, written = dict(self.requests), dict(self.replies), dict(self.written)
         pieces = Pieces()
         added = _add_requests(requests, found.requests)
         counts: dict[str, int] = {}
@@ -558,51 +576,66 @@ class Pairing:
                 hit[close] = _isin(rep_h[close], known)
         if hit.any():
             _tally(rep.filter(pa.array(hit)), np.ones(int(hit.sum()), np.int64), counts, examples)
-        changed: set[int] = set()
         # Replies waiting from earlier inputs against the requests this one added: every waiting reply at
-        # once against each window added (a few numpy calls per window added, not per pair of windows).
+        # once against each window added (a few numpy calls per window added, not per pair of windows); they go.
+        paired_hashes: dict[int, np.ndarray] = {}
         late_by_window = _late(self.replies, added, lateness) if added and self.replies else {}
         for w, late in late_by_window.items():
             table = self.replies[w]
             _tally(table.filter(pa.array(late)), np.asarray(table.column("n").to_numpy())[late], counts, examples)
             replies[w] = table.filter(pa.array(~late))
-            changed.add(w)
-        # Replies that found nothing wait, a row each, in their window.
+            paired_hashes[w] = _hashes(table)[late]
+        # Replies that found nothing wait in their window: a row per hash with a count, newcomers only while
+        # the window holds fewer than `max_waiting_replies` rows (the rest are dropped and counted).
+        appended: dict[int, pa.Table] = {}
+        dropped = 0
         unpaired = np.flatnonzero(~hit)
         if len(unpaired):
-            unpaired = unpaired[np.argsort(rep_w[unpaired], kind="stable")]  # by window: one take, then slices
-            waiting = rep.take(int_array(unpaired))
-            waiting_windows, waiting_hashes = rep_w[unpaired], rep_h[unpaired]
+            unpaired = unpaired[np.argsort(rep_w[unpaired], kind="stable")]  # by window, arrival order kept
+            waiting_windows = rep_w[unpaired]
             cuts = np.flatnonzero(waiting_windows[1:] != waiting_windows[:-1]) + 1
             for start, end in zip([0, *cuts.tolist()], [*cuts.tolist(), len(unpaired)], strict=True):
                 w = int(waiting_windows[start])
-                mine = waiting.slice(start, end - start)
-                n = int_array(np.ones(mine.num_rows, np.int64))
-                keys = int_array(waiting_hashes[start:end])
-                new_rows = pa.table([mine.column("eni"), keys, n, mine.column("example")], schema=REPLIES)
-                replies[w] = pa.concat_tables([replies[w], new_rows]) if w in replies else new_rows
-                changed.add(w)
+                rows = unpaired[start:end]
+                held, add, lost = _wait(replies.get(w), rows, rep_h[rows], rep, self.max_waiting_replies)
+                dropped += lost
+                if add is not None:
+                    replies[w], appended[w] = held, add
         # What may no longer pair goes; the rest is written as pieces.
         floor = newest - lateness
         for w in [w for w in {*requests, *replies} if w < floor]:
             requests.pop(w, None)
             replies.pop(w, None)
+            written.pop(w, None)
             if w in self.requests or w in self.replies:
                 pieces.drop.append(_window_prefix(w))
         for q, new in added.items() if write else ():
             if q >= floor and len(new):
                 pieces.snapshots[f"{_window_prefix(q)}q{self.seq:012d}"] = new.tobytes()
-        for w in changed:
+        for w in {*paired_hashes, *appended}:
             if w < floor:
                 continue
-            if not replies[w].num_rows:
+            prefix = _window_prefix(w)
+            if not replies[w].num_rows:  # nothing waits there any more
                 del replies[w]
-                pieces.drop.append(f"{_window_prefix(w)}r")
-            elif write:
-                pieces.snapshots[f"{_window_prefix(w)}r"] = _encode_replies(replies[w])
+                written.pop(w, None)
+                pieces.drop.extend([f"{prefix}r", f"{prefix}p"])
+                continue
+            gone, add = paired_hashes.get(w), appended.get(w)
+            written[w] = written.get(w, 0) + (0 if gone is None else len(gone)) + (0 if add is None else add.num_rows)
+            if written[w] > 2 * replies[w].num_rows + COMPACT_ROWS:  # rewritten as one piece: what it holds
+                written[w] = replies[w].num_rows
+                if write:
+                    pieces.drop.extend([f"{prefix}r", f"{prefix}p"])
+                    pieces.snapshots[f"{prefix}r{self.seq:012d}"] = _encode_replies(replies[w])
+                continue
+            if write and gone is not None:  # applied before the same step's appended rows (`restore`)
+                pieces.snapshots[f"{prefix}p{self.seq:012d}"] = np.unique(gone).tobytes()
+            if write and add is not None:
+                pieces.snapshots[f"{prefix}r{self.seq:012d}"] = _encode_replies(add)
         pieces.snapshots[META] = orjson.dumps({"newest": newest, "seq": self.seq + 1})
-        after = Pairing(lateness, requests, replies, newest, self.seq + 1)
-        return after, Paired(counts, examples), pieces
+        after = Pairing(lateness, requests, replies, newest, self.seq + 1, self.max_waiting_replies, written)
+        return after, Paired(counts, examples, dropped), pieces
 
     def entries(self) -> int:
         return sum(len(a) for a in self.requests.values()) + sum(int(t.num_rows) for t in self.replies.values())
@@ -611,24 +644,111 @@ class Pairing:
         return sum(int(a.nbytes) for a in self.requests.values()) + sum(int(t.nbytes) for t in self.replies.values())
 
     @classmethod
-    def restore(cls, pieces: dict[str, bytes], lateness_seconds: int) -> Pairing:
-        """The state from the pieces committed under `PREFIX` (none: an empty state)."""
+    def restore(cls, pieces: dict[str, bytes], lateness_seconds: int, max_waiting_replies: int = MAX_WAITING_REPLIES) -> Pairing:
+        """The state from the pieces committed under `PREFIX` (none: an empty state). A window's reply pieces
+        apply in step order (a step's paired hashes before its appended rows); a checkpoint written before
+        they were appended holds one piece `r` per window, a row per reply, which comes first."""
         if META not in pieces:
-            return cls(lateness_seconds)
+            return cls(lateness_seconds, max_waiting_replies=max_waiting_replies)
         meta = orjson.loads(pieces[META])
         parts: dict[int, list[np.ndarray]] = {}
-        replies: dict[int, pa.Table] = {}
+        steps: dict[int, list[tuple[int, int, bytes]]] = {}
         for name, blob in pieces.items():
             if name == META:
                 continue
             window_text, part = name[len(PREFIX) + 2 :].split("/")
             window = int(window_text)
-            if part == "r":
-                replies[window] = pa.ipc.open_stream(blob).read_all().cast(REPLIES)
-            else:
+            if part[0] == "q":
                 parts.setdefault(window, []).append(np.frombuffer(blob, np.uint64))
+            else:  # "r" (before appending), "p<seq>", "r<seq>"
+                steps.setdefault(window, []).append((int(part[1:] or -1), 0 if part[0] == "p" else 1, blob))
         requests = {w: np.unique(np.concatenate(p)) for w, p in parts.items()}
-        return cls(lateness_seconds, requests, replies, int(meta["newest"]), int(meta["seq"]))
+        replies: dict[int, pa.Table] = {}
+        written: dict[int, int] = {}
+        for window, found in steps.items():
+            tables: list[pa.Table] = []
+            for _, kind, blob in sorted(found, key=lambda step: step[:2]):
+                if kind == 0:
+                    gone = np.frombuffer(blob, np.uint64)
+                    tables = [t.filter(pa.array(~np.isin(_hashes(t), gone))) for t in tables]
+                    written[window] = written.get(window, 0) + len(gone)
+                else:
+                    table = pa.ipc.open_stream(blob).read_all().cast(REPLIES)
+                    tables.append(table)
+                    written[window] = written.get(window, 0) + table.num_rows
+            held = _fold_replies(tables)
+            if held.num_rows:
+                replies[window] = held
+        return cls(
+            lateness_seconds, requests, replies, int(meta["newest"]), int(meta["seq"]), max_waiting_replies, written
+        )
+
+
+#: a window's reply pieces are rewritten as one when they hold more than twice its rows plus this many
+COMPACT_ROWS = 1024
+
+
+def _fold_replies(tables: list[pa.Table]) -> pa.Table:
+    """Reply rows as one row per hash: counts summed, the first ENI and example kept."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return REPLIES.empty_table()
+    table = pa.concat_tables(tables)
+    hashes = _hashes(table)
+    keys, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    if len(keys) == len(hashes):
+        return table.combine_chunks()
+    n = np.zeros(len(keys), np.int64)
+    np.add.at(n, inverse, np.asarray(table.column("n").to_numpy(), np.int64))
+    order = np.argsort(first, kind="stable")  # rows in the order they first came
+    rows = pa.array(first[order])
+    return _reply_rows(table, rows, keys[order], n[order])
+
+
+def _reply_rows(text: pa.Table, rows: pa.Array, keys: np.ndarray, n: np.ndarray) -> pa.Table:
+    """`REPLIES` rows: the ENI and example of `rows` of `text`, with their hashes and counts."""
+    eni, example = text.column("eni").take(rows), text.column("example").take(rows)
+    return pa.table([eni, pa.array(keys, pa.uint64()), pa.array(n, pa.int64()), example], schema=REPLIES)
+
+
+def _hashes(table: pa.Table) -> np.ndarray:
+    return np.asarray(table.column("hash").to_numpy(), np.uint64)
+
+
+def _wait(
+    held: pa.Table | None, rows: np.ndarray, hashes: np.ndarray, text: pa.Table, limit: int
+) -> tuple[pa.Table, pa.Table | None, int]:
+    """One window's unpaired replies (`rows` of `text`, their `hashes`, in arrival order) added to what waits
+    there: a hash already held counts up its row; a new one gets a row while the window has room.
+    Returns the window's rows, the rows to append to its pieces (None: nothing changed) and the replies
+    dropped."""
+    keys, first, n = np.unique(hashes, return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")  # first come, first kept
+    keys, first, n = keys[order], first[order], n[order]
+    known = np.zeros(len(keys), bool)
+    size = 0 if held is None else held.num_rows
+    if size:
+        assert held is not None
+        held_hashes = _hashes(held)
+        by_hash = np.argsort(held_hashes, kind="stable")
+        at = np.searchsorted(held_hashes, keys, sorter=by_hash).clip(0, size - 1)
+        known = held_hashes[by_hash[at]] == keys
+    fresh = np.flatnonzero(~known)
+    room = max(0, limit - size)
+    kept = np.concatenate([np.flatnonzero(known), fresh[:room]])
+    lost = int(n[fresh[room:]].sum())
+    if not len(kept):
+        return held if held is not None else REPLIES.empty_table(), None, lost
+    kept.sort()
+    at_rows = pa.array(rows[first[kept]])
+    add = _reply_rows(text, at_rows, keys[kept], n[kept])
+    if not size:
+        return add, add, lost
+    assert held is not None
+    counts = np.asarray(held.column("n").to_numpy(), np.int64).copy()
+    np.add.at(counts, by_hash[at[known]], n[known])
+    new_rows = add.filter(pa.array(~known[kept]))
+    return pa.concat_tables([held.set_column(2, "n", pa.array(counts)), new_rows]).combine_chunks(), add, lost
 
 
 def _late(waiting: dict[int, pa.Table], added: dict[int, np.ndarray], lateness: int) -> dict[int, np.ndarray]:
