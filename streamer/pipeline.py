@@ -298,6 +298,8 @@ class Pipeline:
                 self.detection = after.saved()
             self.pairing = paired
             for member, change, found in zip(live, changes, anomalies, strict=False):
+                if change.delta.replies_dropped:
+                    self.telemetry.nacl_replies_dropped.inc(change.delta.replies_dropped)
                 self.state.forget(change.forget)
                 self.state.apply(change.delta)
                 member.result.set_result((True, found))

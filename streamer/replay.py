@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import os
 import re
 import sys
@@ -25,6 +26,8 @@ from streamer.aggregate.pairing import Candidates, Paired, Pairing
 from streamer.aggregate.state import FlowState
 from streamer.decode.objects import ObjectReader
 from streamer.ingest import Ingestor, account
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # a replay without --alerts never loads the detector
     from streamer.aggregate.anomaly import Anomaly
@@ -129,6 +132,12 @@ def replay_counts(
                 state.apply(pairs.counted(delta_of(parts)))
                 parts = []
         state.apply(pairs.counted(delta_of(parts)))
+    if pairs.dropped:
+        log.warning(
+            "NACL pairing: %d unpaired replies were not kept waiting for a request (their window held %d already)",
+            pairs.dropped,
+            pairs.pairing.max_waiting_replies,
+        )
     if detection is not None:
         detection, found = detection.flush()
         anomalies.extend(found)
@@ -151,6 +160,8 @@ class _Pairs:
         self.thread = thread
         self.pending: collections.deque[Future[Paired]] = collections.deque()
         self.found: list[Paired] = []
+        #: unpaired replies not kept waiting (their window was full), as live
+        self.dropped = 0
 
     def take(self, parts: list[BatchResult]) -> None:
         """Pair one input's candidates (its batches' results, in order) on the pairing thread."""
@@ -166,6 +177,7 @@ class _Pairs:
 
     def _pair(self, found: Candidates) -> Paired:
         self.pairing, paired, _ = self.pairing.pair(found, write=False)  # one thread: in order
+        self.dropped += paired.dropped
         return paired
 
     def counted(self, delta: FlowState) -> FlowState:

@@ -268,6 +268,8 @@ class Service:
             alerter,
             store.call,
             pairing_lateness_seconds=cfg.lateness_seconds if self.config.insights.enabled else None,
+            pairing_max_waiting_replies=self.config.insights.max_waiting_replies_per_window,
+            on_replies_dropped=self.telemetry.nacl_replies_dropped.inc,
             max_interfaces=self.config.metrics.max_interfaces,
             interface_idle_seconds=self.config.metrics.interface_idle_seconds,
         )
@@ -294,7 +296,8 @@ class Service:
         if not self.config.insights.enabled or fleet:
             return {}
         pieces = await store.call(store.store.snapshots, PAIRING_PREFIX)
-        return {"pairing": await asyncio.to_thread(Pairing.restore, pieces, self.config.anomaly.lateness_seconds)}
+        cap = self.config.insights.max_waiting_replies_per_window
+        return {"pairing": await asyncio.to_thread(Pairing.restore, pieces, self.config.anomaly.lateness_seconds, cap)}
 
     async def _restore_detection(self, store: Store) -> Detection:
         cfg = self.config.anomaly

@@ -163,6 +163,9 @@ class InsightsConfig(Model):
     enabled: bool = True
     #: NAT gateway data processing price, USD per GB (AWS bills GiB-like "GB"), for the cost estimate
     nat_gateway_price_per_gb: float = Field(default=defaults.NAT_GATEWAY_PRICE_PER_GB, ge=0)
+    #: NACL return rejects: unpaired replies (a row per ENI and flow) one window keeps waiting for their request;
+    #: beyond it newcomers are dropped and counted (internet-facing ENIs reject backscatter no request answers)
+    max_waiting_replies_per_window: int = Field(default=defaults.MAX_WAITING_REPLIES_PER_WINDOW, ge=0)
 
 
 class AlertsConfig(Model):

@@ -49,6 +49,8 @@ class FlowState:
     totals: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
     #: a delta's NACL pairing candidates, consumed by `pair_with`; never applied or stored
     pairs: Candidates | None = dataclasses.field(default=None, compare=False)
+    #: a delta's unpaired replies its pairing could not keep waiting (`Paired.dropped`): a metric, never stored
+    replies_dropped: int = dataclasses.field(default=0, compare=False)
 
     def __post_init__(self) -> None:
         if not self.totals:
@@ -74,6 +76,7 @@ class FlowState:
         after, paired, pieces = state.pair(self.pairs)
         self.insights = ins.add_pairs(self.insights, self.insight_examples, paired)
         self.pairs = None
+        self.replies_dropped = paired.dropped
         return after, pieces
 
     def add_errors(self, errors: ErrorCounts) -> None:
@@ -114,9 +117,11 @@ class FlowState:
             table = combine([table.set_column(0, "interface_id", relabeled)])
             insights = _relabel_insights(insights, keep)
         examples = {eni: text for eni, text in delta.insight_examples.items() if eni in keep}
-        return FlowState(
+        admitted = FlowState(
             Counters(table), dict(delta.decode_errors), dict.fromkeys(keep, now), insights, examples, dict(delta.totals)
         )
+        admitted.replies_dropped = delta.replies_dropped
+        return admitted
 
     def capped(self, delta: FlowState, limit: int, idle_seconds: float, now: float) -> tuple[FlowState, list[str]]:
         """`delta` admitted under the cap, and the idle members to forget with it (none it touches)."""

@@ -71,6 +71,12 @@ class Telemetry:
             ["source"],
             registry=registry,
         )
+        self.nacl_replies_dropped = Counter(
+            "streamer_nacl_waiting_replies_dropped",
+            "Unpaired NACL return-reject candidates not kept waiting for a request: their window held "
+            "insights.max_waiting_replies_per_window rows already (backscatter). Still in every total.",
+            registry=registry,
+        )
         self.inputs_in_flight = Gauge(
             "streamer_inputs_in_flight", "Inputs being read, decoded or committed, by source.", ["source"], registry=registry
         )

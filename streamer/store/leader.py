@@ -34,7 +34,7 @@ import orjson
 from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
 from streamer.aggregate.nacl_totals import TOTALS_SNAPSHOT, Totals
-from streamer.aggregate.pairing import PARTIAL_SOURCE, PREFIX, Pairing, Pieces, decode_candidates
+from streamer.aggregate.pairing import MAX_WAITING_REPLIES, PARTIAL_SOURCE, PREFIX, Pairing, Pieces, decode_candidates
 from streamer.aggregate.windows import decode_partial
 from streamer.export.alerts import ActiveAlert, Alerter
 from streamer.store.base import CheckpointError, LeaseLost
@@ -68,6 +68,8 @@ class LeaderDetector:
         pairing_lateness_seconds: int | None = None,
         max_interfaces: int | None = None,
         interface_idle_seconds: float = 86400,
+        pairing_max_waiting_replies: int = MAX_WAITING_REPLIES,
+        on_replies_dropped: Callable[[int], object] | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.fresh = fresh
@@ -78,6 +80,9 @@ class LeaderDetector:
         self.detection: Detection | None = None
         #: NACL return-reject pairing over every replica's candidates (insights on), and what it counted
         self.pairing_lateness_seconds = pairing_lateness_seconds
+        self.pairing_max_waiting_replies = pairing_max_waiting_replies
+        #: told how many unpaired replies a committed slice could not keep waiting (a metric)
+        self.on_replies_dropped = on_replies_dropped
         self.pairing: Pairing | None = None
         self.totals: Totals | None = None
         #: the paired counts' per-ENI cap and idle time (metrics.max_interfaces, metrics.interface_idle_seconds)
@@ -133,6 +138,8 @@ class LeaderDetector:
             raise
         self.detection = detection
         self.pairing, self.totals = pairs.pairing, pairs.totals
+        if pairs.dropped and self.on_replies_dropped is not None:
+            self.on_replies_dropped(pairs.dropped)
         self.alerter.notify(anomalies)
         self.steps += 1
         self.backlog = bool(taken)  # there may be more: look again now (an empty queue waits a tick)
@@ -144,7 +151,7 @@ class LeaderDetector:
         if self.pairing_lateness_seconds is not None:
             lateness = self.pairing_lateness_seconds
             pieces = await self._call(store.snapshots, PREFIX)
-            self.pairing = await asyncio.to_thread(Pairing.restore, pieces, lateness)
+            self.pairing = await asyncio.to_thread(Pairing.restore, pieces, lateness, self.pairing_max_waiting_replies)
             totals = await self._call(store.snapshot, TOTALS_SNAPSHOT)
             self.totals = Totals() if totals is None else Totals.restore(totals, self.clock())
         alerts = await self._call(store.snapshot, ALERTS_SNAPSHOT)
@@ -180,6 +187,8 @@ class _Pairs:
     pieces: Pieces = dataclasses.field(default_factory=Pieces)
     #: the slice counted or forgot something: the totals' snapshot is rewritten (else it is left as it is)
     changed: bool = False
+    #: unpaired replies the slice could not keep waiting (`Paired.dropped`)
+    dropped: int = 0
 
     def __post_init__(self) -> None:
         if self.totals is not None:
@@ -190,6 +199,7 @@ class _Pairs:
         if self.pairing is not None and self.totals is not None:
             self.pairing, paired, pieces = self.pairing.pair(decode_candidates(body))
             self.changed |= self.totals.add(paired, self.max_interfaces, now)
+            self.dropped += paired.dropped
             self.pieces.then(pieces)
 
     def tick(self, now: float) -> None:

@@ -152,3 +152,12 @@ def test_group_commit_bounds_have_defaults_and_bad_ones_fail_naming_the_key() ->
     for key, bad in (("group_commit_max_inputs", 0), ("group_commit_max_bytes", -1), ("group_commit_delay_seconds", 60)):
         with pytest.raises(ConfigError, match=rf"^checkpoint\.{key}: "):
             parse_config({**BASE, "checkpoint": {key: bad}}, {})
+
+
+def test_waiting_nacl_replies_are_capped_per_window_by_default_and_a_bad_cap_names_its_key() -> None:
+    from streamer.aggregate.pairing import MAX_WAITING_REPLIES
+
+    insights = parse_config(BASE, {}).insights
+    assert insights.max_waiting_replies_per_window == MAX_WAITING_REPLIES == 20_000  # the service's and replay's
+    with pytest.raises(ConfigError, match=r"insights\.max_waiting_replies_per_window"):
+        parse_config({**BASE, "insights": {"max_waiting_replies_per_window": -1}}, {})

@@ -219,3 +219,23 @@ async def test_with_windows_on_an_inputs_delta_is_built_on_a_decode_thread_while
     finally:
         pipe.close()
         store.close()
+
+
+async def test_unpaired_replies_beyond_the_cap_of_their_window_are_dropped_and_counted(
+    tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    """Backscatter: replies no request answers. A window keeps at most the cap (one row per ENI and flow, with a
+    count), the rest is counted in streamer_nacl_waiting_replies_dropped_total; a restart keeps the rows."""
+    store = CheckpointStore(tmp_path / "state.db")
+    registry = CollectorRegistry()
+    pairing = Pairing(LATENESS, max_waiting_replies=2)
+    pipe = Pipeline(store.load_state(), Store(store), Telemetry(registry), pool, insights_window_seconds=60, pairing=pairing)
+    cases = [reply(W + 6, port=p) for p in range(50001, 50006)] + [reply(W + 7, port=50001)]
+    assert await pipe.process("s3", delivery("scatter", body(cases))) == "ok"
+    assert registry.get_sample_value("streamer_nacl_waiting_replies_dropped_total") == 3
+    assert pipe.pairing is not None
+    assert [t.num_rows for t in pipe.pairing.replies.values()] == [2]
+    pipe.close()
+    pipe.store.close()
+    again = Pairing.restore(CheckpointStore(tmp_path / "state.db").snapshots(PREFIX), LATENESS, 2)
+    assert sorted(again.replies[W].column("n").to_pylist()) == [1, 2]
