@@ -2,6 +2,7 @@
 
     python bench/soak.py                         # ~1,200 objects: 50,000 distinct ENIs, 1,500 active at a time
     python bench/soak.py --objects 300           # shorter
+    python bench/soak.py --objects 300 --backscatter 20000   # reply-heavy: internet-facing ENIs' backscatter
 
 The service's own parts, in-process, with SQLite: the Pipeline that `streamer
 run` builds (sticky cap, idle expiry, windows and detector, insights), its
@@ -10,6 +11,12 @@ v2 records over a sliding pool of `--active` ENIs that moves by `--shift` per
 object, with event time 2-11 minutes before delivery. A simulated clock runs
 `--seconds-per-object` per object (72 s: 1,200 objects make a day), so
 interface expiry, windows and baselines see a day go by in minutes.
+
+With `--backscatter N`, each object also holds N rejects to an ephemeral port
+from a low one (SYN-ACKs and RSTs answering spoofed SYNs) on the internet-facing
+tenth of the active ENIs: NACL return-reject candidates no request ever
+answers, so they wait in the pairing state (at most `--max-waiting-replies`
+rows per window) until their window falls out of the lateness.
 
 Every `--every` objects it prints RSS, mean commit ms (the store transaction,
 and the whole object), the store's file size, the series count and the
@@ -26,6 +33,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,12 +50,13 @@ from streamer.aggregate import insights as ins  # noqa: E402
 from streamer.aggregate.anomaly import Settings  # noqa: E402
 from streamer.aggregate.detection import Detection  # noqa: E402
 from streamer.aggregate.eventtime import EventClock  # noqa: E402
+from streamer.aggregate.pairing import PREFIX, Pairing  # noqa: E402
 from streamer.aggregate.state import FlowState  # noqa: E402
 from streamer.export.metrics import DetectionCollector, FlowCollector, InsightsCollector  # noqa: E402
 from streamer.export.telemetry import Telemetry  # noqa: E402
 from streamer.pipeline import Pipeline, Store  # noqa: E402
 from streamer.sources.base import Delivery, single_chunk  # noqa: E402
-from streamer.store.base import Done  # noqa: E402
+from streamer.store.base import Commit, Done, Refused  # noqa: E402
 from streamer.store.sqlite import CheckpointStore  # noqa: E402
 
 FIELDS = "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status"
@@ -69,8 +78,41 @@ def eni(i: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise("eni-", pc.utf8_lpad(pc.cast(pa.array(i), pa.string()), 17, "0"), "")
 
 
-def make_object(n: int, first: int, active: int, now: float, rng: np.random.Generator) -> bytes:
-    """`n` v2 records over ENIs [first, first+active), ending 2-11 minutes before `now`."""
+def make_object(n: int, first: int, active: int, now: float, rng: np.random.Generator, backscatter: int = 0) -> bytes:
+    """`n` v2 records over ENIs [first, first+active), ending 2-11 minutes before `now`; and `backscatter`
+    unanswered replies rejected on the first tenth of those ENIs (the internet-facing ones)."""
+    lines = _records(n, first, active, now, rng)
+    if backscatter:
+        lines = pa.concat_arrays([lines, _backscatter(backscatter, first, max(1, active // 10), now, rng)])
+    return gzip.compress((FIELDS + "\n" + "\n".join(lines.to_pylist()) + "\n").encode(), 1)
+
+
+def _backscatter(n: int, first: int, facing: int, now: float, rng: np.random.Generator) -> pa.Array:
+    """Replies from random internet hosts' service ports to the ENIs' ephemeral ports, rejected by the NACL."""
+    idx = first + rng.integers(0, facing, n)
+    end = (now - rng.integers(120, 660, n)).astype(np.int64)
+    text = lambda a: pc.cast(pa.array(a), pa.string())  # noqa: E731
+    octet = lambda: text(rng.integers(1, 255, n))  # noqa: E731
+    cols = [
+        pa.array(np.full(n, "2")),
+        pa.array(np.full(n, "123456789012")),
+        eni(idx),
+        pc.binary_join_element_wise(octet(), octet(), octet(), octet(), "."),
+        pc.binary_join_element_wise("10.1.", text(idx % 255), ".", text(idx % 251 + 1), ""),
+        text(np.array([80, 443, 22, 53])[rng.integers(0, 4, n)]),
+        text(rng.integers(1024, 65535, n)),
+        pa.array(np.full(n, "6")),
+        pa.array(np.full(n, "1")),
+        pa.array(np.full(n, "40")),
+        text(end - 60),
+        text(end),
+        pa.array(np.full(n, "REJECT")),
+        pa.array(np.full(n, "OK")),
+    ]
+    return pc.binary_join_element_wise(*cols, " ")
+
+
+def _records(n: int, first: int, active: int, now: float, rng: np.random.Generator) -> pa.Array:
     idx = first + rng.integers(0, active, n)
     end = (now - rng.integers(120, 660, n)).astype(np.int64)
     roll = rng.random(n)
@@ -95,8 +137,7 @@ def make_object(n: int, first: int, active: int, now: float, rng: np.random.Gene
         flow(pc.if_else(pa.array(reject), pa.scalar("REJECT"), pa.scalar("ACCEPT"))),
         pc.if_else(pa.array(nodata), pa.scalar("NODATA"), pa.scalar("OK")),
     ]
-    lines = pc.binary_join_element_wise(*cols, " ")
-    return gzip.compress((FIELDS + "\n" + "\n".join(lines.to_pylist()) + "\n").encode(), 1)
+    return pc.binary_join_element_wise(*cols, " ")
 
 
 def deep_size(d: dict[object, object]) -> int:
@@ -142,6 +183,16 @@ def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str]
     return out
 
 
+class CountingStore(CheckpointStore):
+    """The real SQLite store; counts the bytes of NACL pairing pieces each transaction writes."""
+
+    pairing_bytes = 0
+
+    def commit_group(self, changes: Sequence[Commit]) -> list[Refused]:
+        self.pairing_bytes += sum(len(v) for c in changes for n, v in c.snapshots.items() if n.startswith(PREFIX))
+        return super().commit_group(changes)
+
+
 class Watch:
     """Per series: did a counter ever go down? A series may vanish only with its (forgotten) interface."""
 
@@ -164,8 +215,9 @@ async def soak(args: argparse.Namespace, workdir: Path) -> list[dict[str, float]
     sim = [1_764_000_000.0]
     clock = lambda: sim[0]  # noqa: E731
     settings = Settings(window_seconds=60, idle_seconds=args.baseline_idle_seconds or args.idle_seconds)
-    store = CheckpointStore(workdir / "state.db")
-    detection = Detection.create(settings, 120, EventClock(120, 600, True, frozenset({SOURCE}), started_at=sim[0]))
+    store = CountingStore(workdir / "state.db")
+    late = args.lateness_seconds
+    detection = Detection.create(settings, late, EventClock(late, 600, True, frozenset({SOURCE}), started_at=sim[0]))
     registry = CollectorRegistry()
     telemetry = Telemetry(registry)
     pool = ThreadPoolExecutor(2)
@@ -180,6 +232,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> list[dict[str, float]
         interface_idle_seconds=args.idle_seconds,
         clock=clock,
         insights_window_seconds=60,
+        pairing=Pairing(late, max_waiting_replies=args.max_waiting_replies),
     )
     registry.register(FlowCollector(lambda: pipe.state, args.max_interfaces))
     registry.register(InsightsCollector(lambda: pipe.state, 0.045))
@@ -190,14 +243,16 @@ async def soak(args: argparse.Namespace, workdir: Path) -> list[dict[str, float]
     commit_ms: list[float] = []
     object_ms: list[float] = []
     last_commit = (0.0, 0)
+    last_pairing = (0, 0)
     started = time.perf_counter()
     print(
         f"{'objects':>7} {'sim h':>6} {'distinct':>8} {'RSS MB':>7} {'commit ms':>9} {'object ms':>9} "
-        f"{'store MB':>8} {'series':>7} {'members':>7} {'baselines':>9} {'snap KB':>7} {'decreased':>9}"
+        f"{'store MB':>8} {'series':>7} {'members':>7} {'baselines':>9} {'snap KB':>7} {'decreased':>9} "
+        f"{'waiting':>7} {'dropped':>8} {'pair KB':>7} {'pair w KB':>9}"
     )
     for i in range(args.objects):
         sim[0] += args.seconds_per_object
-        body = make_object(args.records, i * args.shift, args.active, sim[0], rng)
+        body = make_object(args.records, i * args.shift, args.active, sim[0], rng, args.backscatter)
         delivery = Delivery(f"soak/{i}", lambda b=body: single_chunk(b), [Done("s3", f"soak/{i}")], arrived_at=sim[0])
         t0 = time.perf_counter()
         await pipe.process(SOURCE, delivery)
@@ -227,12 +282,19 @@ async def soak(args: argparse.Namespace, workdir: Path) -> list[dict[str, float]
                 "baselines": det.detector.baseline_table.num_rows,
                 "snapshot_kb": len(det.snapshot()) / 1024,
                 "decreased": len(watch.decreased),
+                "waiting": sum(t.num_rows for t in pipe.pairing.replies.values()) if pipe.pairing else 0,
+                "dropped": registry.get_sample_value("streamer_nacl_waiting_replies_dropped_total") or 0,
+                "pairing_kb": sum(len(v) for v in store.snapshots(PREFIX).values()) / 1024,
+                # pairing pieces written per commit, over the last `every` objects
+                "pairing_written_kb": (store.pairing_bytes - last_pairing[0]) / 1024 / max(1, count - last_pairing[1]),
             }
+            last_pairing = (store.pairing_bytes, count)
             rows.append(row)
             print(
                 f"{row['objects']:>7.0f} {row['sim_hours']:>6.1f} {row['distinct']:>8.0f} {row['rss_mb']:>7.0f} "
                 f"{row['commit_ms']:>9.1f} {row['object_ms']:>9.1f} {row['store_mb']:>8.1f} {row['series']:>7.0f} "
-                f"{row['members']:>7.0f} {row['baselines']:>9.0f} {row['snapshot_kb']:>7.0f} {row['decreased']:>9.0f}",
+                f"{row['members']:>7.0f} {row['baselines']:>9.0f} {row['snapshot_kb']:>7.0f} {row['decreased']:>9.0f} "
+                f"{row['waiting']:>7.0f} {row['dropped']:>8.0f} {row['pairing_kb']:>7.0f} {row['pairing_written_kb']:>9.0f}",
                 flush=True,
             )
     held, memory, disk = footprint(pipe, store)
@@ -289,6 +351,9 @@ def main() -> None:
     parser.add_argument("--retention-seconds", type=float, default=60.0, help="done keys kept (wall clock)")
     parser.add_argument("--prune-every", type=int, default=50)
     parser.add_argument("--every", type=int, default=50)
+    parser.add_argument("--backscatter", type=int, default=0, help="unanswered rejected replies per object")
+    parser.add_argument("--lateness-seconds", type=int, default=120, help="anomaly.lateness_seconds (windows and pairing)")
+    parser.add_argument("--max-waiting-replies", type=int, default=20_000, help="insights.max_waiting_replies_per_window")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(soak(args, Path(tmp)))
