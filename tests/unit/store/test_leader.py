@@ -66,3 +66,15 @@ def test_the_first_slice_after_restoring_a_snapshot_without_membership_rewrites_
     assert step.totals is not None
     assert not step.totals.stale
     assert slice_of(_Pairs(step.pairing, step.totals, 2, 100), [], now=30.0) == {}
+
+
+def test_a_slice_counts_the_waiting_replies_its_pairing_dropped() -> None:
+    """The leader pairs every replica's candidates under the same cap per window; what it drops reaches the
+    metric through `LeaderDetector.on_replies_dropped` once the slice is committed."""
+    unanswered = delta([reply(W + 1, 50000 + k) for k in range(5)])
+    assert unanswered.pairs is not None
+    step = _Pairs(Pairing(LATENESS, max_waiting_replies=2), Totals(), 2, 100)
+    slice_of(step, [encode_candidates(unanswered.pairs)] * 2, now=1000.0)
+    assert step.dropped == 3 + 3  # each input: three find no room (the second input's other two count up their rows)
+    assert step.pairing is not None
+    assert sorted(step.pairing.replies[W].column("n").to_pylist()) == [2, 2]
