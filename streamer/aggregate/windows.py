@@ -69,8 +69,7 @@ SUBNETS = pa.schema(
         ("seen", pa.float64()),
     ]
 )
-#: per VPC, the rejected records of its subnets forgotten so far (its total never goes down)
-VPCS = pa.schema([("vpc_id", pa.string()), ("rejected_records", pa.int64())])
+
 #: Columns of a decoded table that windows read.
 COLUMNS = ("interface-id", "action", "start", "end", "packets", "bytes", "srcaddr", "dstport", "vpc-id", "subnet-id")
 #: Whether batches' stats are counted on integer codes (`_stats_dense`); STREAMER_DENSE=0 forces Arrow's
@@ -418,8 +417,8 @@ class Windows:
     future_records: int = 0
     #: wall-clock seconds after which a subnet with nothing counted is forgotten
     idle_seconds: float = 86400
-    #: rejected records of forgotten subnets, per VPC that still has others
-    vpcs: pa.Table = dataclasses.field(default_factory=VPCS.empty_table)
+    #: rejected records of forgotten subnets, per VPC that still has others (its total never goes down)
+    vpcs: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def lateness_seconds(self) -> int:
@@ -510,29 +509,34 @@ class Windows:
         if not pc.any(idle).as_py():
             return self
         gone, kept = self.subnets.filter(idle), self.subnets.filter(pc.invert(idle))
-        carried = gone.group_by(["vpc_id"], use_threads=False).aggregate([("rejected_records", "sum")])
-        carried = carried.rename_columns(["vpc_id", "rejected_records"]).select(VPCS.names).cast(VPCS)
-        vpcs = _fold([self.vpcs, carried], ["vpc_id"], ["rejected_records"], VPCS)
-        vpcs = vpcs.filter(pc.is_in(vpcs.column("vpc_id"), kept.column("vpc_id")))  # a VPC with no subnet left goes
-        return dataclasses.replace(self, subnets=kept, vpcs=vpcs)
+        vpcs = dict(self.vpcs)
+        for vpc, n in zip(gone.column("vpc_id").to_pylist(), gone.column("rejected_records").to_pylist(), strict=True):
+            vpcs[vpc] = vpcs.get(vpc, 0) + n
+        still = set(kept.column("vpc_id").to_pylist())  # a VPC with no subnet left goes
+        return dataclasses.replace(self, subnets=kept, vpcs={vpc: n for vpc, n in vpcs.items() if vpc in still})
 
     def vpc_rejected_records(self) -> dict[str, int]:
         """Rejected records per VPC: its subnets' and its forgotten subnets' (never goes down while it is held)."""
-        out: dict[str, int] = {}
-        for table in (self.subnets, self.vpcs):
-            for vpc, n in zip(table.column("vpc_id").to_pylist(), table.column("rejected_records").to_pylist(), strict=True):
-                out[vpc] = out.get(vpc, 0) + n
+        out = dict(self.vpcs)
+        subnets = self.subnets
+        for vpc, n in zip(subnets.column("vpc_id").to_pylist(), subnets.column("rejected_records").to_pylist(), strict=True):
+            out[vpc] = out.get(vpc, 0) + n
         return out
 
     # --- snapshot -------------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        parts = [to_ipc(t) for t in (self.stats, self.sources, self.ports, self.subnets, self.vpcs)]
+        # The subnets' times and the VPCs' carried totals go in the head, not in the tables: a replica on older
+        # code (a rolling upgrade) reads this snapshot too, and its tables must keep their old shape.
+        subnets = self.subnets.drop_columns(["seen"])
+        parts = [to_ipc(t) for t in (self.stats, self.sources, self.ports, subnets)]
         meta = {
             "clock": self.clock.snapshot(),
             "late_records": self.late_records,
             "future_records": self.future_records,
             "sizes": [len(p) for p in parts],
+            "subnet_seen": self.subnets.column("seen").to_pylist(),
+            "vpcs": self.vpcs,
         }
         return orjson.dumps(meta) + b"\n" + b"".join(parts)
 
@@ -554,9 +558,11 @@ class Windows:
         for size in meta["sizes"]:
             tables.append(pa.ipc.open_stream(rest[pos : pos + size]).read_all())
             pos += size
-        stats, sources, ports, subnets = tables[:4]
-        if "seen" not in subnets.column_names:  # a snapshot from before subnets were forgotten: seen now
-            subnets = subnets.append_column("seen", pa.array(np.full(subnets.num_rows, now, np.float64)))
+        stats, sources, ports, subnets = tables
+        seen = meta.get("subnet_seen")
+        if seen is None or len(seen) != subnets.num_rows:  # written before subnets were forgotten: seen now
+            seen = np.full(subnets.num_rows, now, np.float64)
+        subnets = subnets.select([n for n in SUBNETS.names if n != "seen"]).append_column("seen", pa.array(seen, pa.float64()))
         return cls(
             window_seconds,
             clock.restored(doc, now),
@@ -567,7 +573,7 @@ class Windows:
             late_records=meta["late_records"],
             future_records=meta.get("future_records", 0),
             idle_seconds=idle_seconds,
-            vpcs=tables[4].cast(VPCS) if len(tables) > 4 else VPCS.empty_table(),
+            vpcs={str(k): int(v) for k, v in meta.get("vpcs", {}).items()},
         )
 
 

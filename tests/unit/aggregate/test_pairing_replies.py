@@ -150,3 +150,20 @@ def test_pieces_of_a_window_mostly_paired_are_rewritten_as_one() -> None:
     replies = [n for n in stored if n.startswith(f"{PREFIX}w/{W:012d}/") and "/q" not in n]
     assert len(replies) == 1  # one piece holding the 100, not 3,000 rows and 2,900 paired hashes
     assert waiting(Pairing.restore(stored, LATENESS, 10_000)) == waiting(pairing) == {W: dict.fromkeys(range(2900, 3000), 1)}
+
+
+def test_every_reply_piece_is_whole_8_byte_words_so_the_release_before_reads_it_without_failing() -> None:
+    """A rolling upgrade can hand the fleet's leader lease back to a replica on the release before, which reads
+    every piece but `r` as 8-byte request hashes: a piece of any other length would fail its restore (and its
+    every step). Arrow's IPC stream pads to 8 bytes; the paired hashes are 8 bytes each. (Its requests read
+    from them never match a real reply's hash; the waiting replies it does not see pair again once the lease
+    is back on this release.)"""
+    pairing, stored = Pairing(LATENESS, max_waiting_replies=5), {}
+    for i, keys in enumerate([[1], [2, 3, 4], [5, 6, 7, 8, 9, 10]]):
+        pairing, _, pieces = pairing.pair(backscatter(W + 60 * i, np.asarray(keys)))
+        commit(stored, pieces)
+    pairing, _, pieces = pairing.pair(requests(W + 60, [2, 3]))
+    commit(stored, pieces)
+    reply_pieces = {n: v for n, v in stored.items() if "/r" in n or "/p" in n}
+    assert len(reply_pieces) == 4
+    assert all(len(v) % 8 == 0 for v in reply_pieces.values())
