@@ -103,3 +103,38 @@ async def test_metrics_speaks_openmetrics_and_gzip_when_asked_and_has_no_created
             assert "_created" not in body
     finally:
         await runner.cleanup()
+
+
+def test_an_idle_subnet_s_series_go_and_its_vpc_s_total_stays() -> None:
+    """vpcflow_subnet_* follow the active subnets (forgotten after metrics.interface_idle_seconds, as ENIs);
+    vpcflow_vpc_rejected_records_total keeps the forgotten subnet's records: it never goes down."""
+    from streamer.aggregate.anomaly import Settings
+    from streamer.aggregate.detection import Detection
+    from streamer.aggregate.windows import WindowBatch, window_batch
+    from streamer.export.metrics import DetectionCollector
+
+    def rejects(subnet: str, n: int) -> list[WindowBatch]:
+        table = pa.table(
+            {
+                "interface-id": [f"eni-{subnet}"] * n,
+                "action": ["REJECT"] * n,
+                "end": pa.array([1000] * n, pa.int64()),
+                "bytes": pa.array([40] * n, pa.int64()),
+                "vpc-id": ["vpc-1"] * n,
+                "subnet-id": [subnet] * n,
+            }
+        )
+        return [window_batch(table, 60)]
+
+    det = Detection.create(Settings(window_seconds=60, idle_seconds=3600), 0)
+    registry = CollectorRegistry()
+    registry.register(DetectionCollector(lambda: det))
+    det, _ = det.advance(rejects("subnet-a", 3), now=0.0)
+    det, _ = det.advance(rejects("subnet-b", 2), now=1800.0)
+    before = samples(registry)
+    assert before[("vpcflow_subnet_rejected_records_total", (("subnet_id", "subnet-a"), ("vpc_id", "vpc-1")))] == 3
+    assert before[("vpcflow_vpc_rejected_records_total", (("vpc_id", "vpc-1"),))] == 5
+    det, _ = det.advance(rejects("subnet-b", 1), now=3600.0)  # subnet-a: nothing for an hour
+    after = samples(registry)
+    assert ("vpcflow_subnet_rejected_records_total", (("subnet_id", "subnet-a"), ("vpc_id", "vpc-1"))) not in after
+    assert after[("vpcflow_vpc_rejected_records_total", (("vpc_id", "vpc-1"),))] == 6
