@@ -280,9 +280,17 @@ class Service:
     def _settings(self) -> Settings:
         cfg = self.config.anomaly
         idle = self.config.metrics.interface_idle_seconds  # baselines go with their ENI's series
-        return Settings(
+        settings = Settings(
             cfg.window_seconds, cfg.score_threshold, cfg.min_rejected_records, cfg.warmup_windows, cfg.baseline_alpha, idle
         )
+        if settings.baseline_idle_seconds > idle:
+            log.info(
+                "metrics.interface_idle_seconds (%g) is shorter than the warm-up (anomaly.warmup_windows x window_seconds):"
+                " detector baselines are kept %g s, or bursty ENIs would never warm up",
+                idle,
+                settings.baseline_idle_seconds,
+            )
+        return settings
 
     def event_clock(self) -> EventClock:
         """Live event time over the configured sources (see aggregate/eventtime.py)."""
