@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.aggregate import pairing as pairing_module
-from streamer.aggregate.pairing import PREFIX, REPLIES, Candidates, Pairing, _encode_replies
+from streamer.aggregate.pairing import PREFIX, REPLIES, Candidates, Pairing, Pieces, _encode_replies
 from tests.unit.aggregate.test_pairing import ENI, LATENESS, W, commit, delta, nacl, reply, request, run
 
 
@@ -114,27 +114,33 @@ def test_a_checkpoint_with_one_reply_piece_per_window_restores_and_carries_on() 
     ),
     cap=st.integers(1, 6),
     compact=st.sampled_from([0, 2, 1024]),
+    every=st.integers(1, 3),
 )
 def test_the_pieces_restore_exactly_what_the_live_state_holds(
-    steps: list[tuple[bool, int, list[int]]], cap: int, compact: int
+    steps: list[tuple[bool, int, list[int]]], cap: int, compact: int, every: int
 ) -> None:
-    """Any order of requests and replies, any cap, pieces compacted often or never: after every commit, a
-    state restored from the pieces holds the same waiting replies, and pairs and drops the same after."""
+    """Any order of requests and replies, any cap, pieces compacted often or never, steps committed one by one
+    or `every` few together (their pieces folded, as a group commit or a leader's slice does): after every
+    commit, a state restored from the pieces holds the same waiting replies, and pairs and drops the same."""
     old = pairing_module.COMPACT_ROWS
     pairing_module.COMPACT_ROWS = compact
     try:
         live = Pairing(120, max_waiting_replies=cap)
         restarted = live
         stored: dict[str, bytes] = {}
-        for is_request, window, keys in steps:
+        pending = Pieces()
+        for i, (is_request, window, keys) in enumerate(steps):
             w = W + 60 * window
             found = requests(w, keys) if is_request else backscatter(w, np.asarray(keys))
             live, paired_live, _ = live.pair(found)
             restarted, paired, pieces = restarted.pair(found)
             assert (paired.counts, paired.dropped) == (paired_live.counts, paired_live.dropped)
-            commit(stored, pieces)
-            restarted = Pairing.restore(stored, 120, cap)
-            assert waiting(restarted) == waiting(live)
+            pending.then(pieces)
+            if (i + 1) % every == 0 or i + 1 == len(steps):
+                commit(stored, pending)
+                pending = Pieces()
+                restarted = Pairing.restore(stored, 120, cap)
+                assert waiting(restarted) == waiting(live)
             assert all(t.num_rows <= cap for t in live.replies.values())
     finally:
         pairing_module.COMPACT_ROWS = old
