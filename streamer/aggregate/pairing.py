@@ -24,9 +24,9 @@ lateness are dropped: a record that late is late for the detector too.
 
 The state is committed with the counters as snapshot pieces (see `Pieces`):
 each commit appends only the requests it adds (`pairing/w/<window>/q<seq>`),
-the reply rows it adds or counts up (`.../r<seq>`) and the hashes of the
-waiting replies it paired (`.../p<seq>`, 8 bytes each), and drops old windows
-by name prefix. A window whose reply pieces hold more than twice its rows
+the reply rows it adds or counts up (`.../r<seq>`) and the row keys (ENI
+and hash, 8 bytes each) of the waiting replies it paired (`.../p<seq>`), and
+drops old windows by name prefix. A window whose reply pieces hold more than twice its rows
 (plus `COMPACT_ROWS`) has them rewritten as one `r<seq>`. So a kill -9 loses
 nothing, a retried input (not committed, or a duplicate) pairs nothing twice,
 and a commit writes what its input changed, not the whole state. (A
@@ -546,7 +546,7 @@ class Pairing:
     seq: int = 0
     #: rows a window holds at most in `replies` (newcomers beyond it are dropped, counted in `Paired.dropped`)
     max_waiting_replies: int = MAX_WAITING_REPLIES
-    #: window -> rows its reply pieces hold in the store (appended rows and paired hashes): past twice what it
+    #: window -> rows its reply pieces hold in the store (appended rows and paired row keys): past twice what it
     #: holds, the window's reply pieces are rewritten as one
     written: dict[int, int] = dataclasses.field(default_factory=dict)
 
@@ -577,16 +577,17 @@ class Pairing:
         if hit.any():
             _tally(rep.filter(pa.array(hit)), np.ones(int(hit.sum()), np.int64), counts, examples)
         # Replies waiting from earlier inputs against the requests this one added: every waiting reply at
-        # once against each window added (a few numpy calls per window added, not per pair of windows); they go.
-        paired_hashes: dict[int, np.ndarray] = {}
+        # once against each window added (a few numpy calls per window added, not per pair of windows); their
+        # rows go.
+        paired_rows: dict[int, np.ndarray] = {}
         late_by_window = _late(self.replies, added, lateness) if added and self.replies else {}
         for w, late in late_by_window.items():
             table = self.replies[w]
             _tally(table.filter(pa.array(late)), np.asarray(table.column("n").to_numpy())[late], counts, examples)
             replies[w] = table.filter(pa.array(~late))
-            paired_hashes[w] = _hashes(table)[late]
-        # Replies that found nothing wait in their window: a row per hash with a count, newcomers only while
-        # the window holds fewer than `max_waiting_replies` rows (the rest are dropped and counted).
+            paired_rows[w] = _row_keys(table.column("eni").filter(pa.array(late)), _hashes(table)[late])
+        # Replies that found nothing wait in their window: a row per (ENI, hash) with a count, newcomers only
+        # while the window holds fewer than `max_waiting_replies` rows (the rest are dropped and counted).
         appended: dict[int, pa.Table] = {}
         dropped = 0
         unpaired = np.flatnonzero(~hit)
@@ -597,7 +598,7 @@ class Pairing:
             for start, end in zip([0, *cuts.tolist()], [*cuts.tolist(), len(unpaired)], strict=True):
                 w = int(waiting_windows[start])
                 rows = unpaired[start:end]
-                held, add, lost = _wait(replies.get(w), rows, rep_h[rows], rep, self.max_waiting_replies)
+                held, add, lost = _wait(replies.get(w), rep.take(int_array(rows)), rep_h[rows], self.max_waiting_replies)
                 dropped += lost
                 if add is not None:
                     replies[w], appended[w] = held, add
@@ -612,7 +613,7 @@ class Pairing:
         for q, new in added.items() if write else ():
             if q >= floor and len(new):
                 pieces.snapshots[f"{_window_prefix(q)}q{self.seq:012d}"] = new.tobytes()
-        for w in {*paired_hashes, *appended}:
+        for w in {*paired_rows, *appended}:
             if w < floor:
                 continue
             prefix = _window_prefix(w)
@@ -621,7 +622,7 @@ class Pairing:
                 written.pop(w, None)
                 pieces.drop.extend([f"{prefix}r", f"{prefix}p"])
                 continue
-            gone, add = paired_hashes.get(w), appended.get(w)
+            gone, add = paired_rows.get(w), appended.get(w)
             written[w] = written.get(w, 0) + (0 if gone is None else len(gone)) + (0 if add is None else add.num_rows)
             if written[w] > 2 * replies[w].num_rows + COMPACT_ROWS:  # rewritten as one piece: what it holds
                 written[w] = replies[w].num_rows
@@ -646,7 +647,7 @@ class Pairing:
     @classmethod
     def restore(cls, pieces: dict[str, bytes], lateness_seconds: int, max_waiting_replies: int = MAX_WAITING_REPLIES) -> Pairing:
         """The state from the pieces committed under `PREFIX` (none: an empty state). A window's reply pieces
-        apply in step order (a step's paired hashes before its appended rows); a checkpoint written before
+        apply in step order (a step's paired rows before its appended rows); a checkpoint written before
         they were appended holds one piece `r` per window, a row per reply, which comes first."""
         if META not in pieces:
             return cls(lateness_seconds, max_waiting_replies=max_waiting_replies)
@@ -670,7 +671,7 @@ class Pairing:
             for _, kind, blob in sorted(found, key=lambda step: step[:2]):
                 if kind == 0:
                     gone = np.frombuffer(blob, np.uint64)
-                    tables = [t.filter(pa.array(~np.isin(_hashes(t), gone))) for t in tables]
+                    tables = [t.filter(pa.array(~np.isin(_row_keys(t.column("eni"), _hashes(t)), gone))) for t in tables]
                     written[window] = written.get(window, 0) + len(gone)
                 else:
                     table = pa.ipc.open_stream(blob).read_all().cast(REPLIES)
@@ -689,50 +690,58 @@ COMPACT_ROWS = 1024
 
 
 def _fold_replies(tables: list[pa.Table]) -> pa.Table:
-    """Reply rows as one row per hash: counts summed, the first ENI and example kept."""
+    """Reply rows as one row per (ENI, hash): counts summed, the first example kept."""
     tables = [t for t in tables if t.num_rows]
     if not tables:
         return REPLIES.empty_table()
     table = pa.concat_tables(tables)
     hashes = _hashes(table)
-    keys, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    keys, first, inverse = np.unique(_row_keys(table.column("eni"), hashes), return_index=True, return_inverse=True)
     if len(keys) == len(hashes):
         return table.combine_chunks()
     n = np.zeros(len(keys), np.int64)
     np.add.at(n, inverse, np.asarray(table.column("n").to_numpy(), np.int64))
     order = np.argsort(first, kind="stable")  # rows in the order they first came
-    rows = pa.array(first[order])
-    return _reply_rows(table, rows, keys[order], n[order])
+    rows = first[order]
+    return _reply_rows(table, pa.array(rows), hashes[rows], n[order])
 
 
-def _reply_rows(text: pa.Table, rows: pa.Array, keys: np.ndarray, n: np.ndarray) -> pa.Table:
+def _reply_rows(text: pa.Table, rows: pa.Array, hashes: np.ndarray, n: np.ndarray) -> pa.Table:
     """`REPLIES` rows: the ENI and example of `rows` of `text`, with their hashes and counts."""
     eni, example = text.column("eni").take(rows), text.column("example").take(rows)
-    return pa.table([eni, pa.array(keys, pa.uint64()), pa.array(n, pa.int64()), example], schema=REPLIES)
+    return pa.table([eni, pa.array(hashes, pa.uint64()), pa.array(n, pa.int64()), example], schema=REPLIES)
 
 
 def _hashes(table: pa.Table) -> np.ndarray:
     return np.asarray(table.column("hash").to_numpy(), np.uint64)
 
 
-def _wait(
-    held: pa.Table | None, rows: np.ndarray, hashes: np.ndarray, text: pa.Table, limit: int
-) -> tuple[pa.Table, pa.Table | None, int]:
-    """One window's unpaired replies (`rows` of `text`, their `hashes`, in arrival order) added to what waits
-    there: a hash already held counts up its row; a new one gets a row while the window has room.
+def _row_keys(eni: pa.ChunkedArray | pa.Array, hashes: np.ndarray) -> np.ndarray:
+    """What names a waiting reply's row: its ENI and its hash, mixed into 64 bits. (The candidates' hash
+    covers the ENI already, `_key`; rows that arrive with the same hash under another ENI stay apart all the
+    same, each counted under its own ENI.)"""
+    with np.errstate(over="ignore"):
+        mixed = _strings_hash(eni) * _K[0]  # a new array: mixed in place
+        mixed += hashes
+        return _mix(mixed)
+
+
+def _wait(held: pa.Table | None, text: pa.Table, hashes: np.ndarray, limit: int) -> tuple[pa.Table, pa.Table | None, int]:
+    """One window's unpaired replies (`text`'s rows, their `hashes`, in arrival order) added to what waits
+    there: an (ENI, hash) already held counts up its row; a new one gets a row while the window has room.
     Returns the window's rows, the rows to append to its pieces (None: nothing changed) and the replies
     dropped."""
-    keys, first, n = np.unique(hashes, return_index=True, return_counts=True)
+    keys, first, n = np.unique(_row_keys(text.column("eni"), hashes), return_index=True, return_counts=True)
     order = np.argsort(first, kind="stable")  # first come, first kept
     keys, first, n = keys[order], first[order], n[order]
     known = np.zeros(len(keys), bool)
     size = 0 if held is None else held.num_rows
     if size:
         assert held is not None
-        held_hashes = _hashes(held)
-        by_hash = np.argsort(held_hashes, kind="stable")
-        at = np.searchsorted(held_hashes, keys, sorter=by_hash).clip(0, size - 1)
-        known = held_hashes[by_hash[at]] == keys
+        held_keys = _row_keys(held.column("eni"), _hashes(held))
+        by_key = np.argsort(held_keys, kind="stable")
+        at = np.searchsorted(held_keys, keys, sorter=by_key).clip(0, size - 1)
+        known = held_keys[by_key[at]] == keys
     fresh = np.flatnonzero(~known)
     room = max(0, limit - size)
     kept = np.concatenate([np.flatnonzero(known), fresh[:room]])
@@ -740,13 +749,12 @@ def _wait(
     if not len(kept):
         return held if held is not None else REPLIES.empty_table(), None, lost
     kept.sort()
-    at_rows = pa.array(rows[first[kept]])
-    add = _reply_rows(text, at_rows, keys[kept], n[kept])
+    add = _reply_rows(text, pa.array(first[kept]), hashes[first[kept]], n[kept])
     if not size:
         return add, add, lost
     assert held is not None
     counts = np.asarray(held.column("n").to_numpy(), np.int64).copy()
-    np.add.at(counts, by_hash[at[known]], n[known])
+    np.add.at(counts, by_key[at[known]], n[known])
     new_rows = add.filter(pa.array(~known[kept]))
     return pa.concat_tables([held.set_column(2, "n", pa.array(counts)), new_rows]).combine_chunks(), add, lost
 

@@ -31,6 +31,20 @@ def test_the_same_reply_again_counts_up_its_row_and_pairs_as_many() -> None:
     assert not pairing.replies
 
 
+def test_a_row_is_an_eni_and_a_hash_the_same_hash_under_two_enis_stays_two_rows() -> None:
+    """The candidates' hash covers the ENI; a wire input may still carry one hash under two ENIs: each is
+    counted under its own."""
+    text = pa.table({"eni": ["eni-1", "eni-2", "eni-1"], "example": ["a", "b", "c"]})
+    found = Candidates([], np.full(3, W, np.int64), np.full(3, 7, np.uint64), text)
+    pairing, _, _ = Pairing(LATENESS).pair(found)
+    assert sorted(zip(*(pairing.replies[W].column(c).to_pylist() for c in ("eni", "n")), strict=True)) == [
+        ("eni-1", 2),
+        ("eni-2", 1),
+    ]
+    _, paired, _ = pairing.pair(requests(W, [7]))
+    assert paired.counts == {"eni-1": 2, "eni-2": 1}
+
+
 def test_a_window_holds_at_most_its_cap_and_counts_what_it_drops() -> None:
     pairing = Pairing(LATENESS, max_waiting_replies=3)
     d = delta([reply(W + 6, port=p) for p in range(50001, 50006)])
