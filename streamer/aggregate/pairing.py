@@ -703,13 +703,14 @@ def _fold_replies(tables: list[pa.Table]) -> pa.Table:
     np.add.at(n, inverse, np.asarray(table.column("n").to_numpy(), np.int64))
     order = np.argsort(first, kind="stable")  # rows in the order they first came
     rows = first[order]
-    return _reply_rows(table, pa.array(rows), hashes[rows], n[order])
+    return _reply_rows(table, int_array(rows), hashes[rows], n[order])
 
 
 def _reply_rows(text: pa.Table, rows: pa.Array, hashes: np.ndarray, n: np.ndarray) -> pa.Table:
     """`REPLIES` rows: the ENI and example of `rows` of `text`, with their hashes and counts."""
     eni, example = text.column("eni").take(rows), text.column("example").take(rows)
-    return pa.table([eni, pa.array(hashes, pa.uint64()), pa.array(n, pa.int64()), example], schema=REPLIES)
+    keys, counts = int_array(np.asarray(hashes, np.uint64)), int_array(np.asarray(n, np.int64))  # no pa.array: numpy.ma
+    return pa.table([eni, keys, counts, example], schema=REPLIES)
 
 
 def _hashes(table: pa.Table) -> np.ndarray:
@@ -749,14 +750,14 @@ def _wait(held: pa.Table | None, text: pa.Table, hashes: np.ndarray, limit: int)
     if not len(kept):
         return held if held is not None else REPLIES.empty_table(), None, lost
     kept.sort()
-    add = _reply_rows(text, pa.array(first[kept]), hashes[first[kept]], n[kept])
+    add = _reply_rows(text, int_array(first[kept]), hashes[first[kept]], n[kept])
     if not size:
         return add, add, lost
     assert held is not None
     counts = np.asarray(held.column("n").to_numpy(), np.int64).copy()
     np.add.at(counts, by_key[at[known]], n[known])
     new_rows = add.filter(pa.array(~known[kept]))
-    return pa.concat_tables([held.set_column(2, "n", pa.array(counts)), new_rows]).combine_chunks(), add, lost
+    return pa.concat_tables([held.set_column(2, "n", int_array(counts)), new_rows]).combine_chunks(), add, lost
 
 
 def _late(waiting: dict[int, pa.Table], added: dict[int, np.ndarray], lateness: int) -> dict[int, np.ndarray]:
