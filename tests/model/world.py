@@ -56,7 +56,7 @@ VISIBILITY = 30
 #: real seconds each step lets the service run before the invariants are checked
 STEP_SECONDS = 0.12
 #: real seconds within which everything must be acknowledged once faults stop
-LIVENESS_SECONDS = 6.0
+LIVENESS_SECONDS = 4.0
 
 
 def free_port() -> int:
@@ -345,7 +345,7 @@ class World:
         item.key = f"req-{uuid.uuid4()}"
         self._send(item, concurrent)
 
-    def firehose_again(self, which: int) -> None:
+    async def firehose_again(self, which: int) -> None:
         """Firehose sends a request again that it sent before (a response lost on the way): counted once."""
         sent = [i for i in self.inputs if i.kind == "firehose"]
         if sent:
