@@ -9,6 +9,7 @@ the shapes moto gives for the same calls (`test_contract.py` checks that, so the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import itertools
@@ -79,15 +80,15 @@ class FakeS3:
     def __init__(self) -> None:
         self.buckets: dict[str, dict[str, _Object]] = {}
 
-    def create_bucket(self, Bucket: str) -> None:  # noqa: N803 - the boto3 spelling
+    def create_bucket(self, Bucket: str) -> None:
         self.buckets.setdefault(Bucket, {})
 
-    async def put_object(self, Bucket: str, Key: str, Body: bytes) -> dict[str, Any]:  # noqa: N803
-        etag = hashlib.md5(Body).hexdigest()  # noqa: S324 - S3's ETag of a single-part object
+    async def put_object(self, Bucket: str, Key: str, Body: bytes) -> dict[str, Any]:
+        etag = hashlib.md5(Body).hexdigest()
         self.buckets[Bucket][Key] = _Object(Body, etag, dt.datetime.now(dt.UTC).replace(microsecond=0))
         return {**_meta(), "ETag": f'"{etag}"'}
 
-    async def get_object(self, Bucket: str, Key: str, IfMatch: str | None = None) -> dict[str, Any]:  # noqa: N803
+    async def get_object(self, Bucket: str, Key: str, IfMatch: str | None = None) -> dict[str, Any]:
         objects = self.buckets.get(Bucket)
         if objects is None:
             raise client_error("NoSuchBucket", "GetObject", status=404)
@@ -106,11 +107,11 @@ class FakeS3:
 
     async def list_objects_v2(
         self,
-        Bucket: str,  # noqa: N803
-        Prefix: str = "",  # noqa: N803
-        StartAfter: str = "",  # noqa: N803
-        ContinuationToken: str | None = None,  # noqa: N803
-        MaxKeys: int = 1000,  # noqa: N803
+        Bucket: str,
+        Prefix: str = "",
+        StartAfter: str = "",
+        ContinuationToken: str | None = None,
+        MaxKeys: int = 1000,
     ) -> dict[str, Any]:
         objects = self.buckets.get(Bucket)
         if objects is None:
@@ -165,20 +166,20 @@ class FakeSqs:
             raise client_error("AWS.SimpleQueueService.NonExistentQueue", operation)
         return queue
 
-    async def send_message(self, QueueUrl: str, MessageBody: str) -> dict[str, Any]:  # noqa: N803
+    async def send_message(self, QueueUrl: str, MessageBody: str) -> dict[str, Any]:
         message = _Message(f"m-{next(self._ids)}", MessageBody, self.clock.now, visible_at=self.clock.now)
         self._queue(QueueUrl, "SendMessage")[message.id] = message
         self._changed.set()
-        return {**_meta(), "MessageId": message.id, "MD5OfMessageBody": hashlib.md5(MessageBody.encode()).hexdigest()}  # noqa: S324
+        return {**_meta(), "MessageId": message.id, "MD5OfMessageBody": hashlib.md5(MessageBody.encode()).hexdigest()}
 
     async def receive_message(
         self,
-        QueueUrl: str,  # noqa: N803
-        MaxNumberOfMessages: int = 1,  # noqa: N803
-        WaitTimeSeconds: int = 0,  # noqa: N803
-        VisibilityTimeout: int = 30,  # noqa: N803
-        MessageSystemAttributeNames: list[str] | None = None,  # noqa: N803
-        AttributeNames: list[str] | None = None,  # noqa: N803
+        QueueUrl: str,
+        MaxNumberOfMessages: int = 1,
+        WaitTimeSeconds: int = 0,
+        VisibilityTimeout: int = 30,
+        MessageSystemAttributeNames: list[str] | None = None,
+        AttributeNames: list[str] | None = None,
     ) -> dict[str, Any]:
         queue = self._queue(QueueUrl, "ReceiveMessage")
         # A long poll waits (a little real time: the model's steps are short) for a message to become visible.
@@ -189,10 +190,8 @@ class FakeSqs:
             if ready or loop.time() >= deadline:
                 break
             self._changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                pass
         out: list[dict[str, Any]] = []
         for message in ready:
             message.visible_at = self.clock.now + VisibilityTimeout
@@ -205,7 +204,7 @@ class FakeSqs:
                 {
                     "MessageId": message.id,
                     "ReceiptHandle": receipt,
-                    "MD5OfBody": hashlib.md5(message.body.encode()).hexdigest(),  # noqa: S324
+                    "MD5OfBody": hashlib.md5(message.body.encode()).hexdigest(),
                     "Body": message.body,
                     "Attributes": {k: v for k, v in attrs.items() if k in wanted or "All" in wanted},
                 }
@@ -216,7 +215,7 @@ class FakeSqs:
         message = queue.get(receipt.partition("#")[0])
         return message if message is not None and receipt in message.receipts else None
 
-    async def delete_message(self, QueueUrl: str, ReceiptHandle: str) -> dict[str, Any]:  # noqa: N803
+    async def delete_message(self, QueueUrl: str, ReceiptHandle: str) -> dict[str, Any]:
         queue = self._queue(QueueUrl, "DeleteMessage")
         if "#" not in ReceiptHandle:
             raise client_error("ReceiptHandleIsInvalid", "DeleteMessage")
@@ -226,7 +225,7 @@ class FakeSqs:
             self.on_delete(message.id)
         return _meta()
 
-    async def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+    async def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
         queue = self._queue(QueueUrl, "ChangeMessageVisibilityBatch")
         ok, failed = [], []
         for entry in Entries:
@@ -242,7 +241,7 @@ class FakeSqs:
             out["Failed"] = failed
         return out
 
-    async def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:  # noqa: N803
+    async def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:
         queue = self._queue(QueueUrl, "GetQueueAttributes")
         visible = sum(1 for m in queue.values() if m.visible_at <= self.clock.now)
         attrs = {
@@ -297,6 +296,8 @@ class FakeKinesis:
         self._iterators: dict[str, tuple[str, int, float]] = {}
         self._tokens = itertools.count()
         self.latest: dict[str, list[int]] = {}
+        #: per shard, how far GetRecords has read (the model waits for the readers to catch up between steps)
+        self.served: dict[str, int] = {}
         step = (MAX_HASH + 1) // shards
         for i in range(shards):
             self._new_shard(i * step, MAX_HASH if i == shards - 1 else (i + 1) * step - 1)
@@ -321,13 +322,13 @@ class FakeKinesis:
 
     async def put_record(
         self,
-        StreamName: str,  # noqa: N803
-        Data: bytes,  # noqa: N803
-        PartitionKey: str,  # noqa: N803
-        ExplicitHashKey: str | None = None,  # noqa: N803
+        StreamName: str,
+        Data: bytes,
+        PartitionKey: str,
+        ExplicitHashKey: str | None = None,
     ) -> dict[str, Any]:
         self._stream(StreamName, "PutRecord")
-        key = int(ExplicitHashKey) if ExplicitHashKey is not None else int(hashlib.md5(PartitionKey.encode()).hexdigest(), 16)  # noqa: S324
+        key = int(ExplicitHashKey) if ExplicitHashKey is not None else int(hashlib.md5(PartitionKey.encode()).hexdigest(), 16)
         shard = next(s for s in self.shards.values() if s.end is None and s.lo <= key <= s.hi)
         seq = next(self._seq)
         shard.records.append((seq, Data, self.clock.now))
@@ -335,9 +336,9 @@ class FakeKinesis:
 
     async def list_shards(
         self,
-        StreamName: str | None = None,  # noqa: N803
-        NextToken: str | None = None,  # noqa: N803
-        MaxResults: int = 10000,  # noqa: N803
+        StreamName: str | None = None,
+        NextToken: str | None = None,
+        MaxResults: int = 10000,
     ) -> dict[str, Any]:
         self._stream(StreamName, "ListShards")
         shards = [s.describe() for s in self.shards.values()]
@@ -350,10 +351,10 @@ class FakeKinesis:
 
     async def get_shard_iterator(
         self,
-        StreamName: str,  # noqa: N803
-        ShardId: str,  # noqa: N803
-        ShardIteratorType: str,  # noqa: N803
-        StartingSequenceNumber: str | None = None,  # noqa: N803
+        StreamName: str,
+        ShardId: str,
+        ShardIteratorType: str,
+        StartingSequenceNumber: str | None = None,
     ) -> dict[str, Any]:
         self._stream(StreamName, "GetShardIterator")
         shard = self._shard(ShardId, "GetShardIterator")
@@ -377,7 +378,7 @@ class FakeKinesis:
         self._iterators[token] = (shard_id, index, self.clock.now)
         return token
 
-    async def get_records(self, ShardIterator: str, Limit: int = 10000) -> dict[str, Any]:  # noqa: N803
+    async def get_records(self, ShardIterator: str, Limit: int = 10000) -> dict[str, Any]:
         found = self._iterators.get(ShardIterator)
         if found is None:
             raise client_error("InvalidArgumentException", "GetRecords", "invalid iterator")
@@ -387,6 +388,7 @@ class FakeKinesis:
         shard = self.shards[shard_id]
         taken = shard.records[index : index + Limit]
         after = index + len(taken)
+        self.served[shard_id] = max(self.served.get(shard_id, 0), after)
         records = [
             {
                 "SequenceNumber": str(seq),
@@ -401,7 +403,11 @@ class FakeKinesis:
             out["NextShardIterator"] = self._token(shard_id, after)
         else:
             out["ChildShards"] = [
-                {"ShardId": s.id, "ParentShards": [p for p in (s.parent, s.adjacent) if p], "HashKeyRange": s.describe()["HashKeyRange"]}
+                {
+                    "ShardId": s.id,
+                    "ParentShards": [p for p in (s.parent, s.adjacent) if p],
+                    "HashKeyRange": s.describe()["HashKeyRange"],
+                }
                 for s in self.shards.values()
                 if shard_id in (s.parent, s.adjacent)
             ]
@@ -410,7 +416,7 @@ class FakeKinesis:
     def _close(self, shard: _Shard) -> None:
         shard.end = next(self._seq)
 
-    async def split_shard(self, StreamName: str, ShardToSplit: str, NewStartingHashKey: str) -> dict[str, Any]:  # noqa: N803
+    async def split_shard(self, StreamName: str, ShardToSplit: str, NewStartingHashKey: str) -> dict[str, Any]:
         self._stream(StreamName, "SplitShard")
         parent = self._shard(ShardToSplit, "SplitShard")
         middle = int(NewStartingHashKey)
@@ -421,7 +427,7 @@ class FakeKinesis:
         self._new_shard(middle, parent.hi, parent=parent.id)
         return _meta()
 
-    async def merge_shards(self, StreamName: str, ShardToMerge: str, AdjacentShardToMerge: str) -> dict[str, Any]:  # noqa: N803
+    async def merge_shards(self, StreamName: str, ShardToMerge: str, AdjacentShardToMerge: str) -> dict[str, Any]:
         self._stream(StreamName, "MergeShards")
         a, b = self._shard(ShardToMerge, "MergeShards"), self._shard(AdjacentShardToMerge, "MergeShards")
         if a.end is not None or b.end is not None or a.hi + 1 != b.lo:

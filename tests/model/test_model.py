@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.internal.conjecture import engine
 from hypothesis.database import DirectoryBasedExampleDatabase
+from hypothesis.internal.conjecture import engine
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tests.model.world import World
@@ -70,11 +70,10 @@ class Model(RuleBasedStateMachine):
         self.run(self.world.open())
 
     def run(self, step: Coroutine[Any, Any, Any]) -> Any:
-        import asyncio
 
         async def with_time() -> Any:
             out = await step
-            await asyncio.sleep(0.12)  # the service runs on between the model's steps
+            await self.world.quiet()  # the service runs on until nothing is in flight
             return out
 
         return self.loop.run_until_complete(with_time())
@@ -115,9 +114,9 @@ class Model(RuleBasedStateMachine):
         self.run(_nothing())
 
     @precondition(lambda self: "kinesis" in self.sources)
-    @rule(split=st.booleans(), shard=st.integers(0, 3))
-    def reshard(self, split: bool, shard: int) -> None:
-        self.run(self.world.reshard(split, shard))
+    @rule(split=st.booleans(), shard=st.integers(0, 3), then=st.integers(0, 2))
+    def reshard(self, split: bool, shard: int, then: int) -> None:
+        self.run(self.world.reshard(split, shard, then))
 
     @rule(port_taken=st.booleans())
     def crash(self, port_taken: bool) -> None:

@@ -18,6 +18,7 @@ import base64
 import contextlib
 import dataclasses
 import gzip
+import itertools
 import json
 import socket
 import sqlite3
@@ -53,8 +54,6 @@ KEY = "model-access-key"
 FIELDS = "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status"
 LOG_FORMAT = " ".join(f"${{{f}}}" for f in FIELDS.split())
 VISIBILITY = 30
-#: real seconds each step lets the service run before the invariants are checked
-STEP_SECONDS = 0.12
 #: real seconds within which everything must be acknowledged once faults stop
 LIVENESS_SECONDS = 4.0
 
@@ -187,6 +186,8 @@ class World:
         self.http: aiohttp.ClientSession | None = None
         #: highest records total scraped from /metrics so far (restarts included)
         self.scraped = 0
+        #: Firehose requests on their way (the model waits for them between steps)
+        self.posting = 0
         self.port_holder: socket.socket | None = None
         self._real_reducer = streamer.pipeline.reducer
         streamer.pipeline.reducer = _faulty_reducer(self.faults, self._real_reducer)  # type: ignore[assignment]
@@ -232,7 +233,7 @@ class World:
             )
         doc = {
             "http": {"listen_address": "127.0.0.1:0"},
-            "checkpoint": {"path": str(self.db), "group_commit_delay_seconds": 0.05},
+            "checkpoint": {"path": str(self.db), "group_commit_delay_seconds": 0.3},
             "sources": sources,
             "decode_workers": 1,
         }
@@ -284,8 +285,8 @@ class World:
         eni = f"eni-{n:017x}"
         now = int(time.time())
         lines = [
-            f"2 123456789012 {eni} 10.0.{n % 250}.{i + 1} 10.1.0.1 443 {40000 + i} 6 {i + 2} {100 * (i + 1)} {now - 120} {now - 60} "
-            f"{'REJECT' if i % 3 == 2 else 'ACCEPT'} OK"
+            f"2 123456789012 {eni} 10.0.{n % 250}.{i + 1} 10.1.0.1 443 {40000 + i} 6 {i + 2} {100 * (i + 1)} "
+            f"{now - 120} {now - 60} {'REJECT' if i % 3 == 2 else 'ACCEPT'} OK"
             for i in range(records)
         ]
         item = Input(kind, eni, lines, "")
@@ -322,20 +323,34 @@ class World:
         shards = self.kinesis.open_shards()
         shard = self.kinesis.shards[shards[which % len(shards)]]
         events = [{"id": uuid.uuid4().hex, "timestamp": 0, "message": line} for line in item.lines]
-        doc = {"messageType": "DATA_MESSAGE", "owner": "123456789012", "logGroup": "/vpc", "logStream": "eni", "logEvents": events}
+        doc = {
+            "messageType": "DATA_MESSAGE",
+            "owner": "123456789012",
+            "logGroup": "/vpc",
+            "logStream": "eni",
+            "logEvents": events,
+        }
         put = await self.kinesis.put_record(
             StreamName=STREAM, Data=gzip.compress(json.dumps(doc).encode()), PartitionKey="k", ExplicitHashKey=str(shard.lo)
         )
         item.key, item.shard, item.index = put["SequenceNumber"], put["ShardId"], len(shard.records) - 1
 
-    async def reshard(self, split: bool, which: int) -> None:
+    async def reshard(self, split: bool, which: int, then: int = 0) -> None:
+        """Split or merge, while the producer keeps writing: `then` records go to the new shards at once."""
+        await self._reshard(split, which)
+        for i in range(then):
+            await self.kinesis_record(1 + i % 2, -1 - i)
+
+    async def _reshard(self, split: bool, which: int) -> None:
         shards = self.kinesis.open_shards()
         shard = self.kinesis.shards[shards[which % len(shards)]]
         if split and shard.hi > shard.lo:
-            await self.kinesis.split_shard(StreamName=STREAM, ShardToSplit=shard.id, NewStartingHashKey=str((shard.lo + shard.hi) // 2 + 1))
+            await self.kinesis.split_shard(
+                StreamName=STREAM, ShardToSplit=shard.id, NewStartingHashKey=str((shard.lo + shard.hi) // 2 + 1)
+            )
             return
         ordered = sorted((self.kinesis.shards[s] for s in shards), key=lambda s: s.lo)
-        pairs = [(a, b) for a, b in zip(ordered, ordered[1:], strict=False) if a.hi + 1 == b.lo]
+        pairs = [(a, b) for a, b in itertools.pairwise(ordered) if a.hi + 1 == b.lo]
         if pairs:
             a, b = pairs[which % len(pairs)]
             await self.kinesis.merge_shards(StreamName=STREAM, ShardToMerge=a.id, AdjacentShardToMerge=b.id)
@@ -381,6 +396,7 @@ class World:
     async def _post(self, body: bytes) -> int | None:
         assert self.http is not None
         headers = {"Content-Type": "application/json", "X-Amz-Firehose-Access-Key": KEY}
+        self.posting += 1
         try:
             url = f"http://127.0.0.1:{self.firehose_port}/"
             async with self.http.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=3)) as resp:
@@ -388,6 +404,35 @@ class World:
                 return resp.status
         except (aiohttp.ClientError, TimeoutError, OSError):
             return None
+        finally:
+            self.posting -= 1
+
+    def idle(self) -> bool:
+        """Nothing in flight: no input being read, decoded or committed, no message visible, no request on its
+        way, every shard being read read to its end."""
+        service = self.service
+        if service is None:
+            return False
+        busy = sum(
+            service.registry.get_sample_value("streamer_inputs_in_flight", {"source": s.name}) or 0 for s in service.sources
+        )
+        visible = any(m.visible_at <= self.clock.now for m in self.sqs.queues[QUEUE].values())
+        behind = any(
+            self.kinesis.served.get(shard, 0) < len(self.kinesis.shards[shard].records)
+            for source in service.sources
+            if isinstance(source, KinesisSource)
+            for shard in source.reading
+        )
+        return not busy and not visible and not self.posting and not behind
+
+    async def quiet(self, limit: float = 1.0) -> None:
+        """Let the service run until nothing is in flight (twice in a row), at most `limit` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        calm = 0
+        while calm < 2 and loop.time() < deadline:
+            await asyncio.sleep(0.03)
+            calm = calm + 1 if self.idle() else 0
 
     # --- the oracle ----------------------------------------------------------------------------
 
