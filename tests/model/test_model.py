@@ -14,8 +14,9 @@ what it finds in .hypothesis/model.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,7 +27,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.internal.conjecture import engine
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tests.model.world import World
+from tests.model.world import Violation, World
 
 ROOT = Path(__file__).resolve().parents[2]
 settings.register_profile(
@@ -62,21 +63,33 @@ class Model(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        import asyncio
-
         self.loop = asyncio.new_event_loop()
         self.world = World(self.sources)
-        self.ended = False
+        #: the first violation of each kind, and the step it was seen after; raised at the end of the schedule,
+        #: so that every schedule draws the same steps whatever the timing (a replay that fails one step later
+        #: would otherwise look like a different schedule to Hypothesis)
+        self.violations: dict[type[Violation], tuple[int, Violation]] = {}
+        self.steps = 0
         self.run(self.world.open())
 
     def run(self, step: Coroutine[Any, Any, Any]) -> Any:
-
         async def with_time() -> Any:
             out = await step
             await self.world.quiet()  # the service runs on until nothing is in flight
             return out
 
-        return self.loop.run_until_complete(with_time())
+        self.steps += 1
+        try:
+            return self.loop.run_until_complete(with_time())
+        except Violation as exc:
+            self.violations.setdefault(type(exc), (self.steps, exc))
+            return None
+
+    def found(self, check: Callable[[], None]) -> None:
+        try:
+            check()
+        except Violation as exc:
+            self.violations.setdefault(type(exc), (self.steps, exc))
 
     # --- deliveries ----------------------------------------------------------------------------
 
@@ -136,19 +149,22 @@ class Model(RuleBasedStateMachine):
 
     @invariant()
     def safe(self) -> None:
-        self.world.check_safety()
+        self.found(self.world.check_safety)
 
     @invariant()
     def monotone(self) -> None:
-        self.run(self.world.check_monotone())
+        self.found(lambda: self.loop.run_until_complete(self.world.check_monotone()))
 
     def teardown(self) -> None:
         try:
             self.run(self.world.settle())
-            self.world.check_replay()
+            self.found(self.world.check_replay)
         finally:
             self.loop.run_until_complete(self.world.close())
             self.loop.close()
+        if self.violations:
+            step, first = min(self.violations.values(), key=lambda v: v[0])
+            raise type(first)(f"after step {step}: {first}") from first
 
 
 async def _nothing() -> None:

@@ -58,6 +58,35 @@ VISIBILITY = 30
 LIVENESS_SECONDS = 4.0
 
 
+class Violation(AssertionError):
+    """A property does not hold; each kind its own class, so that Hypothesis tells the kinds apart."""
+
+
+class AckedNotCommitted(Violation):
+    """Safety: acknowledged upstream (SQS delete, Firehose 200), yet not in the committed state."""
+
+
+class CountsDiffer(Violation):
+    """Safety: an input's committed counters are not exactly its records (0 when it is not committed)."""
+
+
+class MetricsWentDown(Violation):
+    """Monotone: /metrics went down, or shows more than is committed."""
+
+
+class NotLive(Violation):
+    """Liveness: with the faults stopped, something is still not acknowledged and counted."""
+
+
+class ReplayDiffers(Violation):
+    """The committed counters differ from `streamer replay` of the committed inputs."""
+
+
+def check(ok: bool, kind: type[Violation], message: str) -> None:
+    if not ok:
+        raise kind(message)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -468,15 +497,17 @@ class World:
         state = self.committed()
         for message in self.deleted:
             for item in self.messages[message]:
-                assert self.is_committed(item, state), f"SQS message {message} deleted, but {item.key} is not committed"
+                check(
+                    self.is_committed(item, state), AckedNotCommitted, f"SQS message {message} deleted, {item.key} not committed"
+                )
         for item in self.inputs:
             if item.kind == "firehose" and item.key in self.answered:
-                assert self.is_committed(item, state), f"Firehose request {item.key} answered 200, but not committed"
+                check(self.is_committed(item, state), AckedNotCommitted, f"Firehose {item.key} answered 200, not committed")
         for item in self.inputs:
             counted = state.records.get(item.eni, 0)
             expected = len(item.lines) if self.is_committed(item, state) else 0
-            assert counted == expected, (
-                f"{item.kind} input {item.key} ({item.eni}): counted {counted}, committed state says {expected}"
+            check(
+                counted == expected, CountsDiffer, f"{item.kind} input {item.key} ({item.eni}): counted {counted}, not {expected}"
             )
 
     async def check_monotone(self) -> None:
@@ -491,8 +522,8 @@ class World:
             if family.name == "vpcflow_records":
                 total += int(sum(s.value for s in family.samples if s.name == "vpcflow_records_total"))
         committed = sum(self.committed().records.values())
-        assert total >= self.scraped, f"/metrics went down: {self.scraped} -> {total}"
-        assert total <= committed, f"/metrics shows {total} records, only {committed} are committed"
+        check(total >= self.scraped, MetricsWentDown, f"/metrics went down: {self.scraped} -> {total}")
+        check(total <= committed, MetricsWentDown, f"/metrics shows {total} records, only {committed} are committed")
         self.scraped = total
 
     def waiting(self) -> list[str]:
@@ -514,7 +545,7 @@ class World:
                 self.clock.advance(VISIBILITY + 1)
                 moved = loop.time()
             await asyncio.sleep(0.05)
-        assert not left, f"liveness: still not acknowledged and counted after the faults stopped: {left[:5]}"
+        check(not left, NotLive, f"still not acknowledged and counted after the faults stopped: {left[:5]}")
         self.check_safety()
 
     def check_replay(self) -> None:
@@ -535,8 +566,8 @@ class World:
             errors = db.execute("SELECT reason, count FROM decode_errors").fetchall()
         finally:
             db.close()
-        assert _totals(rows) == want, "committed counters differ from replay of the committed inputs"
-        assert not errors, f"decode errors committed for valid input: {errors}"
+        check(_totals(rows) == want, ReplayDiffers, "committed counters differ from replay of the committed inputs")
+        check(not errors, ReplayDiffers, f"decode errors committed for valid input: {errors}")
 
     # --- lifetime ------------------------------------------------------------------------------
 
