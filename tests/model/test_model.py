@@ -68,7 +68,7 @@ class Model(RuleBasedStateMachine):
         #: the first violation of each kind, and the step it was seen after; raised at the end of the schedule,
         #: so that every schedule draws the same steps whatever the timing (a replay that fails one step later
         #: would otherwise look like a different schedule to Hypothesis)
-        self.violations: dict[type[Violation], tuple[int, Violation]] = {}
+        self.violations: dict[type[Exception], tuple[int, Exception]] = {}
         self.steps = 0
         self.run(self.world.open())
 
@@ -79,16 +79,14 @@ class Model(RuleBasedStateMachine):
             return out
 
         self.steps += 1
-        try:
-            return self.loop.run_until_complete(with_time())
-        except Violation as exc:
-            self.violations.setdefault(type(exc), (self.steps, exc))
-            return None
+        self.found(lambda: self.loop.run_until_complete(with_time()))
 
     def found(self, check: Callable[[], None]) -> None:
+        """Run a step or a check; what fails is kept for the end of the schedule (any exception: a world that
+        raises mid-schedule would draw fewer steps than its replay, which Hypothesis calls flaky generation)."""
         try:
             check()
-        except Violation as exc:
+        except Exception as exc:
             self.violations.setdefault(type(exc), (self.steps, exc))
 
     # --- deliveries ----------------------------------------------------------------------------
@@ -164,7 +162,9 @@ class Model(RuleBasedStateMachine):
             self.loop.close()
         if self.violations:
             step, first = min(self.violations.values(), key=lambda v: v[0])
-            raise type(first)(f"after step {step}: {first}") from first
+            if isinstance(first, Violation):
+                raise type(first)(f"after step {step}: {first}") from first
+            raise first
 
 
 async def _nothing() -> None:
