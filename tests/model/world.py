@@ -280,6 +280,10 @@ class World:
         for source in service.sources:
             if isinstance(source, KinesisSource):
                 source.retry_seconds = 0.05
+        for _ in range(50):  # the sources get going (a Firehose port still taken: not yet)
+            if service.ready():
+                break
+            await asyncio.sleep(0.02)
         # After a restart the live counters are the committed ones (unless a commit came in and was applied since).
         assert service.pipeline is not None
         if service.pipeline.commits == 0:
@@ -518,6 +522,8 @@ class World:
         for item in self.inputs:
             counted = state.records.get(item.eni, 0)
             expected = len(item.lines) if self.is_committed(item, state) else 0
+            if expected and self.excused(item) and counted == 0:
+                continue  # skipped by `latest` (never read), and the cursor moved past it: right
             check(
                 counted == expected, CountsDiffer, f"{item.kind} input {item.key} ({item.eni}): counted {counted}, not {expected}"
             )
