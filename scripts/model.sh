@@ -25,7 +25,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
   seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
   left=$(( end - $(date +%s) ))
   log=.hypothesis/model/seed-$seed.log
-  MODEL_PROFILE=long MODEL_EXAMPLES="${MODEL_EXAMPLES:-15}" timeout --signal=INT "$(( left > 60 ? left : 60 ))" \
+  MODEL_PROFILE=long MODEL_EXAMPLES="${MODEL_EXAMPLES:-4}" timeout --signal=INT "$(( left > 60 ? left : 60 ))" \
     nice -n 10 .venv/bin/python -m pytest -q -p no:cacheprovider -p no:logging tests/model/test_model.py \
     --hypothesis-seed="$seed" > "$log" 2>&1
   rc=$?
