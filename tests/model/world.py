@@ -37,8 +37,10 @@ import pyarrow as pa
 from prometheus_client.parser import text_string_to_metric_families
 
 import streamer.pipeline
+from streamer.aggregate.batch import columns
 from streamer.config import Config, parse_config
 from streamer.decode.objects import ObjectReader
+from streamer.defaults import WINDOW_SECONDS
 from streamer.pipeline import Store
 from streamer.replay import expand, replay_counts
 from streamer.service import Service
@@ -329,11 +331,14 @@ class World:
         n = len(self.inputs)
         eni = f"eni-{n:017x}"
         now = int(time.time())
-        lines = [
-            f"2 123456789012 {eni} 10.0.{n % 250}.{i + 1} 10.1.0.1 443 {40000 + i} 6 {i + 2} {100 * (i + 1)} "
-            f"{now - 120} {now - 60} {'REJECT' if i % 3 == 2 else 'ACCEPT'} OK"
-            for i in range(records)
-        ]
+        # A connection out, and its reply REJECTed on the way back (a NACL return reject: an insight that pairs).
+        host, peer = f"10.0.{n % 250}.7", f"10.1.{n % 250}.9"
+        flows = [f"{host} {peer} 40000 443 ACCEPT", f"{peer} {host} 443 40000 REJECT", f"{host} {peer} 40001 443 ACCEPT"]
+        lines = []
+        for i in range(records):
+            src, dst, sport, dport, action = flows[i].split()
+            counts = f"{i + 2} {100 * (i + 1)} {now - 120} {now - 60}"
+            lines.append(f"2 123456789012 {eni} {src} {dst} {sport} {dport} 6 {counts} {action} OK")
         item = Input(kind, eni, lines, "")
         self.inputs.append(item)
         return item
@@ -567,7 +572,8 @@ class World:
         self.check_safety()
 
     def check_replay(self) -> None:
-        """The committed counters equal `streamer replay` of the same (committed) inputs, per ENI and action."""
+        """The committed counters (per ENI and action) and insights (NACL return rejects paired) equal
+        `streamer replay` of the same (committed) inputs."""
         state = self.committed()
         folder = self.dir / "replay"
         folder.mkdir(exist_ok=True)
@@ -575,17 +581,22 @@ class World:
             if self.is_committed(item, state):
                 (folder / f"{n:06d}.log").write_text(FIELDS + "\n" + "\n".join(item.lines) + "\n")
         with ThreadPoolExecutor(1) as pool:
-            replayed, _ = replay_counts(expand([str(folder)]), ObjectReader(), pool) if any(folder.iterdir()) else (None, [])
+            reader = ObjectReader(columns=columns(False, True))
+            inputs = expand([str(folder)]) if any(folder.iterdir()) else []
+            replayed, _ = replay_counts(inputs, reader, pool, insights_window_seconds=WINDOW_SECONDS) if inputs else (None, [])
         want = _totals(replayed.counters.table().to_pylist()) if replayed is not None else {}
+        want_insights = sorted(tuple(r.values()) for r in replayed.insights.to_pylist()) if replayed is not None else []
         db = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
         try:
             cols = ("interface_id", "action", "records", "packets", "bytes")
             rows = [dict(zip(cols, r, strict=True)) for r in db.execute(f"SELECT {', '.join(cols)} FROM counters")]
             errors = db.execute("SELECT reason, count FROM decode_errors").fetchall()
+            insights = sorted(db.execute("SELECT kind, key1, key2, records, bytes FROM insights").fetchall())
         finally:
             db.close()
         check(_totals(rows) == want, ReplayDiffers, "committed counters differ from replay of the committed inputs")
         check(not errors, ReplayDiffers, f"decode errors committed for valid input: {errors}")
+        check(insights == want_insights, ReplayDiffers, f"committed insights {insights} differ from replay's {want_insights}")
 
     # --- lifetime ------------------------------------------------------------------------------
 
