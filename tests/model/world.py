@@ -58,6 +58,8 @@ LOG_FORMAT = " ".join(f"${{{f}}}" for f in FIELDS.split())
 VISIBILITY = 30
 #: real seconds within which everything must be acknowledged once faults stop
 LIVENESS_SECONDS = 4.0
+#: and this much more per reshard (a generation of shards to drain)
+RESHARD_SECONDS = 1.5
 
 
 class Violation(AssertionError):
@@ -217,6 +219,7 @@ class World:
         self.http: aiohttp.ClientSession | None = None
         #: highest records total scraped from /metrics so far (restarts included)
         self.scraped = 0
+        self.reshards = 0
         #: Firehose requests on their way (the model waits for them between steps)
         self.posting = 0
         self.port_holder: socket.socket | None = None
@@ -392,6 +395,7 @@ class World:
             await self.kinesis_record(1 + i % 2, -1 - i)
 
     async def _reshard(self, split: bool, which: int) -> None:
+        self.reshards += 1
         shards = self.kinesis.open_shards()
         shard = self.kinesis.shards[shards[which % len(shards)]]
         if split and shard.hi > shard.lo:
@@ -561,7 +565,9 @@ class World:
         self.faults.clear()
         self.release_port()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + LIVENESS_SECONDS
+        # A child shard is read once its parents are drained, which the source looks for every second:
+        # each reshard may add a generation to wait through.
+        deadline = loop.time() + LIVENESS_SECONDS + RESHARD_SECONDS * self.reshards
         moved = loop.time()
         while (left := self.waiting()) and loop.time() < deadline:
             if loop.time() - moved > 0.5:  # held messages' visibility runs out: SQS redelivers them
