@@ -59,8 +59,11 @@ class Ingestor(Generic[R]):
         from a payload of the wrong shape, an Arrow error from an odd Parquet
         column) ends the object and sets `failure`, a DecodeError with a bounded
         reason; batches decoded before the failing one are valid records and
-        are kept. What the *input iterator* raises (a network read, a shutdown)
-        or `sink` raises is not the object's fault and passes through unchanged.
+        are kept. What is not the object's fault passes through unchanged, and
+        the object is not done (its source reads it again): what the *input
+        iterator* raises (a network read, a shutdown), what `sink` raises, what
+        the `reduce` step raises (our own code: a bug there must not mark an
+        object done with part of it counted), and a MemoryError anywhere.
         """
         (result,) = self._drive([raw], sink)
         return result
@@ -124,6 +127,8 @@ class Ingestor(Generic[R]):
                             unit = next(units)
                         except StopIteration:
                             break
+                        except MemoryError:
+                            raise  # the machine's fault, not the object's: it is read again
                         except Exception as exc:  # the object went bad here: what was cut before still counts
                             job.failure = exc
                             break
@@ -147,8 +152,14 @@ class Ingestor(Generic[R]):
 
     def _work(self, unit: Unit) -> tuple[R, int, ErrorCounts]:
         errors = ErrorCounts()
-        table = unit(errors)
-        return self.reduce(table), table.num_rows, errors
+        try:
+            table = unit(errors)
+        except MemoryError as exc:  # the machine's fault, not the object's
+            raise _NotTheInput(exc) from exc
+        try:
+            return self.reduce(table), table.num_rows, errors
+        except BaseException as exc:  # our own step (or memory) failed: the records are fine, read them again
+            raise _NotTheInput(exc) from exc
 
 
 @dataclasses.dataclass
@@ -165,7 +176,7 @@ class _Job(Generic[R]):
 
 
 class _NotTheInput(BaseException):
-    """Carries what reading the input (or `sink`) raised past the decoders, which must not take it for bad input.
+    """Carries what reading the input, `sink` or `reduce` raised past the decoders, which must not take it for bad input.
 
     A BaseException, so no decoder's `except Exception` turns a network
     error or a shutdown into a failed object.

@@ -261,12 +261,16 @@ class Pipeline:
         An input whose claim is refused (counted before, or its lease lost) is dropped and the rest are
         planned and committed again, so capping and detection end as if the survivors had committed one
         by one. A failure with an unknown outcome fails every input of the group (sources retry; the
-        claims find each retry counted or not).
+        claims find each retry counted or not). An input refused as counted before is answered only once
+        the group's outcome is known: its done key may be held by an earlier input of this very group,
+        whose commit can still fail (answered DUPLICATE at once, it would be acknowledged upstream while
+        nothing holds its key).
         """
         async with self._commit_lock:
             now = self.clock()
             await self._reload_if_stale()
             live = members
+            counted: list[Member[_Input, _Result]] = []  # refused as counted before: answered after the commit
             while True:
                 # In a thread: folding and snapshotting a big state takes long enough to stall scrapes.
                 changes, after, paired, anomalies = await asyncio.to_thread(self._plan, [m.item for m in live], now)
@@ -287,9 +291,14 @@ class Pipeline:
                     raise
                 if not refused:
                     break
-                live = _drop(live, refused)
+                live, before = _drop(live, refused)
+                counted.extend(before)
                 if not live:
-                    return
+                    break
+            for member in counted:  # the group's outcome is known now: what held their keys has landed
+                member.result.set_result((False, []))
+            if not live:
+                return
             self.telemetry.commit_seconds.observe(time.perf_counter() - started)
             self.telemetry.commit_inputs.observe(len(live))
             self.commits += len(live)
@@ -487,17 +496,21 @@ def _pair_all(pairing: Pairing | None, deltas: list[FlowState]) -> tuple[list[tu
     return out, pairing
 
 
-def _drop(members: list[Member[_Input, _Result]], refused: list[Refused]) -> list[Member[_Input, _Result]]:
-    """Resolve the refused members (counted before, or their lease lost); the others, in order."""
+def _drop(
+    members: list[Member[_Input, _Result]], refused: list[Refused]
+) -> tuple[list[Member[_Input, _Result]], list[Member[_Input, _Result]]]:
+    """The members not refused, in order, and those refused as counted before (left unresolved: the caller
+    answers them once the group's outcome is known); a member whose lease is lost is failed at once."""
     gone = {r.index: r for r in refused}
+    counted = []
     for index, member in enumerate(members):
         if index in gone:
             why = gone[index].lease_lost
             if why is None:
-                member.result.set_result((False, []))
+                counted.append(member)
             else:
                 member.result.set_exception(LeaseLost(why))
-    return [m for i, m in enumerate(members) if i not in gone]
+    return [m for i, m in enumerate(members) if i not in gone], counted
 
 
 class _Body:

@@ -259,6 +259,9 @@ class FirehoseHttpSource(Source):
         return self.config.listen_address.rpartition(":")[0] or "0.0.0.0"
 
     async def run(self, sink: Sink) -> None:
+        # A run after a crash (the port was taken at start, say) serves again: the last run's stop is over.
+        self._stopping = False
+
         def report(reason: str, message: str, logged: bool) -> None:
             _source_error(sink, self.name, reason, message, logged)
 

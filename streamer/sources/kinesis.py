@@ -10,8 +10,11 @@ number, so nothing is lost or counted twice.
 Resharding: a child shard is read only once its parent(s) are drained
 (GetRecords returned no next iterator, or the parent's ending sequence
 number has been read); a drained shard is committed as SHARD_END.
-`start_position` applies to the very first start only; shards discovered
-later always start at TRIM_HORIZON so that no record is skipped.
+`start_position` applies to the very first start only, and there only to
+the shards without a parent that the first schedule starts reading: a child
+of a reshard, or a shard taken over from another replica later, always
+starts at TRIM_HORIZON (or its committed cursor), so that no record is
+skipped.
 
 Several inputs move at once: every shard is read by its own task, and
 within a shard the next batch is fetched and unpacked while the one before
@@ -109,6 +112,8 @@ class KinesisSource(Source):
         self.positions: dict[str, str] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._first_start = True
+        #: first start, `latest`: the shards the first schedule started that may still begin at LATEST (each once)
+        self._latest: set[str] | None = None
         self._waiting = False
         self._iterating: set[str] = set()  # shards whose first iterator was obtained
         self.clock = clock
@@ -130,6 +135,7 @@ class KinesisSource(Source):
     async def run(self, sink: Sink) -> None:
         self.positions = await self._load_cursors()
         self._first_start = not self.positions
+        self._latest = None
         try:
             async with asyncio.TaskGroup() as group:
                 while True:
@@ -181,12 +187,15 @@ class KinesisSource(Source):
             shard_id = shard["ShardId"]
             if self.positions.get(shard_id) == SHARD_END:
                 continue
-            parents = [p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p and p in known]
+            parents = _parents(shard, known)
             if any(self.positions.get(p) != SHARD_END for p in parents):
                 self._waiting = True
                 continue  # a parent still has records: children wait
             ready[self.lease_name(shard_id)] = shard
         owned = await self.coordinator.claim(SHARD_LEASE, sorted(ready))
+        if self._latest is None:  # the first schedule: only what it starts, and no child, may begin at LATEST
+            orphans = {ready[n]["ShardId"] for n in owned if not _parents(ready[n], known)}
+            self._latest = orphans if self._first_start and self.config.start_position == "latest" else set()
         for name in sorted(owned):
             shard = ready[name]
             if shard["ShardId"] not in self._running:
@@ -201,7 +210,8 @@ class KinesisSource(Source):
         kwargs: dict[str, Any] = {"StreamName": self.config.stream_name, "ShardId": shard_id}
         if position is not None:
             kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=position)
-        elif self._first_start and self.config.start_position == "latest":
+        elif self._latest is not None and shard_id in self._latest:
+            self._latest.discard(shard_id)  # once: a new iterator without a cursor reads everything still there
             kwargs["ShardIteratorType"] = "LATEST"
         else:
             kwargs["ShardIteratorType"] = "TRIM_HORIZON"
@@ -414,6 +424,11 @@ class KinesisSource(Source):
         if outcome not in (LEASE_LOST, DUPLICATE):
             self.positions[shard_id] = batch.cursor
         return outcome
+
+
+def _parents(shard: ShardTypeDef, known: set[str]) -> list[str]:
+    """The shard's parents that are still listed (a parent past the retention period is gone)."""
+    return [p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p and p in known]
 
 
 @dataclasses.dataclass

@@ -1,12 +1,14 @@
 """The one rule for a bad input (streamer/ingest.py): whatever decoding one input raises ends that input
-with a bounded reason, what decoded before still counts, and read failures pass through untouched."""
+with a bounded reason, what decoded before still counts; read failures, our own reduce step failing and
+a MemoryError pass through untouched (the input is read again)."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
@@ -14,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamer.aggregate.state import FlowState
-from streamer.decode.errors import DecodeError
+from streamer.decode.errors import DecodeError, ErrorCounts
 from streamer.decode.objects import ObjectReader
 from streamer.ingest import FAILED, Ingestor, account
 from streamer.schema import DEFAULT_FIELDS
@@ -32,17 +34,30 @@ def text(lines: int) -> bytes:
     return " ".join(DEFAULT_FIELDS).encode() + b"\n" + LINE * lines
 
 
-def test_an_unexpected_exception_fails_the_input_with_one_bounded_reason(pool: ThreadPoolExecutor) -> None:
-    def reduce(table: pa.Table) -> int:
+class _BadEni:
+    """A reader whose units fail while decoding a chunk that holds eni-bad (as a payload of the wrong shape would)."""
+
+    def __init__(self, reader: ObjectReader) -> None:
+        self.reader = reader
+
+    def units(self, raw: Iterator[bytes]) -> Iterator[Callable[[ErrorCounts], pa.Table]]:
+        for unit in self.reader.units(raw):
+            yield functools.partial(self._decode, unit)
+
+    @staticmethod
+    def _decode(unit: Callable[[ErrorCounts], pa.Table], errors: ErrorCounts) -> pa.Table:
+        table = unit(errors)
         if "eni-bad" in table.column("interface-id").to_pylist():
             raise TypeError("'int' object is not iterable")
-        return int(table.num_rows)
+        return table
 
+
+def test_an_unexpected_exception_fails_the_input_with_one_bounded_reason(pool: ThreadPoolExecutor) -> None:
     kept: list[int] = []
-    reader = ObjectReader(chunk_bytes=len(LINE) * 10)
+    reader = _BadEni(ObjectReader(chunk_bytes=len(LINE) * 10))
     bad = LINE.replace(b"eni-a", b"eni-bad")
     pieces = [text(10), LINE * 10, bad * 10] + [LINE * 10] * 7  # ten chunks of ten records; the third fails
-    result = Ingestor(reader, reduce, pool).run(pieces, kept.append)
+    result = Ingestor(reader, lambda t: int(t.num_rows), pool).run(pieces, kept.append)  # type: ignore[arg-type]
     assert isinstance(result.failure, DecodeError)
     assert result.failure.reason == "decode_failed"
     assert "TypeError: 'int' object is not iterable" in str(result.failure)
@@ -50,6 +65,37 @@ def test_an_unexpected_exception_fails_the_input_with_one_bounded_reason(pool: T
     state = FlowState()
     assert account(result, state, "s3://b/k") == FAILED
     assert state.decode_errors == {"decode_failed": 1}
+
+
+@pytest.mark.parametrize("error", [MemoryError("out of memory"), TypeError("a bug in the reduce step")])
+def test_a_failing_reduce_step_is_not_bad_input_and_passes_through(pool: ThreadPoolExecutor, error: Exception) -> None:
+    """Issue 28 (b): a MemoryError or a bug on a decode worker's reduce step used to become a decode failure, and
+    the object was committed as done with only the batches before it counted. It is not the object's fault: it
+    passes through (the source does not acknowledge, the object is read again)."""
+
+    def reduce(table: pa.Table) -> int:
+        if "eni-bad" in table.column("interface-id").to_pylist():
+            raise error
+        return int(table.num_rows)
+
+    reader = ObjectReader(chunk_bytes=len(LINE) * 10)
+    bad = LINE.replace(b"eni-a", b"eni-bad")
+    pieces = [text(10), LINE * 10, bad * 10] + [LINE * 10] * 7
+    with pytest.raises(type(error), match=str(error)):
+        Ingestor(reader, reduce, pool).run(pieces)
+
+
+def test_a_memory_error_while_decoding_passes_through(pool: ThreadPoolExecutor) -> None:
+    def short(errors: ErrorCounts) -> pa.Table:
+        raise MemoryError("no room")
+
+    class Short(_BadEni):
+        def units(self, raw: Iterator[bytes]) -> Iterator[Callable[[ErrorCounts], pa.Table]]:
+            for _ in self.reader.units(raw):
+                yield short
+
+    with pytest.raises(MemoryError):
+        Ingestor(Short(ObjectReader()), lambda t: t, pool).run([text(10)])  # type: ignore[arg-type]
 
 
 def test_a_parquet_list_column_fails_the_file_as_unsupported_column(pool: ThreadPoolExecutor) -> None:
@@ -105,12 +151,7 @@ def test_several_objects_in_a_row_give_what_each_gives_alone(pool: ThreadPoolExe
 
 
 def test_one_bad_object_among_several_fails_alone(pool: ThreadPoolExecutor) -> None:
-    def reduce(table: pa.Table) -> int:
-        if "eni-bad" in table.column("interface-id").to_pylist():
-            raise TypeError("boom")
-        return int(table.num_rows)
-
-    reader = ObjectReader(chunk_bytes=len(LINE) * 10)
+    reader = _BadEni(ObjectReader(chunk_bytes=len(LINE) * 10))
     bad = LINE.replace(b"eni-a", b"eni-bad")
     truncated = gzip.compress(text(5000))
     objects = [
@@ -119,7 +160,7 @@ def test_one_bad_object_among_several_fails_alone(pool: ThreadPoolExecutor) -> N
         [truncated[: len(truncated) // 2]],  # cut short: what was cut before the end counts
         [text(25)],
     ]
-    results = list(Ingestor(reader, reduce, pool).run_many(objects))
+    results = list(Ingestor(reader, lambda t: int(t.num_rows), pool).run_many(objects))  # type: ignore[arg-type]
     assert [r.failure.reason if r.failure else None for r in results] == [None, "decode_failed", "truncated", None]
     assert sum(results[0].results) == 20
     assert sum(results[1].results) == 20
