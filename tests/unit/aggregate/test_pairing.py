@@ -46,7 +46,8 @@ def delta(cases: list[InsightCase], chunk_bytes: int = 1 << 16) -> FlowState:
 
 
 def nacl(state: FlowState) -> dict[str, int]:
-    return {k: v["records"] for k, v in ins.report(state.insights, state.insight_examples, 0.0, True)["nacl_return_rejects"].items()}
+    found = ins.report(state.insights, state.insight_examples, 0.0, nacl_pairing=True)["nacl_return_rejects"]
+    return {k: v["records"] for k, v in found.items()}
 
 
 def commit(stored: dict[str, bytes], pieces: Pieces) -> None:
@@ -162,7 +163,9 @@ def test_replay_pairs_across_all_its_files_in_either_order(tmp_path: Path) -> No
     for names in (["a", "b"], ["b", "a"]):
         inputs = [Input(name, tmp_path / f"{name}.log.gz", 0) for name in names]
         with ThreadPoolExecutor(2) as pool:
-            state, _ = replay_counts(inputs, reader, pool, insights_window_seconds=60, lateness_seconds=LATENESS, nacl_pairing=True)
+            state, _ = replay_counts(
+                inputs, reader, pool, insights_window_seconds=60, lateness_seconds=LATENESS, nacl_pairing=True
+            )
         assert nacl(state) == {ENI: 2}
         with ThreadPoolExecutor(2) as pool:
             state, _ = replay_counts(inputs, reader, pool, insights_window_seconds=60, lateness_seconds=300, nacl_pairing=True)
