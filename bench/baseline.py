@@ -14,12 +14,16 @@ the row's ratio is today ÷ REV of the medians (throughput for the time rows, so
 its spread is the range of the per-round ratios; a row whose ratio is below 0.95 is flagged; a side
 whose coefficient of variation exceeds 10% makes the row "erratic" (re-run it before believing it).
 Whole-process CPU (user + sys of the child, from wait4) is steadier than wall time on a shared machine.
+Peak RSS is the child's ru_maxrss, which Linux never reports below this process's RSS when it forked
+the child (the fork's copy counts): this process stays small (stdlib only) until every replay row ran,
+and its own peak is printed as the floor.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -263,6 +267,8 @@ def compare(
                 repeat,
                 cwd,
             )
+    floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the delivery rows load moto
+    notes.append(f"this process's peak RSS while the replay rows ran {floor:.0f} MiB: none of their peaks reads below it")
     checked: list[Pairs] = []
     for name, got in runs.items():
         for label, t, b in (

@@ -318,9 +318,12 @@ def regression_check(rev: str, scale: float, repeat: int, delivery: bool = True)
         print("polars is not installed: `bash scripts/bootstrap.sh --bench` (or pip install polars)", file=sys.stderr)
     measure_delivery = None
     if delivery:
-        from bench import delivery as bench_delivery
 
         def measure_delivery() -> dict[str, dict[str, dict[str, float]]]:
+            # Imported last, after every replay row: moto and boto3 grow this process by ~140 MiB, and a
+            # child's ru_maxrss is never below its parent's RSS when it was forked (bench/baseline.py).
+            from bench import delivery as bench_delivery
+
             objects, records = 40, int(40_000 * scale)
             return bench_delivery.measure(objects, records, min(repeat, 3), postgres=False, spreads=("uniform",))[2]
 
