@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--nacl-pairing",
         action="store_true",
-        help="also pair NACL return rejects (off by default: about a third more CPU on v2, a sixth on v5)",
+        help="also pair NACL return rejects (off by default: +50%% CPU on v2, +40%% on v5)",
     )
     rp.add_argument("--nat-gateway-price-per-gb", type=float, default=defaults.NAT_GATEWAY_PRICE_PER_GB)
     rp.set_defaults(func=cmd_replay)
