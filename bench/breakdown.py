@@ -63,7 +63,7 @@ def main() -> None:
     timed("inflate (ISA-L, streamed)", records, inflate)
     parts, _ = timed("cut at newlines (on the inflating thread)", records, lambda: list(line_parts(iter(pieces))))
     timed("join each chunk's parts (Arrow's path only)", records, lambda: [join(p) for p in parts])
-    for label, wanted in (("counters", COLUMNS), ("live path", columns(True, True))):
+    for label, wanted in (("counters", COLUMNS), ("live path", columns(True, True, True))):
         decoder = TextDecoder(fields, wanted, header_line=header)
         parser = "native" if decoder.native else "Arrow CSV"
         tables, _ = timed(
@@ -74,7 +74,7 @@ def main() -> None:
         if label == "counters":
             timed("  counters group-by", records, lambda t=tables: [count_batch(x) for x in t])
         else:
-            reduce = reducer(60, None, 60)
+            reduce = reducer(60, None, 60, True)  # every signal, NACL pairing too
             results, _ = timed("  counters + windows + insights reduce", records, lambda t=tables, r=reduce: [r(x) for x in t])
             timed("  window partials alone", records, lambda t=tables: [window_batch(x, 60) for x in t])
             batches = [r.windows for r in results if r.windows is not None]

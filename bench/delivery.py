@@ -220,6 +220,21 @@ def replay(paths: list[Path], repeat: int) -> dict[str, float]:
 
 
 def main(objects: int, records: int, repeat: int, postgres: bool = True) -> None:
+    rows, notes, _ = measure(objects, records, repeat, postgres)
+    print(f"\n{'measurement':<70} {'records/s':>12} {'seconds':>8} {'peak RSS':>10}")
+    for label, rate, seconds, rss in rows:
+        print(f"{label:<70} {rate / 1e6:>10.2f} M {seconds:>8.2f} {rss:>7.0f} MiB")
+    print()
+    for note in notes:
+        print(f"  {note}")
+    print(f"machine: {os.cpu_count()} CPUs; moto in this process; peak RSS: the largest replica's")
+
+
+def measure(
+    objects: int, records: int, repeat: int, postgres: bool = True, spreads: tuple[str, ...] = tuple(SPREADS)
+) -> tuple[list[tuple[str, float, float, float]], list[str], dict[str, dict[str, dict[str, float]]]]:
+    """Every spread's runs: the printed rows and notes, and per spread each run's numbers ("replay_files",
+    "replay_one", "sqlite", "pg1", "pg2": rate, seconds or wall, rss_mib), e.g. for bench/baseline.py."""
     import logging
 
     from moto.server import ThreadedMotoServer
@@ -234,6 +249,7 @@ def main(objects: int, records: int, repeat: int, postgres: bool = True) -> None
     total = objects * records
     rows: list[tuple[str, float, float, float]] = []
     notes: list[str] = []
+    measured: dict[str, dict[str, dict[str, float]]] = {}
     try:
         with contextlib.ExitStack() as stack:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -244,7 +260,8 @@ def main(objects: int, records: int, repeat: int, postgres: bool = True) -> None
                 pg = stack.enter_context(running_postgres(free_port()))
             s3 = boto("s3", moto)
             now = dt.datetime.now(dt.UTC)
-            for spread, skew in SPREADS.items():
+            for spread in spreads:
+                skew = SPREADS[spread]
                 print(f"{spread}: writing {objects} x {records:,} records ...", file=sys.stderr, flush=True)
                 files, whole = write_inputs(tmp / spread, objects, records, skew)
                 bucket = f"delivery-{spread}"
@@ -261,7 +278,11 @@ def main(objects: int, records: int, repeat: int, postgres: bool = True) -> None
                 rate_one = total / r_one["wall"]
                 rows.append((f"{name}: replay of the {objects} files", rate_files, r_files["wall"], r_files["rss_mib"]))
                 rows.append((f"{name}: replay of the same records as one file", rate_one, r_one["wall"], r_one["rss_mib"]))
-                runs: dict[str, dict[str, float]] = {}
+                runs: dict[str, dict[str, float]] = {
+                    "replay_files": {**r_files, "rate": rate_files},
+                    "replay_one": {**r_one, "rate": rate_one},
+                }
+                measured[spread] = runs
                 plan: list[tuple[str, dict[str, Any], int]] = [("sqlite", {"path": str(tmp / f"{spread}.db")}, 1)]
                 if pg is not None:
                     for n in (1, 2):
@@ -290,10 +311,4 @@ def main(objects: int, records: int, repeat: int, postgres: bool = True) -> None
                     notes.append(f"{name}: two replicas / one = {runs['pg2']['rate'] / runs['pg1']['rate']:.2f} (target >= 1.0)")
     finally:
         moto_server.stop()
-    print(f"\n{'measurement':<70} {'records/s':>12} {'seconds':>8} {'peak RSS':>10}")
-    for label, rate, seconds, rss in rows:
-        print(f"{label:<70} {rate / 1e6:>10.2f} M {seconds:>8.2f} {rss:>7.0f} MiB")
-    print()
-    for note in notes:
-        print(f"  {note}")
-    print(f"machine: {os.cpu_count()} CPUs; moto in this process; peak RSS: the largest replica's")
+    return rows, notes, measured

@@ -68,8 +68,8 @@ def child_inproc_windows(path: str, with_insights: bool = False) -> dict[str, fl
         counters = Counters()
         parts: list[BatchResult] = []
         with open(path, "rb") as handle:
-            reader = ObjectReader(columns=columns(True, with_insights))
-            result = Ingestor(reader, reducer(60, None, 60 if with_insights else None), pool).run(
+            reader = ObjectReader(columns=columns(True, with_insights, with_insights))  # every signal, NACL pairing too
+            result = Ingestor(reader, reducer(60, None, 60 if with_insights else None, with_insights), pool).run(
                 read_chunks(handle), parts.append
             )
         # As the live pipeline: the object's partials folded into one on its reading thread while its delta is
@@ -127,7 +127,7 @@ def child_pairing(path: str) -> dict[str, float]:
 
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool, open(path, "rb") as handle:
         start = time.perf_counter()
-        result = Ingestor(ObjectReader(columns=columns(False, True)), reducer(None, None, 60), pool).run(
+        result = Ingestor(ObjectReader(columns=columns(False, True, True)), reducer(None, None, 60, True), pool).run(
             read_chunks(handle), commit
         )
         seconds = time.perf_counter() - start
@@ -274,6 +274,9 @@ def run_replay(path: Path) -> dict[str, float]:
     return best([measure(argv, expect_json=False) for _ in range(REPEAT)], "wall")
 
 
+V2_HEADER = (
+    b"version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status\n"
+)
 ONE_LINE = b"2 123456789010 eni-0a1b2c3d4e5f60718 10.0.0.5 203.0.113.9 443 51000 6 10 8400 1700000000 1700000060 REJECT OK\n"
 
 
@@ -294,8 +297,9 @@ def print_cold_start() -> None:
     print(f"cold start: `streamer --help` {cold['help']:.3f} s, `streamer replay` of one line {cold['replay']:.3f} s")
 
 
-def regression_check(rev: str, scale: float, repeat: int) -> None:
-    """Today ÷ REV on the same files, whole process, interleaved (bench/baseline.py); exits 1 on a flagged row."""
+def regression_check(rev: str, scale: float, repeat: int, delivery: bool = True) -> None:
+    """Today ÷ REV on the same files, whole process, interleaved (bench/baseline.py), and every other row of
+    issue 30's targets (polars, the S3+SQS service, the insights' share, peak RSS); exits 1 on a flagged row."""
     sys.path.insert(0, str(ROOT))
     from bench.baseline import compare
 
@@ -305,9 +309,29 @@ def regression_check(rev: str, scale: float, repeat: int) -> None:
     }
     one = DATA / "one-line.log"
     one.write_bytes(ONE_LINE)
-    lines = compare(rev, files, one, repeat, lambda m: print(m, file=sys.stderr, flush=True))
+    polars_file = header_one = None
+    if installed("polars"):
+        polars_file = ensure_file(f"v2-{int(2_000_000 * scale)}.log.gz", int(2_000_000 * scale), "v2")
+        header_one = DATA / "one-line-header.log"  # polars needs the header; both sides read the same file
+        header_one.write_bytes(V2_HEADER + ONE_LINE)
+    else:
+        print("polars is not installed: `bash scripts/bootstrap.sh --bench` (or pip install polars)", file=sys.stderr)
+    measure_delivery = None
+    if delivery:
+
+        def measure_delivery() -> dict[str, dict[str, dict[str, float]]]:
+            # Imported last, after every replay row: moto and boto3 grow this process by ~140 MiB, and a
+            # child's ru_maxrss is never below its parent's RSS when it was forked (bench/baseline.py).
+            from bench import delivery as bench_delivery
+
+            objects, records = 40, int(40_000 * scale)
+            return bench_delivery.measure(objects, records, min(repeat, 3), postgres=False, spreads=("uniform",))[2]
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    lines = compare(rev, files, one, repeat, log, polars_file, header_one, measure_delivery)
     print("\n".join(lines))
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"machine: {os.cpu_count()} CPUs, load average {load} (1, 5, 15 min), Python {sys.version.split()[0]}")
     if any("REGRESSED" in line or "COUNTS DIFFER" in line for line in lines):
         raise SystemExit(1)
 
@@ -337,6 +361,7 @@ def main() -> None:
     parser.add_argument("--cold-start", action="store_true", help="only the start-up time of two short commands")
     parser.add_argument("--baseline", metavar="REV", help="only the regression check against git revision REV (e.g. ecfff93)")
     parser.add_argument("--delivery", action="store_true", help="only many objects through S3+SQS (see bench/delivery.py)")
+    parser.add_argument("--no-delivery", action="store_true", help="--baseline: skip the S3+SQS row (moto, a minute)")
     parser.add_argument("--objects", type=int, default=40, help="--delivery: objects per spread")
     parser.add_argument("--records", type=int, default=40_000, help="--delivery: records per object")
     parser.add_argument("--no-postgres", action="store_true", help="--delivery: the SQLite process and replay only")
@@ -355,7 +380,7 @@ def main() -> None:
         return
 
     if args.baseline:
-        regression_check(args.baseline, args.scale, args.repeat or 5)
+        regression_check(args.baseline, args.scale, args.repeat or 5, delivery=not args.no_delivery)
         return
 
     if args.delivery:

@@ -2,12 +2,16 @@
 # Shared set-up for the README's two commands: a project virtualenv with
 # streamer installed (editable), and, with --test, the test tools plus the
 # Debian packages the integration tests talk to (Prometheus, Alertmanager,
-# PostgreSQL for the fleet tests, libfaketime for replicas with skewed clocks).
+# PostgreSQL for the fleet tests, libfaketime for replicas with skewed clocks);
+# --bench: --test plus the bench extra (polars, duckdb: bench/run.py's peers,
+# e.g. the `--baseline` row "decode + count / polars streaming").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
 want_demo=0
+want_bench=0
 [ "${1:-}" = "--test" ] && want_test=1
+[ "${1:-}" = "--bench" ] && want_test=1 && want_bench=1
 [ "${1:-}" = "--demo" ] && want_demo=1
 
 if [ "$want_test" = 1 ]; then
@@ -43,11 +47,12 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=".venv/.installed-$( (cat pyproject.toml constraints.txt streamer/decode/_scan.c; echo "$want_test$want_demo") | sha1sum | cut -c1-12)"
+stamp=".venv/.installed-$( (cat pyproject.toml constraints.txt streamer/decode/_scan.c; echo "$want_test$want_demo$want_bench") | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   target="."
   [ "$want_demo" = 1 ] && target=".[demo]"
   [ "$want_test" = 1 ] && target=".[test]"  # includes the demo extra: tests run moto as a server
+  [ "$want_bench" = 1 ] && target=".[test,bench]"
   # constraints.txt pins every package to versions tested together (reproducible installs);
   # pip's and setuptools' chatter goes to a log, shown only if the install fails.
   if ! { .venv/bin/python -m pip install -q --upgrade pip \

@@ -85,7 +85,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             progress = Progress(sum(i.size for i in inputs))
             detection = _detection(args) if args.alerts else None
             insights_window = None if args.no_insights else args.window_seconds
-            wanted = columns(detection is not None, insights_window is not None)
+            pairing = insights_window is not None and args.nacl_pairing
+            wanted = columns(detection is not None, insights_window is not None, pairing)
             reader = ObjectReader(log_format=log_format, columns=wanted)
             state, anomalies = replay_counts(
                 inputs,
@@ -95,11 +96,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 detection,
                 insights_window_seconds=insights_window,
                 lateness_seconds=args.lateness_seconds,
+                nacl_pairing=pairing,
             )
             progress.close()
             doc = output.summary(state)
             if insights_window is not None:
-                doc["insights"] = report(state.insights, state.insight_examples, args.nat_gateway_price_per_gb)
+                doc["insights"] = report(state.insights, state.insight_examples, args.nat_gateway_price_per_gb, pairing)
             if detection is not None:
                 doc["alerts"] = [a.to_json() for a in anomalies]
             if args.output == "json":
@@ -112,11 +114,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         import asyncio
 
-        asyncio.run(_serve_forever(state, args.metrics_address, args.metrics_port, args.nat_gateway_price_per_gb))
+        nacl = args.nacl_pairing and not args.no_insights
+        asyncio.run(_serve_forever(state, args.metrics_address, args.metrics_port, args.nat_gateway_price_per_gb, nacl))
     return 0
 
 
-async def _serve_forever(state: FlowState, host: str, port: int, price: float) -> None:
+async def _serve_forever(state: FlowState, host: str, port: int, price: float, nacl_pairing: bool) -> None:
     # Imported here: a plain replay should not pay for the HTTP stack at start-up.
     import asyncio
     import signal
@@ -128,7 +131,7 @@ async def _serve_forever(state: FlowState, host: str, port: int, price: float) -
 
     registry = CollectorRegistry(auto_describe=True)
     registry.register(FlowCollector(lambda: state))
-    registry.register(InsightsCollector(lambda: state, price))
+    registry.register(InsightsCollector(lambda: state, price, nacl_pairing))
     # Explicit handlers, like `run` and `demo`: they work even where SIGINT was inherited as ignored.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -286,7 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--score-threshold", type=float, default=defaults.SCORE_THRESHOLD)
     rp.add_argument("--min-rejected-records", type=int, default=defaults.MIN_REJECTED_RECORDS)
     rp.add_argument("--warmup-windows", type=int, default=defaults.WARMUP_WINDOWS)
-    rp.add_argument("--no-insights", action="store_true", help="skip the network insights (NACL, NAT, IPv6, paths)")
+    rp.add_argument("--no-insights", action="store_true", help="skip the network insights (NAT, IPv6, paths; NACL)")
+    rp.add_argument(
+        "--nacl-pairing",
+        action="store_true",
+        help="also pair NACL return rejects (off by default: +50%% CPU on v2, +40%% on v5)",
+    )
     rp.add_argument("--nat-gateway-price-per-gb", type=float, default=defaults.NAT_GATEWAY_PRICE_PER_GB)
     rp.set_defaults(func=cmd_replay)
 

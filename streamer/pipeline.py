@@ -127,6 +127,7 @@ class Pipeline:
         partials_window_seconds: int | None = None,
         group: Limits | None = None,
         pairing: Pairing | None = None,
+        nacl_pairing: bool = False,
     ) -> None:
         self.state = state
         self.store = store
@@ -141,7 +142,9 @@ class Pipeline:
         #: fleet replicas: no local detection; each input's window partial is committed for the leader
         self.partials_window_seconds = partials_window_seconds
         windowed = detection is not None or partials_window_seconds is not None
-        self.columns = columns(windowed, insights_window_seconds is not None)
+        #: NACL pairing candidates are chosen (insights on): paired in `pairing` (given: on), or by a fleet's leader
+        self.nacl_pairing = (nacl_pairing or pairing is not None) and insights_window_seconds is not None
+        self.columns = columns(windowed, insights_window_seconds is not None, self.nacl_pairing)
         self.window_seconds = detection.windows.window_seconds if detection is not None else partials_window_seconds
         self.insights_window_seconds = insights_window_seconds
         #: NACL return-reject pairing state, committed with the counters as snapshot pieces
@@ -451,7 +454,7 @@ class Pipeline:
         stop = threading.Event()
         reader = ObjectReader(log_format=delivery.log_format, columns=self.columns, headerless=delivery.headerless)
         max_time = int(self.clock()) + self.max_future_skew_seconds
-        reduce = reducer(self.window_seconds, max_time, self.insights_window_seconds)
+        reduce = reducer(self.window_seconds, max_time, self.insights_window_seconds, self.nacl_pairing)
         ingest: Ingestor[BatchResult] = Ingestor(reader, reduce, self.pool)
 
         def work() -> tuple[ObjectResult[BatchResult], FlowState, int | None, list[WindowBatch]]:

@@ -7,6 +7,7 @@ against other tools. Inputs are files, directories (recursed) or `-`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
@@ -102,6 +103,7 @@ def replay_counts(
     max_future_skew_seconds: int = 300,
     insights_window_seconds: int | None = None,
     lateness_seconds: int = 900,  # defaults.LATENESS_SECONDS (the cli passes its own)
+    nacl_pairing: bool = False,
 ) -> tuple[FlowState, list[Anomaly]]:
     """Counters over all inputs, and with `detection` the anomalies they contain.
 
@@ -109,30 +111,35 @@ def replay_counts(
     order, so event time advances as it did live (records only: hours-old data
     is never late); at the end every window is closed so that a spike in the
     last minutes is reported too. A record ahead of the wall clock by more than
-    `max_future_skew_seconds` counts, but moves no event time. NACL return
-    rejects pair across all inputs, within `lateness_seconds`.
+    `max_future_skew_seconds` counts, but moves no event time. With
+    `nacl_pairing` (and insights), NACL return rejects pair across all inputs,
+    within `lateness_seconds`; without, no thread pairs anything.
     """
     state = FlowState()
     anomalies: list[Anomaly] = []
     cutoff = int(time.time()) + max_future_skew_seconds
-    reduce = reducer(detection.windows.window_seconds if detection is not None else None, cutoff, insights_window_seconds)
+    pairing = nacl_pairing and insights_window_seconds is not None
+    window_seconds = detection.windows.window_seconds if detection is not None else None
+    reduce = reducer(window_seconds, cutoff, insights_window_seconds, pairing)
     ingest: Ingestor[BatchResult] = Ingestor(reader, reduce, pool)
     bodies = (_read(item, progress) for item in inputs)
     parts: list[BatchResult] = []  # several inputs' partials, folded together: one fold per input would cost more
-    with ThreadPoolExecutor(1, thread_name_prefix="pairing") as thread:
-        pairs = _Pairs(Pairing(lateness_seconds), thread)
+    with ThreadPoolExecutor(1, thread_name_prefix="pairing") if pairing else contextlib.nullcontext() as thread:
+        pairs = _Pairs(Pairing(lateness_seconds), thread) if thread is not None else None
+        counted = pairs.counted if pairs is not None else _as_is
         for item, result in zip(inputs, ingest.run_many(bodies), strict=True):
-            pairs.take(result.results)
+            if pairs is not None:
+                pairs.take(result.results)
             if detection is not None:
                 detection, found = detection.advance([p.windows for p in result.results if p.windows is not None])
                 anomalies.extend(found)
             account(result, state, item.name)
             parts.extend(result.results)
             if len(parts) >= FOLD_PARTS:
-                state.apply(pairs.counted(delta_of(parts)))
+                state.apply(counted(delta_of(parts)))
                 parts = []
-        state.apply(pairs.counted(delta_of(parts)))
-    if pairs.dropped:
+        state.apply(counted(delta_of(parts)))
+    if pairs is not None and pairs.dropped:
         log.warning(
             "NACL pairing: %d unpaired replies were not kept waiting for a request (their window held %d already)",
             pairs.dropped,
@@ -142,6 +149,10 @@ def replay_counts(
         detection, found = detection.flush()
         anomalies.extend(found)
     return state, sorted(anomalies, key=lambda a: (a.window_start, a.interface_id))
+
+
+def _as_is(delta: FlowState) -> FlowState:
+    return delta
 
 
 class _Pairs:

@@ -181,6 +181,7 @@ class Service:
                 insights_window_seconds=self.config.anomaly.window_seconds if self.config.insights.enabled else None,
                 partials_window_seconds=self.config.anomaly.window_seconds if fleet else None,
                 group=self._group_limits(),
+                nacl_pairing=self._nacl_pairing,
                 **(await self._restore_pairing(store, fleet)),
             )
             self.pipeline = pipeline
@@ -189,7 +190,8 @@ class Service:
             self.registry.register(FlowCollector(lambda: pipeline.state, self.config.metrics.max_interfaces))
             if self.config.insights.enabled:
                 price = self.config.insights.nat_gateway_price_per_gb
-                self.registry.register(InsightsCollector(lambda: _with_paired(pipeline.state, leader), price))
+                collector = InsightsCollector(lambda: _with_paired(pipeline.state, leader), price, self._nacl_pairing)
+                self.registry.register(collector)
             members = lambda: pipeline.state.seen.keys()  # noqa: E731
             current = (lambda: leader.detection) if leader is not None else (lambda: pipeline.detection)
             self.registry.register(DetectionCollector(current, members, self.config.metrics.max_interfaces))
@@ -267,7 +269,7 @@ class Service:
             lambda blob: Detection.restore(blob, settings, cfg.lateness_seconds, self.event_clock()),
             alerter,
             store.call,
-            pairing_lateness_seconds=cfg.lateness_seconds if self.config.insights.enabled else None,
+            pairing_lateness_seconds=cfg.lateness_seconds if self._nacl_pairing else None,
             pairing_max_waiting_replies=self.config.insights.max_waiting_replies_per_window,
             on_replies_dropped=self.telemetry.nacl_replies_dropped.inc,
             max_interfaces=self.config.metrics.max_interfaces,
@@ -298,10 +300,15 @@ class Service:
         names = frozenset(self.config.source_name(i) for i in range(len(self.config.sources)))
         return EventClock(cfg.lateness_seconds, cfg.idle_timeout_seconds, True, names, started_at=time.time())
 
+    @property
+    def _nacl_pairing(self) -> bool:
+        """NACL return rejects are paired (opt-in: `insights.nacl_pairing`, with the insights on)."""
+        return self.config.insights.enabled and self.config.insights.nacl_pairing
+
     async def _restore_pairing(self, store: Store, fleet: bool) -> dict[str, Any]:
-        """The NACL pairing state of one process (insights on). A fleet's replicas send their candidates
+        """The NACL pairing state of one process (pairing on). A fleet's replicas send their candidates
         to the leader instead, which pairs what every replica saw (store/leader.py)."""
-        if not self.config.insights.enabled or fleet:
+        if not self._nacl_pairing or fleet:
             return {}
         pieces = await store.call(store.store.snapshots, PAIRING_PREFIX)
         cap = self.config.insights.max_waiting_replies_per_window

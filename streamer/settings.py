@@ -161,6 +161,10 @@ class InsightsConfig(Model):
     """Network insights (NACL return rejects, gateway-endpoint candidates, internet-reachable IPv6, traffic paths)."""
 
     enabled: bool = True
+    #: pair NACL return rejects (`vpcflow_nacl_return_rejects_total`; off: not exported). Opt-in for its cost:
+    #: it decodes six more columns on v2 and keys every accepted request, measured +50% whole-process CPU on
+    #: v2 and +40% on v5 (docs/performance.md); the other insights stay on with `enabled`
+    nacl_pairing: bool = False
     #: NAT gateway data processing price, USD per GB (AWS bills GiB-like "GB"), for the cost estimate
     nat_gateway_price_per_gb: float = Field(default=defaults.NAT_GATEWAY_PRICE_PER_GB, ge=0)
     #: NACL return rejects: unpaired replies (a row per ENI and flow) one window keeps waiting for their request;

@@ -9,7 +9,9 @@ and are merged on the event loop.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,15 +20,27 @@ from streamer.aggregate import counters, insights, windows
 from streamer.aggregate.pairing import Candidates
 from streamer.aggregate.state import FlowState
 
+if TYPE_CHECKING:
+    from streamer.decode.objects import Columns
+
 #: Columns the live pipeline needs decoded, without and with windows.
 COLUMNS = (*counters.COLUMNS, "end")
 COLUMNS_WITH_WINDOWS = tuple(dict.fromkeys((*COLUMNS, *windows.COLUMNS)))
 
 
-def columns(windows: bool, with_insights: bool) -> tuple[str, ...]:
-    """What to decode for counters, plus windows and/or insights."""
+def columns(windows: bool, with_insights: bool, nacl_pairing: bool = False) -> Columns:
+    """What to decode for counters, plus windows and/or insights (with NACL pairing: its flow columns; without,
+    a choice by the object's fields, see `insights.columns`)."""
     base = COLUMNS_WITH_WINDOWS if windows else COLUMNS
-    return tuple(dict.fromkeys((*base, *insights.COLUMNS))) if with_insights else base
+    if not with_insights:
+        return base
+    if nacl_pairing:
+        return tuple(dict.fromkeys((*base, *insights.COLUMNS)))
+    return functools.partial(_with_insights, base)
+
+
+def _with_insights(base: tuple[str, ...], fields: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*base, *insights.columns(fields, False))))
 
 
 @dataclasses.dataclass
@@ -38,10 +52,13 @@ class BatchResult:
 
 
 def reducer(
-    window_seconds: int | None, max_time: int | None = None, insights_window_seconds: int | None = None
+    window_seconds: int | None,
+    max_time: int | None = None,
+    insights_window_seconds: int | None = None,
+    nacl_pairing: bool = False,
 ) -> Callable[[pa.Table], BatchResult]:
     """The per-batch reduce: counters always, windows when `window_seconds` is set,
-    insights when `insights_window_seconds` is.
+    insights when `insights_window_seconds` is (NACL pairing candidates too with `nacl_pairing`).
 
     `max_time` is the newest event time windows trust (wall clock plus the
     allowed skew); later records still count, but in no window and in no NACL pairing.
@@ -52,7 +69,9 @@ def reducer(
         if "end" in table.column_names and table.num_rows:
             max_end = pc.max(table.column("end")).as_py()
         part = windows.window_batch(table, window_seconds, max_time) if window_seconds else None
-        found = insights.insight_batch(table, insights_window_seconds, max_time) if insights_window_seconds else None
+        found = None
+        if insights_window_seconds:
+            found = insights.insight_batch(table, insights_window_seconds, max_time, nacl_pairing)
         return BatchResult(counters.count_batch(table), max_end, part, found)
 
     return reduce

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -112,14 +112,28 @@ class InsightBatch:
     pairs: pairing.Candidates | None = None
 
 
-def insight_batch(table: pa.Table, window_seconds: int, max_time: int | None = None) -> InsightBatch:
-    """All four signals of one decoded batch (records later than `max_time` are no pairing candidates)."""
+def columns(fields: Collection[str], nacl_pairing: bool) -> tuple[str, ...]:
+    """The columns the signals read from a format with `fields`: without NACL pairing, the flow's addresses,
+    ports and times only where the IPv6 signal reads them (a format with `flow-direction`), e.g. none on v2."""
+    if nacl_pairing:
+        return COLUMNS
+    have = set(fields)
+    wanted = ["bytes", "end", "traffic-path", "flow-direction", "pkt-dst-aws-service", "vpc-id"]
+    if "flow-direction" in have:  # `_ipv6`
+        wanted += ["interface-id", "action", "srcaddr"]
+        wanted += ["tcp-flags"] if "tcp-flags" in have else ["protocol", "srcport", "dstport"]
+    return tuple(wanted)
+
+
+def insight_batch(table: pa.Table, window_seconds: int, max_time: int | None = None, nacl_pairing: bool = False) -> InsightBatch:
+    """The signals of one decoded batch, NACL pairing candidates with `nacl_pairing` (records later than
+    `max_time` are none)."""
     if not table.num_rows:
         return InsightBatch(_EMPTY)
     have = set(table.column_names)
     parts: list[pa.Table] = []
     pairs = None
-    if have.issuperset((*_FLOW, "action")):
+    if nacl_pairing and have.issuperset((*_FLOW, "action")):
         pairs = _nacl(table, window_seconds, max_time)
     gateway = have.issuperset(("pkt-dst-aws-service", "traffic-path", "flow-direction"))
     ipv6 = have.issuperset(("interface-id", "action", "srcaddr", "flow-direction")) and (
@@ -503,10 +517,11 @@ def merge_examples(into: dict[str, str], more: dict[str, str]) -> None:
         into.setdefault(eni, text)
 
 
-def report(sums: pa.Table, examples: dict[str, str], nat_price_per_gib: float) -> dict[str, object]:
-    """The `"insights"` section of `replay --output json`."""
+def report(sums: pa.Table, examples: dict[str, str], nat_price_per_gib: float, nacl_pairing: bool = False) -> dict[str, object]:
+    """The `"insights"` section of `replay --output json` (`nacl_return_rejects` only with `nacl_pairing`:
+    an empty one would say none were found)."""
     doc: dict[str, dict[str, object]] = {
-        "nacl_return_rejects": {},
+        **({"nacl_return_rejects": {}} if nacl_pairing else {}),
         "gateway_endpoint_candidates": {},
         "ipv6_internet_inbound": {},
         "traffic_path_bytes": {},
@@ -514,7 +529,8 @@ def report(sums: pa.Table, examples: dict[str, str], nat_price_per_gib: float) -
     for row in sums.sort_by([(k, "ascending") for k in KEYS]).to_pylist():  # one row per series
         kind, k1, k2 = row["kind"], row["key1"], row["key2"]
         if kind == NACL:
-            doc["nacl_return_rejects"][k1] = {"records": row["records"], "example": examples.get(k1, "")}
+            if nacl_pairing:
+                doc["nacl_return_rejects"][k1] = {"records": row["records"], "example": examples.get(k1, "")}
         elif kind == GATEWAY:
             cost = round(row["bytes"] / 2**30 * nat_price_per_gib, 6)
             entry = {"records": row["records"], "bytes": row["bytes"], "estimated_nat_cost_usd": cost}

@@ -35,6 +35,8 @@ MAX_LINE_BYTES = 1 << 20
 _SNIFF_BYTES = 4
 
 Unit = Callable[[ErrorCounts], pa.Table]
+#: the columns wanted: a set, or a choice by an object's fields (some signal reads a column only on some formats)
+Columns = Collection[str] | Callable[[tuple[str, ...]], Collection[str]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +44,7 @@ class ObjectReader:
     """How to read objects: the LogFormat for headerless text, the columns wanted."""
 
     log_format: tuple[str, ...] | None = None
-    columns: Collection[str] | None = None
+    columns: Columns | None = None
     chunk_bytes: int = CHUNK_BYTES
     use_threads: bool = False  # parallelism comes from the ingest pool; nesting it oversubscribes
     #: input never has a header line (CloudWatch events): use log_format as is
@@ -107,13 +109,18 @@ class ObjectReader:
     def _decoder_for(self, first_line: bytes) -> TextDecoder:
         fields = header_fields(first_line.decode("utf-8", "replace"))
         if fields is not None:
-            return TextDecoder(fields, self.columns, header_line=first_line, use_threads=self.use_threads)
+            return TextDecoder(fields, self.wanted(fields), header_line=first_line, use_threads=self.use_threads)
         fields = self.log_format or DEFAULT_FIELDS
-        return TextDecoder(fields, self.columns, header_line=" ".join(fields).encode(), use_threads=self.use_threads)
+        return TextDecoder(fields, self.wanted(fields), header_line=" ".join(fields).encode(), use_threads=self.use_threads)
 
     def decoder(self, fields: tuple[str, ...] | None = None) -> TextDecoder:
         """A text decoder for headerless lines (CloudWatch events)."""
-        return TextDecoder(fields or self.log_format or DEFAULT_FIELDS, self.columns, use_threads=self.use_threads)
+        fields = fields or self.log_format or DEFAULT_FIELDS
+        return TextDecoder(fields, self.wanted(fields), use_threads=self.use_threads)
+
+    def wanted(self, fields: tuple[str, ...]) -> Collection[str] | None:
+        """The columns to decode from an object with `fields`."""
+        return self.columns(fields) if callable(self.columns) else self.columns
 
     def _json_units(self, pieces: Iterator[bytes]) -> Iterator[Unit]:
         """CloudWatch Logs payloads: one, or many back to back (Firehose), a unit per few MB of documents.
@@ -148,7 +155,7 @@ class ObjectReader:
                 raise UnknownFormatError("Parquet file has no flow-log columns")
             strangers = set(unknown(fields))
             errors = ErrorCounts(unknown_fields=set(strangers))
-            for table in iter_parquet(pfile, fields, self.columns, errors):
+            for table in iter_parquet(pfile, fields, self.wanted(fields), errors):
                 yield _ready_unit(table, errors)
                 errors = ErrorCounts(unknown_fields=set(strangers))
 

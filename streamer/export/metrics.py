@@ -148,9 +148,11 @@ class DetectionCollector(Collector):
 class InsightsCollector(Collector):
     """Network insight counters (aggregate/insights.py) from the flow state; per-ENI ones share the counters' cap."""
 
-    def __init__(self, state: Callable[[], FlowState], nat_price_per_gb: float) -> None:
+    def __init__(self, state: Callable[[], FlowState], nat_price_per_gb: float, nacl_pairing: bool = False) -> None:
         self._state = state
         self.nat_price_per_gb = nat_price_per_gb
+        #: without NACL pairing its family is not exported at all (not as zeros: nothing was looked for)
+        self.nacl_pairing = nacl_pairing
 
     def collect(self) -> Iterator[Metric]:
         nacl = CounterMetricFamily(
@@ -179,7 +181,8 @@ class InsightsCollector(Collector):
         for row in self._state().insights.to_pylist():  # one row per series
             kind, k1, k2 = row["kind"], row["key1"], row["key2"]
             if kind == ins.NACL:
-                nacl.add_metric([k1], row["records"])
+                if self.nacl_pairing:
+                    nacl.add_metric([k1], row["records"])
             elif kind == ins.GATEWAY:
                 gw_bytes.add_metric([k1, k2], row["bytes"])
                 gw_records.add_metric([k1, k2], row["records"])
@@ -192,4 +195,6 @@ class InsightsCollector(Collector):
             "insights.nat_gateway_price_per_gb: the NAT gateway processing price the cost estimates use.",
             value=self.nat_price_per_gb,
         )
-        yield from (nacl, gw_bytes, gw_records, ipv6, paths, price)
+        if self.nacl_pairing:
+            yield nacl
+        yield from (gw_bytes, gw_records, ipv6, paths, price)

@@ -286,7 +286,8 @@ def test_sigkill_then_restart_keeps_network_insights_exact(aws: str, tmp_path: P
         cases, expected = insight_cases(int(now.timestamp()) - 1020 * (n_objects + 1) + i * 1020)
         text = " ".join(V5_ALL_FIELDS) + "\n" + "\n".join(to_lines(insight_table(cases)).to_pylist()) + "\n"
         s3.put_object(Bucket="flow-logs", Key=aws_key(now, "daily", n=i), Body=gzip.compress(text.encode()))
-    h = Harness(tmp_path, {"type": "s3", "bucket": "flow-logs", "endpoint_url": aws, "poll_interval_seconds": 0.2})
+    source = {"type": "s3", "bucket": "flow-logs", "endpoint_url": aws, "poll_interval_seconds": 0.2}
+    h = Harness(tmp_path, source, extra={"insights": {"nacl_pairing": True}})
     for threshold in (3, 11, 19):
         h.kill_when(lambda t=threshold: done_objects(h.db) >= t, f"{threshold} objects")
     proc = h.start()

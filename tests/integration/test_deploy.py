@@ -44,7 +44,7 @@ def exported_names() -> set[str]:
     Telemetry(registry)
     Alerter(AlertsConfig(), registry)
     registry.register(FlowCollector(FlowState))
-    registry.register(InsightsCollector(FlowState, 0.045))
+    registry.register(InsightsCollector(FlowState, 0.045, nacl_pairing=True))  # every name it can expose
     batch = window_batch(
         pa.table(
             {

@@ -108,6 +108,7 @@ async def test_a_group_writes_each_table_with_one_staged_upsert(pg_url: str, pos
                 partials_window_seconds=60,
                 max_interfaces=5000,
                 insights_window_seconds=60,
+                nacl_pairing=True,
                 group=Limits(delay_seconds=HOUR),
             )
             n = 6

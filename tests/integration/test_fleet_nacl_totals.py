@@ -57,7 +57,7 @@ def leader_of(m: Member, clock: Clock) -> LeaderDetector:
 def exported(leader: LeaderDetector) -> dict[str, float]:
     """`vpcflow_nacl_return_rejects_total` as the leader's /metrics builds it (its replica counted none)."""
     registry = CollectorRegistry()
-    registry.register(InsightsCollector(lambda: _with_paired(FlowState(), leader), 0.045))
+    registry.register(InsightsCollector(lambda: _with_paired(FlowState(), leader), 0.045, nacl_pairing=True))
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for s in family.samples:
@@ -151,11 +151,26 @@ async def test_a_leader_upgraded_from_totals_without_membership_keeps_their_seri
 async def test_the_service_gives_its_leader_the_metrics_cap_and_idle_time(pg_url: str, tmp_path: Path) -> None:
     source = {"type": "kinesis", "name": "stream", "stream_name": "flowlogs"}
     config = service_config(
-        tmp_path, [source], checkpoint={"url": pg_url}, metrics={"max_interfaces": 7, "interface_idle_seconds": 60}
+        tmp_path,
+        [source],
+        checkpoint={"url": pg_url},
+        metrics={"max_interfaces": 7, "interface_idle_seconds": 60},
+        insights={"nacl_pairing": True},
     )
     store = Store(PostgresStore(pg_url, "r1"), threads=1)
     try:
         _, leader = await Service(config, AwsClients())._join_fleet(store, Alerter(AlertsConfig(), CollectorRegistry()))
         assert (leader.max_interfaces, leader.interface_idle_seconds, leader.pairing_lateness_seconds) == (7, 60, 900)
+    finally:
+        store.close()
+
+
+async def test_by_default_the_fleet_leader_pairs_nothing(pg_url: str, tmp_path: Path) -> None:
+    """NACL pairing is opt-in (`insights.nacl_pairing`): without it the leader keeps no pairing state."""
+    config = service_config(tmp_path, [{"type": "kinesis", "stream_name": "flowlogs"}], checkpoint={"url": pg_url})
+    store = Store(PostgresStore(pg_url, "r1"), threads=1)
+    try:
+        _, leader = await Service(config, AwsClients())._join_fleet(store, Alerter(AlertsConfig(), CollectorRegistry()))
+        assert leader.pairing_lateness_seconds is None
     finally:
         store.close()

@@ -58,7 +58,8 @@ def test_requests_and_replies_in_objects_minutes_apart_pair_exactly_across_a_kil
         request(B, 50003, t0 + 20),
     ]
     s3.put_object(Bucket="flow-logs", Key=aws_key(now - dt.timedelta(minutes=5), "daily", n=1), Body=body(first))
-    h = Harness(tmp_path, {"type": "s3", "bucket": "flow-logs", "endpoint_url": aws, "poll_interval_seconds": 0.2})
+    source = {"type": "s3", "bucket": "flow-logs", "endpoint_url": aws, "poll_interval_seconds": 0.2}
+    h = Harness(tmp_path, source, extra={"insights": {"nacl_pairing": True}})
     h.kill_when(lambda: h.done_objects() >= 1, "the first object committed")  # kill -9 between the two objects
     s3.put_object(Bucket="flow-logs", Key=aws_key(now, "daily", n=2), Body=body(second))
     proc = h.start()
@@ -105,7 +106,12 @@ def test_a_fleet_pairs_requests_read_by_one_replica_with_replies_read_by_the_oth
         [reply(A, 50001, t0 + 240), reply(A, 50002, t0 + 250), reply(A, 50002, t0 + 260), reply(B, 50003, t0 + 30)],
     ]
     source = {"type": "s3", "name": "bucket", "bucket": "flow-logs", "endpoint_url": aws, "poll_interval_seconds": 0.2}
-    config = {"checkpoint": {"url": pg_url}, "sources": [source], "fleet": {"lease_seconds": 3, "s3_partitions": 2}}
+    config = {
+        "checkpoint": {"url": pg_url},
+        "sources": [source],
+        "fleet": {"lease_seconds": 3, "s3_partitions": 2},
+        "insights": {"nacl_pairing": True},
+    }
     replicas = [Replica(tmp_path, f"r{i + 1}", config) for i in range(2)]
 
     def partitions(r: Replica) -> list[int]:

@@ -27,3 +27,10 @@ def test_wide_spread_is_erratic_even_when_the_medians_agree() -> None:
 
 def test_a_larger_peak_rss_is_worse() -> None:
     assert Row("rss", "MiB", today=[250.0, 251.0], base=[190.0, 191.0]).verdict() == "REGRESSED"
+
+
+def test_an_opt_in_rows_slowdown_is_shown_but_not_flagged() -> None:
+    row = Row("cpu", "s", today=[1.5, 1.5, 1.5], base=[1.0, 1.0, 1.0], flagged=False)
+    assert row.ratio() < 0.95
+    assert "REGRESSED" not in row.verdict()
+    assert row.verdict() == "worse (not flagged)"

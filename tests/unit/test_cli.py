@@ -54,7 +54,6 @@ def test_json_output_is_one_object(sample: Path) -> None:
         "log_status": {"NODATA": 1, "OK": 3},
         "errors": {"wrong_field_count": 1},
         "insights": {
-            "nacl_return_rejects": {},
             "gateway_endpoint_candidates": {},
             "ipv6_internet_inbound": {},
             "traffic_path_bytes": {},
@@ -230,7 +229,8 @@ def test_replay_json_reports_network_insights(tmp_path: Path) -> None:
     text = " ".join(V5_ALL_FIELDS) + "\n" + "\n".join(to_lines(insight_table(cases)).to_pylist()) + "\n"
     path = tmp_path / "v5.log.gz"
     path.write_bytes(gzip.compress(text.encode()))
-    doc = json.loads(streamer("replay", "--output", "json", "--nat-gateway-price-per-gb", "0.05", str(path)).stdout)
+    argv = ("replay", "--output", "json", "--nat-gateway-price-per-gb", "0.05", str(path))
+    doc = json.loads(streamer(*argv, "--nacl-pairing").stdout)
     insights = doc["insights"]
     assert {k: v["records"] for k, v in insights["nacl_return_rejects"].items()} == expected["nacl_return_rejects"]
     assert insights["ipv6_internet_inbound"] == expected["ipv6_internet_inbound"]
@@ -238,6 +238,10 @@ def test_replay_json_reports_network_insights(tmp_path: Path) -> None:
     s3 = insights["gateway_endpoint_candidates"]["vpc-0insight000000001"]["S3"]
     assert (s3["records"], s3["bytes"], s3["estimated_nat_cost_usd"]) == (2, 4 * 2**30, 0.2)
     assert "insights" not in json.loads(streamer("replay", "--output", "json", "--no-insights", str(path)).stdout)
+    # NACL pairing is opt-in: by default the other signals are the same, and no NACL section says "none found"
+    default = json.loads(streamer(*argv).stdout)["insights"]
+    assert "nacl_return_rejects" not in default
+    assert default == {k: v for k, v in insights.items() if k != "nacl_return_rejects"}
 
 
 def test_replay_json_pairs_across_its_files_and_the_example_is_a_counted_reject(tmp_path: Path) -> None:
@@ -261,7 +265,7 @@ def test_replay_json_pairs_across_its_files_and_the_example_is_a_counted_reject(
         ],
     )
     write("b.log.gz", [InsightCase(eni, "10.0.1.5", "52.94.1.10", 50001, 443, "ACCEPT", t + 5, direction="egress")])
-    doc = json.loads(streamer("replay", "--output", "json", str(tmp_path)).stdout)
+    doc = json.loads(streamer("replay", "--output", "json", "--nacl-pairing", str(tmp_path)).stdout)
     nacl = doc["insights"]["nacl_return_rejects"]
     assert nacl[eni]["records"] == 2
     assert nacl[eni]["example"] == f"{eni} 52.94.1.10:443 -> 10.0.1.5:50001 protocol 6 REJECT"

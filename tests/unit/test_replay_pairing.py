@@ -57,8 +57,13 @@ async def test_one_object_gives_the_same_nacl_totals_live_and_in_replay(tmp_path
     live.store.close()
 
     (tmp_path / "k.log.gz").write_bytes(data)
-    reader = ObjectReader(columns=columns(False, True))
+    reader = ObjectReader(columns=columns(False, True, nacl_pairing=True))
     state, _ = replay_counts(
-        [Input("k", tmp_path / "k.log.gz", 0)], reader, pool, insights_window_seconds=60, lateness_seconds=LATENESS
+        [Input("k", tmp_path / "k.log.gz", 0)],
+        reader,
+        pool,
+        insights_window_seconds=60,
+        lateness_seconds=LATENESS,
+        nacl_pairing=True,
     )
     assert nacl(state) == nacl(live.state) == {ENI: 1}

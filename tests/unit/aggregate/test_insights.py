@@ -31,7 +31,7 @@ def decoded(fields: tuple[str, ...], table: pa.Table | None = None) -> pa.Table:
     cases, _ = insight_cases(START)
     table = insight_table(cases, fields) if table is None else table
     text = " ".join(fields) + "\n" + "\n".join(to_lines(table).to_pylist()) + "\n"
-    rows, errors, failure = decode_bytes(gzip.compress(text.encode()), columns=columns(True, True))
+    rows, errors, failure = decode_bytes(gzip.compress(text.encode()), columns=columns(True, True, True))
     assert failure is None
     assert errors.counts == {}
     return pa.Table.from_pylist(rows)
@@ -52,10 +52,10 @@ def without_costs_and_examples(doc: dict[str, Any]) -> dict[str, Any]:
 def run(table: pa.Table, chunks: int = 1) -> dict[str, Any]:
     """The signals through the batch reduce, the table cut into `chunks` batches."""
     step = -(-table.num_rows // chunks)
-    parts = [reducer(None, None, 60)(table.slice(i, step)) for i in range(0, table.num_rows, step)]
+    parts = [reducer(None, None, 60, True)(table.slice(i, step)) for i in range(0, table.num_rows, step)]
     delta = delta_of(parts)
     delta.pair_with(Pairing(900))
-    return ins.report(delta.insights, delta.insight_examples, 0.045)
+    return ins.report(delta.insights, delta.insight_examples, 0.045, True)
 
 
 def test_every_signal_has_its_known_answer_and_near_misses_do_not_count() -> None:
@@ -94,7 +94,7 @@ def test_sums_fold_exactly_however_the_input_is_cut() -> None:
 
 def test_per_eni_insights_share_the_counters_cap() -> None:
     table = decoded(V5_ALL_FIELDS)
-    delta = delta_of([reducer(None, None, 60)(table)])
+    delta = delta_of([reducer(None, None, 60, True)(table)])
     state = FlowState()
     admitted = state.admit(delta, limit=1, now=0.0)  # room for the busiest ENI only
     state.apply(admitted)
@@ -117,7 +117,7 @@ def corpus(relative: str) -> Path:
 
 def test_the_aws_v5_example_is_s3_through_a_gateway_endpoint_already() -> None:
     """flowlogs-reader's v5 file (AWS's doc example): egress to S3 on traffic-path 7 is no candidate."""
-    rows, errors, _ = decode_bytes(corpus("flowlogs-reader/v5-file.log").read_bytes(), columns=columns(True, True))
+    rows, errors, _ = decode_bytes(corpus("flowlogs-reader/v5-file.log").read_bytes(), columns=columns(True, True, True))
     assert errors.counts == {"wrong_field_count": 1}  # its "bogus line"
     doc = run(pa.Table.from_pylist(rows))
     assert doc == {
@@ -138,7 +138,7 @@ def test_the_aws_v5_example_is_s3_through_a_gateway_endpoint_already() -> None:
 )
 def test_tcp_flag_samples_without_flow_direction_get_no_ipv6_or_path_signal(relative: str) -> None:
     """AWS's tcp-flag examples (v3): flags but no flow-direction, all accepted: nothing to report, nothing broken."""
-    rows, _, failure = decode_bytes(corpus(relative).read_bytes(), columns=columns(True, True))
+    rows, _, failure = decode_bytes(corpus(relative).read_bytes(), columns=columns(True, True, True))
     assert failure is None
     assert rows
     assert "tcp-flags" in rows[0]  # decoded, not ignored

@@ -37,16 +37,17 @@ def body(cases: list[InsightCase]) -> bytes:
 
 def delta(cases: list[InsightCase], chunk_bytes: int = 1 << 16) -> FlowState:
     """One input through the real decode and batch reduce (`chunk_bytes` small: many batches)."""
-    reader = ObjectReader(columns=columns(False, True), chunk_bytes=chunk_bytes)
+    reader = ObjectReader(columns=columns(False, True, True), chunk_bytes=chunk_bytes)
     parts: list[BatchResult] = []
     with ThreadPoolExecutor(2) as pool:
-        result = Ingestor(reader, reducer(None, None, 60), pool).run([body(cases)], parts.append)
+        result = Ingestor(reader, reducer(None, None, 60, True), pool).run([body(cases)], parts.append)
     assert result.failure is None
     return delta_of(parts)
 
 
 def nacl(state: FlowState) -> dict[str, int]:
-    return {k: v["records"] for k, v in ins.report(state.insights, state.insight_examples, 0.0)["nacl_return_rejects"].items()}
+    found = ins.report(state.insights, state.insight_examples, 0.0, nacl_pairing=True)["nacl_return_rejects"]
+    return {k: v["records"] for k, v in found.items()}
 
 
 def commit(stored: dict[str, bytes], pieces: Pieces) -> None:
@@ -158,14 +159,16 @@ def test_after_a_restart_the_state_pairs_the_same() -> None:
 def test_replay_pairs_across_all_its_files_in_either_order(tmp_path: Path) -> None:
     (tmp_path / "a.log.gz").write_bytes(body([request(W + 5), request(W + 7, port=50002)]))
     (tmp_path / "b.log.gz").write_bytes(body([reply(W + 6), reply(W + 400, port=50002)]))
-    reader = ObjectReader(columns=columns(False, True))
+    reader = ObjectReader(columns=columns(False, True, True))
     for names in (["a", "b"], ["b", "a"]):
         inputs = [Input(name, tmp_path / f"{name}.log.gz", 0) for name in names]
         with ThreadPoolExecutor(2) as pool:
-            state, _ = replay_counts(inputs, reader, pool, insights_window_seconds=60, lateness_seconds=LATENESS)
+            state, _ = replay_counts(
+                inputs, reader, pool, insights_window_seconds=60, lateness_seconds=LATENESS, nacl_pairing=True
+            )
         assert nacl(state) == {ENI: 2}
         with ThreadPoolExecutor(2) as pool:
-            state, _ = replay_counts(inputs, reader, pool, insights_window_seconds=60, lateness_seconds=300)
+            state, _ = replay_counts(inputs, reader, pool, insights_window_seconds=60, lateness_seconds=300, nacl_pairing=True)
         # W + 400 lies beyond 300 s of lateness; and read first, it moves the state past the reply at W + 6 too
         assert nacl(state) == ({ENI: 1} if names == ["a", "b"] else {})
 

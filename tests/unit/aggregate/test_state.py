@@ -94,7 +94,7 @@ def test_membership_and_last_seen_survive_a_restart(tmp_path: Path) -> None:
 def exposition(state: FlowState) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     registry = CollectorRegistry()
     registry.register(FlowCollector(lambda: state))
-    registry.register(InsightsCollector(lambda: state, 0.045))
+    registry.register(InsightsCollector(lambda: state, 0.045, nacl_pairing=True))
     out = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for s in family.samples:

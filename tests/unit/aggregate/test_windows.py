@@ -328,7 +328,7 @@ def test_a_batch_counted_on_codes_equals_arrows_group_by(
 
 def test_corpus_batches_counted_on_codes_equal_arrows_group_by(corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every text and Parquet sample of the corpus, decoded as the live path decodes it: both ways agree."""
-    reader = ObjectReader(columns=columns(True, True))
+    reader = ObjectReader(columns=columns(True, True, True))
     tables: list[pa.Table] = []
     with ThreadPoolExecutor(2) as pool:
         for path in sorted(corpus.rglob("*")):
