@@ -59,10 +59,10 @@ from streamer.store.base import (
     LeaseLost,
     Refused,
     TransactionConflict,
-    merged,
     pause_in_transaction,
 )
 from streamer.store.pgtimeouts import GuardedPool, Health, Timeouts
+from streamer.store.plan import Live, Plan, Wanted, plan, wanted
 
 log = logging.getLogger(__name__)
 #: a transaction the server aborted (deadlock, serialization failure) is claimed again up to this many times in all
@@ -267,11 +267,12 @@ class PostgresStore:
         try:
             with self._pool.connection() as conn, conn.cursor() as cur:
                 try:
-                    refused = self._claim(cur, changes, me, now)
-                    if refused:
+                    decided = plan(changes, self._read_claims(cur, wanted(changes), me), me)
+                    if decided.change is None:
                         conn.rollback()
-                        return refused
-                    self._write(cur, merged(changes), me)
+                        return decided.refused
+                    self._claim(cur, decided, now)
+                    self._write(cur, decided.change, decided.blind, me)
                     pause_in_transaction(changes)
                     conn.commit()
                     if next(self._commits) in self._ambiguous:
@@ -283,50 +284,49 @@ class PostgresStore:
             raise CheckpointError(f"{self._where}: commit failed: {_message(exc)}") from exc
         return []
 
-    def _claim(self, cur: psycopg.Cursor[Any], changes: Sequence[Commit], me: str, now: float) -> list[Refused]:
-        """Every input's claim inside the transaction (the caller rolls back if any is refused).
+    def _read_claims(self, cur: psycopg.Cursor[Any], want: Wanted, me: str) -> Live:
+        """What the claims are judged against, read inside the transaction: leases (kept shared), then
+        cursors (locked for update), each in sorted order whatever the order of the inputs; then done keys.
+        A done key or a first cursor another replica inserts after this read makes the insert find it (see
+        `_claim`)."""
+        leases = {read: self._holds(cur, read[0], read[1], me, read[2]) for read in want.leases}
+        cursors: dict[tuple[str, str], str] = {}
+        if want.cursors:
+            cur.execute(
+                "SELECT source, partition, value FROM cursors WHERE (source, partition) IN "
+                "(SELECT * FROM unnest(%s::text[], %s::text[])) "
+                'ORDER BY source COLLATE "C", partition COLLATE "C" FOR UPDATE',
+                ([s for s, _ in want.cursors], [p for _, p in want.cursors]),
+            )
+            cursors = {(str(s), str(p)): str(v) for s, p, v in cur.fetchall()}
+        done: frozenset[tuple[str, str]] = frozenset()
+        if want.done:
+            cur.execute(
+                "SELECT namespace, key FROM done WHERE (namespace, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+                ([n for n, _ in want.done], [k for _, k in want.done]),
+            )
+            done = frozenset((str(n), str(k)) for n, k in cur.fetchall())
+        return Live(done, cursors, leases)
 
-        Each kind of row is locked in sorted order whatever the order of the inputs: leases (shared), then
-        done keys, then cursors. Done keys go in with one statement for the whole group; a key another input
-        of the group claimed first refuses the later one, like a key already in the table (an input refused
-        for its lease claims nothing). Cursors of one partition are swapped in the inputs' order.
-        """
-        refused: dict[int, Refused] = {}
-        holds: dict[tuple[str, str, int | None], bool] = {}
-        for lease, epoch in sorted({(c.lease, c.epoch) for c in changes if c.lease is not None}, key=_lease_order):
-            holds[(*lease, epoch)] = self._holds(cur, *lease, me, epoch)
-        for index, change in enumerate(changes):
-            if change.lease is not None and not holds[(*change.lease, change.epoch)]:
-                refused[index] = Refused(index, f"lease {change.lease[0]}/{change.lease[1]} is no longer {me}'s")
-        first: dict[tuple[str, str], int] = {}
-        for index, change in enumerate(changes):
-            if index in refused:  # not counted here: its keys are not claimed, a later input's claim stands
-                continue
-            for d in change.done:
-                if first.setdefault((d.namespace, d.key), index) != index:
-                    refused.setdefault(index, Refused(index))
-        rows = sorted({(d.namespace, d.key, d.outcome) for i, c in enumerate(changes) if i not in refused for d in c.done})
-        if rows:
+    def _claim(self, cur: psycopg.Cursor[Any], decided: Plan, now: float) -> None:
+        """The plan's claims: done keys in one statement, in sorted order (two groups sharing keys wait for each
+        other instead of deadlocking), then the compare-and-set cursors. A claim another replica made between
+        the read and here (a key or a first cursor it inserted) means the plan was made on a stale view:
+        nothing of it is kept, and the group is decided again from the start (`TransactionConflict`)."""
+        if decided.done:
+            rows = decided.done
             cur.execute(
                 "INSERT INTO done SELECT n, k, o, %s FROM unnest(%s::text[], %s::text[], %s::text[]) "
                 "WITH ORDINALITY AS claims(n, k, o, i) ORDER BY i ON CONFLICT DO NOTHING RETURNING namespace, key",
-                (now, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+                (now, [d.namespace for d in rows], [d.key for d in rows], [d.outcome for d in rows]),
             )
-            inserted = {(str(n), str(k)) for n, k in cur.fetchall()}
-            for index, change in enumerate(changes):
-                if index not in refused and any((d.namespace, d.key) not in inserted for d in change.done):
-                    refused[index] = Refused(index)  # counted before, here or by another replica
-        swaps = sorted(
-            (source, partition, index, before, change.cursors.get((source, partition), before))
-            for index, change in enumerate(changes)
-            for (source, partition), before in change.expected.items()
-        )
-        for source, partition, index, before, after in swaps:
-            if index not in refused and not _swap_cursor(cur, source, partition, before, after):
-                refused[index] = Refused(index)  # the cursor moved on: counted before
-        return [refused[i] for i in sorted(refused)]
+            if len(cur.fetchall()) != len(rows):
+                raise TransactionConflict(f"{self._where}: a done key was claimed by another replica meanwhile")
+        for swap in decided.swaps:
+            if not _swap_cursor(cur, swap.source, swap.partition, swap.before, swap.after):
+                raise TransactionConflict(f"{self._where}: cursor {swap.source}/{swap.partition} moved meanwhile")
 
-    def _write(self, cur: psycopg.Cursor[Any], change: Commit, me: str) -> None:
+    def _write(self, cur: psycopg.Cursor[Any], change: Commit, blind: list[tuple[str, str, str]], me: str) -> None:
         if change.forget:  # one statement per table, however many interfaces go
             gone = list(change.forget)
             cur.execute("DELETE FROM counters WHERE replica_id = %s AND interface_id = ANY(%s)", (me, gone))
@@ -372,7 +372,6 @@ class PostgresStore:
                 "DO UPDATE SET records = insights.records + excluded.records, bytes = insights.bytes + excluded.bytes",
                 (me,),
             )
-        blind = sorted((s, p, v) for (s, p), v in change.cursors.items() if (s, p) not in change.expected)
         if blind:
             cur.executemany(
                 "INSERT INTO cursors VALUES (%s, %s, %s) ON CONFLICT (source, partition) DO UPDATE SET value = excluded.value",
@@ -573,13 +572,6 @@ def _swap_cursor(cur: psycopg.Cursor[Any], source: str, partition: str, before: 
             (after, source, partition, before),
         )
     return cur.rowcount == 1
-
-
-def _lease_order(held: tuple[tuple[str, str] | None, int | None]) -> tuple[str, str, int]:
-    """Leases sort by name (the lock order); an epoch only tells two readings of one lease apart."""
-    lease, epoch = held
-    assert lease is not None
-    return (*lease, -1 if epoch is None else epoch)
 
 
 def _ambiguous_commits() -> frozenset[int]:
