@@ -1,7 +1,7 @@
 """The fleet's checkpoint: one PostgreSQL shared by every replica, behind the SQLite store's interface.
 
-A group of inputs commits in one transaction, exactly as with SQLite: each
-one's claim (the done key, or the cursor under a lease), their counter deltas
+A group of inputs commits in one transaction, decided exactly as with SQLite
+(one planner, `store.plan`): each one's claim (the done key, or the cursor under a lease), their counter deltas
 merged into one staged upsert per table, and their window partials for the
 leader. What is per replica and what is shared:
 
@@ -243,14 +243,15 @@ class PostgresStore:
         return not refused
 
     def commit_group(self, changes: Sequence[Commit]) -> list[Refused]:
-        """Several inputs in one transaction: every claim (lease and epoch, done keys, compare-and-set
-        cursors) is checked first, in order; if one is refused, the transaction is rolled back and the
-        refusals returned. Else the merged change is written with one staged upsert per table.
+        """Several inputs in one transaction, decided by the one claim rule both stores share (`store.plan`:
+        lease and epoch, done keys, compare-and-set cursors); if one is refused, the transaction is rolled
+        back and the refusals returned. Else the merged change is written with one staged upsert per table.
 
-        Rows several replicas may lock (leases, done keys, cursors, snapshots) are locked in one global
+        Rows several replicas may lock (leases, cursors, done keys, snapshots) are locked in one global
         order, so two groups sharing keys wait for each other instead of deadlocking. A transaction the
-        server aborts anyway (a deadlock with another session, a serialization failure) wrote nothing:
-        it is claimed again from the start, a few times, before the failure is reported."""
+        server aborts anyway (a deadlock with another session, a serialization failure), or one whose view
+        another replica's claim made stale, wrote nothing: it is decided again from the start, a few times,
+        before the failure is reported."""
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
                 return self._commit_group_once(changes)
