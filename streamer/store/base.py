@@ -30,6 +30,11 @@ class TransactionConflict(CheckpointError):
     written (its outcome is known), so it can be tried again at once; the database itself is fine."""
 
 
+class StatementTimeout(CheckpointError):
+    """The server cancelled a statement that ran past `statement_timeout` (a slow query, a long lock wait):
+    nothing of its transaction was written, and the database answered, so it is not "away"."""
+
+
 class LeaseLost(Exception):
     """The lease an input was read under is held by another replica now: nothing was committed."""
 
