@@ -103,6 +103,11 @@ MIGRATIONS: list[str] = [
     INSERT INTO totals SELECT replica_id, '{LOG_STATUS}', log_status, SUM(records) FROM counters
         GROUP BY replica_id, log_status;
     """,
+    # window partials the leader could not apply (twice), kept for inspection instead of blocking the queue
+    """
+    CREATE TABLE window_partials_aside (id BIGINT PRIMARY KEY, source TEXT NOT NULL, body BYTEA NOT NULL,
+        reason TEXT NOT NULL, set_aside_at DOUBLE PRECISION NOT NULL);
+    """,
 ]
 
 
@@ -529,6 +534,26 @@ class PostgresStore:
             ).fetchall()
             conn.rollback()
         return [(int(i), str(s), bytes(b)) for i, s, b in rows]
+
+    def set_aside_partial(self, lease: tuple[str, str], epoch: int | None, partial: int, reason: str) -> bool:
+        """The leader's step for a partial it cannot apply, fenced by its lease: moved to `window_partials_aside`
+        with `reason`, out of the queue. False if it was gone already."""
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            try:
+                if not self._holds(cur, *lease, self.replica_id, epoch):
+                    raise LeaseLost(f"lease {lease[0]}/{lease[1]} is no longer {self.replica_id}'s")
+                cur.execute(
+                    f"INSERT INTO window_partials_aside SELECT id, source, body, %s, {DB_NOW} FROM window_partials "
+                    "WHERE id = %s ON CONFLICT DO NOTHING",
+                    (reason, partial),
+                )
+                cur.execute("DELETE FROM window_partials WHERE id = %s", (partial,))
+                moved = cur.rowcount == 1
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        return moved
 
     def commit_detection(
         self,
