@@ -108,7 +108,26 @@ MIGRATIONS: list[str] = [
     CREATE TABLE window_partials_aside (id BIGINT PRIMARY KEY, source TEXT NOT NULL, body BYTEA NOT NULL,
         reason TEXT NOT NULL, set_aside_at DOUBLE PRECISION NOT NULL);
     """,
+    # A rolling upgrade: replicas still on code from before `totals` upsert counters only. For their sessions
+    # (today's connect with streamer.totals=on, see TOTALS_OPTION) the database adds each row's increase to the
+    # log-status totals, so a replica restarted on today's code finds them exact. The WHEN is evaluated
+    # without calling the function: today's upserts pay almost nothing.
+    f"""
+    CREATE FUNCTION streamer_old_code_totals() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO totals VALUES (NEW.replica_id, '{LOG_STATUS}', NEW.log_status,
+            NEW.records - CASE WHEN TG_OP = 'UPDATE' THEN OLD.records ELSE 0 END)
+        ON CONFLICT (replica_id, name, key) DO UPDATE SET value = totals.value + excluded.value;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER streamer_old_code_totals AFTER INSERT OR UPDATE ON counters FOR EACH ROW
+        WHEN (current_setting('streamer.totals', true) IS DISTINCT FROM 'on')
+        EXECUTE FUNCTION streamer_old_code_totals();
+    """,
 ]
+
+#: server option of every session of today's code: it writes `totals` itself (see the last migration above)
+TOTALS_OPTION = "-c streamer.totals=on"
 
 
 #: the database's clock, in epoch seconds: the only clock leases and liveness are judged on
@@ -153,6 +172,7 @@ class PostgresStore:
         timeouts = timeouts or Timeouts()
         info = connection_info(url, password_file, timeouts)
         conninfo = info.pop("conninfo")
+        info["options"] = f"{info.get('options', '')} {TOTALS_OPTION}".strip()
         self._where = _redacted(conninfo)
         kwargs = {**info, "autocommit": False}
         self._health = Health()
