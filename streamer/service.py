@@ -272,6 +272,7 @@ class Service:
             on_replies_dropped=self.telemetry.nacl_replies_dropped.inc,
             max_interfaces=self.config.metrics.max_interfaces,
             interface_idle_seconds=self.config.metrics.interface_idle_seconds,
+            replica_retention_seconds=self.config.fleet.replica_retention_seconds,
         )
         self.registry.register(LeaseCollector(coordinator))
         self.registry.register(LeaderCollector(leader))

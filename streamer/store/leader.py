@@ -60,6 +60,8 @@ SLICE_PARTIALS = 100
 SLICE_BYTES = 16 << 20
 #: ... and takes no more once this long has gone (then snapshots and commits what it applied)
 SLICE_SECONDS = 1.0
+#: the leader folds the rows of replicas gone past the retention at most this often
+FOLD_EVERY_SECONDS = 300.0
 #: a partial that fails to apply this many times (in a row, on this leader) is set aside
 SET_ASIDE_AFTER_FAILURES = 2
 #: how much of the failure is kept as the set-aside partial's reason
@@ -91,6 +93,7 @@ class LeaderDetector:
         interface_idle_seconds: float = 86400,
         pairing_max_waiting_replies: int = MAX_WAITING_REPLIES,
         on_replies_dropped: Callable[[int], object] | None = None,
+        replica_retention_seconds: float | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.fresh = fresh
@@ -116,6 +119,9 @@ class LeaderDetector:
         #: partial id -> failures to apply it so far, and how many this replica set aside
         self._failures: dict[int, int] = {}
         self.set_aside = 0
+        #: rows of replicas gone this long are folded (None: never), next when time.monotonic() passes fold_at
+        self.replica_retention_seconds = replica_retention_seconds
+        self.fold_at = 0.0
 
     @property
     def leader(self) -> bool:
@@ -173,7 +179,25 @@ class LeaderDetector:
         self.alerter.notify(anomalies)
         self.steps += 1
         self.backlog = bool(taken)  # there may be more: look again now (an empty queue waits a tick)
+        await self._fold(store, epoch)
         return len(consumed)
+
+    async def _fold(self, store: PostgresStore, epoch: int | None) -> None:
+        """Now and then, the rows of replicas gone past the retention go into the shared ones (a failure is
+        tried again next time; it is no reason to step down)."""
+        if self.replica_retention_seconds is None or time.monotonic() < self.fold_at:
+            return
+        self.fold_at = time.monotonic() + FOLD_EVERY_SECONDS
+        idle_before = self.clock() - self.interface_idle_seconds
+        try:
+            gone = await self._call(store.fold_gone_replicas, LEADER, epoch, self.replica_retention_seconds, idle_before)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            log.warning("folding the rows of replicas gone failed (tried again later): %s", exc)
+            return
+        if gone:
+            log.info("rows of replicas gone for %.0f s folded into the shared rows: %s", self.replica_retention_seconds, gone)
 
     async def _failed(self, store: PostgresStore, failed: PartialFailed, epoch: int | None) -> None:
         """Count a failure to apply a partial; at the second, set it aside (logged once, with the reason)."""

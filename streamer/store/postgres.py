@@ -103,16 +103,16 @@ MIGRATIONS: list[str] = [
     INSERT INTO totals SELECT replica_id, '{LOG_STATUS}', log_status, SUM(records) FROM counters
         GROUP BY replica_id, log_status;
     """,
-    # window partials the leader could not apply (twice), kept for inspection instead of blocking the queue
-    """
+    # - window partials the leader could not apply (twice), kept for inspection instead of blocking the queue;
+    # - when a replica left cleanly (its rows are folded a retention later, see `fold_gone_replicas`);
+    # - a rolling upgrade: replicas still on code from before `totals` upsert counters only. For their sessions
+    #   (today's connect with streamer.totals=on, see TOTALS_OPTION) the database adds each row's increase to
+    #   the log-status totals, so a replica restarted on today's code finds them exact. The WHEN is evaluated
+    #   without calling the function: today's upserts pay almost nothing.
+    f"""
     CREATE TABLE window_partials_aside (id BIGINT PRIMARY KEY, source TEXT NOT NULL, body BYTEA NOT NULL,
         reason TEXT NOT NULL, set_aside_at DOUBLE PRECISION NOT NULL);
-    """,
-    # A rolling upgrade: replicas still on code from before `totals` upsert counters only. For their sessions
-    # (today's connect with streamer.totals=on, see TOTALS_OPTION) the database adds each row's increase to the
-    # log-status totals, so a replica restarted on today's code finds them exact. The WHEN is evaluated
-    # without calling the function: today's upserts pay almost nothing.
-    f"""
+    ALTER TABLE replicas ADD COLUMN left_at DOUBLE PRECISION;
     CREATE FUNCTION streamer_old_code_totals() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         INSERT INTO totals VALUES (NEW.replica_id, '{LOG_STATUS}', NEW.log_status,
@@ -125,6 +125,16 @@ MIGRATIONS: list[str] = [
         EXECUTE FUNCTION streamer_old_code_totals();
     """,
 ]
+
+#: the replica id the rows of replicas gone past the retention are folded into (not a valid host name)
+FOLDED = "(folded)"
+#: per-replica tables whose rows add up, with their key and value columns (folding sums them)
+_ADDITIVE = {
+    "counters": (("interface_id", "action", "log_status"), ("records", "packets", "bytes")),
+    "decode_errors": (("reason",), ("count",)),
+    "insights": (("kind", "key1", "key2"), ("records", "bytes")),
+    "totals": (("name", "key"), ("value",)),
+}
 
 #: server option of every session of today's code: it writes `totals` itself (see the last migration above)
 TOTALS_OPTION = "-c streamer.totals=on"
@@ -467,7 +477,8 @@ class PostgresStore:
         thread); returns the leases still held and the live replicas."""
         with self._lease_pool.connection() as conn, conn.cursor() as cur:
             cur.execute(
-                f"INSERT INTO replicas VALUES (%s, {DB_NOW}) ON CONFLICT (replica_id) DO UPDATE SET seen_at = excluded.seen_at",
+                f"INSERT INTO replicas (replica_id, seen_at) VALUES (%s, {DB_NOW}) "
+                "ON CONFLICT (replica_id) DO UPDATE SET seen_at = excluded.seen_at, left_at = NULL",
                 (self.replica_id,),
             )
             # Locked in the commits' order (Python's sort: code points, which is the "C" collation's byte order
@@ -539,7 +550,66 @@ class PostgresStore:
         heartbeat's connection, bounded by `timeout_seconds` (the database may be away)."""
         with self._lease_pool.connection(timeout_seconds) as conn, conn.cursor() as cur:
             cur.execute("UPDATE leases SET owner = NULL, expires_at = 0 WHERE owner = %s", (self.replica_id,))
-            cur.execute("DELETE FROM replicas WHERE replica_id = %s", (self.replica_id,))
+            # Out of the live ones at once; its rows are folded a retention after it left (fold_gone_replicas).
+            cur.execute(f"UPDATE replicas SET seen_at = 0, left_at = {DB_NOW} WHERE replica_id = %s", (self.replica_id,))
+
+    # --- rows of replicas gone -------------------------------------------------------------------
+
+    def fold_gone_replicas(
+        self, lease: tuple[str, str], epoch: int | None, retention_seconds: float, idle_before: float
+    ) -> list[str]:
+        """The leader's step, fenced by its lease: the rows of every replica not seen (or gone since it left
+        cleanly) for `retention_seconds`, on the database's clock, are added into FOLDED's, so every sum over
+        the replicas stays as it was; then FOLDED's interfaces last seen before `idle_before` are forgotten,
+        as every replica forgets its own (totals stay). Returns the replicas folded.
+
+        What is deleted is what is folded (DELETE ... RETURNING): a replica that comes back meanwhile loses
+        nothing it commits, it starts its own rows again."""
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            try:
+                if not self._holds(cur, *lease, self.replica_id, epoch):
+                    raise LeaseLost(f"lease {lease[0]}/{lease[1]} is no longer {self.replica_id}'s")
+                known = " UNION ".join(f"SELECT replica_id FROM {t}" for t in [*_ADDITIVE, "interfaces"])
+                cur.execute(
+                    f"SELECT r FROM ({known}) AS known(r) WHERE r <> %s AND NOT EXISTS (SELECT 1 FROM replicas "
+                    f"WHERE replica_id = r AND coalesce(left_at, seen_at) > {DB_NOW} - %s) ORDER BY r",
+                    (FOLDED, retention_seconds),
+                )
+                gone = [str(r) for (r,) in cur.fetchall()]
+                if gone:
+                    for table, (keys, values) in _ADDITIVE.items():
+                        k, v = ", ".join(keys), ", ".join(f"sum({c})" for c in values)
+                        add = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in values)
+                        cur.execute(
+                            f"WITH gone AS (DELETE FROM {table} WHERE replica_id = ANY(%s) RETURNING *) "
+                            f"INSERT INTO {table} SELECT %s, {k}, {v} FROM gone GROUP BY {k} "
+                            f"ON CONFLICT (replica_id, {k}) DO UPDATE SET {add}",
+                            (gone, FOLDED),
+                        )
+                    cur.execute(
+                        "WITH gone AS (DELETE FROM interfaces WHERE replica_id = ANY(%s) RETURNING *) "
+                        "INSERT INTO interfaces SELECT %s, interface_id, max(last_seen) FROM gone GROUP BY interface_id "
+                        "ON CONFLICT (replica_id, interface_id) DO UPDATE "
+                        "SET last_seen = greatest(interfaces.last_seen, excluded.last_seen)",
+                        (gone, FOLDED),
+                    )
+                    cur.execute("DELETE FROM replicas WHERE replica_id = ANY(%s)", (gone,))
+                cur.execute(
+                    "DELETE FROM interfaces WHERE replica_id = %s AND last_seen < %s RETURNING interface_id",
+                    (FOLDED, idle_before),
+                )
+                idle = [str(i) for (i,) in cur.fetchall()]
+                if idle:
+                    cur.execute("DELETE FROM counters WHERE replica_id = %s AND interface_id = ANY(%s)", (FOLDED, idle))
+                    cur.execute(
+                        "DELETE FROM insights WHERE replica_id = %s AND key1 = ANY(%s) AND kind = ANY(%s)",
+                        (FOLDED, idle, list(ins.ENI_KINDS)),
+                    )
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        return gone
 
     # --- the leader's queue of window partials ---------------------------------------------------
 
