@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streamer.store.base import Commit, Done, Refused
 from streamer.store.postgres import PostgresStore
 from streamer.store.sqlite import CheckpointStore
+from tests.unit.store.test_plan import members
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +70,24 @@ def test_sqlite_and_postgres_refuse_the_same_members_of_a_group(name: str, pg_ur
             decided[label] = store.commit_group(group)
         assert decided["sqlite"] == decided["postgres"], decided
         assert lite.cursors("s") == pg.cursors("s")
+    finally:
+        lite.close()
+        pg.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.lists(members(), max_size=3), group=st.lists(members(), min_size=1, max_size=5))
+def test_random_groups_are_decided_alike_by_both_stores(seed: list[Commit], group: list[Commit], pg_url: str) -> None:
+    lite = CheckpointStore(Path(":memory:"))
+    pg = PostgresStore(pg_url, "r1", pool_size=1)
+    try:
+        with psycopg.connect(pg_url) as conn:
+            conn.execute("TRUNCATE done, cursors")
+        for change in seed:
+            assert lite.commit(change) == pg.commit(change)
+        assert lite.commit_group(group) == pg.commit_group(group)
+        assert lite.cursors("s") == pg.cursors("s")
+        assert lite.done_among("s3", "abc") == pg.done_among("s3", "abc")
     finally:
         lite.close()
         pg.close()

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from streamer.store.base import Commit, Done, Refused
 from streamer.store.plan import Live, Swap, plan, wanted
+from streamer.store.sqlite import CheckpointStore
 
 P0, P1 = ("s", "0"), ("s", "1")
 
@@ -56,3 +62,43 @@ def test_cursors_no_member_compares_are_written_blind_and_unchanged_ones_not_at_
     decided = plan(group, Live(cursors={P0: "4"}))
     assert decided.blind == [("cw", "g", "t9")]
     assert decided.swaps == []
+
+
+# --- the rule is the one of committing the members one by one ---------------------------------------
+
+KEYS = st.sampled_from(["a", "b", "c"])
+VALUES = st.sampled_from([None, "1", "2", "3"])
+
+
+@st.composite
+def members(draw: st.DrawFn) -> Commit:
+    keys = draw(st.lists(KEYS, max_size=2, unique=True))
+    cursors = draw(st.dictionaries(st.sampled_from([P0, P1]), st.tuples(VALUES, st.sampled_from(["1", "2", "3"])), max_size=2))
+    return Commit(
+        done=[Done("s3", k) for k in keys],
+        cursors={key: after for key, (_, after) in cursors.items()},
+        expected={key: before for key, (before, _) in cursors.items()},
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.lists(members(), max_size=3), group=st.lists(members(), min_size=1, max_size=5))
+def test_a_group_refuses_exactly_the_members_that_committed_one_by_one_would_be_refused(
+    seed: list[Commit], group: list[Commit]
+) -> None:
+    """SQLite, the planner's thin layer: a group, then its survivors, leave the checkpoint as committing each member
+    alone, in order, does; and it refuses those a lone commit refuses."""
+    alone, grouped = CheckpointStore(Path(":memory:")), CheckpointStore(Path(":memory:"))
+    try:
+        for change in seed:
+            assert alone.commit(change) == grouped.commit(change)
+        one_by_one = [i for i, change in enumerate(group) if not alone.commit(change)]
+        refused = [r.index for r in grouped.commit_group(group)]
+        assert refused == one_by_one
+        if refused:  # nothing was written: the caller commits the others again
+            assert grouped.commit_group([c for i, c in enumerate(group) if i not in refused]) == []
+        assert grouped.cursors("s") == alone.cursors("s")
+        assert grouped.done_among("s3", "abc") == alone.done_among("s3", "abc")
+    finally:
+        alone.close()
+        grouped.close()
