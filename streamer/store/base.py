@@ -91,7 +91,7 @@ def merged(changes: Sequence[Commit]) -> Commit:
     forgotten interfaces are
     never ones an earlier change of the same group counted (capping forgets only interfaces idle
     at the group's one `now`), so deleting them all before the upserts is exact. The claims
-    themselves (done keys, expected cursors, leases) are the stores' to check, in order.
+    themselves (done keys, expected cursors, leases) are decided by `store.plan`, for both stores.
     """
     if len(changes) == 1:
         return changes[0]
