@@ -62,7 +62,7 @@ from streamer.store.base import (
     pause_in_transaction,
 )
 from streamer.store.pgtimeouts import GuardedPool, Health, Timeouts
-from streamer.store.plan import Live, Plan, Wanted, plan, wanted
+from streamer.store.plan import Live, Plan, plan, wanted
 
 log = logging.getLogger(__name__)
 #: a transaction the server aborted (deadlock, serialization failure) is claimed again up to this many times in all
@@ -299,15 +299,14 @@ class PostgresStore:
 
     def _commit_group_once(self, changes: Sequence[Commit]) -> list[Refused]:
         me = self.replica_id
-        now = time.time()
         try:
             with self._pool.connection() as conn, conn.cursor() as cur:
                 try:
-                    decided = plan(changes, self._read_claims(cur, wanted(changes), me), me)
+                    decided = plan(changes, self._read_claims(cur, changes, me), me)
                     if decided.change is None:
                         conn.rollback()
                         return decided.refused
-                    self._claim(cur, decided, now)
+                    self._claim(cur, decided)
                     self._write(cur, decided.change, decided.blind, me)
                     pause_in_transaction(changes)
                     conn.commit()
@@ -320,11 +319,15 @@ class PostgresStore:
             raise CheckpointError(f"{self._where}: commit failed: {_message(exc)}") from exc
         return []
 
-    def _read_claims(self, cur: psycopg.Cursor[Any], want: Wanted, me: str) -> Live:
-        """What the claims are judged against, read inside the transaction: leases (kept shared), then
-        cursors (locked for update), each in sorted order whatever the order of the inputs; then done keys.
-        A done key or a first cursor another replica inserts after this read makes the insert find it (see
-        `_claim`)."""
+    def _read_claims(self, cur: psycopg.Cursor[Any], changes: Sequence[Commit], me: str) -> Live:
+        """What the claims are judged against, read inside the transaction, each kind in sorted order whatever
+        the order of the inputs (two groups sharing rows wait for each other instead of deadlocking): leases
+        (kept shared), cursors (locked for update), then done keys. A key that does not exist yet cannot be
+        locked by reading it, so done keys are read by inserting them all (one statement): those not inserted
+        existed (or another replica's transaction holding them committed meanwhile). If the plan refuses a
+        member, the transaction is rolled back; if not, the rows inserted are exactly the plan's done keys
+        (members that all hold are disjoint)."""
+        want = wanted(changes)
         leases = {read: self._holds(cur, read[0], read[1], me, read[2]) for read in want.leases}
         cursors: dict[tuple[str, str], str] = {}
         if want.cursors:
@@ -337,27 +340,23 @@ class PostgresStore:
             cursors = {(str(s), str(p)): str(v) for s, p, v in cur.fetchall()}
         done: frozenset[tuple[str, str]] = frozenset()
         if want.done:
-            cur.execute(
-                "SELECT namespace, key FROM done WHERE (namespace, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-                ([n for n, _ in want.done], [k for _, k in want.done]),
-            )
-            done = frozenset((str(n), str(k)) for n, k in cur.fetchall())
-        return Live(done, cursors, leases)
-
-    def _claim(self, cur: psycopg.Cursor[Any], decided: Plan, now: float) -> None:
-        """The plan's claims: done keys in one statement, in sorted order (two groups sharing keys wait for each
-        other instead of deadlocking), then the compare-and-set cursors. A claim another replica made between
-        the read and here (a key or a first cursor it inserted) means the plan was made on a stale view:
-        nothing of it is kept, and the group is decided again from the start (`TransactionConflict`)."""
-        if decided.done:
-            rows = decided.done
+            outcome: dict[tuple[str, str], str] = {}
+            for change in changes:
+                for d in change.done:
+                    outcome.setdefault((d.namespace, d.key), d.outcome)
             cur.execute(
                 "INSERT INTO done SELECT n, k, o, %s FROM unnest(%s::text[], %s::text[], %s::text[]) "
                 "WITH ORDINALITY AS claims(n, k, o, i) ORDER BY i ON CONFLICT DO NOTHING RETURNING namespace, key",
-                (now, [d.namespace for d in rows], [d.key for d in rows], [d.outcome for d in rows]),
+                (time.time(), [n for n, _ in want.done], [k for _, k in want.done], [outcome[key] for key in want.done]),
             )
-            if len(cur.fetchall()) != len(rows):
-                raise TransactionConflict(f"{self._where}: a done key was claimed by another replica meanwhile")
+            inserted = {(str(n), str(k)) for n, k in cur.fetchall()}
+            done = frozenset(key for key in want.done if key not in inserted)
+        return Live(done, cursors, leases)
+
+    def _claim(self, cur: psycopg.Cursor[Any], decided: Plan) -> None:
+        """The plan's compare-and-set cursors (its done keys went in with the read). A first cursor another
+        replica inserted between the read and here means the plan was made on a stale view: nothing of it is
+        kept, and the group is decided again from the start (`TransactionConflict`)."""
         for swap in decided.swaps:
             if not _swap_cursor(cur, swap.source, swap.partition, swap.before, swap.after):
                 raise TransactionConflict(f"{self._where}: cursor {swap.source}/{swap.partition} moved meanwhile")
