@@ -2,8 +2,9 @@
 
 A store reads, inside its transaction, what the group's claims are judged against (`Live`: which of the
 group's done keys exist, each expected cursor's value, whether each lease is held under its epoch), asks
-`plan` which members are refused, and, when none is, writes the plan's rows. So SQLite and PostgreSQL
-cannot decide a group differently, and the rule can be tested without a database.
+`plan` which members are refused, and, when none is, writes the plan's rows (PostgreSQL reads the done keys
+by inserting them, the only way to lock a key that does not exist yet: a refusal rolls them back). So SQLite
+and PostgreSQL cannot decide a group differently, and the rule can be tested without a database.
 
 The rule, member by member in the group's order:
 - a member whose lease is not held (or held under another epoch) is refused for it (`lease_lost`);
