@@ -560,7 +560,8 @@ class PostgresStore:
         """The leader's step, fenced by its lease: the rows of every replica not seen (or gone since it left
         cleanly) for `retention_seconds`, on the database's clock, are added into FOLDED's, so every sum over
         the replicas stays as it was; then FOLDED's interfaces last seen before `idle_before` are forgotten,
-        as every replica forgets its own (totals stay). Returns the replicas folded.
+        as every replica forgets its own (totals stay). Returns the replicas folded. (A replica whose row is
+        missing, as code from before `left_at` leaves it, counts as gone past the retention.)
 
         What is deleted is what is folded (DELETE ... RETURNING): a replica that comes back meanwhile loses
         nothing it commits, it starts its own rows again."""
@@ -571,7 +572,7 @@ class PostgresStore:
                 known = " UNION ".join(f"SELECT replica_id FROM {t}" for t in [*_ADDITIVE, "interfaces"])
                 cur.execute(
                     f"SELECT r FROM ({known}) AS known(r) WHERE r <> %s AND NOT EXISTS (SELECT 1 FROM replicas "
-                    f"WHERE replica_id = r AND coalesce(left_at, seen_at) > {DB_NOW} - %s) ORDER BY r",
+                    f"WHERE replica_id = r AND greatest(seen_at, left_at) > {DB_NOW} - %s) ORDER BY r",
                     (FOLDED, retention_seconds),
                 )
                 gone = [str(r) for (r,) in cur.fetchall()]
