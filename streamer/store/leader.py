@@ -179,6 +179,8 @@ class LeaderDetector:
         self.alerter.notify(anomalies)
         self.steps += 1
         self.backlog = bool(taken)  # there may be more: look again now (an empty queue waits a tick)
+        for applied in consumed if self._failures else ():  # failed once, then applied: out of the queue
+            self._failures.pop(applied, None)
         await self._fold(store, epoch)
         return len(consumed)
 
@@ -203,7 +205,7 @@ class LeaderDetector:
         """Count a failure to apply a partial; at the second, set it aside (logged once, with the reason)."""
         times = self._failures[failed.partial] = self._failures.get(failed.partial, 0) + 1
         if times < SET_ASIDE_AFTER_FAILURES:
-            log.info("%s; trying it once more before it is set aside", failed)
+            log.info("%s; trying it once more before it is set aside", " ".join(str(failed).split())[:REASON_CHARS])
             return
         reason = " ".join(f"{type(failed.cause).__name__}: {failed.cause}".split())[:REASON_CHARS]
         if await self._call(store.set_aside_partial, LEADER, epoch, failed.partial, reason):
