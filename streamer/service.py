@@ -37,7 +37,7 @@ from streamer.export.metrics import DetectionCollector, FlowCollector, InsightsC
 from streamer.export.telemetry import Telemetry
 from streamer.pipeline import Pipeline, Store
 from streamer.sources.base import BuildContext, OwnsEverything, Source, aws_error_reason
-from streamer.store.leader import LeaderDetector
+from streamer.store.leader import LeaderCollector, LeaderDetector
 from streamer.store.leases import Coordinator, LeaseCollector
 from streamer.store.sqlite import CheckpointStore
 
@@ -274,8 +274,10 @@ class Service:
             on_replies_dropped=self.telemetry.nacl_replies_dropped.inc,
             max_interfaces=self.config.metrics.max_interfaces,
             interface_idle_seconds=self.config.metrics.interface_idle_seconds,
+            replica_retention_seconds=self.config.fleet.replica_retention_seconds,
         )
         self.registry.register(LeaseCollector(coordinator))
+        self.registry.register(LeaderCollector(leader))
         log.info("replica %s joined a fleet of %d", coordinator.replica_id, len(coordinator.live))
         return coordinator, leader
 

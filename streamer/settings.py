@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from streamer import defaults
 from streamer.schema import FIELDS, UnknownFieldError, parse_log_format, unknown
@@ -100,6 +100,16 @@ class FleetConfig(Model):
     lease_seconds: float = Field(default=30, ge=2)
     #: S3 polling is split into this many key-hash partitions, leased among the replicas
     s3_partitions: int = Field(default=8, ge=1, le=256)
+    #: the rows of a replica not seen (or gone since it left) for this long are folded into shared rows
+    replica_retention_seconds: float = Field(default=86400)
+
+    @field_validator("replica_retention_seconds")
+    @classmethod
+    def _past_leases(cls, value: float, info: ValidationInfo) -> float:
+        lease = info.data.get("lease_seconds", 30)
+        if value < max(60, 10 * lease):
+            raise ValueError(f"must be at least 60 and ten times fleet.lease_seconds ({10 * lease:g})")
+        return value
 
 
 

@@ -30,6 +30,11 @@ class TransactionConflict(CheckpointError):
     written (its outcome is known), so it can be tried again at once; the database itself is fine."""
 
 
+class StatementTimeout(CheckpointError):
+    """The server cancelled a statement that ran past `statement_timeout` (a slow query, a long lock wait):
+    nothing of its transaction was written, and the database answered, so it is not "away"."""
+
+
 class LeaseLost(Exception):
     """The lease an input was read under is held by another replica now: nothing was committed."""
 
@@ -86,7 +91,7 @@ def merged(changes: Sequence[Commit]) -> Commit:
     forgotten interfaces are
     never ones an earlier change of the same group counted (capping forgets only interfaces idle
     at the group's one `now`), so deleting them all before the upserts is exact. The claims
-    themselves (done keys, expected cursors, leases) are the stores' to check, in order.
+    themselves (done keys, expected cursors, leases) are decided by `store.plan`, for both stores.
     """
     if len(changes) == 1:
         return changes[0]

@@ -14,6 +14,12 @@ failed step, and any change of the lease's epoch (lost and won back, even
 between two steps), drops the in-memory state: the next step restores it
 from the database, never carrying on from a state another leader moved past.
 
+A partial that cannot be applied (a rolling upgrade that changed its
+encoding, a bug) is tried once more, in case the fault was passing; failing
+again, it is set aside: moved to `window_partials_aside` with the reason,
+counted (`streamer_leader_partials_set_aside_total`) and logged once, and the
+queue goes on. Otherwise one bad row would stop detection for the fleet.
+
 With insights on, it also pairs the NACL candidates every replica commits;
 the counts it exports are capped and forgotten when idle like every per-ENI
 series (aggregate/nacl_totals.py), and a slice rewrites their snapshot only
@@ -26,10 +32,12 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
@@ -52,6 +60,21 @@ SLICE_PARTIALS = 100
 SLICE_BYTES = 16 << 20
 #: ... and takes no more once this long has gone (then snapshots and commits what it applied)
 SLICE_SECONDS = 1.0
+#: the leader folds the rows of replicas gone past the retention at most this often
+FOLD_EVERY_SECONDS = 300.0
+#: a partial that fails to apply this many times (in a row, on this leader) is set aside
+SET_ASIDE_AFTER_FAILURES = 2
+#: how much of the failure is kept as the set-aside partial's reason
+REASON_CHARS = 500
+
+
+class PartialFailed(Exception):
+    """One partial of a slice could not be applied: `partial` is its queue id, `cause` why."""
+
+    def __init__(self, partial: int, cause: BaseException) -> None:
+        super().__init__(f"partial {partial}: {type(cause).__name__}: {cause}")
+        self.partial = partial
+        self.cause = cause
 
 
 class LeaderDetector:
@@ -70,6 +93,7 @@ class LeaderDetector:
         interface_idle_seconds: float = 86400,
         pairing_max_waiting_replies: int = MAX_WAITING_REPLIES,
         on_replies_dropped: Callable[[int], object] | None = None,
+        replica_retention_seconds: float | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.fresh = fresh
@@ -92,6 +116,12 @@ class LeaderDetector:
         self.steps = 0
         #: the last step applied partials: the next one follows without waiting a tick
         self.backlog = False
+        #: partial id -> failures to apply it so far, and how many this replica set aside
+        self._failures: dict[int, int] = {}
+        self.set_aside = 0
+        #: rows of replicas gone this long are folded (None: never), next when time.monotonic() passes fold_at
+        self.replica_retention_seconds = replica_retention_seconds
+        self.fold_at = 0.0
 
     @property
     def leader(self) -> bool:
@@ -128,7 +158,13 @@ class LeaderDetector:
         assert self.detection is not None
         taken = await self._call(store.take_partials, SLICE_PARTIALS, SLICE_BYTES)
         pairs = _Pairs(self.pairing, self.totals, self.max_interfaces, self.interface_idle_seconds)
-        detection, anomalies, consumed, blob = await asyncio.to_thread(_apply, self.detection, taken, self.clock(), pairs)
+        try:
+            detection, anomalies, consumed, blob = await asyncio.to_thread(_apply, self.detection, taken, self.clock(), pairs)
+        except PartialFailed as failed:
+            self._step_down()  # the slice may have moved the state part way: the next step restores it
+            await self._failed(store, failed, epoch)
+            self.backlog = True  # the others wait: go on now
+            return 0
         alerts = self.alerter.preview(anomalies)
         snapshots = {SNAPSHOT_NAME: blob, ALERTS_SNAPSHOT: _encode_alerts(alerts), **pairs.snapshots()}
         try:
@@ -143,7 +179,43 @@ class LeaderDetector:
         self.alerter.notify(anomalies)
         self.steps += 1
         self.backlog = bool(taken)  # there may be more: look again now (an empty queue waits a tick)
+        for applied in consumed if self._failures else ():  # failed once, then applied: out of the queue
+            self._failures.pop(applied, None)
+        await self._fold(store, epoch)
         return len(consumed)
+
+    async def _fold(self, store: PostgresStore, epoch: int | None) -> None:
+        """Now and then, the rows of replicas gone past the retention go into the shared ones (a failure is
+        tried again next time; it is no reason to step down)."""
+        if self.replica_retention_seconds is None or time.monotonic() < self.fold_at:
+            return
+        self.fold_at = time.monotonic() + FOLD_EVERY_SECONDS
+        idle_before = self.clock() - self.interface_idle_seconds
+        try:
+            gone = await self._call(store.fold_gone_replicas, LEADER, epoch, self.replica_retention_seconds, idle_before)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            log.warning("folding the rows of replicas gone failed (tried again later): %s", exc)
+            return
+        if gone:
+            log.info("rows of replicas gone for %.0f s folded into the shared rows: %s", self.replica_retention_seconds, gone)
+
+    async def _failed(self, store: PostgresStore, failed: PartialFailed, epoch: int | None) -> None:
+        """Count a failure to apply a partial; at the second, set it aside (logged once, with the reason)."""
+        times = self._failures[failed.partial] = self._failures.get(failed.partial, 0) + 1
+        if times < SET_ASIDE_AFTER_FAILURES:
+            log.info("%s; trying it once more before it is set aside", " ".join(str(failed).split())[:REASON_CHARS])
+            return
+        reason = " ".join(f"{type(failed.cause).__name__}: {failed.cause}".split())[:REASON_CHARS]
+        if await self._call(store.set_aside_partial, LEADER, epoch, failed.partial, reason):
+            self.set_aside += 1
+            log.error(
+                "window partial %d cannot be applied (%s): set aside in window_partials_aside, detection goes on",
+                failed.partial,
+                reason,
+            )
+        del self._failures[failed.partial]
 
     async def _take_over(self, store: PostgresStore) -> None:
         blob = await self._call(store.snapshot, SNAPSHOT_NAME)
@@ -228,19 +300,35 @@ def _apply(
     for i, source, body in taken:
         if consumed and time.monotonic() > deadline:
             break
-        if source == PARTIAL_SOURCE:
-            if pairs is not None:
-                pairs.apply(body, now)
-            consumed.append(i)
-            continue
-        detection, found = detection.advance([decode_partial(body)], source, now)
-        anomalies.extend(found)
+        try:
+            if source == PARTIAL_SOURCE:
+                if pairs is not None:
+                    pairs.apply(body, now)
+            else:
+                detection, found = detection.advance([decode_partial(body)], source, now)
+                anomalies.extend(found)
+        except Exception as exc:
+            raise PartialFailed(i, exc) from exc
         consumed.append(i)
     detection, found = detection.tick(now)
     anomalies.extend(found)
     if pairs is not None:
         pairs.tick(now)
     return detection, anomalies, consumed, detection.snapshot()
+
+
+class LeaderCollector(Collector):
+    """streamer_leader_partials_set_aside_total: window partials this replica, as leader, could not apply."""
+
+    def __init__(self, leader: LeaderDetector) -> None:
+        self.leader = leader
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "streamer_leader_partials_set_aside",
+            "Window partials this replica, as leader, failed to apply twice and set aside (window_partials_aside).",
+            value=self.leader.set_aside,
+        )
 
 
 def _leader_kind() -> tuple[str, list[str]]:

@@ -38,7 +38,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from streamer.store.base import DatabaseUnavailable, TransactionConflict
+from streamer.store.base import DatabaseUnavailable, StatementTimeout, TransactionConflict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +143,8 @@ class Health:
 class GuardedPool:
     """A psycopg pool whose `connection()` is bounded by the timeouts, and that knows whether the database answers.
 
-    Connection-level failures (refused, lost, cancelled, cut) leave it as `DatabaseUnavailable`, one line. A
+    Connection-level failures (refused, lost, cut) leave it as `DatabaseUnavailable`, one line. A statement the
+    server cancelled at `statement_timeout` leaves it as `StatementTimeout`: the database answered. A
     transaction the server aborted to break a deadlock or a serialization conflict (SQLSTATE 40P01, 40001, which
     psycopg also files under OperationalError) leaves it as `TransactionConflict`: the database answered.
     """
@@ -210,6 +211,9 @@ class GuardedPool:
                 self.health.problem = None
                 raise TransactionConflict(f"{self.where}: {_line(exc)}") from exc
             answered = self.watchdog.disarm(token)
+            if answered and exc.sqlstate == _CANCELLED:  # the server's statement_timeout: slow, not away
+                self.health.problem = None
+                raise StatementTimeout(f"{self.where}: {_line(exc)}") from exc
             self.health.problem = _line(exc) if answered else f"no answer from the database within {limit:g} s"
             raise DatabaseUnavailable(f"{self.where}: {self.health.problem}") from exc
         else:
@@ -231,6 +235,8 @@ class GuardedPool:
 
 #: SQLSTATEs of a transaction the server aborted to let another go on: serialization failure, deadlock detected
 _CONFLICTS = frozenset({"40001", "40P01"})
+#: SQLSTATE of a statement the server cancelled (statement_timeout); a cancel by the watchdog is a cut instead
+_CANCELLED = "57014"
 
 
 def _rolled_back(exc: psycopg.Error) -> bool:

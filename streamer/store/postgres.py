@@ -1,7 +1,7 @@
 """The fleet's checkpoint: one PostgreSQL shared by every replica, behind the SQLite store's interface.
 
-A group of inputs commits in one transaction, exactly as with SQLite: each
-one's claim (the done key, or the cursor under a lease), their counter deltas
+A group of inputs commits in one transaction, decided exactly as with SQLite
+(one planner, `store.plan`): each one's claim (the done key, or the cursor under a lease), their counter deltas
 merged into one staged upsert per table, and their window partials for the
 leader. What is per replica and what is shared:
 
@@ -59,10 +59,10 @@ from streamer.store.base import (
     LeaseLost,
     Refused,
     TransactionConflict,
-    merged,
     pause_in_transaction,
 )
 from streamer.store.pgtimeouts import GuardedPool, Health, Timeouts
+from streamer.store.plan import Live, Plan, plan, wanted
 
 log = logging.getLogger(__name__)
 #: a transaction the server aborted (deadlock, serialization failure) is claimed again up to this many times in all
@@ -103,7 +103,41 @@ MIGRATIONS: list[str] = [
     INSERT INTO totals SELECT replica_id, '{LOG_STATUS}', log_status, SUM(records) FROM counters
         GROUP BY replica_id, log_status;
     """,
+    # - window partials the leader could not apply (twice), kept for inspection instead of blocking the queue;
+    # - when a replica left cleanly (its rows are folded a retention later, see `fold_gone_replicas`);
+    # - a rolling upgrade: replicas still on code from before `totals` upsert counters only. For their sessions
+    #   (today's connect with streamer.totals=on, see TOTALS_OPTION) the database adds each row's increase to
+    #   the log-status totals, so a replica restarted on today's code finds them exact. The WHEN is evaluated
+    #   without calling the function: today's upserts pay almost nothing.
+    f"""
+    CREATE TABLE window_partials_aside (id BIGINT PRIMARY KEY, source TEXT NOT NULL, body BYTEA NOT NULL,
+        reason TEXT NOT NULL, set_aside_at DOUBLE PRECISION NOT NULL);
+    ALTER TABLE replicas ADD COLUMN left_at DOUBLE PRECISION;
+    CREATE FUNCTION streamer_old_code_totals() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO totals VALUES (NEW.replica_id, '{LOG_STATUS}', NEW.log_status,
+            NEW.records - CASE WHEN TG_OP = 'UPDATE' THEN OLD.records ELSE 0 END)
+        ON CONFLICT (replica_id, name, key) DO UPDATE SET value = totals.value + excluded.value;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER streamer_old_code_totals AFTER INSERT OR UPDATE ON counters FOR EACH ROW
+        WHEN (current_setting('streamer.totals', true) IS DISTINCT FROM 'on')
+        EXECUTE FUNCTION streamer_old_code_totals();
+    """,
 ]
+
+#: the replica id the rows of replicas gone past the retention are folded into (not a valid host name)
+FOLDED = "(folded)"
+#: per-replica tables whose rows add up, with their key and value columns (folding sums them)
+_ADDITIVE = {
+    "counters": (("interface_id", "action", "log_status"), ("records", "packets", "bytes")),
+    "decode_errors": (("reason",), ("count",)),
+    "insights": (("kind", "key1", "key2"), ("records", "bytes")),
+    "totals": (("name", "key"), ("value",)),
+}
+
+#: server option of every session of today's code: it writes `totals` itself (see the last migration above)
+TOTALS_OPTION = "-c streamer.totals=on"
 
 
 #: the database's clock, in epoch seconds: the only clock leases and liveness are judged on
@@ -148,6 +182,7 @@ class PostgresStore:
         timeouts = timeouts or Timeouts()
         info = connection_info(url, password_file, timeouts)
         conninfo = info.pop("conninfo")
+        info["options"] = f"{info.get('options', '')} {TOTALS_OPTION}".strip()
         self._where = _redacted(conninfo)
         kwargs = {**info, "autocommit": False}
         self._health = Health()
@@ -243,14 +278,15 @@ class PostgresStore:
         return not refused
 
     def commit_group(self, changes: Sequence[Commit]) -> list[Refused]:
-        """Several inputs in one transaction: every claim (lease and epoch, done keys, compare-and-set
-        cursors) is checked first, in order; if one is refused, the transaction is rolled back and the
-        refusals returned. Else the merged change is written with one staged upsert per table.
+        """Several inputs in one transaction, decided by the one claim rule both stores share (`store.plan`:
+        lease and epoch, done keys, compare-and-set cursors); if one is refused, the transaction is rolled
+        back and the refusals returned. Else the merged change is written with one staged upsert per table.
 
-        Rows several replicas may lock (leases, done keys, cursors, snapshots) are locked in one global
+        Rows several replicas may lock (leases, cursors, done keys, snapshots) are locked in one global
         order, so two groups sharing keys wait for each other instead of deadlocking. A transaction the
-        server aborts anyway (a deadlock with another session, a serialization failure) wrote nothing:
-        it is claimed again from the start, a few times, before the failure is reported."""
+        server aborts anyway (a deadlock with another session, a serialization failure), or one whose view
+        another replica's claim made stale, wrote nothing: it is decided again from the start, a few times,
+        before the failure is reported."""
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
                 return self._commit_group_once(changes)
@@ -263,15 +299,15 @@ class PostgresStore:
 
     def _commit_group_once(self, changes: Sequence[Commit]) -> list[Refused]:
         me = self.replica_id
-        now = time.time()
         try:
             with self._pool.connection() as conn, conn.cursor() as cur:
                 try:
-                    refused = self._claim(cur, changes, me, now)
-                    if refused:
+                    decided = plan(changes, self._read_claims(cur, changes, me), me)
+                    if decided.change is None:
                         conn.rollback()
-                        return refused
-                    self._write(cur, merged(changes), me)
+                        return decided.refused
+                    self._claim(cur, decided)
+                    self._write(cur, decided.change, decided.blind, me)
                     pause_in_transaction(changes)
                     conn.commit()
                     if next(self._commits) in self._ambiguous:
@@ -283,50 +319,49 @@ class PostgresStore:
             raise CheckpointError(f"{self._where}: commit failed: {_message(exc)}") from exc
         return []
 
-    def _claim(self, cur: psycopg.Cursor[Any], changes: Sequence[Commit], me: str, now: float) -> list[Refused]:
-        """Every input's claim inside the transaction (the caller rolls back if any is refused).
-
-        Each kind of row is locked in sorted order whatever the order of the inputs: leases (shared), then
-        done keys, then cursors. Done keys go in with one statement for the whole group; a key another input
-        of the group claimed first refuses the later one, like a key already in the table (an input refused
-        for its lease claims nothing). Cursors of one partition are swapped in the inputs' order.
-        """
-        refused: dict[int, Refused] = {}
-        holds: dict[tuple[str, str, int | None], bool] = {}
-        for lease, epoch in sorted({(c.lease, c.epoch) for c in changes if c.lease is not None}, key=_lease_order):
-            holds[(*lease, epoch)] = self._holds(cur, *lease, me, epoch)
-        for index, change in enumerate(changes):
-            if change.lease is not None and not holds[(*change.lease, change.epoch)]:
-                refused[index] = Refused(index, f"lease {change.lease[0]}/{change.lease[1]} is no longer {me}'s")
-        first: dict[tuple[str, str], int] = {}
-        for index, change in enumerate(changes):
-            if index in refused:  # not counted here: its keys are not claimed, a later input's claim stands
-                continue
-            for d in change.done:
-                if first.setdefault((d.namespace, d.key), index) != index:
-                    refused.setdefault(index, Refused(index))
-        rows = sorted({(d.namespace, d.key, d.outcome) for i, c in enumerate(changes) if i not in refused for d in c.done})
-        if rows:
+    def _read_claims(self, cur: psycopg.Cursor[Any], changes: Sequence[Commit], me: str) -> Live:
+        """What the claims are judged against, read inside the transaction, each kind in sorted order whatever
+        the order of the inputs (two groups sharing rows wait for each other instead of deadlocking): leases
+        (kept shared), cursors (locked for update), then done keys. A key that does not exist yet cannot be
+        locked by reading it, so done keys are read by inserting them all (one statement): those not inserted
+        existed (or another replica's transaction holding them committed meanwhile). If the plan refuses a
+        member, the transaction is rolled back; if not, the rows inserted are exactly the plan's done keys
+        (members that all hold are disjoint)."""
+        want = wanted(changes)
+        leases = {read: self._holds(cur, read[0], read[1], me, read[2]) for read in want.leases}
+        cursors: dict[tuple[str, str], str] = {}
+        if want.cursors:
+            cur.execute(
+                "SELECT source, partition, value FROM cursors WHERE (source, partition) IN "
+                "(SELECT * FROM unnest(%s::text[], %s::text[])) "
+                'ORDER BY source COLLATE "C", partition COLLATE "C" FOR UPDATE',
+                ([s for s, _ in want.cursors], [p for _, p in want.cursors]),
+            )
+            cursors = {(str(s), str(p)): str(v) for s, p, v in cur.fetchall()}
+        done: frozenset[tuple[str, str]] = frozenset()
+        if want.done:
+            outcome: dict[tuple[str, str], str] = {}
+            for change in changes:
+                for d in change.done:
+                    outcome.setdefault((d.namespace, d.key), d.outcome)
             cur.execute(
                 "INSERT INTO done SELECT n, k, o, %s FROM unnest(%s::text[], %s::text[], %s::text[]) "
                 "WITH ORDINALITY AS claims(n, k, o, i) ORDER BY i ON CONFLICT DO NOTHING RETURNING namespace, key",
-                (now, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+                (time.time(), [n for n, _ in want.done], [k for _, k in want.done], [outcome[key] for key in want.done]),
             )
             inserted = {(str(n), str(k)) for n, k in cur.fetchall()}
-            for index, change in enumerate(changes):
-                if index not in refused and any((d.namespace, d.key) not in inserted for d in change.done):
-                    refused[index] = Refused(index)  # counted before, here or by another replica
-        swaps = sorted(
-            (source, partition, index, before, change.cursors.get((source, partition), before))
-            for index, change in enumerate(changes)
-            for (source, partition), before in change.expected.items()
-        )
-        for source, partition, index, before, after in swaps:
-            if index not in refused and not _swap_cursor(cur, source, partition, before, after):
-                refused[index] = Refused(index)  # the cursor moved on: counted before
-        return [refused[i] for i in sorted(refused)]
+            done = frozenset(key for key in want.done if key not in inserted)
+        return Live(done, cursors, leases)
 
-    def _write(self, cur: psycopg.Cursor[Any], change: Commit, me: str) -> None:
+    def _claim(self, cur: psycopg.Cursor[Any], decided: Plan) -> None:
+        """The plan's compare-and-set cursors (its done keys went in with the read). A first cursor another
+        replica inserted between the read and here means the plan was made on a stale view: nothing of it is
+        kept, and the group is decided again from the start (`TransactionConflict`)."""
+        for swap in decided.swaps:
+            if not _swap_cursor(cur, swap.source, swap.partition, swap.before, swap.after):
+                raise TransactionConflict(f"{self._where}: cursor {swap.source}/{swap.partition} moved meanwhile")
+
+    def _write(self, cur: psycopg.Cursor[Any], change: Commit, blind: list[tuple[str, str, str]], me: str) -> None:
         if change.forget:  # one statement per table, however many interfaces go
             gone = list(change.forget)
             cur.execute("DELETE FROM counters WHERE replica_id = %s AND interface_id = ANY(%s)", (me, gone))
@@ -372,7 +407,6 @@ class PostgresStore:
                 "DO UPDATE SET records = insights.records + excluded.records, bytes = insights.bytes + excluded.bytes",
                 (me,),
             )
-        blind = sorted((s, p, v) for (s, p), v in change.cursors.items() if (s, p) not in change.expected)
         if blind:
             cur.executemany(
                 "INSERT INTO cursors VALUES (%s, %s, %s) ON CONFLICT (source, partition) DO UPDATE SET value = excluded.value",
@@ -442,7 +476,8 @@ class PostgresStore:
         thread); returns the leases still held and the live replicas."""
         with self._lease_pool.connection() as conn, conn.cursor() as cur:
             cur.execute(
-                f"INSERT INTO replicas VALUES (%s, {DB_NOW}) ON CONFLICT (replica_id) DO UPDATE SET seen_at = excluded.seen_at",
+                f"INSERT INTO replicas (replica_id, seen_at) VALUES (%s, {DB_NOW}) "
+                "ON CONFLICT (replica_id) DO UPDATE SET seen_at = excluded.seen_at, left_at = NULL",
                 (self.replica_id,),
             )
             # Locked in the commits' order (Python's sort: code points, which is the "C" collation's byte order
@@ -514,7 +549,67 @@ class PostgresStore:
         heartbeat's connection, bounded by `timeout_seconds` (the database may be away)."""
         with self._lease_pool.connection(timeout_seconds) as conn, conn.cursor() as cur:
             cur.execute("UPDATE leases SET owner = NULL, expires_at = 0 WHERE owner = %s", (self.replica_id,))
-            cur.execute("DELETE FROM replicas WHERE replica_id = %s", (self.replica_id,))
+            # Out of the live ones at once; its rows are folded a retention after it left (fold_gone_replicas).
+            cur.execute(f"UPDATE replicas SET seen_at = 0, left_at = {DB_NOW} WHERE replica_id = %s", (self.replica_id,))
+
+    # --- rows of replicas gone -------------------------------------------------------------------
+
+    def fold_gone_replicas(
+        self, lease: tuple[str, str], epoch: int | None, retention_seconds: float, idle_before: float
+    ) -> list[str]:
+        """The leader's step, fenced by its lease: the rows of every replica not seen (or gone since it left
+        cleanly) for `retention_seconds`, on the database's clock, are added into FOLDED's, so every sum over
+        the replicas stays as it was; then FOLDED's interfaces last seen before `idle_before` are forgotten,
+        as every replica forgets its own (totals stay). Returns the replicas folded. (A replica whose row is
+        missing, as code from before `left_at` leaves it, counts as gone past the retention.)
+
+        What is deleted is what is folded (DELETE ... RETURNING): a replica that comes back meanwhile loses
+        nothing it commits, it starts its own rows again."""
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            try:
+                if not self._holds(cur, *lease, self.replica_id, epoch):
+                    raise LeaseLost(f"lease {lease[0]}/{lease[1]} is no longer {self.replica_id}'s")
+                known = " UNION ".join(f"SELECT replica_id FROM {t}" for t in [*_ADDITIVE, "interfaces"])
+                cur.execute(
+                    f"SELECT r FROM ({known}) AS known(r) WHERE r <> %s AND NOT EXISTS (SELECT 1 FROM replicas "
+                    f"WHERE replica_id = r AND greatest(seen_at, left_at) > {DB_NOW} - %s) ORDER BY r",
+                    (FOLDED, retention_seconds),
+                )
+                gone = [str(r) for (r,) in cur.fetchall()]
+                if gone:
+                    for table, (keys, values) in _ADDITIVE.items():
+                        k, v = ", ".join(keys), ", ".join(f"sum({c})" for c in values)
+                        add = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in values)
+                        cur.execute(
+                            f"WITH gone AS (DELETE FROM {table} WHERE replica_id = ANY(%s) RETURNING *) "
+                            f"INSERT INTO {table} SELECT %s, {k}, {v} FROM gone GROUP BY {k} "
+                            f"ON CONFLICT (replica_id, {k}) DO UPDATE SET {add}",
+                            (gone, FOLDED),
+                        )
+                    cur.execute(
+                        "WITH gone AS (DELETE FROM interfaces WHERE replica_id = ANY(%s) RETURNING *) "
+                        "INSERT INTO interfaces SELECT %s, interface_id, max(last_seen) FROM gone GROUP BY interface_id "
+                        "ON CONFLICT (replica_id, interface_id) DO UPDATE "
+                        "SET last_seen = greatest(interfaces.last_seen, excluded.last_seen)",
+                        (gone, FOLDED),
+                    )
+                    cur.execute("DELETE FROM replicas WHERE replica_id = ANY(%s)", (gone,))
+                cur.execute(
+                    "DELETE FROM interfaces WHERE replica_id = %s AND last_seen < %s RETURNING interface_id",
+                    (FOLDED, idle_before),
+                )
+                idle = [str(i) for (i,) in cur.fetchall()]
+                if idle:
+                    cur.execute("DELETE FROM counters WHERE replica_id = %s AND interface_id = ANY(%s)", (FOLDED, idle))
+                    cur.execute(
+                        "DELETE FROM insights WHERE replica_id = %s AND key1 = ANY(%s) AND kind = ANY(%s)",
+                        (FOLDED, idle, list(ins.ENI_KINDS)),
+                    )
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        return gone
 
     # --- the leader's queue of window partials ---------------------------------------------------
 
@@ -529,6 +624,26 @@ class PostgresStore:
             ).fetchall()
             conn.rollback()
         return [(int(i), str(s), bytes(b)) for i, s, b in rows]
+
+    def set_aside_partial(self, lease: tuple[str, str], epoch: int | None, partial: int, reason: str) -> bool:
+        """The leader's step for a partial it cannot apply, fenced by its lease: moved to `window_partials_aside`
+        with `reason`, out of the queue. False if it was gone already."""
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            try:
+                if not self._holds(cur, *lease, self.replica_id, epoch):
+                    raise LeaseLost(f"lease {lease[0]}/{lease[1]} is no longer {self.replica_id}'s")
+                cur.execute(
+                    f"INSERT INTO window_partials_aside SELECT id, source, body, %s, {DB_NOW} FROM window_partials "
+                    "WHERE id = %s ON CONFLICT DO NOTHING",
+                    (reason, partial),
+                )
+                cur.execute("DELETE FROM window_partials WHERE id = %s", (partial,))
+                moved = cur.rowcount == 1
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        return moved
 
     def commit_detection(
         self,
@@ -573,13 +688,6 @@ def _swap_cursor(cur: psycopg.Cursor[Any], source: str, partition: str, before: 
             (after, source, partition, before),
         )
     return cur.rowcount == 1
-
-
-def _lease_order(held: tuple[tuple[str, str] | None, int | None]) -> tuple[str, str, int]:
-    """Leases sort by name (the lock order); an epoch only tells two readings of one lease apart."""
-    lease, epoch = held
-    assert lease is not None
-    return (*lease, -1 if epoch is None else epoch)
 
 
 def _ambiguous_commits() -> frozenset[int]:

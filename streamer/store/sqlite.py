@@ -13,9 +13,9 @@ Positions come in two kinds:
 The done-key check is part of the transaction: a commit whose key is already
 done (another source on the same bucket got there first) is rolled back and
 reported as a duplicate, so an object is never counted twice. A group of
-inputs (`commit_group`) has every claim checked first; if one is refused the
-whole transaction is rolled back and the refusals reported, for the caller
-to commit the others again.
+inputs (`commit_group`) is decided by the one claim rule both stores share
+(`store.plan`); if one is refused nothing is written and the refusals are
+reported, for the caller to commit the others again.
 
 All calls are blocking; the service runs them on one dedicated thread.
 """
@@ -33,7 +33,8 @@ import pyarrow as pa
 from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import SCHEMA, Counters
 from streamer.aggregate.state import LOG_STATUS, FlowState
-from streamer.store.base import CheckpointError, Commit, Done, Refused, merged, pause_in_transaction
+from streamer.store.base import CheckpointError, Commit, Done, Refused, pause_in_transaction
+from streamer.store.plan import Live, Plan, Wanted, plan, wanted
 
 log = logging.getLogger(__name__)
 
@@ -134,18 +135,18 @@ class CheckpointStore:
         return not self.commit_group([change])
 
     def commit_group(self, changes: Sequence[Commit]) -> list[Refused]:
-        """Several inputs in one transaction: every claim is checked first, in order; if one is refused
-        (counted before), nothing is written and the refusals are returned. Else the merged change is
-        written with one statement per table, and [] is returned."""
+        """Several inputs in one transaction, decided by the one claim rule (`store.plan`): if a member is
+        refused (counted before), nothing is written and the refusals are returned. Else the merged change
+        is written with one statement per table, and [] is returned."""
         now = time.time()
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                refused = self._refused(changes)
-                if refused:
+                decided = plan(changes, self._live(wanted(changes)))
+                if decided.change is None:
                     self._db.execute("ROLLBACK")
-                    return refused
-                self._write(merged(changes), now)
+                    return decided.refused
+                self._write(decided, now)
                 pause_in_transaction(changes)
                 self._db.execute("COMMIT")
             except BaseException:
@@ -158,24 +159,21 @@ class CheckpointStore:
             self._vacuum_quietly()  # after COMMIT: a vacuum failure must not report a landed commit as failed
         return []
 
-    def _refused(self, changes: Sequence[Commit]) -> list[Refused]:
-        """Each claim against the checkpoint as the earlier changes of the group leave it."""
-        refused: list[Refused] = []
-        claimed: set[tuple[str, str]] = set()
-        moved: dict[tuple[str, str], str | None] = {}
-        for index, change in enumerate(changes):
-            keys = {(d.namespace, d.key) for d in change.done}
-            done = bool(keys & claimed) or any(
-                self._done_batch(namespace, batch) for namespace, batch in _by_namespace(change.done).items()
-            )
-            if done or not self._cursors_at(change.expected, moved):
-                refused.append(Refused(index))
-                continue
-            claimed |= keys
-            moved.update((key, change.cursors.get(key, before)) for key, before in change.expected.items())
-        return refused
+    def _live(self, want: Wanted) -> Live:
+        """What the claims are judged against (one process: every lease is this process's)."""
+        done: set[tuple[str, str]] = set()
+        for namespace, keys in _by_namespace([Done(n, k) for n, k in want.done]).items():
+            done |= {(namespace, k) for k in self.done_among(namespace, keys)}
+        cursors: dict[tuple[str, str], str] = {}
+        for source, partition in want.cursors:
+            row = self._db.execute("SELECT value FROM cursors WHERE source = ? AND partition = ?", (source, partition)).fetchone()
+            if row is not None:
+                cursors[(source, partition)] = str(row[0])
+        return Live(frozenset(done), cursors)
 
-    def _write(self, change: Commit, now: float) -> None:
+    def _write(self, decided: Plan, now: float) -> None:
+        change = decided.change
+        assert change is not None
         counters = change.delta.counters.table().to_pylist()
         self._db.executemany("DELETE FROM counters WHERE interface_id = ?", [(eni,) for eni in change.forget])
         self._db.executemany("DELETE FROM interfaces WHERE interface_id = ?", [(eni,) for eni in change.forget])
@@ -208,11 +206,11 @@ class CheckpointStore:
         )
         self._db.executemany(
             "INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)",
-            [(d.namespace, d.key, d.outcome, now) for d in change.done],
+            [(d.namespace, d.key, d.outcome, now) for d in decided.done],
         )
         self._db.executemany(
             "INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)",
-            [(s, p, v) for (s, p), v in change.cursors.items()],
+            [*decided.blind, *((w.source, w.partition, w.after) for w in decided.swaps)],
         )
         self._db.executemany(
             "DELETE FROM snapshots WHERE name >= ? AND name < ?", [_range(p) for p in change.drop_snapshots]
@@ -224,21 +222,6 @@ class CheckpointStore:
             self.vacuum()
         except sqlite3.Error as exc:
             log.warning("%s: returning free pages failed (tried again later): %s", self.path, exc)
-
-    def _cursors_at(
-        self, expected: dict[tuple[str, str], str | None], moved: dict[tuple[str, str], str | None]
-    ) -> bool:
-        """Compare-and-set, as in the fleet's store: every expected cursor still has its expected value
-        (`moved`: the values earlier changes of the same group set)."""
-        for (source, partition), before in expected.items():
-            if (source, partition) in moved:
-                if moved[(source, partition)] != before:
-                    return False
-                continue
-            row = self._db.execute("SELECT value FROM cursors WHERE source = ? AND partition = ?", (source, partition)).fetchone()
-            if (None if row is None else row[0]) != before:
-                return False
-        return True
 
     def done_among(self, namespace: str, keys: Iterable[str]) -> set[str]:
         """Which of `keys` are already done."""

@@ -96,9 +96,9 @@ def test_a_blackholed_database_fails_calls_within_the_timeout_and_the_store_reco
                 for call in calls:
                     call.join(30)
                 assert [type(e.__cause__).__name__ for e in failed] == ["QueryCanceled", "QueryCanceled"]
-                assert store.problem is not None  # cleared by the next call that succeeds
+                assert [type(e).__name__ for e in failed] == ["StatementTimeout", "StatementTimeout"]
+                assert store.problem is None  # a slow statement is not the database away: nobody pauses
                 assert store.cursors("s") == {}
-                assert store.problem is None
                 # A call in flight when the network goes silent: the server cancels it, but that answer never
                 # comes back either. The replica cuts the call a second after the server's limit.
                 call = threading.Thread(target=_commit, args=(store, Commit(lease=lease), failed), daemon=True)

@@ -134,6 +134,14 @@ def test_fleet_replica_id_defaults_to_the_hostname_and_the_url_is_secret() -> No
         parse_config({**BASE, "checkpoint": {"url": "mysql://db/flows"}}, {})
 
 
+def test_replica_retention_has_a_default_and_must_outlast_the_leases_naming_the_key() -> None:
+    assert parse_config(BASE, {}).fleet.replica_retention_seconds == 86400
+    fleet = parse_config({**BASE, "fleet": {"lease_seconds": 60, "replica_retention_seconds": 600}}, {}).fleet
+    assert fleet.replica_retention_seconds == 600
+    with pytest.raises(ConfigError, match=r"fleet\.replica_retention_seconds"):
+        parse_config({**BASE, "fleet": {"lease_seconds": 60, "replica_retention_seconds": 300}}, {})
+
+
 def test_database_timeouts_have_defaults_and_bad_ones_fail_naming_the_key() -> None:
     cp = parse_config({**BASE, "checkpoint": {"url": "postgresql://u@db:5432/flows"}}, {}).checkpoint
     assert (cp.connect_timeout_seconds, cp.statement_timeout_seconds, cp.tcp_user_timeout_seconds) == (10, 30, 30)
