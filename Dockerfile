@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# streamer: VPC Flow Logs -> per-ENI Prometheus metrics and reject-spike alerts.
+# vpcflow-streamer (the `streamer` command): VPC Flow Logs -> per-ENI Prometheus metrics and reject-spike alerts.
 #   docker build -t streamer .                                # the service
 #   docker build --build-arg EXTRAS=demo -t streamer:demo .   # plus `streamer demo` (an embedded S3)
 #   docker run -p 9108:9108 streamer demo --listen 0.0.0.0:9108
@@ -28,7 +28,7 @@ RUN cd /opt/streamer/lib/python3*/site-packages/pyarrow \
  && cd / && /opt/streamer/bin/python -m pip uninstall -q -y pip setuptools
 
 FROM python:3.11-slim-bookworm
-LABEL org.opencontainers.image.title="streamer" \
+LABEL org.opencontainers.image.title="vpcflow-streamer" \
       org.opencontainers.image.description="VPC Flow Logs to per-ENI Prometheus metrics and rejected-traffic spike alerts"
 RUN groupadd --system --gid 10001 streamer \
  && useradd --system --uid 10001 --gid streamer --home-dir /var/lib/streamer --shell /usr/sbin/nologin streamer \

@@ -108,7 +108,7 @@ say "runtime image: no demo parts"
 if docker run --rm --entrypoint python "$RUNTIME" -c "import moto" >/dev/null 2>&1; then fail "moto is in the runtime image"; fi
 out=$(docker run --rm "$RUNTIME" demo --duration 1 2>&1 || true)
 echo "$out"
-[[ "$out" == *"pip install 'streamer[demo]'"* ]] || fail "demo without the extra should say what to install"
+[[ "$out" == *"pip install 'vpcflow-streamer[demo]'"* ]] || fail "demo without the extra should say what to install"
 
 say "demo image: becomes healthy and raises the alert"
 name="streamer-image-test-demo-$$"

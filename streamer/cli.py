@@ -160,7 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         import moto  # noqa: F401  # the embedded S3 lives in the optional demo extra
     except ImportError:
-        return _fail("demo needs the demo extra: pip install 'streamer[demo]' (scripts/run.sh installs it)")
+        return _fail("demo needs the demo extra: pip install 'vpcflow-streamer[demo]' (scripts/run.sh installs it)")
     import asyncio
 
     from streamer.demo import DemoOptions, run_demo

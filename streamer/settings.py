@@ -78,7 +78,9 @@ class CheckpointConfig(Model):
     statement_timeout_seconds: float = Field(default=30, ge=1, le=3600)
     #: TCP keepalive: probe an idle connection after this long, then every interval; drop it after `keepalive_count` misses
     keepalive_idle_seconds: int = Field(default=10, ge=1, le=7200)
+    #: TCP keepalive: the interval between probes of an idle connection
     keepalive_interval_seconds: int = Field(default=5, ge=1, le=600)
+    #: TCP keepalive: unanswered probes before the connection is dropped
     keepalive_count: int = Field(default=3, ge=1, le=30)
     #: data sent and not acknowledged for this long drops the connection (TCP_USER_TIMEOUT)
     tcp_user_timeout_seconds: float = Field(default=30, ge=1, le=3600)
@@ -142,6 +144,7 @@ class SourceSettings(Model):
 class AwsSourceSettings(SourceSettings):
     """What every source that talks to AWS has."""
 
+    #: the AWS region of the bucket, queue, stream or log group
     region: str = "us-east-1"
     #: S3-compatible stores, VPC endpoints and tests
     endpoint_url: str | None = None
@@ -152,6 +155,7 @@ class AwsSourceSettings(SourceSettings):
 
 
 class AnomalyConfig(Model):
+    #: length of the tumbling event-time windows each ENI's rejected traffic is counted in
     window_seconds: int = Field(default=defaults.WINDOW_SECONDS, gt=0)
     #: how far behind the slowest active source's newest record a window stays open
     lateness_seconds: int = Field(default=defaults.LATENESS_SECONDS, ge=0)
@@ -159,7 +163,9 @@ class AnomalyConfig(Model):
     max_future_skew_seconds: int = Field(default=300, ge=0)
     #: a source with nothing new this long stops holding event time back; all idle: it follows the wall clock
     idle_timeout_seconds: float = Field(default=600, gt=0)
+    #: a closed window is a spike when its score (standard deviations above the baseline) reaches this
     score_threshold: float = Field(default=defaults.SCORE_THRESHOLD, gt=0)
+    #: a spike also needs at least this many rejected records in the window
     min_rejected_records: int = Field(default=defaults.MIN_REJECTED_RECORDS, ge=0)
     #: closed windows before an ENI's baseline is trusted
     warmup_windows: int = Field(default=defaults.WARMUP_WINDOWS, ge=1)
@@ -170,6 +176,7 @@ class AnomalyConfig(Model):
 class InsightsConfig(Model):
     """Network insights (NACL return rejects, gateway-endpoint candidates, internet-reachable IPv6, traffic paths)."""
 
+    #: derive the network insights from the same records (off: counters, windows and alerts only)
     enabled: bool = True
     #: pair NACL return rejects (`vpcflow_nacl_return_rejects_total`; off: not exported). Opt-in for its cost:
     #: it decodes six more columns on v2 and keys every accepted request, measured +50% whole-process CPU on
@@ -182,18 +189,30 @@ class InsightsConfig(Model):
     max_waiting_replies_per_window: int = Field(default=defaults.MAX_WAITING_REPLIES_PER_WINDOW, ge=0)
 
 
+#: where the docs' runbooks page is published (mkdocs.yml's site_url + "runbooks/"; tests keep them in step)
+RUNBOOK_BASE_URL = "https://vpcflow-streamer.readthedocs.io/en/latest/runbooks/"
+
+
 class AlertsConfig(Model):
+    #: Alertmanager to send VPCFlowRejectSpike to (its v2 API), e.g. http://alertmanager:9093
     alertmanager_url: str | None = None
+    #: a URL that receives the alerts as JSON (`{"alerts": [...]}`) by POST
     webhook_url: str | None = None
     #: an alert keeps firing this long after its last anomalous window was seen
     hold_seconds: int = Field(default=900, ge=0)
     #: active alerts are re-sent this often
     resend_interval_seconds: float = Field(default=60, gt=0)
+    #: the `severity` label of the alerts streamer sends
     severity: str = "warning"
+    #: the runbooks page alerts link to: their `runbook_url` annotation is this plus `#<alertname in lower case>`
+    #: (default: this project's docs; set your own copy's, or null for no link)
+    runbook_base_url: str | None = RUNBOOK_BASE_URL
 
 
 class LoggingConfig(Model):
+    #: the lowest level logged
     level: Literal["debug", "info", "warning", "error"] = "info"
+    #: one JSON object per log line instead of text
     json_lines: bool = False
 
 

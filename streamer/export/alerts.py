@@ -10,7 +10,8 @@ a slow or failing receiver is retried with backoff and never blocks ingestion.
 
 One alert per ENI (`alertname=VPCFlowRejectSpike`, labels `interface_id`,
 `vpc_id`/`subnet_id` when known, `severity`); annotations carry observed vs
-baseline, the window, and the top rejected sources and destination ports.
+baseline, the window, the top rejected sources and destination ports, and
+`runbook_url` (docs/runbooks.md, under `alerts.runbook_base_url`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 
 ALERT_NAME = "VPCFlowRejectSpike"
 RETRIES = 3
+
+
+def runbook_url(base: str, alertname: str) -> str:
+    """The alert's section of the runbooks page (docs/runbooks.md: one heading per alert, its anchor the name in lower case)."""
+    return f"{base}#{alertname.lower()}"
 
 
 def rfc3339(epoch: float) -> str:
@@ -160,6 +166,8 @@ class Alerter:
             "top_sources": sources,
             "top_destination_ports": ports,
         }
+        if self.config.runbook_base_url:
+            annotations["runbook_url"] = runbook_url(self.config.runbook_base_url, ALERT_NAME)
         return {"labels": labels, "annotations": annotations, "startsAt": rfc3339(alert.starts_at), "endsAt": rfc3339(ends_at)}
 
     async def run(self) -> None:

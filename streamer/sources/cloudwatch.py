@@ -54,8 +54,11 @@ LEASE = "cloudwatch"
 
 class CloudWatchSourceConfig(AwsSourceSettings):
     type: Literal["cloudwatch"]
+    #: the log group the flow log publishes to
     log_group: str
+    #: read only the log streams whose name starts with this (one stream per ENI)
     log_stream_prefix: str | None = None
+    #: time between two FilterLogEvents sweeps
     poll_interval_seconds: float = Field(default=30, gt=0)
     #: events whose ingestion lags this much are still counted once
     lateness_seconds: int = Field(default=900, ge=0)

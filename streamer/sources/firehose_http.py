@@ -118,6 +118,7 @@ class FirehoseHttpSourceConfig(SourceSettings):
     log_format: str | None = None
     #: serve HTTPS directly (else terminate TLS in front: an ALB or an ingress)
     tls_cert_file: Path | None = None
+    #: the private key of `tls_cert_file`
     tls_key_file: Path | None = None
 
     _log_format = field_validator("log_format")(check_log_format)

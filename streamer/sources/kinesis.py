@@ -76,8 +76,11 @@ READ_AHEAD_BATCHES = 2
 
 class KinesisSourceConfig(AwsSourceSettings):
     type: Literal["kinesis"]
+    #: the Kinesis Data Stream the subscription filter writes to
     stream_name: str
+    #: where a shard with no checkpoint starts on the very first start: the oldest record or only new ones
     start_position: Literal["trim_horizon", "latest"] = "trim_horizon"
+    #: pause between GetRecords calls on a shard that returned nothing new
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     #: how often to look for new shards (resharding)
     shard_refresh_seconds: float = Field(default=60, gt=0)

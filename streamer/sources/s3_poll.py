@@ -55,12 +55,14 @@ PARTITION_LEASE = "s3_partition"
 
 class S3SourceConfig(AwsSourceSettings):
     type: Literal["s3"]
+    #: the bucket the flow log (or the Firehose stream) delivers to
     bucket: str = Field(min_length=3, max_length=63)
     #: `aws`: flow logs delivered to S3 (AWSLogs/..., daily, hourly or Hive); `firehose`: a Firehose stream's
     #: S3 destination (<prefix>YYYY/MM/DD/HH/<stream>-...)
     layout: Literal["aws", "firehose"] = "aws"
     #: anything before AWSLogs/ (aws), or before YYYY/MM/DD/HH/ (firehose)
     prefix: str = ""
+    #: time between two listings
     poll_interval_seconds: float = Field(default=60, gt=0)
     #: how far back to look for late objects
     lookback_seconds: int = Field(default=21600, gt=0)

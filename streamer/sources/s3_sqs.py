@@ -54,11 +54,13 @@ HELPER_RESTART_SECONDS = 5.0
 
 class S3SqsSourceConfig(AwsSourceSettings):
     type: Literal["s3_sqs"]
+    #: the SQS queue receiving the bucket's ObjectCreated notifications (or EventBridge events)
     queue_url: str
     #: long-poll wait per ReceiveMessage
     wait_time_seconds: int = Field(default=20, ge=0, le=20)
     #: visibility timeout; extended while a large object is processed
     visibility_timeout_seconds: int = Field(default=300, ge=10, le=43200)
+    #: messages per ReceiveMessage call
     max_messages: int = Field(default=10, ge=1, le=10)
     #: a message received more often than this is given up (logged, counted, deleted)
     max_receive_count: int = Field(default=5, ge=1)

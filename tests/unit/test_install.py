@@ -40,7 +40,7 @@ def test_the_service_installs_without_the_demo_stack() -> None:
     assert "moto" not in runtime
     assert "boto3" not in runtime
     assert any(d.startswith("moto") for d in project["optional-dependencies"]["demo"])
-    assert "streamer[demo]" in project["optional-dependencies"]["test"]
+    assert "vpcflow-streamer[demo,docs]" in project["optional-dependencies"]["test"]
     assert "--demo" in (ROOT / "scripts" / "run.sh").read_text()
 
 
@@ -57,7 +57,7 @@ def test_demo_without_its_extra_says_what_to_install(tmp_path: Path) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "streamer: error: demo needs the demo extra: pip install 'streamer[demo]' (scripts/run.sh installs it)"
+        "streamer: error: demo needs the demo extra: pip install 'vpcflow-streamer[demo]' (scripts/run.sh installs it)"
     ]
 
 
@@ -122,3 +122,40 @@ def test_the_aiohttp_floor_admits_no_release_that_holds_a_silent_connection_for_
     (aiohttp,) = [Requirement(d) for d in project["dependencies"] if Requirement(d).name == "aiohttp"]
     assert "3.14.3" not in aiohttp.specifier
     assert pins()["aiohttp"] in aiohttp.specifier
+
+
+def test_the_wheel_is_named_vpcflow_streamer_and_keeps_the_streamer_command(tmp_path: Path) -> None:
+    """`streamer` on the public index is another project: the wheel carries our distribution name, the version
+    pyproject.toml says, the `streamer` command and import package, and extras that name it."""
+    import email
+    import shutil
+    import subprocess
+    import sys
+    import tomllib
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "streamer", src / "streamer", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    argv = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(src)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = tmp_path.glob("*.whl")
+    assert wheel.name.startswith("vpcflow_streamer-")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (meta_path,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        meta = email.message_from_bytes(archive.read(meta_path))
+        (entry_path,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        entry_points = archive.read(entry_path).decode()
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert meta["Name"] == "vpcflow-streamer"
+    assert meta["Version"] == version
+    assert "streamer = streamer.cli:main" in entry_points
+    assert "streamer/cli.py" in names
+    assert {"demo", "bench", "docs", "test"} <= set(meta.get_all("Provides-Extra"))
+    requires = meta.get_all("Requires-Dist")
+    assert any(r.startswith("vpcflow-streamer[") and 'extra == "test"' in r for r in requires)
+    assert not any(r.startswith("streamer") for r in requires)  # never the other project
