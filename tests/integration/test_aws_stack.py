@@ -359,7 +359,7 @@ def overrides(tmp_path: Path, **source: str) -> dict[str, str]:
 @pytest.mark.parametrize("path", ["s3-sqs", "s3-eventbridge-sqs"])
 async def test_streamer_from_the_stack_counts_objects_in_its_bucket(aws: str, tmp_path: Path, path: str) -> None:
     """s3-sqs on a new bucket; s3-eventbridge-sqs on an existing bucket whose EventBridge notifications are
-    turned on by hand (the README's command): moto's S3 sends the event, the stack's rule routes it."""
+    turned on by hand (the docs' command): moto's S3 sends the event, the stack's rule routes it."""
     s3, sqs = boto("s3", aws), boto("sqs", aws)
     params = {}
     if path == "s3-eventbridge-sqs":
@@ -373,7 +373,7 @@ async def test_streamer_from_the_stack_counts_objects_in_its_bucket(aws: str, tm
         s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=notification_from_template(arn))
     else:
         assert bucket == "existing-flow-logs"
-        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=readme_eventbridge_configuration())
+        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=docs_eventbridge_configuration())
     truth = Truth()
     for i in range(2):
         s3.put_object(Bucket=bucket, Key=aws_key(NOW, "hourly", n=i), Body=flow_object(truth, 400, i, EPOCH))
@@ -421,13 +421,11 @@ async def test_streamer_from_the_stack_counts_what_the_subscription_filter_sends
         await wait_metrics(service.port, lambda m: exported_totals(m) == truth.totals, what="300 records")
 
 
-# --- the README's "Wire up AWS" -------------------------------------------------------------------
+# --- the docs' "The AWS side in one stack" (docs/sources/cloudformation.md) -----------------------------
 
 
-def readme_section() -> str:
-    text = (DEPLOY.parent / "README.md").read_text()
-    start = text.index("## Wire up AWS\n")
-    return text[start : text.index("\n## ", start + 1)]
+def stack_page() -> str:
+    return (DEPLOY.parent / "docs" / "sources" / "cloudformation.md").read_text()
 
 
 def shell_commands(section: str) -> list[list[str]]:
@@ -440,9 +438,9 @@ def shell_commands(section: str) -> list[list[str]]:
     return commands
 
 
-def test_readme_deploys_every_delivery_path_with_parameters_the_template_has() -> None:
+def test_docs_deploys_every_delivery_path_with_parameters_the_template_has() -> None:
     doc = template()
-    deploys = [c for c in shell_commands(readme_section()) if c[:3] == ["aws", "cloudformation", "deploy"]]
+    deploys = [c for c in shell_commands(stack_page()) if c[:3] == ["aws", "cloudformation", "deploy"]]
     paths = []
     for argv in deploys:
         assert argv[argv.index("--template-file") + 1] == "deploy/aws/streamer.yaml"
@@ -455,11 +453,11 @@ def test_readme_deploys_every_delivery_path_with_parameters_the_template_has() -
     assert paths == PATHS == doc["Parameters"]["DeliveryPath"]["AllowedValues"]
 
 
-def test_readme_config_commands_parse_and_name_every_other_parameter() -> None:
+def test_docs_config_commands_parse_and_name_every_other_parameter() -> None:
     from streamer.cli import build_parser
     from streamer.stack import ACCESS_KEY_FILE
 
-    section = readme_section()
+    section = stack_page()
     commands = [c for c in shell_commands(section) if c[0] == "streamer"]
     assert [c[1] for c in commands] == ["config-from-stack", "check-config"]
     for argv in commands:
@@ -471,9 +469,9 @@ def test_readme_config_commands_parse_and_name_every_other_parameter() -> None:
     assert set(re.findall(r"`(\w+)`", others)) == set(template()["Parameters"]) - in_commands
 
 
-def readme_eventbridge_configuration() -> dict[str, Any]:
-    """The JSON of the README's put-bucket-notification-configuration command."""
-    (command,) = re.findall(r"`(aws s3api put-bucket-notification-configuration [^`]+)`", readme_section())
+def docs_eventbridge_configuration() -> dict[str, Any]:
+    """The JSON of the docs' put-bucket-notification-configuration command."""
+    (command,) = re.findall(r"`(aws s3api put-bucket-notification-configuration [^`]+)`", stack_page())
     argv = shlex.split(command)
     return dict(json.loads(argv[argv.index("--notification-configuration") + 1]))
 

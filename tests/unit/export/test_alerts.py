@@ -93,3 +93,20 @@ async def test_the_loop_with_no_target_expires_alerts_and_sends_nothing() -> Non
         task.cancel()  # right after a wake-up (the notify above): the loop must still stop
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
+
+
+def test_the_alert_links_its_runbook_under_the_configured_base() -> None:
+    """VPCFlowRejectSpike carries runbook_url like the rules' alerts (docs/runbooks.md#vpcflowrejectspike)."""
+    from streamer.settings import RUNBOOK_BASE_URL
+
+    alerter = Alerter(AlertsConfig(alertmanager_url="http://127.0.0.1:1"), CollectorRegistry(), Clock())
+    alerter.notify([anomaly()])
+    [alert] = alerter.alertmanager_payload()
+    assert alert["annotations"]["runbook_url"] == RUNBOOK_BASE_URL + "#vpcflowrejectspike"
+    own = Alerter(AlertsConfig(runbook_base_url="https://wiki.example/runbooks/"), CollectorRegistry(), Clock())
+    own.notify([anomaly()])
+    [webhook_alert] = own.webhook_payload()["alerts"]
+    assert webhook_alert["annotations"]["runbook_url"] == "https://wiki.example/runbooks/#vpcflowrejectspike"
+    none = Alerter(AlertsConfig(runbook_base_url=None), CollectorRegistry(), Clock())
+    none.notify([anomaly()])
+    assert "runbook_url" not in none.alertmanager_payload()[0]["annotations"]
