@@ -123,7 +123,7 @@ def _default(name: str, info: FieldInfo) -> str:
         value = str(value)
     text = f"`{json.dumps(value)}`"
     mib = isinstance(value, int) and not isinstance(value, bool) and value >= 1 << 20 and value % (1 << 20) == 0
-    if mib and name.endswith("_bytes"):
+    if mib and "bytes" in name:
         text += f" ({value >> 20} MiB)"
     return text
 
