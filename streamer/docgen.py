@@ -96,6 +96,10 @@ def _type(annotation: Any) -> str:
         return f"{text}, optional" if len(kept) < len(args) else text
     if origin is list:
         return f"list of {_type(args[0])}"
+    if origin is dict:
+        return f"mapping of {_type(args[0])} to {_type(args[1])}"
+    if _model(annotation) is not None:
+        return "section (keys below)"
     names = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path", SecretStr: "secret string"}
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
@@ -114,14 +118,21 @@ def _bounds(info: FieldInfo) -> str:
 
 
 def _default(name: str, info: FieldInfo) -> str:
+    if info.default_factory in (dict, list):
+        return "`{}`" if info.default_factory is dict else "`[]`"
     if info.default_factory is not None:
         return "computed at start"
     value = info.default
     if value is PydanticUndefined:
         return "required"
+    if isinstance(value, BaseModel):
+        return "as below"
     if isinstance(value, Path):
         value = str(value)
-    text = f"`{json.dumps(value)}`"
+    try:
+        text = f"`{json.dumps(value)}`"
+    except TypeError:  # a value JSON has no spelling for: as Python prints it
+        text = f"`{value}`"
     mib = isinstance(value, int) and not isinstance(value, bool) and value >= 1 << 20 and value % (1 << 20) == 0
     if mib and "bytes" in name:
         text += f" ({value >> 20} MiB)"
@@ -132,12 +143,24 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _model(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds, itself or optional (`Section | None`), else None."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        kept = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = kept[0] if len(kept) == 1 else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
 def _rows(model: type[BaseModel], key: str, env: str) -> Iterator[str]:
+    """One row per key; a key holding a model of its own is a row, then a row per key inside it."""
     for name, info in model.model_fields.items():
         yield (
             f"| `{key}{name}` | {_cell(_type(info.annotation) + _bounds(info))} | {_cell(_default(name, info))} | "
             f"`{env}{name.upper()}` | {_cell(_meaning(model, name, info))} |"
         )
+        inner = _model(info.annotation)
+        if inner is not None:
+            yield from _rows(inner, f"{key}{name}.", f"{env}{name.upper()}__")
 
 
 def _table(rows: Iterable[str]) -> list[str]:
@@ -166,8 +189,9 @@ def config_reference() -> str:
     top: list[str] = []
     for name, info in Config.model_fields.items():
         ann = info.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            sections.append((name, ann))
+        section = _model(ann)
+        if section is not None:
+            sections.append((name, section))
         elif name != "sources":
             top.append(
                 f"| `{name}` | {_cell(_type(ann) + _bounds(info))} | {_cell(_default(name, info))} | "
@@ -177,6 +201,8 @@ def config_reference() -> str:
         out += ["## Top level {#top-level}", "", *_table(top)]
     for name, model in sections:
         out += [f"## `{name}` {{#{name}}}", ""]
+        if Config.model_fields[name].default is None:
+            out += ["Optional: the feature is off unless this section is given.", ""]
         if model.__doc__ and not model.__doc__.startswith(model.__name__ + "("):
             out += [" ".join(model.__doc__.split()), ""]
         out += _table(_rows(model, f"{name}.", f"{ENV_PREFIX}{name.upper()}__"))

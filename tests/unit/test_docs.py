@@ -130,3 +130,29 @@ def test_the_backup_command_of_operations_copies_an_open_checkpoint(tmp_path: Pa
     finally:
         restored.close()
     assert sqlite3.connect(copy).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_sections_inside_sections_and_mappings_are_documented_key_by_key() -> None:
+    """What the next config section may hold (a model in a model, optional, a mapping) still gets a row per key."""
+    from pydantic import Field
+
+    class Inner(docgen.BaseModel):
+        #: how often
+        refresh_seconds: float = Field(default=600, gt=0)
+
+    class Outer(docgen.BaseModel):
+        #: role per account
+        role_arn: dict[str, str] = Field(default_factory=dict)
+        #: the inner part
+        inner: Inner = Inner()
+        #: maybe
+        maybe: Inner | None = None
+
+    rows = list(docgen._rows(Outer, "enrich.", "STREAMER__ENRICH__"))
+    assert rows == [
+        "| `enrich.role_arn` | mapping of string to string | `{}` | `STREAMER__ENRICH__ROLE_ARN` | role per account |",
+        "| `enrich.inner` | section (keys below) | as below | `STREAMER__ENRICH__INNER` | the inner part |",
+        "| `enrich.inner.refresh_seconds` | number (> 0) | `600` | `STREAMER__ENRICH__INNER__REFRESH_SECONDS` | how often |",
+        "| `enrich.maybe` | section (keys below), optional | `null` | `STREAMER__ENRICH__MAYBE` | maybe |",
+        "| `enrich.maybe.refresh_seconds` | number (> 0) | `600` | `STREAMER__ENRICH__MAYBE__REFRESH_SECONDS` | how often |",
+    ]
