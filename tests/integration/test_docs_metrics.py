@@ -1,8 +1,9 @@
-"""The metrics reference (docs/reference/metrics.md) leaves out no metric a running streamer exports.
+"""The metrics reference (docs/reference/metrics.md) is what the code registers, and leaves out no metric a
+running streamer exports, one process or a fleet replica.
 
-docgen builds its registry from the collectors by hand; these tests collect the registry of the real
-service, one process and one fleet replica, and compare. A metric registered in service.py and missing
-from docgen fails here, naming it and the command to run.
+docgen reads the registry of a one-process service it starts, plus a fleet replica's lease collector;
+these tests also collect the registries of services started here, one of them a fleet replica on a real
+PostgreSQL, and compare. A stale or incomplete reference fails naming the command to run.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from streamer.docgen import COMMAND, METRICS_DOC, exposed
+from streamer.docgen import COMMAND, METRICS_DOC, exposed, metrics_reference
 from tests.integration.conftest import running, service_config
 
 SOURCE = {"type": "firehose_http", "name": "firehose", "listen_address": "127.0.0.1:0", "access_key": "k"}
@@ -28,7 +29,14 @@ def exported(registry: CollectorRegistry) -> set[str]:
 
 def missing(registry: CollectorRegistry) -> str:
     names = sorted(exported(registry) - documented())
-    return f"exported but not in {METRICS_DOC.name}: {names}; add their collector to streamer/docgen.py, then run {COMMAND}"
+    return (
+        f"exported but not in {METRICS_DOC.name}: {names}; run {COMMAND} (a collector only a fleet replica registers "
+        "goes into streamer/docgen.py's collectors() first)"
+    )
+
+
+def test_the_metrics_reference_is_what_the_code_says() -> None:
+    assert METRICS_DOC.read_text() == metrics_reference(), f"{METRICS_DOC.name} is stale: run {COMMAND}"
 
 
 async def test_every_metric_of_one_process_is_in_the_reference(tmp_path: Path) -> None:
