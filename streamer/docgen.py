@@ -58,6 +58,16 @@ LABEL_BOUNDS: dict[str, str] = {
     "name": "one per Kinesis shard, `fleet.s3_partitions` S3 partitions, one CloudWatch poller, one leader",
     "target": "`alertmanager`, `webhook`",
     "result": "`ok`, `error`",
+    # Labels of features landing beside this one (unknown fields, ENI context): ready for their metrics.
+    "field": "32 field names, then `other` (names cut to 64 characters)",
+    "call": "the EC2 API calls made (`DescribeNetworkInterfaces`, `DescribeTags`)",
+    "origin": "`records`, `ec2`",
+    "streamer_enrich_errors:reason": "`throttled`, `access_denied`, `assume_role`, `unreachable`, `error`",
+}
+#: metrics whose series are bounded as a whole rather than label by label (an `_info` metric: one series per ENI)
+METRIC_BOUNDS: dict[str, str] = {
+    "vpcflow_interface_info": "one series per ENI with its own counter series (at most `metrics.max_interfaces`); "
+    "the other labels describe that ENI",
 }
 
 # --- config ------------------------------------------------------------------------------------------
@@ -296,6 +306,8 @@ def exposed(name: str, kind: str) -> str:
 
 
 def bound(name: str, labels: tuple[str, ...], kind: str) -> str:
+    if name in METRIC_BOUNDS:
+        return METRIC_BOUNDS[name]
     parts = []
     for label in labels:
         found = LABEL_BOUNDS.get(f"{name}:{label}") or LABEL_BOUNDS.get(label)
