@@ -53,6 +53,7 @@ def test_a_key_without_a_description_stops_the_generation_naming_it() -> None:
 def test_a_label_without_a_bound_stops_the_generation_naming_it() -> None:
     assert "`interface_id`: `metrics.max_interfaces`" in docgen.bound("vpcflow_records", ("interface_id", "action"), "counter")
     assert docgen.bound("streamer_commit_seconds", (), "histogram") == "one series; × the buckets"
+    assert docgen.bound("vpcflow_interface_info", ("interface_id", "name"), "gauge").startswith("one series per ENI")
     with pytest.raises(SystemExit, match=r"streamer_x: label 'colour' is not in LABEL_BOUNDS"):
         docgen.bound("streamer_x", ("colour",), "counter")
 
