@@ -249,7 +249,9 @@ class _NoLeases:
 #: the service docgen starts to read its registry: one process, SQLite, a source that needs no AWS
 _SERVICE = {
     "http": {"listen_address": "127.0.0.1:0"},
-    "sources": [{"type": "firehose_http", "name": "docs", "listen_address": "127.0.0.1:0", "access_key": "docs"}],
+    "sources": [
+        {"type": "firehose_http", "name": "docs", "listen_address": "127.0.0.1:0", "access_key": "docgen-reads-the-registry-only"}
+    ],
 }
 
 

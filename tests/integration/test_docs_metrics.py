@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from streamer.docgen import COMMAND, METRICS_DOC, exposed, metrics_reference
 from tests.integration.conftest import running, service_config
 
-SOURCE = {"type": "firehose_http", "name": "firehose", "listen_address": "127.0.0.1:0", "access_key": "k"}
+SOURCE = {"type": "firehose_http", "name": "firehose", "listen_address": "127.0.0.1:0", "access_key": "test-key-of-sixteen-chars"}
 
 
 def documented() -> set[str]:
