@@ -42,8 +42,8 @@ LABEL_BOUNDS: dict[str, str] = {
     "vpcflow_ipv6_internet_inbound_records:action": "`ACCEPT`, `REJECT`",
     "log_status": "`OK`, `NODATA`, `SKIPDATA`",
     "reason": "the fixed decode reasons (`streamer/decode/errors.py`: `wrong_field_count`, `invalid_number`, "
-    "`invalid_utf8`, `invalid_json`, `invalid_payload`, `corrupt_gzip`, `truncated`, `unknown_format`, "
-    "`unknown_field`, `unsupported_column`, `decode_failed`, …)",
+    "`invalid_utf8`, `invalid_json`, `invalid_payload`, `record_too_large`, `corrupt_gzip`, `truncated`, "
+    "`unknown_format`, `unsupported_column`, `decode_failed`, …)",
     "streamer_source_errors:reason": "AWS error codes, `crashed`, else the exception's type name (cut to 64 characters)",
     "source": "one per configured source (`sources[].name`)",
     "streamer_watermark_timestamp_seconds:source": "one per configured source, plus `all`",
