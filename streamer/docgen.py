@@ -249,6 +249,7 @@ class _NoLeases:
 #: the service docgen starts to read its registry: one process, SQLite, a source that needs no AWS
 _SERVICE = {
     "http": {"listen_address": "127.0.0.1:0"},
+    "insights": {"nacl_pairing": True},  # every opt-in signal on: the reference lists its metrics too
     "sources": [
         {"type": "firehose_http", "name": "docs", "listen_address": "127.0.0.1:0", "access_key": "docgen-reads-the-registry-only"}
     ],
@@ -278,12 +279,20 @@ async def _running_service_collectors() -> list[Any]:
             await asyncio.wait({task}, timeout=30)
 
 
+class _NoLeader:
+    """What LeaderCollector reads of a fleet's leader: nothing set aside."""
+
+    set_aside = 0
+
+
 def collectors() -> list[Any]:
     """Every collector a replica with every feature on registers: the running service's, plus what only a fleet
     replica adds (its leases)."""
+    from streamer.store.leader import LeaderCollector
     from streamer.store.leases import LeaseCollector
 
-    return [*asyncio.run(_running_service_collectors()), LeaseCollector(_NoLeases())]  # type: ignore[arg-type]
+    fleet_only = [LeaseCollector(_NoLeases()), LeaderCollector(_NoLeader())]  # type: ignore[arg-type]
+    return [*asyncio.run(_running_service_collectors()), *fleet_only]
 
 
 def families() -> dict[str, tuple[str, str, tuple[str, ...]]]:
