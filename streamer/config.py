@@ -29,6 +29,7 @@ from streamer.settings import (
     AnomalyConfig,
     CheckpointConfig,
     ConfigError,
+    EnrichConfig,
     FleetConfig,
     HttpConfig,
     InsightsConfig,
@@ -58,6 +59,8 @@ class Config(Model):
     alerts: AlertsConfig = AlertsConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    #: ENI context from EC2 (optional; context the records carry is used either way)
+    enrich: EnrichConfig | None = None
     #: threads decoding chunks (0: number of CPUs, at most 4)
     decode_workers: int = Field(default=0, ge=0, le=64)
 
@@ -145,6 +148,7 @@ __all__ = [
     "CloudWatchSourceConfig",
     "Config",
     "ConfigError",
+    "EnrichConfig",
     "FleetConfig",
     "HttpConfig",
     "InsightsConfig",

@@ -30,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
+import pyarrow as pa
+
 from streamer.aggregate.anomaly import Anomaly
 from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
@@ -128,6 +130,8 @@ class Pipeline:
         group: Limits | None = None,
         pairing: Pairing | None = None,
         nacl_pairing: bool = False,
+        context_columns: tuple[str, ...] = (),
+        on_context: Callable[[list[pa.Table]], None] | None = None,
     ) -> None:
         self.state = state
         self.store = store
@@ -144,7 +148,10 @@ class Pipeline:
         windowed = detection is not None or partials_window_seconds is not None
         #: NACL pairing candidates are chosen (insights on): paired in `pairing` (given: on), or by a fleet's leader
         self.nacl_pairing = (nacl_pairing or pairing is not None) and insights_window_seconds is not None
-        self.columns = columns(windowed, insights_window_seconds is not None, self.nacl_pairing)
+        base = columns(windowed, insights_window_seconds is not None, self.nacl_pairing)
+        self.columns = tuple(dict.fromkeys((*base, *context_columns)))
+        #: the records' ENI context goes here (the enricher folds it on its own task)
+        self.on_context = on_context
         self.window_seconds = detection.windows.window_seconds if detection is not None else partials_window_seconds
         self.insights_window_seconds = insights_window_seconds
         #: NACL return-reject pairing state, committed with the counters as snapshot pieces
@@ -187,6 +194,10 @@ class Pipeline:
             result, delta, max_end, window_parts = await self._decode(delivery)
         finally:
             self._decoding -= 1
+        if delta.context is not None:
+            if self.on_context is not None:
+                self.on_context(delta.context)
+            delta.context = None
         outcome = account(result, delta, delivery.location)
         for reason, count in delivery.errors.items():
             delta.count(reason, count)
@@ -454,7 +465,9 @@ class Pipeline:
         stop = threading.Event()
         reader = ObjectReader(log_format=delivery.log_format, columns=self.columns, headerless=delivery.headerless)
         max_time = int(self.clock()) + self.max_future_skew_seconds
-        reduce = reducer(self.window_seconds, max_time, self.insights_window_seconds, self.nacl_pairing)
+        reduce = reducer(
+            self.window_seconds, max_time, self.insights_window_seconds, self.nacl_pairing, with_context=self.on_context is not None
+        )
         ingest: Ingestor[BatchResult] = Ingestor(reader, reduce, self.pool)
 
         def work() -> tuple[ObjectResult[BatchResult], FlowState, int | None, list[WindowBatch]]:

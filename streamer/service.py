@@ -21,6 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from streamer.aggregate import context as ctx
 from streamer.aggregate import insights as ins
 from streamer.aggregate.anomaly import Settings
 from streamer.aggregate.detection import DETECTOR_SNAPSHOT, SNAPSHOT_NAME, Detection
@@ -31,9 +32,10 @@ from streamer.aggregate.state import FlowState
 from streamer.aws import AwsClients
 from streamer.commit_group import Limits
 from streamer.config import Config
+from streamer.enrich import Enricher
 from streamer.export.alerts import Alerter
 from streamer.export.http import build_app, serve
-from streamer.export.metrics import DetectionCollector, FlowCollector, InsightsCollector
+from streamer.export.metrics import DetectionCollector, FlowCollector, InsightsCollector, InterfaceInfoCollector
 from streamer.export.telemetry import Telemetry
 from streamer.pipeline import Pipeline, Store
 from streamer.sources.base import BuildContext, OwnsEverything, Source, aws_error_reason
@@ -77,6 +79,7 @@ class Service:
         self.coordinator: Coordinator | None = None
         self.leader: LeaderDetector | None = None
         self.store: Store | None = None
+        self.enricher: Enricher | None = None
 
     def ready(self) -> bool:
         store_ok = self.store is None or self.store.problem is None
@@ -161,13 +164,17 @@ class Service:
         abort: asyncio.TimerHandle | None = None
         try:
             state = await store.call(store.store.load_state)
-            alerter = Alerter(self.config.alerts, self.registry)
+            book = ctx.ContextBook()
+            alerter = Alerter(self.config.alerts, self.registry, context=book.get)
             leader = None
             if fleet:
                 self.coordinator, leader = await self._join_fleet(store, alerter)
                 detection = None
             else:
                 detection = await self._restore_detection(store)
+            enricher = self._enricher(book, store, leader)
+            await enricher.load()
+            self.enricher = enricher
             pipeline = Pipeline(
                 state,
                 store,
@@ -183,6 +190,8 @@ class Service:
                 group=self._group_limits(),
                 nacl_pairing=self._nacl_pairing,
                 **(await self._restore_pairing(store, fleet)),
+                context_columns=ctx.CONTEXT_FIELDS + (("account-id", "region") if self.config.enrich is not None else ()),
+                on_context=enricher.observe,
             )
             self.pipeline = pipeline
             self.alerter = alerter
@@ -195,6 +204,7 @@ class Service:
             members = lambda: pipeline.state.seen.keys()  # noqa: E731
             current = (lambda: leader.detection) if leader is not None else (lambda: pipeline.detection)
             self.registry.register(DetectionCollector(current, members, self.config.metrics.max_interfaces))
+            self.registry.register(InterfaceInfoCollector(book.get, members))
             self.sources = await self._build_sources(store)
             for source in self.sources:  # read at scrape time, never stale
                 self.telemetry.ready.labels(source.name).set_function(_readiness(source))
@@ -221,6 +231,7 @@ class Service:
                     else:
                         group.create_task(self._tick(pipeline))
                     group.create_task(alerter.run())  # with no target too: it expires alerts
+                    group.create_task(enricher.run())  # beside the pipeline: it never holds a record back
                     await stop.wait()
                     log.info("stopping")
                     self.stopping = True
@@ -248,6 +259,24 @@ class Service:
             store.close()
             await self.clients.close()
             log.info("stopped")
+
+    def _enricher(self, book: ctx.ContextBook, store: Store, leader: LeaderDetector | None) -> Enricher:
+        """ENI context (records, and EC2 with an `enrich:` section); in a fleet only the leader describes."""
+        enrich = self.config.enrich
+        region = (enrich.region if enrich is not None else None) or self.clients.default_region() or "us-east-1"
+        return Enricher(
+            book,
+            store.store,
+            store.call,
+            self.registry,
+            config=enrich,
+            client_for=self.clients.ec2_as if enrich is not None else None,
+            default_region=region,
+            active=lambda: self.pipeline.state.seen if self.pipeline is not None else {},
+            idle_seconds=self.config.metrics.interface_idle_seconds,
+            leader=(lambda: leader.leader) if leader is not None else (lambda: True),
+            fleet=leader is not None,
+        )
 
     def _group_limits(self) -> Limits:
         """When inputs decoded close together stop waiting for each other and commit (commit_group.py)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 import socket
 from pathlib import Path
 from typing import Literal
@@ -114,8 +115,6 @@ class FleetConfig(Model):
         return value
 
 
-
-
 def check_log_format(value: str | None) -> str | None:
     """Validate an AWS LogFormat string (`${version} ${interface-id} ...`).
 
@@ -209,6 +208,53 @@ class AlertsConfig(Model):
     runbook_base_url: str | None = RUNBOOK_BASE_URL
 
 
+_ACCOUNT_ID = re.compile(r"^[0-9]{12}$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}$")
+
+
+class EnrichConfig(Model):
+    """ENI context from EC2 (`ec2:DescribeNetworkInterfaces`): names, types, requesters, security groups.
+
+    Off the hot path: a record never waits for a describe, and a denied or throttled describe only
+    leaves its ENI without EC2 context (streamer_enrich_errors_total). Context the records carry
+    (instance-id, vpc-id, ...) is used with or without this section.
+    """
+
+    #: an active ENI is described again this often (a new one at once)
+    refresh_seconds: float = Field(default=600, ge=10)
+    #: the region to ask for ENIs whose records name none (the `region` field); default: the credential chain's
+    region: str | None = None
+    #: EC2 endpoint (VPC endpoints, tests)
+    endpoint_url: str | None = None
+    #: STS endpoint for the roles below (regional STS, VPC endpoints, tests)
+    sts_endpoint_url: str | None = None
+    #: account id -> role to assume for that account's ENIs (the records' account-id); others use our own credentials
+    role_arn: dict[str, str] = Field(default_factory=dict)
+    #: EC2 calls per second at most, per account and region (EC2 throttles per account and region)
+    max_requests_per_second: float = Field(default=5, gt=0, le=100)
+    #: the first pause after a throttled or failed call; it doubles while they go on, up to 300 s
+    backoff_seconds: float = Field(default=1, gt=0, le=300)
+
+    @field_validator("role_arn", mode="before")
+    @classmethod
+    def _quoted(cls, value: object) -> object:
+        if isinstance(value, dict):
+            for account in value:
+                if not isinstance(account, str):
+                    raise ValueError(f"{account!r}: quote account ids in YAML ('012345678901'), or leading zeros are lost")
+        return value
+
+    @field_validator("role_arn")
+    @classmethod
+    def _roles(cls, value: dict[str, str]) -> dict[str, str]:
+        for account, arn in value.items():
+            if not _ACCOUNT_ID.match(account):
+                raise ValueError(f"{account!r}: an account id is 12 digits (quote it in YAML)")
+            if not _ROLE_ARN.match(arn):
+                raise ValueError(f"{account}: {arn!r} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)")
+        return value
+
+
 class LoggingConfig(Model):
     #: the lowest level logged
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -222,5 +268,3 @@ class MetricsConfig(Model):
     #: an interface with nothing new this long is forgotten: its series go, its slot frees (and, after as long
     #: in event time, its detector baseline); totals that are not per interface stay
     interface_idle_seconds: float = Field(default=86400, gt=0)
-
-

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamer.aggregate import counters, insights, windows
+from streamer.aggregate import context, counters, insights, windows
 from streamer.aggregate.pairing import Candidates
 from streamer.aggregate.state import FlowState
 
@@ -49,6 +49,8 @@ class BatchResult:
     max_end: int | None
     windows: windows.WindowBatch | None = None
     insights: insights.InsightBatch | None = None
+    #: the context fields the records carry, one row per interface (None: the format carries none)
+    context: pa.Table | None = None
 
 
 def reducer(
@@ -56,9 +58,11 @@ def reducer(
     max_time: int | None = None,
     insights_window_seconds: int | None = None,
     nacl_pairing: bool = False,
+    with_context: bool = False,
 ) -> Callable[[pa.Table], BatchResult]:
     """The per-batch reduce: counters always, windows when `window_seconds` is set,
-    insights when `insights_window_seconds` is (NACL pairing candidates too with `nacl_pairing`).
+    insights when `insights_window_seconds` is (NACL pairing candidates too with `nacl_pairing`),
+    the records' ENI context when `with_context`.
 
     `max_time` is the newest event time windows trust (wall clock plus the
     allowed skew); later records still count, but in no window and in no NACL pairing.
@@ -72,7 +76,8 @@ def reducer(
         found = None
         if insights_window_seconds:
             found = insights.insight_batch(table, insights_window_seconds, max_time, nacl_pairing)
-        return BatchResult(counters.count_batch(table), max_end, part, found)
+        about = context.record_context(table) if with_context else None
+        return BatchResult(counters.count_batch(table), max_end, part, found, about)
 
     return reduce
 
@@ -80,6 +85,9 @@ def reducer(
 def delta_of(parts: list[BatchResult]) -> FlowState:
     """One input's counters and insights, from its batches' results."""
     delta = FlowState(counters.Counters(counters.combine(p.counters for p in parts)))
+    about = [p.context for p in parts if p.context is not None]
+    if about:
+        delta.context = about
     found = [p.insights for p in parts if p.insights is not None]
     if found:
         delta.insights = insights.fold(f.sums for f in found)

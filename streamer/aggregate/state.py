@@ -51,6 +51,8 @@ class FlowState:
     pairs: Candidates | None = dataclasses.field(default=None, compare=False)
     #: a delta's unpaired replies its pairing could not keep waiting (`Paired.dropped`): a metric, never stored
     replies_dropped: int = dataclasses.field(default=0, compare=False)
+    #: a delta's record-context tables (aggregate/context.py), handed to the enricher; never applied or stored
+    context: list[pa.Table] | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.totals:

@@ -9,8 +9,10 @@ streamer dies. Sending runs in its own task and only reads the alert table:
 a slow or failing receiver is retried with backoff and never blocks ingestion.
 
 One alert per ENI (`alertname=VPCFlowRejectSpike`, labels `interface_id`,
-`vpc_id`/`subnet_id` when known, `severity`); annotations carry observed vs
-baseline, the window, the top rejected sources and destination ports, and
+`vpc_id`/`subnet_id`, `instance_id` and `name` when known, `severity`);
+annotations carry observed vs baseline, the window, the top rejected sources
+and destination ports, what the ENI is (type, requester, description,
+security groups) when its context is known (aggregate/context.py), and
 `runbook_url` (docs/runbooks.md, under `alerts.runbook_base_url`).
 """
 
@@ -29,6 +31,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from streamer.aggregate.anomaly import Anomaly
+from streamer.aggregate.context import InterfaceContext
 from streamer.settings import AlertsConfig
 
 log = logging.getLogger(__name__)
@@ -55,9 +58,17 @@ class ActiveAlert:
 
 
 class Alerter:
-    def __init__(self, config: AlertsConfig, registry: CollectorRegistry, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: AlertsConfig,
+        registry: CollectorRegistry,
+        clock: Callable[[], float] = time.time,
+        context: Callable[[str], InterfaceContext | None] | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
+        #: what an ENI is, read when an alert is sent (its context may arrive after the detection)
+        self.context = context
         self.active: dict[str, ActiveAlert] = {}
         self.resolved: list[ActiveAlert] = []
         self._wake = asyncio.Event()
@@ -98,7 +109,7 @@ class Alerter:
             self.detected.inc()
             log.warning(
                 "reject spike on %s: %d rejected records in [%s, %s), baseline %.1f (score %.1f); top sources %s",
-                anomaly.interface_id,
+                self.describe(anomaly.interface_id),
                 anomaly.rejected_records,
                 rfc3339(anomaly.window_start),
                 rfc3339(anomaly.window_end),
@@ -168,7 +179,18 @@ class Alerter:
         }
         if self.config.runbook_base_url:
             annotations["runbook_url"] = runbook_url(self.config.runbook_base_url, ALERT_NAME)
+        known = self.context(a.interface_id) if self.context is not None else None
+        if known is not None:
+            _add_context(labels, annotations, known)
         return {"labels": labels, "annotations": annotations, "startsAt": rfc3339(alert.starts_at), "endsAt": rfc3339(ends_at)}
+
+    def describe(self, interface_id: str) -> str:
+        """The ENI as a log line names it: its id, then its name and type when known."""
+        known = self.context(interface_id) if self.context is not None else None
+        if known is None:
+            return interface_id
+        what = ", ".join(x for x in (known.name, known.interface_type, known.instance_id) if x)
+        return f"{interface_id} ({what})" if what else interface_id
 
     async def run(self) -> None:
         """Send on every new detection and every resend interval, until cancelled.
@@ -222,3 +244,29 @@ class Alerter:
                 await asyncio.sleep(delay)
                 delay *= 2
         return False
+
+
+def _add_context(labels: dict[str, str], annotations: dict[str, str], known: InterfaceContext) -> None:
+    """Labels that route and group (instance, name); annotations that explain (type, description, groups).
+    The records' vpc_id/subnet_id stay as the detector saw them; EC2's fill them when the records had none."""
+    for key, value in (
+        ("instance_id", known.instance_id),
+        ("name", known.name),
+        ("vpc_id", known.vpc_id),
+        ("subnet_id", known.subnet_id),
+    ):
+        if value and key not in labels:
+            labels[key] = value
+    notes = {
+        "interface_type": known.interface_type,
+        "requester": known.requester,
+        "interface_description": known.description,
+        "security_groups": ", ".join(known.security_groups) or None,
+        "instance_name": known.instance_name,
+        "availability_zone": known.az,
+        "interface_deleted": "true" if known.deleted else None,
+    }
+    annotations.update({k: v for k, v in notes.items() if v})
+    what = ", ".join(x for x in (known.name, known.interface_type, known.instance_id) if x)
+    if what:
+        annotations["summary"] = annotations["summary"].replace(known.interface_id, f"{known.interface_id} ({what})", 1)

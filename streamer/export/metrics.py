@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from streamer.aggregate import insights as ins
+from streamer.aggregate.context import InterfaceContext
 from streamer.aggregate.counters import combine
 from streamer.aggregate.detection import Detection
 from streamer.aggregate.eventtime import ALL_SOURCES
@@ -198,3 +199,43 @@ class InsightsCollector(Collector):
         if self.nacl_pairing:
             yield nacl
         yield from (gw_bytes, gw_records, ipv6, paths, price)
+
+
+INFO_LABELS = (
+    "interface_id",
+    "interface_type",
+    "name",
+    "instance_id",
+    "subnet_id",
+    "vpc_id",
+    "az",
+    "security_groups",
+    "description",
+)
+
+
+class InterfaceInfoCollector(Collector):
+    """vpcflow_interface_info: what each ENI is, value 1, for joins (kube-state-metrics' `_info` pattern):
+
+        sum by (interface_id) (rate(vpcflow_records_total{action="REJECT"}[5m]))
+          * on(interface_id) group_left(name, interface_type) vpcflow_interface_info
+
+    Only interfaces with their own counter series (`members`) get one, so it is capped like them and
+    goes when they are forgotten; label values are cut to 120 characters."""
+
+    def __init__(self, context: Callable[[str], InterfaceContext | None], members: Callable[[], Collection[str]]) -> None:
+        self._context = context
+        self._members = members
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "vpcflow_interface_info", "What an ENI is (from its records and EC2); always 1.", labels=list(INFO_LABELS)
+        )
+        for eni in sorted(self._members()):
+            if eni == OTHER_INTERFACE:
+                continue
+            known = self._context(eni)
+            if known is not None:
+                labels = known.labels()
+                info.add_metric([labels[k] for k in INFO_LABELS], 1)
+        yield info

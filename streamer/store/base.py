@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from streamer.aggregate.context import ContextRow
 from streamer.aggregate.state import FlowState
 
 
@@ -142,3 +143,12 @@ class StateStore(Protocol):
     def prune(self, older_than_seconds: float) -> int: ...
 
     def close(self) -> None: ...
+
+    # the ENI context cache beside the checkpoint (store/context_table.py)
+    def contexts(self) -> list[ContextRow]: ...
+
+    def put_seen(self, rows: Sequence[tuple[str, str | None, float]]) -> None: ...
+
+    def put_described(self, rows: Sequence[tuple[str, str, float]]) -> None: ...
+
+    def forget_contexts(self, idle_seconds: float) -> int: ...

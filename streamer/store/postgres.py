@@ -61,6 +61,7 @@ from streamer.store.base import (
     TransactionConflict,
     pause_in_transaction,
 )
+from streamer.store.context_table import POSTGRES_MIGRATION, PostgresContextTable
 from streamer.store.pgtimeouts import GuardedPool, Health, Timeouts
 from streamer.store.plan import Live, Plan, plan, wanted
 
@@ -124,6 +125,8 @@ MIGRATIONS: list[str] = [
         WHEN (current_setting('streamer.totals', true) IS DISTINCT FROM 'on')
         EXECUTE FUNCTION streamer_old_code_totals();
     """,
+    # the ENI context cache (store/context_table.py), shared by the fleet
+    POSTGRES_MIGRATION,
 ]
 
 #: the replica id the rows of replicas gone past the retention are folded into (not a valid host name)
@@ -167,7 +170,7 @@ def connection_info(url: str, password_file: Path | None, timeouts: Timeouts | N
 _MIGRATION_LOCK = 0x73747265616D6572
 
 
-class PostgresStore:
+class PostgresStore(PostgresContextTable):
     """CheckpointStore's interface over PostgreSQL, for one replica of a fleet."""
 
     def __init__(
@@ -259,9 +262,7 @@ class PostgresStore:
             seen: dict[str, float] = dict(
                 conn.execute("SELECT interface_id, last_seen FROM interfaces WHERE replica_id = %s", me).fetchall()
             )
-            found = conn.execute(
-                "SELECT kind, key1, key2, records, bytes FROM insights WHERE replica_id = %s", me
-            ).fetchall()
+            found = conn.execute("SELECT kind, key1, key2, records, bytes FROM insights WHERE replica_id = %s", me).fetchall()
             sums = conn.execute("SELECT name, key, value FROM totals WHERE replica_id = %s", me).fetchall()
         table = pa.Table.from_pylist([dict(zip(SCHEMA.names, r, strict=True)) for r in rows], SCHEMA)
         insights = pa.Table.from_pylist([dict(zip(ins.SCHEMA.names, r, strict=True)) for r in found], ins.SCHEMA)

@@ -35,6 +35,7 @@ from streamer.aggregate.counters import SCHEMA, Counters
 from streamer.aggregate.state import LOG_STATUS, FlowState
 from streamer.store.base import CheckpointError, Commit, Done, Refused, pause_in_transaction
 from streamer.store.plan import Live, Plan, Wanted, plan, wanted
+from streamer.store.context_table import SQLITE_DDL, SqliteContextTable
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ VACUUM_EVERY_COMMITS = 100
 WAL_LIMIT_BYTES = 32 * 2**20
 
 
-class CheckpointStore:
+class CheckpointStore(SqliteContextTable):
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
@@ -93,7 +94,7 @@ class CheckpointStore:
                 raise CheckpointError(
                     f"{path}: checkpoint schema {version} is newer than this streamer's {_SCHEMA_VERSION}: upgrade streamer"
                 )
-            self._db.executescript(_DDL)
+            self._db.executescript(_DDL + SQLITE_DDL)  # the context cache: additive, no version bump
             if version == 1:
                 self._db.execute(_MIGRATE_1_TO_2, (time.time(),))
             if version is not None and version < 3:

@@ -32,9 +32,21 @@ ALLOWED: dict[str, set[str]] = {
     "memory": set(),
     "sources": {"aws", "decode", "logs", "schema", "settings", "store"},
     "config": {"defaults", "schema", "settings", "sources"},
+    "enrich": {"aggregate", "schema", "settings", "store"},
     "pipeline": {"aggregate", "commit_group", "decode", "export", "ingest", "schema", "sources", "store"},
     "service": {
-        "aggregate", "aws", "commit_group", "config", "decode", "export", "pipeline", "schema", "settings", "sources", "store"
+        "aggregate",
+        "aws",
+        "commit_group",
+        "config",
+        "decode",
+        "enrich",
+        "export",
+        "pipeline",
+        "schema",
+        "settings",
+        "sources",
+        "store",
     },
 }
 #: commands on top may import anything below them
