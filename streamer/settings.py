@@ -221,7 +221,7 @@ class EnrichConfig(Model):
     """
 
     #: an active ENI is described again this often (a new one at once)
-    refresh_seconds: float = Field(default=600, ge=10)
+    refresh_seconds: float = Field(default=600, ge=1)
     #: the region to ask for ENIs whose records name none (the `region` field); default: the credential chain's
     region: str | None = None
     #: EC2 endpoint (VPC endpoints, tests)

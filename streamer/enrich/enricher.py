@@ -137,7 +137,13 @@ class Enricher:
             except Exception as exc:  # the cache is a cache: one line, and try again next tick
                 self._warn("error", f"ENI context step failed: {type(exc).__name__}: {exc}")
             self.steps += 1
-            await asyncio.sleep(tick_seconds)
+            await asyncio.sleep(self._wait(tick_seconds))
+
+    def _wait(self, tick_seconds: float) -> float:
+        """Until the next tick, or sooner when a pause ends before it (short backoffs are kept)."""
+        now = self.clock()
+        ends = [at - now for at in self._paused_until.values() if at > now]
+        return max(0.01, min([tick_seconds, *ends]))
 
     async def step(self) -> None:
         now = self.clock()
