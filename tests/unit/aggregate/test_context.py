@@ -32,7 +32,11 @@ def test_the_fields_the_records_carry_one_row_per_interface() -> None:
     got = fold(record_context(t) for t in decoded(text))
     assert got == {
         "eni-a": {
-            "account_id": "111111111111", "instance_id": "i-1", "vpc_id": "vpc-1", "subnet_id": "subnet-1", "az": "use1-az1"
+            "account_id": "111111111111",
+            "instance_id": "i-1",
+            "vpc_id": "vpc-1",
+            "subnet_id": "subnet-1",
+            "az": "use1-az1",
         },
         "eni-b": {"account_id": "111111111111", "vpc_id": "vpc-1", "subnet_id": "subnet-2", "az": "use1-az2"},
     }
@@ -45,10 +49,20 @@ def test_a_format_without_context_fields_costs_nothing() -> None:
 
 def test_records_win_and_ec2_fills_the_rest() -> None:
     records = {"instance_id": "i-records", "vpc_id": "vpc-1"}
-    ec2 = {"instance_id": "i-ec2", "name": None, "instance_name": "web-1", "security_groups": ["sg-2", "sg-1"], "az": "us-east-1a"}
+    ec2 = {
+        "instance_id": "i-ec2",
+        "name": None,
+        "instance_name": "web-1",
+        "security_groups": ["sg-2", "sg-1"],
+        "az": "us-east-1a",
+    }
     got = merge("eni-a", records, ec2)
     assert (got.instance_id, got.vpc_id, got.az, got.name, got.security_groups) == (
-        "i-records", "vpc-1", "us-east-1a", "web-1", ("sg-2", "sg-1")
+        "i-records",
+        "vpc-1",
+        "us-east-1a",
+        "web-1",
+        ("sg-2", "sg-1"),
     )
     assert merge("eni-a", None, {"name": "own-name", "instance_name": "web-1"}).name == "own-name"
 
@@ -58,7 +72,15 @@ def test_info_labels_are_cut_and_never_missing() -> None:
     assert len(got["description"]) == MAX_LABEL_CHARS
     assert got["description"].endswith("…")
     assert set(got) == {
-        "interface_id", "interface_type", "name", "instance_id", "subnet_id", "vpc_id", "az", "security_groups", "description"
+        "interface_id",
+        "interface_type",
+        "name",
+        "instance_id",
+        "subnet_id",
+        "vpc_id",
+        "az",
+        "security_groups",
+        "description",
     }
     assert got["name"] == ""
 

@@ -14,7 +14,10 @@ from streamer.enrich.ec2 import REASONS, error_reason, keep, requester
     ("ni", "who"),
     [
         ({"InterfaceType": "nat_gateway", "Description": "Interface for NAT Gateway nat-1"}, "nat_gateway"),
-        ({"InterfaceType": "interface", "Description": "Interface for NAT Gateway nat-1", "RequesterManaged": True}, "nat_gateway"),
+        (
+            {"InterfaceType": "interface", "Description": "Interface for NAT Gateway nat-1", "RequesterManaged": True},
+            "nat_gateway",
+        ),
         ({"InterfaceType": "lambda", "Description": "AWS Lambda VPC ENI-fn-1", "RequesterManaged": True}, "lambda"),
         ({"InterfaceType": "interface", "Description": "AWS Lambda VPC ENI-fn-1"}, "lambda"),
         ({"InterfaceType": "network_load_balancer", "Description": "ELB net/x/1"}, "elb"),
