@@ -68,7 +68,12 @@ class AwsClients:
         """EC2 for describing ENIs: one attempt per call (the caller paces, backs off and counts throttling
         itself), as `role_arn` when given (STS AssumeRole, renewed before the credentials expire)."""
         if role_arn is None:
-            return cast("EC2Client", await self._get("ec2", region, endpoint_url, True))
+            key0 = ("ec2-single", region, endpoint_url, True)
+            if key0 not in self._clients:
+                session0: Any = self._session
+                creator0 = session0.create_client("ec2", region_name=region, endpoint_url=endpoint_url, config=_single())
+                self._clients[key0] = await self._stack.enter_async_context(creator0)
+            return cast("EC2Client", self._clients[key0])
         key = (role_arn, region, endpoint_url)
         held = self._assumed.get(key)
         if held is not None and held.expires_at - time.time() > RENEW_BEFORE_SECONDS:
@@ -81,7 +86,7 @@ class AwsClients:
             "ec2",
             region_name=region,
             endpoint_url=endpoint_url,
-            config=_once(),
+            config=_single(),
             aws_access_key_id=creds["AccessKeyId"],
             aws_secret_access_key=creds["SecretAccessKey"],
             aws_session_token=creds["SessionToken"],
@@ -123,6 +128,12 @@ class AwsClients:
         self._assumed.clear()
         await self._stack.aclose()
         self._clients.clear()
+
+
+def _single() -> AioConfig:
+    """Exactly one attempt (`total_max_attempts`; botocore's `max_attempts` counts retries after the first):
+    for callers that pace, back off and count throttling themselves."""
+    return AioConfig(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=3, read_timeout=10)
 
 
 def _once() -> AioConfig:
