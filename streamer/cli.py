@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from streamer import defaults, logs
 
@@ -62,6 +62,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from streamer import output
     from streamer.aggregate.batch import columns
+    from streamer.aggregate.context import RECORD_FIELDS, fold, merge
     from streamer.aggregate.insights import report
     from streamer.decode.objects import ObjectReader
     from streamer.replay import InputError, expand, replay_counts, replay_records
@@ -87,6 +88,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             insights_window = None if args.no_insights else args.window_seconds
             pairing = insights_window is not None and args.nacl_pairing
             wanted = columns(detection is not None, insights_window is not None, pairing)
+            found: list[Any] = []  # the ENI context the records carry (--output json)
+            if args.output == "json":
+                wanted = tuple(dict.fromkeys((*wanted, *RECORD_FIELDS)))
             reader = ObjectReader(log_format=log_format, columns=wanted)
             state, anomalies = replay_counts(
                 inputs,
@@ -97,6 +101,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 insights_window_seconds=insights_window,
                 lateness_seconds=args.lateness_seconds,
                 nacl_pairing=pairing,
+                on_context=found.extend if args.output == "json" else None,
             )
             progress.close()
             doc = output.summary(state)
@@ -105,6 +110,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             if detection is not None:
                 doc["alerts"] = [a.to_json() for a in anomalies]
             if args.output == "json":
+                doc["context"] = {eni: merge(eni, known, None).to_json() for eni, known in sorted(fold(found).items())}
                 sys.stdout.buffer.write(orjson.dumps(doc) + b"\n")
             else:
                 sys.stdout.write(output.render_table(doc))

@@ -104,6 +104,7 @@ def replay_counts(
     insights_window_seconds: int | None = None,
     lateness_seconds: int = 900,  # defaults.LATENESS_SECONDS (the cli passes its own)
     nacl_pairing: bool = False,
+    on_context: Callable[[list[pa.Table]], None] | None = None,
 ) -> tuple[FlowState, list[Anomaly]]:
     """Counters over all inputs, and with `detection` the anomalies they contain.
 
@@ -113,14 +114,15 @@ def replay_counts(
     last minutes is reported too. A record ahead of the wall clock by more than
     `max_future_skew_seconds` counts, but moves no event time. With
     `nacl_pairing` (and insights), NACL return rejects pair across all inputs,
-    within `lateness_seconds`; without, no thread pairs anything.
+    within `lateness_seconds`; without, no thread pairs anything. With `on_context`,
+    the ENI context the records carry (aggregate/context.py) is handed to it.
     """
     state = FlowState()
     anomalies: list[Anomaly] = []
     cutoff = int(time.time()) + max_future_skew_seconds
     pairing = nacl_pairing and insights_window_seconds is not None
     window_seconds = detection.windows.window_seconds if detection is not None else None
-    reduce = reducer(window_seconds, cutoff, insights_window_seconds, pairing)
+    reduce = reducer(window_seconds, cutoff, insights_window_seconds, pairing, with_context=on_context is not None)
     ingest: Ingestor[BatchResult] = Ingestor(reader, reduce, pool)
     bodies = (_read(item, progress) for item in inputs)
     parts: list[BatchResult] = []  # several inputs' partials, folded together: one fold per input would cost more
@@ -136,9 +138,9 @@ def replay_counts(
             account(result, state, item.name)
             parts.extend(result.results)
             if len(parts) >= FOLD_PARTS:
-                state.apply(counted(delta_of(parts)))
+                state.apply(counted(_context(delta_of(parts), on_context)))
                 parts = []
-        state.apply(counted(delta_of(parts)))
+        state.apply(counted(_context(delta_of(parts), on_context)))
     if pairs is not None and pairs.dropped:
         log.warning(
             "NACL pairing: %d unpaired replies were not kept waiting for a request (their window held %d already)",
@@ -149,6 +151,13 @@ def replay_counts(
         detection, found = detection.flush()
         anomalies.extend(found)
     return state, sorted(anomalies, key=lambda a: (a.window_start, a.interface_id))
+
+
+def _context(delta: FlowState, on_context: Callable[[list[pa.Table]], None] | None) -> FlowState:
+    if delta.context is not None and on_context is not None:
+        on_context(delta.context)
+    delta.context = None
+    return delta
 
 
 def _as_is(delta: FlowState) -> FlowState:

@@ -58,6 +58,10 @@ def test_json_output_is_one_object(sample: Path) -> None:
             "ipv6_internet_inbound": {},
             "traffic_path_bytes": {},
         },
+        "context": {  # what the records say about each ENI (v2: its account)
+            "eni-a": {"interface_id": "eni-a", "account_id": "123456789010"},
+            "eni-b": {"interface_id": "eni-b", "account_id": "123456789010"},
+        },
     }
     assert b"wrong_field_count" in proc.stderr
     assert b"a.log.gz" in proc.stderr
