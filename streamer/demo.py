@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from streamer.aws import AwsClients
 from streamer.config import Config, parse_config
@@ -122,9 +123,22 @@ class Producer:
         parts = [generate_table(profile), insight_table(insight_cases(start)[0])]
         if spike:
             parts.append(spike_table(Spike(self.victim, start, duration_seconds=60, records=900, seed=minute), V5_ALL_FIELDS))
-        table = pa.concat_tables(parts).sort_by([("start", "ascending")])
-        text = " ".join(profile.fields) + "\n" + "\n".join(to_lines(table).to_pylist()) + "\n"
+        table = self.with_context(pa.concat_tables(parts).sort_by([("start", "ascending")]))
+        text = " ".join(table.column_names) + "\n" + "\n".join(to_lines(table).to_pylist()) + "\n"
         return gzip.compress(text.encode(), 6)
+
+    def with_context(self, table: pa.Table) -> pa.Table:
+        """Each ENI's instance and interface type in its records (v11 `interface-type`), as AWS writes them:
+        the scanned one is an instance's, two are a NAT gateway's and a Lambda function's (no instance), so
+        the alert names what was hit with no EC2 call."""
+        kinds = {eni: (f"i-{eni[4:]}", "interface") for eni in self.enis}
+        kinds[self.enis[0]] = ("-", "nat_gateway")
+        kinds[self.enis[1]] = ("-", "lambda")
+        where = pc.index_in(table.column("interface-id"), value_set=pa.array(list(kinds)))
+        instance = pc.coalesce(pa.array([k[0] for k in kinds.values()]).take(where), table.column("instance-id"))
+        kind = pc.coalesce(pa.array([k[1] for k in kinds.values()]).take(where), pa.scalar("interface"))
+        table = table.set_column(table.column_names.index("instance-id"), "instance-id", instance)
+        return table.append_column("interface-type", kind)
 
     def key(self, minute: int) -> str:
         when = dt.datetime.fromtimestamp(self.event_start + minute * 60, dt.UTC)
@@ -195,12 +209,12 @@ def render(service: Service, producer: Producer, elapsed: float, seen_alerts: se
         for alert in alerter.active.values():
             a = alert.anomaly
             lines.append(
-                f"ALERT VPCFlowRejectSpike {a.interface_id}: {a.rejected_records} rejected records in "
+                f"ALERT VPCFlowRejectSpike {alerter.describe(a.interface_id)}: {a.rejected_records} rejected records in "
                 f"{rfc3339(a.window_start)}..{rfc3339(a.window_end)} (baseline {a.baseline:.1f}, score {a.score:.0f}); "
                 f"top sources {', '.join(f'{x} ({n})' for x, n in a.top_sources[:3])}; "
                 f"top ports {', '.join(f'{p} ({n})' for p, n in a.top_ports[:3])}"
             )
-            seen_alerts.add(a.interface_id)
+            seen_alerts.add(alerter.describe(a.interface_id))
     elif producer.spike_minute is None:
         lines.append(f"(a scan on {producer.victim} starts about {producer.options.spike_after_seconds:.0f} s in)")
     else:

@@ -102,3 +102,8 @@ def test_demo_with_prometheus_and_alertmanager(alertmanager: str, prometheus_fac
     assert spikes[0]["status"]["state"] == "active"
     victim = out.split("alert seen for ")[1].split()[0].rstrip(",")
     assert spikes[0]["labels"]["interface_id"] == victim
+    # The alert names the workload from what the records carry (instance-id, interface-type): no EC2 call.
+    instance = spikes[0]["labels"]["instance_id"]
+    assert instance == f"i-{victim.removeprefix('eni-')}"
+    assert spikes[0]["annotations"]["interface_type"] == "interface"
+    assert f"alert seen for {victim} (interface, {instance})" in out
