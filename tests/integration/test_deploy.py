@@ -18,12 +18,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.aggregate.anomaly import Settings
+from streamer.aggregate.context import merge
 from streamer.aggregate.detection import Detection
 from streamer.aggregate.state import FlowState
 from streamer.aggregate.windows import window_batch
 from streamer.config import AlertsConfig, parse_config
 from streamer.export.alerts import Alerter
-from streamer.export.metrics import DetectionCollector, FlowCollector, InsightsCollector
+from streamer.export.metrics import DetectionCollector, FlowCollector, InsightsCollector, InterfaceInfoCollector
 from streamer.export.telemetry import Telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +60,7 @@ def exported_names() -> set[str]:
     )
     detection, _ = Detection.create(Settings(), 900).advance([batch])
     registry.register(DetectionCollector(lambda: detection))
+    registry.register(InterfaceInfoCollector(lambda eni: merge(eni, {"vpc_id": "vpc-1"}, None), lambda: ["eni-a"]))
     names: set[str] = set()
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}.get(family.type, [""])
