@@ -68,3 +68,30 @@ async def test_only_the_leader_describes_and_every_replica_names_the_enis(aws: s
         assert all(rows[e].ec2 and rows[e].described_at for e in enis)
     finally:
         store.close()
+
+
+def test_a_database_from_before_the_cache_gains_it_and_keeps_everything(postgres_server: object) -> None:
+    import psycopg
+
+    from streamer.store.postgres import MIGRATIONS
+
+    url = postgres_server.url(postgres_server.database())  # type: ignore[attr-defined]
+    mine = next(i for i, sql in enumerate(MIGRATIONS) if "interface_context" in sql)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE streamer_schema (version INTEGER NOT NULL)")
+        for number, sql in enumerate(MIGRATIONS[:mine], start=1):
+            conn.execute(sql)
+            conn.execute("INSERT INTO streamer_schema VALUES (%s)", (number,))
+        conn.execute("INSERT INTO counters VALUES ('r1', 'eni-a', 'ACCEPT', 'OK', 5, 9, 90)")
+    store = PostgresStore(url, "r1")
+    try:
+        assert store.schema_version == len(MIGRATIONS)
+        assert store.load_state().counters.by_interface() == {"eni-a": {"ACCEPT": {"records": 5, "packets": 9, "bytes": 90}}}
+        assert store.contexts() == []
+        store.put_seen([("eni-a", '{"vpc_id":"vpc-1"}', 10.0)])
+        store.put_described([("eni-a", '{"name":"web"}', 11.0)])
+        store.put_seen([("eni-a", None, 9.0)])  # older, and no record context: nothing moves back
+        (row,) = store.contexts()
+        assert (row.records, row.ec2, row.seen_at, row.described_at) == ('{"vpc_id":"vpc-1"}', '{"name":"web"}', 10.0, 11.0)
+    finally:
+        store.close()
