@@ -145,7 +145,7 @@ class ContextBook:
 
     def get(self, interface_id: str) -> InterfaceContext | None:
         records, ec2 = self.records.get(interface_id), self.ec2.get(interface_id)
-        if records is None and ec2 is None:
+        if records is None and (ec2 is None or ec2.get("not_found")):  # nothing known (an answer of "no such ENI")
             return None
         return merge(interface_id, records, ec2)
 

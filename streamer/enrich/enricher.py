@@ -156,10 +156,15 @@ class Enricher:
         if self.leader():
             if now - self._forgot >= FORGET_EVERY_SECONDS:
                 self._forgot = now
-                await self.call(self.store.forget_contexts, self.idle_seconds)
+                # the table's last-seen times lag by up to refresh_seconds / 2 (written sparingly): keep a margin
+                await self.call(self.store.forget_contexts, now - self.idle_seconds - self.refresh_seconds)
             if self.config is not None and self.client_for is not None:
                 await self._describe_due(now)
-        self.book.forget([eni for eni, at in list(self.book.seen_at.items()) if now - at >= self.idle_seconds])
+        idle = [eni for eni, at in list(self.book.seen_at.items()) if now - at >= self.idle_seconds]
+        self.book.forget(idle)  # with their series
+        for eni in idle:
+            self._stored_seen.pop(eni, None)
+            self._dirty.discard(eni)
 
     def _fold(self, now: float) -> None:
         pending, self._pending = self._pending, []
@@ -264,8 +269,11 @@ class Enricher:
         rows = []
         for eni in enis:
             doc = found.get(eni)
-            if doc is None:  # deleted: its last-known context stays, marked
-                doc = {**self.book.ec2.get(eni, {}), "deleted": True}
+            if doc is None:
+                last = self.book.ec2.get(eni)
+                # Known before: deleted since, its last-known context stays, marked. Never known: another
+                # account's ENI without a role (or gone before its first describe): nothing to say, asked again later.
+                doc = {**last, "deleted": True} if last and not last.get("not_found") else {"not_found": True}
             self.book.ec2[eni] = doc
             self.book.described_at[eni] = at
             rows.append((eni, ctx.dumps(doc) or "{}", at))

@@ -10,7 +10,6 @@ said. The two writers own separate columns, so neither overwrites the other.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +35,7 @@ _PUT_EC2 = (
     "ON CONFLICT (interface_id) DO UPDATE SET ec2 = excluded.ec2, described_at = excluded.described_at"
 )
 _SELECT = "SELECT interface_id, records, ec2, seen_at, described_at FROM interface_context"
-_FORGET = "DELETE FROM interface_context WHERE seen_at < {m}"
+_FORGET = "DELETE FROM interface_context WHERE seen_at <= {m}"
 
 
 def _rows(found: Sequence[Sequence[Any]]) -> list[ContextRow]:
@@ -59,8 +58,9 @@ class SqliteContextTable:
         """(interface, EC2 JSON, described at)."""
         self._many(_PUT_EC2.format(m="?"), [(eni, doc, at, at) for eni, doc, at in rows])
 
-    def forget_contexts(self, idle_seconds: float) -> int:
-        cur = self._db.execute(_FORGET.format(m="?"), (time.time() - idle_seconds,))
+    def forget_contexts(self, seen_before: float) -> int:
+        """Delete the rows of ENIs last seen at or before `seen_before` (wall clock): forgotten with their series."""
+        cur = self._db.execute(_FORGET.format(m="?"), (seen_before,))
         return int(cur.rowcount)
 
     def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -92,9 +92,9 @@ class PostgresContextTable:
     def put_described(self, rows: Sequence[tuple[str, str, float]]) -> None:
         self._many(_PUT_EC2.format(m="%s"), sorted((eni, doc, at, at) for eni, doc, at in rows))
 
-    def forget_contexts(self, idle_seconds: float) -> int:
+    def forget_contexts(self, seen_before: float) -> int:
         with self._pool.connection() as conn:
-            cur = conn.execute(_FORGET.format(m="%s"), (time.time() - idle_seconds,))
+            cur = conn.execute(_FORGET.format(m="%s"), (seen_before,))
             conn.commit()
             return int(cur.rowcount)
 

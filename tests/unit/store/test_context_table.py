@@ -26,7 +26,7 @@ def test_two_writers_never_overwrite_each_other(tmp_path: Path) -> None:
 
     reopened = CheckpointStore(tmp_path / "state.db")  # a restart reads it back
     assert {r.interface_id for r in reopened.contexts()} == {"eni-a", "eni-b"}
-    assert reopened.forget_contexts(3) == 1  # eni-b: seen 5 s ago
+    assert reopened.forget_contexts(now - 3) == 1  # eni-b: seen 5 s ago
     assert [r.interface_id for r in reopened.contexts()] == ["eni-a"]
     reopened.close()
 
