@@ -190,7 +190,7 @@ class Service:
                 group=self._group_limits(),
                 nacl_pairing=self._nacl_pairing,
                 **(await self._restore_pairing(store, fleet)),
-                context_columns=ctx.CONTEXT_FIELDS + (("account-id", "region") if self.config.enrich is not None else ()),
+                context_columns=self._context_columns(),
                 on_context=enricher.observe,
             )
             self.pipeline = pipeline
@@ -259,6 +259,13 @@ class Service:
             store.close()
             await self.clients.close()
             log.info("stopped")
+
+    def _context_columns(self) -> tuple[str, ...]:
+        """The records' context fields (decoded only where the format has them); the account only when a role
+        is chosen by it: a v2 format then costs nothing more to decode."""
+        enrich = self.config.enrich
+        where = (("region",) + (("account-id",) if enrich.role_arn else ())) if enrich is not None else ()
+        return ctx.CONTEXT_FIELDS + where
 
     def _enricher(self, book: ctx.ContextBook, store: Store, leader: LeaderDetector | None) -> Enricher:
         """ENI context (records, and EC2 with an `enrich:` section); in a fleet only the leader describes."""

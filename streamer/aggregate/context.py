@@ -108,17 +108,25 @@ def merge(interface_id: str, records: Mapping[str, Any] | None, ec2: Mapping[str
 
 
 def record_context(table: pa.Table) -> pa.Table | None:
-    """One row per interface of a decoded batch: the context fields its records carry (any value of the
-    group: an ENI has one instance, VPC and subnet). None when the format carries none of them."""
+    """The context fields a decoded batch's records carry: its distinct (interface, field values) rows,
+    about one per interface. None when the format carries none of them.
+
+    A group-by on the (dictionary-encoded) columns themselves, with no aggregate: their values are
+    converted to strings only for the few distinct rows, never per record."""
     present = [f for f in RECORD_FIELDS if f in table.column_names]
     if not present or "interface-id" not in table.column_names or not table.num_rows:
         return None
-    cols = {"interface_id": pc.cast(table.column("interface-id"), pa.string())}
-    for name in present:
-        cols[RECORD_FIELDS[name]] = pc.cast(table.column(name), pa.string())
-    grouped = pa.table(cols).group_by(["interface_id"], use_threads=False).aggregate([(RECORD_FIELDS[n], "max") for n in present])
-    grouped = grouped.filter(pc.is_valid(grouped.column("interface_id")))
-    return grouped.rename_columns([c.removesuffix("_max") for c in grouped.column_names])
+    keyed = table.select(["interface-id", *present])
+    if any(pa.types.is_dictionary(c.type) and c.num_chunks > 1 for c in keyed.columns):
+        keyed = keyed.unify_dictionaries()
+    distinct = keyed.group_by(keyed.column_names, use_threads=False).aggregate([])
+    distinct = distinct.filter(pc.is_valid(distinct.column("interface-id")))
+    return pa.table(
+        {
+            "interface_id": pc.cast(distinct.column("interface-id"), pa.string()),
+            **{RECORD_FIELDS[n]: pc.cast(distinct.column(n), pa.string()) for n in present},
+        }
+    )
 
 
 def fold(parts: Iterable[pa.Table | None]) -> dict[str, dict[str, str]]:
