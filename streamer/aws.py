@@ -44,7 +44,7 @@ class AwsClients:
     def __init__(self, session: AioSession | None = None) -> None:
         self._session = session or get_session()
         self._stack = AsyncExitStack()
-        self._clients: dict[tuple[str, str, str | None, bool], Any] = {}
+        self._clients: dict[tuple[str, str, str | None, bool | str], Any] = {}
         self._assumed: dict[tuple[str, str, str | None], _Assumed] = {}
 
     async def s3(self, region: str, endpoint_url: str | None = None, fast: bool = False) -> S3Client:
@@ -68,12 +68,7 @@ class AwsClients:
         """EC2 for describing ENIs: one attempt per call (the caller paces, backs off and counts throttling
         itself), as `role_arn` when given (STS AssumeRole, renewed before the credentials expire)."""
         if role_arn is None:
-            key0 = ("ec2-single", region, endpoint_url, True)
-            if key0 not in self._clients:
-                session0: Any = self._session
-                creator0 = session0.create_client("ec2", region_name=region, endpoint_url=endpoint_url, config=_single())
-                self._clients[key0] = await self._stack.enter_async_context(creator0)
-            return cast("EC2Client", self._clients[key0])
+            return cast("EC2Client", await self._get("ec2", region, endpoint_url, "single"))
         key = (role_arn, region, endpoint_url)
         held = self._assumed.get(key)
         if held is not None and held.expires_at - time.time() > RENEW_BEFORE_SECONDS:
@@ -107,11 +102,14 @@ class AwsClients:
         """For `streamer config-from-stack`: one DescribeStacks, tried once with short timeouts."""
         return cast("CloudFormationClient", await self._get("cloudformation", region, endpoint_url, True))
 
-    async def _get(self, service: str, region: str, endpoint_url: str | None, fast: bool) -> Any:
-        """A client; `fast` ones try once with short timeouts (first calls), the others retry adaptively."""
+    async def _get(self, service: str, region: str, endpoint_url: str | None, fast: bool | str) -> Any:
+        """A client; `fast` ones try once with short timeouts (first calls), "single" ones make exactly one
+        attempt per call, the others retry adaptively."""
         key = (service, region, endpoint_url, fast)
         if key not in self._clients:
-            if fast:
+            if fast == "single":
+                config = _single()
+            elif fast:
                 config = _once()
             else:
                 config = AioConfig(
