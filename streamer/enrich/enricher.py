@@ -89,6 +89,8 @@ class Enricher:
         self.active, self.idle_seconds, self.leader, self.fleet, self.clock = active, idle_seconds, leader, fleet, clock
         self.refresh_seconds = config.refresh_seconds if config is not None else 600.0
         self._pending: list[pa.Table] = []
+        #: record context of ENIs not (yet) members, kept for one step
+        self._waiting: dict[str, dict[str, str]] = {}
         self._dirty: set[str] = set()
         self._stored_seen: dict[str, float] = {}
         self._buckets: dict[tuple[str | None, str], TokenBucket] = {}
@@ -167,16 +169,25 @@ class Enricher:
             self._dirty.discard(eni)
 
     def _fold(self, now: float) -> None:
+        """What the records said, for ENIs with their own series (members of the cap) only: the others are
+        counted under "other", so they get no context, no row and no describe. An input's context can come
+        before its commit makes its ENIs members: it waits one step for that."""
+        active = self.active()
+        for eni, at in list(active.items()):
+            if eni != OTHER_INTERFACE and at > self.book.seen_at.get(eni, float("-inf")):
+                self.book.seen_at[eni] = at
         pending, self._pending = self._pending, []
-        for eni, fields in ctx.fold(pending).items():
+        folded, waited, self._waiting = ctx.fold(pending), self._waiting, {}
+        for eni, fields in [*waited.items(), *folded.items()]:
+            if eni not in self.book.seen_at:
+                if eni in folded and eni not in waited:
+                    self._waiting[eni] = fields
+                continue
             before = self.book.records.get(eni)
             after = {**(before or {}), **fields}
             if after != before:
                 self.book.records[eni] = after
                 self._dirty.add(eni)
-        for eni, at in list(self.active().items()):
-            if eni != OTHER_INTERFACE and at > self.book.seen_at.get(eni, float("-inf")):
-                self.book.seen_at[eni] = at
 
     async def _flush(self, now: float) -> None:
         """Changed record context, and last-seen times the store has not heard of for a while."""

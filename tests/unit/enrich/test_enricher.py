@@ -71,3 +71,25 @@ async def test_records_context_is_cached_read_back_and_forgotten(tmp_path: Path)
     await e.step()
     assert {r.interface_id for r in store.contexts()} == {"eni-a"}
     store.close()
+
+
+async def test_enis_beyond_the_cap_get_no_context_and_a_late_member_still_does(tmp_path: Path) -> None:
+    """Context comes from the decode, before capping: only ENIs with their own series keep it (memory, rows
+    and describes stay bounded by the cap); an ENI whose commit lands a step after its context still gets it."""
+    store = CheckpointStore(tmp_path / "state.db")
+    now = [1000.0]
+    seen: dict[str, float] = {"eni-member": 1000.0}
+    e = enricher(store, seen, now)
+    e.observe([part("eni-member", vpc_id="vpc-1"), part("eni-capped", vpc_id="vpc-1"), part("eni-late", vpc_id="vpc-2")])
+    await e.step()
+    seen["eni-late"] = 1000.0  # its input committed after the first step
+    await e.step()
+    await e.step()
+    assert e.book.get("eni-member") is not None
+    late = e.book.get("eni-late")
+    assert late is not None
+    assert late.vpc_id == "vpc-2"
+    assert e.book.get("eni-capped") is None
+    assert "eni-capped" not in e.book.known()
+    assert {r.interface_id for r in store.contexts()} == {"eni-member", "eni-late"}
+    store.close()
