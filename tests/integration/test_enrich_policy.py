@@ -37,3 +37,21 @@ def test_the_template_grants_it_only_when_asked() -> None:
     assert {a for s in with_roles for a in granted_actions({"Statement": [s]})} == enrich_calls()
     assert {a for s in own_account for a in granted_actions({"Statement": [s]})} == enrich_calls() - {"sts:AssumeRole"}
     assert with_roles[1]["Resource"] == {"Ref": "EnrichRoleArns"}  # only the roles named, never "*"
+
+
+def test_the_template_deploys_the_enrich_policy_into_moto_when_asked(aws: str) -> None:
+    from tests.integration.conftest import boto
+    from tests.integration.test_aws_stack import created, deploy
+
+    roles = "arn:aws:iam::111111111111:role/streamer-enrich,arn:aws:iam::222222222222:role/streamer-enrich"
+    deploy(aws, "s3-sqs", "enriched", EnrichInterfaceContext="true", EnrichRoleArns=roles)
+    deploy(aws, "s3-sqs", "plain")
+    assert "StreamerEnrichPolicy" not in created(aws, "plain")  # least privilege by default
+    arn = created(aws, "enriched")["StreamerEnrichPolicy"]
+    iam = boto("iam", aws)
+    version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+    doc = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
+    doc = json.loads(doc) if isinstance(doc, str) else doc
+    assert granted_actions(doc) == enrich_calls()
+    (assume,) = [s for s in doc["Statement"] if s["Sid"] == "AssumeEnrichRoles"]
+    assert assume["Resource"] == roles.split(",")
