@@ -61,7 +61,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import orjson
 
     from streamer import output
-    from streamer.aggregate.batch import columns
+    from streamer.aggregate.batch import columns, plus
     from streamer.aggregate.context import RECORD_FIELDS, fold, merge
     from streamer.aggregate.insights import report
     from streamer.decode.objects import ObjectReader
@@ -90,7 +90,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             wanted = columns(detection is not None, insights_window is not None, pairing)
             found: list[Any] = []  # the ENI context the records carry (--output json)
             if args.output == "json":
-                wanted = tuple(dict.fromkeys((*wanted, *RECORD_FIELDS)))
+                wanted = plus(wanted, tuple(RECORD_FIELDS))
             reader = ObjectReader(log_format=log_format, columns=wanted)
             state, anomalies = replay_counts(
                 inputs,

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 
 from streamer.aggregate.anomaly import Anomaly
-from streamer.aggregate.batch import BatchResult, columns, delta_of, reducer
+from streamer.aggregate.batch import BatchResult, columns, delta_of, plus, reducer
 from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
 from streamer.aggregate.pairing import PARTIAL_SOURCE, PREFIX, Pairing, Pieces, encode_candidates
 from streamer.aggregate.state import FlowState
@@ -149,7 +149,7 @@ class Pipeline:
         #: NACL pairing candidates are chosen (insights on): paired in `pairing` (given: on), or by a fleet's leader
         self.nacl_pairing = (nacl_pairing or pairing is not None) and insights_window_seconds is not None
         base = columns(windowed, insights_window_seconds is not None, self.nacl_pairing)
-        self.columns = tuple(dict.fromkeys((*base, *context_columns)))
+        self.columns = plus(base, context_columns)
         #: the records' ENI context goes here (the enricher folds it on its own task)
         self.on_context = on_context
         self.window_seconds = detection.windows.window_seconds if detection is not None else partials_window_seconds
@@ -465,8 +465,9 @@ class Pipeline:
         stop = threading.Event()
         reader = ObjectReader(log_format=delivery.log_format, columns=self.columns, headerless=delivery.headerless)
         max_time = int(self.clock()) + self.max_future_skew_seconds
+        with_context = self.on_context is not None
         reduce = reducer(
-            self.window_seconds, max_time, self.insights_window_seconds, self.nacl_pairing, with_context=self.on_context is not None
+            self.window_seconds, max_time, self.insights_window_seconds, self.nacl_pairing, with_context=with_context
         )
         ingest: Ingestor[BatchResult] = Ingestor(reader, reduce, self.pool)
 

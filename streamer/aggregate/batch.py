@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -37,6 +37,21 @@ def columns(windows: bool, with_insights: bool, nacl_pairing: bool = False) -> C
     if nacl_pairing:
         return tuple(dict.fromkeys((*base, *insights.COLUMNS)))
     return functools.partial(_with_insights, base)
+
+
+def plus(wanted: Columns, extra: tuple[str, ...]) -> Columns:
+    """`wanted` and the `extra` fields too (the records' ENI context), as a tuple or a choice by the fields."""
+    if not extra:
+        return wanted
+    if not callable(wanted):
+        return tuple(dict.fromkeys((*wanted, *extra)))
+    return functools.partial(_plus, wanted, extra)
+
+
+def _plus(
+    wanted: Callable[[tuple[str, ...]], Collection[str]], extra: tuple[str, ...], fields: tuple[str, ...]
+) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*wanted(fields), *extra)))
 
 
 def _with_insights(base: tuple[str, ...], fields: tuple[str, ...]) -> tuple[str, ...]:
