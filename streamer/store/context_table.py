@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamer.aggregate.context import ContextRow
+
+if TYPE_CHECKING:
+    from streamer.store.pgtimeouts import GuardedPool
 
 SQLITE_DDL = """
 CREATE TABLE IF NOT EXISTS interface_context (
@@ -78,7 +81,7 @@ class SqliteContextTable:
 class PostgresContextTable:
     """Mixed into store.postgres.PostgresStore (its `_pool`; every call bounded by its timeouts)."""
 
-    _pool: Any
+    _pool: GuardedPool
 
     def contexts(self) -> list[ContextRow]:
         with self._pool.connection() as conn:

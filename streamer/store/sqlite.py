@@ -34,8 +34,8 @@ from streamer.aggregate import insights as ins
 from streamer.aggregate.counters import SCHEMA, Counters
 from streamer.aggregate.state import LOG_STATUS, FlowState
 from streamer.store.base import CheckpointError, Commit, Done, Refused, pause_in_transaction
-from streamer.store.plan import Live, Plan, Wanted, plan, wanted
 from streamer.store.context_table import SQLITE_DDL, SqliteContextTable
+from streamer.store.plan import Live, Plan, Wanted, plan, wanted
 
 log = logging.getLogger(__name__)
 
