@@ -64,13 +64,16 @@ class Model(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.world = World(self.sources)
+        self.world = self.make_world()
         #: the first violation of each kind, and the step it was seen after; raised at the end of the schedule,
         #: so that every schedule draws the same steps whatever the timing (a replay that fails one step later
         #: would otherwise look like a different schedule to Hypothesis)
         self.violations: dict[type[Exception], tuple[int, Exception]] = {}
         self.steps = 0
         self.run(self.world.open())
+
+    def make_world(self) -> World:
+        return World(self.sources)
 
     def run(self, step: Coroutine[Any, Any, Any]) -> Any:
         async def with_time() -> Any:

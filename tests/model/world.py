@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import dataclasses
 import gzip
 import itertools
@@ -25,9 +26,10 @@ import sqlite3
 import tempfile
 import threading
 import time
+import unittest.mock
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,10 +39,12 @@ import pyarrow as pa
 from prometheus_client.parser import text_string_to_metric_families
 
 import streamer.pipeline
+from streamer.aggregate.anomaly import Settings
 from streamer.aggregate.batch import columns
+from streamer.aggregate.detection import SNAPSHOT_NAME, Detection
 from streamer.config import Config, parse_config
 from streamer.decode.objects import ObjectReader
-from streamer.defaults import WINDOW_SECONDS
+from streamer.defaults import LATENESS_SECONDS, WINDOW_SECONDS
 from streamer.pipeline import Store
 from streamer.replay import expand, replay_counts
 from streamer.service import Service
@@ -166,9 +170,17 @@ class ModelService(Service):
         return Store(FaultyStore(self.config.checkpoint.path, self.faults))
 
 
-def _faulty_reducer(faults: Faults, real: Callable[..., Callable[[pa.Table], Any]]) -> Callable[..., Callable[[pa.Table], Any]]:
+#: the faults of the world whose service is running in this context (each world's service runs in its own:
+#: two worlds in one process, SQLite's and PostgreSQL's, each get their own faults)
+FAULTS: contextvars.ContextVar[Faults | None] = contextvars.ContextVar("model_faults", default=None)
+
+
+def _faulty_reducer(real: Callable[..., Callable[[pa.Table], Any]]) -> Callable[..., Callable[[pa.Table], Any]]:
     def make(*args: Any, **kwargs: Any) -> Callable[[pa.Table], Any]:
         reduce = real(*args, **kwargs)
+        faults = FAULTS.get()  # made on the loop, in the service's context; called on a decode worker
+        if faults is None:
+            return reduce
 
         def faulty(table: pa.Table) -> Any:
             if faults.next_reduce():
@@ -177,7 +189,15 @@ def _faulty_reducer(faults: Faults, real: Callable[..., Callable[[pa.Table], Any
 
         return faulty
 
+    make.model_real = real  # type: ignore[attr-defined]
     return make
+
+
+def in_context(faults: Faults, step: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """A task (a service's run) whose reduce steps consult `faults`."""
+    ctx = contextvars.copy_context()
+    ctx.run(FAULTS.set, faults)
+    return asyncio.create_task(step, context=ctx)
 
 
 @dataclasses.dataclass
@@ -223,8 +243,8 @@ class World:
         #: Firehose requests on their way (the model waits for them between steps)
         self.posting = 0
         self.port_holder: socket.socket | None = None
-        self._real_reducer = streamer.pipeline.reducer
-        streamer.pipeline.reducer = _faulty_reducer(self.faults, self._real_reducer)  # type: ignore[assignment]
+        if not hasattr(streamer.pipeline.reducer, "model_real"):  # once per process, whatever the worlds
+            streamer.pipeline.reducer = _faulty_reducer(streamer.pipeline.reducer)  # type: ignore[assignment]
 
     # --- the service ---------------------------------------------------------------------------
 
@@ -277,7 +297,7 @@ class World:
         before = self.committed()  # nothing runs now: what the new service must restore
         service = ModelService(self.config(), self.clients)  # type: ignore[arg-type]
         service.faults = self.faults
-        task = asyncio.create_task(service.run(asyncio.Event()))
+        task = in_context(self.faults, service.run(asyncio.Event()))
         started = asyncio.ensure_future(service.started.wait())
         await asyncio.wait([started, task], timeout=15, return_when=asyncio.FIRST_COMPLETED)
         assert service.started.is_set(), f"the service did not start: {task.exception() if task.done() else 'timeout'}"
@@ -586,23 +606,69 @@ class World:
         for n, item in enumerate(self.inputs):
             if self.is_committed(item, state):
                 (folder / f"{n:06d}.log").write_text(FIELDS + "\n" + "\n".join(item.lines) + "\n")
-        with ThreadPoolExecutor(1) as pool:
-            reader = ObjectReader(columns=columns(False, True))
+        # Replay's event-time windows as they are before its final flush (live, nothing closes within a schedule:
+        # every record is minutes old, the lateness is 15 minutes).
+        flushed: list[pa.Table] = []
+        real_flush = Detection.flush
+
+        def flush(detection: Detection) -> tuple[Detection, list[Any]]:
+            flushed.append(detection.windows.stats)
+            return real_flush(detection)
+
+        windows = self.committed_windows()
+        with ThreadPoolExecutor(1) as pool, unittest.mock.patch.object(Detection, "flush", flush):
+            reader = ObjectReader(columns=columns(True, True))
             inputs = expand([str(folder)]) if any(folder.iterdir()) else []
-            replayed, _ = replay_counts(inputs, reader, pool, insights_window_seconds=WINDOW_SECONDS) if inputs else (None, [])
+            detection = Detection.create(Settings(window_seconds=WINDOW_SECONDS), LATENESS_SECONDS)
+            replayed, _ = (
+                replay_counts(inputs, reader, pool, detection=detection, insights_window_seconds=WINDOW_SECONDS)
+                if inputs
+                else (None, [])
+            )
+        replayed_windows = _window_totals(flushed[-1]) if flushed else {}
         want = _totals(replayed.counters.table().to_pylist()) if replayed is not None else {}
         want_insights = sorted(tuple(r.values()) for r in replayed.insights.to_pylist()) if replayed is not None else []
+        rows, errors, found = self.committed_rows()
+        insights = sorted(tuple(r) for r in found)
+        want_insights = self.comparable_insights(want_insights)
+        check(_totals(rows) == want, ReplayDiffers, "committed counters differ from replay of the committed inputs")
+        if windows is not None:
+            check(
+                windows == replayed_windows,
+                ReplayDiffers,
+                f"committed event-time windows {windows} differ from replay's {replayed_windows}",
+            )
+        check(not errors, ReplayDiffers, f"decode errors committed for valid input: {errors}")
+        check(insights == want_insights, ReplayDiffers, f"committed insights {insights} differ from replay's {want_insights}")
+
+    def committed_rows(self) -> tuple[list[dict[str, Any]], list[Any], list[Any]]:
+        """The committed counter rows, decode errors and insights, as they are in the store."""
         db = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
         try:
             cols = ("interface_id", "action", "records", "packets", "bytes")
             rows = [dict(zip(cols, r, strict=True)) for r in db.execute(f"SELECT {', '.join(cols)} FROM counters")]
             errors = db.execute("SELECT reason, count FROM decode_errors").fetchall()
-            insights = sorted(db.execute("SELECT kind, key1, key2, records, bytes FROM insights").fetchall())
+            insights = db.execute("SELECT kind, key1, key2, records, bytes FROM insights").fetchall()
         finally:
             db.close()
-        check(_totals(rows) == want, ReplayDiffers, "committed counters differ from replay of the committed inputs")
-        check(not errors, ReplayDiffers, f"decode errors committed for valid input: {errors}")
-        check(insights == want_insights, ReplayDiffers, f"committed insights {insights} differ from replay's {want_insights}")
+        return rows, errors, insights
+
+    def comparable_insights(self, replayed: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Replay's insights in the shape the store keeps them (here: as they are)."""
+        return replayed
+
+    def committed_windows(self) -> dict[tuple[str, int], tuple[int, ...]] | None:
+        """The event-time windows' totals in the committed detection snapshot, per ENI and window (None: no
+        snapshot, nothing committed yet)."""
+        db = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM snapshots WHERE name = ?", (SNAPSHOT_NAME,)).fetchone()
+        finally:
+            db.close()
+        if row is None:
+            return {} if not self.committed().records else None
+        restored = Detection.restore(bytes(row[0]), Settings(window_seconds=WINDOW_SECONDS), LATENESS_SECONDS)
+        return _window_totals(restored.windows.stats)
 
     # --- lifetime ------------------------------------------------------------------------------
 
@@ -620,7 +686,6 @@ class World:
         if self.http is not None:
             await self.http.close()
         self.release_port()
-        streamer.pipeline.reducer = self._real_reducer  # type: ignore[assignment]
 
 
 def _records(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -636,6 +701,16 @@ def _totals(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[int, int,
         key = (row["interface_id"], row["action"])
         r, p, b = out.get(key, (0, 0, 0))
         out[key] = (r + int(row["records"]), p + int(row["packets"]), b + int(row["bytes"]))
+    return {k: v for k, v in out.items() if v[0]}
+
+
+def _window_totals(stats: pa.Table) -> dict[tuple[str, int], tuple[int, ...]]:
+    sums = ("records", "rejected_records", "rejected_packets", "rejected_bytes", "accepted_records")
+    out: dict[tuple[str, int], tuple[int, ...]] = {}
+    for row in stats.to_pylist():
+        key = (row["interface_id"], int(row["window_start"]))
+        before = out.get(key, (0,) * len(sums))
+        out[key] = tuple(a + int(row[c]) for a, c in zip(before, sums, strict=True))
     return {k: v for k, v in out.items() if v[0]}
 
 

@@ -1,0 +1,77 @@
+"""Exactly once in a fleet: the model's schedules with two replicas over one real PostgreSQL.
+
+The same deliveries, faults and checks as test_model.py (fleet.py's world: two real services, each its own
+store, leases and pipeline, sharing one database behind a proxy the model can black out), and the faults
+of a fleet as rules: a lease lost and taken again under a new epoch, the leader stepping down, the database
+away for a while, one replica crashed (and started again, or left down until the end). The committed
+counters are summed over the replicas' rows.
+
+CI runs a small fixed number of schedules (MODEL_FLEET_EXAMPLES); scripts/model.sh runs more.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import rule
+
+from tests.model.fleet import FleetWorld
+from tests.model.test_model import PROFILE, Model
+
+FLEET_PROFILE = settings(PROFILE, max_examples=int(os.environ.get("MODEL_FLEET_EXAMPLES", str(PROFILE.max_examples // 2 or 1))))
+
+
+class Fleet(Model):
+    """The model with a fleet's world, and the fleet's faults."""
+
+    pg: ClassVar[Any] = None
+    replicas: ClassVar[int] = 2
+
+    def make_world(self) -> FleetWorld:
+        return FleetWorld(self.sources, self.pg, self.replicas)
+
+    @property
+    def fleet(self) -> FleetWorld:
+        assert isinstance(self.world, FleetWorld)
+        return self.world
+
+    crash = None  # type: ignore[assignment]  # a fleet's crash names its replica: crash_replica
+
+    @rule(which=st.integers(0, 1))
+    def crash_replica(self, which: int) -> None:
+        self.run(self.fleet.crash(which=which))
+
+    @rule(which=st.integers(0, 1))
+    def replica_down(self, which: int) -> None:
+        self.run(self.fleet.down(which))
+
+    @rule(kind=st.sampled_from([None, "kinesis_shard", "leader"]))
+    def lease_lost(self, kind: str | None) -> None:
+        self.run(self.fleet.lease_lost(kind))
+
+    @rule(seconds=st.sampled_from([0.5, 2.5]))
+    def database_away(self, seconds: float) -> None:
+        self.run(self.fleet.database_away(seconds))
+
+
+class FleetS3Sqs(Fleet):
+    sources = ("s3",)
+
+
+class FleetKinesis(Fleet):
+    sources = ("kinesis",)
+
+
+FLEETS = {"s3_sqs": FleetS3Sqs, "kinesis": FleetKinesis}
+
+
+@pytest.mark.parametrize("world", sorted(FLEETS))
+def test_fleet_model(world: str, postgres_server: Any) -> None:
+    machine = FLEETS[world]
+    machine.pg = postgres_server
+    machine.TestCase.settings = FLEET_PROFILE
+    machine.TestCase().runTest()
