@@ -4,7 +4,9 @@ The same deliveries, faults and checks as test_model.py (fleet.py's world: two r
 store, leases and pipeline, sharing one database behind a proxy the model can black out), and the faults
 of a fleet as rules: a lease lost and taken again under a new epoch, the leader stepping down, the database
 away for a while, one replica crashed (and started again, or left down until the end). The committed
-counters are summed over the replicas' rows.
+counters are summed over the replicas' rows; the leader's event-time windows and paired NACL rejects are
+compared with replay too. test_both_stores runs the S3+SQS schedules on SQLite and PostgreSQL alike and
+compares what each committed.
 
 CI runs a small fixed number of schedules (MODEL_FLEET_EXAMPLES); scripts/model.sh runs more.
 """
@@ -19,6 +21,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import rule
 
+from tests.model.both import BothStores
 from tests.model.fleet import FleetWorld
 from tests.model.test_model import PROFILE, Model
 
@@ -69,9 +72,25 @@ class FleetKinesis(Fleet):
 FLEETS = {"s3_sqs": FleetS3Sqs, "kinesis": FleetKinesis}
 
 
+class BothS3Sqs(Model):
+    """The S3+SQS model's schedules on SQLite and on PostgreSQL alike, their outcomes compared (both.py)."""
+
+    sources = ("s3",)
+    pg: ClassVar[Any] = None
+
+    def make_world(self) -> BothStores:
+        return BothStores(self.sources, self.pg)
+
+
 @pytest.mark.parametrize("world", sorted(FLEETS))
 def test_fleet_model(world: str, postgres_server: Any) -> None:
     machine = FLEETS[world]
     machine.pg = postgres_server
     machine.TestCase.settings = FLEET_PROFILE
     machine.TestCase().runTest()
+
+
+def test_both_stores(postgres_server: Any) -> None:
+    BothS3Sqs.pg = postgres_server
+    BothS3Sqs.TestCase.settings = FLEET_PROFILE
+    BothS3Sqs.TestCase().runTest()

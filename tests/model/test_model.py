@@ -72,7 +72,7 @@ class Model(RuleBasedStateMachine):
         self.steps = 0
         self.run(self.world.open())
 
-    def make_world(self) -> World:
+    def make_world(self) -> Any:
         return World(self.sources)
 
     def run(self, step: Coroutine[Any, Any, Any]) -> Any:
@@ -119,12 +119,12 @@ class Model(RuleBasedStateMachine):
     @rule(kind=st.sampled_from(["before", "after"]), skip=st.integers(0, 2))
     def commit_fails(self, kind: str, skip: int) -> None:
         """The skip+1-th group commit from now fails before it lands, or lands and then raises."""
-        self.world.faults.commits.extend([None] * skip + [kind])
+        self.world.arm_commit(kind, skip)
         self.run(_nothing())
 
     @rule(skip=st.integers(0, 1))
     def decode_worker_memory_error(self, skip: int) -> None:
-        self.world.faults.memory = skip
+        self.world.arm_memory(skip)
         self.run(_nothing())
 
     @precondition(lambda self: "kinesis" in self.sources)
@@ -139,7 +139,7 @@ class Model(RuleBasedStateMachine):
     @rule(seconds=st.sampled_from([31, 301]))
     def clock_jump(self, seconds: int) -> None:
         """AWS's clock moves: held messages reappear (31 s), shard iterators expire (301 s)."""
-        self.world.clock.advance(seconds)
+        self.world.jump(seconds)
         self.run(_nothing())
 
     @rule()

@@ -348,6 +348,20 @@ class World:
             self.port_holder.close()
             self.port_holder = None
 
+    # --- faults armed by the model ----------------------------------------------------------------
+
+    def arm_commit(self, kind: str, skip: int) -> None:
+        """The skip+1-th group commit from now fails before it lands ("before"), or lands and then raises."""
+        self.faults.commits.extend([None] * skip + [kind])
+
+    def arm_memory(self, skip: int) -> None:
+        """The skip+1-th reduce step on a decode worker from now raises MemoryError."""
+        self.faults.memory = skip
+
+    def jump(self, seconds: int) -> None:
+        """AWS's clock moves on."""
+        self.clock.advance(seconds)
+
     # --- inputs --------------------------------------------------------------------------------
 
     def _new(self, kind: str, records: int) -> Input:
