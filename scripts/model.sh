@@ -5,7 +5,7 @@
 #
 # Each round draws a seed and runs every world with new schedules (MODEL_PROFILE=long). A failing
 # round prints its seed and keeps its log; the same seed reproduces it:
-#   MODEL_PROFILE=long .venv/bin/python -m pytest -p no:cacheprovider tests/model/test_model.py --hypothesis-seed=SEED
+#   MODEL_PROFILE=long .venv/bin/python -m pytest -p no:cacheprovider tests/model/test_model.py tests/model/test_fleet.py --hypothesis-seed=SEED
 # Hypothesis's example database (.hypothesis/model, not in git) keeps what was found: the next run
 # (and that command) tries it first.
 set -uo pipefail
@@ -26,7 +26,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
   left=$(( end - $(date +%s) ))
   log=.hypothesis/model/seed-$seed.log
   MODEL_PROFILE=long MODEL_EXAMPLES="${MODEL_EXAMPLES:-4}" timeout --signal=INT "$(( left > 60 ? left : 60 ))" \
-    nice -n 10 .venv/bin/python -m pytest -q -p no:cacheprovider -p no:logging tests/model/test_model.py \
+    nice -n 10 .venv/bin/python -m pytest -q -p no:cacheprovider -p no:logging tests/model/test_model.py tests/model/test_fleet.py \
     --hypothesis-seed="$seed" > "$log" 2>&1
   rc=$?
   rounds=$(( rounds + 1 ))

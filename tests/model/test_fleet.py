@@ -25,7 +25,8 @@ from tests.model.both import BothStores
 from tests.model.fleet import FleetWorld
 from tests.model.test_model import PROFILE, Model
 
-FLEET_PROFILE = settings(PROFILE, max_examples=int(os.environ.get("MODEL_FLEET_EXAMPLES", str(PROFILE.max_examples // 2 or 1))))
+#: a fleet's schedule costs several times a single process's (two services, a database): a few, fixed
+FLEET_PROFILE = settings(PROFILE, max_examples=int(os.environ.get("MODEL_FLEET_EXAMPLES", str(min(4, PROFILE.max_examples)))))
 
 
 class Fleet(Model):
