@@ -26,7 +26,7 @@ from streamer.config import parse_config
 from streamer.defaults import LATENESS_SECONDS, WINDOW_SECONDS
 from streamer.pipeline import Store
 from streamer.service import Service
-from streamer.sources.kinesis import KinesisSource
+from streamer.sources.kinesis import SHARD_LEASE, KinesisSource
 from streamer.store.base import CheckpointError, Commit, Refused
 from streamer.store.leases import LEADER
 from streamer.store.pgtimeouts import Timeouts
@@ -184,8 +184,10 @@ class FleetWorld(World):
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
-    async def crash(self, port_taken: bool = False, which: int = 0) -> None:
+    async def crash(self, port_taken: bool = False, which: int = 0, busy: bool = False) -> None:
         """One replica crashes (everything of it cancelled) and a new one starts under its name."""
+        if busy:
+            await self.busy()
         replica = self.replicas[which % len(self.replicas)]
         if replica in self.fleet:
             await self.stop_one(replica)
@@ -207,8 +209,32 @@ class FleetWorld(World):
     async def leader_steps_down(self) -> None:
         await self.lease_lost(LEADER[0])
 
-    async def database_away(self, seconds: float) -> None:
+    async def busy(self) -> None:
+        """An input on its way: read and decoding, or waiting in its group for the commit (0.3 s), when the
+        fault that follows lands (faults between steps would otherwise land on an idle fleet)."""
+        if "kinesis" in self.sources:
+            for which in range(len(self.kinesis.open_shards())):
+                await self.kinesis_record(1, which)
+        else:
+            await self.s3_object(1, 1)
+        await asyncio.sleep(0.1)
+
+    async def lease_taken(self) -> None:
+        """Every shard lease handed to another replica in the database while its holder has records in
+        flight: the new holder claims it under a new epoch and reads from the committed cursor."""
+        await self.busy()
+        owners = self._sql("SELECT name, owner FROM leases WHERE kind = %s", SHARD_LEASE)
+        for name, owner in owners:
+            others = [r for r in self.replicas if r != owner and r in self.fleet]
+            if others:
+                self._sql(
+                    "UPDATE leases SET owner = %s, expires_at = 0 WHERE kind = %s AND name = %s", others[0], SHARD_LEASE, name
+                )
+
+    async def database_away(self, seconds: float, busy: bool = False) -> None:
         """The network to the database drops everything for a while; the connections held meanwhile are dead."""
+        if busy:
+            await self.busy()
         self.proxy.block()
         await asyncio.sleep(seconds)
         self.proxy.heal(reset=True)

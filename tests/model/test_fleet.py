@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import rule
+from hypothesis.stateful import precondition, rule
 
 from tests.model.both import BothStores
 from tests.model.fleet import FleetWorld
@@ -45,9 +45,10 @@ class Fleet(Model):
 
     crash = None  # type: ignore[assignment]  # a fleet's crash names its replica: crash_replica
 
-    @rule(which=st.integers(0, 1))
-    def crash_replica(self, which: int) -> None:
-        self.run(self.fleet.crash(which=which))
+    @rule(which=st.integers(0, 1), busy=st.booleans())
+    def crash_replica(self, which: int, busy: bool) -> None:
+        """`busy`: an input is in flight when it crashes."""
+        self.run(self.fleet.crash(which=which, busy=busy))
 
     @rule(which=st.integers(0, 1))
     def replica_down(self, which: int) -> None:
@@ -57,9 +58,14 @@ class Fleet(Model):
     def lease_lost(self, kind: str | None) -> None:
         self.run(self.fleet.lease_lost(kind))
 
-    @rule(seconds=st.sampled_from([0.5, 2.5]))
-    def database_away(self, seconds: float) -> None:
-        self.run(self.fleet.database_away(seconds))
+    @precondition(lambda self: "kinesis" in self.sources)
+    @rule()
+    def lease_taken(self) -> None:
+        self.run(self.fleet.lease_taken())
+
+    @rule(seconds=st.sampled_from([0.5, 2.5]), busy=st.booleans())
+    def database_away(self, seconds: float, busy: bool) -> None:
+        self.run(self.fleet.database_away(seconds, busy))
 
 
 class FleetS3Sqs(Fleet):
