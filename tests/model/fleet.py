@@ -146,6 +146,7 @@ class FleetWorld(World):
             "fleet": {"replica_id": replica, "lease_seconds": LEASE_SECONDS},
             "sources": sources,
             "decode_workers": 1,
+            "insights": {"nacl_pairing": True},
         }
 
     # --- the replicas ---------------------------------------------------------------------------

@@ -290,6 +290,7 @@ class World:
             "checkpoint": {"path": str(self.db), "group_commit_delay_seconds": 0.3},
             "sources": sources,
             "decode_workers": 1,
+            "insights": {"nacl_pairing": True},  # opt-in: the model checks its pairing too
         }
         return parse_config(doc, {})
 
@@ -631,11 +632,13 @@ class World:
 
         windows = self.committed_windows()
         with ThreadPoolExecutor(1) as pool, unittest.mock.patch.object(Detection, "flush", flush):
-            reader = ObjectReader(columns=columns(True, True))
+            reader = ObjectReader(columns=columns(True, True, nacl_pairing=True))
             inputs = expand([str(folder)]) if any(folder.iterdir()) else []
             detection = Detection.create(Settings(window_seconds=WINDOW_SECONDS), LATENESS_SECONDS)
             replayed, _ = (
-                replay_counts(inputs, reader, pool, detection=detection, insights_window_seconds=WINDOW_SECONDS)
+                replay_counts(
+                    inputs, reader, pool, detection=detection, insights_window_seconds=WINDOW_SECONDS, nacl_pairing=True
+                )
                 if inputs
                 else (None, [])
             )
