@@ -26,7 +26,7 @@ from tests.model.fleet import FleetWorld
 from tests.model.test_model import PROFILE, Model
 
 #: a fleet's schedule costs several times a single process's (two services, a database): a few, fixed
-FLEET_PROFILE = settings(PROFILE, max_examples=int(os.environ.get("MODEL_FLEET_EXAMPLES", str(min(4, PROFILE.max_examples)))))
+FLEET_PROFILE = settings(PROFILE, max_examples=int(os.environ.get("MODEL_FLEET_EXAMPLES", str(min(3, PROFILE.max_examples)))))
 
 
 class Fleet(Model):
