@@ -132,7 +132,8 @@ def unpack_records(
     record read, its lines (each ending in a newline), and what could not be read.
 
     What is held is bounded by the text: `limit` plus one record's, and a record inflates to at most
-    `max_record_bytes` (past it: one `record_too_large`). The unit is the record: whatever one raises,
+    `max_record_bytes` (past it: one `record_too_large`). The unit is the record: whatever one raises but
+    MemoryError (not the record's fault: it passes through),
     it alone is skipped (one `invalid_payload`); an event of the wrong shape in it is one too.
     CONTROL_MESSAGEs give nothing.
     """
@@ -148,6 +149,8 @@ def unpack_records(
         except RecordTooLargeError as exc:
             errors.add(RECORD_TOO_LARGE, 1, f"record {at - 1}: {exc}")
             continue
+        except MemoryError:
+            raise  # the machine's fault, not the record's: the shard reads it again (skipped, it would be lost)
         except Exception as exc:  # any record that is not a payload, however it fails, is one bad record
             errors.add(INVALID_PAYLOAD, 1, f"record {at - 1}: {type(exc).__name__}: {exc}")
             continue

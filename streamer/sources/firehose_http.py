@@ -532,8 +532,8 @@ def records_lines(records: list[Any], budget: int) -> _Records:
                 data = _inflate(data, budget)
                 budget -= len(data)
             lines = _record_text(data, found)
-        except TooLarge:
-            raise
+        except (TooLarge, MemoryError):
+            raise  # MemoryError: the machine's fault, not the record's: the request fails and Firehose retries it
         except Exception as exc:  # whatever one record does wrong, it is that record's error only
             errors.add(INVALID_PAYLOAD, 1, f"record {i}: {type(exc).__name__}: {exc}")
             continue

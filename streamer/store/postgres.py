@@ -127,6 +127,39 @@ MIGRATIONS: list[str] = [
     """,
     # the ENI context cache (store/context_table.py), shared by the fleet
     POSTGRES_MIGRATION,
+    # Code of schema 3 (from `totals` to migration 4) writes the totals itself, without the session
+    # option: migration 4's trigger added its counters' increase a second time. What tells the two kinds of old code
+    # apart is what a transaction does: a session without the option that writes `totals` itself marks its
+    # transaction (streamer.writes_totals, transaction-local; not the totals the trigger writes, at depth 2), and
+    # the counters' increase is added at COMMIT (a deferred trigger) only if the transaction never wrote totals.
+    # So schema-2 code is made exact, schema-3 code (and today's, should its option be lost on the way, as
+    # a connection pooler may do) counts once. Today's sessions queue nothing (the WHEN runs at once).
+    f"""
+    DROP TRIGGER streamer_old_code_totals ON counters;
+    CREATE FUNCTION streamer_writes_totals() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF pg_trigger_depth() = 1 THEN
+            PERFORM set_config('streamer.writes_totals', 'on', true);
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER streamer_writes_totals BEFORE INSERT OR UPDATE ON totals FOR EACH ROW
+        WHEN (current_setting('streamer.totals', true) IS DISTINCT FROM 'on')
+        EXECUTE FUNCTION streamer_writes_totals();
+    CREATE OR REPLACE FUNCTION streamer_old_code_totals() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF current_setting('streamer.writes_totals', true) IS DISTINCT FROM 'on' THEN
+            INSERT INTO totals VALUES (NEW.replica_id, '{LOG_STATUS}', NEW.log_status,
+                NEW.records - CASE WHEN TG_OP = 'UPDATE' THEN OLD.records ELSE 0 END)
+            ON CONFLICT (replica_id, name, key) DO UPDATE SET value = totals.value + excluded.value;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE CONSTRAINT TRIGGER streamer_old_code_totals AFTER INSERT OR UPDATE ON counters
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+        WHEN (current_setting('streamer.totals', true) IS DISTINCT FROM 'on')
+        EXECUTE FUNCTION streamer_old_code_totals();
+    """,
 ]
 
 #: the replica id the rows of replicas gone past the retention are folded into (not a valid host name)
@@ -139,7 +172,7 @@ _ADDITIVE = {
     "totals": (("name", "key"), ("value",)),
 }
 
-#: server option of every session of today's code: it writes `totals` itself (see the last migration above)
+#: server option of every session of today's code: it writes `totals` itself (see migrations 4 and 6 above)
 TOTALS_OPTION = "-c streamer.totals=on"
 
 

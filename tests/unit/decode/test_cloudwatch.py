@@ -6,7 +6,9 @@ from __future__ import annotations
 import gzip
 
 import orjson
+import pytest
 
+from streamer.decode import cloudwatch
 from streamer.decode.cloudwatch import SMALL_PAYLOAD_BYTES, document_lines, payload_text, unpack_records
 from streamer.decode.errors import ErrorCounts
 
@@ -88,3 +90,15 @@ def test_a_large_payload_with_an_event_of_the_wrong_type_is_one_bad_record() -> 
     end, text, errors = unpack_records([gzip.compress(orjson.dumps(doc)), gzip.compress(orjson.dumps(good(1)))])
     assert (end, text) == (2, (LINE + "\n").encode())
     assert errors.counts == {"invalid_payload": 1}
+
+
+def test_running_out_of_memory_on_a_kinesis_record_is_not_a_bad_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MemoryError is the machine's fault, not the record's: counted as an invalid payload, the record would be
+    skipped and the shard's cursor moved past it (lost). It passes through, and the shard reads it again."""
+
+    def no_memory(data: bytes, limit: int) -> bytes:
+        raise MemoryError
+
+    monkeypatch.setattr(cloudwatch, "inflate_record", no_memory)
+    with pytest.raises(MemoryError):
+        unpack_records([gzip.compress(orjson.dumps(good(2)))])

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.config import ConfigError, parse_config
+from streamer.sources import firehose_http
 from streamer.sources.base import Delivery
 from streamer.sources.firehose_http import ACCESS_KEY_HEADER as ACCESS_KEY
 from streamer.sources.firehose_http import (
@@ -483,3 +484,15 @@ def test_the_done_key_mapping_is_injective(a: str, b: str) -> None:
         assert done_key(a) != done_key(b)
     done_key(a).key.encode("utf-8")  # both stores can hold it
     assert "\x00" not in done_key(a).key
+
+
+def test_running_out_of_memory_on_a_record_is_not_a_bad_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MemoryError is the machine's fault, not the record's: counted as an invalid payload, the record would be
+    skipped and the request answered 200 (lost). It passes through: the request fails (500), Firehose retries."""
+
+    def no_memory(data: bytes, errors: object) -> bytes:
+        raise MemoryError
+
+    monkeypatch.setattr(firehose_http, "_record_text", no_memory)
+    with pytest.raises(MemoryError):
+        records_lines([{"data": base64.b64encode(GOOD).decode()}], 1 << 20)
