@@ -24,7 +24,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -55,6 +55,9 @@ class ActiveAlert:
     starts_at: float
     last_detected: float
     windows: int = 1
+    #: the labels its ENI context added when it was first sent, fixed from then on: Alertmanager tells
+    #: alerts apart by their labels, so a resend or resolve with other labels would be another alert
+    context_labels: dict[str, str] | None = None
 
 
 class Alerter:
@@ -99,7 +102,9 @@ class Alerter:
                 active[anomaly.interface_id] = ActiveAlert(anomaly, now, now)
             else:
                 keep = anomaly if anomaly.window_start >= current.anomaly.window_start else current.anomaly
-                active[anomaly.interface_id] = ActiveAlert(keep, current.starts_at, now, current.windows + 1)
+                active[anomaly.interface_id] = ActiveAlert(
+                    keep, current.starts_at, now, current.windows + 1, current.context_labels
+                )
         return active
 
     def notify(self, anomalies: list[Anomaly]) -> None:
@@ -180,8 +185,11 @@ class Alerter:
         if self.config.runbook_base_url:
             annotations["runbook_url"] = runbook_url(self.config.runbook_base_url, ALERT_NAME)
         known = self.context(a.interface_id) if self.context is not None else None
+        if alert.context_labels is None:  # first sent now: what is known now names it for good
+            alert.context_labels = _context_labels(labels, known) if known is not None else {}
+        labels.update(alert.context_labels)
         if known is not None:
-            _add_context(labels, annotations, known)
+            _add_annotations(annotations, known)
         return {"labels": labels, "annotations": annotations, "startsAt": rfc3339(alert.starts_at), "endsAt": rfc3339(ends_at)}
 
     def describe(self, interface_id: str) -> str:
@@ -246,17 +254,20 @@ class Alerter:
         return False
 
 
-def _add_context(labels: dict[str, str], annotations: dict[str, str], known: InterfaceContext) -> None:
-    """Labels that route and group (instance, name); annotations that explain (type, description, groups).
+def _context_labels(labels: Mapping[str, str], known: InterfaceContext) -> dict[str, str]:
+    """Labels that route and group (instance, name), taken once per alert (ActiveAlert.context_labels).
     The records' vpc_id/subnet_id stay as the detector saw them; EC2's fill them when the records had none."""
-    for key, value in (
+    candidates = (
         ("instance_id", known.instance_id),
         ("name", known.name),
         ("vpc_id", known.vpc_id),
         ("subnet_id", known.subnet_id),
-    ):
-        if value and key not in labels:
-            labels[key] = value
+    )
+    return {key: value for key, value in candidates if value and key not in labels}
+
+
+def _add_annotations(annotations: dict[str, str], known: InterfaceContext) -> None:
+    """Annotations that explain (type, description, groups): the current context, as it changes."""
     notes = {
         "interface_type": known.interface_type,
         "requester": known.requester,

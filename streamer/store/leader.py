@@ -343,6 +343,7 @@ def _encode_alerts(active: dict[str, ActiveAlert]) -> bytes:
                 "starts_at": a.starts_at,
                 "last_detected": a.last_detected,
                 "windows": a.windows,
+                "context_labels": a.context_labels,
             }
             for eni, a in active.items()
         }
@@ -355,5 +356,7 @@ def _decode_alerts(blob: bytes) -> dict[str, ActiveAlert]:
         fields = doc["anomaly"]
         fields["top_sources"] = [tuple(x) for x in fields["top_sources"]]
         fields["top_ports"] = [tuple(x) for x in fields["top_ports"]]
-        out[eni] = ActiveAlert(Anomaly(**fields), doc["starts_at"], doc["last_detected"], doc["windows"])
+        out[eni] = ActiveAlert(
+            Anomaly(**fields), doc["starts_at"], doc["last_detected"], doc["windows"], doc.get("context_labels")
+        )
     return out

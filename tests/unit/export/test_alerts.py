@@ -110,3 +110,45 @@ def test_the_alert_links_its_runbook_under_the_configured_base() -> None:
     none = Alerter(AlertsConfig(runbook_base_url=None), CollectorRegistry(), Clock())
     none.notify([anomaly()])
     assert "runbook_url" not in none.alertmanager_payload()[0]["annotations"]
+
+
+def test_an_alerts_labels_never_change_once_sent_when_its_context_arrives_later() -> None:
+    """Alertmanager tells alerts apart by their labels: a resend or a resolve with labels the first send lacked
+    is another alert (the first would fire on until its endsAt, never resolved). Context that arrives after the
+    first send (a describe throttled, denied or not yet due) goes to the annotations only."""
+    from streamer.aggregate.context import InterfaceContext
+
+    clock = Clock()
+    known: dict[str, InterfaceContext] = {}
+    alerter = Alerter(
+        AlertsConfig(alertmanager_url="http://127.0.0.1:1", hold_seconds=900), CollectorRegistry(), clock, context=known.get
+    )
+    alerter.notify([anomaly()])
+    [first] = alerter.alertmanager_payload()
+    known["eni-a"] = InterfaceContext("eni-a", interface_type="interface", name="web-1", instance_id="i-1")
+    clock.now += 60
+    alerter.notify([anomaly(start=1_764_000_060)])  # a later window: the alert is resent
+    [again] = alerter.alertmanager_payload()
+    assert again["labels"] == first["labels"]
+    assert again["annotations"]["interface_type"] == "interface"  # the context still shows, as annotations
+    clock.now += 901
+    alerter.expire()
+    [resolved] = alerter.alertmanager_payload()
+    assert resolved["labels"] == first["labels"]
+
+
+def test_an_alert_sent_with_context_keeps_its_labels_when_the_context_changes() -> None:
+    from streamer.aggregate.context import InterfaceContext
+
+    clock = Clock()
+    known = {"eni-a": InterfaceContext("eni-a", name="web-1", instance_id="i-1")}
+    alerter = Alerter(AlertsConfig(alertmanager_url="http://127.0.0.1:1"), CollectorRegistry(), clock, context=known.get)
+    alerter.notify([anomaly()])
+    [first] = alerter.alertmanager_payload()
+    assert first["labels"]["name"] == "web-1"
+    assert first["labels"]["instance_id"] == "i-1"
+    known["eni-a"] = InterfaceContext("eni-a", name="web-renamed", instance_id="i-1")  # a refresh saw a new Name tag
+    clock.now += 60
+    alerter.notify([anomaly(start=1_764_000_060)])
+    [again] = alerter.alertmanager_payload()
+    assert again["labels"] == first["labels"]

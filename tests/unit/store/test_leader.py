@@ -78,3 +78,13 @@ def test_a_slice_counts_the_waiting_replies_its_pairing_dropped() -> None:
     assert step.dropped == 3 + 3  # each input: three find no room (the second input's other two count up their rows)
     assert step.pairing is not None
     assert sorted(step.pairing.replies[W].column("n").to_pylist()) == [2, 2]
+
+
+def test_a_new_leader_sends_an_alert_with_the_labels_it_was_first_sent_with() -> None:
+    from streamer.aggregate.anomaly import Anomaly
+    from streamer.export.alerts import ActiveAlert
+    from streamer.store.leader import _decode_alerts, _encode_alerts
+
+    found = Anomaly("eni-a", "vpc-1", None, 0, 60, 400, 400, 16000, 3, 10.0, 3.2, 121.9, [("192.0.2.1", 390)], [("22", 400)])
+    sent = {"eni-a": ActiveAlert(found, 1.0, 2.0, 3, {"name": "web-1", "instance_id": "i-1"})}
+    assert _decode_alerts(_encode_alerts(sent)) == sent
