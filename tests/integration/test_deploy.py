@@ -321,3 +321,37 @@ def test_every_iam_document_is_valid_json_with_alphanumeric_sids() -> None:
         assert doc["Version"] == "2012-10-17", path.name
         for statement in doc["Statement"]:
             assert re.fullmatch(r"[A-Za-z0-9]*", statement.get("Sid", "")), path.name
+
+
+def test_dashboard_joins_on_the_info_metric_hold_when_fleet_replicas_disagree(tmp_path: Path) -> None:
+    """Two replicas export vpcflow_interface_info for the same ENI with different labels for a while (the leader
+    described it, the other reads the shared cache up to 30 s later): the join still gives one row per ENI,
+    named when a replica knows the name (a right side with two series for one interface_id fails the whole
+    query in Prometheus)."""
+    joins = [e for e in dashboard_exprs() if "vpcflow_interface_info" in e]
+    assert joins
+    series = [
+        {"series": f'{name}{{instance="{r}",interface_id="eni-1",action="REJECT"}}', "values": "0+60x20"}
+        for name in ("vpcflow_records_total", "vpcflow_ipv6_internet_inbound_records_total")
+        for r in ("a:9108", "b:9108")
+    ] + [
+        {
+            "series": 'vpcflow_interface_info{instance="a:9108",interface_id="eni-1",name="web-1",interface_type="interface"}',
+            "values": "1x20",
+        },
+        {"series": 'vpcflow_interface_info{instance="b:9108",interface_id="eni-1",interface_type="interface"}', "values": "1x20"},
+    ]
+    tests = [
+        {
+            "expr": "count by (interface_id, name) ("
+            + expr.replace("$__rate_interval", "5m").replace("$__range", "5m").replace("$interface", ".*")
+            + ")",
+            "eval_time": "10m",
+            "exp_samples": [{"labels": '{interface_id="eni-1",name="web-1"}', "value": 1}],
+        }
+        for expr in joins
+    ]
+    path = tmp_path / "join.test.yml"
+    path.write_text(yaml.safe_dump({"tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}]}))
+    proc = subprocess.run([tool("promtool"), "test", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
