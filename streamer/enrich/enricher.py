@@ -3,8 +3,9 @@
 The pipeline hands over each input's record-context tables (`observe`, O(1)); this task folds them,
 writes what changed to the checkpoint store's context cache, and, with an `enrich:` section, has EC2
 describe each ENI on first sight and again every `refresh_seconds` while it stays active. Calls are
-paced by a token bucket per account and region (EC2 throttles per account and region), and a failed
-call (throttled, denied, unreachable) pauses that account and region with doubling backoff: a metric
+paced by a token bucket per account and region (EC2 throttles per account and region; every account
+without a role shares streamer's own), and a failed call (throttled, denied, unreachable) pauses that
+account and region with doubling backoff: a metric
 (`streamer_enrich_errors_total{reason}`) and at most one log line a minute per reason, nothing else.
 
 A restart reads the cache back, so ENIs described within `refresh_seconds` are not described again.
@@ -239,7 +240,7 @@ class Enricher:
             region = records.get("region") or self.config.region or self.default_region
             groups.setdefault((records.get("account_id"), region), []).append(eni)
         for key, enis in groups.items():
-            if self._paused_until.get(key, float("-inf")) > self.clock():
+            if self._paused_until.get(self._limits(key), float("-inf")) > self.clock():
                 continue
             for start in range(0, len(enis), ec2.BATCH):
                 if not await self._describe_batch(key, enis[start : start + ec2.BATCH]):
@@ -251,7 +252,7 @@ class Enricher:
         account, region = key
         role = self.config.role_arn.get(account) if account is not None else None
         bucket = self._buckets.setdefault(
-            key, TokenBucket(self.config.max_requests_per_second, 2 * self.config.max_requests_per_second)
+            self._limits(key), TokenBucket(self.config.max_requests_per_second, 2 * self.config.max_requests_per_second)
         )
         try:
             try:
@@ -275,7 +276,7 @@ class Enricher:
         except Exception as exc:  # every failure of a call is counted by reason and paused on
             self._failed(key, ec2.error_reason(exc), f"{type(exc).__name__}: {exc}")
             return False
-        self._pause.pop(key, None)
+        self._pause.pop(self._limits(key), None)
         at = self.clock()
         rows = []
         for eni in enis:
@@ -291,11 +292,20 @@ class Enricher:
         await self.call(self.store.put_described, rows)
         return True
 
+    def _limits(self, key: tuple[str | None, str]) -> tuple[str | None, str]:
+        """Whose EC2 limits a group's calls count against: (its role, region), None for streamer's own
+        credentials. Every account without a role is described with those, against one account's limits,
+        so they share one pace and one pause."""
+        account, region = key
+        roles = self.config.role_arn if self.config is not None else {}
+        return (roles.get(account) if account is not None else None), region
+
     def _failed(self, key: tuple[str | None, str], reason: str, message: str) -> None:
         self.errors.labels(reason).inc()
-        pause = min(MAX_BACKOFF_SECONDS, self._pause.get(key, self.config.backoff_seconds / 2 if self.config else 0.5) * 2)
-        self._pause[key] = pause
-        self._paused_until[key] = self.clock() + pause
+        limits = self._limits(key)
+        pause = min(MAX_BACKOFF_SECONDS, self._pause.get(limits, self.config.backoff_seconds / 2 if self.config else 0.5) * 2)
+        self._pause[limits] = pause
+        self._paused_until[limits] = self.clock() + pause
         account, region = key
         self._warn(
             reason, f"ENI context for account {account or '(own)'} in {region}: {reason}: {message}; next try in {pause:.0f} s"

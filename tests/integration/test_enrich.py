@@ -300,3 +300,54 @@ async def test_without_enrich_the_records_context_alone_makes_the_info_metric(aw
         assert all(g["vpc_id"] == "vpc-0a1b2c3d4e5f67890" and g["instance_id"].startswith("i-") for g in got.values())
         assert requests(metrics) == 0
         assert exported_totals(metrics) == truth.totals
+
+
+async def test_accounts_without_a_role_share_one_pace_and_one_pause(aws: str, tmp_path: Path) -> None:
+    """ENIs of accounts with no role in `role_arn` are all described with streamer's own credentials, against one
+    account's EC2 limits: a throttled call pauses them all (one pacing bucket too), not only its own account's."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from streamer.aggregate.context import ContextBook
+    from streamer.aws import AwsClients
+    from streamer.enrich import Enricher
+    from streamer.settings import EnrichConfig
+    from streamer.store.sqlite import CheckpointStore
+
+    store = CheckpointStore(tmp_path / "state.db")
+    clients = AwsClients()
+    seen = {"eni-0b0000000000000001": 1000.0, "eni-0c0000000000000001": 1000.0}
+    async with Ec2Fault(aws).running() as proxy:
+        proxy.fail["DescribeNetworkInterfaces"] = ("RequestLimitExceeded", 1)
+        config = EnrichConfig(
+            endpoint_url=proxy.url,
+            region="us-east-1",
+            role_arn={"111111111111": "arn:aws:iam::111111111111:role/streamer-enrich"},
+        )
+        registry = CollectorRegistry()
+        enricher = Enricher(
+            ContextBook(),
+            store,
+            lambda fn, *args: asyncio.to_thread(fn, *args),
+            registry,
+            config=config,
+            client_for=clients.ec2_as,
+            default_region="us-east-1",
+            active=lambda: seen,
+            idle_seconds=86400,
+            clock=lambda: 1000.0,
+        )
+        enricher.observe(
+            [
+                pa.table({"interface_id": ["eni-0b0000000000000001"], "account_id": ["222222222222"]}),
+                pa.table({"interface_id": ["eni-0c0000000000000001"], "account_id": ["333333333333"]}),
+            ]
+        )
+        try:
+            await enricher.step()
+        finally:
+            await clients.close()
+            store.close()
+        assert registry.get_sample_value("streamer_enrich_errors_total", {"reason": "throttled"}) == 1
+        assert len(proxy.calls["DescribeNetworkInterfaces"]) == 1  # the other unroled account waited out the pause
