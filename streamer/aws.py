@@ -63,15 +63,21 @@ class AwsClients:
         return cast("EC2Client", await self._get("ec2", region, endpoint_url, fast))
 
     async def ec2_as(
-        self, region: str, endpoint_url: str | None = None, role_arn: str | None = None, sts_endpoint_url: str | None = None
+        self,
+        region: str,
+        endpoint_url: str | None = None,
+        role_arn: str | None = None,
+        sts_endpoint_url: str | None = None,
+        renew: bool = False,
     ) -> EC2Client:
         """EC2 for describing ENIs: one attempt per call (the caller paces, backs off and counts throttling
-        itself), as `role_arn` when given (STS AssumeRole, renewed before the credentials expire)."""
+        itself), as `role_arn` when given (STS AssumeRole, renewed before the credentials expire, or now with
+        `renew`: a session refused before its expiry, e.g. revoked, is not used again)."""
         if role_arn is None:
             return cast("EC2Client", await self._get("ec2", region, endpoint_url, "single"))
         key = (role_arn, region, endpoint_url)
         held = self._assumed.get(key)
-        if held is not None and held.expires_at - time.time() > RENEW_BEFORE_SECONDS:
+        if held is not None and not renew and held.expires_at - time.time() > RENEW_BEFORE_SECONDS:
             return cast("EC2Client", held.client)
         sts = await self._get("sts", region, sts_endpoint_url, True)
         answer = await sts.assume_role(RoleArn=role_arn, RoleSessionName="streamer-enrich", DurationSeconds=ROLE_SESSION_SECONDS)

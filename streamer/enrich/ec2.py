@@ -54,6 +54,8 @@ _BY_REQUESTER_ID = {"amazon-elb": "elb", "amazon-rds": "rds", "amazon-elasticach
 #: error codes -> the bounded `reason` label of streamer_enrich_errors_total
 _THROTTLED = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException"}
 _DENIED = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "AuthFailure", "InvalidClientTokenId"}
+#: error codes of credentials refused before they expire (with access_denied: an assumed role is assumed again)
+_EXPIRED = {"ExpiredToken", "ExpiredTokenException", "RequestExpired"}
 REASONS = ("throttled", "access_denied", "assume_role", "unreachable", "error")
 
 
@@ -140,10 +142,19 @@ async def describe(client: Any, interfaces: list[str], before: Callable[[str], A
     return found
 
 
+def _code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    return str(((response or {}).get("Error") or {}).get("Code") or "") if isinstance(response, dict) else ""
+
+
+def session_refused(exc: BaseException) -> bool:
+    """The call's credentials were refused (denied, expired, revoked): an assumed role's session is not reused."""
+    return error_reason(exc) == "access_denied" or _code(exc) in _EXPIRED
+
+
 def error_reason(exc: BaseException) -> str:
     """The bounded reason of a failed call."""
-    response = getattr(exc, "response", None)
-    code = str(((response or {}).get("Error") or {}).get("Code") or "") if isinstance(response, dict) else ""
+    code = _code(exc)
     if code in _THROTTLED:
         return "throttled"
     if code in _DENIED or code.startswith("AccessDenied"):

@@ -45,8 +45,8 @@ LOG_EVERY_SECONDS = 60.0
 #: the longest pause after failures
 MAX_BACKOFF_SECONDS = 300.0
 
-#: EC2 client for (region, endpoint, role ARN or None, STS endpoint): built in streamer/aws.py
-ClientFor = Callable[[str, str | None, str | None, str | None], Awaitable[Any]]
+#: EC2 client for (region, endpoint, role ARN or None, STS endpoint, assume the role again): built in streamer/aws.py
+ClientFor = Callable[[str, str | None, str | None, str | None, bool], Awaitable[Any]]
 Call = Callable[..., Awaitable[Any]]
 
 
@@ -97,6 +97,8 @@ class Enricher:
         self._buckets: dict[tuple[str | None, str], TokenBucket] = {}
         self._pause: dict[tuple[str | None, str], float] = {}
         self._paused_until: dict[tuple[str | None, str], float] = {}
+        #: (role, region) whose session a call refused: assumed again at the next try
+        self._renew: set[tuple[str, str]] = set()
         self._logged: dict[str, tuple[float, int]] = {}
         self._reloaded = self._forgot = float("-inf")
         #: completed steps (tests wait on this, not on sleeps)
@@ -255,8 +257,9 @@ class Enricher:
             self._limits(key), TokenBucket(self.config.max_requests_per_second, 2 * self.config.max_requests_per_second)
         )
         try:
+            renew = role is not None and (role, region) in self._renew
             try:
-                client = await self.client_for(region, self.config.endpoint_url, role, self.config.sts_endpoint_url)
+                client = await self.client_for(region, self.config.endpoint_url, role, self.config.sts_endpoint_url, renew)
             except Exception as exc:
                 reason = (
                     "assume_role"
@@ -264,6 +267,8 @@ class Enricher:
                     else ec2.error_reason(exc)
                 )
                 raise _Failed(reason, f"assuming {role}: {exc}") from exc
+            if role is not None:
+                self._renew.discard((role, region))
 
             async def before(call: str) -> None:
                 await bucket.take()
@@ -274,6 +279,8 @@ class Enricher:
             self._failed(key, failed.reason, failed.message)
             return False
         except Exception as exc:  # every failure of a call is counted by reason and paused on
+            if role is not None and ec2.session_refused(exc):
+                self._renew.add((role, region))
             self._failed(key, ec2.error_reason(exc), f"{type(exc).__name__}: {exc}")
             return False
         self._pause.pop(self._limits(key), None)

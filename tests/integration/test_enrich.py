@@ -351,3 +351,59 @@ async def test_accounts_without_a_role_share_one_pace_and_one_pause(aws: str, tm
             store.close()
         assert registry.get_sample_value("streamer_enrich_errors_total", {"reason": "throttled"}) == 1
         assert len(proxy.calls["DescribeNetworkInterfaces"]) == 1  # the other unroled account waited out the pause
+
+
+async def test_a_role_session_denied_is_assumed_again_at_the_next_try(aws: str, tmp_path: Path) -> None:
+    """An assumed role's session can be refused before it expires (IAM's "revoke active sessions" denies every
+    session issued before it): the next try assumes the role again instead of reusing the refused session
+    until its expiry (up to an hour without context for that account)."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from streamer.aggregate.context import ContextBook
+    from streamer.aws import AwsClients
+    from streamer.enrich import Enricher
+    from streamer.settings import EnrichConfig
+    from streamer.store.sqlite import CheckpointStore
+
+    account = "111111111111"
+    eni = _account_world(aws, account, "billing-db")
+    store = CheckpointStore(tmp_path / "state.db")
+    clients = AwsClients()
+    seen = {eni: 1000.0}
+    now = [1000.0]
+    async with Ec2Fault(aws).running() as proxy:
+        proxy.fail["DescribeNetworkInterfaces"] = ("UnauthorizedOperation", 1)
+        config = EnrichConfig(
+            endpoint_url=proxy.url,
+            sts_endpoint_url=proxy.url,
+            region="us-east-1",
+            role_arn={account: f"arn:aws:iam::{account}:role/streamer-enrich"},
+        )
+        registry = CollectorRegistry()
+        enricher = Enricher(
+            ContextBook(),
+            store,
+            lambda fn, *args: asyncio.to_thread(fn, *args),
+            registry,
+            config=config,
+            client_for=clients.ec2_as,
+            default_region="us-east-1",
+            active=lambda: seen,
+            idle_seconds=86400,
+            clock=lambda: now[0],
+        )
+        enricher.observe([pa.table({"interface_id": [eni], "account_id": [account]})])
+        try:
+            await enricher.step()  # denied
+            now[0] += 60  # past the pause
+            await enricher.step()
+        finally:
+            await clients.close()
+            store.close()
+        assert registry.get_sample_value("streamer_enrich_errors_total", {"reason": "access_denied"}) == 1
+        assert len(proxy.calls["AssumeRole"]) == 2
+        known = enricher.book.get(eni)
+        assert known is not None
+        assert known.name == "billing-db"
