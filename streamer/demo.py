@@ -80,6 +80,8 @@ def demo_config(options: DemoOptions, endpoint: str, state_dir: Path) -> Config:
                     "lookback_seconds": 6 * 3600,
                 }
             ],
+            # The demo shows every signal, the opt-in NACL return-reject pairing included.
+            "insights": {"nacl_pairing": True},
             # Event time runs fast in the demo, so lateness is a few minutes of it.
             "anomaly": {"window_seconds": 60, "lateness_seconds": 180, "warmup_windows": 10, "min_rejected_records": 50},
             "alerts": {
