@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -66,6 +66,8 @@ class CloudWatchSourceConfig(AwsSourceSettings):
     start_lookback_seconds: int = Field(default=3600, ge=0)
     #: discover log_format from ec2:DescribeFlowLogs
     flow_log_id: str | None = None
+    #: a sweep is committed in pieces of at most this much message text (what one sweep holds)
+    max_bytes_per_delivery: int = Field(default=8 << 20, gt=0)
 
     async def build(self, ctx: BuildContext) -> CloudWatchSource:
         logs = await ctx.clients.logs(self.region, self.endpoint_url)
@@ -162,21 +164,57 @@ class CloudWatchSource(Source):
             start_ms = now_ms - self.config.start_lookback_seconds * 1000
         else:
             start_ms = max(0, min(self.end_ms, now_ms) - lateness_ms)
+        # The sweep is delivered in pieces as its pages arrive. Every piece commits its events' ids with
+        # their state and leaves the window end as it is (expected = written = the old end); only the last
+        # piece moves the end to now. A crash mid-sweep resumes from the old end, skipping the ids
+        # committed: nothing lost, nothing twice. Held: one piece and one page (and the seen ids).
+        seen = dict(self.seen)  # this sweep's; ids from start_ms on stay until its last piece (a resume re-reads them)
+        parts: list[bytes] = []
+        size = delivered = 0
         try:
-            events = await self._filter(start_ms, now_ms)
+            async for page in self._filter(start_ms, now_ms):
+                for event in page:
+                    key = _event_key(event)
+                    if key in seen:
+                        continue
+                    line = event["message"].encode() + b"\n"
+                    if parts and size + len(line) > self.config.max_bytes_per_delivery:
+                        count = len(parts)
+                        if not await self._deliver(sink, epoch, parts, seen, None):
+                            return delivered
+                        delivered, size = delivered + count, 0
+                    parts.append(line)
+                    size += len(line)
+                    seen[key] = int(event["timestamp"])
+                self.ready = True
         except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
             sink.source_error(self.name, aws_error_reason(exc), f"FilterLogEvents on {self.config.log_group}: {exc}")
-            return 0
+            if delivered:
+                self._owned = False  # pieces were committed: resume from the store's seen ids
+            return delivered
         self.ready = True
-        fresh = [e for e in events if _event_key(e) not in self.seen]
-        seen = {k: v for k, v in self.seen.items() if v >= now_ms - lateness_ms}
-        seen.update((_event_key(e), int(e["timestamp"])) for e in fresh if int(e["timestamp"]) >= now_ms - lateness_ms)
-        body = ("\n".join(e["message"] for e in fresh) + "\n").encode() if fresh else b""
+        for key in [k for k, v in seen.items() if v < now_ms - lateness_ms]:
+            del seen[key]
+        count = len(parts)
+        if not await self._deliver(sink, epoch, parts, seen, now_ms):
+            return delivered
+        self.end_ms = now_ms
+        self.seen = seen
+        sink.polled(self.name)
+        return delivered + count
+
+    async def _deliver(self, sink: Sink, epoch: int | None, parts: list[bytes], seen: dict[str, int], end_ms: int | None) -> bool:
+        """Commit one piece of a sweep (its lines; `parts` is emptied) with the seen ids so far; `end_ms` (the
+        last piece's) moves the window end."""
+        body = b"".join(parts)
+        parts.clear()
+        old = None if self.end_ms is None else str(self.end_ms)
+        new = str(end_ms) if end_ms is not None else old
         delivery = Delivery(
             location=f"cloudwatch://{self.config.log_group}",
             body=lambda: single_chunk(body),
-            cursors={(self.name, END): str(now_ms)},
-            expected={(self.name, END): None if self.end_ms is None else str(self.end_ms)},
+            cursors={} if new is None else {(self.name, END): new},
+            expected={(self.name, END): old},
             snapshots={self.snapshot_name: orjson.dumps(seen)},
             log_format=self.log_format,
             headerless=True,
@@ -188,18 +226,14 @@ class CloudWatchSource(Source):
             # Not counted here: another replica polls (or polled) this window. Keep nothing of this sweep;
             # when the lease is ours again, resume from the committed window end and seen ids.
             self._owned = False
-            return 0
-        self.end_ms = now_ms
-        self.seen = seen
-        sink.polled(self.name)
-        return len(fresh)
+            return False
+        return True
 
-    async def _filter(self, start_ms: int, end_ms: int) -> list[FilteredLogEventTypeDef]:
+    async def _filter(self, start_ms: int, end_ms: int) -> AsyncIterator[list[FilteredLogEventTypeDef]]:
+        """The sweep's events, page by page (one page held at a time: at most 1 MB or 10,000 events)."""
         kwargs: dict[str, Any] = {"logGroupName": self.config.log_group, "startTime": start_ms, "endTime": end_ms}
         if self.config.log_stream_prefix:
             kwargs["logStreamNamePrefix"] = self.config.log_stream_prefix
-        events: list[FilteredLogEventTypeDef] = []
         paginator = self.logs.get_paginator("filter_log_events")
         async for page in paginator.paginate(**kwargs):
-            events.extend(page.get("events", []))
-        return events
+            yield page.get("events", [])
