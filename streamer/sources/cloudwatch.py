@@ -5,7 +5,10 @@ event that is ingested late (up to `lateness_seconds` after its timestamp)
 is still seen; event ids already counted are skipped. The ids that can
 still reappear (timestamps inside the lateness window) are part of the
 checkpoint, committed with the state their events produced, together with
-the window's end. Events ingested later than the lateness are not seen: for
+the window's end. A sweep is committed in pieces of `max_bytes_per_delivery`
+as its pages arrive; only the last piece moves the window end, so a crash
+mid-sweep re-reads from the old end and skips the ids already committed.
+Events ingested later than the lateness are not seen: for
 that, or for high volume, use a subscription filter to Kinesis.
 
 The LogFormat comes from `log_format`, or from ec2:DescribeFlowLogs when a
