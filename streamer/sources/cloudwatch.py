@@ -168,10 +168,15 @@ class CloudWatchSource(Source):
         else:
             start_ms = max(0, min(self.end_ms, now_ms) - lateness_ms)
         # The sweep is delivered in pieces as its pages arrive. Every piece commits its events' ids with
-        # their state and leaves the window end as it is (expected = written = the old end); only the last
-        # piece moves the end to now. A crash mid-sweep resumes from the old end, skipping the ids
-        # committed: nothing lost, nothing twice. Held: one piece and one page (and the seen ids).
+        # their state and leaves the window end as it is (expected = written = the old end: the claim planner
+        # accepts a same-value compare-and-set and writes nothing); only the last piece moves the end to now.
+        # A crash mid-sweep resumes from the old end, skipping the ids committed: nothing lost, nothing twice.
+        # Held: one piece and one page (and the seen ids).
         seen = dict(self.seen)  # this sweep's; ids from start_ms on stay until its last piece (a resume re-reads them)
+        # The end a piece commits: the old one, or on a first start the one a resume reads from start_ms with
+        # (a resume's own lookback would begin later and miss the rest of this sweep).
+        hold = str(self.end_ms if self.end_ms is not None else start_ms + lateness_ms)
+        committed = None if self.end_ms is None else str(self.end_ms)
         parts: list[bytes] = []
         size = delivered = 0
         try:
@@ -183,8 +188,9 @@ class CloudWatchSource(Source):
                     line = event["message"].encode() + b"\n"
                     if parts and size + len(line) > self.config.max_bytes_per_delivery:
                         count = len(parts)
-                        if not await self._deliver(sink, epoch, parts, seen, None):
+                        if not await self._deliver(sink, epoch, parts, seen, committed, hold):
                             return delivered
+                        committed = hold
                         delivered, size = delivered + count, 0
                     parts.append(line)
                     size += len(line)
@@ -199,24 +205,24 @@ class CloudWatchSource(Source):
         for key in [k for k, v in seen.items() if v < now_ms - lateness_ms]:
             del seen[key]
         count = len(parts)
-        if not await self._deliver(sink, epoch, parts, seen, now_ms):
+        if not await self._deliver(sink, epoch, parts, seen, committed, str(now_ms)):
             return delivered
         self.end_ms = now_ms
         self.seen = seen
         sink.polled(self.name)
         return delivered + count
 
-    async def _deliver(self, sink: Sink, epoch: int | None, parts: list[bytes], seen: dict[str, int], end_ms: int | None) -> bool:
-        """Commit one piece of a sweep (its lines; `parts` is emptied) with the seen ids so far; `end_ms` (the
-        last piece's) moves the window end."""
+    async def _deliver(
+        self, sink: Sink, epoch: int | None, parts: list[bytes], seen: dict[str, int], old: str | None, new: str
+    ) -> bool:
+        """Commit one piece of a sweep (its lines; `parts` is emptied) with the seen ids so far, the window end
+        compare-and-set from `old` to `new` (the same value but for a first start's first piece and the last)."""
         body = b"".join(parts)
         parts.clear()
-        old = None if self.end_ms is None else str(self.end_ms)
-        new = str(end_ms) if end_ms is not None else old
         delivery = Delivery(
             location=f"cloudwatch://{self.config.log_group}",
             body=lambda: single_chunk(body),
-            cursors={} if new is None else {(self.name, END): new},
+            cursors={(self.name, END): new},
             expected={(self.name, END): old},
             snapshots={self.snapshot_name: orjson.dumps(seen)},
             log_format=self.log_format,

@@ -248,23 +248,20 @@ PIECE = 32 << 10
 
 
 @contextlib.asynccontextmanager
-async def piece_sources(aws: str, tmp_path: Path) -> AsyncIterator[tuple[Pipeline, Callable[[], Awaitable[CloudWatchSource]]]]:
-    """The real pipeline over a SQLite checkpoint, and a factory of fresh pollers on it (a restart)."""
+async def piece_sources(aws: str, tmp_path: Path) -> AsyncIterator[tuple[Pipeline, Callable[..., Awaitable[CloudWatchSource]]]]:
+    """The real pipeline over a SQLite checkpoint, and a factory of fresh pollers on it (a restart), each with
+    its clock `later` seconds ahead."""
     store = Store(CheckpointStore(tmp_path / "state.db"))
     clients = AwsClients()
     config = CloudWatchSourceConfig(
         type="cloudwatch", log_group=GROUP, endpoint_url=aws, lateness_seconds=900, max_bytes_per_delivery=PIECE
     )
 
-    async def fresh() -> CloudWatchSource:
+    async def fresh(later: float = 0) -> CloudWatchSource:
         logs = await clients.logs("us-east-1", aws)
-        return CloudWatchSource(
-            "cwl",
-            config,
-            logs,
-            lambda: store.call(store.store.cursors, "cwl"),
-            lambda name: store.call(store.store.snapshot, name),
-        )
+        cursors = lambda: store.call(store.store.cursors, "cwl")  # noqa: E731
+        snapshot = lambda name: store.call(store.store.snapshot, name)  # noqa: E731
+        return CloudWatchSource("cwl", config, logs, cursors, snapshot, clock=lambda: time.time() + later)
 
     with ThreadPoolExecutor(2) as pool:
         pipeline = Pipeline(FlowState(), store, Telemetry(CollectorRegistry()), pool)
@@ -304,19 +301,20 @@ async def test_a_crash_after_a_piece_committed_neither_loses_nor_repeats_an_even
     logs = log_group(aws, ["eni-a-all"])
     truth = Truth()
     now_ms = int(time.time() * 1000)
-    # older than the lateness: only a first start reads these (a resume that lost the lookback would lose them)
-    put_events(logs, "eni-a-all", records_for(truth, 2000, 1), now_ms - 1_800_000)
+    # Older than the lateness, near the end of the first start's lookback (an hour): a restart 10 minutes later
+    # reads them only if it resumes from the crashed sweep's start, not from its own lookback.
+    put_events(logs, "eni-a-all", records_for(truth, 2000, 1), now_ms - 3_300_000)
     async with piece_sources(aws, tmp_path) as (pipeline, fresh):
         with pytest.raises(Crash):
             await (await fresh()).poll_once(PieceSink(pipeline, crash_after=1))
         assert 0 < sum(n for n, _, _ in counted(pipeline).values()) < 2000  # one piece only
-        source = await fresh()
+        source = await fresh(600)
         await source.poll_once(PieceSink(pipeline))
         assert counted(pipeline) == truth.totals
         put_events(logs, "eni-a-all", records_for(truth, 2000, 2), now_ms - 30_000)
         with pytest.raises(Crash):
-            await (await fresh()).poll_once(PieceSink(pipeline, crash_after=2))
-        source = await fresh()
+            await (await fresh(600)).poll_once(PieceSink(pipeline, crash_after=2))
+        source = await fresh(600)
         await source.poll_once(PieceSink(pipeline))
         assert await source.poll_once(PieceSink(pipeline)) == 0
         assert counted(pipeline) == truth.totals
