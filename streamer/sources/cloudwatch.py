@@ -5,7 +5,10 @@ event that is ingested late (up to `lateness_seconds` after its timestamp)
 is still seen; event ids already counted are skipped. The ids that can
 still reappear (timestamps inside the lateness window) are part of the
 checkpoint, committed with the state their events produced, together with
-the window's end. Events ingested later than the lateness are not seen: for
+the window's end. A sweep is committed in pieces of `max_bytes_per_delivery`
+as its pages arrive; only the last piece moves the window end, so a crash
+mid-sweep re-reads from the old end and skips the ids already committed.
+Events ingested later than the lateness are not seen: for
 that, or for high volume, use a subscription filter to Kinesis.
 
 The LogFormat comes from `log_format`, or from ec2:DescribeFlowLogs when a
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -66,6 +69,8 @@ class CloudWatchSourceConfig(AwsSourceSettings):
     start_lookback_seconds: int = Field(default=3600, ge=0)
     #: discover log_format from ec2:DescribeFlowLogs
     flow_log_id: str | None = None
+    #: a sweep is committed in pieces of at most this much message text (what one sweep holds)
+    max_bytes_per_delivery: int = Field(default=8 << 20, gt=0)
 
     async def build(self, ctx: BuildContext) -> CloudWatchSource:
         logs = await ctx.clients.logs(self.region, self.endpoint_url)
@@ -162,21 +167,63 @@ class CloudWatchSource(Source):
             start_ms = now_ms - self.config.start_lookback_seconds * 1000
         else:
             start_ms = max(0, min(self.end_ms, now_ms) - lateness_ms)
+        # The sweep is delivered in pieces as its pages arrive. Every piece commits its events' ids with
+        # their state and leaves the window end as it is (expected = written = the old end: the claim planner
+        # accepts a same-value compare-and-set and writes nothing); only the last piece moves the end to now.
+        # A crash mid-sweep resumes from the old end, skipping the ids committed: nothing lost, nothing twice.
+        # Held: one piece and one page (and the seen ids).
+        seen = dict(self.seen)  # this sweep's; ids from start_ms on stay until its last piece (a resume re-reads them)
+        # The end a piece commits: the old one, or on a first start the one a resume reads from start_ms with
+        # (a resume's own lookback would begin later and miss the rest of this sweep).
+        hold = str(self.end_ms if self.end_ms is not None else start_ms + lateness_ms)
+        committed = None if self.end_ms is None else str(self.end_ms)
+        parts: list[bytes] = []
+        size = delivered = 0
         try:
-            events = await self._filter(start_ms, now_ms)
+            async for page in self._filter(start_ms, now_ms):
+                for event in page:
+                    key = _event_key(event)
+                    if key in seen:
+                        continue
+                    line = event["message"].encode() + b"\n"
+                    if parts and size + len(line) > self.config.max_bytes_per_delivery:
+                        count = len(parts)
+                        if not await self._deliver(sink, epoch, parts, seen, committed, hold):
+                            return delivered
+                        committed = hold
+                        delivered, size = delivered + count, 0
+                    parts.append(line)
+                    size += len(line)
+                    seen[key] = int(event["timestamp"])
+                self.ready = True
         except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
             sink.source_error(self.name, aws_error_reason(exc), f"FilterLogEvents on {self.config.log_group}: {exc}")
-            return 0
+            if delivered:
+                self._owned = False  # pieces were committed: resume from the store's seen ids
+            return delivered
         self.ready = True
-        fresh = [e for e in events if _event_key(e) not in self.seen]
-        seen = {k: v for k, v in self.seen.items() if v >= now_ms - lateness_ms}
-        seen.update((_event_key(e), int(e["timestamp"])) for e in fresh if int(e["timestamp"]) >= now_ms - lateness_ms)
-        body = ("\n".join(e["message"] for e in fresh) + "\n").encode() if fresh else b""
+        for key in [k for k, v in seen.items() if v < now_ms - lateness_ms]:
+            del seen[key]
+        count = len(parts)
+        if not await self._deliver(sink, epoch, parts, seen, committed, str(now_ms)):
+            return delivered
+        self.end_ms = now_ms
+        self.seen = seen
+        sink.polled(self.name)
+        return delivered + count
+
+    async def _deliver(
+        self, sink: Sink, epoch: int | None, parts: list[bytes], seen: dict[str, int], old: str | None, new: str
+    ) -> bool:
+        """Commit one piece of a sweep (its lines; `parts` is emptied) with the seen ids so far, the window end
+        compare-and-set from `old` to `new` (the same value but for a first start's first piece and the last)."""
+        body = b"".join(parts)
+        parts.clear()
         delivery = Delivery(
             location=f"cloudwatch://{self.config.log_group}",
             body=lambda: single_chunk(body),
-            cursors={(self.name, END): str(now_ms)},
-            expected={(self.name, END): None if self.end_ms is None else str(self.end_ms)},
+            cursors={(self.name, END): new},
+            expected={(self.name, END): old},
             snapshots={self.snapshot_name: orjson.dumps(seen)},
             log_format=self.log_format,
             headerless=True,
@@ -188,18 +235,14 @@ class CloudWatchSource(Source):
             # Not counted here: another replica polls (or polled) this window. Keep nothing of this sweep;
             # when the lease is ours again, resume from the committed window end and seen ids.
             self._owned = False
-            return 0
-        self.end_ms = now_ms
-        self.seen = seen
-        sink.polled(self.name)
-        return len(fresh)
+            return False
+        return True
 
-    async def _filter(self, start_ms: int, end_ms: int) -> list[FilteredLogEventTypeDef]:
+    async def _filter(self, start_ms: int, end_ms: int) -> AsyncIterator[list[FilteredLogEventTypeDef]]:
+        """The sweep's events, page by page (one page held at a time: at most 1 MB or 10,000 events)."""
         kwargs: dict[str, Any] = {"logGroupName": self.config.log_group, "startTime": start_ms, "endTime": end_ms}
         if self.config.log_stream_prefix:
             kwargs["logStreamNamePrefix"] = self.config.log_stream_prefix
-        events: list[FilteredLogEventTypeDef] = []
         paginator = self.logs.get_paginator("filter_log_events")
         async for page in paginator.paginate(**kwargs):
-            events.extend(page.get("events", []))
-        return events
+            yield page.get("events", [])

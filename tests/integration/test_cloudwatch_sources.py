@@ -4,14 +4,24 @@ Kinesis -> streamer, and FilterLogEvents polling with allowed lateness."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from streamer.aggregate.state import FlowState
+from streamer.aws import AwsClients
+from streamer.export.telemetry import Telemetry
+from streamer.pipeline import Pipeline, Store
+from streamer.sources.base import Delivery
+from streamer.sources.cloudwatch import CloudWatchSource, CloudWatchSourceConfig
 from streamer.sources.kinesis import KinesisSource
 from streamer.store.sqlite import CheckpointStore
 from streamer.synth import TrafficProfile, generate_table, to_lines
@@ -192,3 +202,119 @@ async def test_log_format_discovered_from_describe_flow_logs(aws: str, tmp_path:
     async with running(service_config(tmp_path, [cloudwatch_source(aws, flow_log_id=flow_log)])) as service:
         metrics = await wait_metrics(service.port, lambda m: records_total(m) >= 2, what="custom-format events")
         assert exported_totals(metrics) == {("eni-x", "REJECT"): [1, 3, 120], ("eni-x", "ACCEPT"): [1, 1, 40]}
+
+
+# --- a sweep in pieces ------------------------------------------------------------------------------
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class PieceSink:
+    """The real pipeline; records each delivery's body size and crashes the source once, right after its
+    delivery number `crash_after` committed."""
+
+    def __init__(self, pipeline: Pipeline, crash_after: int | None = None) -> None:
+        self.pipeline = pipeline
+        self.crash_after = crash_after
+        self.sizes: list[int] = []
+
+    async def process(self, source: str, delivery: Delivery) -> str:
+        self.sizes.append(sum([len(chunk) async for chunk in delivery.body()]))
+        outcome = await self.pipeline.process(source, delivery)
+        assert outcome == "ok"
+        if len(self.sizes) == self.crash_after:
+            raise Crash("the source crashed after a piece committed")
+        return outcome
+
+    def source_error(self, source: str, reason: str, message: str) -> None:
+        raise AssertionError(f"{reason}: {message}")
+
+    def polled(self, source: str) -> None:
+        pass
+
+
+def counted(pipeline: Pipeline) -> dict[tuple[str, str], list[int]]:
+    totals: dict[tuple[str, str], list[int]] = {}
+    for row in pipeline.state.counters.table().to_pylist():
+        acc = totals.setdefault((row["interface_id"], row["action"]), [0, 0, 0])
+        for i, name in enumerate(("records", "packets", "bytes")):
+            acc[i] += row[name]
+    return totals
+
+
+PIECE = 32 << 10
+
+
+@contextlib.asynccontextmanager
+async def piece_sources(aws: str, tmp_path: Path) -> AsyncIterator[tuple[Pipeline, Callable[..., Awaitable[CloudWatchSource]]]]:
+    """The real pipeline over a SQLite checkpoint, and a factory of fresh pollers on it (a restart), each with
+    its clock `later` seconds ahead."""
+    store = Store(CheckpointStore(tmp_path / "state.db"))
+    clients = AwsClients()
+    config = CloudWatchSourceConfig(
+        type="cloudwatch", log_group=GROUP, endpoint_url=aws, lateness_seconds=900, max_bytes_per_delivery=PIECE
+    )
+
+    async def fresh(later: float = 0) -> CloudWatchSource:
+        logs = await clients.logs("us-east-1", aws)
+        cursors = lambda: store.call(store.store.cursors, "cwl")  # noqa: E731
+        snapshot = lambda name: store.call(store.store.snapshot, name)  # noqa: E731
+        return CloudWatchSource("cwl", config, logs, cursors, snapshot, clock=lambda: time.time() + later)
+
+    with ThreadPoolExecutor(2) as pool:
+        pipeline = Pipeline(FlowState(), store, Telemetry(CollectorRegistry()), pool)
+        try:
+            yield pipeline, fresh
+        finally:
+            pipeline.close()
+            await clients.close()
+            store.close()
+
+
+async def test_a_sweep_larger_than_max_bytes_per_delivery_is_committed_in_pieces(aws: str, tmp_path: Path) -> None:
+    """Held bytes are bounded: no delivery body is larger than `max_bytes_per_delivery`, so a sweep is never
+    held whole; every event is counted once, and a further sweep over the same window counts nothing."""
+    logs = log_group(aws, ["eni-a-all", "eni-b-all"])
+    truth = Truth()
+    now_ms = int(time.time() * 1000)
+    put_events(logs, "eni-a-all", records_for(truth, 2000, 1), now_ms - 120_000)
+    put_events(logs, "eni-b-all", records_for(truth, 2000, 2), now_ms - 60_000)
+    async with piece_sources(aws, tmp_path) as (pipeline, fresh):
+        source = await fresh()
+        sink = PieceSink(pipeline)
+        assert await source.poll_once(sink) == 4000
+        text = sum(sink.sizes)
+        assert text > 4 * PIECE
+        assert len(sink.sizes) >= text // PIECE
+        assert max(sink.sizes) <= PIECE
+        assert counted(pipeline) == truth.totals
+        assert await source.poll_once(sink) == 0
+        assert counted(pipeline) == truth.totals
+
+
+async def test_a_crash_after_a_piece_committed_neither_loses_nor_repeats_an_event(aws: str, tmp_path: Path) -> None:
+    """The poller crashes right after its first piece committed, on a first start (no window end yet) and
+    again once a window end exists; a new poller on the same checkpoint resumes from the committed window
+    end and skips the ids the pieces committed: every event counted once."""
+    logs = log_group(aws, ["eni-a-all"])
+    truth = Truth()
+    now_ms = int(time.time() * 1000)
+    # Older than the lateness, near the end of the first start's lookback (an hour): a restart 10 minutes later
+    # reads them only if it resumes from the crashed sweep's start, not from its own lookback.
+    put_events(logs, "eni-a-all", records_for(truth, 2000, 1), now_ms - 3_300_000)
+    async with piece_sources(aws, tmp_path) as (pipeline, fresh):
+        with pytest.raises(Crash):
+            await (await fresh()).poll_once(PieceSink(pipeline, crash_after=1))
+        assert 0 < sum(n for n, _, _ in counted(pipeline).values()) < 2000  # one piece only
+        source = await fresh(600)
+        await source.poll_once(PieceSink(pipeline))
+        assert counted(pipeline) == truth.totals
+        put_events(logs, "eni-a-all", records_for(truth, 2000, 2), now_ms - 30_000)
+        with pytest.raises(Crash):
+            await (await fresh(600)).poll_once(PieceSink(pipeline, crash_after=2))
+        source = await fresh(600)
+        await source.poll_once(PieceSink(pipeline))
+        assert await source.poll_once(PieceSink(pipeline)) == 0
+        assert counted(pipeline) == truth.totals

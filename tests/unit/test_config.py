@@ -57,6 +57,10 @@ def test_shipped_examples_are_valid(name: str, tmp_path: Path) -> None:
         ),
         ({"anomaly": {"idle_timeout_seconds": 0}, **BASE}, "anomaly.idle_timeout_seconds"),
         ({"anomaly": {"max_future_skew_seconds": -1}, **BASE}, "anomaly.max_future_skew_seconds"),
+        (
+            {"sources": [{"type": "cloudwatch", "log_group": "/g", "max_bytes_per_delivery": 0}]},
+            "sources.0.max_bytes_per_delivery: ",
+        ),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(doc: dict[str, object], message: str) -> None:
