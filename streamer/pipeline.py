@@ -392,7 +392,8 @@ class Pipeline:
             self.state = await self.store.call(self.store.store.load_state)
             if self.pairing is not None:
                 pieces = await self.store.call(self.store.store.snapshots, PREFIX)
-                self.pairing = await asyncio.to_thread(Pairing.restore, pieces, self.pairing.lateness_seconds)
+                lateness, cap = self.pairing.lateness_seconds, self.pairing.max_waiting_replies
+                self.pairing = await asyncio.to_thread(Pairing.restore, pieces, lateness, cap)
             self._stale = False
             log.info("live state reloaded from the checkpoint after a commit with an unknown outcome")
 

@@ -239,3 +239,23 @@ async def test_unpaired_replies_beyond_the_cap_of_their_window_are_dropped_and_c
     pipe.store.close()
     again = Pairing.restore(CheckpointStore(tmp_path / "state.db").snapshots(PREFIX), LATENESS, 2)
     assert sorted(again.replies[W].column("n").to_pylist()) == [1, 2]
+
+
+async def test_the_cap_on_waiting_replies_holds_after_a_commit_with_an_unknown_outcome(
+    tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    """The pairing state read back after a commit whose outcome is unknown keeps the configured cap
+    (insights.max_waiting_replies_per_window), not the default: backscatter after it is still dropped."""
+    store = Ambiguous(tmp_path / "state.db", landed=False)
+    registry = CollectorRegistry()
+    pairing = Pairing(LATENESS, max_waiting_replies=2)
+    pipe = Pipeline(FlowState(), Store(store), Telemetry(registry), pool, insights_window_seconds=60, pairing=pairing)
+    store.fail_next = True
+    with pytest.raises(CheckpointError):
+        await pipe.process("s3", delivery("request", body([request(W + 5)])))
+    cases = [reply(W + 6, port=p) for p in range(50101, 50106)]
+    assert await pipe.process("s3", delivery("scatter", body(cases))) == "ok"
+    assert pipe.pairing is not None
+    assert [t.num_rows for t in pipe.pairing.replies.values()] == [2]
+    assert registry.get_sample_value("streamer_nacl_waiting_replies_dropped_total") == 3
+    pipe.store.close()
