@@ -772,6 +772,37 @@ done:
 }
 
 /*
+ * The buffers of merge_keys and sort_requests: C-contiguous arrays of 8-byte integers (or plain bytes), outputs
+ * writable. Their words are read and written raw: an array of Python objects given as an output would have
+ * pointers written over (a crash when it is freed), one of floats or of another width would hold garbage.
+ * Gets `n` buffers into `views`; on failure none is held and an exception is set.
+ */
+static int integer_words(PyObject *const *objs, Py_buffer *views, int n, int first_output) {
+    for (int i = 0; i < n; i++) {
+        int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (i >= first_output ? PyBUF_WRITABLE : 0);
+        if (PyObject_GetBuffer(objs[i], &views[i], flags) < 0) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "argument %d: a C-contiguous %sbuffer of 8-byte integers", i + 1,
+                         i >= first_output ? "writable " : "");
+            while (i > 0) PyBuffer_Release(&views[--i]);
+            return 0;
+        }
+        const char *f = views[i].format != NULL ? views[i].format : "B";
+        if (*f == '@' || *f == '=' || *f == '<' || *f == '>' || *f == '!') f++;
+        int plain = f[0] != '\0' && f[1] == '\0';
+        int ok = plain && ((views[i].itemsize == 8 && strchr("qQlLnN", f[0]) != NULL) ||
+                           (views[i].itemsize == 1 && strchr("bBc", f[0]) != NULL));
+        if (!ok) {
+            PyErr_Format(PyExc_ValueError, "argument %d: a buffer of 8-byte integers, not of format '%s'", i + 1,
+                         views[i].format != NULL ? views[i].format : "B");
+            while (i >= 0) PyBuffer_Release(&views[i--]);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/*
  * merge_keys(known, new, out, added) -> (merged, fresh)
  *
  * The NACL pairing's request sets (pairing._add_requests; `_merge_reference` is the numpy reference):
@@ -782,8 +813,11 @@ done:
  */
 static PyObject *merge_keys(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer known, fresh, out, added;
-    if (!PyArg_ParseTuple(args, "y*y*w*w*", &known, &fresh, &out, &added)) return NULL;
+    PyObject *objs[4];
+    Py_buffer views[4];
+    if (!PyArg_ParseTuple(args, "OOOO", &objs[0], &objs[1], &objs[2], &objs[3])) return NULL;
+    if (!integer_words(objs, views, 4, 2)) return NULL;
+    Py_buffer known = views[0], fresh = views[1], out = views[2], added = views[3];
     PyObject *result = NULL;
     Py_ssize_t nk = known.len / 8, nf = fresh.len / 8;
     if (known.len % 8 || fresh.len % 8 || out.len < known.len + fresh.len || added.len < fresh.len) {
@@ -822,10 +856,7 @@ static PyObject *merge_keys(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     result = Py_BuildValue("(nn)", m, n_added);
 done:
-    PyBuffer_Release(&known);
-    PyBuffer_Release(&fresh);
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&added);
+    for (int i = 0; i < 4; i++) PyBuffer_Release(&views[i]); /* the originals, not the copies named above */
     return result;
 }
 
@@ -839,8 +870,11 @@ done:
  */
 static PyObject *sort_requests(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer win, key, out_win, out_key;
-    if (!PyArg_ParseTuple(args, "y*y*w*w*", &win, &key, &out_win, &out_key)) return NULL;
+    PyObject *objs[4];
+    Py_buffer views[4];
+    if (!PyArg_ParseTuple(args, "OOOO", &objs[0], &objs[1], &objs[2], &objs[3])) return NULL;
+    if (!integer_words(objs, views, 4, 2)) return NULL;
+    Py_buffer win = views[0], key = views[1], out_win = views[2], out_key = views[3];
     PyObject *result = NULL;
     Py_ssize_t n = key.len / 8, kept = 0;
     uint64_t *tmp = NULL;
@@ -909,10 +943,7 @@ static PyObject *sort_requests(PyObject *self, PyObject *args) {
 done:
     free(tmp);
     free(hist);
-    PyBuffer_Release(&win);
-    PyBuffer_Release(&key);
-    PyBuffer_Release(&out_win);
-    PyBuffer_Release(&out_key);
+    for (int i = 0; i < 4; i++) PyBuffer_Release(&views[i]); /* the originals, not the copies named above */
     return result;
 }
 

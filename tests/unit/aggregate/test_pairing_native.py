@@ -189,3 +189,38 @@ def test_native_and_numpy_orders_of_a_batch_s_requests_are_equal(rows: list[tupl
         pairing._native_sort = saved
     assert native[0].tolist() == reference[0].tolist()
     assert native[1].tolist() == reference[1].tolist()
+
+
+def test_the_native_merge_and_sort_refuse_buffers_not_of_plain_integers() -> None:
+    """Their outputs get raw 64-bit words: an array of Python objects (or floats, or one of another width)
+    given as one must be a ValueError, not pointers written over (a crash when the array is freed). In a
+    child process, so that a crash fails this test instead of ending the run."""
+    import subprocess
+    import sys
+
+    require_native(pairing._native_merge is not None and pairing._native_sort is not None)
+    script = """
+import numpy as np
+from streamer.decode import _scan
+
+keys, wins = np.arange(2, dtype=np.uint64), np.arange(2, dtype=np.int64)
+calls = [
+    lambda: _scan.merge_keys(keys, keys, np.empty(4, object), np.empty(2, np.uint64)),
+    lambda: _scan.merge_keys(keys, keys, np.empty(4, np.uint64), np.empty(2, object)),
+    lambda: _scan.merge_keys(np.array([1, 2], object), keys, np.empty(4, np.uint64), np.empty(2, np.uint64)),
+    lambda: _scan.merge_keys(keys, keys, np.empty(4, np.float64), np.empty(2, np.uint64)),
+    lambda: _scan.merge_keys(np.arange(4, dtype=np.int32), keys, np.empty(4, np.uint64), np.empty(2, np.uint64)),
+    lambda: _scan.sort_requests(wins, keys, np.empty(2, object), np.empty(2, np.uint64)),
+    lambda: _scan.sort_requests(wins, keys, np.empty(2, np.int64), np.empty(2, object)),
+]
+for call in calls:
+    try:
+        call()
+    except ValueError:
+        continue
+    raise SystemExit("accepted")
+assert _scan.merge_keys(keys, keys, np.empty(4, np.uint64), np.empty(2, np.uint64)) == (2, 0)
+assert _scan.sort_requests(wins, keys, np.empty(2, np.int64), np.empty(2, np.uint64)) == 2
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
