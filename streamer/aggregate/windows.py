@@ -452,8 +452,9 @@ class Windows:
         The open windows' sources and ports (the state's largest tables) are folded with the inputs' once,
         at the end, not once per input (a group commit's plan spent most of its time there). Exact: a fold
         sums by key, so folding the state with every input at once gives the rows of folding them one by
-        one (in another order: rows are in no particular order); closing filters by a key column, so it can
-        filter the parts first. Only the cut at MAX_CONTEXT_ROWS depends on when folds happen: once the
+        one; closing filters by a key column, so it can filter the parts first. Arrow's fold keeps no row
+        order, so the state's sources and ports are left sorted by key: the same bytes in a snapshot however
+        the inputs were grouped. Only the cut at MAX_CONTEXT_ROWS depends on when folds happen: once the
         parts hold that many rows, they are folded (and cut) at that input, as one by one would.
         """
         now = time.time() if now is None else now
@@ -502,7 +503,9 @@ class Windows:
             )
             step = dataclasses.replace(step, stats=stats_open)
         final = dataclasses.replace(
-            step, sources=fold_context(sources, "srcaddr", SOURCES), ports=fold_context(ports, "dstport", PORTS)
+            step,
+            sources=_in_key_order(fold_context(sources, "srcaddr", SOURCES), "srcaddr"),
+            ports=_in_key_order(fold_context(ports, "dstport", PORTS), "dstport"),
         )
         return final, out
 
@@ -620,6 +623,10 @@ def _split(table: pa.Table, window_seconds: int, watermark: int) -> tuple[pa.Tab
     """Rows of windows still open at `watermark`, and of those it closes."""
     done = pc.less_equal(pc.add(table.column("window_start"), window_seconds), watermark)
     return table.filter(pc.invert(done)), table.filter(done)
+
+
+def _in_key_order(table: pa.Table, column: str) -> pa.Table:
+    return table.sort_by([(k, "ascending") for k in (*KEY, column)])
 
 
 def _with_part(parts: list[pa.Table], new: pa.Table, column: str, schema: pa.Schema) -> list[pa.Table]:
