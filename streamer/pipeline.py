@@ -340,13 +340,10 @@ class Pipeline:
         # own thread while the windows advance the detector here (both mostly numpy and Arrow, which let go
         # of the GIL), so a commit waits for the longer of the two, not for both.
         pairs = self._pairer.submit(_pair_all, pairing, deltas) if pairing is not None and detection is not None else None
-        anomalies: list[list[Anomaly]] = []
+        anomalies: list[list[Anomaly]] = [[] for _ in inputs]
         try:
-            for item in inputs:
-                found: list[Anomaly] = []
-                if detection is not None:
-                    detection, found = detection.advance(item.window_parts, item.source, now)
-                anomalies.append(found)
+            if detection is not None:  # the group's windows folded once, as if advanced input by input
+                detection, anomalies = detection.advance_many([(item.window_parts, item.source) for item in inputs], now)
         except BaseException:
             if pairs is not None:  # not left running into the next plan
                 concurrent.futures.wait([pairs])

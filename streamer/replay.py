@@ -30,6 +30,23 @@ from streamer.ingest import Ingestor, account
 
 log = logging.getLogger(__name__)
 
+
+def _acero_without_datasets() -> None:
+    """Load Arrow's query engine (behind every `group_by`) without `pyarrow.dataset`, which it imports only to
+    recognise datasets (replay groups tables only). Datasets pull in filesystems, TLS and Parquet encryption:
+    about a tenth of a one-line replay's start (tests/unit/test_cli_imports.py). A later `import pyarrow.dataset`
+    (e.g. by `pyarrow.parquet`) still loads it."""
+    if "pyarrow.acero" in sys.modules or "pyarrow.dataset" in sys.modules:
+        return
+    sys.modules["pyarrow.dataset"] = None  # type: ignore[assignment]  # an ImportError, which acero expects
+    try:
+        import pyarrow.acero  # noqa: F401
+    finally:
+        del sys.modules["pyarrow.dataset"]
+
+
+_acero_without_datasets()
+
 if TYPE_CHECKING:  # a replay without --alerts never loads the detector
     from streamer.aggregate.anomaly import Anomaly
     from streamer.aggregate.detection import Detection

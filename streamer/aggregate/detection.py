@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Sequence
 
 from streamer.aggregate.anomaly import Anomaly, Detector, Settings
 from streamer.aggregate.eventtime import EventClock
@@ -41,6 +42,18 @@ class Detection:
         self, batches: list[WindowBatch], source: str = REPLAY_SOURCE, now: float | None = None
     ) -> tuple[Detection, list[Anomaly]]:
         return self._observe(*self.windows.advance(batches, source, now))
+
+    def advance_many(
+        self, inputs: Sequence[tuple[list[WindowBatch], str]], now: float | None = None
+    ) -> tuple[Detection, list[list[Anomaly]]]:
+        """`advance` by each input in turn (a commit group), the windows folded once (`Windows.advance_many`);
+        the anomalies each input's windows closed, in order."""
+        windows, closed = self.windows.advance_many(inputs, now)
+        detection, found = self, []
+        for each in closed:  # the detector reads only what closed
+            detection, anomalies = detection._observe(windows, each)
+            found.append(anomalies)
+        return detection if inputs else self, found
 
     def tick(self, now: float | None = None) -> tuple[Detection, list[Anomaly]]:
         """Move event time with the wall clock where the rules say so; detect on what closed."""

@@ -63,3 +63,34 @@ def test_config_from_an_outputs_file_loads_no_aws_client_or_pydantic(tmp_path: P
     path.write_text(json.dumps({"SourceType": "s3_sqs", "Region": "us-east-1", "QueueUrl": "https://sqs/q"}))
     modules = loaded("config-from-stack", "--outputs", str(path))
     assert heavy(modules, "pyarrow", "pydantic", "asyncio", "aiobotocore", "botocore") == set()
+
+
+def test_one_line_replay_loads_no_datasets_filesystems_or_tls(tmp_path: Path) -> None:
+    """Arrow's query engine (every group_by) imports pyarrow.dataset when it can: filesystems, TLS and
+    Parquet encryption, about a tenth of the start-up; replay groups tables only."""
+    path = tmp_path / "one.log"
+    path.write_text(LINE)
+    modules = loaded("replay", "--output", "json", str(path))
+    assert "pyarrow.acero" in modules  # it did group
+    assert {"pyarrow.dataset", "pyarrow._dataset", "pyarrow.fs", "pyarrow._fs", "ssl"} & modules == set()
+
+
+def test_a_parquet_replay_still_loads_datasets_after_the_query_engine(tmp_path: Path) -> None:
+    """Loading the query engine without pyarrow.dataset leaves that module importable later."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "one.parquet"
+    fields = LINE.split()
+    names = ["version", "account_id", "interface_id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol",
+             "packets", "bytes", "start", "end", "action", "log_status"]  # fmt: skip
+    ints = {"version", "srcport", "dstport", "protocol", "packets", "bytes", "start", "end"}
+    pq.write_table(pa.table({n: [int(v)] if n in ints else [v] for n, v in zip(names, fields, strict=True)}), path)
+    probe = PROBE.replace("print(json", "import pyarrow.dataset as ds; assert ds.dataset\nprint(json")
+    out = subprocess.run(
+        [sys.executable, "-c", probe, "replay", "--output", "json", str(path)], capture_output=True, text=True, timeout=60
+    )
+    doc = json.loads(out.stderr.strip().splitlines()[-1])
+    assert doc["code"] == 0, out.stderr
+    assert "pyarrow.acero" in doc["modules"]
+    assert "pyarrow.dataset" in doc["modules"]

@@ -26,11 +26,11 @@ def pool_in_a_fresh_process(**env: str) -> str:
     return out.stdout.strip()
 
 
-def test_run_uses_jemalloc_for_arrow_by_default() -> None:
-    assert pool_in_a_fresh_process() == "jemalloc"
+def test_run_uses_the_system_pool_for_arrow_by_default() -> None:
+    assert pool_in_a_fresh_process() == "system"
 
 
-@pytest.mark.parametrize("chosen", ["system", "mimalloc"])
+@pytest.mark.parametrize("chosen", ["jemalloc", "mimalloc"])
 def test_an_operators_choice_of_pool_stands(chosen: str) -> None:
     assert pool_in_a_fresh_process(ARROW_DEFAULT_MEMORY_POOL=chosen) == chosen
 

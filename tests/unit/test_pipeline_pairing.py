@@ -140,7 +140,7 @@ async def test_with_detection_on_a_groups_pairing_runs_beside_the_detector_and_c
     windows come out as they would one after the other."""
     pairing_started, advancing = threading.Event(), threading.Event()
     met: dict[str, object] = {}
-    pair, advance = Pairing.pair, Detection.advance
+    pair, advance = Pairing.pair, Detection.advance_many
 
     def pairing_beside(self: Pairing, *args: Any, **kwargs: Any) -> Any:
         pairing_started.set()
@@ -154,7 +154,7 @@ async def test_with_detection_on_a_groups_pairing_runs_beside_the_detector_and_c
         return advance(self, *args, **kwargs)
 
     monkeypatch.setattr(Pairing, "pair", pairing_beside)
-    monkeypatch.setattr(Detection, "advance", advancing_beside)
+    monkeypatch.setattr(Detection, "advance_many", advancing_beside)
     store = CheckpointStore(tmp_path / "state.db")
     detection = Detection.create(Settings(), LATENESS)
     pipe = Pipeline(

@@ -47,7 +47,7 @@ async def test_a_failure_on_either_thread_fails_the_commit_and_the_retry_pairs_o
         assert await pipe.process("s3", delivery("request", body([request(W + 5)]))) == "ok"
         calls = {"n": 0}
         owner: type = Detection if where == "detector" else Pairing
-        name = "advance" if where == "detector" else "pair"
+        name = "advance_many" if where == "detector" else "pair"
         original = getattr(owner, name)
 
         def failing(self: Any, *args: Any, **kwargs: Any) -> Any:

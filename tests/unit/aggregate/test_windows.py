@@ -20,6 +20,7 @@ from streamer.aggregate.windows import (
     _STAT_SUMS,
     KEY,
     STATS,
+    WindowBatch,
     Windows,
     _fold,
     _fold_stats_dense,
@@ -375,3 +376,75 @@ def test_a_dictionary_that_repeats_a_value_still_gives_one_row_per_interface_and
     )
     stats = window_batch(table, 60).stats.to_pylist()
     assert [(r["interface_id"], r["records"], r["rejected_packets"]) for r in stats] == [("eni-a", 3, 3)]
+
+
+_INPUT_ROW = st.tuples(
+    st.sampled_from(["eni-a", "eni-b", "eni-c"]),
+    st.sampled_from(["192.0.2.1", "192.0.2.2", "198.51.100.7"]),
+    st.sampled_from([22, 443, 3389]),
+    st.integers(900, 1500),
+)
+
+
+def _input(rows: list[tuple[str, str, int, int]]) -> list[WindowBatch]:
+    if not rows:
+        return []
+    eni, src, port, end = zip(*rows, strict=True)
+    table = pa.table(
+        {
+            "interface-id": eni,
+            "action": ["REJECT"] * len(rows),
+            "end": pa.array(end, pa.int64()),
+            "packets": pa.array([1] * len(rows), pa.int64()),
+            "bytes": pa.array([40] * len(rows), pa.int64()),
+            "srcaddr": src,
+            "dstport": pa.array(port, pa.int32()),
+            "vpc-id": ["vpc-1"] * len(rows),
+            "subnet-id": ["subnet-1"] * len(rows),
+        }
+    )
+    return [window_batch(table, 60)]
+
+
+@pytest.mark.parametrize("max_rows", [3, 200_000])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    before=st.lists(_INPUT_ROW, max_size=10),
+    inputs=st.lists(st.tuples(st.lists(_INPUT_ROW, max_size=10), st.sampled_from(["s1", "s2"])), max_size=5),
+)
+def test_advancing_a_group_at_once_equals_advancing_input_by_input(
+    max_rows: int, before: list[tuple[str, str, int, int]], inputs: list[tuple[list[tuple[str, str, int, int]], str]]
+) -> None:
+    """A commit group folds its windows once (`advance_many`): the same state, byte for byte, and the same
+    windows closed after each input (their rows in no particular order, as `Closed` says); with a low
+    MAX_CONTEXT_ROWS, cut at the same inputs."""
+    saved = windows_module.MAX_CONTEXT_ROWS
+    windows_module.MAX_CONTEXT_ROWS = max_rows
+    try:
+        w0 = Windows(60, EventClock(120, follow_wall_clock=False)).advance(_input(before), "s1", now=T0)[0]
+        steps = [(_input(rows), source) for rows, source in inputs]
+        one_by_one, closed_each = w0, []
+        for parts, source in steps:
+            one_by_one, closed = one_by_one.advance(parts, source, now=T0)
+            closed_each.append(closed)
+        at_once, closed_at_once = w0.advance_many(steps, now=T0)
+    finally:
+        windows_module.MAX_CONTEXT_ROWS = saved
+    for name in ("stats", "sources", "ports", "subnets"):  # row order too: a snapshot's bytes are the same
+        assert getattr(at_once, name).equals(getattr(one_by_one, name)), name
+    assert (
+        dataclasses.replace(
+            at_once, stats=one_by_one.stats, sources=one_by_one.sources, ports=one_by_one.ports, subnets=one_by_one.subnets
+        )
+        == one_by_one
+    )
+    assert len(closed_at_once) == len(closed_each)
+    for got, want in zip(closed_at_once, closed_each, strict=True):
+        assert got.stats.schema == want.stats.schema
+        for name in ("stats", "sources", "ports"):
+            assert _rows(getattr(got, name)) == _rows(getattr(want, name)), name
+
+
+def _rows(table: pa.Table) -> list[tuple[object, ...]]:
+    """A table's schema-typed rows in a canonical order."""
+    return sorted(tuple(r.values()) for r in table.to_pylist())
