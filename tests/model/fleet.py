@@ -27,7 +27,6 @@ from streamer.defaults import LATENESS_SECONDS, WINDOW_SECONDS
 from streamer.pipeline import Store
 from streamer.service import Service
 from streamer.sources.kinesis import SHARD_LEASE, KinesisSource
-from streamer.store.base import CheckpointError, Commit, Refused
 from streamer.store.leases import LEADER
 from streamer.store.pgtimeouts import Timeouts
 from streamer.store.postgres import PostgresStore
@@ -39,6 +38,7 @@ from tests.model.world import (
     STREAM,
     Committed,
     Faults,
+    InjectsCommitFaults,
     MetricsWentDown,
     World,
     _records,
@@ -51,19 +51,10 @@ from tests.model.world import (
 LEASE_SECONDS = 2.0
 
 
-class FaultyPostgresStore(PostgresStore):
+class FaultyPostgresStore(InjectsCommitFaults, PostgresStore):
     """The real PostgreSQL store, whose group commits fail when the model says so."""
 
     faults: Faults
-
-    def commit_group(self, changes: Sequence[Commit]) -> list[Refused]:
-        fault = self.faults.next_commit()
-        if fault == "before":
-            raise CheckpointError("injected: the commit failed before it landed")
-        refused = super().commit_group(changes)
-        if fault == "after" and not refused:
-            raise CheckpointError("injected: the commit landed, then the connection dropped")
-        return refused
 
 
 class FleetService(Service):

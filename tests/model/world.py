@@ -144,21 +144,28 @@ class Faults:
             self.memory = None
 
 
-class FaultyStore(CheckpointStore):
-    """The real SQLite store, whose group commits fail when the model says so."""
+class InjectsCommitFaults:
+    """Put before a real store class: its group commits fail when the model says so (before they land, or
+    after they landed: an unknown outcome). Either store, one rule."""
 
-    def __init__(self, path: Path, faults: Faults) -> None:
-        super().__init__(path)
-        self.faults = faults
+    faults: Faults
 
     def commit_group(self, changes: Sequence[Commit]) -> list[Refused]:
         fault = self.faults.next_commit()
         if fault == "before":
             raise CheckpointError("injected: the commit failed before it landed")
-        refused = super().commit_group(changes)
+        refused: list[Refused] = super().commit_group(changes)  # type: ignore[misc]
         if fault == "after" and not refused:
             raise CheckpointError("injected: the commit landed, then the connection dropped")
         return refused
+
+
+class FaultyStore(InjectsCommitFaults, CheckpointStore):
+    """The real SQLite store, whose group commits fail when the model says so."""
+
+    def __init__(self, path: Path, faults: Faults) -> None:
+        super().__init__(path)
+        self.faults = faults
 
 
 class ModelService(Service):
