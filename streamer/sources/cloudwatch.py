@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 END = "end_ms"
+#: about what one seen event id costs in the checkpoint (JSON): every piece rewrites the whole map, so a piece is
+#: at least as large as that map; a catch-up sweep then writes at most about twice its text, not pieces times ids
+SEEN_ID_BYTES = 100
 #: lease kind of the CloudWatch poller (fleet)
 LEASE = "cloudwatch"
 
@@ -69,7 +72,8 @@ class CloudWatchSourceConfig(AwsSourceSettings):
     start_lookback_seconds: int = Field(default=3600, ge=0)
     #: discover log_format from ec2:DescribeFlowLogs
     flow_log_id: str | None = None
-    #: a sweep is committed in pieces of at most this much message text (what one sweep holds)
+    #: a sweep is committed in pieces of at most this much message text (what one sweep holds), or of about
+    #: the size of its seen event ids' checkpoint when that is larger (each piece rewrites it)
     max_bytes_per_delivery: int = Field(default=8 << 20, gt=0)
 
     async def build(self, ctx: BuildContext) -> CloudWatchSource:
@@ -186,7 +190,9 @@ class CloudWatchSource(Source):
                     if key in seen:
                         continue
                     line = event["message"].encode() + b"\n"
-                    if parts and size + len(line) > self.config.max_bytes_per_delivery:
+                    if parts and size + len(line) > max(
+                        self.config.max_bytes_per_delivery, SEEN_ID_BYTES * (len(seen) - len(parts))
+                    ):
                         count = len(parts)
                         if not await self._deliver(sink, epoch, parts, seen, committed, hold):
                             return delivered
