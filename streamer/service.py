@@ -375,8 +375,11 @@ class Service:
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in one source must not stop the others: log, back off, restart it
-                if self.stopping:
+                cancelled = _cancelled_meanwhile()
+                if self.stopping or cancelled:
                     log.exception("source %s failed while stopping", source.name)
+                    if cancelled:
+                        raise asyncio.CancelledError from None
                     return
                 delay = backoff.after(loop.time() - started)
                 log.exception("source %s failed; restarting in %.0f s", source.name, delay)
@@ -408,6 +411,15 @@ class Service:
                 await pipeline.tick()
             except Exception:  # a failed commit here is retried on the next tick
                 log.exception("advancing event time failed")
+
+
+def _cancelled_meanwhile() -> bool:
+    """This task was cancelled, but the cancellation was swallowed: Python 3.11's TaskGroup drops one that
+    arrives while it is already stopping on a child's failure, and raises only the failure
+    (cpython#116720). A source's restart loop must not take that for a crash: it would run on for ever,
+    and the service's own task group would wait for it."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class RestartBackoff:

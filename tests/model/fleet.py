@@ -45,6 +45,7 @@ from tests.model.world import (
     _window_totals,
     check,
     in_context,
+    stop,
 )
 
 #: a lease not renewed for this long goes to another replica (the least the config allows)
@@ -175,8 +176,7 @@ class FleetWorld(World):
     async def stop_one(self, replica: str) -> None:
         """Cancel one replica abruptly: its leases are left to expire, its committed rows stay."""
         _, task = self.fleet.pop(replica)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await stop(task, replica)
 
     async def crash(self, port_taken: bool = False, which: int = 0, busy: bool = False) -> None:
         """One replica crashes (everything of it cancelled) and a new one starts under its name."""

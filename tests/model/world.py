@@ -86,6 +86,10 @@ class NotLive(Violation):
     """Liveness: with the faults stopped, something is still not acknowledged and counted."""
 
 
+class DidNotStop(Violation):
+    """Liveness of a stop: a cancelled service did not finish within STOP_SECONDS (its tasks' stacks attached)."""
+
+
 class ReplayDiffers(Violation):
     """The committed counters differ from `streamer replay` of the committed inputs."""
 
@@ -93,6 +97,38 @@ class ReplayDiffers(Violation):
 def check(ok: bool, kind: type[Violation], message: str) -> None:
     if not ok:
         raise kind(message)
+
+
+#: a cancelled service finishes the commit in flight (the database's timeouts bound it), then stops
+STOP_SECONDS = 30.0
+
+
+async def stop(task: asyncio.Future[Any], what: str) -> None:
+    """Cancel a service and wait until it has stopped; one that does not stop is a violation, not a hang of
+    the whole run (pytest's timeout would hide which schedule did it): every task's stack says where."""
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=STOP_SECONDS)
+    if done:
+        with contextlib.suppress(BaseException):
+            task.result()
+        return
+    stacks = "\n".join(_awaiting(other) for other in asyncio.all_tasks() if other is not asyncio.current_task())
+    raise DidNotStop(f"{what} did not stop within {STOP_SECONDS:g} s of its cancellation:\n{stacks}")
+
+
+def _awaiting(task: asyncio.Task[Any]) -> str:
+    """A task and the whole chain of coroutines it is suspended in (a task's own stack shows only its first)."""
+    lines = [repr(task)]
+    coro: Any = task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if coro is not None and not hasattr(coro, "cr_frame") and not hasattr(coro, "gi_frame"):
+            lines.append(f"  awaiting {coro!r}")
+            break
+    return "\n".join(lines)
 
 
 def free_port() -> int:
@@ -331,9 +367,8 @@ class World:
     async def crash(self, port_taken: bool = False) -> None:
         """Cancel everything abruptly (the store's file is all that is kept), then start a new service on it."""
         assert self.task is not None
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-        self.service = self.task = None
+        task, self.service, self.task = self.task, None, None
+        await stop(task, "the service")
         if port_taken:  # the Firehose port is busy for a moment: its source fails at start and is restarted
             self.port_holder = await self._take_port()
         await self.start()

@@ -78,3 +78,54 @@ async def test_a_failed_prune_is_tried_again_and_stops_nothing(tmp_path: Path, m
         with contextlib.suppress(asyncio.CancelledError):
             await task
         store.close()
+
+
+class _FailsWhileAnotherStops:
+    """A source whose task group loses one reader to an error while another takes a moment to stop (as a
+    Kinesis shard reader that cancels its read-ahead task and waits for it)."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.failed = asyncio.Event()
+        self.runs = 0
+
+    async def run(self, sink: object) -> None:
+        self.runs += 1
+
+        async def stops_slowly() -> None:
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                await asyncio.sleep(0.05)
+
+        async def fails() -> None:
+            await asyncio.sleep(0)
+            self.failed.set()
+            raise OSError("the database went away")
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(stops_slowly())
+            group.create_task(fails())
+            await asyncio.sleep(3600)
+
+
+async def test_a_source_cancelled_while_its_task_group_stops_on_a_failure_stops(tmp_path: Path) -> None:
+    """Python 3.11's TaskGroup swallows a cancellation that arrives while it is stopping on a child's failure
+    (cpython#116720): the restart loop must still stop, not restart the source for ever (the model test found
+    a replica that never stopped: tests/model/FOUND.md)."""
+    doc = {"checkpoint": {"path": str(tmp_path / "state.db")}, "sources": [{"type": "s3", "bucket": "flow-logs"}]}
+    service = Service(parse_config(doc, {}), AwsClients())
+    source = _FailsWhileAnotherStops()
+    task = asyncio.create_task(service._run_source(source, pipeline=None))  # type: ignore[arg-type]
+    await source.failed.wait()
+    await asyncio.sleep(0)  # the group is stopping now: its slow reader is in its cleanup
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=5)
+    try:
+        assert done, f"the source's restart loop did not stop on its cancellation (restarted {source.runs - 1} times)"
+        assert task.cancelled()
+        assert source.runs == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
