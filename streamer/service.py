@@ -232,9 +232,13 @@ class Service:
                         group.create_task(self._tick(pipeline))
                     group.create_task(alerter.run())  # with no target too: it expires alerts
                     group.create_task(enricher.run())  # beside the pipeline: it never holds a record back
-                    await stop.wait()
+                    try:
+                        await stop.wait()
+                    finally:
+                        # However the wait ends (the stop, this task cancelled, a task of the group failed), the
+                        # group cancels its tasks next: a source failing from now on is not restarted.
+                        self.stopping = True
                     log.info("stopping")
-                    self.stopping = True
                     # Commits in flight finish (they are shielded), unless the database does not answer.
                     grace = 0 if store.problem is not None else STOP_GRACE_SECONDS
                     abort = asyncio.get_running_loop().call_later(grace, store.abort)
@@ -375,16 +379,18 @@ class Service:
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in one source must not stop the others: log, back off, restart it
-                cancelled = _cancelled_meanwhile()
-                if self.stopping or cancelled:
+                if self.stopping:
                     log.exception("source %s failed while stopping", source.name)
-                    if cancelled:
-                        raise asyncio.CancelledError from None
                     return
                 delay = backoff.after(loop.time() - started)
                 log.exception("source %s failed; restarting in %.0f s", source.name, delay)
                 self.telemetry.source_error(source.name, "crashed")
                 await asyncio.sleep(delay)
+                if self.stopping:
+                    # The cancellation that stops this task can be lost: Python 3.11's TaskGroup swallows one that
+                    # arrives while the source's own group is stopping on a failure (cpython#116720). Restarting
+                    # would run the source for ever and the service's group would wait for it.
+                    return
 
     async def _prune(self, store: Store) -> None:
         while True:
@@ -411,15 +417,6 @@ class Service:
                 await pipeline.tick()
             except Exception:  # a failed commit here is retried on the next tick
                 log.exception("advancing event time failed")
-
-
-def _cancelled_meanwhile() -> bool:
-    """This task was cancelled, but the cancellation was swallowed: Python 3.11's TaskGroup drops one that
-    arrives while it is already stopping on a child's failure, and raises only the failure
-    (cpython#116720). A source's restart loop must not take that for a crash: it would run on for ever,
-    and the service's own task group would wait for it."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 class RestartBackoff:

@@ -457,6 +457,12 @@ async def _next_batch(batches: asyncio.Queue[_Batch], reader: asyncio.Task[None]
         getter = asyncio.ensure_future(batches.get())
         try:
             await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # Cancelled just as the getter took a batch: back into the queue, where the shard task's cleanup gives
+            # its read-ahead slot and bytes back (else they stay taken: the shard would read no more, for good).
+            if getter.done() and not getter.cancelled():
+                batches.put_nowait(getter.result())
+            raise
         finally:
             if not getter.done():
                 getter.cancel()

@@ -157,8 +157,7 @@ class FleetWorld(World):
         await asyncio.wait([started, task], timeout=20, return_when=asyncio.FIRST_COMPLETED)
         if not service.started.is_set():
             started.cancel()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stop(task, replica)
             raise AssertionError(
                 f"replica {replica} did not start: {task.exception() if task.done() and not task.cancelled() else 'timeout'}"
             )

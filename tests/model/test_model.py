@@ -27,7 +27,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.internal.conjecture import engine
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tests.model.world import Violation, World
+from tests.model.world import DidNotStop, Violation, World
 
 ROOT = Path(__file__).resolve().parents[2]
 settings.register_profile(
@@ -86,7 +86,11 @@ class Model(RuleBasedStateMachine):
 
     def found(self, check: Callable[[], None]) -> None:
         """Run a step or a check; what fails is kept for the end of the schedule (any exception: a world that
-        raises mid-schedule would draw fewer steps than its replay, which Hypothesis calls flaky generation)."""
+        raises mid-schedule would draw fewer steps than its replay, which Hypothesis calls flaky generation).
+        Once a service did not stop, the rest of the schedule is not run (steps are still drawn): it would
+        only add findings about a world with a stuck service in it."""
+        if DidNotStop in self.violations:
+            return
         try:
             check()
         except Exception as exc:

@@ -103,15 +103,21 @@ def check(ok: bool, kind: type[Violation], message: str) -> None:
 STOP_SECONDS = 30.0
 
 
+#: services that did not stop: cancelled again when their world closes, never waited for again
+STUCK: set[asyncio.Future[Any]] = set()
+
+
 async def stop(task: asyncio.Future[Any], what: str) -> None:
     """Cancel a service and wait until it has stopped; one that does not stop is a violation, not a hang of
-    the whole run (pytest's timeout would hide which schedule did it): every task's stack says where."""
+    the whole run (pytest's timeout would hide which schedule did it): every task's stack says where. The
+    model does nothing more in that schedule (Model.found) but settle and close."""
     task.cancel()
     done, _ = await asyncio.wait([task], timeout=STOP_SECONDS)
     if done:
         with contextlib.suppress(BaseException):
             task.result()
         return
+    STUCK.add(task)
     stacks = "\n".join(_awaiting(other) for other in asyncio.all_tasks() if other is not asyncio.current_task())
     raise DidNotStop(f"{what} did not stop within {STOP_SECONDS:g} s of its cancellation:\n{stacks}")
 
@@ -746,8 +752,11 @@ class World:
             task.cancel()
         await asyncio.gather(*self.senders, *self.stray, return_exceptions=True)
         if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+            with contextlib.suppress(DidNotStop):
+                await stop(self.task, "the service")
+        for task in STUCK:  # their loop closes with them: they are gone with it
+            task.cancel()
+        STUCK.clear()
         if self.http is not None:
             await self.http.close()
         self.release_port()
