@@ -10,6 +10,7 @@ read again on the next start) and the store is closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -75,7 +76,9 @@ class Service:
         self.pipeline: Pipeline | None = None
         self.alerter: Alerter | None = None
         self.started = asyncio.Event()
+        #: set before the service's task group cancels its tasks (see `_run_source`)
         self.stopping = False
+        self._stop_marked = asyncio.Event()
         self.coordinator: Coordinator | None = None
         self.leader: LeaderDetector | None = None
         self.store: Store | None = None
@@ -237,7 +240,7 @@ class Service:
                     finally:
                         # However the wait ends (the stop, this task cancelled, a task of the group failed), the
                         # group cancels its tasks next: a source failing from now on is not restarted.
-                        self.stopping = True
+                        self._mark_stopping()
                     log.info("stopping")
                     # Commits in flight finish (they are shielded), unless the database does not answer.
                     grace = 0 if store.problem is not None else STOP_GRACE_SECONDS
@@ -379,18 +382,27 @@ class Service:
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in one source must not stop the others: log, back off, restart it
+                # The cancellation that stops this task can be lost: Python 3.11's TaskGroup swallows one that
+                # arrives while the source's own group is stopping on a failure (cpython#116720), and the failure
+                # comes out instead. So the service's stop mark decides, not the cancellation: looked at after a
+                # yield (a stop begun in this very iteration marks itself then), and again after the backoff,
+                # which the mark cuts short. Restarting would run the source for ever, the service waiting on it.
+                await asyncio.sleep(0)
                 if self.stopping:
                     log.exception("source %s failed while stopping", source.name)
                     return
                 delay = backoff.after(loop.time() - started)
                 log.exception("source %s failed; restarting in %.0f s", source.name, delay)
                 self.telemetry.source_error(source.name, "crashed")
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop_marked.wait()
                 if self.stopping:
-                    # The cancellation that stops this task can be lost: Python 3.11's TaskGroup swallows one that
-                    # arrives while the source's own group is stopping on a failure (cpython#116720). Restarting
-                    # would run the source for ever and the service's group would wait for it.
                     return
+
+    def _mark_stopping(self) -> None:
+        self.stopping = True
+        self._stop_marked.set()
 
     async def _prune(self, store: Store) -> None:
         while True:

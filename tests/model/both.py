@@ -14,7 +14,7 @@ from typing import Any
 
 from tests.integration.postgres import Postgres
 from tests.model.fleet import FleetWorld
-from tests.model.world import Violation, World, check
+from tests.model.world import DidNotStop, Violation, World, check
 
 
 class StoresDiffer(Violation):
@@ -44,8 +44,14 @@ class BothStores:
         await self._each("open")
 
     async def close(self) -> None:
+        stuck: list[BaseException] = []
         for world in self.worlds:
-            await world.close()
+            try:
+                await world.close()
+            except DidNotStop as exc:
+                stuck.append(exc)
+        if stuck:
+            raise stuck[0]
 
     async def quiet(self) -> None:
         await self._both("quiet")

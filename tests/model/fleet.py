@@ -37,6 +37,7 @@ from tests.model.world import (
     QUEUE,
     STREAM,
     Committed,
+    DidNotStop,
     Faults,
     InjectsCommitFaults,
     MetricsWentDown,
@@ -342,11 +343,18 @@ class FleetWorld(World):
         await self.drained()
 
     async def close(self) -> None:
+        stuck: DidNotStop | None = None
         for replica in list(self.fleet):
-            with contextlib.suppress(Exception):
+            try:
                 await self.stop_one(replica)
+            except DidNotStop as exc:  # raised once the rest is closed: a finding
+                stuck = stuck or exc
         self.proxy.heal(reset=True)
-        await super().close()
-        self._proxying.__exit__(None, None, None)
-        with contextlib.suppress(Exception):
-            self.pg.psql(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
+        try:
+            await super().close()
+        finally:
+            self._proxying.__exit__(None, None, None)
+            with contextlib.suppress(Exception):
+                self.pg.psql(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
+        if stuck is not None:
+            raise stuck

@@ -165,7 +165,10 @@ class Model(RuleBasedStateMachine):
             self.run(self.world.settle())
             self.found(self.world.check_replay)
         finally:
-            self.loop.run_until_complete(self.world.close())
+            try:
+                self.loop.run_until_complete(self.world.close())
+            except DidNotStop as exc:  # the service did not stop at the end of the schedule
+                self.violations.setdefault(DidNotStop, (self.steps, exc))
             self.loop.close()
         if self.violations:
             step, first = min(self.violations.values(), key=lambda v: v[0])

@@ -751,15 +751,20 @@ class World:
         for task in [*self.senders, *self.stray]:
             task.cancel()
         await asyncio.gather(*self.senders, *self.stray, return_exceptions=True)
+        stuck: DidNotStop | None = None
         if self.task is not None:
-            with contextlib.suppress(DidNotStop):
+            try:
                 await stop(self.task, "the service")
-        for task in STUCK:  # their loop closes with them: they are gone with it
-            task.cancel()
+            except DidNotStop as exc:  # raised once the rest is closed: a service that did not stop is a finding
+                stuck = exc
+        for left in STUCK:  # their loop closes with them: they are gone with it
+            left.cancel()
         STUCK.clear()
         if self.http is not None:
             await self.http.close()
         self.release_port()
+        if stuck is not None:
+            raise stuck
 
 
 def _records(rows: list[dict[str, Any]]) -> dict[str, int]:

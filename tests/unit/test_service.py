@@ -145,6 +145,8 @@ async def _stopped(task: asyncio.Task[None]) -> bool:
     if not done:
         task.cancel()
         await asyncio.wait([task], timeout=10)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: the test looks at it, or it is the failure it caused on purpose
     return bool(done)
 
 
@@ -160,8 +162,8 @@ async def test_a_service_cancelled_while_a_source_stops_on_a_failure_stops(
     await source.failed.wait()
     await asyncio.sleep(0)  # the source's group is stopping now: its slow reader is in its cleanup
     task.cancel()
-    restarts = lambda: source.runs - 1  # noqa: E731
-    assert await _stopped(task), f"the service did not stop on its cancellation (the source restarted {restarts()} times)"
+    stopped = await _stopped(task)
+    assert stopped, f"the service did not stop on its cancellation (the source restarted {source.runs - 1} times)"
     assert source.runs == 1
 
 
@@ -201,5 +203,95 @@ async def test_a_source_whose_reader_fails_after_the_group_body_ended_is_restart
         assert source.runs == 2
     finally:
         service.stopping = True  # as the service's group does before it cancels its tasks
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+class _LongBackoff:
+    def after(self, ran_seconds: float) -> float:
+        return 60.0
+
+
+class _ReaderFails:
+    """A source whose reader fails and whose other reader stops at once; `on_failure` runs as the failed
+    reader's done callback (so a task of the service can fail in the very same loop iteration)."""
+
+    name = "racy"
+    ready = True
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.failed: asyncio.Future[None] | None = None
+
+    async def run(self, sink: object) -> None:
+        self.runs += 1
+        if self.runs > 1:
+            await asyncio.sleep(3600)  # restarted: it runs for ever
+
+        async def fails() -> None:
+            await asyncio.sleep(0.05)
+            raise OSError("the database went away")
+
+        async with asyncio.TaskGroup() as group:
+            reader = group.create_task(fails())
+            group.create_task(asyncio.sleep(3600))
+            failed = self.failed
+            if failed is not None:
+
+                def tell(_: asyncio.Task[None]) -> None:
+                    if not failed.done():
+                        failed.set_result(None)
+
+                reader.add_done_callback(tell)
+            await asyncio.sleep(3600)
+
+
+async def test_a_service_whose_task_fails_as_a_source_fails_ends_without_waiting_out_the_backoff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's group cancels the source's restart loop one step before the service's own body: the
+    loop sees the source's failure before the stop mark is set, unless it yields first (else it counts a
+    crash and backs off, up to 300 s, while the service waits for it, had the mark not cut it short)."""
+    import streamer.service as service_module
+
+    monkeypatch.setattr(service_module, "RestartBackoff", _LongBackoff)
+    source = _ReaderFails()
+    source.failed = asyncio.get_running_loop().create_future()
+
+    async def probe_fails(self: Service) -> None:
+        assert source.failed is not None
+        await source.failed
+        raise RuntimeError("a bug in the lag probe")
+
+    monkeypatch.setattr(Service, "_probe_lag", probe_fails)
+    service, task = await _serving(tmp_path, source, monkeypatch)  # type: ignore[arg-type]
+    assert await _stopped(task), "the service waited out its source's restart backoff"
+    assert source.runs == 1
+    # and the failure is not counted as a crash to restart from: the service was stopping
+    assert service.telemetry.source_errors.labels(source.name, "crashed")._value.get() == 0
+
+
+async def test_a_stop_marked_during_a_source_backoff_ends_its_restart_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop mark, not the cancellation (which a 3.11 TaskGroup may have swallowed), ends the loop: the
+    backoff is cut short and the source is not started again."""
+    import streamer.service as service_module
+
+    monkeypatch.setattr(service_module, "RestartBackoff", _LongBackoff)
+    doc = {"checkpoint": {"path": str(tmp_path / "state.db")}, "sources": [{"type": "s3", "bucket": "flow-logs"}]}
+    service = Service(parse_config(doc, {}), AwsClients())
+    source = _ReaderFails()
+    task = asyncio.create_task(service._run_source(source, pipeline=None))  # type: ignore[arg-type]
+    try:
+        for _ in range(300):
+            if source.runs and service.telemetry.source_errors.labels(source.name, "crashed")._value.get():
+                break
+            await asyncio.sleep(0.01)
+        service._mark_stopping()  # no cancellation: as if it had been swallowed
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert done, "the restart loop backed off on (or restarted the source) after the stop was marked"
+        assert source.runs == 1
+    finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
