@@ -10,7 +10,6 @@ read again on the next start) and the store is closed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -394,11 +393,18 @@ class Service:
                 delay = backoff.after(loop.time() - started)
                 log.exception("source %s failed; restarting in %.0f s", source.name, delay)
                 self.telemetry.source_error(source.name, "crashed")
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._stop_marked.wait()
+                await self._backoff(delay)
                 if self.stopping:
                     return
+
+    async def _backoff(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the service is marked stopping. Not `asyncio.timeout`: before 3.11.3 its
+        expiry is a CancelledError in a task that still counts a swallowed cancellation (gh-102780)."""
+        marked = asyncio.ensure_future(self._stop_marked.wait())
+        try:
+            await asyncio.wait([marked], timeout=seconds)
+        finally:
+            marked.cancel()
 
     def _mark_stopping(self) -> None:
         self.stopping = True
