@@ -56,6 +56,7 @@ from streamer.sources.base import (
     single_chunk,
 )
 from streamer.sources.inflight import BytesInFlight
+from streamer.store.base import CheckpointError
 
 if TYPE_CHECKING:
     from types_aiobotocore_kinesis import KinesisClient
@@ -146,6 +147,13 @@ class KinesisSource(Source):
                         await self._schedule(sink, group)
                     except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
                         sink.source_error(self.name, aws_error_reason(exc), f"listing shards of {self.config.stream_name}: {exc}")
+                    except CheckpointError as exc:
+                        # The database is away while the shards' cursors or leases are read: the shards being read
+                        # go on (their commits wait and retry), the next schedule looks again. Raised, it would
+                        # stop every shard and restart the source after a backoff that grows with each blip.
+                        sink.source_error(
+                            self.name, type(exc).__name__, f"scheduling the shards of {self.config.stream_name}: {exc}"
+                        )
                     await asyncio.sleep(self._refresh_seconds())
         finally:
             self._running.clear()

@@ -234,3 +234,41 @@ async def test_a_batch_counted_elsewhere_drops_what_was_read_ahead_and_reads_on_
         await stop(runner)
     finally:
         await clients.close()
+
+
+async def test_the_database_away_while_shards_are_scheduled_stops_no_shard(aws: str) -> None:
+    """The schedule reads the cursors (and, in a fleet, the leases) from the database: while it is away, the
+    shards being read go on and the next schedule looks again. The model test found the whole source failing
+    instead, every shard's batches dropped and the source restarted after a backoff that grew with each blip."""
+    from streamer.store.base import DatabaseUnavailable
+
+    [shard], lines = stream(aws, shards=1, per_shard=2)
+    calls = 0
+
+    async def cursors(*_: object) -> dict[str, str]:
+        nonlocal calls
+        calls += 1
+        if calls in (2, 3):  # the first schedules after start: the database is away
+            raise DatabaseUnavailable("postgresql://db/streamer: no database connection within 2 s")
+        return {}
+
+    clients = AwsClients()
+    sink = HoldingSink()
+    try:
+        source = await source_on(aws, clients, cursors=cursors, batch_records=1, shard_refresh_seconds=0.1)
+        runner = asyncio.create_task(source.run(sink))
+        await until(lambda: len(sink.held(shard)) == 1, "the first batch, held")
+        await until(lambda: calls >= 4, "schedules past the outage", context=lambda: (calls, sink.errors))
+        assert not runner.done(), runner.exception() if runner.done() and not runner.cancelled() else "cancelled"
+        assert sink.errors == ["DatabaseUnavailable", "DatabaseUnavailable"]
+        assert len(sink.calls) == 1  # the held batch was not dropped and read again
+
+        def release_all() -> bool:
+            for call in sink.calls:
+                call.gate.set()
+            return sink.lines.get(shard) == lines[shard]
+
+        await until(release_all, "every record once")
+        await stop(runner)
+    finally:
+        await clients.close()
