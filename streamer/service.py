@@ -238,12 +238,13 @@ class Service:
                         await stop.wait()
                     finally:
                         # However the wait ends (the stop, this task cancelled, a task of the group failed), the
-                        # group cancels its tasks next: a source failing from now on is not restarted.
+                        # group cancels its tasks next: a source failing from now on is not restarted. Commits in
+                        # flight finish (they are shielded), unless the database does not answer: then they are cut
+                        # short (else they wait for it to answer, which nothing looks for once the heartbeat stops).
                         self._mark_stopping()
+                        grace = 0 if store.problem is not None else STOP_GRACE_SECONDS
+                        abort = asyncio.get_running_loop().call_later(grace, store.abort)
                     log.info("stopping")
-                    # Commits in flight finish (they are shielded), unless the database does not answer.
-                    grace = 0 if store.problem is not None else STOP_GRACE_SECONDS
-                    abort = asyncio.get_running_loop().call_later(grace, store.abort)
                     raise _Stop  # cancels every task in the group
             except* _Stop:
                 pass

@@ -295,3 +295,56 @@ async def test_a_stop_marked_during_a_source_backoff_ends_its_restart_loop(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class _CommitsWhileTheDatabaseIsAway:
+    """A source whose commit (shielded, as the group commit's) waits for a database that does not answer."""
+
+    name = "waits"
+    ready = True
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.waiting = asyncio.Event()
+
+    async def run(self, sink: object) -> None:
+        store = self.service.store
+        assert store is not None
+        store.store.problem = "the database did not answer"  # type: ignore[attr-defined]  # as PostgresStore's health says
+        call = asyncio.ensure_future(store.call(lambda: None))
+        self.waiting.set()
+        try:
+            await asyncio.shield(call)
+        except asyncio.CancelledError:
+            await asyncio.wait([call])  # the commit in flight finishes (or fails) before the task stops
+            raise
+
+
+async def test_a_service_cancelled_while_a_commit_waits_for_the_database_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call waits while the database does not answer, until the fleet's heartbeat finds it back; once the
+    service stops, nothing looks any more: the store is cut short however the stop came (the model test found a
+    replica cancelled during an outage that never stopped)."""
+    doc = {
+        "checkpoint": {"path": str(tmp_path / "state.db")},
+        "sources": [{"type": "s3", "bucket": "flow-logs"}],
+        "http": {"listen_address": "127.0.0.1:0"},
+    }
+    service = Service(parse_config(doc, {}), AwsClients())
+    source = _CommitsWhileTheDatabaseIsAway(service)
+
+    async def sources(store: Store) -> list[object]:
+        return [source]
+
+    async def first_calls() -> None:
+        return None
+
+    monkeypatch.setattr(service, "_build_sources", sources)
+    monkeypatch.setattr(service, "_first_calls", first_calls)
+    task = asyncio.create_task(service.run(asyncio.Event()))
+    waiting = asyncio.create_task(source.waiting.wait())
+    await asyncio.wait([waiting, task], timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    assert source.waiting.is_set()
+    task.cancel()
+    assert await _stopped(task), "the service waited for a database nobody looks for any more"
