@@ -303,14 +303,12 @@ class _CommitsWhileTheDatabaseIsAway:
     name = "waits"
     ready = True
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self) -> None:
         self.waiting = asyncio.Event()
 
     async def run(self, sink: object) -> None:
-        store = self.service.store
-        assert store is not None
-        store.store.problem = "the database did not answer"  # type: ignore[attr-defined]  # as PostgresStore's health says
+        store = sink.store  # type: ignore[attr-defined]  # the pipeline's
+        store.store.problem = "the database did not answer"  # as PostgresStore's health says
         call = asyncio.ensure_future(store.call(lambda: None))
         self.waiting.set()
         try:
@@ -326,23 +324,8 @@ async def test_a_service_cancelled_while_a_commit_waits_for_the_database_stops(
     """A call waits while the database does not answer, until the fleet's heartbeat finds it back; once the
     service stops, nothing looks any more: the store is cut short however the stop came (the model test found a
     replica cancelled during an outage that never stopped)."""
-    doc = {
-        "checkpoint": {"path": str(tmp_path / "state.db")},
-        "sources": [{"type": "s3", "bucket": "flow-logs"}],
-        "http": {"listen_address": "127.0.0.1:0"},
-    }
-    service = Service(parse_config(doc, {}), AwsClients())
-    source = _CommitsWhileTheDatabaseIsAway(service)
-
-    async def sources(store: Store) -> list[object]:
-        return [source]
-
-    async def first_calls() -> None:
-        return None
-
-    monkeypatch.setattr(service, "_build_sources", sources)
-    monkeypatch.setattr(service, "_first_calls", first_calls)
-    task = asyncio.create_task(service.run(asyncio.Event()))
+    source = _CommitsWhileTheDatabaseIsAway()
+    _, task = await _serving(tmp_path, source, monkeypatch)  # type: ignore[arg-type]
     waiting = asyncio.create_task(source.waiting.wait())
     await asyncio.wait([waiting, task], timeout=20, return_when=asyncio.FIRST_COMPLETED)
     assert source.waiting.is_set()
