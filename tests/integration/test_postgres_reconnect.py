@@ -1,0 +1,56 @@
+"""A replica has its database back within seconds of its return, however long it was away.
+
+psycopg_pool retries a lost connection with a delay that doubles without a ceiling: after an outage of 16 s
+its next attempt was 7 s past the database's return, and after a minute's outage a minute past it (found by
+the fleet model: 25 short outages in a row left the replicas unable to commit for longer than the model
+waits, seed 820138145). The store gives each attempt up after RECONNECT_SECONDS, and the next call starts a
+fresh one.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from streamer.store.base import DatabaseUnavailable
+from streamer.store.pgtimeouts import RECONNECT_SECONDS, Timeouts
+from streamer.store.postgres import PostgresStore
+from tests.integration.slowproxy import Blackhole
+from tests.integration.test_fleet_stops import in_thread, proxied
+
+pytestmark = pytest.mark.integration
+
+#: long enough for the unbounded backoff to reach 8 s (attempts 2 s each: at 0, 3, 7, 13, then 23)
+OUTAGE_SECONDS = 16.0
+
+
+def test_after_a_long_outage_the_store_answers_within_seconds_of_the_database(pg_url: str) -> None:
+    port = int(pg_url.rsplit(":", 1)[1].split("/")[0])
+    with Blackhole(port).running() as proxy:
+        store = PostgresStore(proxied(pg_url, proxy), "r1", pool_size=2, timeouts=Timeouts(connect_seconds=2))
+        try:
+            assert store.cursors("s") == {}
+            proxy.block()
+            away = time.monotonic()
+            failures = 0
+            while time.monotonic() - away < OUTAGE_SECONDS:  # callers go on calling, as the heartbeat does
+                try:
+                    in_thread(lambda: store.cursors("s"), 30)
+                except DatabaseUnavailable:
+                    failures += 1
+                time.sleep(0.5)
+            assert failures >= 3
+            proxy.heal(reset=True)
+            back = time.monotonic()
+            while True:
+                try:
+                    assert in_thread(lambda: store.cursors("s"), 30) == {}
+                    break
+                except DatabaseUnavailable:
+                    time.sleep(0.2)
+            # a retry at most 2 s after the last failure (psycopg's 1 s, 2 s, then a fresh attempt), a connect
+            # and its check: well under the 7 s the unbounded backoff took here
+            assert time.monotonic() - back < RECONNECT_SECONDS
+        finally:
+            in_thread(store.close, 30)
