@@ -42,6 +42,7 @@ from streamer.sources.base import (
     aws_error_reason,
     single_chunk,
 )
+from streamer.store.base import CheckpointError
 
 if TYPE_CHECKING:
     from types_aiobotocore_ec2 import EC2Client
@@ -151,8 +152,18 @@ class CloudWatchSource(Source):
             except (ClientError, BotoCoreError, OSError, ValueError) as exc:
                 sink.source_error(self.name, aws_error_reason(exc), f"starting: {exc}")
                 await asyncio.sleep(self.config.poll_interval_seconds)
+            except CheckpointError as exc:
+                sink.source_error(self.name, type(exc).__name__, f"starting: {exc}")
+                await asyncio.sleep(self.config.poll_interval_seconds)
         while True:
-            await self.poll_once(sink)
+            try:
+                await self.poll_once(sink)
+            except CheckpointError as exc:
+                # The database is away while the lease, window end or seen ids are read: the next poll looks
+                # again, from what the store holds (pieces of this sweep may have been committed). Raised, it
+                # would restart the source after a backoff that grows with each blip.
+                self._owned = False
+                sink.source_error(self.name, type(exc).__name__, f"polling {self.config.log_group}: {exc}")
             await asyncio.sleep(self.config.poll_interval_seconds)
 
     async def poll_once(self, sink: Sink) -> int:

@@ -40,6 +40,7 @@ from streamer.sources.base import (
 )
 from streamer.sources.inflight import BytesInFlight
 from streamer.sources.s3_objects import S3Object, object_delivery
+from streamer.store.base import CheckpointError
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -113,7 +114,13 @@ class S3PollSource(Source):
 
     async def run(self, sink: Sink) -> None:
         while True:
-            await self.poll_once(sink)
+            try:
+                await self.poll_once(sink)
+            except CheckpointError as exc:
+                # The database is away while the leases or done keys are read (each object's own failure is
+                # caught with it): the next poll looks again. Raised, it would restart the source after a
+                # backoff that grows with each blip, and go on waiting it out once the database is back.
+                sink.source_error(self.name, type(exc).__name__, f"polling s3://{self.config.bucket}: {exc}")
             await asyncio.sleep(self.config.poll_interval_seconds)
 
     async def poll_once(self, sink: Sink) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +24,7 @@ from streamer.pipeline import Pipeline, Store
 from streamer.sources.base import Delivery
 from streamer.sources.cloudwatch import SEEN_ID_BYTES, CloudWatchSource, CloudWatchSourceConfig
 from streamer.sources.kinesis import KinesisSource
+from streamer.store.base import DatabaseUnavailable
 from streamer.store.sqlite import CheckpointStore
 from streamer.synth import TrafficProfile, generate_table, to_lines
 from tests.integration.conftest import (
@@ -33,6 +35,7 @@ from tests.integration.conftest import (
     more_polls,
     running,
     service_config,
+    until,
     wait_metrics,
 )
 
@@ -215,9 +218,10 @@ class PieceSink:
     """The real pipeline; records each delivery's body size and crashes the source once, right after its
     delivery number `crash_after` committed."""
 
-    def __init__(self, pipeline: Pipeline, crash_after: int | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, crash_after: int | None = None, crash: Exception | None = None) -> None:
         self.pipeline = pipeline
         self.crash_after = crash_after
+        self.crash = crash or Crash("the source crashed after a piece committed")
         self.sizes: list[int] = []
         self.snapshot_bytes: list[int] = []
 
@@ -227,7 +231,7 @@ class PieceSink:
         outcome = await self.pipeline.process(source, delivery)
         assert outcome == "ok"
         if len(self.sizes) == self.crash_after:
-            raise Crash("the source crashed after a piece committed")
+            raise self.crash
         return outcome
 
     def source_error(self, source: str, reason: str, message: str) -> None:
@@ -256,12 +260,24 @@ async def piece_sources(aws: str, tmp_path: Path) -> AsyncIterator[tuple[Pipelin
     store = Store(CheckpointStore(tmp_path / "state.db"))
     clients = AwsClients()
     config = CloudWatchSourceConfig(
-        type="cloudwatch", log_group=GROUP, endpoint_url=aws, lateness_seconds=900, max_bytes_per_delivery=PIECE
+        type="cloudwatch",
+        log_group=GROUP,
+        endpoint_url=aws,
+        lateness_seconds=900,
+        max_bytes_per_delivery=PIECE,
+        poll_interval_seconds=0.05,
     )
 
-    async def fresh(later: float = 0) -> CloudWatchSource:
+    async def fresh(later: float = 0, away: frozenset[int] = frozenset()) -> CloudWatchSource:
+        """`away`: the numbers of the window-end loads that find the database away."""
         logs = await clients.logs("us-east-1", aws)
-        cursors = lambda: store.call(store.store.cursors, "cwl")  # noqa: E731
+        loads = itertools.count(1)
+
+        async def cursors() -> dict[str, str]:
+            if next(loads) in away:
+                raise DatabaseUnavailable("postgresql://db/streamer: no database connection within 2 s")
+            return await store.call(store.store.cursors, "cwl")
+
         snapshot = lambda name: store.call(store.store.snapshot, name)  # noqa: E731
         return CloudWatchSource("cwl", config, logs, cursors, snapshot, clock=lambda: time.time() + later)
 
@@ -325,3 +341,66 @@ async def test_a_crash_after_a_piece_committed_neither_loses_nor_repeats_an_even
         await source.poll_once(PieceSink(pipeline))
         assert await source.poll_once(PieceSink(pipeline)) == 0
         assert counted(pipeline) == truth.totals
+
+
+class ErrorsSink(PieceSink):
+    """PieceSink that keeps the source errors it is told of instead of failing on them."""
+
+    def __init__(self, pipeline: Pipeline, crash_after: int | None = None, crash: Exception | None = None) -> None:
+        super().__init__(pipeline, crash_after, crash)
+        self.errors: list[str] = []
+
+    def source_error(self, source: str, reason: str, message: str) -> None:
+        self.errors.append(reason)
+
+
+async def test_the_database_away_while_the_poller_reads_its_window_polls_again_without_a_restart(
+    aws: str, tmp_path: Path
+) -> None:
+    """The window end and seen ids are read from the database at start and when a poll (re)takes the lease:
+    while it is away, the error is counted and the next poll looks again. It failed the source instead, which
+    the service restarted after a backoff that grows with each blip (up to 300 s)."""
+    logs = log_group(aws, ["eni-a-all"])
+    truth = Truth()
+    put_events(logs, "eni-a-all", records_for(truth, 50, 1), int(time.time() * 1000) - 60_000)
+    async with piece_sources(aws, tmp_path) as (pipeline, fresh):
+        source = await fresh(away=frozenset({1, 3, 4}))  # at start, then the first poll's two tries
+        sink = ErrorsSink(pipeline)
+        runner = asyncio.create_task(source.run(sink))
+        try:
+            await until(lambda: counted(pipeline) == truth.totals or runner.done(), "every event counted")
+            assert not runner.done(), runner
+            assert sink.errors == ["DatabaseUnavailable"] * 3
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+
+
+async def test_the_database_away_after_a_piece_committed_resumes_from_the_store_without_counting_twice(
+    aws: str, tmp_path: Path
+) -> None:
+    """A later piece of a sweep fails on the database after an earlier one committed its events and seen ids:
+    the next poll reads the window end and seen ids again from the store (as a restart would), so the
+    committed piece's events are not counted a second time."""
+    logs = log_group(aws, ["eni-a-all"])
+    truth = Truth()
+    put_events(logs, "eni-a-all", records_for(truth, 10, 1), int(time.time() * 1000) - 120_000)
+    async with piece_sources(aws, tmp_path) as (pipeline, fresh):
+        source = await fresh()
+        await source.poll_once(PieceSink(pipeline))  # a window end and seen ids, committed
+        put_events(logs, "eni-a-all", records_for(truth, 2000, 2), int(time.time() * 1000) - 60_000)
+        away = DatabaseUnavailable("postgresql://db/streamer: no database connection within 2 s")
+        sink = ErrorsSink(pipeline, crash_after=1, crash=away)
+        runner = asyncio.create_task(source.run(sink))
+        try:
+            await until(lambda: len(sink.errors) == 1 or runner.done(), "the piece that fails")
+            polls = len(sink.sizes)
+            await until(lambda: len(sink.sizes) >= polls + 5 or runner.done(), "further polls")
+            assert not runner.done(), runner
+            assert sink.errors == ["DatabaseUnavailable"]
+            assert counted(pipeline) == truth.totals
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner

@@ -8,6 +8,7 @@ flight at a moment is observable without timing assumptions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 
 import pytest
@@ -114,5 +115,58 @@ async def test_many_small_objects_are_read_a_few_at_a_time(aws: str) -> None:
             sink.let_go(f"s3://polled/{key}")
             assert len(sink.started) - len(sink.done) <= 3
         assert await asyncio.wait_for(poll, 30) == 6
+    finally:
+        await clients.close()
+
+
+class ErrorsSink(HoldingSink):
+    """Lets every object through at once and keeps the source errors it is told of."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[str] = []
+
+    async def process(self, source: str, delivery: Delivery) -> str:
+        self.let_go(delivery.location)
+        return await super().process(source, delivery)
+
+    def source_error(self, source: str, reason: str, message: str) -> None:
+        self.errors.append(reason)
+
+
+async def test_the_database_away_while_a_poll_reads_its_done_keys_polls_again_without_a_restart(aws: str) -> None:
+    """A poll reads the leases and done keys from the database: while it is away, the error is counted and the
+    next poll looks again. It failed the source instead, which the service restarted after a backoff that
+    grows with each blip (up to 300 s)."""
+    from streamer.store.base import DatabaseUnavailable
+
+    s3 = boto("s3", aws)
+    s3.create_bucket(Bucket="polled")
+    key = aws_key(dt.datetime.now(dt.UTC), "daily")
+    s3.put_object(Bucket="polled", Key=key, Body=bytes(100))
+    calls = 0
+
+    async def done_among(keys: list[str]) -> set[str]:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise DatabaseUnavailable("postgresql://db/streamer: no database connection within 2 s")
+        return set()
+
+    clients = AwsClients()
+    sink = ErrorsSink()
+    try:
+        config = S3SourceConfig(type="s3", bucket="polled", endpoint_url=aws, poll_interval_seconds=0.05)
+        source = S3PollSource("poll", config, await clients.s3("us-east-1", aws), done_among)
+        runner = asyncio.create_task(source.run(sink))
+        try:
+            await until(lambda: sink.done or runner.done(), "the object read")
+            assert not runner.done(), runner
+            assert sink.done == [f"s3://polled/{key}"]
+            assert sink.errors == ["DatabaseUnavailable", "DatabaseUnavailable"]
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
     finally:
         await clients.close()
