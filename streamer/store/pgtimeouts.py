@@ -22,8 +22,9 @@ waiting for that answer waits for the kernel's TCP timeouts (15 minutes to
 
 A connection lost is reconnected with psycopg_pool's backoff (1 s, doubling), which has no ceiling of its
 own: after an outage of a minute its next attempt could be a minute away. Each attempt is given up after
-`RECONNECT_SECONDS`, so the next call that waits for a connection starts a fresh one: once the database
-answers again, a replica has it back within a few seconds, however long it was away.
+the connect limit (at least `RECONNECT_SECONDS`), so the next call that waits for a connection starts a
+fresh one: once the database answers again, a replica has it back within a few seconds, however long it
+was away. (Not shorter than the connect limit: opening the pool at start waits on its first attempt alone.)
 
 `GuardedPool.abort` (SIGTERM) severs every call in flight and closes the pool,
 so a stop never waits on the database.
@@ -45,8 +46,8 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from streamer.store.base import DatabaseUnavailable, StatementTimeout, TransactionConflict
 
-#: how long psycopg_pool keeps retrying one lost connection (its delays: 1, 2, then cut at this) before
-#: leaving it to the next caller to start again from a 1 s delay
+#: the least time psycopg_pool keeps retrying one lost connection (its delays: 1, 2, 4 s... cut at the
+#: connect limit or this) before leaving it to the next caller to start again from a 1 s delay
 RECONNECT_SECONDS = 5.0
 
 
@@ -175,7 +176,7 @@ class GuardedPool:
             name=name,
             check=self._check,
             timeout=timeouts.connect_seconds,
-            reconnect_timeout=RECONNECT_SECONDS,
+            reconnect_timeout=max(RECONNECT_SECONDS, float(timeouts.connect_seconds)),
         )
 
     def open(self) -> None:

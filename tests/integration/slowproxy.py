@@ -19,9 +19,9 @@ from typing import Self
 class _ProxyThread:
     """A TCP server on 127.0.0.1 running its own event loop on a thread, for the length of `running()`."""
 
-    def __init__(self, target_port: int, name: str) -> None:
+    def __init__(self, target_port: int, name: str, port: int = 0) -> None:
         self.target_port = target_port
-        self.port = 0
+        self.port = port
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -35,7 +35,7 @@ class _ProxyThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._starting()
-        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
@@ -107,8 +107,9 @@ class Blackhole(_ProxyThread):
     long partition: a pooled connection is then dead without its client knowing.
     """
 
-    def __init__(self, target_port: int) -> None:
-        super().__init__(target_port, "blackhole-proxy")
+    def __init__(self, target_port: int, port: int = 0) -> None:
+        """`port`: where it listens (0: any free port)."""
+        super().__init__(target_port, "blackhole-proxy", port)
         self._flowing = asyncio.Event()
         self._writers: set[asyncio.StreamWriter] = set()
 

@@ -4,16 +4,18 @@ psycopg_pool retries a lost connection with a delay that doubles without a ceili
 its next attempt was 7 s past the database's return, and after a minute's outage a minute past it (found by
 the fleet model: 25 short outages in a row left the replicas unable to commit for longer than the model
 waits, seed 820138145). The store gives each attempt up after RECONNECT_SECONDS, and the next call starts a
-fresh one.
+fresh one (not before the connect limit: opening the pool at start waits on its first attempt alone).
 """
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 
 import pytest
 
-from streamer.store.base import DatabaseUnavailable
+from streamer.store.base import CheckpointError, DatabaseUnavailable
 from streamer.store.pgtimeouts import RECONNECT_SECONDS, Timeouts
 from streamer.store.postgres import PostgresStore
 from tests.integration.slowproxy import Blackhole
@@ -54,3 +56,30 @@ def test_after_a_long_outage_the_store_answers_within_seconds_of_the_database(pg
             assert time.monotonic() - back < RECONNECT_SECONDS
         finally:
             in_thread(store.close, 30)
+
+
+def test_a_replica_starting_before_its_database_opens_it_within_the_connect_limit(pg_url: str) -> None:
+    """The database answers 5.5 s after the replica starts (they start together): the pool's first attempt is
+    retried at 1, 3 and 7 s, within `connect_seconds` (12). With each attempt given up after 5 s, as the first
+    cut did, nothing tried again after 5 s and the start failed at 12 s (found by review)."""
+    with socket.socket() as probe:  # a free port, nothing listening yet: refused until the proxy opens it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proxy = Blackhole(int(pg_url.rsplit(":", 1)[1].split("/")[0]), port=port)
+    running = proxy.running()
+    opener = threading.Timer(5.5, running.__enter__)
+    opener.start()
+    url = f"{pg_url.rpartition('@')[0]}@127.0.0.1:{port}/{pg_url.rpartition('/')[2]}"
+    try:
+        started = time.monotonic()
+        try:
+            store = PostgresStore(url, "r1", timeouts=Timeouts(connect_seconds=12))
+        except CheckpointError as exc:
+            raise AssertionError(f"not opened after {time.monotonic() - started:.1f} s: {exc}") from exc
+        try:
+            assert store.cursors("s") == {}
+        finally:
+            in_thread(store.close, 30)
+    finally:
+        opener.join()
+        running.__exit__(None, None, None)
