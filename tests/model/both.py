@@ -14,7 +14,7 @@ from typing import Any
 
 from tests.integration.postgres import Postgres
 from tests.model.fleet import FleetWorld
-from tests.model.world import DidNotStop, Violation, World, check
+from tests.model.world import DidNotStop, ServiceDied, Violation, World, check
 
 
 class StoresDiffer(Violation):
@@ -48,7 +48,7 @@ class BothStores:
         for world in self.worlds:
             try:
                 await world.close()
-            except DidNotStop as exc:
+            except (DidNotStop, ServiceDied) as exc:
                 stuck.append(exc)
         if stuck:
             raise stuck[0]
@@ -68,9 +68,9 @@ class BothStores:
     async def reshard(self, split: bool, which: int, then: int = 0) -> None:
         await self._each("reshard", split, which, then)
 
-    async def crash(self, port_taken: bool = False) -> None:
-        await self.sqlite.crash(port_taken)
-        await self.postgres.crash(which=0)
+    async def crash(self, port_taken: bool = False, graceful: bool = False) -> None:
+        await self.sqlite.crash(port_taken, graceful)
+        await self.postgres.crash(which=0, graceful=graceful)
 
     def arm_commit(self, kind: str, skip: int) -> None:
         for world in self.worlds:

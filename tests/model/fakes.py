@@ -284,7 +284,10 @@ class _Shard:
 class FakeKinesis:
     """One stream: shards with sequence numbers, split and merge, iterators that expire on the model's clock.
 
-    `latest[shard]` records, for every LATEST iterator handed out, how many of the shard's records it skipped.
+    `latest[shard]` records, for every LATEST iterator handed out while the shard had no committed cursor
+    (`cursor_of`, set by the world: None for none), how many of the shard's records it skipped. Only those may
+    skip records (`start_position: latest` on a first start); one taken over a committed cursor skips nothing
+    the model excuses.
     """
 
     def __init__(self, clock: Clock, stream: str, shards: int = 1) -> None:
@@ -296,6 +299,7 @@ class FakeKinesis:
         self._iterators: dict[str, tuple[str, int, float]] = {}
         self._tokens = itertools.count()
         self.latest: dict[str, list[int]] = {}
+        self.cursor_of: Callable[[str], str | None] = lambda shard: None
         #: per shard, how far GetRecords has read (the model waits for the readers to catch up between steps)
         self.served: dict[str, int] = {}
         step = (MAX_HASH + 1) // shards
@@ -363,7 +367,8 @@ class FakeKinesis:
             index = 0
         elif ShardIteratorType == "LATEST":
             index = len(seqs)
-            self.latest.setdefault(ShardId, []).append(index)
+            if self.cursor_of(ShardId) is None:
+                self.latest.setdefault(ShardId, []).append(index)
         elif ShardIteratorType in ("AFTER_SEQUENCE_NUMBER", "AT_SEQUENCE_NUMBER"):
             assert StartingSequenceNumber is not None
             target = int(StartingSequenceNumber)

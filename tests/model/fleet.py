@@ -41,6 +41,7 @@ from tests.model.world import (
     Faults,
     InjectsCommitFaults,
     MetricsWentDown,
+    ServiceDied,
     World,
     _records,
     _window_totals,
@@ -94,6 +95,8 @@ class FleetWorld(World):
         self._proxying.__enter__()
         self.replicas = [f"replica-{i}" for i in range(replicas)]
         self.fleet: dict[str, tuple[FleetService, asyncio.Task[None]]] = {}
+        #: each running replica's stop event (set: the path SIGTERM takes)
+        self.stops: dict[str, asyncio.Event] = {}
         #: per replica: the highest records total scraped from its /metrics (restarts included)
         self.scraped_by: dict[str, int] = {}
         super().__init__(sources)
@@ -153,7 +156,8 @@ class FleetWorld(World):
         before = self.committed_of(replica)
         service = FleetService(parse_config(self._fleet_doc(replica), {}), self.clients)  # type: ignore[arg-type]
         service.faults = self.faults
-        task = in_context(self.faults, service.run(asyncio.Event()))
+        stop_event = asyncio.Event()
+        task = in_context(self.faults, service.run(stop_event))
         started = asyncio.ensure_future(service.started.wait())
         await asyncio.wait([started, task], timeout=20, return_when=asyncio.FIRST_COMPLETED)
         if not service.started.is_set():
@@ -163,6 +167,7 @@ class FleetWorld(World):
                 f"replica {replica} did not start: {task.exception() if task.done() and not task.cancelled() else 'timeout'}"
             )
         self.fleet[replica] = (service, task)
+        self.stops[replica] = stop_event
         for source in service.sources:
             if isinstance(source, KinesisSource):
                 source.retry_seconds = 0.05
@@ -173,25 +178,37 @@ class FleetWorld(World):
             now = self.committed_of(replica)
             check(live in (before, now), MetricsWentDown, f"{replica}'s restored counters differ from its committed rows")
 
-    async def stop_one(self, replica: str) -> None:
-        """Cancel one replica abruptly: its leases are left to expire, its committed rows stay."""
-        _, task = self.fleet.pop(replica)
-        await stop(task, replica)
+    def running(self) -> dict[str, asyncio.Task[None]]:
+        return {replica: task for replica, (_, task) in self.fleet.items()}
 
-    async def crash(self, port_taken: bool = False, which: int = 0, busy: bool = False) -> None:
-        """One replica crashes (everything of it cancelled) and a new one starts under its name."""
+    async def stop_one(self, replica: str, graceful: bool = False) -> None:
+        """Cancel one replica abruptly (its leases are left to expire), or stop it as SIGTERM does
+        (`graceful`: it hands its leases back); its committed rows stay."""
+        _, task = self.fleet.pop(replica)
+        await stop(task, replica, self.stops.pop(replica) if graceful else None)
+
+    async def crash(self, port_taken: bool = False, which: int = 0, busy: bool = False, graceful: bool = False) -> None:
+        """One replica crashes (everything of it cancelled), or is stopped as SIGTERM does (`graceful`), and a
+        new one starts under its name."""
         if busy:
             await self.busy()
         replica = self.replicas[which % len(self.replicas)]
+        died: ServiceDied | None = None
         if replica in self.fleet:
-            await self.stop_one(replica)
+            try:
+                await self.stop_one(replica, graceful)
+            except ServiceDied as exc:  # a finding; the schedule goes on with a new replica
+                died = exc
         await self.start_one(replica)
+        if died is not None:
+            raise died
 
-    async def down(self, which: int) -> None:
-        """One replica is gone (crashed, not restarted yet): the others take its leases once they expire."""
+    async def down(self, which: int, graceful: bool = False) -> None:
+        """One replica is gone (crashed, or stopped as SIGTERM does; not restarted yet): the others take its
+        leases once they expire, or at once when it handed them back."""
         replica = self.replicas[which % len(self.replicas)]
         if replica in self.fleet and len(self.fleet) > 1:
-            await self.stop_one(replica)
+            await self.stop_one(replica, graceful)
 
     async def lease_lost(self, kind: str | None) -> None:
         """Expire leases in the database, as a replica that found them stale would: each holder loses its
@@ -343,11 +360,11 @@ class FleetWorld(World):
         await self.drained()
 
     async def close(self) -> None:
-        stuck: DidNotStop | None = None
+        stuck: DidNotStop | ServiceDied | None = None
         for replica in list(self.fleet):
             try:
-                await self.stop_one(replica)
-            except DidNotStop as exc:  # raised once the rest is closed: a finding
+                await self.stop_one(replica, graceful=True)  # as SIGTERM stops it
+            except (DidNotStop, ServiceDied) as exc:  # raised once the rest is closed: a finding
                 stuck = stuck or exc
         self.proxy.heal(reset=True)
         try:

@@ -50,9 +50,10 @@ class Fleet(Model):
         """`busy`: an input is in flight when it crashes."""
         self.run(self.fleet.crash(which=which, busy=busy))
 
-    @rule(which=st.integers(0, 1))
-    def replica_down(self, which: int) -> None:
-        self.run(self.fleet.down(which))
+    @rule(which=st.integers(0, 1), graceful=st.booleans())
+    def replica_down(self, which: int, graceful: bool) -> None:
+        """`graceful`: stopped as SIGTERM stops it (its leases handed back), else cancelled."""
+        self.run(self.fleet.down(which, graceful))
 
     @rule(kind=st.sampled_from([None, "kinesis_shard", "leader"]))
     def lease_lost(self, kind: str | None) -> None:

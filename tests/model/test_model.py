@@ -27,7 +27,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.internal.conjecture import engine
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tests.model.world import DidNotStop, Violation, World
+from tests.model.world import DidNotStop, ServiceDied, Violation, World
 
 ROOT = Path(__file__).resolve().parents[2]
 settings.register_profile(
@@ -136,9 +136,10 @@ class Model(RuleBasedStateMachine):
     def reshard(self, split: bool, shard: int, then: int) -> None:
         self.run(self.world.reshard(split, shard, then))
 
-    @rule(port_taken=st.booleans())
-    def crash(self, port_taken: bool) -> None:
-        self.run(self.world.crash(port_taken and "firehose" in self.sources))
+    @rule(port_taken=st.booleans(), graceful=st.booleans())
+    def crash(self, port_taken: bool, graceful: bool) -> None:
+        """Cancelled (a crash), or stopped as SIGTERM stops it (`graceful`), then started again."""
+        self.run(self.world.crash(port_taken and "firehose" in self.sources, graceful))
 
     @rule(seconds=st.sampled_from([31, 301]))
     def clock_jump(self, seconds: int) -> None:
@@ -167,8 +168,8 @@ class Model(RuleBasedStateMachine):
         finally:
             try:
                 self.loop.run_until_complete(self.world.close())
-            except DidNotStop as exc:  # the service did not stop at the end of the schedule
-                self.violations.setdefault(DidNotStop, (self.steps, exc))
+            except (DidNotStop, ServiceDied) as exc:  # the service did not stop (cleanly) at the end of the schedule
+                self.violations.setdefault(type(exc), (self.steps, exc))
             self.loop.close()
         if self.violations:
             step, first = min(self.violations.values(), key=lambda v: v[0])

@@ -26,6 +26,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import traceback
 import unittest.mock
 import uuid
 from collections import deque
@@ -90,6 +91,11 @@ class DidNotStop(Violation):
     """Liveness of a stop: a cancelled service did not finish within STOP_SECONDS (its tasks' stacks attached)."""
 
 
+class ServiceDied(Violation):
+    """A service (a replica) ended by itself, or with an error when it was stopped: its sources and commits
+    stopped with it, which another replica's takeover or a liveness bound could otherwise hide."""
+
+
 class ReplayDiffers(Violation):
     """The committed counters differ from `streamer replay` of the committed inputs."""
 
@@ -107,19 +113,35 @@ STOP_SECONDS = 30.0
 STUCK: set[asyncio.Future[Any]] = set()
 
 
-async def stop(task: asyncio.Future[Any], what: str) -> None:
-    """Cancel a service and wait until it has stopped; one that does not stop is a violation, not a hang of
-    the whole run (pytest's timeout would hide which schedule did it): every task's stack says where. The
-    model does nothing more in that schedule (Model.found) but settle and close."""
-    task.cancel()
+async def stop(task: asyncio.Future[Any], what: str, graceful: asyncio.Event | None = None) -> None:
+    """Stop a service and wait until it has: cancelled (a crash, as far as a process can model one), or with
+    `graceful`, its stop event set (the path SIGTERM takes). One that does not stop is a violation, not a hang
+    of the whole run (pytest's timeout would hide which schedule did it): every task's stack says where. The
+    model does nothing more in that schedule (Model.found) but settle and close. One that stops with an error
+    is a violation too."""
+    if graceful is not None:
+        graceful.set()
+    else:
+        task.cancel()
     done, _ = await asyncio.wait([task], timeout=STOP_SECONDS)
     if done:
-        with contextlib.suppress(BaseException):
-            task.result()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            raise ServiceDied(f"{what} stopped with an error: {_outcome(task)}") from exc
         return
     STUCK.add(task)
     stacks = "\n".join(_awaiting(other) for other in asyncio.all_tasks() if other is not asyncio.current_task())
-    raise DidNotStop(f"{what} did not stop within {STOP_SECONDS:g} s of its cancellation:\n{stacks}")
+    how = "its stop was asked" if graceful is not None else "its cancellation"
+    raise DidNotStop(f"{what} did not stop within {STOP_SECONDS:g} s of {how}:\n{stacks}")
+
+
+def _outcome(task: asyncio.Future[Any]) -> str:
+    """How a finished service task ended, with the traceback of its error."""
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    if exc is None:
+        return "returned"
+    return "".join(traceback.format_exception(exc)).strip()
 
 
 def _awaiting(task: asyncio.Task[Any]) -> str:
@@ -272,6 +294,7 @@ class World:
         self.sqs.create_queue(QUEUE)
         self.sqs.on_delete = self._deleted
         self.kinesis = FakeKinesis(self.clock, STREAM, shards=2)
+        self.kinesis.cursor_of = lambda shard: self.committed().cursors.get(shard)
         self.clients = FakeAwsClients(self.s3, self.sqs, self.kinesis)
         self.faults = Faults()
         self.firehose_port = free_port()
@@ -285,6 +308,8 @@ class World:
         self.stray: set[asyncio.Task[Any]] = set()
         self.service: ModelService | None = None
         self.task: asyncio.Task[None] | None = None
+        #: the running service's stop event (set: the path SIGTERM takes)
+        self.stop_event = asyncio.Event()
         self.http: aiohttp.ClientSession | None = None
         #: highest records total scraped from /metrics so far (restarts included)
         self.scraped = 0
@@ -347,11 +372,12 @@ class World:
         before = self.committed()  # nothing runs now: what the new service must restore
         service = ModelService(self.config(), self.clients)  # type: ignore[arg-type]
         service.faults = self.faults
-        task = in_context(self.faults, service.run(asyncio.Event()))
+        stop_event = asyncio.Event()
+        task = in_context(self.faults, service.run(stop_event))
         started = asyncio.ensure_future(service.started.wait())
         await asyncio.wait([started, task], timeout=15, return_when=asyncio.FIRST_COMPLETED)
         assert service.started.is_set(), f"the service did not start: {task.exception() if task.done() else 'timeout'}"
-        self.service, self.task = service, task
+        self.service, self.task, self.stop_event = service, task, stop_event
         for source in service.sources:
             if isinstance(source, KinesisSource):
                 source.retry_seconds = 0.05
@@ -370,17 +396,24 @@ class World:
                 "restored counters differ from the committed state",
             )
 
-    async def crash(self, port_taken: bool = False) -> None:
-        """Cancel everything abruptly (the store's file is all that is kept), then start a new service on it."""
+    async def crash(self, port_taken: bool = False, graceful: bool = False) -> None:
+        """Cancel everything abruptly (the store's file is all that is kept), or stop it as SIGTERM does
+        (`graceful`), then start a new service on it."""
         assert self.task is not None
         task, self.service, self.task = self.task, None, None
-        await stop(task, "the service")
+        died: ServiceDied | None = None
+        try:
+            await stop(task, "the service", self.stop_event if graceful else None)
+        except ServiceDied as exc:  # a finding; the schedule goes on with a new service
+            died = exc
         if port_taken:  # the Firehose port is busy for a moment: its source fails at start and is restarted
             self.port_holder = await self._take_port()
         await self.start()
         if self.port_holder is not None:
             await asyncio.sleep(0.2)
             self.release_port()
+        if died is not None:
+            raise died
 
     async def _take_port(self) -> socket.socket | None:
         """Listen on the Firehose port (a cancelled run may still hold it for a moment: then try again)."""
@@ -599,14 +632,22 @@ class World:
         return ("s3" if item.kind == "s3" else "firehose", item.key) in state.done
 
     def excused(self, item: Input) -> bool:
-        """A record `start_position: latest` may skip: on one of the stream's first shards, before a LATEST iterator."""
+        """A record `start_position: latest` may skip: on one of the stream's first shards, before a LATEST iterator
+        taken while the shard had no committed cursor."""
         if item.kind != "kinesis" or item.shard is None:
             return False
         shard = self.kinesis.shards[item.shard]
         return shard.parent is None and item.index < max(self.kinesis.latest.get(item.shard, [0]))
 
+    def running(self) -> dict[str, asyncio.Task[None]]:
+        """The services that should be running now, by name."""
+        return {"the service": self.task} if self.task is not None else {}
+
     def check_safety(self) -> None:
-        """Acknowledged upstream => committed; committed counters == the sum over exactly the committed inputs."""
+        """Every service still runs; acknowledged upstream => committed; committed counters == the sum over
+        exactly the committed inputs."""
+        for what, task in self.running().items():
+            check(not task.done(), ServiceDied, f"{what} ended by itself: {_outcome(task) if task.done() else ''}")
         state = self.committed()
         for message in self.deleted:
             for item in self.messages[message]:
@@ -751,11 +792,11 @@ class World:
         for task in [*self.senders, *self.stray]:
             task.cancel()
         await asyncio.gather(*self.senders, *self.stray, return_exceptions=True)
-        stuck: DidNotStop | None = None
+        stuck: DidNotStop | ServiceDied | None = None
         if self.task is not None:
             try:
-                await stop(self.task, "the service")
-            except DidNotStop as exc:  # raised once the rest is closed: a service that did not stop is a finding
+                await stop(self.task, "the service", self.stop_event)  # as SIGTERM stops it
+            except (DidNotStop, ServiceDied) as exc:  # raised once the rest is closed: a finding
                 stuck = exc
         for left in STUCK:  # their loop closes with them: they are gone with it
             left.cancel()
