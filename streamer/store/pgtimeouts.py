@@ -22,9 +22,9 @@ waiting for that answer waits for the kernel's TCP timeouts (15 minutes to
 
 A connection lost is reconnected with psycopg_pool's backoff (1 s, doubling), which has no ceiling of its
 own: after an outage of a minute its next attempt could be a minute away. Each attempt is given up after
-the connect limit (at least `RECONNECT_SECONDS`), so the next call that waits for a connection starts a
-fresh one: once the database answers again, a replica has it back within a few seconds, however long it
-was away. (Not shorter than the connect limit: opening the pool at start waits on its first attempt alone.)
+`RECONNECT_SECONDS`, so the next call that waits for a connection starts a fresh one: once the database
+answers again, a replica has it back within a few seconds, however long it was away. Opening the pool at
+start waits the same way, as a caller, for the whole connect limit.
 
 `GuardedPool.abort` (SIGTERM) severs every call in flight and closes the pool,
 so a stop never waits on the database.
@@ -46,8 +46,8 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from streamer.store.base import DatabaseUnavailable, StatementTimeout, TransactionConflict
 
-#: the least time psycopg_pool keeps retrying one lost connection (its delays: 1, 2, 4 s... cut at the
-#: connect limit or this) before leaving it to the next caller to start again from a 1 s delay
+#: how long psycopg_pool keeps retrying one lost connection (its delays: 1, 2, then cut at this) before
+#: leaving it to the next caller to start again from a 1 s delay
 RECONNECT_SECONDS = 5.0
 
 
@@ -176,11 +176,14 @@ class GuardedPool:
             name=name,
             check=self._check,
             timeout=timeouts.connect_seconds,
-            reconnect_timeout=max(RECONNECT_SECONDS, float(timeouts.connect_seconds)),
+            reconnect_timeout=RECONNECT_SECONDS,
         )
 
     def open(self) -> None:
-        self._pool.open(wait=True, timeout=self.timeouts.connect_seconds)
+        """Open the pool and wait up to the connect limit for a first connection, as a caller waits: the pool's
+        own wait (`open(wait=True)`) watches its first attempt alone, which is given up after RECONNECT_SECONDS."""
+        self._pool.open(wait=False)
+        self._pool.putconn(self._getconn(self.timeouts.connect_seconds))
 
     def _check(self, conn: psycopg.Connection[Any]) -> None:
         """The pool's check of a connection before handing it out, itself bounded (it is a round trip)."""

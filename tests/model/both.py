@@ -69,8 +69,10 @@ class BothStores:
         await self._each("reshard", split, which, then)
 
     async def crash(self, port_taken: bool = False, graceful: bool = False) -> None:
-        await self.sqlite.crash(port_taken, graceful)
-        await self.postgres.crash(which=0, graceful=graceful)
+        try:
+            await self.sqlite.crash(port_taken, graceful)
+        finally:  # both worlds take the step, whatever one of them found
+            await self.postgres.crash(which=0, graceful=graceful)
 
     def arm_commit(self, kind: str, skip: int) -> None:
         for world in self.worlds:

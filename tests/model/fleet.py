@@ -162,7 +162,8 @@ class FleetWorld(World):
         await asyncio.wait([started, task], timeout=20, return_when=asyncio.FIRST_COMPLETED)
         if not service.started.is_set():
             started.cancel()
-            await stop(task, replica)
+            with contextlib.suppress(ServiceDied):  # what it ended with is said below
+                await stop(task, replica)
             raise AssertionError(
                 f"replica {replica} did not start: {task.exception() if task.done() and not task.cancelled() else 'timeout'}"
             )
@@ -199,9 +200,11 @@ class FleetWorld(World):
                 await self.stop_one(replica, graceful)
             except ServiceDied as exc:  # a finding; the schedule goes on with a new replica
                 died = exc
-        await self.start_one(replica)
-        if died is not None:
-            raise died
+        try:
+            await self.start_one(replica)
+        finally:
+            if died is not None:  # the first finding, whatever the restart did
+                raise died
 
     async def down(self, which: int, graceful: bool = False) -> None:
         """One replica is gone (crashed, or stopped as SIGTERM does; not restarted yet): the others take its

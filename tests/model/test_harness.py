@@ -46,6 +46,9 @@ async def test_a_service_that_ended_by_itself_is_a_violation(world: World) -> No
     await asyncio.gather(world.task, return_exceptions=True)
     with pytest.raises(ServiceDied, match="ended by itself"):
         world.check_safety()
+    with pytest.raises(ServiceDied, match="had ended by itself before its stop: cancelled"):
+        await world.close()  # (and once more, by the fixture: nothing left to stop)
+    world.task = None
 
 
 async def test_a_graceful_stop_takes_the_path_sigterm_takes_and_the_next_service_counts(world: World) -> None:
@@ -75,3 +78,13 @@ async def test_only_a_latest_iterator_over_no_cursor_excuses_what_it_skips() -> 
     await kinesis.put_record(StreamName="flows", Data=b"y", PartitionKey="a")
     await kinesis.get_shard_iterator(StreamName="flows", ShardId=shard, ShardIteratorType="LATEST")
     assert kinesis.latest == {shard: [1]}
+
+
+async def test_stopping_a_service_that_had_already_ended_is_a_violation() -> None:
+    async def service() -> None:
+        return None  # as a run() that returned without being asked to stop
+
+    task = asyncio.create_task(service())
+    await task
+    with pytest.raises(ServiceDied, match="had ended by itself before its stop: returned"):
+        await stop(task, "the service", asyncio.Event())

@@ -118,7 +118,9 @@ async def stop(task: asyncio.Future[Any], what: str, graceful: asyncio.Event | N
     `graceful`, its stop event set (the path SIGTERM takes). One that does not stop is a violation, not a hang
     of the whole run (pytest's timeout would hide which schedule did it): every task's stack says where. The
     model does nothing more in that schedule (Model.found) but settle and close. One that stops with an error
-    is a violation too."""
+    is a violation too, and so is one that had ended before it was asked to."""
+    if task.done():
+        raise ServiceDied(f"{what} had ended by itself before its stop: {_outcome(task)}")
     if graceful is not None:
         graceful.set()
     else:
@@ -408,12 +410,14 @@ class World:
             died = exc
         if port_taken:  # the Firehose port is busy for a moment: its source fails at start and is restarted
             self.port_holder = await self._take_port()
-        await self.start()
-        if self.port_holder is not None:
-            await asyncio.sleep(0.2)
-            self.release_port()
-        if died is not None:
-            raise died
+        try:
+            await self.start()
+            if self.port_holder is not None:
+                await asyncio.sleep(0.2)
+                self.release_port()
+        finally:
+            if died is not None:  # the first finding, whatever the restart did
+                raise died
 
     async def _take_port(self) -> socket.socket | None:
         """Listen on the Firehose port (a cancelled run may still hold it for a moment: then try again)."""
