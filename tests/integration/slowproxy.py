@@ -49,7 +49,8 @@ class _ProxyThread:
     @contextlib.contextmanager
     def running(self) -> Iterator[Self]:
         self._thread.start()
-        self._ready.wait(10)
+        if not self._ready.wait(10):  # it could not listen (its thread says why): not the code under test's fault
+            raise RuntimeError(f"the proxy did not start listening on 127.0.0.1:{self.port}")
         try:
             yield self
         finally:

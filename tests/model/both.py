@@ -14,7 +14,7 @@ from typing import Any
 
 from tests.integration.postgres import Postgres
 from tests.model.fleet import FleetWorld
-from tests.model.world import DidNotStop, ServiceDied, Violation, World, check
+from tests.model.world import DidNotStop, ServiceDied, Violation, World, check, first_finding
 
 
 class StoresDiffer(Violation):
@@ -44,14 +44,14 @@ class BothStores:
         await self._each("open")
 
     async def close(self) -> None:
-        stuck: list[BaseException] = []
+        stuck: list[Exception] = []
         for world in self.worlds:
             try:
                 await world.close()
             except (DidNotStop, ServiceDied) as exc:
                 stuck.append(exc)
         if stuck:
-            raise stuck[0]
+            raise first_finding(stuck)
 
     async def quiet(self) -> None:
         await self._both("quiet")
@@ -69,10 +69,14 @@ class BothStores:
         await self._each("reshard", split, which, then)
 
     async def crash(self, port_taken: bool = False, graceful: bool = False) -> None:
-        try:
-            await self.sqlite.crash(port_taken, graceful)
-        finally:  # both worlds take the step, whatever one of them found
-            await self.postgres.crash(which=0, graceful=graceful)
+        found: list[Exception] = []
+        for step in (self.sqlite.crash(port_taken, graceful), self.postgres.crash(which=0, graceful=graceful)):
+            try:  # both worlds take the step, whatever one of them found
+                await step
+            except Exception as exc:
+                found.append(exc)
+        if found:
+            raise first_finding(found)
 
     def arm_commit(self, kind: str, skip: int) -> None:
         for world in self.worlds:

@@ -47,6 +47,7 @@ from tests.model.world import (
     _window_totals,
     check,
     in_context,
+    restart_after,
     stop,
 )
 
@@ -200,11 +201,7 @@ class FleetWorld(World):
                 await self.stop_one(replica, graceful)
             except ServiceDied as exc:  # a finding; the schedule goes on with a new replica
                 died = exc
-        try:
-            await self.start_one(replica)
-        finally:
-            if died is not None:  # the first finding, whatever the restart did
-                raise died
+        await restart_after(died, self.start_one(replica))
 
     async def down(self, which: int, graceful: bool = False) -> None:
         """One replica is gone (crashed, or stopped as SIGTERM does; not restarted yet): the others take its

@@ -136,6 +136,28 @@ async def stop(task: asyncio.Future[Any], what: str, graceful: asyncio.Event | N
     raise DidNotStop(f"{what} did not stop within {STOP_SECONDS:g} s of {how}:\n{stacks}")
 
 
+async def restart_after(died: ServiceDied | None, start: Coroutine[Any, Any, None]) -> None:
+    """Start a service again after a stop that may have found the old one dead (`died`), and report what was
+    found first: the death, with a note of how the restart failed if it did; but a restart that did not stop
+    (DidNotStop) wins, for Model.found runs nothing more of a schedule once a service is stuck."""
+    try:
+        await start
+    except DidNotStop:
+        raise
+    except Exception as exc:
+        if died is None:
+            raise
+        died.add_note(f"and then the restart failed: {type(exc).__name__}: {exc}")
+        raise died from died.__cause__
+    if died is not None:
+        raise died
+
+
+def first_finding(found: list[Exception]) -> Exception:
+    """Of several steps' failures, the one to report: a stuck service first, else the first found."""
+    return next((e for e in found if isinstance(e, DidNotStop)), found[0])
+
+
 def _outcome(task: asyncio.Future[Any]) -> str:
     """How a finished service task ended, with the traceback of its error."""
     if task.cancelled():
@@ -378,7 +400,11 @@ class World:
         task = in_context(self.faults, service.run(stop_event))
         started = asyncio.ensure_future(service.started.wait())
         await asyncio.wait([started, task], timeout=15, return_when=asyncio.FIRST_COMPLETED)
-        assert service.started.is_set(), f"the service did not start: {task.exception() if task.done() else 'timeout'}"
+        if not service.started.is_set():
+            started.cancel()
+            with contextlib.suppress(ServiceDied):  # what it ended with is said below
+                await stop(task, "the service")
+            raise AssertionError(f"the service did not start: {_outcome(task) if task.done() else 'timeout'}")
         self.service, self.task, self.stop_event = service, task, stop_event
         for source in service.sources:
             if isinstance(source, KinesisSource):
@@ -410,14 +436,14 @@ class World:
             died = exc
         if port_taken:  # the Firehose port is busy for a moment: its source fails at start and is restarted
             self.port_holder = await self._take_port()
-        try:
+
+        async def start_again() -> None:
             await self.start()
             if self.port_holder is not None:
                 await asyncio.sleep(0.2)
                 self.release_port()
-        finally:
-            if died is not None:  # the first finding, whatever the restart did
-                raise died
+
+        await restart_after(died, start_again())
 
     async def _take_port(self) -> socket.socket | None:
         """Listen on the Firehose port (a cancelled run may still hold it for a moment: then try again)."""
