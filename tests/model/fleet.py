@@ -49,6 +49,7 @@ from tests.model.world import (
     in_context,
     restart_after,
     stop,
+    until_started,
 )
 
 #: a lease not renewed for this long goes to another replica (the least the config allows)
@@ -159,15 +160,7 @@ class FleetWorld(World):
         service.faults = self.faults
         stop_event = asyncio.Event()
         task = in_context(self.faults, service.run(stop_event))
-        started = asyncio.ensure_future(service.started.wait())
-        await asyncio.wait([started, task], timeout=20, return_when=asyncio.FIRST_COMPLETED)
-        if not service.started.is_set():
-            started.cancel()
-            with contextlib.suppress(ServiceDied):  # what it ended with is said below
-                await stop(task, replica)
-            raise AssertionError(
-                f"replica {replica} did not start: {task.exception() if task.done() and not task.cancelled() else 'timeout'}"
-            )
+        await until_started(service, task, f"replica {replica}", 20)
         self.fleet[replica] = (service, task)
         self.stops[replica] = stop_event
         for source in service.sources:

@@ -153,6 +153,17 @@ async def restart_after(died: ServiceDied | None, start: Coroutine[Any, Any, Non
         raise died
 
 
+async def until_started(service: Service, task: asyncio.Task[None], what: str, seconds: float) -> None:
+    """Wait until a new service says it has started; one that does not (or ends first) is stopped, and fails."""
+    started = asyncio.ensure_future(service.started.wait())
+    await asyncio.wait([started, task], timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    if not service.started.is_set():
+        started.cancel()
+        with contextlib.suppress(ServiceDied):  # what it ended with is said below
+            await stop(task, what)
+        raise AssertionError(f"{what} did not start: {_outcome(task) if task.done() else 'timeout'}")
+
+
 def first_finding(found: list[Exception]) -> Exception:
     """Of several steps' failures, the one to report: a stuck service first, else the first found."""
     return next((e for e in found if isinstance(e, DidNotStop)), found[0])
@@ -398,13 +409,7 @@ class World:
         service.faults = self.faults
         stop_event = asyncio.Event()
         task = in_context(self.faults, service.run(stop_event))
-        started = asyncio.ensure_future(service.started.wait())
-        await asyncio.wait([started, task], timeout=15, return_when=asyncio.FIRST_COMPLETED)
-        if not service.started.is_set():
-            started.cancel()
-            with contextlib.suppress(ServiceDied):  # what it ended with is said below
-                await stop(task, "the service")
-            raise AssertionError(f"the service did not start: {_outcome(task) if task.done() else 'timeout'}")
+        await until_started(service, task, "the service", 15)
         self.service, self.task, self.stop_event = service, task, stop_event
         for source in service.sources:
             if isinstance(source, KinesisSource):
